@@ -1,0 +1,189 @@
+"""The Gymnasium environment all robobrain manipulation tasks share.
+
+A task subclasses :class:`ManipulationEnv` and supplies its MJCF file, how a reset draws the
+initial gripper / block / goal, its reward terms, its success test and a scripted expert.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from robobrain.envs.physics import FINGER_OPEN, Scene
+
+ASSETS = Path(__file__).parent / "assets"
+
+CONTROL_DT = 0.05
+"""Seconds per control step (frame_skip x timestep)."""
+MAX_SPEED = 0.5
+"""End-effector speed (m/s) for an action of 1; matches the velocity actuators' ctrlrange."""
+ACTION_STEP = MAX_SPEED * CONTROL_DT
+"""Metres the gripper moves per unit action in one control step."""
+
+STATE_BASE = {"gripper_pos": slice(0, 3), "gripper_vel": slice(3, 6), "finger": slice(6, 7), "goal": slice(7, 10)}
+STATE_BLOCK = {"block_pos": slice(10, 13), "block_quat": slice(13, 17), "block_vel": slice(17, 20)}
+
+_UNSTABLE_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQACC,
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+)
+
+
+class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+    """Table-top manipulation with a Cartesian gripper, observed from a fixed camera.
+
+    Observation: ``{"pixels": uint8[H, W, 3], "state": float32[n]}`` where the state layout is
+    ``state_layout`` (gripper position / velocity, finger opening, goal, then the block's pose
+    and velocity where the task has one). Action: ``float32[A]`` in [-1, 1], the end-effector
+    velocity as a fraction of ``max_speed`` (so one step moves at most ``max_speed * dt``), plus a
+    gripper command (-1 closed, +1 open) where ``action_dim == 4``. Out-of-range actions are
+    clipped; a wrong shape or a non-finite value raises ``ValueError`` and leaves the state alone.
+
+    A step whose physics diverge (MuJoCo's bad qacc/qpos/qvel warnings, or non-finite state) is
+    rolled back to the state before it and returned truncated with ``info["sim_unstable"] = True``,
+    so MuJoCo's silent reset never shows up as a teleport in the data.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 20}
+    xml_file: ClassVar[str]
+    action_dim: ClassVar[int] = 3
+    state_layout: ClassVar[dict[str, slice]] = STATE_BASE
+    frame_skip: ClassVar[int] = 25
+    """Physics steps per control step (timestep 2 ms, so control runs at 20 Hz)."""
+    success_threshold: ClassVar[float] = 0.05
+
+    def __init__(self, image_size: int = 64, render_mode: str | None = None, camera: str = "front") -> None:
+        if not isinstance(image_size, int | np.integer) or not 8 <= image_size <= 480:
+            raise ValueError(f"image_size must be an int in [8, 480], got {image_size!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.image_size = int(image_size)
+        self.render_mode = render_mode
+        self.camera = camera
+        self.model = mujoco.MjModel.from_xml_path(str(ASSETS / self.xml_file))
+        self.data = mujoco.MjData(self.model)
+        self.scene = Scene(self.model, self.data)
+        if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+            raise ValueError(f"unknown camera {camera!r} in {self.xml_file}")
+        self.dt = self.model.opt.timestep * self.frame_skip
+        self.max_speed = float(self.model.actuator("vel_x").ctrlrange[1])
+        n_state = max(s.stop for s in self.state_layout.values())
+        self.observation_space = gym.spaces.Dict(
+            {
+                "pixels": gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8),
+                "state": gym.spaces.Box(-np.inf, np.inf, (n_state,), np.float32),
+            }
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.action_dim,), np.float32)
+        self._renderer: mujoco.Renderer | None = None
+        self._frame: np.ndarray | None = None
+        self._warnings = np.zeros(len(_UNSTABLE_WARNINGS), dtype=np.int64)
+
+    # --- to be supplied by a task ----------------------------------------------------------
+    def _sample_episode(self, rng: np.random.Generator) -> None:
+        """Place the gripper, the objects and the goal for a new episode."""
+        raise NotImplementedError
+
+    def _reward(self) -> tuple[float, dict[str, float]]:
+        """Return the reward and its named terms (``reward == sum(terms.values())``)."""
+        raise NotImplementedError
+
+    def _success(self) -> bool:
+        raise NotImplementedError
+
+    # --- Gymnasium API -----------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self._sample_episode(self.np_random)
+        self.data.ctrl[:] = 0.0
+        self.data.ctrl[3:5] = self.scene.finger_opening()
+        mujoco.mj_forward(self.model, self.data)
+        self._warnings = self._warning_counts()
+        _, terms = self._reward()
+        return self._observation(), {**terms, "success": self._success(), "sim_unstable": False}
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        action = self._check_action(action)
+        saved = (self.data.qpos.copy(), self.data.qvel.copy(), self.data.act.copy(), self.data.time)
+        self.data.ctrl[:3] = action[:3] * self.max_speed
+        opening = (action[3] + 1.0) * 0.5 * FINGER_OPEN if self.action_dim == 4 else 0.0
+        self.data.ctrl[3:5] = opening
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+
+        unstable = self._became_unstable()
+        if unstable:
+            self.data.qpos[:], self.data.qvel[:], self.data.act[:], self.data.time = saved
+            self.data.ctrl[:3] = 0.0
+            mujoco.mj_forward(self.model, self.data)
+            self._warnings = self._warning_counts()
+        reward, terms = self._reward()
+        info = {**terms, "success": self._success(), "sim_unstable": unstable}
+        return self._observation(), float(reward), False, unstable, info
+
+    def render(self) -> np.ndarray | None:
+        """The latest camera frame, uint8[H, W, 3] (``render_mode="rgb_array"``)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'.")
+            return None
+        if self._frame is None:
+            self._frame = self._render_pixels()
+        return self._frame.copy()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # --- helpers ------------------------------------------------------------------------------
+    def state(self) -> np.ndarray:
+        """The proprioceptive + object state vector, float32[n] (layout: ``state_layout``)."""
+        s = self.scene
+        parts = [s.gripper_pos(), s.gripper_vel(), [s.finger_opening()], s.goal_pos()]
+        if s.has_block:
+            parts += [s.block_pos(), s.block_quat(), s.block_vel()]
+        return np.concatenate(parts).astype(np.float32)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        self._frame = self._render_pixels()
+        return {"pixels": self._frame.copy(), "state": self.state()}
+
+    def _render_pixels(self) -> np.ndarray:
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        self._renderer.update_scene(self.data, camera=self.camera)
+        return self._renderer.render()
+
+    def _check_action(self, action: np.ndarray) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (self.action_dim,):
+            raise ValueError(f"action must have shape ({self.action_dim},), got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be finite, got {a.tolist()}")
+        return np.clip(a, -1.0, 1.0)
+
+    def _warning_counts(self) -> np.ndarray:
+        return np.array([self.data.warning[w].number for w in _UNSTABLE_WARNINGS], dtype=np.int64)
+
+    def _became_unstable(self) -> bool:
+        counts = self._warning_counts()
+        diverged = bool(np.any(counts > self._warnings))
+        finite = np.all(np.isfinite(self.data.qpos)) and np.all(np.isfinite(self.data.qvel))
+        return diverged or not finite
+
+
+def move_toward(pos: np.ndarray, target: np.ndarray, step: float, gain: float = 1.0) -> np.ndarray:
+    """Velocity action (in [-1, 1]) that moves ``pos`` toward ``target``.
+
+    pos, target: [N, 3]; step: metres moved per unit action in one control step. Returns [N, 3].
+    """
+    return np.clip(gain * (target - pos) / step, -1.0, 1.0)

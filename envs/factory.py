@@ -1,0 +1,65 @@
+"""Make robobrain tasks and wrapped third-party envs, single or vectorized, by id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+
+from robobrain.envs.wrappers import PixelObservation
+
+Expert = Callable[[np.ndarray], np.ndarray]
+"""A scripted expert: state [N, n] -> actions [N, A] in [-1, 1]."""
+
+
+def is_robobrain_task(env_id: str) -> bool:
+    return env_id.startswith("robobrain/")
+
+
+def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
+    """One env with the robobrain observation dict ``{"pixels", "state"}``.
+
+    robobrain tasks produce it themselves; any other registered env that can render
+    ``rgb_array`` is wrapped in :class:`PixelObservation`.
+    """
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown env id {env_id!r}; did you import the package that registers it?")
+    if is_robobrain_task(env_id):
+        return gym.make(env_id, image_size=image_size, render_mode="rgb_array", **kwargs)
+    return PixelObservation(gym.make(env_id, render_mode="rgb_array", **kwargs), image_size)
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    image_size: int = 64,
+    mode: Literal["sync", "async"] = "sync",
+    **kwargs: Any,
+) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of :func:`make_env`, auto-resetting on the step after an episode ends
+    (Gymnasium's ``NEXT_STEP`` mode: that step's action is ignored and it returns the reset
+    observation)."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    fns = [partial(make_env, env_id, image_size, **kwargs) for _ in range(num_envs)]
+    autoreset = gym.vector.AutoresetMode.NEXT_STEP
+    if mode == "sync":
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=autoreset)
+    if mode == "async":
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=autoreset)
+    raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+
+
+def get_expert(env_id: str) -> Expert:
+    """The scripted expert shipped with a robobrain task."""
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown env id {env_id!r}")
+    entry = gym.spec(env_id).entry_point
+    env_cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+    expert = getattr(env_cls, "expert", None)
+    if expert is None:
+        raise ValueError(f"{env_id!r} ships no scripted expert")
+    return expert

@@ -1,0 +1,66 @@
+"""Give any Gymnasium env that renders RGB the robobrain observation dict."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+@lru_cache(maxsize=32)
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """Box-filter resampling matrix [n_out, n_in]: each output pixel averages the input it covers."""
+    edges = np.linspace(0.0, n_in, n_out + 1)
+    pix = np.arange(n_in)
+    lo = np.maximum(edges[:-1, None], pix[None, :])
+    hi = np.minimum(edges[1:, None], pix[None, :] + 1)
+    w = np.clip(hi - lo, 0.0, None)
+    w /= w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Area-resample an RGB image. image: uint8[H, W, 3] -> uint8[size, size, 3]."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    wy = _area_weights(image.shape[0], size)
+    wx = _area_weights(image.shape[1], size)
+    out = np.einsum("ij,jkc,lk->ilc", wy, image.astype(np.float32), wx, optimize=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+class PixelObservation(gym.ObservationWrapper[dict[str, np.ndarray], Any, Any]):
+    """Observation ``{"pixels": uint8[S, S, 3], "state": float32[n]}`` for any env.
+
+    ``pixels`` is ``env.render()`` area-resized to ``image_size``; ``state`` is the env's own
+    observation, flattened. The env must have been made with ``render_mode="rgb_array"``.
+    """
+
+    def __init__(self, env: gym.Env, image_size: int = 64) -> None:
+        super().__init__(env)
+        if env.render_mode != "rgb_array":
+            raise ValueError(
+                f"PixelObservation needs an env made with render_mode='rgb_array', got {env.render_mode!r}"
+            )
+        self.image_size = int(image_size)
+        n_state = gym.spaces.flatdim(env.observation_space)
+        self.observation_space = gym.spaces.Dict(
+            {
+                "pixels": gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8),
+                "state": gym.spaces.Box(-np.inf, np.inf, (n_state,), np.float32),
+            }
+        )
+
+    def observation(self, observation: Any) -> dict[str, np.ndarray]:
+        frame = self.env.render()
+        if frame is None:
+            raise RuntimeError("env.render() returned None; it must return an RGB array")
+        state = gym.spaces.flatten(self.env.observation_space, observation)
+        return {
+            "pixels": resize_image(np.asarray(frame), self.image_size),
+            "state": np.asarray(state, dtype=np.float32).copy(),
+        }
