@@ -16,10 +16,10 @@ import os
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
 
-import gymnasium as gym  # noqa: E402
+import gymnasium as gym
 
-from robobrain.envs.factory import get_expert, make_env, make_vector_env  # noqa: E402
-from robobrain.envs.wrappers import PixelObservation, resize_image  # noqa: E402
+from robobrain.envs.factory import get_expert, make_env, make_vector_env
+from robobrain.envs.wrappers import PixelObservation, resize_image
 
 EPISODE_STEPS = 50
 

@@ -24,7 +24,12 @@ MAX_SPEED = 0.5
 ACTION_STEP = MAX_SPEED * CONTROL_DT
 """Metres the gripper moves per unit action in one control step."""
 
-STATE_BASE = {"gripper_pos": slice(0, 3), "gripper_vel": slice(3, 6), "finger": slice(6, 7), "goal": slice(7, 10)}
+STATE_BASE = {
+    "gripper_pos": slice(0, 3),
+    "gripper_vel": slice(3, 6),
+    "finger": slice(6, 7),
+    "goal": slice(7, 10),
+}
 STATE_BLOCK = {"block_pos": slice(10, 13), "block_quat": slice(13, 17), "block_vel": slice(17, 20)}
 
 _UNSTABLE_WARNINGS = (
@@ -110,9 +115,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         _, terms = self._reward()
         return self._observation(), {**terms, "success": self._success(), "sim_unstable": False}
 
-    def step(
-        self, action: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = self._check_action(action)
         saved = (self.data.qpos.copy(), self.data.qvel.copy(), self.data.act.copy(), self.data.time)
         self.data.ctrl[:3] = action[:3] * self.max_speed

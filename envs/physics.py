@@ -20,9 +20,7 @@ class Scene:
         jid = model.joint
         self._grip_qpos = np.array([model.jnt_qposadr[jid(n).id] for n in ("grip_x", "grip_y", "grip_z")])
         self._grip_dof = np.array([model.jnt_dofadr[jid(n).id] for n in ("grip_x", "grip_y", "grip_z")])
-        self._finger_qpos = np.array(
-            [model.jnt_qposadr[jid(n).id] for n in ("finger_left", "finger_right")]
-        )
+        self._finger_qpos = np.array([model.jnt_qposadr[jid(n).id] for n in ("finger_left", "finger_right")])
         self._goal_site = model.site("goal").id
         self.has_block = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, "block") >= 0
         if self.has_block:

@@ -3,6 +3,8 @@ the air, up to 20 cm above the table."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from robobrain.envs.base import ACTION_STEP, STATE_BASE, STATE_BLOCK, ManipulationEnv, move_toward
@@ -17,7 +19,7 @@ class PickPlaceEnv(ManipulationEnv):
 
     xml_file = "pick_place.xml"
     action_dim = 4
-    state_layout = {**STATE_BASE, **STATE_BLOCK}
+    state_layout: ClassVar[dict[str, slice]] = {**STATE_BASE, **STATE_BLOCK}
 
     def _sample_episode(self, rng: np.random.Generator) -> None:
         start, block, goal = sample_block_and_goal(rng, goal_in_air_prob=0.5, max_goal_height=0.2)

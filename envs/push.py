@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from robobrain.envs.base import ACTION_STEP, STATE_BASE, STATE_BLOCK, ManipulationEnv, move_toward
@@ -51,7 +53,7 @@ class PushEnv(ManipulationEnv):
 
     xml_file = "push.xml"
     action_dim = 3
-    state_layout = {**STATE_BASE, **STATE_BLOCK}
+    state_layout: ClassVar[dict[str, slice]] = {**STATE_BASE, **STATE_BLOCK}
 
     def _sample_episode(self, rng: np.random.Generator) -> None:
         start, block, goal = sample_block_and_goal(rng)
