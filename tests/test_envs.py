@@ -1,0 +1,150 @@
+"""Every registered task: API checks, determinism, randomization, bad input, instability."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import robobrain.envs as envs
+
+
+def rollout(env, seed: int, steps: int = 15):
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(123)
+    traj = [obs]
+    for _ in range(steps):
+        obs, *_ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        traj.append(obs)
+    return traj
+
+
+def test_gymnasium_check_env(task_id):
+    env = gym.make(task_id, image_size=32, render_mode="rgb_array")
+    gym_check_env(env.unwrapped, skip_render_check=False)
+    env.close()
+
+
+def test_sb3_check_env(task_id):
+    env = gym.make(task_id, image_size=32)
+    with pytest.warns(UserWarning):  # SB3 notes it will transpose the image for its CNN
+        sb3_check_env(env, warn=True)
+    env.close()
+
+
+def test_spaces_and_info(small_env, task_id):
+    obs, info = small_env.reset(seed=0)
+    assert small_env.observation_space.contains(obs)
+    assert obs["pixels"].shape == (32, 32, 3) and obs["pixels"].dtype == np.uint8
+    assert small_env.action_space.dtype == np.float32
+    assert np.all(small_env.action_space.low == -1) and np.all(small_env.action_space.high == 1)
+    obs, reward, terminated, truncated, info = small_env.step(small_env.action_space.sample())
+    assert small_env.observation_space.contains(obs)
+    assert not terminated and not truncated
+    assert isinstance(info["success"], bool)
+    terms = {k: v for k, v in info.items() if k.startswith("reward_")}
+    assert len(terms) >= 2
+    assert reward == pytest.approx(sum(terms.values()))
+    assert small_env.spec.max_episode_steps == envs.EPISODE_STEPS
+
+
+def test_time_limit(small_env):
+    small_env.reset(seed=1)
+    for t in range(envs.EPISODE_STEPS):
+        _, _, terminated, truncated, _ = small_env.step(np.zeros(small_env.action_space.shape, np.float32))
+        assert not terminated
+        assert truncated == (t == envs.EPISODE_STEPS - 1)
+
+
+def test_same_seed_same_trajectory_pixels_included(task_id):
+    a, b = gym.make(task_id, image_size=32), gym.make(task_id, image_size=32)
+    for oa, ob in zip(rollout(a, seed=7), rollout(b, seed=7), strict=True):
+        np.testing.assert_array_equal(oa["pixels"], ob["pixels"])
+        np.testing.assert_array_equal(oa["state"], ob["state"])
+
+
+def test_resets_are_randomized(small_env):
+    states = [small_env.reset(seed=s)[0]["state"] for s in range(5)]
+    states += [small_env.reset()[0]["state"] for _ in range(3)]
+    assert len({s.tobytes() for s in states}) == len(states)
+    pixels = {small_env.reset(seed=s)[0]["pixels"].tobytes() for s in range(5)}
+    assert len(pixels) == 5
+
+
+def test_observations_are_fresh_arrays(small_env):
+    obs0, _ = small_env.reset(seed=0)
+    keep = {k: v.copy() for k, v in obs0.items()}
+    obs1, *_ = small_env.step(np.ones(small_env.action_space.shape, np.float32))
+    assert not np.shares_memory(obs0["pixels"], obs1["pixels"])
+    obs1["pixels"][:] = 0
+    obs1["state"][:] = 0
+    for k in keep:
+        np.testing.assert_array_equal(obs0[k], keep[k])
+    frame = small_env.render()
+    assert frame is not None and frame.any(), "render() must not share the observation's buffer"
+
+
+def test_image_size(task_id):
+    for size in (32, 64):
+        env = gym.make(task_id, image_size=size)
+        assert env.reset(seed=0)[0]["pixels"].shape == (size, size, 3)
+        env.close()
+    with pytest.raises(ValueError, match="image_size"):
+        gym.make(task_id, image_size=0)
+
+
+def test_wrong_action_shape_raises(small_env):
+    small_env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        small_env.step(np.zeros(small_env.action_space.shape[0] + 1, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        small_env.step(np.zeros((1, small_env.action_space.shape[0]), np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_action_raises_and_leaves_state(small_env, bad):
+    small_env.reset(seed=0)
+    small_env.step(small_env.action_space.sample())
+    raw = small_env.unwrapped
+    before = (raw.data.qpos.copy(), raw.data.qvel.copy(), raw.data.time, raw.data.ctrl.copy())
+    action = np.zeros(small_env.action_space.shape, np.float32)
+    action[0] = bad
+    with pytest.raises(ValueError, match="finite"):
+        small_env.step(action)
+    np.testing.assert_array_equal(raw.data.qpos, before[0])
+    np.testing.assert_array_equal(raw.data.qvel, before[1])
+    np.testing.assert_array_equal(raw.data.ctrl, before[3])
+    assert raw.data.time == before[2]
+
+
+def test_out_of_range_actions_are_clipped(task_id):
+    a, b = gym.make(task_id, image_size=32), gym.make(task_id, image_size=32)
+    a.reset(seed=3)
+    b.reset(seed=3)
+    big = np.full(a.action_space.shape, 5.0, np.float32)
+    big[0] = -7.0
+    oa, *_ = a.step(big)
+    ob, *_ = b.step(np.clip(big, -1, 1))
+    np.testing.assert_array_equal(oa["state"], ob["state"])
+
+
+def test_unstable_simulation_is_truncated_without_teleport(small_env):
+    obs, _ = small_env.reset(seed=0)
+    obs, *_ = small_env.step(np.zeros(small_env.action_space.shape, np.float32))
+    raw = small_env.unwrapped
+    raw.data.qvel[:] = 1e30  # blow the physics up
+    zero = np.zeros(small_env.action_space.shape, np.float32)
+    obs_bad, reward, terminated, truncated, info = small_env.step(zero)
+    assert info["sim_unstable"] is True
+    assert truncated and not terminated
+    assert np.all(np.isfinite(obs_bad["state"])) and np.isfinite(reward)
+    # The state is rolled back to the last good one, not MuJoCo's auto-reset (qpos0).
+    np.testing.assert_allclose(obs_bad["state"][:3], obs["state"][:3], atol=1e-6)
+    assert np.linalg.norm(obs_bad["state"][:3]) > 1e-3
+
+
+def test_success_flag_matches_threshold(task_id):
+    env = gym.make(task_id, image_size=32)
+    _, info = env.reset(seed=0)
+    assert info["success"] is False  # starts are drawn away from the goal
+    env.close()

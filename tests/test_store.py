@@ -1,0 +1,119 @@
+"""EpisodeStore: round trip, atomic writes, corrupt files reported and skipped; the sampler."""
+
+import json
+
+import numpy as np
+import pytest
+
+from robobrain.data import CorruptEpisodeError, Episode, EpisodeStore, SequenceSampler
+
+
+def make_episode(steps: int, tag: int = 0, size: int = 8) -> Episode:
+    """Pixels and states encode (tag, t) so windows can be traced back to their source."""
+    t = np.arange(steps + 1)
+    pixels = np.zeros((steps + 1, size, size, 3), np.uint8)
+    pixels[..., 0] = tag
+    pixels[..., 1] = t[:, None, None]
+    state = np.stack([np.full(steps + 1, tag), t], axis=1).astype(np.float32)
+    return Episode(
+        pixels=pixels,
+        state=state,
+        action=np.tile(t[:-1, None], (1, 3)).astype(np.float32) / 100,
+        reward=t[:-1].astype(np.float32),
+        success=t[:-1] == steps - 1,
+        terminated=False,
+        meta={"tag": tag},
+    )
+
+
+def test_round_trip(tmp_path):
+    store = EpisodeStore(tmp_path)
+    ep = make_episode(10, tag=3)
+    name = store.add(ep)
+    back = EpisodeStore(tmp_path).load(name)
+    for field in ("pixels", "state", "action", "reward", "success"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(ep, field))
+        assert getattr(back, field).dtype == getattr(ep, field).dtype
+    assert back.meta == {"tag": 3} and back.terminated is False
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["episodes"]
+    assert manifest[name]["length"] == 10 and manifest[name]["success"] is True
+
+
+def test_invalid_episode_is_refused(tmp_path):
+    store = EpisodeStore(tmp_path)
+    ep = make_episode(5)
+    bad_nan = Episode(ep.pixels, ep.state, ep.action * np.nan, ep.reward, ep.success)
+    bad_len = Episode(ep.pixels[:-1], ep.state, ep.action, ep.reward, ep.success)
+    bad_dtype = Episode(ep.pixels.astype(np.float32), ep.state, ep.action, ep.reward, ep.success)
+    for bad, what in [(bad_nan, "NaN"), (bad_len, "pixels"), (bad_dtype, "dtype")]:
+        with pytest.raises(ValueError, match=what):
+            store.add(bad)
+    assert len(store) == 0
+
+
+def test_truncated_and_garbage_files_are_reported_and_skipped(tmp_path, caplog):
+    store = EpisodeStore(tmp_path)
+    names = [store.add(make_episode(6, tag=i)) for i in range(4)]
+    path = tmp_path / names[1]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    (tmp_path / names[2]).write_bytes(b"not an npz at all")  # garbage
+    reopened = EpisodeStore(tmp_path)
+    with pytest.raises(CorruptEpisodeError, match=names[1]):
+        reopened.load(names[1])
+    loaded = [name for name, _ in reopened.episodes()]
+    assert loaded == [names[0], names[3]]
+    assert set(reopened.skipped) == {names[1], names[2]}
+    assert names[1] in caplog.text
+
+
+def test_file_with_missing_or_poisoned_fields_is_skipped(tmp_path):
+    store = EpisodeStore(tmp_path)
+    good = store.add(make_episode(4))
+    ep = make_episode(4)
+    np.savez(tmp_path / "episode_000001.npz", pixels=ep.pixels, state=ep.state)  # missing fields
+    np.savez(
+        tmp_path / "episode_000002.npz", pixels=ep.pixels, state=ep.state * np.nan, action=ep.action,
+        reward=ep.reward, success=ep.success, terminated=np.array(False), meta=np.array("{}"),
+    )  # fmt: skip
+    obj = np.array([{"evil": 1}], dtype=object)
+    np.savez(
+        tmp_path / "episode_000003.npz", pixels=obj, state=ep.state, action=ep.action,
+        reward=ep.reward, success=ep.success, terminated=np.array(False), meta=np.array("{}"),
+    )  # fmt: skip
+    reopened = EpisodeStore(tmp_path)
+    assert [n for n, _ in reopened.episodes()] == [good]
+    assert "KeyError" in reopened.skipped["episode_000001.npz"]
+    assert "NaN" in reopened.skipped["episode_000002.npz"]
+    assert "pickle" in reopened.skipped["episode_000003.npz"].lower()
+
+
+def test_manifest_is_rebuilt_when_missing_or_corrupt(tmp_path):
+    store = EpisodeStore(tmp_path)
+    names = [store.add(make_episode(3 + i)) for i in range(3)]
+    (tmp_path / "manifest.json").write_text("{ truncated")
+    assert sorted(EpisodeStore(tmp_path).manifest) == names
+    (tmp_path / "manifest.json").unlink()
+    rebuilt = EpisodeStore(tmp_path)
+    assert rebuilt.num_steps() == 3 + 4 + 5
+    assert rebuilt.add(make_episode(2)) == "episode_000003.npz"
+
+
+def test_sampler_windows_never_cross_episodes():
+    episodes = [make_episode(n, tag=i) for i, n in enumerate([3, 10, 7, 2])]
+    sampler = SequenceSampler(episodes, seq_len=4, seed=0)
+    assert sampler.num_windows == (10 - 3) + (7 - 3)
+    batch = sampler.sample(256)
+    assert batch.pixels.shape == (256, 4, 8, 8, 3) and batch.action.shape == (256, 4, 3)
+    tags = batch.state[..., 0]
+    steps = batch.state[..., 1]
+    assert np.all(tags == tags[:, :1]), "a window mixes episodes"
+    assert np.all(np.diff(steps, axis=1) == 1), "a window is not contiguous"
+    assert set(np.unique(tags[:, 0])) == {1, 2}  # episodes shorter than 4 steps offer no window
+    for b in range(8):
+        ep = episodes[int(tags[b, 0])]
+        t0 = int(steps[b, 0])
+        np.testing.assert_array_equal(batch.action[b], ep.action[t0 : t0 + 4])
+        np.testing.assert_array_equal(batch.reward[b], ep.reward[t0 : t0 + 4])
+    with pytest.raises(ValueError, match="no episode"):
+        SequenceSampler(episodes, seq_len=11)

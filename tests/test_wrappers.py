@@ -1,0 +1,50 @@
+"""The pixel wrapper gives third-party envs the robobrain observation dict."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import robobrain.envs as envs
+from robobrain.envs import PixelObservation, resize_image
+
+
+@pytest.mark.parametrize("env_id", ["Reacher-v5", "Pusher-v5"])
+def test_wrapped_gymnasium_env(env_id):
+    env = envs.make_env(env_id, image_size=32, width=64, height=64)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert obs["pixels"].shape == (32, 32, 3) and obs["pixels"].dtype == np.uint8
+    raw_dim = gym.spaces.flatdim(env.unwrapped.observation_space)
+    assert obs["state"].shape == (raw_dim,) and obs["state"].dtype == np.float32
+    first = obs["pixels"].copy()
+    for _ in range(5):
+        obs, *_ = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs)
+    assert not np.array_equal(first, obs["pixels"]), "the pixels must follow the simulation"
+    env.close()
+
+
+def test_wrapper_needs_rgb_rendering():
+    with pytest.raises(ValueError, match="rgb_array"):
+        PixelObservation(gym.make("Reacher-v5"), image_size=32)
+
+
+def test_wrapped_env_vectorizes():
+    vec = envs.make_vector_env("Reacher-v5", 2, image_size=16, width=32, height=32)
+    obs, _ = vec.reset(seed=0)
+    assert obs["pixels"].shape == (2, 16, 16, 3)
+    vec.close()
+
+
+def test_resize_is_an_area_average():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    small = resize_image(img, 16)
+    assert small.shape == (16, 16, 3) and small.dtype == np.uint8
+    # 64 -> 16 rows is an exact 4x4 block mean; 48 -> 16 columns a 3-wide one.
+    expected = img.astype(np.float64).reshape(16, 4, 16, 3, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(small, np.rint(expected), atol=1)
+    flat = np.full((50, 70, 3), 77, np.uint8)
+    np.testing.assert_array_equal(resize_image(flat, 32), 77)
+    with pytest.raises(ValueError):
+        resize_image(np.zeros((8, 8)), 4)
