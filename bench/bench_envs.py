@@ -1,0 +1,134 @@
+"""Environment throughput: rendered steps/s at 64 px, with the peers measured in the same run.
+
+    python bench/bench_envs.py [--seconds 3] [--image-size 64]
+
+Rows: each robobrain task (single env; vector env of 2, sync and async), the raw loop on the
+same scene (``mujoco.Renderer`` + ``mj_step(nstep=frame_skip)``, no Python env around it), and
+Gymnasium's ``Pusher-v5`` rendering at the same size. The ratio column is steps/s divided by the
+raw loop's, so it survives the machine's run-to-run noise better than the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+import robobrain.envs as envs
+from robobrain.envs.base import ASSETS, ManipulationEnv
+
+
+def timed(step, seconds: float) -> float:
+    """Calls/s of ``step()`` (returns the number of env steps it made) over ~``seconds``."""
+    step()  # warm up (renderer creation, first frame)
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        n += step()
+    return n / elapsed
+
+
+def bench_env(env_id: str, size: int, seconds: float) -> float:
+    env = gym.make(env_id, image_size=size)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+
+    def step() -> int:
+        _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        if term or trunc:
+            env.reset()
+        return 1
+
+    try:
+        return timed(step, seconds)
+    finally:
+        env.close()
+
+
+def bench_vector(env_id: str, size: int, seconds: float, mode: str) -> float:
+    vec = envs.make_vector_env(env_id, 2, image_size=size, mode=mode)
+    vec.reset(seed=0)
+    rng = np.random.default_rng(0)
+
+    def step() -> int:
+        vec.step(rng.uniform(-1, 1, vec.action_space.shape).astype(np.float32))
+        return vec.num_envs
+
+    try:
+        return timed(step, seconds)
+    finally:
+        vec.close()
+
+
+def bench_raw(size: int, seconds: float) -> float:
+    model = mujoco.MjModel.from_xml_path(str(ASSETS / "push.xml"))
+    data = mujoco.MjData(model)
+    renderer = mujoco.Renderer(model, size, size)
+    rng = np.random.default_rng(0)
+    data.qpos[2] = 0.12
+
+    def step() -> int:
+        data.ctrl[:3] = rng.uniform(-0.5, 0.5, 3)
+        mujoco.mj_step(model, data, nstep=ManipulationEnv.frame_skip)
+        renderer.update_scene(data, camera="front")
+        renderer.render()
+        return 1
+
+    try:
+        return timed(step, seconds)
+    finally:
+        renderer.close()
+
+
+def bench_pusher(size: int, seconds: float) -> float:
+    env = gym.make("Pusher-v5", render_mode="rgb_array", width=size, height=size)
+    env.reset(seed=0)
+
+    def step() -> int:
+        _, _, term, trunc, _ = env.step(env.action_space.sample())
+        env.render()
+        if term or trunc:
+            env.reset()
+        return 1
+
+    try:
+        return timed(step, seconds)
+    finally:
+        env.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per row")
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args()
+    size, sec = args.image_size, args.seconds
+
+    raw = bench_raw(size, sec)
+    rows = [("raw mujoco.Renderer + mj_step (push scene)", raw)]
+    for env_id in envs.TASKS:
+        rows.append((f"{env_id} single env", bench_env(env_id, size, sec)))
+        rows.append((f"{env_id} vector x2 sync", bench_vector(env_id, size, sec, "sync")))
+        rows.append((f"{env_id} vector x2 async", bench_vector(env_id, size, sec, "async")))
+    rows.append(("gymnasium Pusher-v5 (default visuals)", bench_pusher(size, sec)))
+
+    print(
+        f"# env throughput at {size} px, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+    )
+    print(f"# MUJOCO_GL={os.environ.get('MUJOCO_GL')} LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS')}")
+    print(f"| {'what':<46} | {'steps/s':>8} | {'vs raw':>6} |")
+    print(f"|{'-' * 48}|{'-' * 10}|{'-' * 8}|")
+    for name, rate in rows:
+        print(f"| {name:<46} | {rate:>8.0f} | {rate / raw:>6.2f} |")
+
+
+if __name__ == "__main__":
+    main()

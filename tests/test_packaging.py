@@ -1,0 +1,37 @@
+"""envs/ and policies/ install as robobrain.envs and robobrain.policies, editable and as a wheel."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import robobrain.envs
+import robobrain.policies
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_editable_install_maps_the_top_level_folders():
+    assert Path(robobrain.envs.__file__).resolve().parent == ROOT / "envs"
+    assert Path(robobrain.policies.__file__).resolve().parent == ROOT / "policies"
+
+
+def test_wheel_contains_envs_policies_and_assets(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("robobrain-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in [
+        "robobrain/cli.py",
+        "robobrain/data/store.py",
+        "robobrain/envs/__init__.py",
+        "robobrain/envs/push.py",
+        "robobrain/envs/assets/base.xml",
+        "robobrain/envs/assets/pick_place.xml",
+        "robobrain/policies/__init__.py",
+    ]:
+        assert expected in names, f"{expected} missing from {wheel.name}"
+    assert not any(n.startswith(("envs/", "policies/", "tests/")) for n in names)
