@@ -1,0 +1,6 @@
+"""Episode storage and sequence sampling."""
+
+from robobrain.data.sampler import SequenceBatch, SequenceSampler
+from robobrain.data.store import CorruptEpisodeError, Episode, EpisodeStore
+
+__all__ = ["CorruptEpisodeError", "Episode", "EpisodeStore", "SequenceBatch", "SequenceSampler"]

@@ -1,0 +1,95 @@
+"""Roll a policy out in a vector env and store complete episodes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+from robobrain.data.store import Episode, EpisodeStore
+
+if TYPE_CHECKING:  # the core does not depend on policies/ at run time
+    from robobrain.policies import Policy
+
+
+class EpisodeBuilder:
+    """Accumulates one env's transitions until its episode ends."""
+
+    def __init__(self, pixels: np.ndarray, state: np.ndarray) -> None:
+        self.pixels = [pixels]
+        self.state = [state]
+        self.action: list[np.ndarray] = []
+        self.reward: list[float] = []
+        self.success: list[bool] = []
+
+    def add(self, action: np.ndarray, reward: float, success: bool, pixels: np.ndarray, state: np.ndarray) -> None:
+        self.action.append(action)
+        self.reward.append(reward)
+        self.success.append(success)
+        self.pixels.append(pixels)
+        self.state.append(state)
+
+    def finish(self, terminated: bool, meta: dict[str, Any]) -> Episode:
+        return Episode(
+            pixels=np.stack(self.pixels).astype(np.uint8),
+            state=np.stack(self.state).astype(np.float32),
+            action=np.stack(self.action).astype(np.float32),
+            reward=np.asarray(self.reward, dtype=np.float32),
+            success=np.asarray(self.success, dtype=bool),
+            terminated=terminated,
+            meta=meta,
+        )
+
+
+def _info_flag(info: dict[str, Any], key: str, i: int) -> bool:
+    if key not in info or not info.get(f"_{key}", np.ones(i + 1, bool))[i]:
+        return False
+    return bool(info[key][i])
+
+
+def collect_episodes(
+    envs: gym.vector.VectorEnv,
+    policy: Policy,
+    store: EpisodeStore,
+    num_episodes: int,
+    seed: int | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Run ``policy`` in ``envs`` until ``num_episodes`` episodes have ended; store each.
+
+    ``envs`` must auto-reset in Gymnasium's NEXT_STEP mode (as :func:`robobrain.envs.make_vector_env`
+    makes them): the step after an episode ends returns the reset observation and is not a
+    transition, so it starts a new episode instead of being appended to the old one.
+    Returns the stored file names in the order the episodes ended.
+    """
+    mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+    if mode != gym.vector.AutoresetMode.NEXT_STEP:
+        raise ValueError(f"collect_episodes needs a NEXT_STEP auto-resetting vector env, got {mode}")
+    n = envs.num_envs
+    obs, _ = envs.reset(seed=seed)
+    policy.reset(n)
+    builders = [EpisodeBuilder(obs["pixels"][i], obs["state"][i]) for i in range(n)]
+    resetting = np.zeros(n, dtype=bool)
+    names: list[str] = []
+    base_meta = dict(meta or {})
+    with tqdm(total=num_episodes, desc="collect", unit="ep", disable=not progress) as bar:
+        while len(names) < num_episodes:
+            action = np.asarray(policy.act(obs), dtype=np.float32)
+            obs, reward, terminated, truncated, info = envs.step(action)
+            done = terminated | truncated
+            for i in range(n):
+                if resetting[i]:
+                    builders[i] = EpisodeBuilder(obs["pixels"][i], obs["state"][i])
+                    continue
+                builders[i].add(
+                    action[i], float(reward[i]), _info_flag(info, "success", i), obs["pixels"][i], obs["state"][i]
+                )
+                if done[i] and len(names) < num_episodes:
+                    ep_meta = {**base_meta, "sim_unstable": _info_flag(info, "sim_unstable", i)}
+                    names.append(store.add(builders[i].finish(bool(terminated[i]), ep_meta)))
+                    bar.update(1)
+            resetting = done
+    return names

@@ -1,0 +1,69 @@
+"""Fixed-length windows from stored episodes, never crossing an episode boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from robobrain.data.store import Episode
+
+
+class SequenceBatch(NamedTuple):
+    """A batch of B windows of L steps from within single episodes.
+
+    pixels: uint8[B, L, H, W, 3] -- o_t .. o_{t+L-1}
+    state: float32[B, L, n]
+    action: float32[B, L, A] -- a_t taken after o_t
+    reward: float32[B, L] -- reward for a_t
+    success: bool[B, L] -- success after a_t
+    """
+
+    pixels: np.ndarray
+    state: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    success: np.ndarray
+
+
+class SequenceSampler:
+    """Samples windows uniformly over all valid start positions of all episodes.
+
+    An episode of T steps offers ``T - L + 1`` windows (the window's observations and the actions
+    taken after them all lie inside it); shorter episodes offer none.
+    """
+
+    def __init__(self, episodes: Sequence[Episode], seq_len: int, seed: int | None = None) -> None:
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        self.episodes = list(episodes)
+        self.seq_len = seq_len
+        self.rng = np.random.default_rng(seed)
+        counts = np.array([max(len(ep) - seq_len + 1, 0) for ep in self.episodes], dtype=np.int64)
+        if counts.sum() == 0:
+            lengths = sorted({len(ep) for ep in self.episodes})
+            raise ValueError(f"no episode has {seq_len} steps (episode lengths: {lengths or 'no episodes'})")
+        self._cum = np.cumsum(counts)
+
+    @property
+    def num_windows(self) -> int:
+        return int(self._cum[-1])
+
+    def sample(self, batch_size: int) -> SequenceBatch:
+        flat = self.rng.integers(0, self.num_windows, size=batch_size)
+        ep_idx = np.searchsorted(self._cum, flat, side="right")
+        starts = flat - np.concatenate([[0], self._cum[:-1]])[ep_idx]
+        return self.gather(ep_idx, starts)
+
+    def gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
+        """Windows at explicit (episode index, start step) pairs."""
+        win = [slice(s, s + self.seq_len) for s in starts]
+        eps = [self.episodes[i] for i in ep_idx]
+        return SequenceBatch(
+            pixels=np.stack([ep.pixels[w] for ep, w in zip(eps, win, strict=True)]),
+            state=np.stack([ep.state[w] for ep, w in zip(eps, win, strict=True)]),
+            action=np.stack([ep.action[w] for ep, w in zip(eps, win, strict=True)]),
+            reward=np.stack([ep.reward[w] for ep, w in zip(eps, win, strict=True)]),
+            success=np.stack([ep.success[w] for ep, w in zip(eps, win, strict=True)]),
+        )

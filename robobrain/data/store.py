@@ -1,0 +1,216 @@
+"""EpisodeStore: a directory of episodes, one compressed ``.npz`` file each, plus a small manifest.
+
+Every file is written under a temporary name, flushed to disk and renamed, so a crash never leaves
+a half-written episode under a real name. Files are read with ``allow_pickle=False`` and checked
+(keys, dtypes, shapes, finite values); a truncated or corrupt file is reported by name and skipped.
+The episode files are the source of truth; ``manifest.json`` summarises them and is rebuilt when it
+is missing or out of date.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^episode_(\d{6})\.npz$")
+
+
+class CorruptEpisodeError(ValueError):
+    """An episode file could not be read or failed validation."""
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode of T steps.
+
+    pixels: uint8[T+1, H, W, 3] -- observations o_0 .. o_T
+    state: float32[T+1, n]
+    action: float32[T, A] -- a_t taken after o_t
+    reward: float32[T] -- reward received for a_t
+    success: bool[T] -- ``info["success"]`` after a_t
+    terminated: the episode ended in a terminal state (otherwise it was truncated)
+    meta: free-form JSON-serialisable metadata (env id, policy, seed...)
+    """
+
+    pixels: np.ndarray
+    state: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    success: np.ndarray
+    terminated: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field that is inconsistent."""
+        t = len(self.action)
+        checks = [
+            ("pixels", self.pixels, np.uint8, (t + 1,), 4),
+            ("state", self.state, np.float32, (t + 1,), 2),
+            ("action", self.action, np.float32, (t,), 2),
+            ("reward", self.reward, np.float32, (t,), 1),
+            ("success", self.success, np.bool_, (t,), 1),
+        ]
+        if t < 1:
+            raise ValueError("an episode needs at least one step")
+        for name, arr, dtype, lead, ndim in checks:
+            if not isinstance(arr, np.ndarray) or arr.dtype != dtype:
+                got = getattr(arr, "dtype", type(arr))
+                raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {got}")
+            if arr.ndim != ndim or arr.shape[:1] != lead:
+                raise ValueError(f"{name}: expected {ndim} dims with leading size {lead[0]}, got {arr.shape}")
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name}: contains NaN or inf")
+        if self.pixels.shape[-1] != 3:
+            raise ValueError(f"pixels: expected [T+1, H, W, 3], got {self.pixels.shape}")
+
+    @property
+    def episode_return(self) -> float:
+        return float(self.reward.sum())
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+class EpisodeStore:
+    """A directory of episodes. Not safe for several concurrent writers."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.skipped: dict[str, str] = {}
+        """Files found corrupt, by name, with the reason."""
+        self._manifest = self._load_manifest()
+
+    # --- writing ---------------------------------------------------------------------------
+    def add(self, episode: Episode) -> str:
+        """Validate and store an episode; returns its file name."""
+        try:
+            episode.validate()
+        except ValueError as e:
+            raise ValueError(f"refusing to store an invalid episode: {e}") from e
+        index = self._next_index()
+        name = f"episode_{index:06d}.npz"
+        arrays = {
+            "pixels": episode.pixels,
+            "state": episode.state,
+            "action": episode.action,
+            "reward": episode.reward,
+            "success": episode.success,
+            "terminated": np.array(episode.terminated),
+            "meta": np.array(json.dumps(episode.meta)),
+        }
+        _atomic_write_bytes(self.root / name, lambda f: np.savez_compressed(f, **arrays))
+        self._manifest[name] = self._summary(episode)
+        self._write_manifest()
+        return name
+
+    # --- reading ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Episode file names in the order they were added."""
+        return sorted(p.name for p in self.root.iterdir() if _NAME.match(p.name))
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def load(self, name: str) -> Episode:
+        """Load and validate one episode; ``CorruptEpisodeError`` names the file if it is bad."""
+        path = self.root / name
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                episode = Episode(
+                    pixels=z["pixels"],
+                    state=z["state"],
+                    action=z["action"],
+                    reward=z["reward"],
+                    success=z["success"],
+                    terminated=bool(z["terminated"]),
+                    meta=json.loads(str(z["meta"])),
+                )
+            episode.validate()
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+            raise CorruptEpisodeError(f"{path}: {type(e).__name__}: {e}") from e
+        return episode
+
+    def episodes(self) -> Iterator[tuple[str, Episode]]:
+        """Yield (name, episode) for every readable episode; corrupt files are logged and skipped."""
+        for name in self.names():
+            try:
+                yield name, self.load(name)
+            except CorruptEpisodeError as e:
+                if name not in self.skipped:
+                    log.warning("skipping corrupt episode %s", e)
+                self.skipped[name] = str(e)
+
+    def load_all(self) -> list[Episode]:
+        return [ep for _, ep in self.episodes()]
+
+    @property
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        """Summary per episode file: length, return, success, meta."""
+        return dict(self._manifest)
+
+    def num_steps(self) -> int:
+        return sum(int(s["length"]) for s in self._manifest.values())
+
+    # --- internals -------------------------------------------------------------------------
+    def _next_index(self) -> int:
+        names = self.names()
+        return int(_NAME.match(names[-1]).group(1)) + 1 if names else 0
+
+    @staticmethod
+    def _summary(episode: Episode) -> dict[str, Any]:
+        return {
+            "length": len(episode),
+            "return": episode.episode_return,
+            "success": bool(episode.success[-1]),
+            "meta": episode.meta,
+        }
+
+    def _load_manifest(self) -> dict[str, dict[str, Any]]:
+        path = self.root / MANIFEST
+        manifest: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            try:
+                manifest = json.loads(path.read_text())["episodes"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("rebuilding unreadable manifest %s (%s)", path, e)
+                manifest = {}
+        names = self.names()
+        if sorted(manifest) != names:
+            manifest = {name: self._summary(ep) for name, ep in self.episodes()}
+            self._manifest = manifest
+            self._write_manifest()
+        return manifest
+
+    def _write_manifest(self) -> None:
+        atomic_write_json(self.root / MANIFEST, {"version": 1, "episodes": self._manifest})
