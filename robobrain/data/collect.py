@@ -24,7 +24,9 @@ class EpisodeBuilder:
         self.reward: list[float] = []
         self.success: list[bool] = []
 
-    def add(self, action: np.ndarray, reward: float, success: bool, pixels: np.ndarray, state: np.ndarray) -> None:
+    def add(
+        self, action: np.ndarray, reward: float, success: bool, pixels: np.ndarray, state: np.ndarray
+    ) -> None:
         self.action.append(action)
         self.reward.append(reward)
         self.success.append(success)
@@ -85,7 +87,11 @@ def collect_episodes(
                     builders[i] = EpisodeBuilder(obs["pixels"][i], obs["state"][i])
                     continue
                 builders[i].add(
-                    action[i], float(reward[i]), _info_flag(info, "success", i), obs["pixels"][i], obs["state"][i]
+                    action[i],
+                    float(reward[i]),
+                    _info_flag(info, "success", i),
+                    obs["pixels"][i],
+                    obs["state"][i],
                 )
                 if done[i] and len(names) < num_episodes:
                     ep_meta = {**base_meta, "sim_unstable": _info_flag(info, "sim_unstable", i)}

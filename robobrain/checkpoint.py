@@ -1,0 +1,210 @@
+"""Checkpoints: ``model.safetensors`` + ``config.json`` + ``training_state/``, written atomically.
+
+Layout of a run directory::
+
+    run/checkpoints/step_000500/model.safetensors
+                               /config.json
+                               /training_state/optimizer.safetensors   (tensors of the optimizer state)
+                               /training_state/state.json              (step, counters, RNG states, ...)
+    run/checkpoints/latest                                              (name of the newest complete one)
+
+A checkpoint is written into a temporary directory which is renamed when complete; ``latest`` is
+moved (atomically) only afterwards. Loading never unpickles anything: tensors come from safetensors
+and the rest from JSON. A bad file gives a ``CheckpointError`` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from robobrain.data.store import atomic_write_json
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_DIR = "training_state"
+OPTIM_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not fit the model it is loaded into."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+    state: dict[str, Any]
+
+
+# --- optimizer state <-> flat tensors + json ----------------------------------------------------
+def _flatten_optimizer(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"param_groups": opt_state["param_groups"], "state": {}}
+    for pid, pstate in opt_state["state"].items():
+        entry: dict[str, Any] = {}
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                name = f"{pid}.{key}"
+                tensors[name] = value.detach().cpu().contiguous()
+                entry[key] = {"tensor": name}
+            else:
+                entry[key] = value
+        meta["state"][str(pid)] = entry
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, entry in meta["state"].items():
+        state[int(pid)] = {
+            k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v for k, v in entry.items()
+        }
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# --- save / load ----------------------------------------------------------------------------------
+def save_checkpoint(
+    run_dir: str | os.PathLike[str],
+    step: int,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    state: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step_{step}`` under ``run_dir/checkpoints`` and point ``latest`` at it."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:07d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / STATE_DIR).mkdir(parents=True)
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / MODEL_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        full_state = dict(state or {}, step=step)
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, str(tmp / STATE_DIR / OPTIM_FILE))
+            full_state["optimizer"] = meta
+        (tmp / STATE_DIR / STATE_FILE).write_text(json.dumps(full_state))
+        for f in [tmp / MODEL_FILE, tmp / STATE_DIR / STATE_FILE]:
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    atomic_write_json(root / LATEST, {"checkpoint": name, "step": step})
+    _prune(root, keep, protect=name)
+    return final
+
+
+def _prune(root: Path, keep: int, protect: str) -> None:
+    olds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for p in olds[:-keep] if keep > 0 else []:
+        if p.name != protect:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint of a run, or None when the run has none."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{pointer}: unreadable ({e})") from e
+    path = root / name
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} names {name}, which does not exist")
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint directory from itself, a run directory, or a run's ``checkpoints`` folder."""
+    p = Path(path)
+    if (p / MODEL_FILE).exists() or (p / STATE_DIR).is_dir():
+        return p
+    if not p.exists():
+        raise CheckpointError(f"{p}: no checkpoint there (the path does not exist)")
+    run = p.parent if p.name == "checkpoints" else p
+    latest = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
+    if latest is not None:
+        return latest
+    raise CheckpointError(
+        f"{p}: no checkpoint there (expected {MODEL_FILE} or a run with checkpoints/latest)"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing") from e
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from e
+
+
+def load_checkpoint(path: str | os.PathLike[str], with_training_state: bool = True) -> Checkpoint:
+    """Read a checkpoint directory (or a run directory's latest). Never unpickles."""
+    ckpt = resolve_checkpoint(path)
+    config = _read_json(ckpt / CONFIG_FILE)
+    weights = _read_tensors(ckpt / MODEL_FILE)
+    optimizer_state, state = None, {}
+    if with_training_state:
+        state = _read_json(ckpt / STATE_DIR / STATE_FILE)
+        if "optimizer" in state:
+            tensors = _read_tensors(ckpt / STATE_DIR / OPTIM_FILE)
+            try:
+                optimizer_state = _unflatten_optimizer(tensors, state.pop("optimizer"))
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{ckpt / STATE_DIR}: optimizer state inconsistent ({e})") from e
+    return Checkpoint(ckpt, config, weights, optimizer_state, state)
+
+
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Load weights strictly; a missing, unexpected or wrong-shape tensor names the file."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(ckpt.model_state))
+    unexpected = sorted(set(ckpt.model_state) - set(expected))
+    wrong = [
+        f"{k}: file {list(v.shape)} vs model {list(expected[k].shape)}"
+        for k, v in ckpt.model_state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{ckpt.path / MODEL_FILE} does not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
+        )
+    model.load_state_dict(ckpt.model_state)

@@ -1,0 +1,116 @@
+"""Frozen dataclass configs, one per component, and the named presets.
+
+Presets: ``debug`` (tests: 32 px, tiny nets, seconds), ``cpu`` (this 2-core machine: 64 px, GRU 128,
+8x8 categorical latent, conv depth 16), ``gpu`` (a lent accelerator: GRU 512, 32x32 latent,
+conv depth 32). Nothing writes into a config; derive a new one with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Preset = Literal["debug", "cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Sizes and loss weights of the RSSM world model."""
+
+    image_size: int = 64
+    """Side of the square frames the model sees (must be a power of two >= 16)."""
+    action_dim: int = 3
+    """Action dimension A."""
+    cnn_depth: int = 16
+    """Channels of the first conv layer; doubled at every stride-2 layer."""
+    deter: int = 128
+    """GRU (deterministic state) size."""
+    stoch: int = 8
+    """Number of categorical latent variables."""
+    classes: int = 8
+    """Classes per categorical variable."""
+    hidden: int = 128
+    """Width of the MLPs (dynamics input, prior/posterior, heads)."""
+    ensemble: int = 0
+    """Extra prior heads whose disagreement estimates uncertainty (0 = none)."""
+    unimix: float = 0.01
+    """Uniform mixture in the categorical distributions (DreamerV3)."""
+    free_nats: float = 1.0
+    """KL below this many nats is not penalised."""
+    kl_dyn: float = 0.5
+    """Weight of KL(sg(posterior) || prior): trains the dynamics."""
+    kl_rep: float = 0.1
+    """Weight of KL(posterior || sg(prior)): regularises the representation."""
+    recon_weight: float = 1.0
+    reward_weight: float = 1.0
+    success_weight: float = 1.0
+
+    @property
+    def feat_dim(self) -> int:
+        """Size of a latent feature vector: deterministic + flattened stochastic state."""
+        return self.deter + self.stoch * self.classes
+
+
+@dataclass(frozen=True)
+class WMTrainConfig:
+    """World-model training loop."""
+
+    batch_size: int = 16
+    seq_len: int = 16
+    lr: float = 6e-4
+    adam_eps: float = 1e-6
+    grad_clip: float = 100.0
+    weight_decay: float = 0.0
+    holdout_fraction: float = 0.1
+    """Share of episodes (the last ones by name) kept out of training for evaluation."""
+    log_every: int = 25
+    checkpoint_every: int = 500
+    max_nonfinite: int = 20
+    """Consecutive non-finite losses after which training stops with an error."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PresetConfig:
+    world_model: WorldModelConfig
+    train: WMTrainConfig
+
+
+PRESETS: dict[str, PresetConfig] = {
+    "debug": PresetConfig(
+        WorldModelConfig(image_size=32, cnn_depth=8, deter=32, stoch=4, classes=4, hidden=32),
+        WMTrainConfig(batch_size=8, seq_len=8, lr=1e-3, log_every=5, checkpoint_every=50),
+    ),
+    "cpu": PresetConfig(WorldModelConfig(), WMTrainConfig()),
+    "gpu": PresetConfig(
+        WorldModelConfig(cnn_depth=32, deter=512, stoch=32, classes=32, hidden=512),
+        WMTrainConfig(batch_size=16, seq_len=64, lr=1e-4, adam_eps=1e-8, grad_clip=1000.0),
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> PresetConfig:
+    """A preset, with world-model fields overridden (e.g. ``action_dim=4``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    return dataclasses.replace(preset, world_model=dataclasses.replace(preset.world_model, **overrides))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass; unknown keys are an error, missing keys take defaults."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        sub = {"WorldModelConfig": WorldModelConfig, "WMTrainConfig": WMTrainConfig}.get(str(ftype))
+        kwargs[name] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Training loops: the world-model trainer (later: the online loop)."""

@@ -1,0 +1,210 @@
+"""Offline world-model training on an EpisodeStore, with exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from robobrain.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from robobrain.config import PresetConfig, WMTrainConfig, WorldModelConfig, from_dict, to_dict
+from robobrain.data import Episode, EpisodeStore, SequenceBatch, SequenceSampler
+from robobrain.training.logging import MetricLogger
+from robobrain.world_model import WorldModel
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced non-finite losses or gradients too many times in a row."""
+
+
+def split_episodes(store: EpisodeStore, holdout_fraction: float) -> tuple[list[Episode], list[Episode]]:
+    """(train, held-out) episodes; the held-out ones are the last ``holdout_fraction`` by name."""
+    episodes = [ep for _, ep in store.episodes()]
+    if not episodes:
+        raise ValueError(f"{store.root}: no readable episodes")
+    n_eval = round(len(episodes) * holdout_fraction) if len(episodes) > 1 else 0
+    n_eval = min(max(n_eval, 1 if holdout_fraction > 0 and len(episodes) > 1 else 0), len(episodes) - 1)
+    return episodes[: len(episodes) - n_eval], episodes[len(episodes) - n_eval :]
+
+
+def batch_to_torch(batch: SequenceBatch, device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {
+        "pixels": torch.from_numpy(batch.pixels).to(device),
+        "action": torch.from_numpy(batch.action).to(device),
+        "reward": torch.from_numpy(batch.reward).to(device),
+        "success": torch.from_numpy(batch.success).to(device),
+    }
+
+
+def model_config_from_checkpoint(config: dict[str, Any]) -> WorldModelConfig:
+    try:
+        return from_dict(WorldModelConfig, config["world_model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json: not a world-model config ({e})") from e
+
+
+def load_world_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> WorldModel:
+    """A trained WorldModel from a checkpoint or run directory, in eval mode."""
+    ckpt = load_checkpoint(path, with_training_state=False)
+    model = WorldModel(model_config_from_checkpoint(ckpt.config))
+    load_weights(model, ckpt)
+    return model.to(device).eval()
+
+
+class WorldModelTrainer:
+    """One optimizer, one sampler, one model; ``train_step`` skips (and counts) non-finite steps."""
+
+    def __init__(
+        self, model: WorldModel, cfg: WMTrainConfig, sampler: SequenceSampler, device: torch.device | str
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.sampler = sampler
+        self.device = torch.device(device)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+        )
+        self.step = 0
+        self.nonfinite_total = 0
+        self._nonfinite_run = 0
+
+    def train_step(self) -> dict[str, float] | None:
+        """One gradient step. Returns metrics, or None when the step was skipped as non-finite."""
+        self.model.train()
+        batch = batch_to_torch(self.sampler.sample(self.cfg.batch_size), self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss, metrics = self.model.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        ok = bool(torch.isfinite(loss))
+        if ok:
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            ok = bool(torch.isfinite(grad_norm))
+            metrics["grad_norm"] = float(grad_norm)
+        self.step += 1
+        if not ok:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_total += 1
+            self._nonfinite_run += 1
+            log.warning("step %d: non-finite loss or gradient; skipped", self.step)
+            if self._nonfinite_run >= self.cfg.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self._nonfinite_run} consecutive non-finite losses/gradients up to step {self.step} "
+                    f"(last metrics {metrics}); check the data and the learning rate"
+                )
+            return None
+        self._nonfinite_run = 0
+        self.optimizer.step()
+        return metrics
+
+    def training_state(self) -> dict[str, Any]:
+        state = {
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_run": self._nonfinite_run,
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state().tolist(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+        return state
+
+    def restore(self, step: int, state: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:
+        self.step = step
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self._nonfinite_run = int(state.get("nonfinite_run", 0))
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda_rng"]])
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+
+
+def train_world_model(
+    data_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    preset: PresetConfig,
+    steps: int,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train (or resume training) until ``steps`` gradient steps; returns the last metrics.
+
+    Re-running with the same run directory resumes from ``checkpoints/latest``: weights, optimizer,
+    sampler and torch RNG states and counters are restored, so the result equals an uninterrupted run.
+    """
+    run_dir = Path(run_dir)
+    cfg, tcfg = preset.world_model, preset.train
+    store = EpisodeStore(data_dir)
+    train_eps, _ = split_episodes(store, tcfg.holdout_fraction)
+    action_dim = train_eps[0].action.shape[-1]
+    image_size = train_eps[0].pixels.shape[1]
+    if (action_dim, image_size) != (cfg.action_dim, cfg.image_size):
+        cfg = dataclasses.replace(cfg, action_dim=action_dim, image_size=image_size)
+        log.info("world model sized to the data: action_dim=%d image_size=%d", action_dim, image_size)
+    config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(data_dir)}
+
+    torch.manual_seed(tcfg.seed)
+    model = WorldModel(cfg).to(device)
+    sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
+    trainer = WorldModelTrainer(model, tcfg, sampler, device)
+
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        ckpt = load_checkpoint(latest)
+        for key in ("world_model", "train"):
+            if ckpt.config.get(key) != config[key]:
+                diff = {
+                    k: (ckpt.config.get(key, {}).get(k), v)
+                    for k, v in config[key].items()
+                    if ckpt.config.get(key, {}).get(k) != v
+                }
+                raise CheckpointError(
+                    f"{latest / 'config.json'}: the run was started with another {key} config "
+                    f"(checkpoint vs now: {diff}); use a new --run-dir"
+                )
+        load_weights(model, ckpt)
+        trainer.restore(int(ckpt.state["step"]), ckpt.state, ckpt.optimizer_state)
+        log.info("resumed from %s at step %d", latest, trainer.step)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+
+    logger = MetricLogger(run_dir, "train_wm")
+    metrics: dict[str, float] = {}
+    window: list[dict[str, float]] = []
+    try:
+        with tqdm(total=steps, initial=trainer.step, desc="train-wm", disable=not progress) as bar:
+            while trainer.step < steps:
+                out = trainer.train_step()
+                bar.update(1)
+                if out is not None:
+                    window.append(out)
+                if trainer.step % tcfg.log_every == 0 or trainer.step == steps:
+                    if window:
+                        metrics = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
+                    metrics["nonfinite_total"] = trainer.nonfinite_total
+                    logger.log(trainer.step, metrics)
+                    bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.1f}")
+                    window = []
+                if trainer.step % tcfg.checkpoint_every == 0 or trainer.step == steps:
+                    save_checkpoint(
+                        run_dir, trainer.step, model, config, trainer.optimizer, trainer.training_state()
+                    )
+    finally:
+        logger.close()
+    return metrics

@@ -1,0 +1,187 @@
+"""WorldModel: observe, imagine, decode, loss. The planner lives elsewhere and composes these verbs."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robobrain.config import WorldModelConfig
+from robobrain.world_model.networks import MLP, Decoder, Encoder, float_to_pixels, pixels_to_float
+from robobrain.world_model.rssm import RSSM, State, categorical_kl, stack_states
+
+
+class Rollout(NamedTuple):
+    """An imagined future of H steps for B action sequences.
+
+    feat: [B, H, F] -- latent features after each action
+    reward: [B, H] -- predicted reward of each action
+    success_logit: [B, H] -- predicted success (logit) after each action
+    disagreement: [B, H] or None -- ensemble variance (uncertainty), when the model has an ensemble
+    pixels: uint8[B, H, S, S, 3] or None -- decoded frames, when asked for
+    """
+
+    feat: torch.Tensor
+    reward: torch.Tensor
+    success_logit: torch.Tensor
+    disagreement: torch.Tensor | None
+    pixels: torch.Tensor | None
+
+
+class WorldModel(nn.Module):
+    """Action-conditioned video world model: conv encoder, RSSM dynamics, conv decoder, reward and
+    success heads. Device and dtype follow the module (``.to(device)``)."""
+
+    def __init__(self, cfg: WorldModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.image_size, cfg.cnn_depth)
+        self.rssm = RSSM(cfg, self.encoder.embed_dim)
+        self.decoder = Decoder(cfg.feat_dim, cfg.image_size, cfg.cnn_depth)
+        self.reward_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2)
+        self.success_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- verbs -------------------------------------------------------------------------------
+    def observe(self, pixels: torch.Tensor, actions: torch.Tensor, sample: bool = False) -> State:
+        """Filter a context window into the latent state at its last frame.
+
+        pixels: uint8[B, T, S, S, 3]; actions: [B, T, A] where ``actions[:, t]`` is the action taken
+        *before* frame t (``actions[:, 0]`` is ignored at the start of an episode; pass zeros).
+        Returns the posterior State at frame T-1 ([B, ...]).
+        """
+        posts, _, _ = self._filter(pixels, actions, sample=sample)
+        return posts.index((slice(None), -1))
+
+    def imagine(
+        self, state: State, actions: torch.Tensor, sample: bool = False, decode: bool = False
+    ) -> Rollout:
+        """Roll the dynamics forward from ``state`` under ``actions`` [B, H, A], batched over B.
+
+        ``sample=False`` follows the most likely latent (deterministic, for planning).
+        """
+        self._check_actions(actions, actions.shape[0])
+        b, h, _ = actions.shape
+        if state.deter.shape[0] != b:
+            raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {b}")
+        deters, stochs = [], []
+        for t in range(h):
+            state, _ = self.rssm.img_step(state, actions[:, t], sample=sample)
+            deters.append(state.deter)
+            stochs.append(state.stoch)
+        states = State(torch.stack(deters, 1), torch.stack(stochs, 1))
+        return self._heads(states, decode)
+
+    def decode(self, feat: torch.Tensor) -> torch.Tensor:
+        """Latent features [..., F] -> predicted frames uint8[..., S, S, 3]."""
+        return float_to_pixels(self._decode_float(feat))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on a batch of windows (see ``robobrain.data.SequenceBatch``).
+
+        batch: pixels uint8[B, L, S, S, 3], action [B, L, A] (taken *after* each frame),
+        reward [B, L], success [B, L]. Frame t+1 is predicted from frame t and action t; the reward
+        and success heads on the state of frame t+1 predict reward[t] and success[t].
+        """
+        pixels, action = batch["pixels"], batch["action"].float()
+        b, _seq = pixels.shape[:2]
+        self._check_actions(action, b)
+        prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+        posts, post_lp, prior_lp = self._filter(pixels, prev_action, sample=True)
+        cfg = self.cfg
+        feat = posts.feat
+        target = pixels_to_float(pixels)
+        recon = self._decode_float(feat)
+        recon_loss = (recon - target).square().sum((-3, -2, -1)).mean()
+
+        reward_pred = self.reward_head(feat[:, 1:]).squeeze(-1)
+        reward_loss = F.mse_loss(reward_pred, batch["reward"][:, :-1].float())
+        success_logit = self.success_head(feat[:, 1:]).squeeze(-1)
+        success_target = batch["success"][:, :-1].float()
+        success_loss = F.binary_cross_entropy_with_logits(success_logit, success_target)
+
+        kl_dyn = categorical_kl(post_lp.detach(), prior_lp)
+        kl_rep = categorical_kl(post_lp, prior_lp.detach())
+        dyn_loss = kl_dyn.clamp(min=cfg.free_nats).mean()
+        rep_loss = kl_rep.clamp(min=cfg.free_nats).mean()
+        total = (
+            cfg.recon_weight * recon_loss
+            + cfg.reward_weight * reward_loss
+            + cfg.success_weight * success_loss
+            + cfg.kl_dyn * dyn_loss
+            + cfg.kl_rep * rep_loss
+        )
+        metrics = {
+            "recon": recon_loss.item(),
+            "reward": reward_loss.item(),
+            "success": success_loss.item(),
+            "kl": kl_dyn.mean().item(),
+        }
+        if cfg.ensemble:
+            ens_lp = self.rssm.ensemble_log_probs(posts.deter)
+            ens_loss = categorical_kl(post_lp.detach().unsqueeze(0), ens_lp).clamp(min=cfg.free_nats).mean()
+            total = total + cfg.kl_dyn * ens_loss
+            metrics["ensemble_kl"] = ens_loss.item()
+        metrics["loss"] = total.item()
+        return total, metrics
+
+    # --- internals ---------------------------------------------------------------------------
+    def _filter(
+        self, pixels: torch.Tensor, prev_actions: torch.Tensor, sample: bool
+    ) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """Posterior states [B, T, ...] and post / prior log-probs [B, T, S, C]."""
+        cfg = self.cfg
+        if (
+            pixels.dtype != torch.uint8
+            or pixels.ndim != 5
+            or pixels.shape[2:] != (cfg.image_size, cfg.image_size, 3)
+        ):
+            raise ValueError(
+                f"pixels must be uint8[B, T, {cfg.image_size}, {cfg.image_size}, 3], "
+                f"got {pixels.dtype}{list(pixels.shape)}"
+            )
+        b, t = pixels.shape[:2]
+        self._check_actions(prev_actions, b, t)
+        embed = self.encoder(pixels_to_float(pixels).flatten(0, 1)).unflatten(0, (b, t))
+        state = self.rssm.initial(b, pixels.device)
+        states, posts, priors = [], [], []
+        prev_actions = prev_actions.float()
+        for i in range(t):
+            action = prev_actions[:, i] if i > 0 else torch.zeros_like(prev_actions[:, 0])
+            state, post, prior = self.rssm.obs_step(state, action, embed[:, i], sample=sample)
+            states.append(state)
+            posts.append(post)
+            priors.append(prior)
+        return stack_states(states), torch.stack(posts, 1), torch.stack(priors, 1)
+
+    def _decode_float(self, feat: torch.Tensor) -> torch.Tensor:
+        lead = feat.shape[:-1]
+        return self.decoder(feat.reshape(-1, feat.shape[-1])).unflatten(0, lead)
+
+    def _heads(self, states: State, decode: bool) -> Rollout:
+        feat = states.feat
+        disagreement = None
+        if self.cfg.ensemble:
+            probs = self.rssm.ensemble_log_probs(states.deter).exp()  # [K, B, H, S, C]
+            disagreement = probs.var(0).sum((-2, -1))
+        return Rollout(
+            feat=feat,
+            reward=self.reward_head(feat).squeeze(-1),
+            success_logit=self.success_head(feat).squeeze(-1),
+            disagreement=disagreement,
+            pixels=self.decode(feat) if decode else None,
+        )
+
+    def _check_actions(self, actions: torch.Tensor, batch: int, steps: int | None = None) -> None:
+        a = self.cfg.action_dim
+        if actions.ndim != 3 or actions.shape[0] != batch or actions.shape[2] != a:
+            raise ValueError(f"actions must be [B={batch}, T, A={a}], got {list(actions.shape)}")
+        if steps is not None and actions.shape[1] != steps:
+            raise ValueError(f"actions must have T={steps} steps like the pixels, got {actions.shape[1]}")
+        if not torch.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")

@@ -1,0 +1,116 @@
+"""Recurrent state-space model with a categorical stochastic state (PlaNet / DreamerV3)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robobrain.config import WorldModelConfig
+from robobrain.world_model.networks import MLP
+
+
+class State(NamedTuple):
+    """Latent state of B sequences.
+
+    deter: [B, D] -- GRU state
+    stoch: [B, S, C] -- one-hot categorical sample (straight-through gradients when sampled)
+    """
+
+    deter: torch.Tensor
+    stoch: torch.Tensor
+
+    @property
+    def feat(self) -> torch.Tensor:
+        """[B, D + S*C] features read by the decoder and the heads."""
+        return torch.cat([self.deter, self.stoch.flatten(-2)], dim=-1)
+
+    def repeat_interleave(self, n: int) -> State:
+        """[B, ...] -> [B*n, ...], each state repeated n times in a row (for N candidates)."""
+        return State(self.deter.repeat_interleave(n, 0), self.stoch.repeat_interleave(n, 0))
+
+    def index(self, idx: torch.Tensor | slice) -> State:
+        return State(self.deter[idx], self.stoch[idx])
+
+    def detach(self) -> State:
+        return State(self.deter.detach(), self.stoch.detach())
+
+
+def stack_states(states: list[State], dim: int = 1) -> State:
+    return State(torch.stack([s.deter for s in states], dim), torch.stack([s.stoch for s in states], dim))
+
+
+class RSSM(nn.Module):
+    """h_t = GRU(h_{t-1}, f(z_{t-1}, a_{t-1})); prior p(z_t | h_t); posterior q(z_t | h_t, e_t)."""
+
+    def __init__(self, cfg: WorldModelConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        s, c = cfg.stoch, cfg.classes
+        self.inp = nn.Sequential(
+            nn.Linear(s * c + cfg.action_dim, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.SiLU()
+        )
+        self.gru = nn.GRUCell(cfg.hidden, cfg.deter)
+        self.prior = MLP(cfg.deter, s * c, cfg.hidden)
+        self.ensemble = nn.ModuleList([MLP(cfg.deter, s * c, cfg.hidden) for _ in range(cfg.ensemble)])
+        self.post = MLP(cfg.deter + embed_dim, s * c, cfg.hidden)
+
+    def initial(self, batch: int, device: torch.device | str) -> State:
+        cfg = self.cfg
+        return State(
+            torch.zeros(batch, cfg.deter, device=device),
+            torch.zeros(batch, cfg.stoch, cfg.classes, device=device),
+        )
+
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Raw head output [..., S*C] -> log-probabilities [..., S, C] mixed with 1 % uniform."""
+        logits = logits.unflatten(-1, (self.cfg.stoch, self.cfg.classes))
+        probs = torch.softmax(logits.float(), -1)
+        u = self.cfg.unimix
+        if u > 0:
+            probs = (1 - u) * probs + u / self.cfg.classes
+        return probs.log()
+
+    def draw(self, log_probs: torch.Tensor, sample: bool) -> torch.Tensor:
+        """One-hot [..., S, C]: a Gumbel-max sample with straight-through gradients, or the mode."""
+        if sample:
+            u = torch.rand_like(log_probs).clamp_(1e-10, 1.0)
+            idx = (log_probs - torch.log(-torch.log(u))).argmax(-1)
+        else:
+            idx = log_probs.argmax(-1)
+        one_hot = F.one_hot(idx, self.cfg.classes).to(log_probs.dtype)
+        if sample and log_probs.requires_grad:
+            probs = log_probs.exp()
+            one_hot = one_hot + probs - probs.detach()
+        return one_hot
+
+    def deter_step(self, state: State, action: torch.Tensor) -> torch.Tensor:
+        """Next GRU state [B, D] from state and the action taken in it, action: [B, A]."""
+        x = self.inp(torch.cat([state.stoch.flatten(-2), action], -1))
+        return self.gru(x, state.deter)
+
+    def img_step(self, state: State, action: torch.Tensor, sample: bool = True) -> tuple[State, torch.Tensor]:
+        """Predict the next state without an observation. Returns (state, prior log-probs [B, S, C])."""
+        deter = self.deter_step(state, action)
+        prior = self.log_probs(self.prior(deter))
+        return State(deter, self.draw(prior, sample)), prior
+
+    def obs_step(
+        self, state: State, action: torch.Tensor, embed: torch.Tensor, sample: bool = True
+    ) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """Update with an observation embedding [B, E]. Returns (posterior state, post, prior log-probs)."""
+        deter = self.deter_step(state, action)
+        prior = self.log_probs(self.prior(deter))
+        post = self.log_probs(self.post(torch.cat([deter, embed], -1)))
+        return State(deter, self.draw(post, sample)), post, prior
+
+    def ensemble_log_probs(self, deter: torch.Tensor) -> torch.Tensor:
+        """[K, ..., S, C] log-probabilities of the K ensemble prior heads."""
+        return torch.stack([self.log_probs(head(deter)) for head in self.ensemble])
+
+
+def categorical_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) summed over the S categorical variables: [..., S, C] -> [...]."""
+    return (lp.exp() * (lp - lq)).sum((-2, -1))

@@ -1,0 +1,218 @@
+"""World model on the debug preset: shapes, learning, batched == loop, checkpoints, resume, faults."""
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from robobrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from robobrain.config import get_preset, to_dict
+from robobrain.data import EpisodeStore
+from robobrain.data.collect import collect_episodes
+from robobrain.envs import make_vector_env
+from robobrain.policies import load_policy
+from robobrain.training.wm_trainer import (
+    NonFiniteLossError,
+    WorldModelTrainer,
+    batch_to_torch,
+    load_world_model,
+    train_world_model,
+)
+from robobrain.world_model import WorldModel
+
+DEBUG = get_preset("debug")
+
+
+@pytest.fixture(scope="module")
+def push_data(tmp_path_factory):
+    """Six scripted-with-noise Push episodes at 32 px."""
+    root = tmp_path_factory.mktemp("push32")
+    vec = make_vector_env("robobrain/Push-v0", 2, image_size=32)
+    policy = load_policy("scripted", "robobrain/Push-v0", vec.single_action_space, seed=0, noise_std=0.3)
+    collect_episodes(vec, policy, EpisodeStore(root), 6, seed=0, progress=False)
+    vec.close()
+    return root
+
+
+def fake_batch(cfg, b=3, t=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "pixels": torch.randint(
+            0, 256, (b, t, cfg.image_size, cfg.image_size, 3), generator=g, dtype=torch.uint8
+        ),
+        "action": torch.rand(b, t, cfg.action_dim, generator=g) * 2 - 1,
+        "reward": torch.randn(b, t, generator=g),
+        "success": torch.rand(b, t, generator=g) > 0.5,
+    }
+
+
+def test_shapes():
+    cfg = dataclasses.replace(DEBUG.world_model, ensemble=3)
+    model = WorldModel(cfg)
+    batch = fake_batch(cfg)
+    state = model.observe(batch["pixels"], batch["action"])
+    assert state.deter.shape == (3, cfg.deter) and state.stoch.shape == (3, cfg.stoch, cfg.classes)
+    out = model.imagine(state, torch.zeros(3, 5, cfg.action_dim), decode=True)
+    assert out.feat.shape == (3, 5, cfg.feat_dim)
+    assert out.reward.shape == out.success_logit.shape == out.disagreement.shape == (3, 5)
+    assert out.pixels.shape == (3, 5, cfg.image_size, cfg.image_size, 3) and out.pixels.dtype == torch.uint8
+    assert model.imagine(state, torch.zeros(3, 5, cfg.action_dim)).pixels is None
+    loss, metrics = model.loss(batch)
+    assert loss.ndim == 0 and {"recon", "reward", "success", "kl", "ensemble_kl"} <= set(metrics)
+
+
+def test_bad_inputs_raise():
+    cfg = DEBUG.world_model
+    model = WorldModel(cfg)
+    batch = fake_batch(cfg)
+    with pytest.raises(ValueError, match="uint8"):
+        model.observe(batch["pixels"].float(), batch["action"])
+    with pytest.raises(ValueError, match="actions"):
+        model.observe(batch["pixels"], batch["action"][..., :2])
+    state = model.observe(batch["pixels"], batch["action"])
+    bad = torch.zeros(3, 4, cfg.action_dim)
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.imagine(state, bad)
+    with pytest.raises(ValueError, match="batch"):
+        model.imagine(state, torch.zeros(2, 4, cfg.action_dim))
+
+
+def test_batched_imagine_equals_step_by_step_loop():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(DEBUG.world_model, ensemble=2)
+    model = WorldModel(cfg).eval()
+    batch = fake_batch(cfg, b=2)
+    with torch.no_grad():
+        state = model.observe(batch["pixels"], batch["action"])
+        n, h = 64, 7
+        actions = torch.rand(2 * n, h, cfg.action_dim) * 2 - 1
+        batched = model.imagine(state.repeat_interleave(n), actions)
+        for i in [0, 5, n + 3, 2 * n - 1]:
+            s = state.index(slice(i // n, i // n + 1))
+            rewards = []
+            for t in range(h):  # one candidate, one step at a time
+                s, _ = model.rssm.img_step(s, actions[i : i + 1, t], sample=False)
+                rewards.append(model.reward_head(s.feat).squeeze(-1))
+            torch.testing.assert_close(batched.reward[i], torch.cat(rewards), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(batched.feat[i, -1], s.feat[0], rtol=1e-5, atol=1e-5)
+
+
+def test_loss_halves_on_a_fixed_batch(push_data):
+    torch.manual_seed(0)
+    from robobrain.data import SequenceSampler
+
+    sampler = SequenceSampler(EpisodeStore(push_data).load_all(), DEBUG.train.seq_len, seed=0)
+    batch = batch_to_torch(sampler.sample(8), "cpu")
+    model = WorldModel(DEBUG.world_model)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(80):
+        loss, _ = model.loss(batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_save_load_identical_outputs(tmp_path):
+    torch.manual_seed(1)
+    model = WorldModel(DEBUG.world_model).eval()
+    save_checkpoint(tmp_path, 3, model, {"world_model": to_dict(DEBUG.world_model)})
+    loaded = load_world_model(tmp_path)
+    batch = fake_batch(DEBUG.world_model)
+    with torch.no_grad():
+        a = model.imagine(model.observe(batch["pixels"], batch["action"]), batch["action"], decode=True)
+        b = loaded.imagine(loaded.observe(batch["pixels"], batch["action"]), batch["action"], decode=True)
+    for x, y in zip(a, b, strict=True):
+        if x is not None:
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_resume_equals_uninterrupted_run(push_data, tmp_path):
+    train_world_model(push_data, tmp_path / "straight", DEBUG, steps=12, progress=False)
+    train_world_model(push_data, tmp_path / "split", DEBUG, steps=6, progress=False)
+    train_world_model(push_data, tmp_path / "split", DEBUG, steps=12, progress=False)  # resumes at 6
+    a = load_checkpoint(tmp_path / "straight")
+    b = load_checkpoint(tmp_path / "split")
+    assert a.state["step"] == b.state["step"] == 12
+    for k, v in a.model_state.items():
+        torch.testing.assert_close(v, b.model_state[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    rows = (tmp_path / "split" / "train_wm.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,") and len(rows) > 2
+
+
+def test_resume_with_another_config_is_refused(push_data, tmp_path):
+    train_world_model(push_data, tmp_path, DEBUG, steps=2, progress=False)
+    other = dataclasses.replace(DEBUG, world_model=dataclasses.replace(DEBUG.world_model, deter=16))
+    with pytest.raises(CheckpointError, match=r"config\.json"):
+        train_world_model(push_data, tmp_path, other, steps=4, progress=False)
+
+
+def test_corrupt_checkpoints_give_clear_errors(tmp_path):
+    model = WorldModel(DEBUG.world_model)
+    config = {"world_model": to_dict(DEBUG.world_model)}
+    ckpt = save_checkpoint(tmp_path, 1, model, config)
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        load_world_model(tmp_path)
+    weights.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        load_world_model(tmp_path)
+    # A file from a differently shaped model.
+    small = WorldModel(dataclasses.replace(DEBUG.world_model, deter=16))
+    save_checkpoint(tmp_path / "other", 1, small, config)
+    with pytest.raises(CheckpointError, match="wrong shapes"):
+        load_world_model(tmp_path / "other")
+    (tmp_path / "other" / "checkpoints" / "step_0000001" / "config.json").write_text("{ nope")
+    with pytest.raises(CheckpointError, match=r"config\.json"):
+        load_world_model(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_world_model(tmp_path / "missing")
+
+
+class _Boom:
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(_Boom.marker),))
+
+
+def test_planted_pickle_is_never_executed(tmp_path):
+    model = WorldModel(DEBUG.world_model)
+    ckpt = save_checkpoint(tmp_path, 1, model, {"world_model": to_dict(DEBUG.world_model)})
+    _Boom.marker = str(tmp_path / "pwned")
+    payload = pickle.dumps(_Boom())
+    for name in ["model.pt", "training_state/optimizer.pt", "training_state/rng.pkl"]:
+        (ckpt / name).write_bytes(payload)
+    load_checkpoint(tmp_path)
+    load_world_model(tmp_path)
+    (ckpt / "model.safetensors").write_bytes(payload)  # a pickle under the real name
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_world_model(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_non_finite_losses_are_skipped_then_stop(push_data):
+    from robobrain.data import SequenceSampler
+
+    cfg = dataclasses.replace(DEBUG.train, max_nonfinite=3)
+    model = WorldModel(DEBUG.world_model)
+    sampler = SequenceSampler(EpisodeStore(push_data).load_all(), cfg.seq_len, seed=0)
+    trainer = WorldModelTrainer(model, cfg, sampler, "cpu")
+    assert trainer.train_step() is not None
+    with torch.no_grad():
+        model.reward_head[-1].bias.fill_(float("nan"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert trainer.train_step() is None and trainer.nonfinite_total == 1
+    for k, v in model.state_dict().items():  # the skipped step changed nothing
+        torch.testing.assert_close(v, before[k], equal_nan=True)
+    assert trainer.train_step() is None
+    with pytest.raises(NonFiniteLossError, match="consecutive"):
+        trainer.train_step()
+    assert np.isfinite(before["encoder.net.0.weight"].numpy()).all()
