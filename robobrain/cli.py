@@ -58,6 +58,89 @@ class Demo:
     """Seed of the envs and the policy."""
 
 
+@dataclass(frozen=True)
+class TrainWM:
+    """Train the world model offline on an EpisodeStore; re-running resumes."""
+
+    data: Path = Path("data/push")
+    """EpisodeStore directory."""
+    run_dir: Path = Path("runs/wm")
+    """Where checkpoints, logs and the resolved config go."""
+    preset: Literal["debug", "cpu", "gpu"] = "cpu"
+    """Model and training sizes."""
+    steps: int = 5000
+    """Total gradient steps (a resumed run continues up to this)."""
+    device: str = "cpu"
+    """torch device, e.g. cpu, cuda, cuda:1."""
+    seed: int = 0
+    """Seed of the model initialisation and of batch sampling."""
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalWM:
+    """Open-loop video prediction on held-out episodes, against copy-last-frame and shuffled actions."""
+
+    checkpoint: Path = Path("runs/wm")
+    """Checkpoint directory or run directory (its latest checkpoint)."""
+    data: Path = Path("data/push")
+    """EpisodeStore directory."""
+    split: Literal["holdout", "all"] = "holdout"
+    """holdout: the episodes training left out (same rule as train-wm); all: every episode."""
+    context: int = 5
+    """Context frames filtered before predicting."""
+    horizon: int = 10
+    """Steps predicted open loop."""
+    max_windows: int = 256
+    """Windows evaluated at most."""
+    out: Path | None = None
+    """Report directory (default: <checkpoint>/eval_wm)."""
+    device: str = "cpu"
+
+
+def run_train_wm(args: TrainWM) -> dict:
+    import dataclasses
+
+    from robobrain.config import get_preset
+    from robobrain.training.wm_trainer import train_world_model
+
+    preset = get_preset(args.preset)
+    preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
+    metrics = train_world_model(args.data, args.run_dir, preset, args.steps, args.device, args.progress)
+    print(f"world model in {args.run_dir}: {json.dumps(metrics)}")
+    return metrics
+
+
+def run_eval_wm(args: EvalWM) -> dict:
+    from robobrain.checkpoint import load_checkpoint
+    from robobrain.config import WMTrainConfig, from_dict
+    from robobrain.data import EpisodeStore
+    from robobrain.data.store import atomic_write_json
+    from robobrain.training.wm_eval import evaluate_world_model
+    from robobrain.training.wm_trainer import load_world_model, split_episodes
+
+    model = load_world_model(args.checkpoint, args.device)
+    ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
+    store = EpisodeStore(args.data)
+    if args.split == "holdout":
+        holdout = from_dict(WMTrainConfig, ckpt.config.get("train", {})).holdout_fraction
+        _, episodes = split_episodes(store, holdout)
+        if not episodes:
+            raise ValueError(f"{args.data}: no held-out episodes; pass --split all")
+    else:
+        episodes = store.load_all()
+    out = args.out or ckpt.path.parent.parent / "eval_wm"
+    out.mkdir(parents=True, exist_ok=True)
+    report = evaluate_world_model(
+        model, episodes, args.context, args.horizon, args.max_windows, video_path=out / "prediction.mp4"
+    )
+    report["checkpoint"] = str(ckpt.path)
+    atomic_write_json(out / "report.json", report)
+    print(json.dumps(report["summary"], indent=1))
+    print(f"report: {out / 'report.json'}\nvideo: {out / 'prediction.mp4'}")
+    return report
+
+
 def run_collect(args: Collect) -> list[str]:
     import robobrain.envs as envs
     from robobrain.data import EpisodeStore
@@ -102,7 +185,12 @@ def run_demo(args: Demo) -> Path:
     return video
 
 
-COMMANDS = {"collect": (Collect, run_collect), "demo": (Demo, run_demo)}
+COMMANDS = {
+    "collect": (Collect, run_collect),
+    "train-wm": (TrainWM, run_train_wm),
+    "eval-wm": (EvalWM, run_eval_wm),
+    "demo": (Demo, run_demo),
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,7 +63,7 @@ class WMTrainConfig:
     grad_clip: float = 100.0
     weight_decay: float = 0.0
     holdout_fraction: float = 0.1
-    """Share of episodes (the last ones by name) kept out of training for evaluation."""
+    """Share of episodes kept out of training for evaluation (every round(1/f)-th by name)."""
     log_every: int = 25
     checkpoint_every: int = 500
     max_nonfinite: int = 20

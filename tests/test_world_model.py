@@ -216,3 +216,60 @@ def test_non_finite_losses_are_skipped_then_stop(push_data):
     with pytest.raises(NonFiniteLossError, match="consecutive"):
         trainer.train_step()
     assert np.isfinite(before["encoder.net.0.weight"].numpy()).all()
+
+
+def test_psnr_ssim_sanity():
+    from robobrain.training.wm_eval import psnr, ssim
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (2, 32, 32, 3), generator=g, dtype=torch.uint8)
+    noisy = (img.int() + torch.randint(-20, 21, img.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    assert torch.all(psnr(img, img) > 90)
+    torch.testing.assert_close(ssim(img, img), torch.ones(2))
+    noisier = (img.int() + torch.randint(-80, 81, img.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    assert torch.all(psnr(noisy, img) < 30) and torch.all(psnr(noisier, img) < psnr(noisy, img))
+    assert torch.all(ssim(noisy, img) < 0.995) and torch.all(ssim(noisier, img) < ssim(noisy, img))
+
+
+def test_eval_windows_align_with_the_data():
+    from robobrain.training.wm_eval import make_windows
+
+    from tests.test_store import make_episode
+
+    eps = [make_episode(20, tag=1)]
+    w = make_windows(eps, context=3, horizon=4, max_windows=100)
+    assert len(w["actions"]) == 20 - 3 - 4 + 2
+    i = 5  # window starting at t0 = 5: context frames 5, 6, 7; predicts frames 8..11 from actions 7..10
+    np.testing.assert_array_equal(w["ctx_pixels"][i][:, 0, 0, 1], [5, 6, 7])
+    np.testing.assert_array_equal(w["future"][i][:, 0, 0, 1], [8, 9, 10, 11])
+    np.testing.assert_allclose(w["actions"][i][:, 0], np.array([7, 8, 9, 10]) / 100)
+    np.testing.assert_allclose(w["ctx_actions"][i][:, 0], np.array([4, 5, 6]) / 100)
+    np.testing.assert_array_equal(w["ctx_actions"][0][0], 0)  # an episode start has no previous action
+    np.testing.assert_array_equal(w["reward"][i], [7, 8, 9, 10])
+
+
+def test_train_and_eval_cli(push_data, tmp_path):
+    import json
+
+    from robobrain.cli import main
+
+    run = tmp_path / "run"
+    main(["train-wm", "--data", str(push_data), "--run-dir", str(run), "--preset", "debug", "--steps", "5",
+          "--no-progress"])  # fmt: skip
+    main(
+        [
+            "eval-wm",
+            "--checkpoint",
+            str(run),
+            "--data",
+            str(push_data),
+            "--horizon",
+            "4",
+            "--max-windows",
+            "16",
+        ]
+    )
+    report = json.loads((run / "eval_wm" / "report.json").read_text())
+    assert len(report["model"]["psnr"]) == 4 and report["windows"] == 16
+    assert {"copy_last_frame", "shuffled_actions", "reward_corr", "success_acc"} <= set(report)
+    assert (run / "eval_wm" / "prediction.mp4").stat().st_size > 1000

@@ -33,13 +33,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 def split_episodes(store: EpisodeStore, holdout_fraction: float) -> tuple[list[Episode], list[Episode]]:
-    """(train, held-out) episodes; the held-out ones are the last ``holdout_fraction`` by name."""
+    """(train, held-out) episodes. Every ``round(1 / holdout_fraction)``-th episode by name is held out,
+    so the held-out set spans every collection the store holds."""
     episodes = [ep for _, ep in store.episodes()]
     if not episodes:
         raise ValueError(f"{store.root}: no readable episodes")
-    n_eval = round(len(episodes) * holdout_fraction) if len(episodes) > 1 else 0
-    n_eval = min(max(n_eval, 1 if holdout_fraction > 0 and len(episodes) > 1 else 0), len(episodes) - 1)
-    return episodes[: len(episodes) - n_eval], episodes[len(episodes) - n_eval :]
+    if holdout_fraction <= 0 or len(episodes) < 2:
+        return episodes, []
+    period = max(2, round(1 / holdout_fraction))
+    held = [i for i in range(len(episodes)) if i % period == period - 1] or [len(episodes) - 1]
+    train = [ep for i, ep in enumerate(episodes) if i not in set(held)]
+    return train, [episodes[i] for i in held]
 
 
 def batch_to_torch(batch: SequenceBatch, device: torch.device | str) -> dict[str, torch.Tensor]:

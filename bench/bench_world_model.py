@@ -1,0 +1,117 @@
+"""World-model speed: imagination throughput and training frames/s, against the matmul peak
+measured in the same run.
+
+    python bench/bench_world_model.py [--preset cpu] [--device cpu] [--batch 1024] [--horizon 12]
+
+Imagination: B candidate action sequences of H steps from one latent state, latent only (no
+decoding), the way the planner calls it. FLOPs are counted by ``torch.utils.flop_counter`` on one
+call; "of peak" divides the achieved FLOP/s by a plain square float32 matmul's on the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from robobrain.config import get_preset
+from robobrain.world_model import WorldModel
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, seconds: float) -> float:
+    """Seconds per call of fn(), averaged over ~``seconds`` after a warm-up call."""
+    fn()
+    sync(device)
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or n < 3:
+        fn()
+        n += 1
+    sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def matmul_peak(device: torch.device, seconds: float, n: int = 2048) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    return 2 * n**3 / timed(lambda: a @ b, device, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--horizon", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cfg = get_preset(args.preset).world_model
+    model = WorldModel(cfg).to(device).eval()
+    b, h = args.batch, args.horizon
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    state = model.rssm.initial(1, device).repeat_interleave(b)
+    actions = torch.rand(b, h, cfg.action_dim, device=device) * 2 - 1
+
+    def imagine() -> None:
+        with torch.no_grad(), autocast:
+            model.imagine(state, actions)
+
+    with FlopCounterMode(display=False) as counter:
+        imagine()
+    flops = counter.get_total_flops()
+    peak = matmul_peak(device, args.seconds)
+    t_imagine = timed(imagine, device, args.seconds)
+
+    tb, tl = get_preset(args.preset).train.batch_size, get_preset(args.preset).train.seq_len
+    batch = {
+        "pixels": torch.randint(
+            0, 256, (tb, tl, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, device=device
+        ),
+        "action": torch.rand(tb, tl, cfg.action_dim, device=device) * 2 - 1,
+        "reward": torch.randn(tb, tl, device=device),
+        "success": torch.rand(tb, tl, device=device) > 0.5,
+    }
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        with autocast:
+            loss, _ = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    t_train = timed(train_step, device, args.seconds)
+
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    params = sum(p.numel() for p in model.parameters())
+    print(f"# world model '{args.preset}' ({params / 1e6:.2f} M params) on {device} ({where}), "
+          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    print("| what | value |")
+    print("|---|---|")
+    print(f"| plain matmul peak (2048², fp32) | {peak / 1e9:.1f} GFLOP/s |")
+    print(f"| imagine B={b} H={h}: time per call | {t_imagine * 1e3:.1f} ms |")
+    print(f"| imagined transitions/s | {b * h / t_imagine:,.0f} |")
+    print(f"| imagine FLOPs per call (counted) | {flops / 1e9:.3f} GFLOP |")
+    print(
+        f"| imagine achieved | {flops / t_imagine / 1e9:.1f} GFLOP/s = {flops / t_imagine / peak:.0%} of peak |"
+    )
+    print(
+        f"| train step B={tb}×L={tl} @ {cfg.image_size}px | {t_train * 1e3:.0f} ms = {tb * tl / t_train:.0f} frames/s |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Video-prediction evaluation of a world model on held-out episodes.
+
+Open-loop k-step prediction from a context window, PSNR and SSIM per horizon step, against two
+baselines computed on the same windows: copy-last-frame, and the same model fed shuffled actions
+(a model that ignores its actions is useless for planning). Plus reward correlation and success
+accuracy of the open-loop predictions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robobrain.data import Episode
+from robobrain.world_model import WorldModel
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of uint8 images [..., H, W, 3] -> [...]."""
+    mse = (pred.float() / 255 - target.float() / 255).square().mean((-3, -2, -1))
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Gaussian window 11, sigma 1.5, per channel, averaged) of uint8 [..., H, W, 3]."""
+    lead = pred.shape[:-3]
+    x = pred.reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2).float() / 255
+    y = target.reshape(-1, *target.shape[-3:]).permute(0, 3, 1, 2).float() / 255
+    size = min(11, x.shape[-1])
+    w = _gaussian_window(size).to(x.device).expand(3, 1, size, size)
+
+    def filt(z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(z, w, groups=3)
+
+    mx, my = filt(x), filt(y)
+    sxx, syy, sxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean((-3, -2, -1)).reshape(lead)
+
+
+def make_windows(
+    episodes: list[Episode], context: int, horizon: int, max_windows: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Context + future windows from whole episodes.
+
+    Returns ctx_pixels [N, C, S, S, 3], ctx_actions [N, C, A] (action *before* each context frame,
+    zeros at an episode start), actions [N, K, A] (taken from the last context frame on),
+    future [N, K, S, S, 3], reward [N, K], success [N, K].
+    """
+    picks = []
+    for e, ep in enumerate(episodes):
+        for t0 in range(0, len(ep) - context - horizon + 2):
+            picks.append((e, t0))
+    if not picks:
+        raise ValueError(f"no episode is long enough for context {context} + horizon {horizon}")
+    rng = np.random.default_rng(seed)
+    if len(picks) > max_windows:
+        picks = [picks[i] for i in sorted(rng.choice(len(picks), max_windows, replace=False))]
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ctx_pixels", "ctx_actions", "actions", "future")}
+    out |= {"reward": [], "success": []}
+    for e, t0 in picks:
+        ep = episodes[e]
+        last = t0 + context - 1
+        prev = np.concatenate([ep.action[t0 - 1 : t0] if t0 > 0 else np.zeros_like(ep.action[:1]),
+                               ep.action[t0:last]])  # fmt: skip
+        out["ctx_pixels"].append(ep.pixels[t0 : last + 1])
+        out["ctx_actions"].append(prev)
+        out["actions"].append(ep.action[last : last + horizon])
+        out["future"].append(ep.pixels[last + 1 : last + 1 + horizon])
+        out["reward"].append(ep.reward[last : last + horizon])
+        out["success"].append(ep.success[last : last + horizon])
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarray, batch: int = 64) -> dict:
+    """Open-loop predictions for every window with the given future actions [N, K, A]."""
+    dev = model.device
+    frames, rewards, success = [], [], []
+    for i in range(0, len(actions), batch):
+        sl = slice(i, i + batch)
+        state = model.observe(
+            torch.from_numpy(windows["ctx_pixels"][sl]).to(dev),
+            torch.from_numpy(windows["ctx_actions"][sl]).to(dev),
+        )
+        out = model.imagine(state, torch.from_numpy(actions[sl]).float().to(dev), decode=True)
+        frames.append(out.pixels.cpu())
+        rewards.append(out.reward.float().cpu())
+        success.append(out.success_logit.float().cpu())
+    return {"pixels": torch.cat(frames), "reward": torch.cat(rewards), "success_logit": torch.cat(success)}
+
+
+def evaluate_world_model(
+    model: WorldModel,
+    episodes: list[Episode],
+    context: int = 5,
+    horizon: int = 10,
+    max_windows: int = 256,
+    seed: int = 0,
+    video_path: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """The report: per-step PSNR/SSIM of the model and both baselines, reward correlation,
+    success accuracy. Writes real | predicted | difference as an mp4 when ``video_path`` is given."""
+    model.eval()
+    w = make_windows(episodes, context, horizon, max_windows, seed)
+    n = len(w["actions"])
+    future = torch.from_numpy(w["future"])
+    pred = predict(model, w, w["actions"])
+    perm = np.roll(np.arange(n), 1) if n > 1 else np.arange(n)
+    shuffled = predict(model, w, w["actions"][perm])
+    copy_last = torch.from_numpy(w["ctx_pixels"][:, -1:]).expand_as(future)
+
+    def per_step(frames: torch.Tensor) -> dict[str, list[float]]:
+        return {"psnr": psnr(frames, future).mean(0).tolist(), "ssim": ssim(frames, future).mean(0).tolist()}
+
+    true_r = torch.from_numpy(w["reward"]).flatten()
+    pred_r = pred["reward"].flatten()
+    corr = float(torch.corrcoef(torch.stack([pred_r, true_r]))[0, 1]) if true_r.std() > 0 else float("nan")
+    success_acc = float(((pred["success_logit"] > 0) == torch.from_numpy(w["success"])).float().mean())
+    report: dict[str, Any] = {
+        "windows": n,
+        "episodes": len(episodes),
+        "context": context,
+        "horizon": horizon,
+        "model": per_step(pred["pixels"]),
+        "copy_last_frame": per_step(copy_last),
+        "shuffled_actions": per_step(shuffled["pixels"]),
+        "reward_corr": corr,
+        "reward_mae": float((pred_r - true_r).abs().mean()),
+        "success_acc": success_acc,
+        "success_rate_in_data": float(w["success"].mean()),
+    }
+    k = horizon - 1
+    report["summary"] = {
+        f"psnr@{horizon}": report["model"]["psnr"][k],
+        f"psnr@{horizon}_copy_last": report["copy_last_frame"]["psnr"][k],
+        f"psnr@{horizon}_shuffled": report["shuffled_actions"]["psnr"][k],
+        f"ssim@{horizon}": report["model"]["ssim"][k],
+        "reward_corr": corr,
+        "success_acc": success_acc,
+    }
+    if video_path is not None:
+        from robobrain.video import write_video
+
+        real, fake = future[:8], pred["pixels"][:8]
+        diff = (real.int() - fake.int()).abs().clamp(0, 255).to(torch.uint8)
+        side = torch.cat([real, fake, diff], dim=-2)  # [n, K, S, 3S, 3]
+        write_video(Path(video_path), side.flatten(0, 1).numpy(), fps=5)
+    return report
