@@ -32,7 +32,7 @@ def timed(fn, device: torch.device, seconds: float) -> float:
     fn()
     sync(device)
     n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or n < 3:
+    while time.perf_counter() - start < seconds or n < 3:
         fn()
         n += 1
     sync(device)
@@ -97,20 +97,19 @@ def main() -> None:
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     params = sum(p.numel() for p in model.parameters())
-    print(f"# world model '{args.preset}' ({params / 1e6:.2f} M params) on {device} ({where}), "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    threads = torch.get_num_threads()
+    print(f"# world model '{args.preset}' ({params / 1e6:.2f} M params) on {device} ({where}),")
+    print(f"# {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads")
+    achieved = flops / t_imagine
+    step = f"train step B={tb}×L={tl} @ {cfg.image_size}px"
     print("| what | value |")
     print("|---|---|")
     print(f"| plain matmul peak (2048², fp32) | {peak / 1e9:.1f} GFLOP/s |")
     print(f"| imagine B={b} H={h}: time per call | {t_imagine * 1e3:.1f} ms |")
     print(f"| imagined transitions/s | {b * h / t_imagine:,.0f} |")
     print(f"| imagine FLOPs per call (counted) | {flops / 1e9:.3f} GFLOP |")
-    print(
-        f"| imagine achieved | {flops / t_imagine / 1e9:.1f} GFLOP/s = {flops / t_imagine / peak:.0%} of peak |"
-    )
-    print(
-        f"| train step B={tb}×L={tl} @ {cfg.image_size}px | {t_train * 1e3:.0f} ms = {tb * tl / t_train:.0f} frames/s |"
-    )
+    print(f"| imagine achieved | {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of peak |")
+    print(f"| {step} | {t_train * 1e3:.0f} ms = {tb * tl / t_train:.0f} frames/s |")
 
 
 if __name__ == "__main__":

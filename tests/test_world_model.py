@@ -233,7 +233,6 @@ def test_psnr_ssim_sanity():
 
 def test_eval_windows_align_with_the_data():
     from robobrain.training.wm_eval import make_windows
-
     from tests.test_store import make_episode
 
     eps = [make_episode(20, tag=1)]
