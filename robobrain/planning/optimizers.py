@@ -1,0 +1,183 @@
+"""Sampling-based trajectory optimizers: CEM and MPPI.
+
+They know nothing about models. ``score_fn(actions[B, N, H, A]) -> returns[B, N]`` scores N candidate
+action sequences for each of B independent problems (B environments planned for in one call).
+Every output lies inside the action bounds; NaN or inf scores never win; sampling is seeded through
+a ``torch.Generator``; an anytime budget stops after ``iterations`` or ``time_budget`` seconds,
+whichever comes first (at least one iteration always runs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Shared by CEM and MPPI."""
+
+    num_samples: int = 512
+    """Candidates N per problem and iteration."""
+    num_elites: int = 64
+    """Top candidates the distribution is refitted to (MPPI: weighted by temperature)."""
+    iterations: int = 6
+    """Refits per call, at most."""
+    time_budget: float | None = None
+    """Wall-clock seconds per call, at most (None: no limit)."""
+    init_std: float = 0.5
+    """Sampling std at the first iteration."""
+    min_std: float = 0.05
+    """Floor on the sampling std."""
+    momentum: float = 0.1
+    """Share of the previous mean/std kept at each refit."""
+    temperature: float = 0.5
+    """MPPI: softmax temperature over elite scores (lower = greedier)."""
+    low: float = -1.0
+    high: float = 1.0
+
+
+class PlanResult(NamedTuple):
+    """best: [B, H, A] the plan to execute; mean, std: [B, H, A] the final sampling distribution;
+    score: [B] the score of ``best`` (-inf when no candidate scored finitely); iterations run."""
+
+    best: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    score: torch.Tensor
+    iterations: int
+
+
+def _clean(scores: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    if scores.shape != shape:
+        raise ValueError(f"score_fn must return [B, N] = {list(shape)}, got {list(scores.shape)}")
+    scores = scores.float()
+    return torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
+
+
+class _SamplingOptimizer:
+    def __init__(
+        self, config: OptimizerConfig | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        self.cfg = config or OptimizerConfig()
+        if not 0 < self.cfg.num_elites <= self.cfg.num_samples:
+            raise ValueError(f"need 0 < num_elites <= num_samples, got {self.cfg}")
+        self.generator = generator
+
+    def optimize(
+        self, score_fn: ScoreFn, init_mean: torch.Tensor, prior_samples: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The best plan [B, H, A] for each of the B problems."""
+        return self.plan(score_fn, init_mean, prior_samples=prior_samples).best
+
+    def plan(
+        self,
+        score_fn: ScoreFn,
+        init_mean: torch.Tensor,
+        init_std: torch.Tensor | float | None = None,
+        prior_samples: torch.Tensor | None = None,
+    ) -> PlanResult:
+        """Optimize from ``init_mean`` [B, H, A]; ``prior_samples`` [B, P, H, A] (e.g. from a policy)
+        join every iteration's candidates."""
+        cfg = self.cfg
+        if init_mean.ndim != 3:
+            raise ValueError(f"init_mean must be [B, H, A], got {list(init_mean.shape)}")
+        b, n = init_mean.shape[0], cfg.num_samples
+        mean = init_mean.float().clamp(cfg.low, cfg.high)
+        std = (
+            torch.full_like(mean, cfg.init_std)
+            if init_std is None
+            else torch.as_tensor(init_std).expand_as(mean)
+        )
+        std = std.float().clone()
+        if prior_samples is not None:
+            if (
+                prior_samples.ndim != 4
+                or prior_samples.shape[0] != b
+                or prior_samples.shape[2:] != mean.shape[1:]
+            ):
+                raise ValueError(f"prior_samples must be [B, P, H, A], got {list(prior_samples.shape)}")
+            prior_samples = prior_samples.float().clamp(cfg.low, cfg.high)
+        best = mean.clone()
+        best_score = torch.full((b,), -torch.inf, device=mean.device)
+        start = time.perf_counter()
+        it = 0
+        while it < cfg.iterations:
+            noise = torch.randn((b, n, *mean.shape[1:]), generator=self.generator, device=mean.device)
+            samples = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(cfg.low, cfg.high)
+            samples[:, 0] = mean  # the current mean always competes
+            if prior_samples is not None:
+                p = min(prior_samples.shape[1], n - 1)
+                samples[:, 1 : 1 + p] = prior_samples[:, :p]
+            scores = _clean(score_fn(samples), (b, n))
+            top_score, top_idx = scores.max(1)
+            better = top_score > best_score
+            best[better] = samples[better, top_idx[better]]
+            best_score = torch.where(better, top_score, best_score)
+            mean, std = self._refit(samples, scores, mean, std)
+            it += 1
+            if cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget:
+                break
+        return PlanResult(self._result(best, mean, best_score), mean, std, best_score, it)
+
+    def _result(self, best: torch.Tensor, mean: torch.Tensor, best_score: torch.Tensor) -> torch.Tensor:
+        return best
+
+    def _refit(
+        self, samples: torch.Tensor, scores: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+def _elites(samples: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k samples [B, k, H, A] and their scores [B, k]."""
+    top_scores, idx = scores.topk(k, dim=1)
+    return samples.gather(1, idx[..., None, None].expand(-1, -1, *samples.shape[2:])), top_scores
+
+
+class CEM(_SamplingOptimizer):
+    """Cross-entropy method: refit a diagonal Gaussian to the top ``num_elites`` candidates.
+    Returns the best candidate seen (PlaNet, Visual Foresight style)."""
+
+    def _refit(self, samples, scores, mean, std):
+        cfg = self.cfg
+        elites, top = _elites(samples, scores, cfg.num_elites)
+        valid = torch.isfinite(top)  # [B, k]
+        w = valid.float() / valid.float().sum(1, keepdim=True).clamp(min=1)
+        w = w[..., None, None]
+        new_mean = (w * elites).sum(1)
+        new_std = ((w * (elites - new_mean.unsqueeze(1)) ** 2).sum(1)).sqrt()
+        has = valid.any(1)[:, None, None]
+        new_mean = torch.where(has, new_mean, mean)
+        new_std = torch.where(has, new_std, std)
+        m = cfg.momentum
+        return m * mean + (1 - m) * new_mean, (m * std + (1 - m) * new_std).clamp(min=cfg.min_std)
+
+
+class MPPI(_SamplingOptimizer):
+    """Model-predictive path integral (TD-MPC2 style): elites weighted by
+    ``exp((score - max) / temperature)``; the plan is the final weighted mean."""
+
+    def _refit(self, samples, scores, mean, std):
+        cfg = self.cfg
+        elites, top = _elites(samples, scores, cfg.num_elites)
+        valid = torch.isfinite(top)
+        shifted = torch.where(valid, top - top[:, :1], torch.full_like(top, -torch.inf))
+        w = torch.softmax(shifted / cfg.temperature, dim=1)
+        w = torch.nan_to_num(w, nan=0.0)[..., None, None]  # all invalid -> zero weights
+        new_mean = (w * elites).sum(1)
+        new_std = ((w * (elites - new_mean.unsqueeze(1)) ** 2).sum(1)).sqrt()
+        has = valid.any(1)[:, None, None]
+        new_mean = torch.where(has, new_mean, mean)
+        new_std = torch.where(has, new_std, std)
+        m = cfg.momentum
+        return m * mean + (1 - m) * new_mean, (m * std + (1 - m) * new_std).clamp(min=cfg.min_std)
+
+    def _result(self, best, mean, best_score):
+        return mean.clamp(self.cfg.low, self.cfg.high)

@@ -1,0 +1,132 @@
+"""CEM and MPPI on problems with known optima; bounds, NaN scores, seeding, budgets, batching."""
+
+import itertools
+import time
+
+import pytest
+import torch
+
+from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig
+
+OPTIMIZERS = [CEM, MPPI]
+
+
+def make(cls, seed=0, **kw):
+    cfg = OptimizerConfig(**{"num_samples": 256, "num_elites": 32, "iterations": 10, **kw})
+    return cls(cfg, generator=torch.Generator().manual_seed(seed))
+
+
+def quadratic(target: torch.Tensor):
+    """score = -||a - target||², target: [B, H, A]."""
+    return lambda a: -((a - target.unsqueeze(1)) ** 2).sum((-2, -1))
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_quadratic_optimum_batched(cls):
+    target = torch.tensor([[[0.3, -0.5]] * 4, [[-0.8, 0.1]] * 4])  # B=2, H=4, A=2, different optima
+    best = make(cls).optimize(quadratic(target), torch.zeros(2, 4, 2))
+    assert best.shape == (2, 4, 2)
+    torch.testing.assert_close(best, target, atol=0.06, rtol=0)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_outputs_stay_in_bounds(cls):
+    target = torch.full((3, 5, 2), 4.0)  # optimum far outside [-1, 1]
+    result = make(cls).plan(quadratic(target), torch.full((3, 5, 2), 7.0))
+    assert result.best.min() >= -1 and result.best.max() <= 1
+    assert torch.allclose(result.best, torch.ones_like(result.best), atol=0.05)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_nan_and_inf_scores_never_win(cls):
+    target = torch.full((2, 3, 1), 0.8)
+
+    def score(a):
+        s = quadratic(target)(a)
+        s = torch.where(
+            a[..., 0, 0] > 0.2, torch.full_like(s, float("nan")), s
+        )  # the good region is poisoned
+        return torch.where(a[..., 0, 0] < -0.9, torch.full_like(s, float("inf")), s)
+
+    result = make(cls).plan(score, torch.zeros(2, 3, 1))
+    assert torch.isfinite(result.score).all()
+    assert (result.best[..., 0, 0] <= 0.2).all() and (result.best[..., 0, 0] >= -0.9).all()
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_all_invalid_scores_keep_the_mean(cls):
+    init = torch.full((2, 3, 2), 0.25)
+    result = make(cls).plan(lambda a: torch.full(a.shape[:2], float("nan")), init)
+    torch.testing.assert_close(result.best, init)
+    assert torch.isinf(result.score).all()
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_seeded(cls):
+    target = torch.rand(2, 4, 3, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    a = make(cls, seed=3).optimize(quadratic(target), torch.zeros(2, 4, 3))
+    b = make(cls, seed=3).optimize(quadratic(target), torch.zeros(2, 4, 3))
+    c = make(cls, seed=4).optimize(quadratic(target), torch.zeros(2, 4, 3))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_matches_brute_force_on_a_tiny_grid(cls):
+    """H=2, A=1, a non-convex score: the optimizer is at least as good as a 41x41 grid search."""
+
+    def f(a):  # a: [..., 2, 1]
+        x, y = a[..., 0, 0], a[..., 1, 0]
+        return -((x - 0.3) ** 2) - (y + 0.5) ** 2 + 0.3 * torch.cos(6 * x) * torch.sin(4 * y)
+
+    grid = torch.linspace(-1, 1, 41)
+    cand = torch.tensor(list(itertools.product(grid.tolist(), grid.tolist()))).reshape(-1, 2, 1)
+    brute = f(cand).max()
+    result = make(cls, init_std=0.8).plan(lambda a: f(a), torch.zeros(1, 2, 1))
+    assert f(result.best)[0] >= brute - 2e-3
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_point_mass_mpc_reaches_target(cls):
+    """A 2-D point mass x' = x + 0.1 a, re-planned every step (shifted warm start) reaches its goal."""
+    goal = torch.tensor([[0.6, -0.4], [-0.5, 0.7]])
+    x = torch.zeros(2, 2)
+    h = 8
+    opt = make(cls, iterations=5)
+    plan = torch.zeros(2, h, 2)
+
+    def score(a):  # a: [B, N, H, 2]
+        pos = x[:, None, None, :] + 0.1 * a.cumsum(2)
+        return -((pos - goal[:, None, None, :]) ** 2).sum(-1).sum(-1)
+
+    for _ in range(25):
+        plan = opt.optimize(score, plan)
+        x = x + 0.1 * plan[:, 0]
+        plan = torch.cat([plan[:, 1:], torch.zeros_like(plan[:, :1])], 1)
+    assert torch.linalg.norm(x - goal, dim=-1).max() < 0.05
+
+
+def test_time_budget_stops_early():
+    def slow(a):
+        time.sleep(0.05)
+        return -(a**2).sum((-2, -1))
+
+    result = make(CEM, iterations=50, time_budget=0.12).plan(slow, torch.zeros(1, 2, 1))
+    assert 1 <= result.iterations <= 4
+
+
+def test_prior_samples_are_used():
+    target = torch.full((1, 3, 2), 0.9)
+    prior = target.unsqueeze(1).expand(1, 4, 3, 2)
+    result = make(CEM, iterations=1, init_std=0.01).plan(quadratic(target), torch.full((1, 3, 2), -0.9),
+                                                         prior_samples=prior)  # fmt: skip
+    torch.testing.assert_close(result.best, target)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_elites"):
+        CEM(OptimizerConfig(num_samples=4, num_elites=8))
+    with pytest.raises(ValueError, match="B, N"):
+        make(CEM).optimize(lambda a: torch.zeros(3), torch.zeros(2, 3, 1))
+    with pytest.raises(ValueError, match="init_mean"):
+        make(CEM).optimize(lambda a: torch.zeros(a.shape[:2]), torch.zeros(3, 1))
