@@ -13,7 +13,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from robobrain.envs.physics import FINGER_OPEN, Scene
+from robobrain.envs.physics import FINGER_OPEN, STATE_BASE, Scene
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -23,14 +23,6 @@ MAX_SPEED = 0.5
 """End-effector speed (m/s) for an action of 1; matches the velocity actuators' ctrlrange."""
 ACTION_STEP = MAX_SPEED * CONTROL_DT
 """Metres the gripper moves per unit action in one control step."""
-
-STATE_BASE = {
-    "gripper_pos": slice(0, 3),
-    "gripper_vel": slice(3, 6),
-    "finger": slice(6, 7),
-    "goal": slice(7, 10),
-}
-STATE_BLOCK = {"block_pos": slice(10, 13), "block_quat": slice(13, 17), "block_vel": slice(17, 20)}
 
 _UNSTABLE_WARNINGS = (
     mujoco.mjtWarning.mjWARN_BADQACC,
@@ -94,12 +86,36 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         """Place the gripper, the objects and the goal for a new episode."""
         raise NotImplementedError
 
-    def _reward(self) -> tuple[float, dict[str, float]]:
-        """Return the reward and its named terms (``reward == sum(terms.values())``)."""
+    @classmethod
+    def reward_terms(cls, state: np.ndarray) -> dict[str, np.ndarray]:
+        """Named reward terms from state vectors [..., n] -> {name: [...]}; the reward is their sum.
+
+        A pure function of the state, so a planner can score simulated futures exactly as the env does.
+        """
         raise NotImplementedError
 
-    def _success(self) -> bool:
+    @classmethod
+    def success(cls, state: np.ndarray) -> np.ndarray:
+        """Success flags from state vectors [..., n] -> bool [...]."""
         raise NotImplementedError
+
+    @classmethod
+    def action_to_ctrl(cls, action: np.ndarray) -> np.ndarray:
+        """Actions [..., A] in [-1, 1] -> MuJoCo controls [..., nu] (gripper velocity, finger targets).
+
+        Stateless: the controls depend on the action alone, so a batched ``mujoco.rollout`` of the same
+        actions reproduces ``step`` exactly.
+        """
+        action = np.asarray(action, dtype=np.float64)
+        ctrl = np.zeros((*action.shape[:-1], 5))
+        ctrl[..., :3] = action[..., :3] * MAX_SPEED
+        if cls.action_dim == 4:
+            ctrl[..., 3:5] = ((action[..., 3:4] + 1.0) * 0.5 * FINGER_OPEN).repeat(2, -1)
+        return ctrl
+
+    def _evaluate(self, state: np.ndarray) -> tuple[float, dict[str, Any]]:
+        terms = {k: float(v) for k, v in self.reward_terms(state).items()}
+        return sum(terms.values()), {**terms, "success": bool(self.success(state))}
 
     # --- Gymnasium API -----------------------------------------------------------------------
     def reset(
@@ -112,15 +128,14 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.data.ctrl[3:5] = self.scene.finger_opening()
         mujoco.mj_forward(self.model, self.data)
         self._warnings = self._warning_counts()
-        _, terms = self._reward()
-        return self._observation(), {**terms, "success": self._success(), "sim_unstable": False}
+        state = self.state()
+        _, info = self._evaluate(state)
+        return self._observation(state), {**info, "sim_unstable": False}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = self._check_action(action)
         saved = (self.data.qpos.copy(), self.data.qvel.copy(), self.data.act.copy(), self.data.time)
-        self.data.ctrl[:3] = action[:3] * self.max_speed
-        opening = (action[3] + 1.0) * 0.5 * FINGER_OPEN if self.action_dim == 4 else 0.0
-        self.data.ctrl[3:5] = opening
+        self.data.ctrl[:] = self.action_to_ctrl(action)
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
 
         unstable = self._became_unstable()
@@ -129,9 +144,10 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self.data.ctrl[:3] = 0.0
             mujoco.mj_forward(self.model, self.data)
             self._warnings = self._warning_counts()
-        reward, terms = self._reward()
-        info = {**terms, "success": self._success(), "sim_unstable": unstable}
-        return self._observation(), float(reward), False, unstable, info
+        state = self.state()
+        reward, info = self._evaluate(state)
+        info["sim_unstable"] = unstable
+        return self._observation(state), float(reward), False, unstable, info
 
     def render(self) -> np.ndarray | None:
         """The latest camera frame, uint8[H, W, 3] (``render_mode="rgb_array"``)."""
@@ -150,15 +166,11 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     # --- helpers ------------------------------------------------------------------------------
     def state(self) -> np.ndarray:
         """The proprioceptive + object state vector, float32[n] (layout: ``state_layout``)."""
-        s = self.scene
-        parts = [s.gripper_pos(), s.gripper_vel(), [s.finger_opening()], s.goal_pos()]
-        if s.has_block:
-            parts += [s.block_pos(), s.block_quat(), s.block_vel()]
-        return np.concatenate(parts).astype(np.float32)
+        return self.scene.state_vector(self.data.qpos, self.data.qvel)
 
-    def _observation(self) -> dict[str, np.ndarray]:
+    def _observation(self, state: np.ndarray) -> dict[str, np.ndarray]:
         self._frame = self._render_pixels()
-        return {"pixels": self._frame.copy(), "state": self.state()}
+        return {"pixels": self._frame.copy(), "state": state}
 
     def _render_pixels(self) -> np.ndarray:
         if self._renderer is None:

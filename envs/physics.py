@@ -11,6 +11,40 @@ FINGER_OPEN = 0.04
 """Finger opening target (each side, m) for a fully open gripper."""
 
 
+STATE_BASE = {
+    "gripper_pos": slice(0, 3),
+    "gripper_vel": slice(3, 6),
+    "finger": slice(6, 7),
+    "goal": slice(7, 10),
+}
+STATE_BLOCK = {"block_pos": slice(10, 13), "block_quat": slice(13, 17), "block_vel": slice(17, 20)}
+
+
+def _dist(state: np.ndarray, a: str, b: str) -> np.ndarray:
+    layout = {**STATE_BASE, **STATE_BLOCK}
+    return np.linalg.norm(state[..., layout[a]] - state[..., layout[b]], axis=-1)
+
+
+def gripper_to_goal(state: np.ndarray) -> np.ndarray:
+    """[..., n] -> [...] distance (m) from the grip point to the goal."""
+    return _dist(state, "gripper_pos", "goal")
+
+
+def gripper_to_block(state: np.ndarray) -> np.ndarray:
+    return _dist(state, "gripper_pos", "block_pos")
+
+
+def block_to_goal(state: np.ndarray) -> np.ndarray:
+    return _dist(state, "block_pos", "goal")
+
+
+def block_grasped(state: np.ndarray) -> np.ndarray:
+    """The block sits between the fingers and the fingers press on it: [..., n] -> bool [...]."""
+    rel = state[..., STATE_BLOCK["block_pos"]] - state[..., STATE_BASE["gripper_pos"]]
+    between = (np.abs(rel[..., 0]) < 0.015) & (np.abs(rel[..., 1]) < 0.02) & (np.abs(rel[..., 2]) < 0.025)
+    return between & (state[..., STATE_BASE["finger"]][..., 0] < BLOCK_HALF_SIZE + 0.002)
+
+
 class Scene:
     """Reads and writes the named parts of a robobrain scene in a `mujoco.MjData`."""
 
@@ -32,10 +66,6 @@ class Scene:
         """Grip point (between the fingers) in world coordinates: [3]."""
         return self.data.qpos[self._grip_qpos].copy()
 
-    def gripper_vel(self) -> np.ndarray:
-        """Grip point linear velocity: [3]."""
-        return self.data.qvel[self._grip_dof].copy()
-
     def finger_opening(self) -> float:
         """Mean opening of the two fingers from the centre line (m): 0 closed, 0.04 open."""
         return float(self.data.qpos[self._finger_qpos].mean())
@@ -48,28 +78,25 @@ class Scene:
         """Block centre: [3]."""
         return self.data.qpos[self._block_qpos : self._block_qpos + 3].copy()
 
-    def block_quat(self) -> np.ndarray:
-        """Block orientation quaternion (w, x, y, z): [4]."""
-        return self.data.qpos[self._block_qpos + 3 : self._block_qpos + 7].copy()
+    def state_vector(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """The task state vector from physics arrays, batched over leading dims.
 
-    def block_vel(self) -> np.ndarray:
-        """Block linear velocity: [3]."""
-        return self.data.qvel[self._block_dof : self._block_dof + 3].copy()
-
-    def gripper_to_goal(self) -> float:
-        return float(np.linalg.norm(self.gripper_pos() - self.goal_pos()))
-
-    def gripper_to_block(self) -> float:
-        return float(np.linalg.norm(self.gripper_pos() - self.block_pos()))
-
-    def block_to_goal(self) -> float:
-        return float(np.linalg.norm(self.block_pos() - self.goal_pos()))
-
-    def block_grasped(self) -> bool:
-        """The block sits between the fingers and the fingers press on it."""
-        rel = self.block_pos() - self.gripper_pos()
-        between = abs(rel[0]) < 0.015 and abs(rel[1]) < 0.02 and abs(rel[2]) < 0.025
-        return between and self.finger_opening() < BLOCK_HALF_SIZE + 0.002
+        qpos: [..., nq], qvel: [..., nv] -> float32 [..., n]: gripper pos (3), gripper vel (3), finger
+        opening (1), goal (3), then block pos (3), quat (4), linear vel (3) when there is a block.
+        """
+        lead = qpos.shape[:-1]
+        parts = [
+            qpos[..., self._grip_qpos],
+            qvel[..., self._grip_dof],
+            qpos[..., self._finger_qpos].mean(-1, keepdims=True),
+            np.broadcast_to(self.goal_pos(), (*lead, 3)),
+        ]
+        if self.has_block:
+            parts += [
+                qpos[..., self._block_qpos : self._block_qpos + 7],
+                qvel[..., self._block_dof : self._block_dof + 3],
+            ]
+        return np.concatenate(parts, axis=-1).astype(np.float32)
 
     # --- writes --------------------------------------------------------------------------
     def set_gripper(self, pos: np.ndarray, opening: float) -> None:

@@ -7,8 +7,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from robobrain.envs.base import ACTION_STEP, STATE_BASE, STATE_BLOCK, ManipulationEnv, move_toward
-from robobrain.envs.physics import BLOCK_HALF_SIZE, FINGER_OPEN
+from robobrain.envs.base import ACTION_STEP, ManipulationEnv, move_toward
+from robobrain.envs.physics import (
+    BLOCK_HALF_SIZE,
+    FINGER_OPEN,
+    STATE_BASE,
+    STATE_BLOCK,
+    block_grasped,
+    block_to_goal,
+    gripper_to_block,
+)
 from robobrain.envs.push import TRAVEL_HEIGHT, sample_block_and_goal
 
 
@@ -27,17 +35,18 @@ class PickPlaceEnv(ManipulationEnv):
         self.scene.set_block(block)
         self.scene.set_goal(goal)
 
-    def _reward(self) -> tuple[float, dict[str, float]]:
-        terms = {
-            "reward_reach": -0.5 * self.scene.gripper_to_block(),
-            "reward_grasp": 0.25 * float(self.scene.block_grasped()),
-            "reward_place": -self.scene.block_to_goal(),
-            "reward_success": float(self._success()),
+    @classmethod
+    def reward_terms(cls, state: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "reward_reach": -0.5 * gripper_to_block(state),
+            "reward_grasp": 0.25 * block_grasped(state),
+            "reward_place": -block_to_goal(state),
+            "reward_success": cls.success(state).astype(np.float64),
         }
-        return sum(terms.values()), terms
 
-    def _success(self) -> bool:
-        return self.scene.block_to_goal() < self.success_threshold
+    @classmethod
+    def success(cls, state: np.ndarray) -> np.ndarray:
+        return block_to_goal(state) < cls.success_threshold
 
     @staticmethod
     def expert(state: np.ndarray) -> np.ndarray:

@@ -6,8 +6,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from robobrain.envs.base import ACTION_STEP, STATE_BASE, STATE_BLOCK, ManipulationEnv, move_toward
-from robobrain.envs.physics import BLOCK_HALF_SIZE
+from robobrain.envs.base import ACTION_STEP, ManipulationEnv, move_toward
+from robobrain.envs.physics import (
+    BLOCK_HALF_SIZE,
+    STATE_BASE,
+    STATE_BLOCK,
+    block_to_goal,
+    gripper_to_block,
+)
 
 BLOCK_RANGE = 0.15
 """Block x, y drawn uniformly in [-BLOCK_RANGE, BLOCK_RANGE]."""
@@ -61,16 +67,17 @@ class PushEnv(ManipulationEnv):
         self.scene.set_block(block)
         self.scene.set_goal(goal)
 
-    def _reward(self) -> tuple[float, dict[str, float]]:
-        terms = {
-            "reward_reach": -0.5 * self.scene.gripper_to_block(),
-            "reward_place": -self.scene.block_to_goal(),
-            "reward_success": float(self._success()),
+    @classmethod
+    def reward_terms(cls, state: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "reward_reach": -0.5 * gripper_to_block(state),
+            "reward_place": -block_to_goal(state),
+            "reward_success": cls.success(state).astype(np.float64),
         }
-        return sum(terms.values()), terms
 
-    def _success(self) -> bool:
-        return self.scene.block_to_goal() < self.success_threshold
+    @classmethod
+    def success(cls, state: np.ndarray) -> np.ndarray:
+        return block_to_goal(state) < cls.success_threshold
 
     @staticmethod
     def expert(state: np.ndarray) -> np.ndarray:

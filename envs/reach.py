@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from robobrain.envs.base import ACTION_STEP, STATE_BASE, ManipulationEnv, move_toward
+from robobrain.envs.base import ACTION_STEP, ManipulationEnv, move_toward
+from robobrain.envs.physics import STATE_BASE, gripper_to_goal
 
 GOAL_LOW = np.array([-0.15, -0.15, 0.05])
 GOAL_HIGH = np.array([0.15, 0.15, 0.25])
@@ -27,13 +28,14 @@ class ReachEnv(ManipulationEnv):
         self.scene.set_gripper(start, opening=0.0)
         self.scene.set_goal(goal)
 
-    def _reward(self) -> tuple[float, dict[str, float]]:
-        d = self.scene.gripper_to_goal()
-        terms = {"reward_dist": -d, "reward_success": float(d < self.success_threshold)}
-        return sum(terms.values()), terms
+    @classmethod
+    def reward_terms(cls, state: np.ndarray) -> dict[str, np.ndarray]:
+        d = gripper_to_goal(state)
+        return {"reward_dist": -d, "reward_success": (d < cls.success_threshold).astype(np.float64)}
 
-    def _success(self) -> bool:
-        return self.scene.gripper_to_goal() < self.success_threshold
+    @classmethod
+    def success(cls, state: np.ndarray) -> np.ndarray:
+        return gripper_to_goal(state) < cls.success_threshold
 
     @staticmethod
     def expert(state: np.ndarray) -> np.ndarray:
