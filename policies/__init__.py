@@ -1,39 +1,79 @@
-"""Policies behind one protocol: random, scripted experts (later: MPC and SB3)."""
+"""Policies behind one protocol: random, scripted experts, MPC (world model or oracle), SB3."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gymnasium as gym
 
+from robobrain.planning import MPCConfig
 from robobrain.policies.base import Observation, Policy, batch_size
+from robobrain.policies.mpc import OracleMPCPolicy, WorldModelMPCPolicy
+from robobrain.policies.sb3 import SB3Policy
 from robobrain.policies.simple import RandomPolicy, ScriptedPolicy
 
-POLICY_SPECS = ("random", "scripted")
+POLICY_SPECS = ("random", "scripted", "oracle", "mpc:CHECKPOINT", "sb3:ZIP")
 
 
 def load_policy(
-    spec: str, env_id: str, action_space: gym.spaces.Box, seed: int | None = None, **kwargs: float
+    spec: str,
+    env_id: str,
+    action_space: gym.spaces.Box,
+    seed: int | None = None,
+    envs: Sequence[gym.Env] | None = None,
+    mpc: MPCConfig | None = None,
+    device: str = "cpu",
+    **kwargs: float,
 ) -> Policy:
     """Build a policy from a spec string for an env.
 
-    spec: ``random`` | ``scripted``. kwargs go to the policy (``noise_std`` for scripted).
+    spec: ``random`` | ``scripted`` | ``oracle`` (MPC planning in copies of ``envs``' simulators) |
+    ``mpc:CHECKPOINT`` (MPC over a trained world model) | ``sb3:ZIP`` (a stable-baselines3 model).
+    kwargs go to the scripted policy (``noise_std``).
     """
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")
+    action_dim = action_space.shape[0]
+    mpc = mpc or MPCConfig(seed=seed or 0)
     if spec == "random":
-        return RandomPolicy(action_space.shape[0], seed=seed, low=action_space.low, high=action_space.high)
+        return RandomPolicy(action_dim, seed=seed, low=action_space.low, high=action_space.high)
     if spec == "scripted":
         from robobrain.envs import get_expert
 
         return ScriptedPolicy(get_expert(env_id), seed=seed, **kwargs)
+    if spec == "oracle":
+        if not envs or not all(hasattr(getattr(e, "unwrapped", e), "action_to_ctrl") for e in envs):
+            raise ValueError("the oracle plans in the true simulator: it needs robobrain task envs")
+        return OracleMPCPolicy(envs, action_dim, mpc)
+    if spec.startswith("mpc:"):
+        from robobrain.training.wm_trainer import load_world_model
+
+        model = load_world_model(spec[4:], device)
+        if model.cfg.action_dim != action_dim:
+            raise ValueError(
+                f"{spec[4:]}: the world model was trained with {model.cfg.action_dim}-D actions, "
+                f"{env_id} takes {action_dim}-D actions"
+            )
+        return WorldModelMPCPolicy(model, mpc, device)
+    if spec.startswith("sb3:"):
+        policy = SB3Policy.load(spec[4:], device=device)
+        if policy.model.action_space.shape != action_space.shape:
+            raise ValueError(
+                f"{spec[4:]}: SB3 actions {policy.model.action_space.shape} vs env {action_space.shape}"
+            )
+        return policy
     raise ValueError(f"unknown policy spec {spec!r}; expected one of {', '.join(POLICY_SPECS)}")
 
 
 __all__ = [
     "POLICY_SPECS",
     "Observation",
+    "OracleMPCPolicy",
     "Policy",
     "RandomPolicy",
+    "SB3Policy",
     "ScriptedPolicy",
+    "WorldModelMPCPolicy",
     "batch_size",
     "load_policy",
 ]

@@ -14,11 +14,11 @@ Observation = dict[str, np.ndarray]
 class Policy(Protocol):
     """Acts for N environments at once.
 
-    ``reset(num_envs)`` starts new episodes in all envs; ``act(obs)`` returns actions [N, A]
-    in the env's action bounds.
+    ``reset(num_envs)`` starts new episodes in all envs, ``reset(num_envs, mask)`` only in those
+    where ``mask`` [N] is True; ``act(obs)`` returns actions [N, A] in the env's action bounds.
     """
 
-    def reset(self, num_envs: int) -> None: ...
+    def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None: ...
 
     def act(self, obs: Observation) -> np.ndarray: ...
 

@@ -23,7 +23,7 @@ class RandomPolicy:
         self.low, self.high = low, high
         self.rng = np.random.default_rng(seed)
 
-    def reset(self, num_envs: int) -> None:
+    def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass
 
     def act(self, obs: Observation) -> np.ndarray:
@@ -47,7 +47,7 @@ class ScriptedPolicy:
         self.noise_std = noise_std
         self.rng = np.random.default_rng(seed)
 
-    def reset(self, num_envs: int) -> None:
+    def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass
 
     def act(self, obs: Observation) -> np.ndarray:

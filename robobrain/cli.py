@@ -98,6 +98,81 @@ class EvalWM:
     device: str = "cpu"
 
 
+@dataclass(frozen=True)
+class Eval:
+    """Evaluate a policy: eval_info.json (per-episode seed, success, return, latency) and videos."""
+
+    policy: str = "scripted"
+    """random | scripted | oracle | mpc:CHECKPOINT | sb3:ZIP"""
+    env: str = "robobrain/Push-v0"
+    """Gymnasium id (robobrain task or any env that renders rgb_array)."""
+    episodes: int = 10
+    """Episodes; episode i is seeded with seed + i."""
+    num_envs: int = 4
+    """Envs run side by side; the policy acts for all of them in one batched call."""
+    seed: int = 0
+    out: Path = Path("runs/eval")
+    """Output directory (eval_info.json, videos/)."""
+    image_size: int | None = None
+    """Pixel size (default: the world model's for mpc:, else 64)."""
+    video_episodes: int = 2
+    """Episodes recorded as mp4 (real | imagined for mpc:)."""
+    device: str = "cpu"
+    optimizer: Literal["cem", "mppi"] = "cem"
+    """MPC trajectory optimizer."""
+    horizon: int = 12
+    """MPC planning horizon."""
+    samples: int = 512
+    """MPC candidates per iteration."""
+    elites: int = 64
+    iterations: int = 6
+    time_budget: float | None = None
+    """MPC wall-clock limit per decision (s)."""
+    progress: bool = True
+
+
+def run_eval(args: Eval) -> dict:
+    from robobrain.checkpoint import load_checkpoint
+    from robobrain.envs import make_env
+    from robobrain.evaluation import evaluate_policy
+    from robobrain.planning import MPCConfig, OptimizerConfig
+    from robobrain.policies import load_policy
+
+    size = args.image_size
+    if size is None and args.policy.startswith("mpc:"):
+        size = int(
+            load_checkpoint(args.policy[4:], with_training_state=False).config["world_model"]["image_size"]
+        )
+    envs = [make_env(args.env, size or 64) for _ in range(args.num_envs)]
+    optim = OptimizerConfig(
+        num_samples=args.samples,
+        num_elites=args.elites,
+        iterations=args.iterations,
+        time_budget=args.time_budget,
+    )
+    mpc = MPCConfig(horizon=args.horizon, optimizer=args.optimizer, optim=optim, seed=args.seed)
+    try:
+        policy = load_policy(
+            args.policy,
+            args.env,
+            envs[0].action_space,
+            seed=args.seed,
+            envs=envs,
+            mpc=mpc,
+            device=args.device,
+        )
+        meta = {"env_id": args.env, "policy": args.policy}
+        report = evaluate_policy(
+            policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
+        )
+    finally:
+        for env in envs:
+            env.close()
+    print(json.dumps(report["summary"], indent=1))
+    print(f"report: {args.out / 'eval_info.json'}")
+    return report
+
+
 def run_train_wm(args: TrainWM) -> dict:
     import dataclasses
 
@@ -189,6 +264,7 @@ COMMANDS = {
     "collect": (Collect, run_collect),
     "train-wm": (TrainWM, run_train_wm),
     "eval-wm": (EvalWM, run_eval_wm),
+    "eval": (Eval, run_eval),
     "demo": (Demo, run_demo),
 }
 

@@ -1,0 +1,74 @@
+"""A stable-baselines3 model behind the Policy protocol (loaded from SB3's own zip format)."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from robobrain.policies.base import Observation
+
+ALGORITHMS = ("SAC", "PPO", "TD3", "DDPG", "A2C")
+
+
+def _algorithm_of(path: str | os.PathLike[str]) -> str:
+    """The SB3 algorithm a zip was saved by, read from its ``data`` JSON (nothing is unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = json.loads(z.read("data"))
+        module = data["policy_class"]["__module__"]
+    except FileNotFoundError as e:
+        raise ValueError(f"{path}: no such SB3 model zip") from e
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not a stable-baselines3 model zip ({type(e).__name__}: {e})") from e
+    if module.startswith("stable_baselines3.sac."):
+        return "SAC"
+    if module.startswith("stable_baselines3.td3."):
+        return "DDPG" if data.get("policy_delay") == 1 and data.get("target_policy_noise") == 0.0 else "TD3"
+    if module == "stable_baselines3.common.policies":
+        return "PPO" if "clip_range" in data else "A2C"
+    raise ValueError(f"{path}: unsupported SB3 policy module {module!r}; pass sb3:ALGO:PATH")
+
+
+class SB3Policy:
+    """Acts with ``model.predict(deterministic=True)``. The model may have been trained on the whole
+    observation dict, on ``obs["state"]`` or on ``obs["pixels"]``: the matching part is passed."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.space = model.observation_space
+
+    @classmethod
+    def load(cls, spec: str, device: str = "cpu") -> SB3Policy:
+        """``spec``: ``PATH`` (algorithm detected) or ``ALGO:PATH`` with ALGO one of ALGORITHMS."""
+        import stable_baselines3
+
+        name, _, rest = spec.partition(":")
+        if name.upper() in ALGORITHMS and rest:
+            algo_name, path = name.upper(), rest
+        else:
+            algo_name, path = _algorithm_of(spec), spec
+        return cls(getattr(stable_baselines3, algo_name).load(path, device=device))
+
+    def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
+        pass
+
+    def _select(self, obs: Observation) -> Any:
+        if isinstance(self.space, gym.spaces.Dict):
+            missing = set(self.space.spaces) - set(obs)
+            if missing:
+                raise ValueError(f"the SB3 model needs observation keys {sorted(missing)}")
+            return {key: obs[key] for key in self.space.spaces}
+        for key in ("state", "pixels"):
+            if key in obs and np.asarray(obs[key]).shape[1:] == self.space.shape:
+                return np.asarray(obs[key])
+        shapes = {key: np.asarray(v).shape[1:] for key, v in obs.items()}
+        raise ValueError(f"the SB3 model observes {self.space.shape}; the env gives {shapes}")
+
+    def act(self, obs: Observation) -> np.ndarray:
+        actions, _ = self.model.predict(self._select(obs), deterministic=True)
+        return np.asarray(actions, dtype=np.float32)

@@ -1,0 +1,157 @@
+"""Evaluate any policy on any env: per-episode seeds, success with a Wilson interval, returns,
+decision latency; ``eval_info.json`` and mp4 videos (real | imagined for world-model MPC).
+
+K envs run side by side and the policy acts for all of them in one batched call. Episode i is reset
+with seed ``seed + i``, so the same command gives the same json (latency aside).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+from robobrain.data.store import atomic_write_json
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _check_actions(actions: Any, num_envs: int, space: gym.spaces.Box) -> np.ndarray:
+    a = np.asarray(actions, dtype=np.float32)
+    if a.shape != (num_envs, *space.shape):
+        raise ValueError(f"policy returned actions of shape {a.shape}, expected {(num_envs, *space.shape)}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("policy returned NaN or inf actions")
+    return a
+
+
+def evaluate_policy(
+    policy: Any,
+    envs: list[gym.Env],
+    episodes: int,
+    seed: int = 0,
+    out_dir: str | os.PathLike[str] | None = None,
+    video_episodes: int = 2,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``episodes`` episodes over the K ``envs``; returns (and writes) the report."""
+    k = len(envs)
+    space = envs[0].action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"robobrain policies drive Box action spaces, got {space}")
+    next_episode = 0
+    slot_episode = [-1] * k
+    slot_return = [0.0] * k
+    slot_len = [0] * k
+    slot_latency: list[list[float]] = [[] for _ in range(k)]
+    frames: dict[int, list[np.ndarray]] = {}
+    results: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    obs_slots: list[dict[str, np.ndarray]] = [{}] * k
+    active = np.zeros(k, dtype=bool)
+    has_imagination = hasattr(policy, "imagined_frames")
+
+    def start(i: int) -> None:
+        nonlocal next_episode
+        ep = next_episode
+        next_episode += 1
+        obs, _ = envs[i].reset(seed=seed + ep)
+        obs_slots[i] = obs
+        slot_episode[i], slot_return[i], slot_len[i], slot_latency[i] = ep, 0.0, 0, []
+        active[i] = True
+        if ep < video_episodes:
+            frames[ep] = []
+
+    for i in range(min(k, episodes)):
+        start(i)
+    policy.reset(k)
+    bar = tqdm(total=episodes, desc="eval", unit="ep", disable=not progress)
+    while active.any():
+        batch = {key: np.stack([o[key] for o in obs_slots]) for key in obs_slots[int(np.argmax(active))]}
+        t0 = time.perf_counter()
+        actions = _check_actions(policy.act(batch), k, space)
+        latency = time.perf_counter() - t0
+        latencies.append(latency)
+        imagined = policy.imagined_frames() if has_imagination and frames else None
+        restart = np.zeros(k, dtype=bool)
+        for i in np.flatnonzero(active):
+            obs, reward, terminated, truncated, info = envs[i].step(actions[i])
+            obs_slots[i] = obs
+            slot_return[i] += float(reward)
+            slot_len[i] += 1
+            slot_latency[i].append(latency)
+            ep = slot_episode[i]
+            if ep in frames:
+                real = obs["pixels"]
+                if imagined is not None:
+                    pred = imagined[i, 0]
+                    if pred.shape != real.shape:
+                        pred = np.zeros_like(real)
+                    real = np.concatenate([real, pred], axis=1)
+                frames[ep].append(real)
+            if terminated or truncated:
+                results.append(
+                    {
+                        "episode": ep,
+                        "seed": seed + ep,
+                        "success": bool(info.get("success", False)),
+                        "return": slot_return[i],
+                        "length": slot_len[i],
+                        "latency_ms": 1e3 * float(np.mean(slot_latency[i])),
+                    }
+                )
+                bar.update(1)
+                active[i] = False
+                if next_episode < episodes:
+                    start(i)
+                    restart[i] = True
+        if restart.any():
+            policy.reset(k, mask=restart)
+    bar.close()
+
+    results.sort(key=lambda r: r["episode"])
+    n_success = sum(r["success"] for r in results)
+    lo, hi = wilson_interval(n_success, len(results))
+    lat = np.array(latencies) * 1e3
+    report = {
+        **(meta or {}),
+        "num_envs": k,
+        "seed": seed,
+        "episodes": results,
+        "summary": {
+            "episodes": len(results),
+            "success_rate": n_success / max(len(results), 1),
+            "success_ci95": [lo, hi],
+            "mean_return": float(np.mean([r["return"] for r in results])),
+            "mean_length": float(np.mean([r["length"] for r in results])),
+            "latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p95": float(np.percentile(lat, 95)),
+        },
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "eval_info.json", report)
+        if frames:
+            from robobrain.video import write_video
+
+            for ep, fr in frames.items():
+                if fr:
+                    write_video(out / "videos" / f"episode_{ep:03d}_seed{seed + ep}.mp4", np.stack(fr))
+    return report

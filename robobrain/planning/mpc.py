@@ -1,0 +1,91 @@
+"""Model-predictive control: re-plan every step over any score function, execute the first action.
+
+The controller knows nothing about models either: the caller hands it a ``ScoreFn`` for the current
+step (from the world model's ``imagine``, or the oracle simulator). It keeps the previous plan and
+warm-starts from it shifted by one step (mbrl-lib style), mixes in policy-prior samples when given,
+and adds exploration noise for data collection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult, ScoreFn
+from robobrain.world_model import State, WorldModel
+
+
+@dataclass(frozen=True)
+class MPCConfig:
+    horizon: int = 12
+    """Planning horizon H (steps)."""
+    optimizer: Literal["cem", "mppi"] = "cem"
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    exploration_std: float = 0.0
+    """Gaussian noise added to the executed action (data collection); 0 for evaluation."""
+    success_bonus: float = 1.0
+    """World-model scoring: bonus per step times the predicted success probability."""
+    disagreement_penalty: float = 0.0
+    """World-model scoring: penalty times the ensemble disagreement (needs an ensemble)."""
+    discount: float = 1.0
+    seed: int = 0
+
+
+def make_optimizer(cfg: MPCConfig, device: torch.device | str = "cpu") -> CEM | MPPI:
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    cls = {"cem": CEM, "mppi": MPPI}[cfg.optimizer]
+    return cls(cfg.optim, generator=gen)
+
+
+class MPC:
+    """Receding-horizon controller for B envs at once."""
+
+    def __init__(self, cfg: MPCConfig, action_dim: int, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.action_dim = action_dim
+        self.device = torch.device(device)
+        self.optimizer = make_optimizer(cfg, self.device)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.plan: torch.Tensor | None = None
+        self.last: PlanResult | None = None
+
+    def reset(self, num_envs: int, mask: torch.Tensor | None = None) -> None:
+        """Forget the plans of all envs, or only of those where ``mask`` [B] is True."""
+        if self.plan is None or mask is None or self.plan.shape[0] != num_envs:
+            self.plan = torch.zeros(num_envs, self.cfg.horizon, self.action_dim, device=self.device)
+        else:
+            self.plan[mask.to(self.device)] = 0.0
+
+    def act(self, score_fn: ScoreFn, prior_samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Plan with ``score_fn`` and return the first actions [B, A] (plus exploration noise)."""
+        if self.plan is None:
+            raise RuntimeError("call reset(num_envs) before act()")
+        result = self.optimizer.plan(score_fn, self.plan, prior_samples=prior_samples)
+        self.last = result
+        action = result.best[:, 0]
+        # Warm start: shift the plan one step and repeat its last action at the tail.
+        self.plan = torch.cat([result.best[:, 1:], result.best[:, -1:]], 1)
+        if self.cfg.exploration_std > 0:
+            noise = torch.randn(action.shape, generator=self.noise_gen, device=self.device)
+            action = action + self.cfg.exploration_std * noise
+        return action.clamp(self.cfg.optim.low, self.cfg.optim.high)
+
+
+def world_model_score_fn(model: WorldModel, state: State, cfg: MPCConfig) -> ScoreFn:
+    """Score candidates [B, N, H, A] from latent ``state`` [B] by imagination: discounted predicted
+    reward + success bonus, minus the ensemble-disagreement penalty. Returns [B, N]."""
+
+    def score(actions: torch.Tensor) -> torch.Tensor:
+        b, n, h, a = actions.shape
+        with torch.no_grad():
+            out = model.imagine(state.repeat_interleave(n), actions.reshape(b * n, h, a))
+        r = out.reward.float() + cfg.success_bonus * torch.sigmoid(out.success_logit.float())
+        if cfg.disagreement_penalty and out.disagreement is not None:
+            r = r - cfg.disagreement_penalty * out.disagreement.float()
+        if cfg.discount != 1.0:
+            r = r * cfg.discount ** torch.arange(h, device=r.device, dtype=r.dtype)
+        return r.sum(-1).view(b, n)
+
+    return score

@@ -1,0 +1,82 @@
+"""The true simulator as the planner's model: the first-principles upper bound for MPC.
+
+Candidates are rolled out from a copy of each env's physics state with ``mujoco.rollout`` and scored
+with the task's own reward function of the state, so a perfect world model would plan exactly this
+well. Works with any env exposing the robobrain task API (``model``, ``data``, ``frame_skip``,
+``action_to_ctrl``, ``scene.state_vector``, ``reward_terms``, ``success``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import mujoco
+import numpy as np
+import torch
+from mujoco import rollout
+
+from robobrain.planning.optimizers import ScoreFn
+
+
+class OracleModel:
+    """Scores action sequences [B, N, H, A] for B envs by simulating them; returns [B, N].
+
+    score = sum over the horizon of the task reward after each action (+ ``success_bonus`` for each
+    step in success).
+    """
+
+    def __init__(self, success_bonus: float = 0.0, nthread: int = 2) -> None:
+        self.success_bonus = success_bonus
+        self.nthread = max(1, nthread)
+        self._datas: dict[int, list[mujoco.MjData]] = {}
+
+    def _data_for(self, model: mujoco.MjModel) -> list[mujoco.MjData]:
+        key = id(model)
+        if key not in self._datas:
+            self._datas[key] = [mujoco.MjData(model) for _ in range(self.nthread)]
+        return self._datas[key]
+
+    def score_fn(self, envs: Sequence[Any]) -> ScoreFn:
+        """A score function planning from the envs' current physics states (snapshotted now)."""
+        raws = [getattr(env, "unwrapped", env) for env in envs]
+        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+        starts = []
+        for raw in raws:
+            state = np.empty(mujoco.mj_stateSize(raw.model, spec))
+            mujoco.mj_getState(raw.model, raw.data, state, spec)
+            starts.append(state)
+
+        def score(actions: torch.Tensor) -> torch.Tensor:
+            b, n = actions.shape[:2]
+            if b != len(raws):
+                raise ValueError(f"actions are for {b} envs, the oracle holds {len(raws)}")
+            acts = actions.detach().cpu().double().numpy()
+            out = np.empty((b, n))
+            for i, raw in enumerate(raws):
+                out[i] = self._score_one(raw, starts[i], acts[i])
+            return torch.from_numpy(out).to(actions.device, torch.float32)
+
+        return score
+
+    def _score_one(self, raw: Any, start: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """actions [N, H, A] -> returns [N]."""
+        model, fs = raw.model, raw.frame_skip
+        n = actions.shape[0]
+        ctrl = np.repeat(raw.action_to_ctrl(actions), fs, axis=1)  # [N, H*fs, nu]
+        states, _ = rollout.rollout(
+            model,
+            self._data_for(model),
+            np.repeat(start[None], n, axis=0),
+            ctrl,
+            control_spec=mujoco.mjtState.mjSTATE_CTRL,
+        )
+        states = states[:, fs - 1 :: fs]  # the state after each action: [N, H, nstate]
+        q0 = mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_TIME)
+        v0 = q0 + model.nq
+        qpos, qvel = states[..., q0:v0], states[..., v0 : v0 + model.nv]
+        task_state = raw.scene.state_vector(qpos, qvel)  # [N, H, n]
+        reward = sum(raw.reward_terms(task_state).values())
+        reward = reward + self.success_bonus * raw.success(task_state)
+        reward = np.where(np.isfinite(reward), reward, -np.inf)
+        return reward.sum(axis=1)

@@ -1,0 +1,114 @@
+"""The evaluation script: reproducible reports, Wilson intervals, videos, clear errors."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from robobrain.checkpoint import CheckpointError, save_checkpoint
+from robobrain.cli import main
+from robobrain.config import get_preset, to_dict
+from robobrain.evaluation import evaluate_policy, wilson_interval
+from robobrain.policies import RandomPolicy, SB3Policy, load_policy
+from robobrain.world_model import WorldModel
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def strip_latency(report):
+    report = json.loads(json.dumps(report))
+    for key in ("latency_ms_p50", "latency_ms_p95"):
+        report["summary"].pop(key)
+    for ep in report["episodes"]:
+        ep.pop("latency_ms")
+    return report
+
+
+def test_eval_cli_is_reproducible_with_per_episode_seeds(tmp_path):
+    args = ["eval", "--policy", "random", "--env", "robobrain/Reach-v0", "--episodes", "5", "--num-envs", "2",
+            "--seed", "7", "--image-size", "16", "--no-progress"]  # fmt: skip
+    main([*args, "--out", str(tmp_path / "a")])
+    main([*args, "--out", str(tmp_path / "b")])
+    a = json.loads((tmp_path / "a" / "eval_info.json").read_text())
+    b = json.loads((tmp_path / "b" / "eval_info.json").read_text())
+    assert strip_latency(a) == strip_latency(b)
+    assert [ep["seed"] for ep in a["episodes"]] == [7, 8, 9, 10, 11]
+    assert all(ep["length"] == 50 for ep in a["episodes"])
+    s = a["summary"]
+    assert s["episodes"] == 5 and 0 <= s["success_ci95"][0] <= s["success_rate"] <= s["success_ci95"][1]
+    assert s["latency_ms_p95"] >= s["latency_ms_p50"] > 0
+    assert len(list((tmp_path / "a" / "videos").glob("*.mp4"))) == 2
+
+
+def test_episode_seed_fixes_the_episode():
+    """Episode i gets seed + i whatever the number of parallel envs."""
+
+    def run(k):
+        envs = [gym.make("robobrain/Reach-v0", image_size=8) for _ in range(k)]
+        report = evaluate_policy(load_policy("scripted", "robobrain/Reach-v0", envs[0].action_space), envs, 4,
+                                 seed=3, progress=False)  # fmt: skip
+        return [(ep["seed"], round(ep["return"], 5)) for ep in report["episodes"]]
+
+    assert run(1) == run(3)
+
+
+def test_eval_on_a_wrapped_gymnasium_env(tmp_path):
+    from robobrain.envs import make_env
+
+    envs = [make_env("Reacher-v5", 16, width=32, height=32) for _ in range(2)]
+    report = evaluate_policy(RandomPolicy(2, seed=0), envs, 2, out_dir=tmp_path, progress=False)
+    assert report["summary"]["episodes"] == 2 and report["summary"]["success_rate"] == 0
+
+
+def test_mpc_eval_writes_real_and_imagined_video(tmp_path):
+    cfg = get_preset("debug").world_model
+    save_checkpoint(tmp_path / "wm", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
+    main(["eval", "--policy", f"mpc:{tmp_path / 'wm'}", "--env", "robobrain/Push-v0", "--episodes", "1",
+          "--num-envs", "1", "--samples", "16", "--elites", "4", "--iterations", "1", "--horizon", "3",
+          "--out", str(tmp_path / "ev"), "--no-progress"])  # fmt: skip
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(next((tmp_path / "ev" / "videos").glob("*.mp4")))
+    assert frames[0].shape[1] == 2 * frames[0].shape[0]  # real | imagined, side by side
+
+
+def test_clear_errors_for_bad_specs(tmp_path):
+    space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    with pytest.raises(ValueError, match="unknown policy spec"):
+        load_policy("mpc", "robobrain/Push-v0", space)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_policy(f"mpc:{tmp_path / 'nothing'}", "robobrain/Push-v0", space)
+    cfg = get_preset("debug", action_dim=4).world_model
+    save_checkpoint(tmp_path / "wm4", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
+    with pytest.raises(ValueError, match="4-D actions"):
+        load_policy(f"mpc:{tmp_path / 'wm4'}", "robobrain/Push-v0", space)
+    with pytest.raises(ValueError, match="Box"):
+        load_policy("random", "CartPole-v1", gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match="robobrain task"):
+        load_policy("oracle", "Reacher-v5", gym.spaces.Box(-1, 1, (2,)), envs=[gym.make("Reacher-v5")])
+    (tmp_path / "bad.zip").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="not a stable-baselines3"):
+        load_policy(f"sb3:{tmp_path / 'bad.zip'}", "robobrain/Push-v0", space)
+
+
+def test_sb3_policy_round_trip(tmp_path):
+    from stable_baselines3 import PPO
+
+    env = gym.make("robobrain/Reach-v0", image_size=8)
+    state_env = gym.wrappers.TransformObservation(env, lambda o: o["state"], env.observation_space["state"])
+    model = PPO("MlpPolicy", state_env, n_steps=16, batch_size=16, seed=0, device="cpu")
+    model.save(tmp_path / "ppo.zip")
+    policy = load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "robobrain/Reach-v0", env.action_space)
+    assert isinstance(policy, SB3Policy)
+    obs = {"pixels": np.zeros((3, 8, 8, 3), np.uint8), "state": np.zeros((3, 10), np.float32)}
+    actions = policy.act(obs)
+    assert actions.shape == (3, 3)
+    expected, _ = model.predict(obs["state"], deterministic=True)
+    np.testing.assert_allclose(actions, expected, atol=1e-6)

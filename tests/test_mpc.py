@@ -1,0 +1,109 @@
+"""MPC controller, oracle simulator model and MPC policies."""
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from robobrain.config import get_preset
+from robobrain.planning import MPC, MPCConfig, OptimizerConfig, world_model_score_fn
+from robobrain.planning.oracle import OracleModel
+from robobrain.policies import OracleMPCPolicy, WorldModelMPCPolicy
+from robobrain.world_model import WorldModel
+
+SMALL = MPCConfig(horizon=5, optim=OptimizerConfig(num_samples=32, num_elites=4, iterations=2))
+
+
+def test_oracle_scores_equal_stepping_the_env(task_id):
+    envs = [gym.make(task_id, image_size=8) for _ in range(2)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+        env.step(env.action_space.sample())
+    a = envs[0].action_space.shape[0]
+    actions = torch.rand(2, 6, 4, a, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    scores = OracleModel(success_bonus=0.5).score_fn(envs)(actions)
+    for b, env in enumerate(envs):
+        raw = env.unwrapped
+        saved = (raw.data.qpos.copy(), raw.data.qvel.copy(), raw.data.act.copy(), raw.data.time)
+        for n in (0, 5):
+            raw.data.qpos[:], raw.data.qvel[:], raw.data.act[:], raw.data.time = saved
+            total = 0.0
+            for t in range(4):
+                _, r, _, _, info = env.step(actions[b, n, t].numpy())
+                total += r + 0.5 * info["success"]
+            assert scores[b, n].item() == pytest.approx(total, abs=1e-4)
+
+
+def test_oracle_mpc_solves_reach():
+    envs = [gym.make("robobrain/Reach-v0", image_size=8) for _ in range(2)]
+    obs = [env.reset(seed=s)[0] for s, env in enumerate(envs)]
+    policy = OracleMPCPolicy(envs, 3, SMALL)
+    policy.reset(2)
+    for _ in range(30):
+        batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+        actions = policy.act(batch)
+        assert actions.shape == (2, 3) and np.abs(actions).max() <= 1
+        steps = [env.step(a) for env, a in zip(envs, actions, strict=True)]
+        obs = [s[0] for s in steps]
+    assert all(s[4]["success"] for s in steps)
+
+
+def test_mpc_warm_start_and_masked_reset():
+    mpc = MPC(SMALL, action_dim=2)
+    mpc.reset(3)
+    target = torch.tensor([0.5, -0.5])
+    action = mpc.act(lambda a: -((a - target) ** 2).sum((-2, -1)))
+    assert action.shape == (3, 2)
+    best = mpc.last.best
+    torch.testing.assert_close(mpc.plan[:, :-1], best[:, 1:])
+    torch.testing.assert_close(mpc.plan[:, -1], best[:, -1])
+    before = mpc.plan.clone()
+    mpc.reset(3, torch.tensor([False, True, False]))
+    assert torch.all(mpc.plan[1] == 0)
+    torch.testing.assert_close(mpc.plan[[0, 2]], before[[0, 2]])
+
+
+def test_exploration_noise_is_bounded_and_seeded():
+    cfg = dataclasses.replace(SMALL, exploration_std=5.0)
+    acts = []
+    for _ in range(2):
+        mpc = MPC(cfg, action_dim=2)
+        mpc.reset(4)
+        acts.append(mpc.act(lambda a: -(a**2).sum((-2, -1))))
+    torch.testing.assert_close(acts[0], acts[1])
+    assert acts[0].abs().max() <= 1 and (acts[0].abs() > 0.5).any()
+
+
+def test_world_model_score_fn_matches_imagination():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_preset("debug").world_model, ensemble=2)
+    model = WorldModel(cfg).eval()
+    state = model.rssm.initial(2, "cpu")
+    mpc_cfg = dataclasses.replace(SMALL, success_bonus=0.7, disagreement_penalty=0.3, discount=0.9)
+    actions = torch.rand(2, 3, 5, cfg.action_dim) * 2 - 1
+    scores = world_model_score_fn(model, state, mpc_cfg)(actions)
+    with torch.no_grad():
+        out = model.imagine(state.index(slice(1, 2)), actions[1, 2:3])
+    r = out.reward + 0.7 * torch.sigmoid(out.success_logit) - 0.3 * out.disagreement
+    expected = (r * 0.9 ** torch.arange(5)).sum()
+    assert scores.shape == (2, 3)
+    torch.testing.assert_close(scores[1, 2], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_world_model_mpc_policy():
+    torch.manual_seed(0)
+    cfg = get_preset("debug").world_model
+    policy = WorldModelMPCPolicy(WorldModel(cfg), SMALL)
+    policy.reset(3)
+    obs = {"pixels": np.zeros((3, 32, 32, 3), np.uint8), "state": np.zeros((3, 20), np.float32)}
+    actions = policy.act(obs)
+    assert actions.shape == (3, cfg.action_dim) and np.abs(actions).max() <= 1
+    assert policy.imagined_frames().shape == (3, SMALL.horizon, 32, 32, 3)
+    deter = policy.state.deter.clone()
+    policy.reset(3, mask=np.array([False, True, False]))
+    assert torch.all(policy.state.deter[1] == 0)
+    torch.testing.assert_close(policy.state.deter[[0, 2]], deter[[0, 2]])
+    with pytest.raises(ValueError, match="pixels"):
+        policy.act({"pixels": np.zeros((3, 64, 64, 3), np.uint8)})
