@@ -50,6 +50,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_envs.py
+	$(PY) bench/bench_world_model.py --preset cpu
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -74,6 +74,8 @@ class TrainWM:
     """torch device, e.g. cpu, cuda, cuda:1."""
     seed: int = 0
     """Seed of the model initialisation and of batch sampling."""
+    max_minutes: float | None = None
+    """Stop (and checkpoint) after this much wall-clock time; re-run to continue."""
     progress: bool = True
 
 
@@ -181,7 +183,9 @@ def run_train_wm(args: TrainWM) -> dict:
 
     preset = get_preset(args.preset)
     preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
-    metrics = train_world_model(args.data, args.run_dir, preset, args.steps, args.device, args.progress)
+    metrics = train_world_model(
+        args.data, args.run_dir, preset, args.steps, args.device, args.progress, args.max_minutes
+    )
     print(f"world model in {args.run_dir}: {json.dumps(metrics)}")
     return metrics
 

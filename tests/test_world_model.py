@@ -272,3 +272,10 @@ def test_train_and_eval_cli(push_data, tmp_path):
     assert len(report["model"]["psnr"]) == 4 and report["windows"] == 16
     assert {"copy_last_frame", "shuffled_actions", "reward_corr", "success_acc"} <= set(report)
     assert (run / "eval_wm" / "prediction.mp4").stat().st_size > 1000
+
+
+def test_time_budget_checkpoints_and_resumes(push_data, tmp_path):
+    train_world_model(push_data, tmp_path, DEBUG, steps=50, progress=False, max_minutes=0.0)
+    assert load_checkpoint(tmp_path).state["step"] == 0  # stopped at once, but resumable
+    train_world_model(push_data, tmp_path, DEBUG, steps=3, progress=False)
+    assert load_checkpoint(tmp_path).state["step"] == 3

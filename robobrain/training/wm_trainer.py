@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,10 @@ def train_world_model(
     steps: int,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    max_minutes: float | None = None,
 ) -> dict[str, float]:
-    """Train (or resume training) until ``steps`` gradient steps; returns the last metrics.
+    """Train (or resume training) until ``steps`` gradient steps, or until ``max_minutes`` of wall
+    clock in this call (then it checkpoints and returns); returns the last metrics.
 
     Re-running with the same run directory resumes from ``checkpoints/latest``: weights, optimizer,
     sampler and torch RNG states and counters are restored, so the result equals an uninterrupted run.
@@ -191,9 +194,17 @@ def train_world_model(
     logger = MetricLogger(run_dir, "train_wm")
     metrics: dict[str, float] = {}
     window: list[dict[str, float]] = []
+    deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     try:
         with tqdm(total=steps, initial=trainer.step, desc="train-wm", disable=not progress) as bar:
             while trainer.step < steps:
+                out_of_time = deadline is not None and time.monotonic() >= deadline
+                if out_of_time:
+                    log.info("time budget of %.1f min reached at step %d", max_minutes, trainer.step)
+                    save_checkpoint(
+                        run_dir, trainer.step, model, config, trainer.optimizer, trainer.training_state()
+                    )
+                    break
                 out = trainer.train_step()
                 bar.update(1)
                 if out is not None:
