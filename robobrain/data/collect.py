@@ -98,4 +98,6 @@ def collect_episodes(
                     names.append(store.add(builders[i].finish(bool(terminated[i]), ep_meta)))
                     bar.update(1)
             resetting = done
+            if done.any():
+                policy.reset(n, mask=done)  # the next observation of these envs starts a new episode
     return names
