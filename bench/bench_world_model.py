@@ -45,6 +45,17 @@ def matmul_peak(device: torch.device, seconds: float, n: int = 2048) -> float:
     return 2 * n**3 / timed(lambda: a @ b, device, seconds)
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,7 +106,7 @@ def main() -> None:
     model.train()
     t_train = timed(train_step, device, args.seconds)
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     params = sum(p.numel() for p in model.parameters())
     threads = torch.get_num_threads()
     print(f"# world model '{args.preset}' ({params / 1e6:.2f} M params) on {device} ({where}),")

@@ -71,7 +71,10 @@ class WorldModel(nn.Module):
             raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {b}")
         deters, stochs = [], []
         for t in range(h):
-            state, _ = self.rssm.img_step(state, actions[:, t], sample=sample)
+            if sample:
+                state, _ = self.rssm.img_step(state, actions[:, t], sample=True)
+            else:
+                state = self.rssm.img_step_mode(state, actions[:, t])
             deters.append(state.deter)
             stochs.append(state.stoch)
         states = State(torch.stack(deters, 1), torch.stack(stochs, 1))

@@ -97,6 +97,16 @@ class RSSM(nn.Module):
         prior = self.log_probs(self.prior(deter))
         return State(deter, self.draw(prior, sample)), prior
 
+    def img_step_mode(self, state: State, action: torch.Tensor) -> State:
+        """``img_step(sample=False)`` without the log-probabilities: the most likely next state.
+
+        The mode of the unimix categorical is the argmax of the raw logits, so the softmax, the mix
+        and the log are skipped (the planner's hot path)."""
+        deter = self.deter_step(state, action)
+        logits = self.prior(deter).unflatten(-1, (self.cfg.stoch, self.cfg.classes))
+        stoch = torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return State(deter, stoch)
+
     def obs_step(
         self, state: State, action: torch.Tensor, embed: torch.Tensor, sample: bool = True
     ) -> tuple[State, torch.Tensor, torch.Tensor]:
