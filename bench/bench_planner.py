@@ -1,0 +1,88 @@
+"""Decision latency of world-model MPC, for 1 and 16 envs planned in one batched call.
+
+    python bench/bench_planner.py [--preset cpu] [--device cpu] [--samples 256] [--iterations 4]
+
+Peer measured in the same run: the bare ``imagine`` calls the planner makes (iterations x one
+[B*N, H] rollout), so the table shows what the optimizer itself adds. A random-weight model of the
+preset's size is used: latency does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from robobrain.config import get_preset
+from robobrain.planning import MPCConfig, OptimizerConfig
+from robobrain.policies import WorldModelMPCPolicy
+from robobrain.world_model import State, WorldModel
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--elites", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--horizon", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cfg = get_preset(args.preset).world_model
+    model = WorldModel(cfg).to(device).eval()
+    optim = OptimizerConfig(num_samples=args.samples, num_elites=args.elites, iterations=args.iterations)
+    mpc = MPCConfig(horizon=args.horizon, optim=optim)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    rows = []
+    for n_envs in (1, 16):
+        policy = WorldModelMPCPolicy(model, mpc, device)
+        policy.reset(n_envs)
+        rng = np.random.default_rng(0)
+        obs = {"pixels": rng.integers(0, 256, (n_envs, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)}
+
+        def decide(policy: WorldModelMPCPolicy = policy, obs: dict = obs) -> None:
+            policy.act(obs)
+            sync()
+
+        state = model.rssm.initial(n_envs * args.samples, device)
+        actions = torch.rand(n_envs * args.samples, args.horizon, cfg.action_dim, device=device) * 2 - 1
+
+        def bare(state: State = state, actions: torch.Tensor = actions) -> None:
+            with torch.no_grad():
+                for _ in range(args.iterations):
+                    model.imagine(state, actions)
+            sync()
+
+        lat = np.array(timed(decide, args.repeats)) * 1e3
+        peer = np.median(timed(bare, args.repeats)) * 1e3
+        rows.append((n_envs, np.median(lat), np.percentile(lat, 95), peer))
+
+    print(f"# MPC decision latency, preset '{args.preset}', {device}, {args.samples} samples x "
+          f"{args.iterations} iterations, H={args.horizon}")  # fmt: skip
+    print("| envs | p50 ms | p95 ms | bare imagine ms | planner / bare | vs 1 env |")
+    print("|---|---|---|---|---|---|")
+    for n_envs, p50, p95, peer in rows:
+        print(
+            f"| {n_envs} | {p50:.1f} | {p95:.1f} | {peer:.1f} | {p50 / peer:.2f} | {p50 / rows[0][1]:.1f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
