@@ -44,18 +44,26 @@ class Collect:
 
 @dataclass(frozen=True)
 class Demo:
-    """Collect a few scripted episodes on a task and write a video of them."""
+    """The pipeline end to end on one task: collect scripted + random data (video of it), train the
+    world model for a few minutes, evaluate its video prediction, and run world-model MPC."""
 
     env: str = "robobrain/Push-v0"
     """Gymnasium id of the task."""
-    episodes: int = 4
-    """Episodes to collect."""
+    episodes: int = 40
+    """Scripted episodes to collect (plus half as many random ones)."""
     out: Path = Path("runs/demo")
-    """Output directory (data/ and demo.mp4 inside)."""
+    """Output directory."""
+    preset: Literal["debug", "cpu", "gpu"] = "cpu"
+    """World-model preset."""
+    train_minutes: float = 3.0
+    """Wall-clock budget of world-model training (re-running resumes and trains that much more)."""
+    eval_episodes: int = 2
+    """Episodes of world-model MPC at the end."""
     image_size: int = 64
     """Side of the square pixel observation."""
     seed: int = 0
     """Seed of the envs and the policy."""
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -244,24 +252,43 @@ def run_collect(args: Collect) -> list[str]:
     return names
 
 
-def run_demo(args: Demo) -> Path:
+def run_demo(args: Demo) -> dict:
     from robobrain.data import EpisodeStore
     from robobrain.video import write_video
 
     data_dir = args.out / "data"
-    names = run_collect(
-        Collect(
-            env=args.env, policy="scripted", episodes=args.episodes, out=data_dir,
-            image_size=args.image_size, seed=args.seed, noise=0.1,
+    if len(EpisodeStore(data_dir)) < args.episodes:
+        common = {"env": args.env, "out": data_dir, "image_size": args.image_size, "progress": False}
+        names = run_collect(
+            Collect(policy="scripted", episodes=args.episodes, seed=args.seed, noise=0.3, **common)
         )
+        run_collect(
+            Collect(policy="random", episodes=max(args.episodes // 2, 1), seed=args.seed + 10_000, **common)
+        )
+        store = EpisodeStore(data_dir)
+        write_video(args.out / "data.mp4", np.concatenate([store.load(n).pixels for n in names[:4]]))
+    run_dir = args.out / "world_model"
+    run_train_wm(
+        TrainWM(data=data_dir, run_dir=run_dir, preset=args.preset, steps=1_000_000, device=args.device,
+                seed=args.seed, max_minutes=args.train_minutes, progress=True)
     )  # fmt: skip
-    store = EpisodeStore(data_dir)
-    frames = np.concatenate([store.load(n).pixels for n in names])
-    video = write_video(args.out / "demo.mp4", frames)
-    summary = {"env": args.env, "episodes": names, "video": str(video), "data": str(data_dir)}
+    wm = run_eval_wm(EvalWM(checkpoint=run_dir, data=data_dir, device=args.device, max_windows=64))
+    ev = run_eval(
+        Eval(policy=f"mpc:{run_dir}", env=args.env, episodes=args.eval_episodes, num_envs=1, seed=args.seed,
+             out=args.out / "eval", samples=256, elites=32, iterations=4, device=args.device, progress=True)
+    )  # fmt: skip
+    summary = {
+        "data": str(data_dir),
+        "data_video": str(args.out / "data.mp4"),
+        "world_model": str(run_dir),
+        "video_prediction": wm["summary"],
+        "video_prediction_report": str(run_dir / "eval_wm"),
+        "mpc_eval": ev["summary"],
+        "mpc_eval_report": str(args.out / "eval"),
+    }
     (args.out / "demo.json").write_text(json.dumps(summary, indent=1))
-    print(f"video: {video}\ndata: {data_dir}")
-    return video
+    print(f"demo summary: {args.out / 'demo.json'}")
+    return summary
 
 
 COMMANDS = {
