@@ -11,7 +11,7 @@ import torch
 from robobrain.planning import MPC, MPCConfig, world_model_score_fn
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies.base import Observation, batch_size
-from robobrain.world_model import State, WorldModel
+from robobrain.world_model import Rollout, State, WorldModel
 from robobrain.world_model.networks import pixels_to_float
 
 
@@ -65,12 +65,21 @@ class WorldModelMPCPolicy:
         return action.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
-    def imagined_frames(self) -> np.ndarray:
-        """Decoded frames of the plan chosen at the last ``act``: uint8[N, H, S, S, 3]."""
+    def imagine_plan(self) -> Rollout:
+        """The imagined future (frames decoded) of the plan chosen at the last ``act``: [N, H, ...]."""
         if self.mpc.last is None or self.plan_state is None:
             raise RuntimeError("no plan yet")
-        out = self.model.imagine(self.plan_state, self.mpc.last.best, decode=True)
-        return out.pixels.cpu().numpy()
+        return self.model.imagine(self.plan_state, self.mpc.last.best, decode=True)
+
+    def imagined_frames(self) -> np.ndarray:
+        """Decoded frames of the last chosen plan: uint8[N, H, S, S, 3]."""
+        return self.imagine_plan().pixels.cpu().numpy()
+
+    def planned_actions(self) -> np.ndarray:
+        """The last chosen plan (before exploration noise): [N, H, A]."""
+        if self.mpc.last is None:
+            raise RuntimeError("no plan yet")
+        return self.mpc.last.best.cpu().numpy()
 
 
 class OracleMPCPolicy:

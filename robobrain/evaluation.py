@@ -49,8 +49,14 @@ def evaluate_policy(
     video_episodes: int = 2,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    hallucination_every: int = 10,
 ) -> dict[str, Any]:
-    """Run ``episodes`` episodes over the K ``envs``; returns (and writes) the report."""
+    """Run ``episodes`` episodes over the K ``envs``; returns (and writes) the report.
+
+    For a world-model MPC policy on robobrain tasks, every ``hallucination_every`` decisions the plan
+    chosen for env 0 is replayed in the true simulator and the drift of its imagined frames (PSNR) and
+    rewards is reported under ``hallucination`` (0 turns this off).
+    """
     k = len(envs)
     space = envs[0].action_space
     if not isinstance(space, gym.spaces.Box):
@@ -66,6 +72,8 @@ def evaluate_policy(
     obs_slots: list[dict[str, np.ndarray]] = [{}] * k
     active = np.zeros(k, dtype=bool)
     has_imagination = hasattr(policy, "imagined_frames")
+    can_replay = hasattr(policy, "imagine_plan") and hasattr(getattr(envs[0], "unwrapped", envs[0]), "scene")
+    drift: list[dict[str, list[float]]] = []
 
     def start(i: int) -> None:
         nonlocal next_episode
@@ -89,6 +97,10 @@ def evaluate_policy(
         latency = time.perf_counter() - t0
         latencies.append(latency)
         imagined = policy.imagined_frames() if has_imagination and frames else None
+        if can_replay and hallucination_every > 0 and active[0] and len(latencies) % hallucination_every == 1:
+            from robobrain.hallucination import hallucination_check
+
+            drift.append(hallucination_check(policy, envs, 0))
         restart = np.zeros(k, dtype=bool)
         for i in np.flatnonzero(active):
             obs, reward, terminated, truncated, info = envs[i].step(actions[i])
@@ -144,6 +156,12 @@ def evaluate_policy(
             "latency_ms_p95": float(np.percentile(lat, 95)),
         },
     }
+    if drift:
+        report["hallucination"] = {
+            "checks": len(drift),
+            "psnr_per_step": np.mean([d["psnr"] for d in drift], axis=0).tolist(),
+            "reward_abs_error_per_step": np.mean([d["reward_abs_error"] for d in drift], axis=0).tolist(),
+        }
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,10 @@ def test_mpc_eval_writes_real_and_imagined_video(tmp_path):
 
     frames = imageio.mimread(next((tmp_path / "ev" / "videos").glob("*.mp4")))
     assert frames[0].shape[1] == 2 * frames[0].shape[0]  # real | imagined, side by side
+    drift = json.loads((tmp_path / "ev" / "eval_info.json").read_text())["hallucination"]
+    assert (
+        drift["checks"] == 5 and len(drift["psnr_per_step"]) == len(drift["reward_abs_error_per_step"]) == 3
+    )
 
 
 def test_clear_errors_for_bad_specs(tmp_path):

@@ -107,3 +107,20 @@ def test_world_model_mpc_policy():
     torch.testing.assert_close(policy.state.deter[[0, 2]], deter[[0, 2]])
     with pytest.raises(ValueError, match="pixels"):
         policy.act({"pixels": np.zeros((3, 64, 64, 3), np.uint8)})
+
+
+def test_replay_in_simulator_leaves_the_env_untouched(task_id):
+    from robobrain.hallucination import replay_in_simulator
+
+    a, b = gym.make(task_id, image_size=16), gym.make(task_id, image_size=16)
+    for env in (a, b):
+        env.reset(seed=4)
+        env.step(np.full(env.action_space.shape, 0.5, np.float32))
+    plan = np.random.default_rng(0).uniform(-1, 1, (6, a.action_space.shape[0])).astype(np.float32)
+    frames, rewards = replay_in_simulator(a, plan)
+    assert frames.shape == (6, 16, 16, 3) and rewards.shape == (6,)
+    oa, ra, *_ = a.step(plan[0])  # the replayed env continues exactly like its untouched twin
+    ob, rb, *_ = b.step(plan[0])
+    np.testing.assert_array_equal(oa["state"], ob["state"])
+    np.testing.assert_array_equal(oa["pixels"], frames[0])
+    assert ra == rb == pytest.approx(rewards[0])
