@@ -132,6 +132,22 @@ class _SamplingOptimizer:
     def _refit(
         self, samples: torch.Tensor, scores: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refit mean/std [B, H, A] to the elites, weighted by ``_weights``; momentum; std floor.
+        Problems whose elites all scored non-finite keep their distribution."""
+        cfg = self.cfg
+        elites, top = _elites(samples, scores, cfg.num_elites)
+        valid = torch.isfinite(top)  # [B, k]
+        w = self._weights(top, valid)[..., None, None]
+        new_mean = (w * elites).sum(1)
+        new_std = ((w * (elites - new_mean.unsqueeze(1)) ** 2).sum(1)).sqrt()
+        has = valid.any(1)[:, None, None]
+        new_mean = torch.where(has, new_mean, mean)
+        new_std = torch.where(has, new_std, std)
+        m = cfg.momentum
+        return m * mean + (1 - m) * new_mean, (m * std + (1 - m) * new_std).clamp(min=cfg.min_std)
+
+    def _weights(self, top: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Elite weights [B, k] (summing to 1 where any elite is valid) from sorted scores [B, k]."""
         raise NotImplementedError
 
 
@@ -142,42 +158,20 @@ def _elites(samples: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.
 
 
 class CEM(_SamplingOptimizer):
-    """Cross-entropy method: refit a diagonal Gaussian to the top ``num_elites`` candidates.
-    Returns the best candidate seen (PlaNet, Visual Foresight style)."""
+    """Cross-entropy method: refit a diagonal Gaussian to the top ``num_elites`` candidates, equally
+    weighted. Returns the best candidate seen (PlaNet, Visual Foresight style)."""
 
-    def _refit(self, samples, scores, mean, std):
-        cfg = self.cfg
-        elites, top = _elites(samples, scores, cfg.num_elites)
-        valid = torch.isfinite(top)  # [B, k]
-        w = valid.float() / valid.float().sum(1, keepdim=True).clamp(min=1)
-        w = w[..., None, None]
-        new_mean = (w * elites).sum(1)
-        new_std = ((w * (elites - new_mean.unsqueeze(1)) ** 2).sum(1)).sqrt()
-        has = valid.any(1)[:, None, None]
-        new_mean = torch.where(has, new_mean, mean)
-        new_std = torch.where(has, new_std, std)
-        m = cfg.momentum
-        return m * mean + (1 - m) * new_mean, (m * std + (1 - m) * new_std).clamp(min=cfg.min_std)
+    def _weights(self, top: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return valid.float() / valid.float().sum(1, keepdim=True).clamp(min=1)
 
 
 class MPPI(_SamplingOptimizer):
     """Model-predictive path integral (TD-MPC2 style): elites weighted by
     ``exp((score - max) / temperature)``; the plan is the final weighted mean."""
 
-    def _refit(self, samples, scores, mean, std):
-        cfg = self.cfg
-        elites, top = _elites(samples, scores, cfg.num_elites)
-        valid = torch.isfinite(top)
+    def _weights(self, top: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         shifted = torch.where(valid, top - top[:, :1], torch.full_like(top, -torch.inf))
-        w = torch.softmax(shifted / cfg.temperature, dim=1)
-        w = torch.nan_to_num(w, nan=0.0)[..., None, None]  # all invalid -> zero weights
-        new_mean = (w * elites).sum(1)
-        new_std = ((w * (elites - new_mean.unsqueeze(1)) ** 2).sum(1)).sqrt()
-        has = valid.any(1)[:, None, None]
-        new_mean = torch.where(has, new_mean, mean)
-        new_std = torch.where(has, new_std, std)
-        m = cfg.momentum
-        return m * mean + (1 - m) * new_mean, (m * std + (1 - m) * new_std).clamp(min=cfg.min_std)
+        return torch.nan_to_num(torch.softmax(shifted / self.cfg.temperature, dim=1), nan=0.0)
 
-    def _result(self, best, mean, best_score):
+    def _result(self, best: torch.Tensor, mean: torch.Tensor, best_score: torch.Tensor) -> torch.Tensor:
         return mean.clamp(self.cfg.low, self.cfg.high)
