@@ -82,7 +82,7 @@ PRESETS: dict[str, PresetConfig] = {
         WorldModelConfig(image_size=32, cnn_depth=8, deter=32, stoch=4, classes=4, hidden=32),
         WMTrainConfig(batch_size=8, seq_len=8, lr=1e-3, log_every=5, checkpoint_every=50),
     ),
-    "cpu": PresetConfig(WorldModelConfig(reward_weight=10.0, success_weight=10.0), WMTrainConfig(lr=1e-3)),
+    "cpu": PresetConfig(WorldModelConfig(), WMTrainConfig()),
     "gpu": PresetConfig(
         WorldModelConfig(cnn_depth=32, deter=512, stoch=32, classes=32, hidden=512),
         WMTrainConfig(batch_size=16, seq_len=64, lr=1e-4, adam_eps=1e-8, grad_clip=1000.0),
