@@ -27,6 +27,11 @@ def test_wheel_contains_envs_policies_and_assets(tmp_path):
     for expected in [
         "robobrain/cli.py",
         "robobrain/data/store.py",
+        "robobrain/world_model/model.py",
+        "robobrain/planning/optimizers.py",
+        "robobrain/training/wm_trainer.py",
+        "robobrain/rl/imagination_env.py",
+        "robobrain/evaluation.py",
         "robobrain/envs/__init__.py",
         "robobrain/envs/push.py",
         "robobrain/envs/assets/base.xml",
@@ -35,3 +40,7 @@ def test_wheel_contains_envs_policies_and_assets(tmp_path):
     ]:
         assert expected in names, f"{expected} missing from {wheel.name}"
     assert not any(n.startswith(("envs/", "policies/", "tests/")) for n in names)
+    # every package directory of the source tree is in the wheel
+    for init in sorted((ROOT / "robobrain").rglob("__init__.py")):
+        rel = init.relative_to(ROOT).as_posix()
+        assert rel in names, f"package {init.parent.name} missing from {wheel.name}"

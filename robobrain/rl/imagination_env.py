@@ -1,0 +1,161 @@
+"""ImaginationVecEnv: stable-baselines3 trains any algorithm inside the world model.
+
+``reset`` draws start states from a bank of latent states encoded from real episodes; ``step`` runs one
+batched imagination step for all envs; rewards come from the reward head, episodes end on predicted
+success (optional) or after ``horizon`` steps. Observations are the latent features [N, F].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv
+
+from robobrain.data import Episode
+from robobrain.world_model import State, WorldModel
+
+
+class LatentModel(Protocol):
+    """What the env needs from a model: a feature map, one imagined step, reward and success heads."""
+
+    feat_dim: int
+    action_dim: int
+
+    def features(self, state: State) -> torch.Tensor: ...
+
+    def step(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """(next state, reward [N], success logit [N])."""
+        ...
+
+
+class WorldModelDynamics:
+    """The WorldModel as a ``LatentModel`` (mode or sampled latent transitions)."""
+
+    def __init__(self, model: WorldModel, sample: bool = True) -> None:
+        self.model = model.eval()
+        self.sample = sample
+        self.feat_dim = model.cfg.feat_dim
+        self.action_dim = model.cfg.action_dim
+
+    def features(self, state: State) -> torch.Tensor:
+        return state.feat
+
+    @torch.no_grad()
+    def step(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor]:
+        state, _ = self.model.rssm.img_step(state, action, sample=self.sample)
+        feat = state.feat
+        return state, self.model.reward_head(feat).squeeze(-1), self.model.success_head(feat).squeeze(-1)
+
+
+@torch.no_grad()
+def encode_start_states(model: WorldModel, episodes: Sequence[Episode], max_states: int = 4096) -> State:
+    """Posterior latent states at every step of real episodes (the reset distribution): [M, ...]."""
+    dev = model.device
+    deters, stochs = [], []
+    for ep in episodes:
+        pixels = torch.from_numpy(ep.pixels[:-1][None]).to(dev)
+        prev = np.concatenate([np.zeros_like(ep.action[:1]), ep.action[:-1]])
+        posts, _, _ = model._filter(pixels, torch.from_numpy(prev[None]).to(dev), sample=False)
+        deters.append(posts.deter[0])
+        stochs.append(posts.stoch[0])
+        if sum(len(d) for d in deters) >= max_states:
+            break
+    return State(torch.cat(deters)[:max_states], torch.cat(stochs)[:max_states])
+
+
+class ImaginationVecEnv(VecEnv):
+    """N imagined environments stepped together. See the module docstring."""
+
+    def __init__(
+        self,
+        dynamics: LatentModel,
+        start_states: State,
+        num_envs: int = 16,
+        horizon: int = 15,
+        success_terminates: bool = True,
+        seed: int = 0,
+    ) -> None:
+        obs_space = gym.spaces.Box(-np.inf, np.inf, (dynamics.feat_dim,), np.float32)
+        act_space = gym.spaces.Box(-1.0, 1.0, (dynamics.action_dim,), np.float32)
+        super().__init__(num_envs, obs_space, act_space)
+        self.dynamics = dynamics
+        self.bank = start_states
+        self.horizon = horizon
+        self.success_terminates = success_terminates
+        self.rng = np.random.default_rng(seed)
+        self.device = start_states.deter.device
+        self.state = self._draw(num_envs)
+        self.t = np.zeros(num_envs, dtype=np.int64)
+        self._actions: np.ndarray | None = None
+
+    def _draw(self, n: int) -> State:
+        idx = torch.as_tensor(self.rng.integers(0, len(self.bank.deter), n), device=self.device)
+        return self.bank.index(idx)
+
+    def _obs(self) -> np.ndarray:
+        return self.dynamics.features(self.state).float().cpu().numpy()
+
+    def reset(self) -> np.ndarray:
+        self.state = self._draw(self.num_envs)
+        self.t[:] = 0
+        return self._obs()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        actions = np.asarray(actions, dtype=np.float32).reshape(self.num_envs, -1)
+        if not np.all(np.isfinite(actions)):
+            raise ValueError("ImaginationVecEnv: actions contain NaN or inf")
+        self._actions = np.clip(actions, -1.0, 1.0)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        if self._actions is None:
+            raise RuntimeError("step_async must be called before step_wait")
+        action = torch.from_numpy(self._actions).to(self.device)
+        self.state, reward, success_logit = self.dynamics.step(self.state, action)
+        self.t += 1
+        obs = self._obs()
+        reward_np = reward.float().cpu().numpy()
+        if not np.all(np.isfinite(reward_np)) or not np.all(np.isfinite(obs)):
+            raise FloatingPointError("ImaginationVecEnv: the model produced non-finite rewards or latents")
+        success = (success_logit > 0).cpu().numpy()
+        truncated = self.t >= self.horizon
+        terminated = success & self.success_terminates
+        dones = terminated | truncated
+        infos: list[dict[str, Any]] = [{"success": bool(s)} for s in success]
+        if dones.any():
+            idx = np.flatnonzero(dones)
+            for i in idx:
+                infos[i]["terminal_observation"] = obs[i].copy()
+                infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            fresh = self._draw(len(idx))
+            sel = torch.as_tensor(idx, device=self.device)
+            deter, stoch = self.state.deter.clone(), self.state.stoch.clone()
+            deter[sel], stoch[sel] = fresh.deter, fresh.stoch
+            self.state = State(deter, stoch)
+            self.t[idx] = 0
+            obs = self._obs()
+        self._actions = None
+        return obs, reward_np.astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        return [getattr(self, attr_name)] * len(self._indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+        return [getattr(self, method_name)(*args, **kwargs) for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        return [False] * len(self._indices(indices))
+
+    def _indices(self, indices: Any) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)
