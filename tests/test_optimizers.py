@@ -112,7 +112,7 @@ def test_time_budget_stops_early():
         return -(a**2).sum((-2, -1))
 
     result = make(CEM, iterations=50, time_budget=0.12).plan(slow, torch.zeros(1, 2, 1))
-    assert 1 <= result.iterations <= 4
+    assert result.iterations in range(1, 5), result.iterations
 
 
 def test_prior_samples_are_used():
