@@ -37,7 +37,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     Observation: ``{"pixels": uint8[H, W, 3], "state": float32[n]}`` where the state layout is
     ``state_layout`` (gripper position / velocity, finger opening, goal, then the block's pose
     and velocity where the task has one). Action: ``float32[A]`` in [-1, 1], the end-effector
-    velocity as a fraction of ``max_speed`` (so one step moves at most ``max_speed * dt``), plus a
+    velocity as a fraction of ``MAX_SPEED`` (so one step moves at most ``ACTION_STEP``), plus a
     gripper command (-1 closed, +1 open) where ``action_dim == 4``. Out-of-range actions are
     clipped; a wrong shape or a non-finite value raises ``ValueError`` and leaves the state alone.
 
@@ -67,8 +67,14 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.scene = Scene(self.model, self.data)
         if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
             raise ValueError(f"unknown camera {camera!r} in {self.xml_file}")
+        # The planners map actions to controls with the module constants: the MJCF must agree.
         self.dt = self.model.opt.timestep * self.frame_skip
-        self.max_speed = float(self.model.actuator("vel_x").ctrlrange[1])
+        speed = float(self.model.actuator("vel_x").ctrlrange[1])
+        if not (np.isclose(self.dt, CONTROL_DT) and np.isclose(speed, MAX_SPEED)):
+            raise ValueError(
+                f"{self.xml_file}: control dt {self.dt} / max speed {speed} differ from "
+                f"CONTROL_DT {CONTROL_DT} / MAX_SPEED {MAX_SPEED}"
+            )
         n_state = max(s.stop for s in self.state_layout.values())
         self.observation_space = gym.spaces.Dict(
             {

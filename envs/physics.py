@@ -62,10 +62,6 @@ class Scene:
             self._block_dof = model.jnt_dofadr[jid("block").id]
 
     # --- queries -------------------------------------------------------------------------
-    def gripper_pos(self) -> np.ndarray:
-        """Grip point (between the fingers) in world coordinates: [3]."""
-        return self.data.qpos[self._grip_qpos].copy()
-
     def finger_opening(self) -> float:
         """Mean opening of the two fingers from the centre line (m): 0 closed, 0.04 open."""
         return float(self.data.qpos[self._finger_qpos].mean())
@@ -73,10 +69,6 @@ class Scene:
     def goal_pos(self) -> np.ndarray:
         """Goal marker position: [3]."""
         return self.model.site_pos[self._goal_site].copy()
-
-    def block_pos(self) -> np.ndarray:
-        """Block centre: [3]."""
-        return self.data.qpos[self._block_qpos : self._block_qpos + 3].copy()
 
     def state_vector(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         """The task state vector from physics arrays, batched over leading dims.
