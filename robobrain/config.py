@@ -22,6 +22,9 @@ class WorldModelConfig:
     """Side of the square frames the model sees (must be a power of two >= 16)."""
     action_dim: int = 3
     """Action dimension A."""
+    state_dim: int = 0
+    """Size of the env's state vector decoded as an auxiliary target (0 = none). The model never reads
+    the state: it observes pixels only; the state labels shape the latent during training."""
     cnn_depth: int = 16
     """Channels of the first conv layer; doubled at every stride-2 layer."""
     deter: int = 128
@@ -45,6 +48,8 @@ class WorldModelConfig:
     recon_weight: float = 1.0
     reward_weight: float = 1.0
     success_weight: float = 1.0
+    state_weight: float = 1.0
+    """Weight of the auxiliary state-decoding loss (MSE on the standardised state; needs state_dim)."""
 
     @property
     def feat_dim(self) -> int:

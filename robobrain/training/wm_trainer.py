@@ -50,10 +50,33 @@ def split_episodes(store: EpisodeStore, holdout_fraction: float) -> tuple[list[E
 def batch_to_torch(batch: SequenceBatch, device: torch.device | str) -> dict[str, torch.Tensor]:
     return {
         "pixels": torch.from_numpy(batch.pixels).to(device),
+        "state": torch.from_numpy(batch.state).to(device),
         "action": torch.from_numpy(batch.action).to(device),
         "reward": torch.from_numpy(batch.reward).to(device),
         "success": torch.from_numpy(batch.success).to(device),
     }
+
+
+def sized_config(cfg: WorldModelConfig, episode: Episode) -> WorldModelConfig:
+    """``cfg`` with action_dim, image_size and state_dim (when state decoding is on) taken from the data."""
+    sized = {
+        "action_dim": episode.action.shape[-1],
+        "image_size": episode.pixels.shape[1],
+        "state_dim": episode.state.shape[-1] if cfg.state_weight > 0 else 0,
+    }
+    if any(getattr(cfg, k) != v for k, v in sized.items()):
+        log.info("world model sized to the data: %s", sized)
+        cfg = dataclasses.replace(cfg, **sized)
+    return cfg
+
+
+def state_stats(episodes: list[Episode], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std [n] of the state vectors of ``episodes``."""
+    states = np.concatenate([ep.state for ep in episodes])
+    return (
+        torch.as_tensor(states.mean(0), dtype=torch.float32, device=device),
+        torch.as_tensor(states.std(0), dtype=torch.float32, device=device),
+    )
 
 
 def model_config_from_checkpoint(config: dict[str, Any]) -> WorldModelConfig:
@@ -159,15 +182,13 @@ def train_world_model(
     cfg, tcfg = preset.world_model, preset.train
     store = EpisodeStore(data_dir)
     train_eps, _ = split_episodes(store, tcfg.holdout_fraction)
-    action_dim = train_eps[0].action.shape[-1]
-    image_size = train_eps[0].pixels.shape[1]
-    if (action_dim, image_size) != (cfg.action_dim, cfg.image_size):
-        cfg = dataclasses.replace(cfg, action_dim=action_dim, image_size=image_size)
-        log.info("world model sized to the data: action_dim=%d image_size=%d", action_dim, image_size)
+    cfg = sized_config(cfg, train_eps[0])
     config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(data_dir)}
 
     torch.manual_seed(tcfg.seed)
     model = WorldModel(cfg).to(device)
+    if cfg.state_dim:
+        model.set_state_stats(*state_stats(train_eps, device))
     sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
     trainer = WorldModelTrainer(model, tcfg, sampler, device)
 

@@ -42,10 +42,30 @@ class WorldModel(nn.Module):
         self.decoder = Decoder(cfg.feat_dim, cfg.image_size, cfg.cnn_depth)
         self.reward_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2)
         self.success_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2)
+        self.state_head = MLP(cfg.feat_dim, cfg.state_dim, cfg.hidden, layers=2) if cfg.state_dim else None
+        # Standardisation of the decoded state, set from the training data (set_state_stats), saved
+        # with the weights.
+        self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
+        self.register_buffer("state_std", torch.ones(cfg.state_dim))
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension mean / std [state_dim] of the state targets (std floored at 1e-3)."""
+        if mean.shape != self.state_mean.shape or std.shape != self.state_std.shape:
+            raise ValueError(
+                f"state stats must be [{self.cfg.state_dim}], got {list(mean.shape)}, {list(std.shape)}"
+            )
+        self.state_mean.copy_(mean)
+        self.state_std.copy_(std.clamp(min=1e-3))
+
+    def decode_state(self, feat: torch.Tensor) -> torch.Tensor:
+        """Latent features [..., F] -> predicted env state [..., state_dim] (needs ``state_dim``)."""
+        if self.state_head is None:
+            raise ValueError("this world model has no state head (state_dim=0)")
+        return self.state_head(feat) * self.state_std + self.state_mean
 
     # --- verbs -------------------------------------------------------------------------------
     def observe(self, pixels: torch.Tensor, actions: torch.Tensor, sample: bool = False) -> State:
@@ -88,8 +108,9 @@ class WorldModel(nn.Module):
         """Training loss on a batch of windows (see ``robobrain.data.SequenceBatch``).
 
         batch: pixels uint8[B, L, S, S, 3], action [B, L, A] (taken *after* each frame),
-        reward [B, L], success [B, L]. Frame t+1 is predicted from frame t and action t; the reward
-        and success heads on the state of frame t+1 predict reward[t] and success[t].
+        reward [B, L], success [B, L], and optionally state [B, L, n] (decoded when ``state_dim``).
+        Frame t+1 is predicted from frame t and action t; the reward and success heads on the state
+        of frame t+1 predict reward[t] and success[t].
         """
         pixels, action = batch["pixels"], batch["action"].float()
         b, _seq = pixels.shape[:2]
@@ -108,6 +129,11 @@ class WorldModel(nn.Module):
         success_target = batch["success"][:, :-1].float()
         success_loss = F.binary_cross_entropy_with_logits(success_logit, success_target)
 
+        state_loss = None
+        if self.state_head is not None and "state" in batch:
+            target_state = (batch["state"].float() - self.state_mean) / self.state_std
+            state_loss = F.mse_loss(self.state_head(feat), target_state)
+
         kl_dyn = categorical_kl(post_lp.detach(), prior_lp)
         kl_rep = categorical_kl(post_lp, prior_lp.detach())
         dyn_loss = kl_dyn.clamp(min=cfg.free_nats).mean()
@@ -119,12 +145,16 @@ class WorldModel(nn.Module):
             + cfg.kl_dyn * dyn_loss
             + cfg.kl_rep * rep_loss
         )
+        if state_loss is not None:
+            total = total + cfg.state_weight * state_loss
         metrics = {
             "recon": recon_loss.item(),
             "reward": reward_loss.item(),
             "success": success_loss.item(),
             "kl": kl_dyn.mean().item(),
         }
+        if state_loss is not None:
+            metrics["state"] = state_loss.item()
         if cfg.ensemble:
             ens_lp = self.rssm.ensemble_log_probs(posts.deter)
             ens_loss = categorical_kl(post_lp.detach().unsqueeze(0), ens_lp).clamp(min=cfg.free_nats).mean()
