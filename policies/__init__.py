@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import gymnasium as gym
 
@@ -11,8 +12,24 @@ from robobrain.policies.base import Observation, Policy, batch_size
 from robobrain.policies.mpc import OracleMPCPolicy, WorldModelMPCPolicy
 from robobrain.policies.sb3 import SB3Policy
 from robobrain.policies.simple import RandomPolicy, ScriptedPolicy
+from robobrain.rl.guide import ActorCriticGuide
 
 POLICY_SPECS = ("random", "scripted", "oracle", "mpc:CHECKPOINT", "sb3:ZIP")
+GuideMode = Literal["auto", "both", "prior", "value", "none"]
+
+
+def load_guide(checkpoint: str, mode: GuideMode = "auto", device: str = "cpu") -> ActorCriticGuide | None:
+    """The SB3 actor-critic saved beside a world model by ``robobrain train`` (``<ckpt>/sb3/model.zip``),
+    as a planner guide; None when there is none or ``mode`` is ``none``."""
+    from robobrain.checkpoint import resolve_checkpoint
+
+    zip_path = resolve_checkpoint(checkpoint) / "sb3" / "model.zip"
+    if mode == "none" or not zip_path.exists():
+        if mode in ("both", "prior", "value"):
+            raise ValueError(f"{checkpoint}: no SB3 actor-critic to guide the planner ({zip_path} missing)")
+        return None
+    sb3 = SB3Policy.load(str(zip_path), device=device).model
+    return ActorCriticGuide(sb3, num_prior=0 if mode == "value" else 16, use_value=mode != "prior")
 
 
 def load_policy(
@@ -23,13 +40,16 @@ def load_policy(
     envs: Sequence[gym.Env] | None = None,
     mpc: MPCConfig | None = None,
     device: str = "cpu",
+    guide: GuideMode = "auto",
     **kwargs: float,
 ) -> Policy:
     """Build a policy from a spec string for an env.
 
     spec: ``random`` | ``scripted`` | ``oracle`` (MPC planning in copies of ``envs``' simulators) |
     ``mpc:CHECKPOINT`` (MPC over a trained world model) | ``sb3:ZIP`` (a stable-baselines3 model).
-    kwargs go to the scripted policy (``noise_std``).
+    kwargs go to the scripted policy (``noise_std``). ``guide`` (``mpc:`` of a ``robobrain train``
+    run only): how the run's SB3 actor-critic helps the planner -- ``auto``/``both`` (prior samples and
+    terminal value), ``prior``, ``value`` or ``none``.
     """
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")
@@ -54,7 +74,7 @@ def load_policy(
                 f"{spec[4:]}: the world model was trained with {model.cfg.action_dim}-D actions, "
                 f"{env_id} takes {action_dim}-D actions"
             )
-        return WorldModelMPCPolicy(model, mpc, device)
+        return WorldModelMPCPolicy(model, mpc, device, guide=load_guide(spec[4:], guide, device))
     if spec.startswith("sb3:"):
         policy = SB3Policy.load(spec[4:], device=device)
         if policy.model.action_space.shape != action_space.shape:
@@ -67,6 +87,7 @@ def load_policy(
 
 __all__ = [
     "POLICY_SPECS",
+    "GuideMode",
     "Observation",
     "OracleMPCPolicy",
     "Policy",
@@ -75,5 +96,6 @@ __all__ = [
     "ScriptedPolicy",
     "WorldModelMPCPolicy",
     "batch_size",
+    "load_guide",
     "load_policy",
 ]

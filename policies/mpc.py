@@ -11,6 +11,7 @@ import torch
 from robobrain.planning import MPC, MPCConfig, world_model_score_fn
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies.base import Observation, batch_size
+from robobrain.rl.guide import ActorCriticGuide
 from robobrain.world_model import Rollout, State, WorldModel
 from robobrain.world_model.networks import pixels_to_float
 
@@ -20,9 +21,16 @@ class WorldModelMPCPolicy:
     trained) and plans over ``WorldModel.imagine`` for all envs in one batched call."""
 
     def __init__(
-        self, model: WorldModel, cfg: MPCConfig | None = None, device: torch.device | str = "cpu"
+        self,
+        model: WorldModel,
+        cfg: MPCConfig | None = None,
+        device: torch.device | str = "cpu",
+        guide: ActorCriticGuide | None = None,
     ) -> None:
+        """``guide``: an SB3 actor-critic whose actor proposes prior samples and whose critic values
+        the end of each imagined plan (see :class:`robobrain.rl.ActorCriticGuide`)."""
         self.model = model.to(device).eval()
+        self.guide = guide
         self.cfg = cfg or MPCConfig()
         self.device = torch.device(device)
         self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
@@ -60,7 +68,12 @@ class WorldModelMPCPolicy:
         embed = self.model.encoder(pixels_to_float(torch.from_numpy(pixels).to(self.device)))
         self.state, _, _ = self.model.rssm.obs_step(self.state, self.prev_action, embed, sample=False)
         self.plan_state = self.state
-        action = self.mpc.act(world_model_score_fn(self.model, self.state, self.cfg))
+        value_fn = prior = None
+        if self.guide is not None:
+            value_fn = self.guide.value if self.guide.use_value else None
+            prior = self.guide.prior_samples(self.model, self.state, self.cfg.horizon)
+        score_fn = world_model_score_fn(self.model, self.state, self.cfg, value_fn)
+        action = self.mpc.act(score_fn, prior_samples=prior)
         self.prev_action = action
         return action.cpu().numpy().astype(np.float32)
 

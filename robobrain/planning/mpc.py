@@ -8,6 +8,7 @@ and adds exploration noise for data collection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,9 +74,15 @@ class MPC:
         return action.clamp(self.cfg.optim.low, self.cfg.optim.high)
 
 
-def world_model_score_fn(model: WorldModel, state: State, cfg: MPCConfig) -> ScoreFn:
+def world_model_score_fn(
+    model: WorldModel,
+    state: State,
+    cfg: MPCConfig,
+    value_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> ScoreFn:
     """Score candidates [B, N, H, A] from latent ``state`` [B] by imagination: discounted predicted
-    reward + success bonus, minus the ensemble-disagreement penalty. Returns [B, N]."""
+    reward + success bonus, minus the ensemble-disagreement penalty, plus ``discount^H`` times
+    ``value_fn(feat [M, F]) -> [M]`` of the last imagined state when given. Returns [B, N]."""
 
     def score(actions: torch.Tensor) -> torch.Tensor:
         b, n, h, a = actions.shape
@@ -86,6 +93,9 @@ def world_model_score_fn(model: WorldModel, state: State, cfg: MPCConfig) -> Sco
             r = r - cfg.disagreement_penalty * out.disagreement.float()
         if cfg.discount != 1.0:
             r = r * cfg.discount ** torch.arange(h, device=r.device, dtype=r.dtype)
-        return r.sum(-1).view(b, n)
+        total = r.sum(-1)
+        if value_fn is not None:
+            total = total + cfg.discount**h * value_fn(out.feat[:, -1]).float()
+        return total.view(b, n)
 
     return score

@@ -70,6 +70,8 @@ def encode_start_states(model: WorldModel, episodes: Sequence[Episode], max_stat
 class ImaginationVecEnv(VecEnv):
     """N imagined environments stepped together. See the module docstring."""
 
+    render_mode = None
+
     def __init__(
         self,
         dynamics: LatentModel,

@@ -1,0 +1,164 @@
+"""Fine-tuning an SB3 actor-critic inside the world model, and saving it with its replay buffer.
+
+The SB3 model is saved in SB3's own zip format; the replay buffer's arrays go to an ``.npz`` read
+with ``allow_pickle=False`` (SB3's own ``save_replay_buffer`` pickles the buffer object).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from robobrain.checkpoint import CheckpointError
+from robobrain.data import Episode
+from robobrain.rl.imagination_env import ImaginationVecEnv, WorldModelDynamics, encode_start_states
+from robobrain.world_model import WorldModel
+
+BUFFER_FIELDS = ("observations", "actions", "rewards", "dones", "timeouts", "next_observations")
+
+
+class NonFiniteSB3Error(FloatingPointError):
+    """The SB3 model's parameters became NaN or inf during fine-tuning."""
+
+
+@dataclass(frozen=True)
+class SB3Config:
+    """The SB3 algorithm trained in imagination (its actor = planner prior, its critic = value)."""
+
+    algo: str = "SAC"
+    """Any stable_baselines3 algorithm class name with an actor and a critic: SAC, TD3, DDPG, PPO, A2C."""
+    steps_per_iteration: int = 1000
+    """Imagined env steps per fine-tuning round (summed over the imagination envs)."""
+    num_envs: int = 16
+    """Imagination envs stepped together."""
+    horizon: int = 15
+    """Imagined episode length (DreamerV3's imagination horizon)."""
+    start_states: int = 2048
+    """Latent start states encoded from the newest real episodes."""
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    batch_size: int = 256
+    buffer_size: int = 20_000
+    """Off-policy algorithms: imagined transitions kept (small: old latents go stale as the model
+    is refitted)."""
+    learning_starts: int = 500
+    gradient_steps: int = 4
+    """Off-policy algorithms: gradient steps per step of the imagination VecEnv (num_envs transitions)."""
+    net_arch: tuple[int, ...] = (256, 256)
+
+
+def _algo_class(name: str) -> type:
+    import stable_baselines3
+
+    cls = getattr(stable_baselines3, name.upper(), None)
+    if cls is None:
+        raise ValueError(f"unknown stable-baselines3 algorithm {name!r}")
+    return cls
+
+
+def _is_off_policy(model: Any) -> bool:
+    return hasattr(model, "replay_buffer")
+
+
+def imagination_env(
+    world_model: WorldModel, episodes: Sequence[Episode], cfg: SB3Config, seed: int
+) -> ImaginationVecEnv:
+    """Imagination envs starting from latents of the newest ``episodes`` (most recent first)."""
+    start = encode_start_states(world_model, list(reversed(episodes)), max_states=cfg.start_states)
+    return ImaginationVecEnv(
+        WorldModelDynamics(world_model, sample=True), start, cfg.num_envs, cfg.horizon, seed=seed
+    )
+
+
+def make_sb3_model(cfg: SB3Config, env: ImaginationVecEnv, seed: int, device: str | torch.device) -> Any:
+    """A fresh SB3 model of ``cfg.algo`` on ``env`` (an MLP over the latent features)."""
+    cls = _algo_class(cfg.algo)
+    kwargs: dict[str, Any] = {
+        "learning_rate": cfg.learning_rate,
+        "gamma": cfg.gamma,
+        "policy_kwargs": {"net_arch": list(cfg.net_arch)},
+        "seed": seed,
+        "device": device,
+        "verbose": 0,
+    }
+    if issubclass(cls, OffPolicyAlgorithm):
+        kwargs.update(
+            buffer_size=cfg.buffer_size,
+            batch_size=cfg.batch_size,
+            learning_starts=cfg.learning_starts,
+            train_freq=1,
+            gradient_steps=cfg.gradient_steps,
+        )
+    elif cls.__name__ == "PPO":
+        kwargs.update(n_steps=max(cfg.horizon * 4, 16), batch_size=min(cfg.batch_size, cfg.num_envs * 64))
+    return cls("MlpPolicy", env, **kwargs)
+
+
+def _check_finite(model: Any, when: str) -> None:
+    for name, p in model.policy.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteSB3Error(
+                f"{type(model).__name__} parameter {name} is non-finite {when} "
+                f"(at {model.num_timesteps} imagined steps); lower the SB3 learning rate"
+            )
+
+
+def finetune(model: Any, env: ImaginationVecEnv, steps: int) -> dict[str, float]:
+    """Train ``model`` for ``steps`` more imagined steps in ``env``; its weights must be finite before
+    and after (``NonFiniteSB3Error`` names the first bad parameter; the imagination env itself raises
+    on non-finite model outputs).
+
+    Returns the latest SB3 losses (``train/*`` entries of its logger)."""
+    _check_finite(model, "before fine-tuning")
+    model.set_env(env)
+    try:
+        model.learn(total_timesteps=steps, reset_num_timesteps=False, progress_bar=False)
+    except ValueError:  # e.g. torch.distributions refusing NaN parameters mid-update
+        _check_finite(model, "during fine-tuning")
+        raise
+    _check_finite(model, "after fine-tuning")
+    values = getattr(model.logger, "name_to_value", {})
+    return {k.replace("train/", "sb3_"): float(v) for k, v in values.items() if k.startswith("train/")}
+
+
+def save_sb3(model: Any, directory: str | os.PathLike[str]) -> None:
+    """``model.zip`` (SB3's format) and, for off-policy algorithms, ``replay_buffer.npz``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    model.save(d / "model.zip")
+    if _is_off_policy(model):
+        buf = model.replay_buffer
+        arrays = {name: getattr(buf, name) for name in BUFFER_FIELDS}
+        np.savez(d / "replay_buffer.npz", pos=np.array(buf.pos), full=np.array(buf.full), **arrays)
+
+
+def load_sb3(
+    cfg: SB3Config, directory: str | os.PathLike[str], env: ImaginationVecEnv, device: str | torch.device
+) -> Any:
+    """The SB3 model (and its replay buffer) saved by :func:`save_sb3`."""
+    d = Path(directory)
+    try:
+        model = _algo_class(cfg.algo).load(d / "model.zip", env=env, device=device)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{d / 'model.zip'}: cannot load the {cfg.algo} model ({e})") from e
+    if _is_off_policy(model):
+        path = d / "replay_buffer.npz"
+        buf = model.replay_buffer
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                for name in BUFFER_FIELDS:
+                    arr = z[name]
+                    if arr.shape != getattr(buf, name).shape:
+                        raise ValueError(f"{name} has shape {arr.shape}, expected {getattr(buf, name).shape}")
+                    getattr(buf, name)[...] = arr
+                buf.pos, buf.full = int(z["pos"]), bool(z["full"])
+        except (OSError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: unreadable replay buffer ({e})") from e
+    return model

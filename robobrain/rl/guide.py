@@ -1,0 +1,72 @@
+"""An SB3 actor-critic guiding the planner: the actor proposes action sequences (rolled out in
+imagination) that join the optimizer's candidates, the critic gives the value of the state an imagined
+plan ends in (TD-MPC2 style: score = sum of rewards + discount^H * V(s_H))."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from robobrain.world_model import State, WorldModel
+
+
+class ActorCriticGuide:
+    """Wraps a stable-baselines3 model trained on the world model's latent features.
+
+    Works with SAC / TD3 / DDPG (twin Q critics: V(s) = min_i Q_i(s, pi(s))) and with PPO / A2C
+    (V(s) from the value head). ``num_prior = 0`` turns the prior off, ``use_value = False`` the value.
+    """
+
+    def __init__(self, sb3_model: Any, num_prior: int = 16, use_value: bool = True) -> None:
+        self.sb3 = sb3_model
+        self.num_prior = num_prior
+        self.use_value = use_value
+        policy = sb3_model.policy
+        self._q_critic = hasattr(policy, "critic") and hasattr(policy, "actor")
+        if not self._q_critic and not hasattr(policy, "predict_values"):
+            raise TypeError(f"{type(sb3_model).__name__}: no actor-critic this guide knows how to read")
+
+    def _obs(self, feat: torch.Tensor) -> torch.Tensor:
+        return feat.float().to(self.sb3.device)
+
+    @torch.no_grad()
+    def act(self, feat: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions [M, A] in [-1, 1] for latent features [M, F]."""
+        policy = self.sb3.policy
+        obs = self._obs(feat)
+        if self._q_critic:
+            if hasattr(policy.actor, "action_log_prob") and not deterministic:
+                action, _ = policy.actor.action_log_prob(obs)
+            else:
+                action = policy.actor(obs)
+        else:
+            action = policy.get_distribution(obs).get_actions(deterministic=deterministic)
+        return action.clamp(-1.0, 1.0).to(feat.device, feat.dtype)
+
+    @torch.no_grad()
+    def value(self, feat: torch.Tensor) -> torch.Tensor:
+        """V(s) [M] for latent features [M, F]."""
+        policy = self.sb3.policy
+        obs = self._obs(feat)
+        if self._q_critic:
+            qs = policy.critic(obs, self.act(feat, deterministic=True).to(obs.device))
+            value = torch.cat(qs, dim=1).min(1).values
+        else:
+            value = policy.predict_values(obs).squeeze(-1)
+        return value.to(feat.device, feat.dtype)
+
+    @torch.no_grad()
+    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor | None:
+        """``num_prior`` action sequences per env, sampled from the actor along its own imagined
+        rollout from ``state`` [B]: [B, P, H, A] (None when the prior is off)."""
+        if self.num_prior <= 0:
+            return None
+        b, p = state.deter.shape[0], self.num_prior
+        s = state.repeat_interleave(p)
+        actions = []
+        for _ in range(horizon):
+            a = self.act(s.feat)
+            actions.append(a)
+            s = model.rssm.img_step_mode(s, a)
+        return torch.stack(actions, 1).view(b, p, horizon, -1)

@@ -1,0 +1,145 @@
+"""The SB3 bridge beyond the imagination env: the features extractor, the planner guide, fine-tuning
+with a pickle-free replay buffer, and the small pieces the online loop relies on."""
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO, SAC
+
+from robobrain.checkpoint import CheckpointError
+from robobrain.config import get_preset
+from robobrain.data import EpisodeStore
+from robobrain.planning import MPCConfig, OptimizerConfig, world_model_score_fn
+from robobrain.policies import WorldModelMPCPolicy
+from robobrain.rl import (
+    ActorCriticGuide,
+    NonFiniteSB3Error,
+    SB3Config,
+    WorldModelFeatures,
+    finetune,
+    imagination_env,
+    load_sb3,
+    make_sb3_model,
+    save_sb3,
+)
+from robobrain.training.logging import MetricLogger
+from robobrain.world_model import WorldModel
+from tests.test_store import make_episode
+
+SB3 = SB3Config(steps_per_iteration=64, num_envs=8, horizon=5, start_states=32, batch_size=16,
+                buffer_size=128, learning_starts=16, net_arch=(16,), gradient_steps=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldModel:
+    torch.manual_seed(0)
+    return WorldModel(get_preset("debug", action_dim=3).world_model).eval()
+
+
+def episodes(n=2, t=12):
+    return [make_episode(t, tag=i, size=32) for i in range(n)]
+
+
+def test_features_extractor_gives_the_single_frame_latent(model):
+    import gymnasium as gym
+
+    pixel_space = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    ext = WorldModelFeatures(pixel_space, model)
+    frames = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    expected = model.observe(frames[:, None], torch.zeros(5, 1, 3)).feat
+    torch.testing.assert_close(ext(frames), expected)
+    torch.testing.assert_close(ext(frames.permute(0, 3, 1, 2).float()), expected)  # SB3's channels-first
+    torch.testing.assert_close(ext(frames.float() / 255.0), expected)  # SB3-normalised images
+    assert not any(p.requires_grad for p in model.parameters())  # frozen by default
+    for p in model.parameters():
+        p.requires_grad_(True)
+    latent = WorldModelFeatures(gym.spaces.Box(-np.inf, np.inf, (model.cfg.feat_dim,), np.float32), model)
+    x = torch.randn(3, model.cfg.feat_dim)
+    assert torch.equal(latent(x), x)
+    with pytest.raises(ValueError, match="neither latents"):
+        WorldModelFeatures(gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+@pytest.mark.parametrize("algo", ["SAC", "PPO"])
+def test_guide_prior_and_value(model, algo):
+    env = imagination_env(model, episodes(), SB3, seed=0)
+    sb3 = make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": algo}), env, seed=0, device="cpu")
+    guide = ActorCriticGuide(sb3, num_prior=5)
+    state = model.observe(torch.zeros(3, 1, 32, 32, 3, dtype=torch.uint8), torch.zeros(3, 1, 3))
+    prior = guide.prior_samples(model, state, horizon=4)
+    assert prior.shape == (3, 5, 4, 3) and prior.abs().max() <= 1.0
+    value = guide.value(state.feat)
+    assert value.shape == (3,) and torch.isfinite(value).all()
+    assert ActorCriticGuide(sb3, num_prior=0).prior_samples(model, state, 4) is None
+
+
+def test_score_adds_the_discounted_terminal_value(model):
+    state = model.observe(torch.zeros(2, 1, 32, 32, 3, dtype=torch.uint8), torch.zeros(2, 1, 3))
+    cfg = MPCConfig(horizon=3, discount=0.9)
+    actions = torch.rand(2, 4, 3, 3) * 2 - 1
+    plain = world_model_score_fn(model, state, cfg)(actions)
+    value = world_model_score_fn(model, state, cfg, value_fn=lambda f: f[:, 0] * 0 + 10.0)(actions)
+    torch.testing.assert_close(value - plain, torch.full_like(plain, 10.0 * 0.9**3))
+
+
+def test_guided_mpc_policy_acts(model):
+    env = imagination_env(model, episodes(), SB3, seed=0)
+    sb3 = make_sb3_model(SB3, env, seed=0, device="cpu")
+    cfg = MPCConfig(horizon=3, optim=OptimizerConfig(num_samples=16, num_elites=4, iterations=2))
+    policy = WorldModelMPCPolicy(model, cfg, guide=ActorCriticGuide(sb3, num_prior=4))
+    policy.reset(2)
+    actions = policy.act(
+        {"pixels": np.zeros((2, 32, 32, 3), np.uint8), "state": np.zeros((2, 20), np.float32)}
+    )
+    assert actions.shape == (2, 3) and np.all(np.abs(actions) <= 1)
+
+
+def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path):
+    env = imagination_env(model, episodes(), SB3, seed=0)
+    sb3 = make_sb3_model(SB3, env, seed=0, device="cpu")
+    finetune(sb3, env, 64)
+    assert sb3.num_timesteps == 64 and sb3.replay_buffer.pos > 0
+    save_sb3(sb3, tmp_path / "sb3")
+    again = load_sb3(SB3, tmp_path / "sb3", env, "cpu")
+    assert isinstance(again, SAC) and again.num_timesteps == 64
+    assert again.replay_buffer.pos == sb3.replay_buffer.pos
+    np.testing.assert_array_equal(again.replay_buffer.observations, sb3.replay_buffer.observations)
+    for (name, p), q in zip(sb3.policy.named_parameters(), again.policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    (tmp_path / "sb3" / "replay_buffer.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match=r"replay_buffer\.npz"):
+        load_sb3(SB3, tmp_path / "sb3", env, "cpu")
+    assert isinstance(make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": "PPO"}), env, 0, "cpu"), PPO)
+    with pytest.raises(ValueError, match="unknown stable-baselines3 algorithm"):
+        make_sb3_model(SB3Config(algo="NOPE"), env, 0, "cpu")
+
+
+def test_finetune_reports_non_finite_weights(model):
+    env = imagination_env(model, episodes(), SB3, seed=0)
+    sb3 = make_sb3_model(SB3, env, seed=0, device="cpu")
+    with torch.no_grad():
+        next(sb3.policy.actor.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteSB3Error, match=r"parameter actor.*non-finite before fine-tuning"):
+        finetune(sb3, env, 32)
+
+
+def test_metric_logger_widens_and_truncates(tmp_path):
+    log = MetricLogger(tmp_path, "m", tensorboard=False, step_key="env_steps")
+    log.log(1, {"a": 1.0})
+    log.log(2, {"a": 2.0, "b": 5.0})  # a new column
+    log.log(3, {"a": 3.0})
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines == ["env_steps,a,b", "1,1.0,", "2,2.0,5.0", "3,3.0,"]
+    MetricLogger(tmp_path, "m", tensorboard=False, step_key="env_steps").truncate_after(2)
+    assert (tmp_path / "m.csv").read_text().splitlines() == lines[:3]
+
+
+def test_store_truncate_drops_later_episodes_and_temp_files(tmp_path):
+    store = EpisodeStore(tmp_path)
+    names = [store.add(make_episode(3, tag=i)) for i in range(4)]
+    (tmp_path / ".tmp-123-episode_000004.npz").write_bytes(b"half")
+    assert store.truncate(2) == names[2:]
+    assert store.names() == names[:2] and not list(tmp_path.glob(".tmp-*"))
+    assert sorted(EpisodeStore(tmp_path).manifest) == names[:2]
