@@ -14,13 +14,7 @@ rendered deadlocks in the child).
 
 from __future__ import annotations
 
-import os
-
-if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-    os.environ["MUJOCO_GL"] = "egl"
-os.environ.setdefault("LP_NUM_THREADS", "0")
-
-import gymnasium as gym
+import gymnasium as gym  # the parent package robobrain has set the rendering defaults by now
 
 from robobrain.envs.factory import get_expert, make_env, make_vector_env
 from robobrain.envs.wrappers import PixelObservation, resize_image

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
     keep: int = 2,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoint ``step_{step}`` under ``run_dir/checkpoints`` and point ``latest`` at it."""
+    """Write checkpoint ``step_{step}`` under ``run_dir/checkpoints`` and point ``latest`` at it.
+
+    ``extra(directory)`` may write more files (e.g. an SB3 model) into the checkpoint before it is
+    renamed into place, so they are part of the same atomic write."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
@@ -104,6 +109,8 @@ def save_checkpoint(
             save_file(tensors, str(tmp / STATE_DIR / OPTIM_FILE))
             full_state["optimizer"] = meta
         (tmp / STATE_DIR / STATE_FILE).write_text(json.dumps(full_state))
+        if extra is not None:
+            extra(tmp)
         for f in [tmp / MODEL_FILE, tmp / STATE_DIR / STATE_FILE]:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 import tyro
 
+from robobrain.training.online import OnlineConfig
+
 
 @dataclass(frozen=True)
 class Collect:
@@ -40,30 +42,6 @@ class Collect:
     """Seed of the envs (env i gets seed + i) and of the policy."""
     progress: bool = True
     """Show a progress bar."""
-
-
-@dataclass(frozen=True)
-class Demo:
-    """The pipeline end to end on one task: collect scripted + random data (video of it), train the
-    world model for a few minutes, evaluate its video prediction, and run world-model MPC."""
-
-    env: str = "robobrain/Push-v0"
-    """Gymnasium id of the task."""
-    episodes: int = 40
-    """Scripted episodes to collect (plus half as many random ones)."""
-    out: Path = Path("runs/demo")
-    """Output directory."""
-    preset: Literal["debug", "cpu", "gpu"] = "cpu"
-    """World-model preset."""
-    train_minutes: float = 3.0
-    """Wall-clock budget of world-model training (re-running resumes and trains that much more)."""
-    eval_episodes: int = 2
-    """Episodes of world-model MPC at the end."""
-    image_size: int = 64
-    """Side of the square pixel observation."""
-    seed: int = 0
-    """Seed of the envs and the policy."""
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -138,7 +116,41 @@ class Eval:
     iterations: int = 6
     time_budget: float | None = None
     """MPC wall-clock limit per decision (s)."""
+    guide: Literal["auto", "both", "prior", "value", "none"] = "auto"
+    """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
+    the run has one)."""
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class Train(OnlineConfig):
+    """The main job: act with the planner, refit the world model, fine-tune the SB3 actor-critic in
+    imagination, evaluate, checkpoint; repeat. Re-running with the same --run-dir resumes."""
+
+    run_dir: Path = Path("runs/train")
+    """Checkpoints, episodes, logs (train.csv, tb/), evaluations and learning_curve.png."""
+    progress: bool = True
+
+
+def run_train(args: Train) -> dict:
+    import dataclasses
+
+    from robobrain.config import get_preset
+    from robobrain.policies.online import online_factories
+    from robobrain.training.curves import LearningCurveCallback
+    from robobrain.training.online import train_online
+
+    cfg = OnlineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OnlineConfig)})
+    size = cfg.image_size or get_preset(cfg.preset).world_model.image_size
+    factories = online_factories(cfg.env, size, cfg.device, cfg.episode_steps)
+    report = train_online(cfg, args.run_dir, factories, [LearningCurveCallback()], progress=args.progress)
+    print(json.dumps(report["summary"], indent=1))
+    final = args.run_dir / "eval" / "final"
+    print(
+        f"report: {final / 'eval_info.json'}\nvideos: {final / 'videos'}\n"
+        f"learning curve: {args.run_dir / 'learning_curve.png'}\ncheckpoint: {args.run_dir / 'checkpoints'}"
+    )
+    return report
 
 
 def run_eval(args: Eval) -> dict:
@@ -170,8 +182,9 @@ def run_eval(args: Eval) -> dict:
             envs=envs,
             mpc=mpc,
             device=args.device,
+            guide=args.guide,
         )
-        meta = {"env_id": args.env, "policy": args.policy}
+        meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
         report = evaluate_policy(
             policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
         )
@@ -244,7 +257,7 @@ def run_collect(args: Collect) -> list[str]:
         meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": args.seed}
         names = collect_episodes(
             vec, policy, store, args.episodes, seed=args.seed, meta=meta, progress=args.progress
-        )
+        ).names
     finally:
         vec.close()
     success = np.mean([store.manifest[n]["success"] for n in names])
@@ -252,47 +265,26 @@ def run_collect(args: Collect) -> list[str]:
     return names
 
 
-def run_demo(args: Demo) -> dict:
-    from robobrain.data import EpisodeStore
-    from robobrain.video import write_video
+@dataclass(frozen=True)
+class Demo(Train):
+    """The main job on the default task, sized for about 15 minutes on 2 CPU cores: `robobrain train`
+    from random seed data (no scripted episodes), then the final evaluation; prints where the report,
+    the videos (real | imagined) and the learning curve are. Re-running resumes / finishes the run."""
 
-    data_dir = args.out / "data"
-    if len(EpisodeStore(data_dir)) < args.episodes:
-        common = {"env": args.env, "out": data_dir, "image_size": args.image_size, "progress": False}
-        names = run_collect(
-            Collect(policy="scripted", episodes=args.episodes, seed=args.seed, noise=0.3, **common)
-        )
-        run_collect(
-            Collect(policy="random", episodes=max(args.episodes // 2, 1), seed=args.seed + 10_000, **common)
-        )
-        store = EpisodeStore(data_dir)
-        write_video(args.out / "data.mp4", np.concatenate([store.load(n).pixels for n in names[:4]]))
-    run_dir = args.out / "world_model"
-    run_train_wm(
-        TrainWM(data=data_dir, run_dir=run_dir, preset=args.preset, steps=1_000_000, device=args.device,
-                seed=args.seed, max_minutes=args.train_minutes, progress=True)
-    )  # fmt: skip
-    wm = run_eval_wm(EvalWM(checkpoint=run_dir, data=data_dir, device=args.device, max_windows=64))
-    ev = run_eval(
-        Eval(policy=f"mpc:{run_dir}", env=args.env, episodes=args.eval_episodes, num_envs=1, seed=args.seed,
-             out=args.out / "eval", samples=256, elites=32, iterations=4, device=args.device, progress=True)
-    )  # fmt: skip
-    summary = {
-        "data": str(data_dir),
-        "data_video": str(args.out / "data.mp4"),
-        "world_model": str(run_dir),
-        "video_prediction": wm["summary"],
-        "video_prediction_report": str(run_dir / "eval_wm"),
-        "mpc_eval": ev["summary"],
-        "mpc_eval_report": str(args.out / "eval"),
-    }
-    (args.out / "demo.json").write_text(json.dumps(summary, indent=1))
-    print(f"demo summary: {args.out / 'demo.json'}")
-    return summary
+    env_steps: int = 3000
+    seed_episodes: int = 10
+    pretrain_steps: int = 400
+    eval_every: int = 1000
+    run_dir: Path = Path("runs/demo")
+
+
+def run_demo(args: Demo) -> dict:
+    return run_train(args)
 
 
 COMMANDS = {
     "collect": (Collect, run_collect),
+    "train": (Train, run_train),
     "train-wm": (TrainWM, run_train_wm),
     "eval-wm": (EvalWM, run_eval_wm),
     "eval": (Eval, run_eval),

@@ -62,16 +62,3 @@ def test_collect_refuses_same_step_autoreset(tmp_path):
     with pytest.raises(ValueError, match="NEXT_STEP"):
         collect_episodes(vec, RandomPolicy(3), EpisodeStore(tmp_path), 1, progress=False)
     vec.close()
-
-
-def test_demo_runs_the_pipeline(tmp_path):
-    main(["demo", "--episodes", "2", "--image-size", "32", "--preset", "debug", "--train-minutes", "0.05",
-          "--eval-episodes", "1", "--out", str(tmp_path)])  # fmt: skip
-    import json
-
-    import imageio.v2 as imageio
-
-    summary = json.loads((tmp_path / "demo.json").read_text())
-    assert len(imageio.mimread(tmp_path / "data.mp4")) == 2 * (envs.EPISODE_STEPS + 1)
-    assert summary["mpc_eval"]["episodes"] == 1
-    assert (tmp_path / "world_model" / "eval_wm" / "report.json").exists()

@@ -13,7 +13,7 @@ def success_rate(env_id: str, policy_spec: str, episodes: int, tmp_path, seed: i
     vec = envs.make_vector_env(env_id, num_envs=5, image_size=8)
     policy = load_policy(policy_spec, env_id, vec.single_action_space, seed=seed)
     store = EpisodeStore(tmp_path / policy_spec)
-    names = collect_episodes(vec, policy, store, episodes, seed=seed, progress=False)
+    names = collect_episodes(vec, policy, store, episodes, seed=seed, progress=False).names
     vec.close()
     return float(np.mean([store.manifest[n]["success"] for n in names]))
 

@@ -48,18 +48,15 @@ def test_features_extractor_gives_the_single_frame_latent(model):
     frames = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
     expected = model.observe(frames[:, None], torch.zeros(5, 1, 3)).feat
     torch.testing.assert_close(ext(frames), expected)
-    torch.testing.assert_close(ext(frames.permute(0, 3, 1, 2).float()), expected)  # SB3's channels-first
-    torch.testing.assert_close(ext(frames.float() / 255.0), expected)  # SB3-normalised images
-    assert not any(p.requires_grad for p in model.parameters())  # frozen by default
-    for p in model.parameters():
-        p.requires_grad_(True)
+    torch.testing.assert_close(ext(frames.permute(0, 3, 1, 2).float() / 255.0), expected)  # as SB3 does
+    raw = WorldModelFeatures(pixel_space, model, normalized_images=False)
+    torch.testing.assert_close(raw(frames.permute(0, 3, 1, 2).float()), expected)
+    assert not list(ext.parameters())  # frozen by default: SB3 sees no world-model weights
     latent = WorldModelFeatures(gym.spaces.Box(-np.inf, np.inf, (model.cfg.feat_dim,), np.float32), model)
     x = torch.randn(3, model.cfg.feat_dim)
     assert torch.equal(latent(x), x)
     with pytest.raises(ValueError, match="neither latents"):
         WorldModelFeatures(gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), model)
-    for p in model.parameters():
-        p.requires_grad_(True)
 
 
 @pytest.mark.parametrize("algo", ["SAC", "PPO"])
@@ -143,3 +140,27 @@ def test_store_truncate_drops_later_episodes_and_temp_files(tmp_path):
     assert store.truncate(2) == names[2:]
     assert store.names() == names[:2] and not list(tmp_path.glob(".tmp-*"))
     assert sorted(EpisodeStore(tmp_path).manifest) == names[:2]
+
+
+def test_sb3_trains_on_pixels_through_the_world_model_features(model):
+    import gymnasium as gym
+
+    import robobrain.envs as envs
+
+    class Pixels(gym.ObservationWrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            self.observation_space = env.observation_space["pixels"]
+
+        def observation(self, observation):
+            return observation["pixels"]
+
+    env = Pixels(envs.make_env("robobrain/Push-v0", image_size=32, max_episode_steps=8))
+    kwargs = {"features_extractor_class": WorldModelFeatures, "features_extractor_kwargs": {"world_model": model}}
+    sac = SAC("CnnPolicy", env, buffer_size=64, batch_size=8, learning_starts=8, policy_kwargs=kwargs, seed=0)
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    sac.learn(24)
+    assert sac.num_timesteps == 24
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, frozen[k]), k  # the world model stays frozen under SB3's updates
+    env.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -45,6 +45,14 @@ class EpisodeBuilder:
         )
 
 
+class CollectResult(NamedTuple):
+    """names: stored episode files in the order the episodes ended; env_steps: transitions the envs
+    executed (stored ones, plus those of episodes cut off when ``num_episodes`` was reached)."""
+
+    names: list[str]
+    env_steps: int
+
+
 def _info_flag(info: dict[str, Any], key: str, i: int) -> bool:
     if key not in info or not info.get(f"_{key}", np.ones(i + 1, bool))[i]:
         return False
@@ -59,13 +67,14 @@ def collect_episodes(
     seed: int | None = None,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
-) -> list[str]:
+) -> CollectResult:
     """Run ``policy`` in ``envs`` until ``num_episodes`` episodes have ended; store each.
 
     ``envs`` must auto-reset in Gymnasium's NEXT_STEP mode (as :func:`robobrain.envs.make_vector_env`
     makes them): the step after an episode ends returns the reset observation and is not a
     transition, so it starts a new episode instead of being appended to the old one.
-    Returns the stored file names in the order the episodes ended.
+    Non-finite rewards or state observations stop collection with a ``FloatingPointError`` naming
+    the env and step (nothing of that episode is stored).
     """
     mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode != gym.vector.AutoresetMode.NEXT_STEP:
@@ -76,6 +85,7 @@ def collect_episodes(
     builders = [EpisodeBuilder(obs["pixels"][i], obs["state"][i]) for i in range(n)]
     resetting = np.zeros(n, dtype=bool)
     names: list[str] = []
+    env_steps = 0
     base_meta = dict(meta or {})
     with tqdm(total=num_episodes, desc="collect", unit="ep", disable=not progress) as bar:
         while len(names) < num_episodes:
@@ -83,9 +93,15 @@ def collect_episodes(
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
             for i in range(n):
+                if not (np.isfinite(reward[i]) and np.all(np.isfinite(obs["state"][i]))):
+                    raise FloatingPointError(
+                        f"env {i} returned a non-finite reward or state at step {len(builders[i].action)} "
+                        f"of its episode (reward {reward[i]}); nothing of that episode was stored"
+                    )
                 if resetting[i]:
                     builders[i] = EpisodeBuilder(obs["pixels"][i], obs["state"][i])
                     continue
+                env_steps += 1
                 builders[i].add(
                     action[i],
                     float(reward[i]),
@@ -100,4 +116,4 @@ def collect_episodes(
             resetting = done
             if done.any():
                 policy.reset(n, mask=done)  # the next observation of these envs starts a new episode
-    return names
+    return CollectResult(names, env_steps)

@@ -37,9 +37,14 @@ class SequenceSampler:
     def __init__(self, episodes: Sequence[Episode], seq_len: int, seed: int | None = None) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-        self.episodes = list(episodes)
         self.seq_len = seq_len
         self.rng = np.random.default_rng(seed)
+        self.set_episodes(episodes)
+
+    def set_episodes(self, episodes: Sequence[Episode]) -> None:
+        """Sample from these episodes from now on (the online loop adds new ones); the RNG carries on."""
+        self.episodes = list(episodes)
+        seq_len = self.seq_len
         counts = np.array([max(len(ep) - seq_len + 1, 0) for ep in self.episodes], dtype=np.int64)
         if counts.sum() == 0:
             lengths = sorted({len(ep) for ep in self.episodes})

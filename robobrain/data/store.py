@@ -134,6 +134,22 @@ class EpisodeStore:
         self._write_manifest()
         return name
 
+    def truncate(self, keep: int) -> list[str]:
+        """Delete every episode after the first ``keep`` (in the order they were added) and any
+        half-written temporary file; returns the deleted names. Used on resume to drop episodes an
+        interrupted run wrote after its last checkpoint, so none is stored twice."""
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, got {keep}")
+        for tmp in self.root.glob(".tmp-*"):
+            tmp.unlink(missing_ok=True)
+        drop = self.names()[keep:]
+        for name in drop:
+            (self.root / name).unlink()
+            self._manifest.pop(name, None)
+        if drop:
+            self._write_manifest()
+        return drop
+
     # --- reading ---------------------------------------------------------------------------
     def names(self) -> list[str]:
         """Episode file names in the order they were added."""

@@ -14,21 +14,31 @@ class WorldModelFeatures(BaseFeaturesExtractor):
     """Observations -> world-model latent features [N, F].
 
     - Latent observations (``ImaginationVecEnv``: Box of shape [F]) pass through unchanged.
-    - Pixel observations (uint8 [S, S, 3], SB3 may hand them over as channels-first [3, S, S] floats
-      in [0, 255] or [0, 1]), alone or under the ``"pixels"`` key of a Dict space, are encoded and
+    - Pixel observations (uint8 [S, S, 3]; SB3 hands them over channels-first [3, S, S] and, by
+      default, as floats divided by 255), alone or under the ``"pixels"`` key of a Dict space, are encoded and
       filtered by one posterior step from the initial state: the single-frame latent a planner
       would start from.
 
-    The world model is frozen by default (its weights are not in the SB3 optimizer's way: SB3 trains
-    only what it sees as parameters, and a frozen model has ``requires_grad=False``).
+    The world model is frozen by default (``freeze=False`` registers it, so SB3 trains it too).
     """
 
-    def __init__(self, observation_space: gym.Space, world_model: WorldModel, freeze: bool = True) -> None:
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        world_model: WorldModel,
+        freeze: bool = True,
+        normalized_images: bool = True,
+    ) -> None:
+        """``normalized_images``: float frames arrive divided by 255 (SB3's ``normalize_images``
+        default); uint8 frames are taken as they are either way."""
         super().__init__(observation_space, world_model.cfg.feat_dim)
-        self.world_model = world_model
+        self.normalized_images = normalized_images
         if freeze:
-            for p in world_model.parameters():
-                p.requires_grad_(False)
+            # Not registered as a submodule: SB3's optimizers, target-network (Polyak) updates and
+            # state dicts never see the world model's weights. It must sit on the policy's device.
+            self._frozen = [world_model.eval()]
+        else:
+            self.world_model = world_model
         space = observation_space
         self.key = None
         if isinstance(space, gym.spaces.Dict):
@@ -48,15 +58,25 @@ class WorldModelFeatures(BaseFeaturesExtractor):
             )
 
     def forward(self, observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """[N, ...] observations -> [N, F] latent features."""
         obs = observations[self.key] if self.key is not None else observations
         if self.kind == "latent":
             return obs.float()
         if obs.shape[-1] != 3:  # SB3's VecTransposeImage makes frames channels-first
             obs = obs.movedim(-3, -1)
         if obs.dtype != torch.uint8:
-            scale = 255.0 if float(obs.max()) <= 1.0 + 1e-6 else 1.0
+            scale = 255.0 if self.normalized_images else 1.0
             obs = (obs.float() * scale).round().clamp(0, 255).to(torch.uint8)
-        wm = self.world_model
+        wm = self.wm
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not hasattr(self, "_frozen")):
+            return self._latent(wm, obs)
+
+    @property
+    def wm(self) -> WorldModel:
+        return self._frozen[0] if hasattr(self, "_frozen") else self.world_model
+
+    @staticmethod
+    def _latent(wm: WorldModel, obs: torch.Tensor) -> torch.Tensor:
         embed = wm.encoder(pixels_to_float(obs))
         init = wm.rssm.initial(obs.shape[0], obs.device)
         zero_action = torch.zeros(obs.shape[0], wm.cfg.action_dim, device=obs.device)

@@ -12,9 +12,14 @@ class MetricLogger:
     """Appends rows of scalars to ``<run_dir>/<name>.csv`` (and TensorBoard events, if available)."""
 
     def __init__(
-        self, run_dir: str | os.PathLike[str], name: str = "metrics", tensorboard: bool = True
+        self,
+        run_dir: str | os.PathLike[str],
+        name: str = "metrics",
+        tensorboard: bool = True,
+        step_key: str = "step",
     ) -> None:
         self.path = Path(run_dir) / f"{name}.csv"
+        self.step_key = step_key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fields: list[str] | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
@@ -30,16 +35,35 @@ class MetricLogger:
                 self._tb = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, **metrics}
+        row = {self.step_key: step, **metrics}
         if self._fields is None:
-            self._fields = list(row)
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(self._fields)
+            self._rewrite(list(row), [])
+        elif set(row) - set(self._fields):
+            # A new column: rewrite the file with the wider header (old rows get empty cells).
+            self._rewrite(self._fields + [k for k in row if k not in self._fields], self._rows())
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self._fields, extrasaction="ignore").writerow(row)
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, v, step)
+
+    def _rows(self) -> list[dict[str, str]]:
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _rewrite(self, fields: list[str], rows: list[dict[str, str]]) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+        self._fields = fields
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (a resumed run re-does what followed its checkpoint)."""
+        if self._fields is not None:
+            self._rewrite(self._fields, [r for r in self._rows() if float(r[self.step_key]) <= step])
 
     def close(self) -> None:
         if self._tb is not None:

@@ -1,0 +1,452 @@
+"""The online loop: act with the planner -> store episodes -> refit the world model -> fine-tune the
+SB3 actor-critic in imagination -> evaluate -> checkpoint; repeat until the env-step budget is spent.
+
+Built from factories and callbacks (danijar/embodied style), so a user swaps the env, the policy, the
+optimizer (``MPCConfig.optimizer``) or the SB3 algorithm (``SB3Config.algo``) by configuration.
+
+Resume: every iteration collects whole episodes (all envs reset at its start, with seeds derived from
+the iteration), so a checkpoint always falls on an episode boundary. The checkpoint holds the world
+model and its optimizer, the SB3 model and its replay buffer, every RNG state, the counters and the
+planner's generators; on resume, episodes written after the checkpoint by the interrupted run are
+deleted and their iteration is re-run, so no episode is lost or stored twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from robobrain.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights
+from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
+from robobrain.config import get_preset, to_dict
+from robobrain.data import Episode, EpisodeStore, SequenceSampler
+from robobrain.data.collect import collect_episodes
+from robobrain.data.store import atomic_write_json
+from robobrain.evaluation import evaluate_policy
+from robobrain.planning import MPCConfig, OptimizerConfig
+from robobrain.rl import (
+    ActorCriticGuide,
+    SB3Config,
+    finetune,
+    imagination_env,
+    load_sb3,
+    make_sb3_model,
+    save_sb3,
+)
+from robobrain.training.logging import MetricLogger
+from robobrain.training.wm_trainer import WorldModelTrainer, sized_config, state_stats
+from robobrain.world_model import WorldModel
+
+if TYPE_CHECKING:
+    from robobrain.policies import Policy
+
+log = logging.getLogger(__name__)
+
+SB3_DIR = "sb3"
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """Everything ``robobrain train`` does, in one frozen config (written to ``<run>/config.json``)."""
+
+    env: str = "robobrain/Push-v0"
+    """Gymnasium id of the task (a robobrain task, or any env the pixel wrapper supports)."""
+    preset: Literal["debug", "cpu", "gpu"] = "cpu"
+    """World-model size and training preset."""
+    env_steps: int = 20_000
+    """Budget of real env steps (seed data included). Raising it and re-running extends a run."""
+    num_envs: int = 2
+    """Envs stepped together; the planner plans for all of them in one batched call."""
+    image_size: int | None = None
+    """Side of the pixel observations (default: the preset's)."""
+    episode_steps: int | None = None
+    """Override the env's time limit (default: the registered one)."""
+    seed_episodes: int = 20
+    """Episodes collected before the first world-model fit."""
+    scripted_fraction: float = 0.0
+    """Share of the seed episodes from the task's scripted expert (the rest are random); 0 for
+    benchmarks."""
+    pretrain_steps: int = 500
+    """World-model gradient steps on the seed data."""
+    train_ratio: float = 0.25
+    """World-model gradient steps per real env step in the loop."""
+    mpc: MPCConfig = field(
+        default_factory=lambda: MPCConfig(
+            horizon=12,
+            exploration_std=0.3,
+            discount=0.99,
+            optim=OptimizerConfig(num_samples=256, num_elites=32, iterations=4),
+        )
+    )
+    """The planner acting in the env (exploration noise included; evaluation runs it without)."""
+    sb3: SB3Config = field(default_factory=SB3Config)
+    """The actor-critic fine-tuned in imagination."""
+    prior_samples: int = 16
+    """Candidates per planning iteration proposed by the SB3 actor (0: no prior)."""
+    use_value: bool = True
+    """Add the SB3 critic's value of the last imagined state to each plan's score."""
+    eval_every: int = 2000
+    """Evaluate (no exploration noise) every this many env steps, and at the end."""
+    eval_episodes: int = 4
+    checkpoint_every: int = 500
+    """Checkpoint at the first iteration end after this many env steps since the last one."""
+    seed: int = 0
+    device: str = "cpu"
+    """torch device of the world model and SB3, e.g. cpu, cuda."""
+
+
+class LoopState:
+    """The counters the loop carries from iteration to iteration (all saved in checkpoints)."""
+
+    def __init__(self) -> None:
+        self.iteration = 0
+        self.env_steps = 0
+        self.episodes = 0
+        self.wm_updates_owed = 0.0
+        self.last_eval = -1
+        self.last_checkpoint = 0
+        self.last_success = float("nan")
+        self.wall_s = 0.0
+        """Wall-clock seconds spent in the loop so far (summed over resumed runs)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load(self, d: dict[str, Any]) -> None:
+        for k in vars(self):
+            setattr(self, k, d[k])
+
+
+class Callback(Protocol):
+    """Called after every iteration with the loop state and that iteration's metrics."""
+
+    def on_iteration(self, state: LoopState, metrics: dict[str, float], run_dir: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopFactories:
+    """How the loop gets its envs and policies (see ``robobrain.policies.online_factories``)."""
+
+    make_envs: Callable[[int], gym.vector.VectorEnv]
+    """num_envs -> a NEXT_STEP auto-resetting vector env of the task."""
+    make_eval_envs: Callable[[int], list[gym.Env]]
+    """n -> n single envs for the evaluator."""
+    make_seed_policy: Callable[[str, gym.spaces.Box, int], Policy]
+    """("random" | "scripted", action space, seed) -> policy for the seed data."""
+    make_planner: Callable[[WorldModel, MPCConfig, ActorCriticGuide | None], Policy]
+    """(world model, MPC config, guide or None) -> the world-model MPC policy."""
+
+
+# --- pieces of one iteration ---------------------------------------------------------------------------
+# SB3 samples its replay buffer with numpy's legacy global RNG, so the loop saves and restores it.
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy_global": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, cached = state["numpy_global"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _generator_states(policy: Any) -> dict[str, list[int]]:
+    mpc = getattr(policy, "mpc", None)
+    if mpc is None:
+        return {}
+    return {
+        "optimizer": mpc.optimizer.generator.get_state().tolist(),
+        "noise": mpc.noise_gen.get_state().tolist(),
+    }
+
+
+def _set_generator_states(policy: Any, states: dict[str, list[int]]) -> None:
+    mpc = getattr(policy, "mpc", None)
+    if mpc is None or not states:
+        return
+    mpc.optimizer.generator.set_state(torch.tensor(states["optimizer"], dtype=torch.uint8))
+    mpc.noise_gen.set_state(torch.tensor(states["noise"], dtype=torch.uint8))
+
+
+def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> None:
+    """A resumed run must have the same config, except its env-step budget."""
+    a = {k: v for k, v in saved.get("online", {}).items() if k != "env_steps"}
+    b = {k: v for k, v in now["online"].items() if k != "env_steps"}
+    if a != b:
+        diff = {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
+        raise CheckpointError(
+            f"{where}: the run was started with another config (checkpoint vs now: {diff}); "
+            "use a new --run-dir"
+        )
+
+
+class OnlineLoop:
+    """Holds the loop's parts; :meth:`run` drives them. Prefer :func:`train_online`."""
+
+    def __init__(
+        self,
+        cfg: OnlineConfig,
+        run_dir: str | os.PathLike[str],
+        factories: LoopFactories,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.f = factories
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.device = torch.device(cfg.device)
+        self.store = EpisodeStore(self.run_dir / "episodes")
+        self.state = LoopState()
+        preset = get_preset(cfg.preset)
+        self.tcfg = preset.train
+        self.wm_cfg = preset.world_model
+        if cfg.image_size is not None:
+            self.wm_cfg = dataclasses.replace(self.wm_cfg, image_size=cfg.image_size)
+        self.envs = factories.make_envs(cfg.num_envs)
+        self.model: WorldModel | None = None
+        self.trainer: WorldModelTrainer | None = None
+        self.sb3: Any = None
+        self.planner: Any = None
+        self.config: dict[str, Any] = {"online": to_dict(cfg)}
+
+    # --- phases -----------------------------------------------------------------------------------
+    def _seed_data(self) -> None:
+        cfg = self.cfg
+        n_scripted = round(cfg.seed_episodes * cfg.scripted_fraction)
+        for kind, n in (("scripted", n_scripted), ("random", cfg.seed_episodes - n_scripted)):
+            if n <= 0:
+                continue
+            policy = self.f.make_seed_policy(kind, self.envs.single_action_space, cfg.seed)
+            self._collect(policy, n, kind)
+
+    def _collect(self, policy: Policy, episodes: int, kind: str) -> list[Episode]:
+        seed = self.cfg.seed + 10_007 * self.state.iteration
+        meta = {"env_id": self.cfg.env, "policy": kind, "iteration": self.state.iteration}
+        result = collect_episodes(
+            self.envs, policy, self.store, episodes, seed=seed, meta=meta, progress=False
+        )
+        self.state.env_steps += result.env_steps
+        self.state.episodes += len(result.names)
+        eps = [self.store.load(n) for n in result.names]
+        self._episodes.extend(eps)
+        self.state.last_success = float(np.mean([ep.success[-1] for ep in eps]))
+        return eps
+
+    def _build_model(self) -> None:
+        cfg = sized_config(self.wm_cfg, self._episodes[0])
+        torch.manual_seed(self.cfg.seed)
+        self.model = WorldModel(cfg).to(self.device)
+        if cfg.state_dim:
+            self.model.set_state_stats(*state_stats(self._episodes, self.device))
+        sampler = SequenceSampler(self._episodes, self.tcfg.seq_len, seed=self.cfg.seed)
+        self.trainer = WorldModelTrainer(self.model, self.tcfg, sampler, self.device)
+        self.config["world_model"] = to_dict(cfg)
+        self.config["train"] = to_dict(self.tcfg)
+
+    def _fit_world_model(self, updates: int) -> dict[str, float]:
+        assert self.trainer is not None
+        self.trainer.sampler.set_episodes(self._episodes)
+        window = [m for m in (self.trainer.train_step() for _ in range(updates)) if m is not None]
+        if not window:
+            return {}
+        return {f"wm_{k}": float(np.mean([m[k] for m in window])) for k in window[-1]}
+
+    def _finetune(self) -> dict[str, float]:
+        assert self.model is not None
+        seed = self.cfg.seed + self.state.iteration
+        env = imagination_env(self.model, self._episodes[-64:], self.cfg.sb3, seed=seed)
+        if self.sb3 is None:
+            self.sb3 = make_sb3_model(self.cfg.sb3, env, self.cfg.seed, self.device)
+        return finetune(self.sb3, env, self.cfg.sb3.steps_per_iteration)
+
+    def _guide(self) -> ActorCriticGuide | None:
+        cfg = self.cfg
+        ready = self.sb3 is not None and self.sb3.num_timesteps >= cfg.sb3.learning_starts
+        if not ready or (cfg.prior_samples <= 0 and not cfg.use_value):
+            return None
+        return ActorCriticGuide(self.sb3, num_prior=cfg.prior_samples, use_value=cfg.use_value)
+
+    def _make_planner(self, explore: bool) -> Policy:
+        assert self.model is not None
+        mpc = self.cfg.mpc
+        if not explore:
+            mpc = dataclasses.replace(mpc, exploration_std=0.0, seed=mpc.seed + 1)
+        return self.f.make_planner(self.model, mpc, self._guide())
+
+    def evaluate(self, final: bool = False) -> dict[str, Any]:
+        envs = self.f.make_eval_envs(min(self.cfg.num_envs, self.cfg.eval_episodes))
+        try:
+            out = self.run_dir / "eval" / ("final" if final else f"step_{self.state.env_steps:07d}")
+            report = evaluate_policy(
+                self._make_planner(explore=False), envs, self.cfg.eval_episodes, seed=1_000_000,
+                out_dir=out, video_episodes=1 if final else 0, progress=False,
+                meta={"env": self.cfg.env, "env_steps": self.state.env_steps},
+            )  # fmt: skip
+        finally:
+            for e in envs:
+                e.close()
+        return report
+
+    def checkpoint(self) -> None:
+        assert self.model is not None and self.trainer is not None
+        self.state.last_checkpoint = self.state.env_steps
+        state = {
+            "loop": self.state.to_dict(),
+            "trainer": {**self.trainer.training_state(), "step": self.trainer.step},
+            "rng": _rng_state(),
+            "planner": _generator_states(self.planner),
+        }
+
+        def write_sb3(tmp: Path) -> None:
+            if self.sb3 is not None:
+                save_sb3(self.sb3, tmp / SB3_DIR)
+
+        save_wm_checkpoint(
+            self.run_dir, self.state.env_steps, self.model, self.config, self.trainer.optimizer, state,
+            extra=write_sb3,
+        )  # fmt: skip
+
+    def _resume(self) -> bool:
+        latest = latest_checkpoint(self.run_dir)
+        if latest is None:
+            return False
+        ckpt = load_checkpoint(latest)
+        _check_config(ckpt.config, self.config, latest / "config.json")
+        self.state.load(ckpt.state["loop"])
+        dropped = self.store.truncate(self.state.episodes)
+        if dropped:
+            log.info("dropped %d episodes written after the last checkpoint", len(dropped))
+        self._episodes = self.store.load_all()
+        if len(self._episodes) != self.state.episodes:
+            raise CheckpointError(
+                f"{self.store.root}: {len(self._episodes)} readable episodes, the checkpoint expects "
+                f"{self.state.episodes} (skipped: {self.store.skipped})"
+            )
+        self.wm_cfg = dataclasses.replace(self.wm_cfg, **{
+            k: ckpt.config["world_model"][k] for k in ("action_dim", "image_size", "state_dim")
+        })  # fmt: skip
+        self._build_model()
+        assert self.model is not None and self.trainer is not None
+        load_weights(self.model, ckpt)
+        self.trainer.restore(int(ckpt.state["trainer"]["step"]), ckpt.state["trainer"], ckpt.optimizer_state)
+        if (latest / SB3_DIR).is_dir():
+            env = imagination_env(self.model, self._episodes[-64:], self.cfg.sb3, seed=self.cfg.seed)
+            self.sb3 = load_sb3(self.cfg.sb3, latest / SB3_DIR, env, self.device)
+        self.planner = self._make_planner(explore=True)
+        _set_generator_states(self.planner, ckpt.state.get("planner", {}))
+        _set_rng_state(ckpt.state["rng"])
+        log.info("resumed from %s at %d env steps", latest, self.state.env_steps)
+        return True
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._episodes: list[Episode] = []
+        self._clock = time.perf_counter()
+        resumed = self._resume()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        logger = MetricLogger(self.run_dir, "train", step_key="env_steps")
+        logger.truncate_after(self.state.env_steps)
+        if not resumed:  # (a run killed before its first checkpoint starts over)
+            self.store.truncate(0)
+            self._seed_data()
+            self._build_model()
+        # The resolved config, world-model sizes included.
+        atomic_write_json(self.run_dir / "config.json", self.config)
+        if not resumed:
+            metrics = self._fit_world_model(cfg.pretrain_steps)
+            self.planner = self._make_planner(explore=True)
+            self._after_iteration(metrics, logger)
+        bar = tqdm(total=cfg.env_steps, initial=min(self.state.env_steps, cfg.env_steps), desc="train",
+                   unit="step", disable=not self.progress)  # fmt: skip
+        try:
+            while self.state.env_steps < cfg.env_steps:
+                t0 = time.perf_counter()
+                before = self.state.env_steps
+                self.planner = self._make_planner(explore=True) if self.planner is None else self.planner
+                self._collect(self.planner, cfg.num_envs, "mpc")
+                collect_s = time.perf_counter() - t0
+                self.state.wm_updates_owed += (self.state.env_steps - before) * cfg.train_ratio
+                updates = int(self.state.wm_updates_owed)
+                self.state.wm_updates_owed -= updates
+                metrics = self._fit_world_model(updates)
+                metrics.update(self._finetune())
+                metrics["collect_s"] = collect_s
+                metrics["iteration_s"] = time.perf_counter() - t0
+                # A new planner sees the refitted model and the fine-tuned guide; its generators
+                # carry over so the run stays one seeded stream.
+                gens = _generator_states(self.planner)
+                self.planner = self._make_planner(explore=True)
+                _set_generator_states(self.planner, gens)
+                self._after_iteration(metrics, logger)
+                bar.update(self.state.env_steps - before)
+                bar.set_postfix(
+                    success=f"{self.state.last_success:.2f}", wm=f"{metrics.get('wm_loss', 0):.1f}"
+                )
+        finally:
+            bar.close()
+            logger.close()
+        report = self.evaluate(final=True)
+        atomic_write_json(self.run_dir / "final_eval.json", report["summary"])
+        return report
+
+    def _after_iteration(self, metrics: dict[str, float], logger: MetricLogger) -> None:
+        cfg, st = self.cfg, self.state
+        st.iteration += 1
+        row = {
+            "iteration": st.iteration,
+            "episodes": st.episodes,
+            "train_success": st.last_success,
+            **metrics,
+        }
+        if st.last_eval < 0 or st.env_steps - st.last_eval >= cfg.eval_every or st.env_steps >= cfg.env_steps:
+            summary = self.evaluate()["summary"]
+            row.update(eval_success=summary["success_rate"], eval_return=summary["mean_return"])
+            st.last_eval = st.env_steps
+        if st.env_steps - st.last_checkpoint >= cfg.checkpoint_every or st.env_steps >= cfg.env_steps:
+            self.checkpoint()  # (the time spent writing it counts toward the next row's wall_s)
+        now = time.perf_counter()
+        st.wall_s += now - self._clock
+        self._clock = now
+        row["wall_s"] = st.wall_s
+        logger.log(st.env_steps, row)
+        for cb in self.callbacks:
+            cb.on_iteration(st, row, self.run_dir)
+
+
+def train_online(
+    cfg: OnlineConfig,
+    run_dir: str | os.PathLike[str],
+    factories: LoopFactories,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the online loop in ``run_dir``; returns the final evaluation report."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loop = OnlineLoop(cfg, run_dir, factories, callbacks, progress)
+    try:
+        return loop.run()
+    finally:
+        loop.envs.close()

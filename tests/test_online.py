@@ -1,0 +1,166 @@
+"""The online loop (`robobrain train`): runs end to end, learns, survives a kill, never stores a
+transition across an episode boundary, refuses non-finite data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from robobrain.checkpoint import latest_checkpoint, load_checkpoint
+from robobrain.cli import main
+from robobrain.data import EpisodeStore
+from robobrain.data.collect import collect_episodes
+from robobrain.policies import RandomPolicy
+
+TINY = (
+    "train --preset debug --env robobrain/Push-v0 --num-envs 2 --episode-steps 10 --seed-episodes 2 "
+    "--pretrain-steps 10 --train-ratio 0.5 --mpc.horizon 4 --mpc.optim.num-samples 16 "
+    "--mpc.optim.num-elites 4 --mpc.optim.iterations 2 --sb3.steps-per-iteration 32 --sb3.num-envs 8 "
+    "--sb3.horizon 5 --sb3.start-states 64 --sb3.batch-size 32 --sb3.buffer-size 256 "
+    "--sb3.learning-starts 16 --sb3.net-arch 32 32 --sb3.gradient-steps 1 --prior-samples 4 "
+    "--eval-every 60 --eval-episodes 1 --checkpoint-every 20 --no-progress"
+).split()
+
+
+def run_args(run_dir: Path, env_steps: int) -> list[str]:
+    return [*TINY, "--env-steps", str(env_steps), "--run-dir", str(run_dir)]
+
+
+def episodes_by_iteration(run_dir: Path) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for _, ep in EpisodeStore(run_dir / "episodes").episodes():
+        counts[ep.meta["iteration"]] = counts.get(ep.meta["iteration"], 0) + 1
+    return counts
+
+
+def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
+    """`make demo` runs `robobrain demo`: the `train` loop with demo defaults (here shrunk)."""
+    main(["demo", *run_args(tmp_path, 120)[1:]])
+    rows = [line.split(",") for line in (tmp_path / "train.csv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    col = {k: i for i, k in enumerate(header)}
+    steps = [int(r[col["env_steps"]]) for r in rows]
+    assert steps == [20, 40, 60, 80, 100, 120]  # 2 seed episodes, then 2 envs x 10 steps per iteration
+    wm_loss = [float(r[col["wm_loss"]]) for r in rows]
+    assert wm_loss[-1] < 0.5 * wm_loss[0], wm_loss  # the world model learns from the loop's data
+    assert all(float(r[col["sb3_n_updates"]]) > 0 for r in rows[1:])  # SB3 fine-tunes every iteration
+    assert rows[0][col["eval_success"]] != ""  # evaluated after the seed data and every 60 steps
+    assert episodes_by_iteration(tmp_path) == {0: 2, 1: 2, 2: 2, 3: 2, 4: 2, 5: 2}
+    for name in ("learning_curve.png", "final_eval.json", "eval/final/eval_info.json", "config.json"):
+        assert (tmp_path / name).exists(), name
+    assert list((tmp_path / "eval/final/videos").glob("*.mp4"))
+    ckpt = latest_checkpoint(tmp_path)
+    assert (ckpt / "sb3/model.zip").exists() and (ckpt / "sb3/replay_buffer.npz").exists()
+    # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic.
+    for guide in ("both", "none"):
+        out = tmp_path / f"eval_{guide}"
+        main(["eval", "--policy", f"mpc:{tmp_path}", "--env", "robobrain/Push-v0", "--episodes", "1",
+              "--num-envs", "1", "--samples", "16", "--elites", "4", "--iterations", "1", "--horizon", "4",
+              "--guide", guide, "--video-episodes", "0", "--out", str(out), "--no-progress"])  # fmt: skip
+        assert json.loads((out / "eval_info.json").read_text())["guide"] == guide
+
+
+def _run_cli(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    return subprocess.Popen(
+        [sys.executable, "-m", "robobrain.cli", *args], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def test_killed_run_resumes_without_losing_or_repeating_episodes(tmp_path):
+    """SIGKILL a run after its second checkpoint, mid-iteration; re-running the same command finishes
+    it with every iteration's episodes stored exactly once, and with the same world model, SB3 model
+    and data as a run that was never interrupted."""
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    proc = _run_cli(run_args(killed, 100))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpt = latest_checkpoint(killed) if (killed / "checkpoints" / "latest").exists() else None
+        if ckpt is not None and load_checkpoint(ckpt).state["loop"]["env_steps"] >= 40:
+            time.sleep(0.3)  # into the next iteration
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, (
+        f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = load_checkpoint(latest_checkpoint(killed)).state["loop"]["env_steps"]
+    assert before < 100
+
+    main(run_args(killed, 100))  # the same command again: resumes
+    main(run_args(straight, 100))
+    assert episodes_by_iteration(killed) == {0: 2, 1: 2, 2: 2, 3: 2, 4: 2}
+    a, b = load_checkpoint(latest_checkpoint(killed)), load_checkpoint(latest_checkpoint(straight))
+    assert {**a.state["loop"], "wall_s": 0} == {**b.state["loop"], "wall_s": 0}
+    for name, tensor in b.model_state.items():
+        torch.testing.assert_close(a.model_state[name], tensor, msg=name)
+    eps_a = EpisodeStore(killed / "episodes").load_all()
+    eps_b = EpisodeStore(straight / "episodes").load_all()
+    for x, y in zip(eps_a, eps_b, strict=True):
+        np.testing.assert_array_equal(x.action, y.action)
+    steps = [int(line.split(",")[0]) for line in (killed / "train.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) == [20, 40, 60, 80, 100]  # no row logged twice
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    main(run_args(tmp_path, 20))
+    with pytest.raises(Exception, match="another config"):
+        main([*run_args(tmp_path, 40), "--mpc.horizon", "5"])
+
+
+class CountdownEnv(gym.Env):
+    """Terminates at step k; the state carries the step count, so a transition across a reset would
+    show as a count that does not go up by one. Returns a NaN reward at step ``nan_at``."""
+
+    def __init__(self, k: int = 3, nan_at: int | None = None) -> None:
+        self.k, self.nan_at, self.t = k, nan_at, 0
+        self.observation_space = gym.spaces.Dict({
+            "pixels": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+            "state": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32),
+        })  # fmt: skip
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"pixels": np.full((8, 8, 3), self.t, np.uint8), "state": np.array([self.t], np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        reward = float("nan") if self.t == self.nan_at else 1.0
+        return self._obs(), reward, self.t >= self.k, False, {"success": False}
+
+
+def test_autoreset_never_stores_a_transition_across_episodes(tmp_path):
+    vec = gym.vector.SyncVectorEnv(
+        [lambda k=k: CountdownEnv(k) for k in (3, 4)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP
+    )
+    store = EpisodeStore(tmp_path)
+    result = collect_episodes(vec, RandomPolicy(1, seed=0), store, 6, seed=0, progress=False)
+    assert len(result.names) == 6
+    for _, ep in store.episodes():
+        assert len(ep) in (3, 4) and ep.terminated
+        np.testing.assert_array_equal(ep.state[:, 0], np.arange(len(ep) + 1))  # 0, 1, ..., k: no jump
+    assert result.env_steps >= sum(len(ep) for ep in store.load_all())
+
+
+def test_non_finite_env_output_stops_with_a_clear_error(tmp_path):
+    vec = gym.vector.SyncVectorEnv(
+        [lambda: CountdownEnv(5, nan_at=2)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP
+    )
+    with pytest.raises(FloatingPointError, match="env 0 returned a non-finite reward"):
+        collect_episodes(vec, RandomPolicy(1, seed=0), EpisodeStore(tmp_path), 2, progress=False)
+    assert len(EpisodeStore(tmp_path)) == 0
