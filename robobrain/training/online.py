@@ -14,6 +14,7 @@ deleted and their iteration is re-run, so no episode is lost or stored twice.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -189,6 +190,7 @@ def _set_generator_states(policy: Any, states: dict[str, list[int]]) -> None:
 
 def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> None:
     """A resumed run must have the same config, except its env-step budget."""
+    now = json.loads(json.dumps(now))  # as it was stored (tuples become lists)
     a = {k: v for k, v in saved.get("online", {}).items() if k != "env_steps"}
     b = {k: v for k, v in now["online"].items() if k != "env_steps"}
     if a != b:
