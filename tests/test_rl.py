@@ -59,7 +59,7 @@ def test_features_extractor_gives_the_single_frame_latent(model):
         WorldModelFeatures(gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), model)
 
 
-@pytest.mark.parametrize("algo", ["SAC", "PPO"])
+@pytest.mark.parametrize("algo", ["SAC", "TD3", "PPO"])
 def test_guide_prior_and_value(model, algo):
     env = imagination_env(model, episodes(), SB3, seed=0)
     sb3 = make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": algo}), env, seed=0, device="cpu")
@@ -67,6 +67,7 @@ def test_guide_prior_and_value(model, algo):
     state = model.observe(torch.zeros(3, 1, 32, 32, 3, dtype=torch.uint8), torch.zeros(3, 1, 3))
     prior = guide.prior_samples(model, state, horizon=4)
     assert prior.shape == (3, 5, 4, 3) and prior.abs().max() <= 1.0
+    assert prior[0].std(0).mean() > 0  # distinct samples, also from a deterministic actor
     value = guide.value(state.feat)
     assert value.shape == (3,) and torch.isfinite(value).all()
     assert ActorCriticGuide(sb3, num_prior=0).prior_samples(model, state, 4) is None

@@ -18,8 +18,12 @@ class ActorCriticGuide:
     (V(s) from the value head). ``num_prior = 0`` turns the prior off, ``use_value = False`` the value.
     """
 
-    def __init__(self, sb3_model: Any, num_prior: int = 16, use_value: bool = True) -> None:
+    def __init__(
+        self, sb3_model: Any, num_prior: int = 16, use_value: bool = True, noise_std: float = 0.2
+    ) -> None:
+        """``noise_std``: noise on a deterministic actor's prior samples (SAC / PPO sample their own)."""
         self.sb3 = sb3_model
+        self.noise_std = noise_std
         self.num_prior = num_prior
         self.use_value = use_value
         policy = sb3_model.policy
@@ -40,6 +44,8 @@ class ActorCriticGuide:
                 action, _ = policy.actor.action_log_prob(obs)
             else:
                 action = policy.actor(obs)
+                if not deterministic:  # a deterministic actor (TD3, DDPG): Gaussian exploration noise
+                    action = action + self.noise_std * torch.randn_like(action)
         else:
             action = policy.get_distribution(obs).get_actions(deterministic=deterministic)
         return action.clamp(-1.0, 1.0).to(feat.device, feat.dtype)
