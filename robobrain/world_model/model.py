@@ -13,6 +13,10 @@ from robobrain.world_model.networks import MLP, Decoder, Encoder, float_to_pixel
 from robobrain.world_model.rssm import RSSM, State, categorical_kl, stack_states
 
 
+STATE_STD_FLOOR = 0.05
+"""Smallest std the state targets are divided by (state units: m, m/s, quaternion components)."""
+
+
 class Rollout(NamedTuple):
     """An imagined future of H steps for B action sequences.
 
@@ -53,13 +57,15 @@ class WorldModel(nn.Module):
         return next(self.parameters()).device
 
     def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Per-dimension mean / std [state_dim] of the state targets (std floored at 1e-3)."""
+        """Per-dimension mean / std [state_dim] of the state targets. The std is floored at
+        ``STATE_STD_FLOOR`` so that dimensions that barely vary in the data the stats came from (a
+        block's velocity in random seed data) do not dominate the loss once they start to vary."""
         if mean.shape != self.state_mean.shape or std.shape != self.state_std.shape:
             raise ValueError(
                 f"state stats must be [{self.cfg.state_dim}], got {list(mean.shape)}, {list(std.shape)}"
             )
         self.state_mean.copy_(mean)
-        self.state_std.copy_(std.clamp(min=1e-3))
+        self.state_std.copy_(std.clamp(min=STATE_STD_FLOOR))
 
     def decode_state(self, feat: torch.Tensor) -> torch.Tensor:
         """Latent features [..., F] -> predicted env state [..., state_dim] (needs ``state_dim``)."""
