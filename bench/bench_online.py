@@ -52,7 +52,7 @@ def train_sac(env_id: str, key: str, steps: int, image_size: int, seed: int, out
     extra = {"optimize_memory_usage": True, "replay_buffer_kwargs": {"handle_timeout_termination": False}}
     model = SAC(policy, env, buffer_size=steps, seed=seed, verbose=0, **(extra if key == "pixels" else {}))
     t = time.perf_counter()
-    model.learn(steps, progress_bar=True)
+    model.learn(steps)
     wall = time.perf_counter() - t
     model.save(path)
     (out / f"sac_{key}.wall_s").write_text(str(wall))
@@ -108,6 +108,7 @@ def main() -> None:
             rows.append(
                 (f"robobrain MPC, guide={guide}", summary, run_wall_clock(args.run), time.perf_counter() - t)
             )
+            print(rows[-1], flush=True)
     for key in ("state", "pixels"):
         if key in args.skip:
             continue
@@ -118,6 +119,7 @@ def main() -> None:
         t = time.perf_counter()
         summary = evaluate(policy, args.env, args.episodes, 64, 2, args.seed)
         rows.append((f"SB3 SAC from {key}", summary, wall, time.perf_counter() - t))
+        print(rows[-1], flush=True)
 
     print(
         f"\n{args.env}, {args.env_steps} env steps, {args.episodes} evaluation episodes (seeds {args.seed}+)"
