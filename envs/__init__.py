@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gymnasium as gym  # the parent package robobrain has set the rendering defaults by now
 
-from robobrain.envs.factory import get_expert, make_env, make_vector_env
+from robobrain.envs.factory import get_expert, get_state_layout, make_env, make_vector_env
 from robobrain.envs.wrappers import PixelObservation, resize_image
 
 EPISODE_STEPS = 50
@@ -42,6 +42,7 @@ __all__ = [
     "TASKS",
     "PixelObservation",
     "get_expert",
+    "get_state_layout",
     "make_env",
     "make_vector_env",
     "register_envs",

@@ -53,13 +53,24 @@ def make_vector_env(
     raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
 
 
-def get_expert(env_id: str) -> Expert:
-    """The scripted expert shipped with a robobrain task."""
+def _env_class(env_id: str) -> Any:
     if env_id not in gym.registry:
         raise ValueError(f"unknown env id {env_id!r}")
     entry = gym.spec(env_id).entry_point
-    env_cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
-    expert = getattr(env_cls, "expert", None)
+    return gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+
+
+def get_state_layout(env_id: str | None) -> dict[str, slice] | None:
+    """Name -> slice of the parts of a robobrain task's state vector; None for other envs."""
+    if env_id is None or env_id not in gym.registry:
+        return None
+    layout = getattr(_env_class(env_id), "state_layout", None)
+    return dict(layout) if layout is not None else None
+
+
+def get_expert(env_id: str) -> Expert:
+    """The scripted expert shipped with a robobrain task."""
+    expert = getattr(_env_class(env_id), "expert", None)
     if expert is None:
         raise ValueError(f"{env_id!r} ships no scripted expert")
     return expert

@@ -216,6 +216,7 @@ def run_eval_wm(args: EvalWM) -> dict:
     from robobrain.config import WMTrainConfig, from_dict
     from robobrain.data import EpisodeStore
     from robobrain.data.store import atomic_write_json
+    from robobrain.envs import get_state_layout
     from robobrain.training.wm_eval import evaluate_world_model
     from robobrain.training.wm_trainer import load_world_model, split_episodes
 
@@ -232,7 +233,13 @@ def run_eval_wm(args: EvalWM) -> dict:
     out = args.out or ckpt.path.parent.parent / "eval_wm"
     out.mkdir(parents=True, exist_ok=True)
     report = evaluate_world_model(
-        model, episodes, args.context, args.horizon, args.max_windows, video_path=out / "prediction.mp4"
+        model,
+        episodes,
+        args.context,
+        args.horizon,
+        args.max_windows,
+        video_path=out / "prediction.mp4",
+        state_layout=get_state_layout(episodes[0].meta.get("env_id")),
     )
     report["checkpoint"] = str(ckpt.path)
     atomic_write_json(out / "report.json", report)

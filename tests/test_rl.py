@@ -157,7 +157,10 @@ def test_sb3_trains_on_pixels_through_the_world_model_features(model):
             return observation["pixels"]
 
     env = Pixels(envs.make_env("robobrain/Push-v0", image_size=32, max_episode_steps=8))
-    kwargs = {"features_extractor_class": WorldModelFeatures, "features_extractor_kwargs": {"world_model": model}}
+    kwargs = {
+        "features_extractor_class": WorldModelFeatures,
+        "features_extractor_kwargs": {"world_model": model},
+    }
     sac = SAC("CnnPolicy", env, buffer_size=64, batch_size=8, learning_starts=8, policy_kwargs=kwargs, seed=0)
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
     sac.learn(24)

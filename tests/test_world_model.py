@@ -31,7 +31,9 @@ def push_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("push32")
     vec = make_vector_env("robobrain/Push-v0", 2, image_size=32)
     policy = load_policy("scripted", "robobrain/Push-v0", vec.single_action_space, seed=0, noise_std=0.3)
-    collect_episodes(vec, policy, EpisodeStore(root), 6, seed=0, progress=False)
+    collect_episodes(
+        vec, policy, EpisodeStore(root), 6, seed=0, progress=False, meta={"env_id": "robobrain/Push-v0"}
+    )
     vec.close()
     return root
 
@@ -245,6 +247,20 @@ def test_eval_windows_align_with_the_data():
     np.testing.assert_allclose(w["ctx_actions"][i][:, 0], np.array([4, 5, 6]) / 100)
     np.testing.assert_array_equal(w["ctx_actions"][0][0], 0)  # an episode start has no previous action
     np.testing.assert_array_equal(w["reward"][i], [7, 8, 9, 10])
+    np.testing.assert_array_equal(w["ctx_state"][i], eps[0].state[7])
+    np.testing.assert_array_equal(w["future_state"][i], eps[0].state[8:12])
+
+
+def test_state_errors_are_per_named_part():
+    from robobrain.training.wm_eval import state_errors
+
+    true = torch.zeros(3, 5)
+    pred = true.clone()
+    pred[:, 0:2] = torch.tensor([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]])  # norms 5, 1, 10 -> median 5
+    pred[:, 4] = 2.0
+    errors = state_errors(pred, true, {"pos": slice(0, 2), "still": slice(2, 4), "last": slice(4, 5)})
+    assert errors == {"pos": 5.0, "still": 0.0, "last": 2.0}
+    assert state_errors(pred, true, None) == {"state": pytest.approx(float(np.hypot(5.0, 2.0)))}
 
 
 def test_train_and_eval_cli(push_data, tmp_path):
@@ -271,6 +287,10 @@ def test_train_and_eval_cli(push_data, tmp_path):
     report = json.loads((run / "eval_wm" / "report.json").read_text())
     assert len(report["model"]["psnr"]) == 4 and report["windows"] == 16
     assert {"copy_last_frame", "shuffled_actions", "reward_corr", "success_acc"} <= set(report)
+    # The model decodes Push's state: the report says how far each named part is from the truth.
+    assert set(report["state_error"]) == {"filtered", "imagined@4"}
+    assert {"gripper_pos", "goal", "block_pos"} <= set(report["state_error"]["filtered"])
+    assert all(np.isfinite(v) and v >= 0 for v in report["state_error"]["imagined@4"].values())
     assert (run / "eval_wm" / "prediction.mp4").stat().st_size > 1000
 
 

@@ -3,12 +3,14 @@
 Open-loop k-step prediction from a context window, PSNR and SSIM per horizon step, against two
 baselines computed on the same windows: copy-last-frame, and the same model fed shuffled actions
 (a model that ignores its actions is useless for planning). Plus reward correlation and success
-accuracy of the open-loop predictions.
+accuracy of the open-loop predictions, and, for a model that decodes the env state, how far the state
+decoded from its latent is from the true one (is the goal / the block in the latent at all?).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,8 @@ def make_windows(
 
     Returns ctx_pixels [N, C, S, S, 3], ctx_actions [N, C, A] (action *before* each context frame,
     zeros at an episode start), actions [N, K, A] (taken from the last context frame on),
-    future [N, K, S, S, 3], reward [N, K], success [N, K].
+    future [N, K, S, S, 3], reward [N, K], success [N, K], ctx_state [N, n] (env state at the last
+    context frame), future_state [N, K, n].
     """
     picks = []
     for e, ep in enumerate(episodes):
@@ -70,7 +73,7 @@ def make_windows(
     if len(picks) > max_windows:
         picks = [picks[i] for i in sorted(rng.choice(len(picks), max_windows, replace=False))]
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("ctx_pixels", "ctx_actions", "actions", "future")}
-    out |= {"reward": [], "success": []}
+    out |= {"reward": [], "success": [], "ctx_state": [], "future_state": []}
     for e, t0 in picks:
         ep = episodes[e]
         last = t0 + context - 1
@@ -82,14 +85,18 @@ def make_windows(
         out["future"].append(ep.pixels[last + 1 : last + 1 + horizon])
         out["reward"].append(ep.reward[last : last + horizon])
         out["success"].append(ep.success[last : last + horizon])
+        out["ctx_state"].append(ep.state[last])
+        out["future_state"].append(ep.state[last + 1 : last + 1 + horizon])
     return {k: np.stack(v) for k, v in out.items()}
 
 
 @torch.no_grad()
 def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarray, batch: int = 64) -> dict:
-    """Open-loop predictions for every window with the given future actions [N, K, A]."""
+    """Open-loop predictions for every window with the given future actions [N, K, A]: pixels,
+    reward, success_logit and, when the model decodes the env state, state_post [N, n] (decoded from
+    the filtered state at the last context frame) and state [N, K, n] (decoded from the imagined ones)."""
     dev = model.device
-    frames, rewards, success = [], [], []
+    frames, rewards, success, post_states, states = [], [], [], [], []
     for i in range(0, len(actions), batch):
         sl = slice(i, i + batch)
         state = model.observe(
@@ -100,7 +107,22 @@ def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarr
         frames.append(out.pixels.cpu())
         rewards.append(out.reward.float().cpu())
         success.append(out.success_logit.float().cpu())
-    return {"pixels": torch.cat(frames), "reward": torch.cat(rewards), "success_logit": torch.cat(success)}
+        if model.state_head is not None:
+            post_states.append(model.decode_state(state.feat).float().cpu())
+            states.append(model.decode_state(out.feat).float().cpu())
+    result = {"pixels": torch.cat(frames), "reward": torch.cat(rewards), "success_logit": torch.cat(success)}
+    if states:
+        result |= {"state_post": torch.cat(post_states), "state": torch.cat(states)}
+    return result
+
+
+def state_errors(
+    pred: torch.Tensor, true: torch.Tensor, layout: Mapping[str, slice] | None
+) -> dict[str, float]:
+    """Median Euclidean error of each named part of the env state (in the state's units, metres for
+    positions). pred, true: [N, n]; without a layout the whole vector is one part."""
+    parts = dict(layout) if layout else {"state": slice(0, true.shape[-1])}
+    return {name: float((pred[:, sl] - true[:, sl]).norm(dim=-1).median()) for name, sl in parts.items()}
 
 
 def evaluate_world_model(
@@ -111,9 +133,12 @@ def evaluate_world_model(
     max_windows: int = 256,
     seed: int = 0,
     video_path: str | os.PathLike[str] | None = None,
+    state_layout: Mapping[str, slice] | None = None,
 ) -> dict[str, Any]:
     """The report: per-step PSNR/SSIM of the model and both baselines, reward correlation,
-    success accuracy. Writes real | predicted | difference as an mp4 when ``video_path`` is given."""
+    success accuracy and, for a model that decodes the env state, the median error of each part of
+    the state (``state_layout``: name -> slice) decoded from the filtered context and after the last
+    imagined step. Writes real | predicted | difference as an mp4 when ``video_path`` is given."""
     model.eval()
     w = make_windows(episodes, context, horizon, max_windows, seed)
     n = len(w["actions"])
@@ -152,6 +177,13 @@ def evaluate_world_model(
         "reward_corr": corr,
         "success_acc": success_acc,
     }
+    if "state" in pred:
+        true_state = torch.from_numpy(w["future_state"][:, k])
+        report["state_error"] = {
+            "filtered": state_errors(pred["state_post"], torch.from_numpy(w["ctx_state"]), state_layout),
+            f"imagined@{horizon}": state_errors(pred["state"][:, k], true_state, state_layout),
+        }
+        report["summary"]["state_error_filtered"] = report["state_error"]["filtered"]
     if video_path is not None:
         from robobrain.video import write_video
 

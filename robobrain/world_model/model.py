@@ -12,7 +12,6 @@ from robobrain.config import WorldModelConfig
 from robobrain.world_model.networks import MLP, Decoder, Encoder, float_to_pixels, pixels_to_float
 from robobrain.world_model.rssm import RSSM, State, categorical_kl, stack_states
 
-
 STATE_STD_FLOOR = 0.05
 """Smallest std the state targets are divided by (state units: m, m/s, quaternion components)."""
 
