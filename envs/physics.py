@@ -56,6 +56,7 @@ class Scene:
         self._grip_dof = np.array([model.jnt_dofadr[jid(n).id] for n in ("grip_x", "grip_y", "grip_z")])
         self._finger_qpos = np.array([model.jnt_qposadr[jid(n).id] for n in ("finger_left", "finger_right")])
         self._goal_site = model.site("goal").id
+        self._zone_site = model.site("goal_zone").id
         self.has_block = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, "block") >= 0
         if self.has_block:
             self._block_qpos = model.jnt_qposadr[jid("block").id]
@@ -100,4 +101,6 @@ class Scene:
         self.data.qpos[self._block_qpos + 3 : self._block_qpos + 7] = (1.0, 0.0, 0.0, 0.0)
 
     def set_goal(self, pos: np.ndarray) -> None:
+        """Move the goal marker to pos [3] and its success zone on the table under it."""
         self.model.site_pos[self._goal_site] = pos
+        self.model.site_pos[self._zone_site, :2] = pos[:2]

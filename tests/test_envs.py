@@ -148,3 +148,19 @@ def test_success_flag_matches_threshold(task_id):
     _, info = env.reset(seed=0)
     assert info["success"] is False  # starts are drawn away from the goal
     env.close()
+
+
+def test_goal_and_its_success_zone_are_visible(task_id):
+    """The goal is drawn as a sphere plus its 5 cm success zone on the table, large enough at 64 px
+    for a world model to locate it (the sphere alone covered ~4x4 px)."""
+    env = gym.make(task_id, image_size=64)
+    green = []
+    for seed in range(10):
+        obs, _ = env.reset(seed=seed)
+        scene = env.unwrapped.scene
+        zone = scene.model.site("goal_zone").id
+        np.testing.assert_allclose(scene.model.site_pos[zone, :2], obs["state"][7:9], atol=1e-6)
+        px = obs["pixels"].astype(int)
+        green.append(int(((px[..., 1] > px[..., 0] + 40) & (px[..., 1] > px[..., 2] + 40)).sum()))
+    assert np.median(green) >= 40, green
+    env.close()
