@@ -48,8 +48,11 @@ class WorldModelConfig:
     recon_weight: float = 1.0
     reward_weight: float = 1.0
     success_weight: float = 1.0
-    state_weight: float = 1.0
-    """Weight of the auxiliary state-decoding loss (MSE on the standardised state; needs state_dim)."""
+    state_weight: float = 20.0
+    """Weight of the auxiliary state-decoding loss (MSE on the standardised state; needs state_dim).
+    At 1.0 its gradient was ~1 % of the summed pixel loss and the latent never held the goal; 20 cut
+    the held-out goal error from 8.3 to 4.6 cm and lifted reward correlation from 0.43 to 0.64 in the
+    same 20 minutes on Push (bench/RESULTS.md)."""
 
     @property
     def feat_dim(self) -> int:
