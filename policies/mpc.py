@@ -29,9 +29,14 @@ class WorldModelMPCPolicy:
     ) -> None:
         """``guide``: an SB3 actor-critic whose actor proposes prior samples and whose critic values
         the end of each imagined plan (see :class:`robobrain.rl.ActorCriticGuide`)."""
+        self.cfg = cfg or MPCConfig()
+        if self.cfg.disagreement_penalty and not model.cfg.ensemble:
+            raise ValueError(
+                "disagreement_penalty needs a world model trained with an ensemble (ensemble > 0); "
+                "this one has none"
+            )
         self.model = model.to(device).eval()
         self.guide = guide
-        self.cfg = cfg or MPCConfig()
         self.device = torch.device(device)
         self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
         self.state: State | None = None

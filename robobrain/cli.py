@@ -116,6 +116,9 @@ class Eval:
     iterations: int = 6
     time_budget: float | None = None
     """MPC wall-clock limit per decision (s)."""
+    disagreement_penalty: float = 0.0
+    """mpc: subtract this times the ensemble's disagreement from each imagined reward (needs a world
+    model trained with an ensemble): keeps plans where the model is trustworthy."""
     guide: Literal["auto", "both", "prior", "value", "none"] = "auto"
     """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
     the run has one)."""
@@ -172,7 +175,13 @@ def run_eval(args: Eval) -> dict:
         iterations=args.iterations,
         time_budget=args.time_budget,
     )
-    mpc = MPCConfig(horizon=args.horizon, optimizer=args.optimizer, optim=optim, seed=args.seed)
+    mpc = MPCConfig(
+        horizon=args.horizon,
+        optimizer=args.optimizer,
+        optim=optim,
+        seed=args.seed,
+        disagreement_penalty=args.disagreement_penalty,
+    )
     try:
         policy = load_policy(
             args.policy,

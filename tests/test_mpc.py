@@ -92,6 +92,14 @@ def test_world_model_score_fn_matches_imagination():
     torch.testing.assert_close(scores[1, 2], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_disagreement_penalty_needs_an_ensemble():
+    cfg = get_preset("debug").world_model
+    penalised = dataclasses.replace(SMALL, disagreement_penalty=1.0)
+    with pytest.raises(ValueError, match="ensemble"):
+        WorldModelMPCPolicy(WorldModel(cfg), penalised)
+    WorldModelMPCPolicy(WorldModel(dataclasses.replace(cfg, ensemble=2)), penalised)  # accepted
+
+
 def test_world_model_mpc_policy():
     torch.manual_seed(0)
     cfg = get_preset("debug").world_model
