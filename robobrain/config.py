@@ -50,7 +50,7 @@ class WorldModelConfig:
     success_weight: float = 1.0
     state_weight: float = 20.0
     """Weight of the auxiliary state-decoding loss (MSE on the standardised state; needs state_dim).
-    At 1.0 its gradient was ~1 % of the summed pixel loss and the latent never held the goal; 20 cut
+    At 1.0 it was ~1 % of the summed pixel loss and the latent never held the goal; 20 cut
     the held-out goal error from 8.3 to 4.6 cm and lifted reward correlation from 0.43 to 0.64 in the
     same 20 minutes on Push (bench/RESULTS.md)."""
 

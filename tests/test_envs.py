@@ -7,6 +7,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import robobrain.envs as envs
+from robobrain.envs.physics import STATE_BASE
 
 
 def rollout(env, seed: int, steps: int = 15):
@@ -159,7 +160,8 @@ def test_goal_and_its_success_zone_are_visible(task_id):
         obs, _ = env.reset(seed=seed)
         scene = env.unwrapped.scene
         zone = scene.model.site("goal_zone").id
-        np.testing.assert_allclose(scene.model.site_pos[zone, :2], obs["state"][7:9], atol=1e-6)
+        goal = obs["state"][STATE_BASE["goal"]]
+        np.testing.assert_allclose(scene.model.site_pos[zone, :2], goal[:2], atol=1e-6)
         px = obs["pixels"].astype(int)
         green.append(int(((px[..., 1] > px[..., 0] + 40) & (px[..., 1] > px[..., 2] + 40)).sum()))
     assert np.median(green) >= 40, green
