@@ -52,10 +52,8 @@ class WorldModelMPCPolicy:
             self.mpc.reset(num_envs)
             return
         m = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
-        self.state = State(
-            torch.where(m[:, None], init.deter, self.state.deter),
-            torch.where(m[:, None, None], init.stoch, self.state.stoch),
-        )
+        # The goal is re-read from every observation, so the reset state needs none.
+        self.state = State(self.state.deter, self.state.stoch).where(m, init)
         self.prev_action = torch.where(m[:, None], zeros, self.prev_action)
         self.mpc.reset(num_envs, m)
 
@@ -70,7 +68,10 @@ class WorldModelMPCPolicy:
             )
         if self.state is None or self.state.deter.shape[0] != n:
             self.reset(n)
+        env_state = obs.get("state") if isinstance(obs, dict) else None
+        goal = self.model.goal(None if env_state is None else torch.as_tensor(env_state, device=self.device))
         embed = self.model.encoder(pixels_to_float(torch.from_numpy(pixels).to(self.device)))
+        self.state = self.state._replace(goal=goal)
         self.state, _, _ = self.model.rssm.obs_step(self.state, self.prev_action, embed, sample=False)
         self.plan_state = self.state
         value_fn = prior = None

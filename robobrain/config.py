@@ -25,6 +25,17 @@ class WorldModelConfig:
     state_dim: int = 0
     """Size of the env's state vector decoded as an auxiliary target (0 = none). The model never reads
     the state: it observes pixels only; the state labels shape the latent during training."""
+    use_goal: bool = True
+    """Condition on the episode's goal when the data's env names one in its state layout (sets
+    ``goal_start`` / ``goal_dim`` at training time)."""
+    goal_start: int = 0
+    goal_dim: int = 0
+    """The episode's goal is ``state[goal_start : goal_start + goal_dim]`` of the env's state vector
+    (0 = no goal). A goal-conditioned model is *given* the goal, the way goal-conditioned RL gives
+    ``desired_goal`` (Gymnasium-Robotics, HER): it joins the latent features read by the decoder and
+    the heads, unchanged through imagination. Without it the goal had to be perceived from a few
+    pixels and carried by the latent, and the planner found actions under which the imagined goal
+    drifted onto the gripper (bench/RESULTS.md, Reach). Set from the data's env at training time."""
     cnn_depth: int = 16
     """Channels of the first conv layer; doubled at every stride-2 layer."""
     deter: int = 128
@@ -56,8 +67,8 @@ class WorldModelConfig:
 
     @property
     def feat_dim(self) -> int:
-        """Size of a latent feature vector: deterministic + flattened stochastic state."""
-        return self.deter + self.stoch * self.classes
+        """Size of a latent feature vector: deterministic + flattened stochastic state (+ goal)."""
+        return self.deter + self.stoch * self.classes + self.goal_dim
 
 
 @dataclass(frozen=True)

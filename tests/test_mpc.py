@@ -117,6 +117,24 @@ def test_world_model_mpc_policy():
         policy.act({"pixels": np.zeros((3, 64, 64, 3), np.uint8)})
 
 
+def test_goal_conditioned_mpc_policy_reads_the_goal_from_the_state():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_preset("debug").world_model, state_dim=10, goal_start=7, goal_dim=3)
+    model = WorldModel(cfg)
+    model.set_state_stats(torch.zeros(10), torch.full((10,), 0.1))
+    policy = WorldModelMPCPolicy(model, SMALL)
+    policy.reset(2)
+    state = np.zeros((2, 10), np.float32)
+    state[:, 7:10] = [[0.1, 0.0, 0.1], [-0.1, 0.1, 0.2]]
+    actions = policy.act({"pixels": np.zeros((2, 32, 32, 3), np.uint8), "state": state})
+    assert actions.shape == (2, 3)
+    torch.testing.assert_close(policy.state.goal, torch.from_numpy(state[:, 7:10]) / 0.1)
+    policy.reset(2, mask=np.array([True, False]))
+    assert torch.all(policy.state.deter[0] == 0) and policy.state.goal is None  # re-read at the next act
+    with pytest.raises(ValueError, match="goal-conditioned"):
+        policy.act({"pixels": np.zeros((2, 32, 32, 3), np.uint8)})
+
+
 def test_replay_in_simulator_leaves_the_env_untouched(task_id):
     from robobrain.hallucination import replay_in_simulator
 

@@ -168,3 +168,39 @@ def test_sb3_trains_on_pixels_through_the_world_model_features(model):
     for k, v in model.state_dict().items():
         assert torch.equal(v, frozen[k]), k  # the world model stays frozen under SB3's updates
     env.close()
+
+
+def test_goal_conditioned_features_and_imagination_env_carry_the_goal():
+    import dataclasses
+
+    import gymnasium as gym
+
+    torch.manual_seed(0)
+    cfg = get_preset("debug", action_dim=3, state_dim=10, goal_start=7, goal_dim=3).world_model
+    wm = WorldModel(cfg).eval()
+    wm.set_state_stats(torch.zeros(10), torch.ones(10))
+    space = gym.spaces.Dict(
+        {"pixels": gym.spaces.Box(0, 255, (32, 32, 3), np.uint8), "state": gym.spaces.Box(-1, 1, (10,))}
+    )
+    ext = WorldModelFeatures(space, wm)
+    frames = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    state = torch.rand(4, 10)
+    expected = wm.observe(frames[:, None], torch.zeros(4, 1, 3), env_state=state).feat
+    torch.testing.assert_close(ext({"pixels": frames, "state": state}), expected)
+    with pytest.raises(ValueError, match="'state' key"):
+        WorldModelFeatures(gym.spaces.Dict({"pixels": space["pixels"]}), wm)
+
+    eps = []
+    for i in range(2):
+        ep = make_episode(12, tag=i, size=32)
+        goal_state = np.zeros((13, 10), np.float32)
+        goal_state[:, 7:10] = i + 1  # each episode's own goal
+        eps.append(dataclasses.replace(ep, state=goal_state))
+    env = imagination_env(wm, eps, SB3, seed=0)
+    obs = env.reset()
+    goals = set()
+    for _ in range(12):  # past the horizon: envs restart from other start states
+        assert np.all(obs[:, -3:] == obs[:, -3:-2])  # the goal stays whole through steps and resets
+        goals |= set(obs[:, -1].tolist())
+        obs, *_ = env.step(np.random.default_rng(0).uniform(-1, 1, (SB3.num_envs, 3)))
+    assert goals == {1.0, 2.0}

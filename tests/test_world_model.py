@@ -299,3 +299,69 @@ def test_time_budget_checkpoints_and_resumes(push_data, tmp_path):
     assert load_checkpoint(tmp_path).state["step"] == 0  # stopped at once, but resumable
     train_world_model(push_data, tmp_path, DEBUG, steps=3, progress=False)
     assert load_checkpoint(tmp_path).state["step"] == 3
+
+
+def goal_model(seed=0):
+    """A debug model conditioned on state[7:10] (the robobrain tasks' goal), stats set."""
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(DEBUG.world_model, state_dim=10, goal_start=7, goal_dim=3)
+    model = WorldModel(cfg)
+    model.set_state_stats(torch.zeros(10), torch.full((10,), 0.1))
+    return model.eval()
+
+
+def test_goal_conditioned_model_carries_the_given_goal_through_imagination():
+    model = goal_model()
+    cfg = model.cfg
+    batch = fake_batch(cfg, b=2)
+    env_state = torch.zeros(2, 10)
+    env_state[:, 7:10] = torch.tensor([[0.1, -0.1, 0.2], [0.0, 0.05, 0.1]])
+    state = model.observe(batch["pixels"], batch["action"], env_state=env_state)
+    torch.testing.assert_close(state.goal, env_state[:, 7:10] / 0.1)  # standardised with the stats
+    out = model.imagine(state, torch.rand(2, 7, cfg.action_dim) * 2 - 1)
+    assert out.feat.shape == (2, 7, cfg.feat_dim) and cfg.feat_dim == cfg.deter + cfg.stoch * cfg.classes + 3
+    torch.testing.assert_close(out.feat[..., -3:], state.goal[:, None].expand(-1, 7, -1))  # never drifts
+    # The heads read the goal: another goal, same latent, another predicted reward.
+    moved = state._replace(goal=state.goal + 1.0)
+    still = torch.zeros(2, 3, 3)
+    assert not torch.allclose(model.imagine(moved, still).reward, model.imagine(state, still).reward)
+    with pytest.raises(ValueError, match="goal-conditioned"):
+        model.observe(batch["pixels"], batch["action"])
+    with pytest.raises(ValueError, match="goal"):
+        model.imagine(state._replace(goal=None), torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="no goal input"):
+        WorldModel(DEBUG.world_model).imagine(
+            WorldModel(DEBUG.world_model).rssm.initial(2, "cpu", torch.zeros(2, 3)), torch.zeros(2, 3, 3)
+        )
+
+
+def test_goal_conditioned_loss_learns_and_checkpoints(tmp_path):
+    model = goal_model()
+    batch = fake_batch(model.cfg, b=2)
+    batch["state"] = torch.randn(2, 6, 10) * 0.1
+    loss, metrics = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and "state" in metrics
+    save_checkpoint(tmp_path, 1, model, {"world_model": to_dict(model.cfg)})
+    loaded = load_world_model(tmp_path)
+    torch.testing.assert_close(loaded.goal_std, model.goal_std)
+    state = model.observe(batch["pixels"], batch["action"], env_state=batch["state"])
+    state2 = loaded.observe(batch["pixels"], batch["action"], env_state=batch["state"])
+    a = batch["action"]
+    torch.testing.assert_close(model.imagine(state, a).reward, loaded.imagine(state2, a).reward)
+
+
+def test_sized_config_finds_the_goal_of_the_data_env():
+    from robobrain.training.wm_trainer import sized_config
+    from tests.test_store import make_episode
+
+    short = make_episode(5, size=32)  # 2-D states
+    short.meta["env_id"] = "robobrain/Reach-v0"
+    with pytest.raises(ValueError, match="state vectors have 2"):
+        sized_config(DEBUG.world_model, short)
+    ep = dataclasses.replace(short, state=np.zeros((6, 10), np.float32))
+    cfg = sized_config(DEBUG.world_model, ep)
+    assert (cfg.goal_start, cfg.goal_dim) == (7, 3)
+    assert sized_config(dataclasses.replace(DEBUG.world_model, use_goal=False), ep).goal_dim == 0
+    ep.meta["env_id"] = "Pendulum-v1"  # no state layout, no goal
+    assert sized_config(DEBUG.world_model, ep).goal_dim == 0

@@ -17,7 +17,8 @@ class WorldModelFeatures(BaseFeaturesExtractor):
     - Pixel observations (uint8 [S, S, 3]; SB3 hands them over channels-first [3, S, S] and, by
       default, as floats divided by 255), alone or under the ``"pixels"`` key of a Dict space, are encoded and
       filtered by one posterior step from the initial state: the single-frame latent a planner
-      would start from.
+      would start from. A goal-conditioned world model also reads the goal from the Dict's
+      ``"state"`` key.
 
     The world model is frozen by default (``freeze=False`` registers it, so SB3 trains it too).
     """
@@ -45,6 +46,13 @@ class WorldModelFeatures(BaseFeaturesExtractor):
             if "pixels" not in space.spaces:
                 raise ValueError(f"a Dict observation space needs a 'pixels' key, got {list(space.spaces)}")
             self.key, space = "pixels", space.spaces["pixels"]
+        if world_model.cfg.goal_dim and self.key is not None and "state" not in observation_space.spaces:
+            raise ValueError("a goal-conditioned world model needs the Dict observation's 'state' key")
+        if world_model.cfg.goal_dim and self.key is None and space.shape != (world_model.cfg.feat_dim,):
+            raise ValueError(
+                "a goal-conditioned world model encodes pixels together with the goal: pass a Dict "
+                "observation space with 'pixels' and 'state'"
+            )
         size = world_model.cfg.image_size
         shape = tuple(space.shape or ())
         if shape == (world_model.cfg.feat_dim,):
@@ -60,6 +68,7 @@ class WorldModelFeatures(BaseFeaturesExtractor):
     def forward(self, observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         """[N, ...] observations -> [N, F] latent features."""
         obs = observations[self.key] if self.key is not None else observations
+        env_state = observations["state"] if self.key is not None and "state" in observations else None
         if self.kind == "latent":
             return obs.float()
         if obs.shape[-1] != 3:  # SB3's VecTransposeImage makes frames channels-first
@@ -69,16 +78,16 @@ class WorldModelFeatures(BaseFeaturesExtractor):
             obs = (obs.float() * scale).round().clamp(0, 255).to(torch.uint8)
         wm = self.wm
         with torch.set_grad_enabled(torch.is_grad_enabled() and not hasattr(self, "_frozen")):
-            return self._latent(wm, obs)
+            return self._latent(wm, obs, env_state)
 
     @property
     def wm(self) -> WorldModel:
         return self._frozen[0] if hasattr(self, "_frozen") else self.world_model
 
     @staticmethod
-    def _latent(wm: WorldModel, obs: torch.Tensor) -> torch.Tensor:
+    def _latent(wm: WorldModel, obs: torch.Tensor, env_state: torch.Tensor | None) -> torch.Tensor:
         embed = wm.encoder(pixels_to_float(obs))
-        init = wm.rssm.initial(obs.shape[0], obs.device)
+        init = wm.rssm.initial(obs.shape[0], obs.device, wm.goal(env_state))
         zero_action = torch.zeros(obs.shape[0], wm.cfg.action_dim, device=obs.device)
         state, _, _ = wm.rssm.obs_step(init, zero_action, embed, sample=False)
         return state.feat

@@ -17,6 +17,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from robobrain.data import Episode
 from robobrain.world_model import State, WorldModel
+from robobrain.world_model.rssm import cat_states
 
 
 class LatentModel(Protocol):
@@ -55,16 +56,16 @@ class WorldModelDynamics:
 def encode_start_states(model: WorldModel, episodes: Sequence[Episode], max_states: int = 4096) -> State:
     """Posterior latent states at every step of real episodes (the reset distribution): [M, ...]."""
     dev = model.device
-    deters, stochs = [], []
+    states: list[State] = []
     for ep in episodes:
         pixels = torch.from_numpy(ep.pixels[:-1][None]).to(dev)
         prev = np.concatenate([np.zeros_like(ep.action[:1]), ep.action[:-1]])
-        posts, _, _ = model._filter(pixels, torch.from_numpy(prev[None]).to(dev), sample=False)
-        deters.append(posts.deter[0])
-        stochs.append(posts.stoch[0])
-        if sum(len(d) for d in deters) >= max_states:
+        goal = model.goal(torch.from_numpy(ep.state[:1]).to(dev))
+        posts, _, _ = model._filter(pixels, torch.from_numpy(prev[None]).to(dev), sample=False, goal=goal)
+        states.append(posts.index(0))
+        if sum(len(s.deter) for s in states) >= max_states:
             break
-    return State(torch.cat(deters)[:max_states], torch.cat(stochs)[:max_states])
+    return cat_states(states).index(slice(0, max_states))
 
 
 class ImaginationVecEnv(VecEnv):
@@ -133,10 +134,10 @@ class ImaginationVecEnv(VecEnv):
                 infos[i]["terminal_observation"] = obs[i].copy()
                 infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
             fresh = self._draw(len(idx))
-            sel = torch.as_tensor(idx, device=self.device)
-            deter, stoch = self.state.deter.clone(), self.state.stoch.clone()
-            deter[sel], stoch[sel] = fresh.deter, fresh.stoch
-            self.state = State(deter, stoch)
+            mask = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+            mask[torch.as_tensor(idx, device=self.device)] = True
+            slots = torch.cumsum(mask, 0) - 1  # row of ``fresh`` for each finished env
+            self.state = self.state.where(mask, fresh.index(slots.clamp(min=0)))
             self.t[idx] = 0
             obs = self._obs()
         self._actions = None

@@ -259,7 +259,7 @@ class OnlineLoop:
         cfg = sized_config(self.wm_cfg, self._episodes[0])
         torch.manual_seed(self.cfg.seed)
         self.model = WorldModel(cfg).to(self.device)
-        if cfg.state_dim:
+        if cfg.state_dim or cfg.goal_dim:
             self.model.set_state_stats(*state_stats(self._episodes, self.device))
         sampler = SequenceSampler(self._episodes, self.tcfg.seq_len, seed=self.cfg.seed)
         self.trainer = WorldModelTrainer(self.model, self.tcfg, sampler, self.device)
@@ -346,7 +346,8 @@ class OnlineLoop:
                 f"{self.state.episodes} (skipped: {self.store.skipped})"
             )
         self.wm_cfg = dataclasses.replace(self.wm_cfg, **{
-            k: ckpt.config["world_model"][k] for k in ("action_dim", "image_size", "state_dim")
+            k: ckpt.config["world_model"][k]
+            for k in ("action_dim", "image_size", "state_dim", "goal_start", "goal_dim")
         })  # fmt: skip
         self._build_model()
         assert self.model is not None and self.trainer is not None

@@ -102,6 +102,7 @@ def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarr
         state = model.observe(
             torch.from_numpy(windows["ctx_pixels"][sl]).to(dev),
             torch.from_numpy(windows["ctx_actions"][sl]).to(dev),
+            env_state=torch.from_numpy(windows["ctx_state"][sl]).to(dev),  # the goal, when conditioned
         )
         out = model.imagine(state, torch.from_numpy(actions[sl]).float().to(dev), decode=True)
         frames.append(out.pixels.cpu())

@@ -58,11 +58,24 @@ def batch_to_torch(batch: SequenceBatch, device: torch.device | str) -> dict[str
 
 
 def sized_config(cfg: WorldModelConfig, episode: Episode) -> WorldModelConfig:
-    """``cfg`` with action_dim, image_size and state_dim (when state decoding is on) taken from the data."""
+    """``cfg`` with action_dim, image_size, state_dim (when state decoding is on) and the goal's place
+    in the state vector (when ``use_goal`` and the data's env names a ``goal`` in its state layout)
+    taken from the data."""
+    from robobrain.envs import get_state_layout
+
+    layout = get_state_layout(episode.meta.get("env_id")) or {}
+    goal = layout.get("goal") if cfg.use_goal else None
+    if goal is not None and goal.stop > episode.state.shape[-1]:
+        raise ValueError(
+            f"{episode.meta.get('env_id')}: the goal sits at state[{goal.start}:{goal.stop}], but the "
+            f"data's state vectors have {episode.state.shape[-1]} entries"
+        )
     sized = {
         "action_dim": episode.action.shape[-1],
         "image_size": episode.pixels.shape[1],
         "state_dim": episode.state.shape[-1] if cfg.state_weight > 0 else 0,
+        "goal_start": goal.start if goal is not None else 0,
+        "goal_dim": goal.stop - goal.start if goal is not None else 0,
     }
     if any(getattr(cfg, k) != v for k, v in sized.items()):
         log.info("world model sized to the data: %s", sized)
@@ -187,7 +200,7 @@ def train_world_model(
 
     torch.manual_seed(tcfg.seed)
     model = WorldModel(cfg).to(device)
-    if cfg.state_dim:
+    if cfg.state_dim or cfg.goal_dim:
         model.set_state_stats(*state_stats(train_eps, device))
     sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
     trainer = WorldModelTrainer(model, tcfg, sampler, device)

@@ -50,21 +50,54 @@ class WorldModel(nn.Module):
         # with the weights.
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
+        self.register_buffer("goal_mean", torch.zeros(cfg.goal_dim))
+        self.register_buffer("goal_std", torch.ones(cfg.goal_dim))
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Per-dimension mean / std [state_dim] of the state targets. The std is floored at
-        ``STATE_STD_FLOOR`` so that dimensions that barely vary in the data the stats came from (a
-        block's velocity in random seed data) do not dominate the loss once they start to vary."""
-        if mean.shape != self.state_mean.shape or std.shape != self.state_std.shape:
+        """Per-dimension mean / std [n] of the env's state vectors in the training data; they
+        standardise the state targets (when ``state_dim``) and the goal input (when ``goal_dim``).
+        The std is floored at ``STATE_STD_FLOOR`` so that dimensions that barely vary in the data
+        the stats came from (a block's velocity in random seed data) do not dominate the loss once
+        they start to vary."""
+        cfg = self.cfg
+        n = mean.shape[-1] if mean.ndim == 1 else -1
+        if mean.shape != std.shape or n < 0 or (cfg.state_dim and n != cfg.state_dim):
             raise ValueError(
-                f"state stats must be [{self.cfg.state_dim}], got {list(mean.shape)}, {list(std.shape)}"
+                f"state stats must be two [{cfg.state_dim or 'n'}] vectors, got "
+                f"{list(mean.shape)}, {list(std.shape)}"
             )
-        self.state_mean.copy_(mean)
-        self.state_std.copy_(std.clamp(min=STATE_STD_FLOOR))
+        if n < cfg.goal_start + cfg.goal_dim:
+            raise ValueError(f"state stats of size {n} hold no goal at [{cfg.goal_start}:+{cfg.goal_dim}]")
+        std = std.clamp(min=STATE_STD_FLOOR)
+        if cfg.state_dim:
+            self.state_mean.copy_(mean)
+            self.state_std.copy_(std)
+        goal = slice(cfg.goal_start, cfg.goal_start + cfg.goal_dim)
+        self.goal_mean.copy_(mean[goal])
+        self.goal_std.copy_(std[goal])
+
+    def goal(self, env_state: torch.Tensor | None) -> torch.Tensor | None:
+        """The standardised goal [..., G] from env state vectors [..., n] (``obs["state"]``); None
+        for a model without a goal."""
+        cfg = self.cfg
+        if not cfg.goal_dim:
+            return None
+        if env_state is None:
+            raise ValueError(
+                "this world model is goal-conditioned: pass the env state vectors (obs['state']), "
+                f"whose [{cfg.goal_start}:{cfg.goal_start + cfg.goal_dim}] is the goal"
+            )
+        if env_state.shape[-1] < cfg.goal_start + cfg.goal_dim:
+            raise ValueError(
+                f"env state of size {env_state.shape[-1]} holds no goal at "
+                f"[{cfg.goal_start}:{cfg.goal_start + cfg.goal_dim}]"
+            )
+        g = env_state[..., cfg.goal_start : cfg.goal_start + cfg.goal_dim].float()
+        return (g - self.goal_mean) / self.goal_std
 
     def decode_state(self, feat: torch.Tensor) -> torch.Tensor:
         """Latent features [..., F] -> predicted env state [..., state_dim] (needs ``state_dim``)."""
@@ -73,14 +106,24 @@ class WorldModel(nn.Module):
         return self.state_head(feat) * self.state_std + self.state_mean
 
     # --- verbs -------------------------------------------------------------------------------
-    def observe(self, pixels: torch.Tensor, actions: torch.Tensor, sample: bool = False) -> State:
+    def observe(
+        self,
+        pixels: torch.Tensor,
+        actions: torch.Tensor,
+        env_state: torch.Tensor | None = None,
+        sample: bool = False,
+    ) -> State:
         """Filter a context window into the latent state at its last frame.
 
         pixels: uint8[B, T, S, S, 3]; actions: [B, T, A] where ``actions[:, t]`` is the action taken
-        *before* frame t (``actions[:, 0]`` is ignored at the start of an episode; pass zeros).
+        *before* frame t (``actions[:, 0]`` is ignored at the start of an episode; pass zeros);
+        env_state: [B, T, n] or [B, n], the env's state vectors -- read only for the goal of a
+        goal-conditioned model (``cfg.goal_dim``), never for anything else.
         Returns the posterior State at frame T-1 ([B, ...]).
         """
-        posts, _, _ = self._filter(pixels, actions, sample=sample)
+        if env_state is not None and env_state.ndim == 3:
+            env_state = env_state[:, -1]
+        posts, _, _ = self._filter(pixels, actions, sample=sample, goal=self.goal(env_state))
         return posts.index((slice(None), -1))
 
     def imagine(
@@ -94,6 +137,8 @@ class WorldModel(nn.Module):
         b, h, _ = actions.shape
         if state.deter.shape[0] != b:
             raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {b}")
+        self._check_goal(state.goal, b)
+        goal = state.goal
         deters, stochs = [], []
         for t in range(h):
             if sample:
@@ -102,8 +147,8 @@ class WorldModel(nn.Module):
                 state = self.rssm.img_step_mode(state, actions[:, t])
             deters.append(state.deter)
             stochs.append(state.stoch)
-        states = State(torch.stack(deters, 1), torch.stack(stochs, 1))
-        return self._heads(states, decode)
+        goals = None if goal is None else goal.unsqueeze(1).expand(-1, h, -1)
+        return self._heads(State(torch.stack(deters, 1), torch.stack(stochs, 1), goals), decode)
 
     def decode(self, feat: torch.Tensor) -> torch.Tensor:
         """Latent features [..., F] -> predicted frames uint8[..., S, S, 3]."""
@@ -121,7 +166,9 @@ class WorldModel(nn.Module):
         b, _seq = pixels.shape[:2]
         self._check_actions(action, b)
         prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
-        posts, post_lp, prior_lp = self._filter(pixels, prev_action, sample=True)
+        # Windows never cross an episode boundary, so the first frame's goal is the window's goal.
+        goal = self.goal(batch["state"][:, 0]) if self.cfg.goal_dim else None
+        posts, post_lp, prior_lp = self._filter(pixels, prev_action, sample=True, goal=goal)
         cfg = self.cfg
         feat = posts.feat
         target = pixels_to_float(pixels)
@@ -170,9 +217,10 @@ class WorldModel(nn.Module):
 
     # --- internals ---------------------------------------------------------------------------
     def _filter(
-        self, pixels: torch.Tensor, prev_actions: torch.Tensor, sample: bool
+        self, pixels: torch.Tensor, prev_actions: torch.Tensor, sample: bool, goal: torch.Tensor | None = None
     ) -> tuple[State, torch.Tensor, torch.Tensor]:
-        """Posterior states [B, T, ...] and post / prior log-probs [B, T, S, C]."""
+        """Posterior states [B, T, ...] and post / prior log-probs [B, T, S, C]; ``goal``:
+        standardised [B, G] (see :meth:`goal`) for a goal-conditioned model."""
         cfg = self.cfg
         if (
             pixels.dtype != torch.uint8
@@ -185,8 +233,9 @@ class WorldModel(nn.Module):
             )
         b, t = pixels.shape[:2]
         self._check_actions(prev_actions, b, t)
+        self._check_goal(goal, b)
         embed = self.encoder(pixels_to_float(pixels).flatten(0, 1)).unflatten(0, (b, t))
-        state = self.rssm.initial(b, pixels.device)
+        state = self.rssm.initial(b, pixels.device, goal)
         states, posts, priors = [], [], []
         prev_actions = prev_actions.float()
         for i in range(t):
@@ -214,6 +263,14 @@ class WorldModel(nn.Module):
             disagreement=disagreement,
             pixels=self.decode(feat) if decode else None,
         )
+
+    def _check_goal(self, goal: torch.Tensor | None, batch: int) -> None:
+        g = self.cfg.goal_dim
+        if g and (goal is None or tuple(goal.shape) != (batch, g)):
+            got = None if goal is None else list(goal.shape)
+            raise ValueError(f"this goal-conditioned world model needs a goal [B={batch}, G={g}], got {got}")
+        if not g and goal is not None:
+            raise ValueError("this world model has no goal input (goal_dim=0), but a goal was given")
 
     def _check_actions(self, actions: torch.Tensor, batch: int, steps: int | None = None) -> None:
         a = self.cfg.action_dim

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -17,29 +18,66 @@ class State(NamedTuple):
 
     deter: [B, D] -- GRU state
     stoch: [B, S, C] -- one-hot categorical sample (straight-through gradients when sampled)
+    goal: [B, G] or None -- the episode's goal (standardised), for goal-conditioned models. It is
+        given, not predicted: every step carries it unchanged, so imagination cannot drift it.
     """
 
     deter: torch.Tensor
     stoch: torch.Tensor
+    goal: torch.Tensor | None = None
 
     @property
     def feat(self) -> torch.Tensor:
-        """[B, D + S*C] features read by the decoder and the heads."""
-        return torch.cat([self.deter, self.stoch.flatten(-2)], dim=-1)
+        """[B, D + S*C (+ G)] features read by the decoder and the heads."""
+        parts = [self.deter, self.stoch.flatten(-2)]
+        if self.goal is not None:
+            parts.append(self.goal.to(self.deter.dtype))
+        return torch.cat(parts, dim=-1)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
+        return State(fn(self.deter), fn(self.stoch), None if self.goal is None else fn(self.goal))
 
     def repeat_interleave(self, n: int) -> State:
         """[B, ...] -> [B*n, ...], each state repeated n times in a row (for N candidates)."""
-        return State(self.deter.repeat_interleave(n, 0), self.stoch.repeat_interleave(n, 0))
+        return self._map(lambda x: x.repeat_interleave(n, 0))
 
-    def index(self, idx: torch.Tensor | slice) -> State:
-        return State(self.deter[idx], self.stoch[idx])
+    def index(self, idx: torch.Tensor | slice | tuple) -> State:
+        return self._map(lambda x: x[idx])
 
     def detach(self) -> State:
-        return State(self.deter.detach(), self.stoch.detach())
+        return self._map(torch.Tensor.detach)
+
+    def where(self, mask: torch.Tensor, other: State) -> State:
+        """Per batch row: ``other`` where ``mask`` [B] is True, else this state."""
+
+        def pick(x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor | None:
+            if x is None or y is None:
+                if x is not None or y is not None:
+                    raise ValueError("cannot mix states with and without a goal")
+                return None
+            return torch.where(mask.view(-1, *([1] * (x.ndim - 1))), y, x)
+
+        deter, stoch = pick(self.deter, other.deter), pick(self.stoch, other.stoch)
+        return State(deter, stoch, pick(self.goal, other.goal))
 
 
 def stack_states(states: list[State], dim: int = 1) -> State:
-    return State(torch.stack([s.deter for s in states], dim), torch.stack([s.stoch for s in states], dim))
+    goals = [s.goal for s in states]
+    return State(
+        torch.stack([s.deter for s in states], dim),
+        torch.stack([s.stoch for s in states], dim),
+        None if goals[0] is None else torch.stack(goals, dim),
+    )
+
+
+def cat_states(states: list[State]) -> State:
+    """Concatenate states along the batch dimension."""
+    goals = [s.goal for s in states]
+    return State(
+        torch.cat([s.deter for s in states]),
+        torch.cat([s.stoch for s in states]),
+        None if goals[0] is None else torch.cat(goals),
+    )
 
 
 class RSSM(nn.Module):
@@ -57,11 +95,13 @@ class RSSM(nn.Module):
         self.ensemble = nn.ModuleList([MLP(cfg.deter, s * c, cfg.hidden) for _ in range(cfg.ensemble)])
         self.post = MLP(cfg.deter + embed_dim, s * c, cfg.hidden)
 
-    def initial(self, batch: int, device: torch.device | str) -> State:
+    def initial(self, batch: int, device: torch.device | str, goal: torch.Tensor | None = None) -> State:
+        """The state before the first observation; ``goal`` [B, G] for goal-conditioned models."""
         cfg = self.cfg
         return State(
             torch.zeros(batch, cfg.deter, device=device),
             torch.zeros(batch, cfg.stoch, cfg.classes, device=device),
+            goal,
         )
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -95,7 +135,7 @@ class RSSM(nn.Module):
         """Predict the next state without an observation. Returns (state, prior log-probs [B, S, C])."""
         deter = self.deter_step(state, action)
         prior = self.log_probs(self.prior(deter))
-        return State(deter, self.draw(prior, sample)), prior
+        return State(deter, self.draw(prior, sample), state.goal), prior
 
     def img_step_mode(self, state: State, action: torch.Tensor) -> State:
         """``img_step(sample=False)`` without the log-probabilities: the most likely next state.
@@ -105,7 +145,7 @@ class RSSM(nn.Module):
         deter = self.deter_step(state, action)
         logits = self.prior(deter).unflatten(-1, (self.cfg.stoch, self.cfg.classes))
         stoch = torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-        return State(deter, stoch)
+        return State(deter, stoch, state.goal)
 
     def obs_step(
         self, state: State, action: torch.Tensor, embed: torch.Tensor, sample: bool = True
@@ -114,7 +154,7 @@ class RSSM(nn.Module):
         deter = self.deter_step(state, action)
         prior = self.log_probs(self.prior(deter))
         post = self.log_probs(self.post(torch.cat([deter, embed], -1)))
-        return State(deter, self.draw(post, sample)), post, prior
+        return State(deter, self.draw(post, sample), state.goal), post, prior
 
     def ensemble_log_probs(self, deter: torch.Tensor) -> torch.Tensor:
         """[K, ..., S, C] log-probabilities of the K ensemble prior heads."""
