@@ -1,10 +1,12 @@
 """Decision latency of world-model MPC, for 1 and 16 envs planned in one batched call.
 
     python bench/bench_planner.py [--preset cpu] [--device cpu] [--samples 256] [--iterations 4]
+                                  [--stoch S --classes C]
 
 Peer measured in the same run: the bare ``imagine`` calls the planner makes (iterations x one
 [B*N, H] rollout), so the table shows what the optimizer itself adds. A random-weight model of the
-preset's size is used: latency does not depend on the weights.
+preset's size is used (goal-conditioned like the robobrain tasks' models: 10-D state, goal at
+[7:10]): latency does not depend on the weights.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--horizon", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--stoch", type=int, default=None, help="override the preset's latent variables")
+    parser.add_argument("--classes", type=int, default=None, help="override the preset's classes")
     args = parser.parse_args()
     device = torch.device(args.device)
-    cfg = get_preset(args.preset).world_model
+    sizes = {k: v for k, v in (("stoch", args.stoch), ("classes", args.classes)) if v is not None}
+    cfg = get_preset(args.preset, state_dim=10, goal_start=7, goal_dim=3, **sizes).world_model
     model = WorldModel(cfg).to(device).eval()
     optim = OptimizerConfig(num_samples=args.samples, num_elites=args.elites, iterations=args.iterations)
     mpc = MPCConfig(horizon=args.horizon, optim=optim)
@@ -55,13 +60,17 @@ def main() -> None:
         policy = WorldModelMPCPolicy(model, mpc, device)
         policy.reset(n_envs)
         rng = np.random.default_rng(0)
-        obs = {"pixels": rng.integers(0, 256, (n_envs, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)}
+        obs = {
+            "pixels": rng.integers(0, 256, (n_envs, cfg.image_size, cfg.image_size, 3), dtype=np.uint8),
+            "state": rng.uniform(-0.2, 0.2, (n_envs, 10)).astype(np.float32),
+        }
 
         def decide(policy: WorldModelMPCPolicy = policy, obs: dict = obs) -> None:
             policy.act(obs)
             sync()
 
-        state = model.rssm.initial(n_envs * args.samples, device)
+        goal = torch.zeros(n_envs * args.samples, cfg.goal_dim, device=device)
+        state = model.rssm.initial(n_envs * args.samples, device, goal)
         actions = torch.rand(n_envs * args.samples, args.horizon, cfg.action_dim, device=device) * 2 - 1
 
         def bare(state: State = state, actions: torch.Tensor = actions) -> None:
@@ -74,7 +83,8 @@ def main() -> None:
         peer = np.median(timed(bare, args.repeats)) * 1e3
         rows.append((n_envs, np.median(lat), np.percentile(lat, 95), peer))
 
-    print(f"# MPC decision latency, preset '{args.preset}', {device}, {args.samples} samples x "
+    print(f"# MPC decision latency, preset '{args.preset}' (latent {cfg.stoch}x{cfg.classes}), {device}, "
+          f"{args.samples} samples x "
           f"{args.iterations} iterations, H={args.horizon}")  # fmt: skip
     print("| envs | p50 ms | p95 ms | bare imagine ms | planner / bare | vs 1 env |")
     print("|---|---|---|---|---|---|")

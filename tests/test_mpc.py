@@ -98,6 +98,10 @@ def test_disagreement_penalty_needs_an_ensemble():
     with pytest.raises(ValueError, match="ensemble"):
         WorldModelMPCPolicy(WorldModel(cfg), penalised)
     WorldModelMPCPolicy(WorldModel(dataclasses.replace(cfg, ensemble=2)), penalised)  # accepted
+    model = WorldModel(cfg)  # the score function used directly refuses it too, instead of ignoring it
+    state = model.rssm.initial(1, "cpu")
+    with pytest.raises(ValueError, match="ensemble"):
+        world_model_score_fn(model, state, penalised)(torch.zeros(1, 2, 3, cfg.action_dim))
 
 
 def test_world_model_mpc_policy():

@@ -89,7 +89,9 @@ def world_model_score_fn(
         with torch.no_grad():
             out = model.imagine(state.repeat_interleave(n), actions.reshape(b * n, h, a))
         r = out.reward.float() + cfg.success_bonus * torch.sigmoid(out.success_logit.float())
-        if cfg.disagreement_penalty and out.disagreement is not None:
+        if cfg.disagreement_penalty:
+            if out.disagreement is None:
+                raise ValueError("disagreement_penalty needs a world model trained with an ensemble")
             r = r - cfg.disagreement_penalty * out.disagreement.float()
         if cfg.discount != 1.0:
             r = r * cfg.discount ** torch.arange(h, device=r.device, dtype=r.dtype)
