@@ -23,8 +23,8 @@ class WorldModelConfig:
     action_dim: int = 3
     """Action dimension A."""
     state_dim: int = 0
-    """Size of the env's state vector decoded as an auxiliary target (0 = none). The model never reads
-    the state: it observes pixels only; the state labels shape the latent during training."""
+    """Size of the env's state vector decoded as an auxiliary target (0 = none). Apart from the goal
+    (``goal_dim``) the model never reads the state: the state labels shape the latent in training."""
     use_goal: bool = True
     """Condition on the episode's goal when the data's env names one in its state layout (sets
     ``goal_start`` / ``goal_dim`` at training time)."""

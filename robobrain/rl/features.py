@@ -46,13 +46,6 @@ class WorldModelFeatures(BaseFeaturesExtractor):
             if "pixels" not in space.spaces:
                 raise ValueError(f"a Dict observation space needs a 'pixels' key, got {list(space.spaces)}")
             self.key, space = "pixels", space.spaces["pixels"]
-        if world_model.cfg.goal_dim and self.key is not None and "state" not in observation_space.spaces:
-            raise ValueError("a goal-conditioned world model needs the Dict observation's 'state' key")
-        if world_model.cfg.goal_dim and self.key is None and space.shape != (world_model.cfg.feat_dim,):
-            raise ValueError(
-                "a goal-conditioned world model encodes pixels together with the goal: pass a Dict "
-                "observation space with 'pixels' and 'state'"
-            )
         size = world_model.cfg.image_size
         shape = tuple(space.shape or ())
         if shape == (world_model.cfg.feat_dim,):
@@ -63,6 +56,12 @@ class WorldModelFeatures(BaseFeaturesExtractor):
             raise ValueError(
                 f"observations of shape {shape} are neither latents [{world_model.cfg.feat_dim}] nor "
                 f"{size}x{size} RGB frames this world model can encode"
+            )
+        has_state = isinstance(observation_space, gym.spaces.Dict) and "state" in observation_space.spaces
+        if self.kind == "pixels" and world_model.cfg.goal_dim and not has_state:
+            raise ValueError(
+                "a goal-conditioned world model reads the goal from the Dict observation's 'state' key: "
+                "pass a Dict observation space with 'pixels' and 'state'"
             )
 
     def forward(self, observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:

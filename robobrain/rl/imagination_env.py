@@ -134,10 +134,12 @@ class ImaginationVecEnv(VecEnv):
                 infos[i]["terminal_observation"] = obs[i].copy()
                 infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
             fresh = self._draw(len(idx))
+            sel = torch.as_tensor(idx, device=self.device)
             mask = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-            mask[torch.as_tensor(idx, device=self.device)] = True
-            slots = torch.cumsum(mask, 0) - 1  # row of ``fresh`` for each finished env
-            self.state = self.state.where(mask, fresh.index(slots.clamp(min=0)))
+            mask[sel] = True
+            rows = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+            rows[sel] = torch.arange(len(idx), device=self.device)  # finished env -> its fresh draw
+            self.state = self.state.where(mask, fresh.index(rows))
             self.t[idx] = 0
             obs = self._obs()
         self._actions = None

@@ -61,23 +61,25 @@ class State(NamedTuple):
         return State(deter, stoch, pick(self.goal, other.goal))
 
 
-def stack_states(states: list[State], dim: int = 1) -> State:
+def _join(states: list[State], fn: Callable[[list[torch.Tensor]], torch.Tensor]) -> State:
     goals = [s.goal for s in states]
+    if any((g is None) != (goals[0] is None) for g in goals):
+        raise ValueError("cannot join states with and without a goal")
     return State(
-        torch.stack([s.deter for s in states], dim),
-        torch.stack([s.stoch for s in states], dim),
-        None if goals[0] is None else torch.stack(goals, dim),
+        fn([s.deter for s in states]),
+        fn([s.stoch for s in states]),
+        None if goals[0] is None else fn(goals),  # type: ignore[arg-type]
     )
+
+
+def stack_states(states: list[State], dim: int = 1) -> State:
+    """Stack states along a new time dimension ``dim``."""
+    return _join(states, lambda xs: torch.stack(xs, dim))
 
 
 def cat_states(states: list[State]) -> State:
     """Concatenate states along the batch dimension."""
-    goals = [s.goal for s in states]
-    return State(
-        torch.cat([s.deter for s in states]),
-        torch.cat([s.stoch for s in states]),
-        None if goals[0] is None else torch.cat(goals),
-    )
+    return _join(states, torch.cat)
 
 
 class RSSM(nn.Module):
