@@ -47,9 +47,9 @@ def load_policy(
 
     spec: ``random`` | ``scripted`` | ``oracle`` (MPC planning in copies of ``envs``' simulators) |
     ``mpc:CHECKPOINT`` (MPC over a trained world model) | ``sb3:ZIP`` (a stable-baselines3 model).
-    kwargs go to the scripted policy (``noise_std``). ``guide`` (``mpc:`` of a ``robobrain train``
-    run only): how the run's SB3 actor-critic helps the planner -- ``auto``/``both`` (prior samples and
-    terminal value), ``prior``, ``value`` or ``none``.
+    kwargs go to the scripted policy (``noise_std``, ``decoy_goal_prob``). ``guide`` (``mpc:`` of a
+    ``robobrain train`` run only): how the run's SB3 actor-critic helps the planner --
+    ``auto``/``both`` (prior samples and terminal value), ``prior``, ``value`` or ``none``.
     """
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")
@@ -58,9 +58,10 @@ def load_policy(
     if spec == "random":
         return RandomPolicy(action_dim, seed=seed, low=action_space.low, high=action_space.high)
     if spec == "scripted":
-        from robobrain.envs import get_expert
+        from robobrain.envs import get_expert, get_state_layout
 
-        return ScriptedPolicy(get_expert(env_id), seed=seed, **kwargs)
+        goal = (get_state_layout(env_id) or {}).get("goal")
+        return ScriptedPolicy(get_expert(env_id), seed=seed, goal_slice=goal, **kwargs)
     if spec == "oracle":
         if not envs or not all(hasattr(getattr(e, "unwrapped", e), "action_to_ctrl") for e in envs):
             raise ValueError("the oracle plans in the true simulator: it needs robobrain task envs")

@@ -38,6 +38,9 @@ class Collect:
     """Side of the square pixel observation."""
     noise: float = 0.0
     """Std of Gaussian noise added to scripted actions."""
+    decoy_goal_prob: float = 0.0
+    """Scripted only: share of episodes in which the expert heads for a random decoy goal instead of
+    the true one (play data: object motion that does not always head for the goal)."""
     seed: int = 0
     """Seed of the envs (env i gets seed + i) and of the policy."""
     progress: bool = True
@@ -267,10 +270,17 @@ def run_collect(args: Collect) -> list[str]:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     vec = envs.make_vector_env(args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode)
     try:
-        kwargs = {"noise_std": args.noise} if args.policy == "scripted" else {}
+        if args.decoy_goal_prob and args.policy != "scripted":
+            raise ValueError("--decoy-goal-prob applies to --policy scripted only")
+        kwargs = (
+            {"noise_std": args.noise, "decoy_goal_prob": args.decoy_goal_prob}
+            if args.policy == "scripted"
+            else {}
+        )
         policy = load_policy(args.policy, args.env, vec.single_action_space, seed=args.seed, **kwargs)
         store = EpisodeStore(args.out)
-        meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": args.seed}
+        meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": args.seed,
+                "decoy_goal_prob": args.decoy_goal_prob}  # fmt: skip
         names = collect_episodes(
             vec, policy, store, args.episodes, seed=args.seed, meta=meta, progress=args.progress
         ).names

@@ -161,7 +161,13 @@ def evaluate_policy(
             "checks": len(drift),
             "psnr_per_step": np.mean([d["psnr"] for d in drift], axis=0).tolist(),
             "reward_abs_error_per_step": np.mean([d["reward_abs_error"] for d in drift], axis=0).tolist(),
+            "reward_bias_per_step": np.mean([d["reward_bias"] for d in drift], axis=0).tolist(),
         }
+        if all("state_error" in d for d in drift):
+            report["hallucination"]["state_error_per_step"] = {
+                name: np.mean([d["state_error"][name] for d in drift], axis=0).tolist()
+                for name in drift[0]["state_error"]
+            }
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def test_eval_on_a_wrapped_gymnasium_env(tmp_path):
 
 
 def test_mpc_eval_writes_real_and_imagined_video(tmp_path):
-    cfg = get_preset("debug").world_model
+    cfg = get_preset("debug", state_dim=20).world_model  # Push's state: decoded-state drift is reported
     save_checkpoint(tmp_path / "wm", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
     main(["eval", "--policy", f"mpc:{tmp_path / 'wm'}", "--env", "robobrain/Push-v0", "--episodes", "1",
           "--num-envs", "1", "--samples", "16", "--elites", "4", "--iterations", "1", "--horizon", "3",
@@ -81,6 +81,10 @@ def test_mpc_eval_writes_real_and_imagined_video(tmp_path):
     assert (
         drift["checks"] == 5 and len(drift["psnr_per_step"]) == len(drift["reward_abs_error_per_step"]) == 3
     )
+    assert len(drift["reward_bias_per_step"]) == 3
+    state_error = drift["state_error_per_step"]
+    assert {"gripper_pos", "block_pos", "goal"} <= set(state_error)
+    assert all(len(v) == 3 and all(np.isfinite(v)) and min(v) >= 0 for v in state_error.values())
 
 
 def test_clear_errors_for_bad_specs(tmp_path):

@@ -147,8 +147,9 @@ def test_replay_in_simulator_leaves_the_env_untouched(task_id):
         env.reset(seed=4)
         env.step(np.full(env.action_space.shape, 0.5, np.float32))
     plan = np.random.default_rng(0).uniform(-1, 1, (6, a.action_space.shape[0])).astype(np.float32)
-    frames, rewards = replay_in_simulator(a, plan)
+    frames, rewards, states = replay_in_simulator(a, plan)
     assert frames.shape == (6, 16, 16, 3) and rewards.shape == (6,)
+    assert states.shape == (6, a.observation_space["state"].shape[0])
     oa, ra, *_ = a.step(plan[0])  # the replayed env continues exactly like its untouched twin
     ob, rb, *_ = b.step(plan[0])
     np.testing.assert_array_equal(oa["state"], ob["state"])

@@ -28,6 +28,59 @@ def test_scripted_policy_noise_stays_in_bounds():
         ScriptedPolicy(lambda s: s, noise_std=-1)
 
 
+def test_scripted_policy_decoy_goals_per_episode():
+    """The expert sees a decoy goal (fixed for the episode, redrawn at reset) in the given share of
+    episodes; the other coordinates of the goal and the rest of the state are untouched."""
+    goal = slice(7, 10)
+    seen_goal = lambda s: s[:, goal].copy()  # noqa: E731 -- an "expert" that heads for the goal it sees
+    obs = obs_batch(400)
+    obs["state"][:, goal] = [0.5, 0.5, 0.025]  # outside the decoy range
+    policy = ScriptedPolicy(seen_goal, seed=0, decoy_goal_prob=0.5, goal_slice=goal)
+    policy.reset(400)
+    first = policy.act(obs)
+    decoy = first[:, 0] != 0.5
+    assert 0.4 < decoy.mean() < 0.6
+    assert np.all(np.abs(first[decoy, :2]) <= 0.18) and np.all(first[:, 2] == np.float32(0.025))
+    np.testing.assert_array_equal(policy.act(obs), first)  # fixed within an episode
+    assert np.all(obs["state"][:, 7] == 0.5)  # the caller's observation is not modified
+    mask = np.zeros(400, bool)
+    mask[:200] = True
+    policy.reset(400, mask=mask)
+    after = policy.act(obs)
+    np.testing.assert_array_equal(after[200:], first[200:])
+    assert not np.array_equal(after[:200], first[:200])
+    plain = ScriptedPolicy(seen_goal, seed=0)
+    np.testing.assert_array_equal(plain.act(obs)[:, :2], 0.5)
+    with pytest.raises(ValueError, match="goal_slice"):
+        ScriptedPolicy(seen_goal, decoy_goal_prob=0.5)
+    with pytest.raises(ValueError, match="decoy_goal_prob"):
+        ScriptedPolicy(seen_goal, decoy_goal_prob=1.5, goal_slice=goal)
+
+
+def test_scripted_decoy_goals_move_the_block_elsewhere():
+    """On Push, an expert chasing decoy goals still moves the block, but rarely onto the true goal."""
+    from robobrain.envs import make_vector_env
+
+    space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    envs = make_vector_env("robobrain/Push-v0", 4, image_size=16)
+    try:
+        result = {}
+        for prob in (0.0, 1.0):
+            policy = load_policy("scripted", "robobrain/Push-v0", space, seed=0, decoy_goal_prob=prob)
+            obs, _ = envs.reset(seed=0)
+            policy.reset(4)
+            start = obs["state"][:, 10:12].copy()
+            success = np.zeros(4, bool)
+            for _ in range(50):
+                obs, _, _, _, info = envs.step(policy.act(obs))
+                success |= info["success"]
+            result[prob] = (success.mean(), np.linalg.norm(obs["state"][:, 10:12] - start, axis=1))
+    finally:
+        envs.close()
+    assert result[0.0][0] >= 0.75 and result[1.0][0] <= 0.25
+    assert np.median(result[1.0][1]) > 0.03  # the block was pushed somewhere
+
+
 def test_load_policy_errors():
     space = gym.spaces.Box(-1, 1, (3,), np.float32)
     with pytest.raises(ValueError, match="unknown policy spec"):
