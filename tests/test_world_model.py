@@ -365,3 +365,6 @@ def test_sized_config_finds_the_goal_of_the_data_env():
     assert sized_config(dataclasses.replace(DEBUG.world_model, use_goal=False), ep).goal_dim == 0
     ep.meta["env_id"] = "Pendulum-v1"  # no state layout, no goal
     assert sized_config(DEBUG.world_model, ep).goal_dim == 0
+    del ep.meta["env_id"]  # unknown provenance: trained unconditioned, but not silently
+    with pytest.warns(UserWarning, match="no env_id"):
+        assert sized_config(DEBUG.world_model, ep).goal_dim == 0

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,15 @@ def sized_config(cfg: WorldModelConfig, episode: Episode) -> WorldModelConfig:
     taken from the data."""
     from robobrain.envs import get_state_layout
 
-    layout = get_state_layout(episode.meta.get("env_id")) or {}
+    env_id = episode.meta.get("env_id")
+    if cfg.use_goal and env_id is None:
+        warnings.warn(
+            "the data's episodes name no env_id in their meta, so the goal's place in the state is "
+            "unknown: the world model is trained without goal conditioning (collect with "
+            "`robobrain collect`, which records it)",
+            stacklevel=2,
+        )
+    layout = get_state_layout(env_id) or {}
     goal = layout.get("goal") if cfg.use_goal else None
     if goal is not None and goal.stop > episode.state.shape[-1]:
         raise ValueError(
