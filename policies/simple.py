@@ -89,11 +89,10 @@ class ScriptedPolicy:
             if self.decoy is None or len(self.decoy) != len(state):
                 self.reset(len(state))
             assert self.decoy is not None and self.goal_slice is not None
-            state = state.copy()
-            goal = state[:, self.goal_slice]
             use = ~np.isnan(self.decoy[:, 0])
-            goal[use, :2] = self.decoy[use]
-            state[:, self.goal_slice] = goal
+            goal_xy = slice(self.goal_slice.start, self.goal_slice.start + 2)
+            state = state.copy()
+            state[np.flatnonzero(use), goal_xy] = self.decoy[use]
         action = np.asarray(self.expert(state), dtype=np.float64)
         if self.noise_std > 0:
             action = action + self.rng.normal(0.0, self.noise_std, action.shape)
