@@ -18,6 +18,7 @@ from robobrain.checkpoint import latest_checkpoint, load_checkpoint
 from robobrain.cli import main
 from robobrain.data import EpisodeStore
 from robobrain.data.collect import collect_episodes
+from robobrain.envs import make_vector_env
 from robobrain.policies import RandomPolicy
 
 TINY = (
@@ -116,6 +117,37 @@ def test_resume_refuses_a_changed_config(tmp_path):
     main(run_args(tmp_path, 20))
     with pytest.raises(Exception, match="another config"):
         main([*run_args(tmp_path, 40), "--mpc.horizon", "5"])
+
+
+def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
+    """--seed-data trains on an offline store beside the run's own episodes (never copied into the
+    run, never counted as the run's env steps); --init-world-model starts from an offline checkpoint."""
+    offline, wm, run = tmp_path / "offline", tmp_path / "wm", tmp_path / "run"
+    vec = make_vector_env("robobrain/Push-v0", 2, image_size=32, max_episode_steps=10)
+    meta = {"env_id": "robobrain/Push-v0", "policy": "random"}
+    collect_episodes(vec, RandomPolicy(3, seed=0), EpisodeStore(offline), 4, seed=0, meta=meta,
+                     progress=False)  # fmt: skip
+    vec.close()
+    main(["train-wm", "--data", str(offline), "--run-dir", str(wm), "--preset", "debug", "--steps", "5",
+          "--no-progress"])  # fmt: skip
+    seeded = [*run_args(run, 0), "--seed-data", str(offline), "--init-world-model", str(wm),
+              "--seed-episodes", "0", "--pretrain-steps", "0", "--own-data-repeat", "3"]  # fmt: skip
+    main(seeded)  # no env step, no update: the run's first checkpoint is the offline model
+    init, first = load_checkpoint(latest_checkpoint(wm)), load_checkpoint(latest_checkpoint(run))
+    assert first.config["world_model"] == init.config["world_model"]
+    for name, tensor in init.model_state.items():
+        torch.testing.assert_close(first.model_state[name], tensor, msg=name)
+    assert len(EpisodeStore(run / "episodes")) == 0
+
+    seeded[seeded.index("--env-steps") + 1] = "40"
+    main(seeded)  # extends (resumes) the run: the offline data is read again, not copied
+    assert episodes_by_iteration(run) == {1: 2, 2: 2}
+    assert load_checkpoint(latest_checkpoint(run)).state["loop"]["env_steps"] == 40
+    assert len(EpisodeStore(offline)) == 4
+    with pytest.raises(ValueError, match="no such directory"):
+        main([*run_args(tmp_path / "other", 20), "--seed-data", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):  # tyro reports the config's ValueError and exits
+        main([*run_args(tmp_path / "other", 20), "--seed-episodes", "0"])
 
 
 class CountdownEnv(gym.Env):

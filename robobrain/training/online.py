@@ -46,7 +46,12 @@ from robobrain.rl import (
     save_sb3,
 )
 from robobrain.training.logging import MetricLogger
-from robobrain.training.wm_trainer import WorldModelTrainer, sized_config, state_stats
+from robobrain.training.wm_trainer import (
+    WorldModelTrainer,
+    model_config_from_checkpoint,
+    sized_config,
+    state_stats,
+)
 from robobrain.world_model import WorldModel
 
 if TYPE_CHECKING:
@@ -74,7 +79,18 @@ class OnlineConfig:
     episode_steps: int | None = None
     """Override the env's time limit (default: the registered one)."""
     seed_episodes: int = 20
-    """Episodes collected before the first world-model fit."""
+    """Episodes collected before the first world-model fit (may be 0 with ``seed_data``)."""
+    seed_data: str | None = None
+    """An EpisodeStore of offline episodes of the same task (e.g. from ``robobrain collect``) that
+    the world model trains on beside the run's own. Read, never copied into the run; its steps do
+    not count toward ``env_steps``."""
+    init_world_model: str | None = None
+    """A world-model checkpoint (or run directory) to start from instead of a fresh model; its
+    sizes replace the preset's. With ``seed_data``, the loop fine-tunes an offline model on the
+    states its own planner visits -- where the offline model's errors are (bench/RESULTS.md, Push)."""
+    own_data_repeat: int = 1
+    """Each of the run's own episodes is sampled this many times as often as an offline one: a few
+    dozen on-policy episodes would otherwise be lost among thousands of offline ones."""
     scripted_fraction: float = 0.0
     """Share of the seed episodes from the task's scripted expert (the rest are random); 0 for
     benchmarks."""
@@ -105,6 +121,12 @@ class OnlineConfig:
     seed: int = 0
     device: str = "cpu"
     """torch device of the world model and SB3, e.g. cpu, cuda."""
+
+    def __post_init__(self) -> None:
+        if self.seed_episodes < 0 or (self.seed_episodes == 0 and self.seed_data is None):
+            raise ValueError(f"seed_episodes must be > 0 without seed_data, got {self.seed_episodes}")
+        if self.own_data_repeat < 1:
+            raise ValueError(f"own_data_repeat must be >= 1, got {self.own_data_repeat}")
 
 
 class LoopState:
@@ -255,20 +277,54 @@ class OnlineLoop:
         self.state.last_success = float(np.mean([ep.success[-1] for ep in eps]))
         return eps
 
-    def _build_model(self) -> None:
-        cfg = sized_config(self.wm_cfg, self._episodes[0])
+    def _train_episodes(self) -> list[Episode]:
+        """What the world model trains on: the offline episodes, then the run's own (repeated)."""
+        return self._offline + self._episodes * self.cfg.own_data_repeat
+
+    def _load_offline(self) -> None:
+        """The ``seed_data`` episodes (none without it); they must come from the run's env."""
+        self._offline = []
+        if self.cfg.seed_data is None:
+            return
+        where = f"--seed-data {self.cfg.seed_data}"
+        if not Path(self.cfg.seed_data).is_dir():
+            raise ValueError(f"{where}: no such directory")
+        self._offline = EpisodeStore(self.cfg.seed_data).load_all()
+        if not self._offline:
+            raise ValueError(f"{where}: no readable episodes there")
+        envs = sorted({str(ep.meta.get("env_id")) for ep in self._offline})
+        if envs != [self.cfg.env]:
+            raise ValueError(f"{where}: episodes of {envs}, not of {self.cfg.env}")
+        log.info("%d offline episodes from %s", len(self._offline), self.cfg.seed_data)
+
+    def _build_model(self, init: bool = True) -> None:
+        """A fresh world model sized to the data, or (``init``) the ``init_world_model`` checkpoint."""
+        episodes = self._train_episodes()
+        cfg = sized_config(self.wm_cfg, episodes[0])
+        ckpt = None
+        if self.cfg.init_world_model is not None:
+            ckpt = load_checkpoint(self.cfg.init_world_model, with_training_state=False)
+            cfg = model_config_from_checkpoint(ckpt.config)
+            sized = sized_config(cfg, episodes[0])
+            if sized != cfg:
+                raise CheckpointError(
+                    f"--init-world-model {self.cfg.init_world_model}: the model was trained on other "
+                    f"data (action_dim, image_size, state or goal sizes differ from {self.cfg.env}'s)"
+                )
         torch.manual_seed(self.cfg.seed)
         self.model = WorldModel(cfg).to(self.device)
-        if cfg.state_dim or cfg.goal_dim:
-            self.model.set_state_stats(*state_stats(self._episodes, self.device))
-        sampler = SequenceSampler(self._episodes, self.tcfg.seq_len, seed=self.cfg.seed)
+        if ckpt is not None and init:
+            load_weights(self.model, ckpt)  # (its state statistics come with the weights)
+        elif cfg.state_dim or cfg.goal_dim:
+            self.model.set_state_stats(*state_stats(episodes, self.device))
+        sampler = SequenceSampler(episodes, self.tcfg.seq_len, seed=self.cfg.seed)
         self.trainer = WorldModelTrainer(self.model, self.tcfg, sampler, self.device)
         self.config["world_model"] = to_dict(cfg)
         self.config["train"] = to_dict(self.tcfg)
 
     def _fit_world_model(self, updates: int) -> dict[str, float]:
         assert self.trainer is not None
-        self.trainer.sampler.set_episodes(self._episodes)
+        self.trainer.sampler.set_episodes(self._train_episodes())
         window = [m for m in (self.trainer.train_step() for _ in range(updates)) if m is not None]
         if not window:
             return {}
@@ -277,7 +333,7 @@ class OnlineLoop:
     def _finetune(self) -> dict[str, float]:
         assert self.model is not None
         seed = self.cfg.seed + self.state.iteration
-        env = imagination_env(self.model, self._episodes[-64:], self.cfg.sb3, seed=seed)
+        env = imagination_env(self.model, self._train_episodes()[-64:], self.cfg.sb3, seed=seed)
         if self.sb3 is None:
             self.sb3 = make_sb3_model(self.cfg.sb3, env, self.cfg.seed, self.device)
         return finetune(self.sb3, env, self.cfg.sb3.steps_per_iteration)
@@ -349,12 +405,12 @@ class OnlineLoop:
             k: ckpt.config["world_model"][k]
             for k in ("action_dim", "image_size", "state_dim", "goal_start", "goal_dim")
         })  # fmt: skip
-        self._build_model()
+        self._build_model(init=False)
         assert self.model is not None and self.trainer is not None
         load_weights(self.model, ckpt)
         self.trainer.restore(int(ckpt.state["trainer"]["step"]), ckpt.state["trainer"], ckpt.optimizer_state)
         if (latest / SB3_DIR).is_dir():
-            env = imagination_env(self.model, self._episodes[-64:], self.cfg.sb3, seed=self.cfg.seed)
+            env = imagination_env(self.model, self._train_episodes()[-64:], self.cfg.sb3, seed=self.cfg.seed)
             self.sb3 = load_sb3(self.cfg.sb3, latest / SB3_DIR, env, self.device)
         self.planner = self._make_planner(explore=True)
         _set_generator_states(self.planner, ckpt.state.get("planner", {}))
@@ -366,6 +422,7 @@ class OnlineLoop:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self._episodes: list[Episode] = []
+        self._load_offline()
         self._clock = time.perf_counter()
         resumed = self._resume()
         self.run_dir.mkdir(parents=True, exist_ok=True)
