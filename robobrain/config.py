@@ -66,6 +66,14 @@ class WorldModelConfig:
     At 1.0 it was ~1 % of the summed pixel loss and the latent never held the goal; 20 cut
     the held-out goal error from 8.3 to 4.6 cm and lifted reward correlation from 0.43 to 0.64 in the
     same 20 minutes on Push (bench/RESULTS.md)."""
+    open_loop_horizon: int = 0
+    """Steps of the open-loop (multi-step) loss: from the posterior at every frame of a training
+    window, the prior is rolled forward under the window's real actions and the reward, success and
+    state heads -- and the prior itself, by KL to the later posteriors -- are trained on what follows.
+    The one-step loss alone trains the dynamics only one step past an observation, while the planner
+    scores 12-14 open-loop steps (PlaNet's latent overshooting, TD-MPC2's horizon loss). 0 = off."""
+    open_loop_weight: float = 1.0
+    """Weight of the open-loop loss relative to the one-step terms it mirrors."""
 
     @property
     def feat_dim(self) -> int:

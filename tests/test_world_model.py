@@ -368,3 +368,54 @@ def test_sized_config_finds_the_goal_of_the_data_env():
     del ep.meta["env_id"]  # unknown provenance: trained unconditioned, but not silently
     with pytest.warns(UserWarning, match="no env_id"):
         assert sized_config(DEBUG.world_model, ep).goal_dim == 0
+
+
+def _open_loop_reward_error(model, batch):
+    """MSE of the rewards imagined from the first frame's posterior under the window's actions."""
+    with torch.no_grad():
+        goal = model.goal(batch["state"][:, 0]) if model.cfg.goal_dim else None
+        posts, _, _ = model._filter(batch["pixels"][:, :1], batch["action"][:, :1], sample=False, goal=goal)
+        out = model.imagine(posts.index((slice(None), 0)), batch["action"][:, :-1].float())
+    return (out.reward - batch["reward"][:, :-1]).square().mean().item()
+
+
+def test_open_loop_loss_aligns_targets_and_trains_the_imagined_rewards(push_data):
+    from robobrain.data import SequenceSampler
+
+    cfg = dataclasses.replace(DEBUG.world_model, open_loop_horizon=4)
+    torch.manual_seed(0)
+    model = WorldModel(cfg)
+    batch = fake_batch(cfg)
+    loss, metrics = model.loss(batch)
+    assert {"ol_reward", "ol_kl"} <= set(metrics)
+    # reward[t] belongs to the frame after action t: the last step's reward has no frame in the
+    # window, so it is never a target; an earlier one is an open-loop target.
+    last = {**batch, "reward": batch["reward"].clone()}
+    last["reward"][:, -1] += 5.0
+    earlier = {**batch, "reward": batch["reward"].clone()}
+    earlier["reward"][:, -2] += 5.0
+    torch.manual_seed(1)
+    base = model.loss(batch)[1]
+    torch.manual_seed(1)
+    assert model.loss(last)[1]["ol_reward"] == pytest.approx(base["ol_reward"])
+    torch.manual_seed(1)
+    assert model.loss(earlier)[1]["ol_reward"] > base["ol_reward"] + 1.0
+
+    # Trained on the same batches, the open-loop loss makes rewards imagined 7 steps ahead better
+    # (for every seed; by about a third on average at this tiny size).
+    sampler = SequenceSampler(EpisodeStore(push_data).load_all(), DEBUG.train.seq_len, seed=0)
+    batch = batch_to_torch(sampler.sample(8), "cpu")
+    errors = {0: [], 7: []}
+    for seed in range(3):
+        for horizon in errors:
+            torch.manual_seed(seed)
+            model = WorldModel(dataclasses.replace(DEBUG.world_model, open_loop_horizon=horizon))
+            opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+            for _ in range(60):
+                loss, _ = model.loss(batch)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            errors[horizon].append(_open_loop_reward_error(model.eval(), batch))
+    assert all(a < b for a, b in zip(errors[7], errors[0], strict=True)), errors
+    assert np.mean(errors[7]) < 0.75 * np.mean(errors[0]), errors

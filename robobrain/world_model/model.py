@@ -207,6 +207,10 @@ class WorldModel(nn.Module):
         }
         if state_loss is not None:
             metrics["state"] = state_loss.item()
+        if cfg.open_loop_horizon > 0 and pixels.shape[1] > 1:
+            ol_loss, ol_metrics = self._open_loop_loss(posts, post_lp, batch, action)
+            total = total + cfg.open_loop_weight * ol_loss
+            metrics.update(ol_metrics)
         if cfg.ensemble:
             ens_lp = self.rssm.ensemble_log_probs(posts.deter)
             ens_loss = categorical_kl(post_lp.detach().unsqueeze(0), ens_lp).clamp(min=cfg.free_nats).mean()
@@ -216,6 +220,62 @@ class WorldModel(nn.Module):
         return total, metrics
 
     # --- internals ---------------------------------------------------------------------------
+    def _open_loop_loss(
+        self, posts: State, post_lp: torch.Tensor, batch: dict[str, torch.Tensor], action: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Multi-step loss of the prior rolled forward from every frame of the window.
+
+        posts: posterior states [B, L, ...]; post_lp: [B, L, S, C]; action: [B, L, A]. From the
+        posterior at frame s (s < L-1) the prior imagines frames s+1 .. s+K under the real actions,
+        following its mode as the planner does (straight-through gradients). The heads on frame s+j
+        are trained on reward[s+j-1], success[s+j-1] and state[s+j]; the prior on s+j by KL to the
+        (stopped) posterior there. Steps past the window's last frame are masked out.
+        """
+        cfg = self.cfg
+        b, seq = action.shape[:2]
+        starts = seq - 1
+        k = min(cfg.open_loop_horizon, starts)
+        device = action.device
+
+        def at_starts(x: torch.Tensor) -> torch.Tensor:
+            return x[:, :starts].flatten(0, 1)
+
+        goal = None if posts.goal is None else at_starts(posts.goal)
+        state = State(at_starts(posts.deter), at_starts(posts.stoch), goal)
+        s_idx = torch.arange(starts, device=device)
+        feats, priors = [], []
+        for j in range(1, k + 1):
+            a = action[:, (s_idx + j - 1).clamp(max=seq - 1)].flatten(0, 1)
+            state, prior = self.rssm.img_step(state, a, sample=False)
+            feats.append(state.feat)
+            priors.append(prior)
+        feat = torch.stack(feats, 1).unflatten(0, (b, starts))  # [B, starts, K, F]
+        prior_lp = torch.stack(priors, 1).unflatten(0, (b, starts))  # [B, starts, K, S, C]
+        frame = s_idx[:, None] + torch.arange(1, k + 1, device=device)[None]  # [starts, K]
+        mask = (frame <= seq - 1).to(feat.dtype).expand(b, -1, -1)  # [B, starts, K]
+        frame = frame.clamp(max=seq - 1)
+
+        def masked_mean(x: torch.Tensor) -> torch.Tensor:
+            return (x * mask).sum() / mask.sum()
+
+        reward_error = self.reward_head(feat).squeeze(-1) - batch["reward"][:, frame - 1].float()
+        reward = masked_mean(reward_error.square())
+        success = masked_mean(
+            F.binary_cross_entropy_with_logits(
+                self.success_head(feat).squeeze(-1), batch["success"][:, frame - 1].float(), reduction="none"
+            )
+        )
+        kl = categorical_kl(post_lp[:, frame].detach(), prior_lp)
+        kl_loss = masked_mean(kl.clamp(min=cfg.free_nats))
+        total = cfg.reward_weight * reward + cfg.success_weight * success + cfg.kl_dyn * kl_loss
+        metrics = {"ol_reward": reward.item(), "ol_kl": masked_mean(kl).item()}
+        if self.state_head is not None and "state" in batch:
+            target = (batch["state"][:, frame].float() - self.state_mean) / self.state_std
+            state_loss = masked_mean((self.state_head(feat) - target).square().mean(-1))
+            total = total + cfg.state_weight * state_loss
+            metrics["ol_state"] = state_loss.item()
+        return total, metrics
+
     def _filter(
         self, pixels: torch.Tensor, prev_actions: torch.Tensor, sample: bool, goal: torch.Tensor | None = None
     ) -> tuple[State, torch.Tensor, torch.Tensor]:

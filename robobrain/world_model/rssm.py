@@ -116,14 +116,15 @@ class RSSM(nn.Module):
         return probs.log()
 
     def draw(self, log_probs: torch.Tensor, sample: bool) -> torch.Tensor:
-        """One-hot [..., S, C]: a Gumbel-max sample with straight-through gradients, or the mode."""
+        """One-hot [..., S, C]: a Gumbel-max sample, or the mode; straight-through gradients when
+        ``log_probs`` needs them."""
         if sample:
             u = torch.rand_like(log_probs).clamp_(1e-10, 1.0)
             idx = (log_probs - torch.log(-torch.log(u))).argmax(-1)
         else:
             idx = log_probs.argmax(-1)
         one_hot = F.one_hot(idx, self.cfg.classes).to(log_probs.dtype)
-        if sample and log_probs.requires_grad:
+        if log_probs.requires_grad:
             probs = log_probs.exp()
             one_hot = one_hot + probs - probs.detach()
         return one_hot
