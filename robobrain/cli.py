@@ -65,6 +65,9 @@ class TrainWM:
     """Seed of the model initialisation and of batch sampling."""
     max_minutes: float | None = None
     """Stop (and checkpoint) after this much wall-clock time; re-run to continue."""
+    open_loop_horizon: int | None = None
+    """Steps of the open-loop (multi-step) loss (default: the preset's; 0 = off). See
+    ``WorldModelConfig.open_loop_horizon``."""
     progress: bool = True
 
 
@@ -215,7 +218,8 @@ def run_train_wm(args: TrainWM) -> dict:
     from robobrain.config import get_preset
     from robobrain.training.wm_trainer import train_world_model
 
-    preset = get_preset(args.preset)
+    overrides = {} if args.open_loop_horizon is None else {"open_loop_horizon": args.open_loop_horizon}
+    preset = get_preset(args.preset, **overrides)
     preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
     metrics = train_world_model(
         args.data, args.run_dir, preset, args.steps, args.device, args.progress, args.max_minutes

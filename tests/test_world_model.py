@@ -270,7 +270,9 @@ def test_train_and_eval_cli(push_data, tmp_path):
 
     run = tmp_path / "run"
     main(["train-wm", "--data", str(push_data), "--run-dir", str(run), "--preset", "debug", "--steps", "5",
-          "--no-progress"])  # fmt: skip
+          "--open-loop-horizon", "3", "--no-progress"])  # fmt: skip
+    assert load_checkpoint(run).config["world_model"]["open_loop_horizon"] == 3
+    assert "ol_reward" in (run / "train_wm.csv").read_text().splitlines()[0]
     main(
         [
             "eval-wm",
