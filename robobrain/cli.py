@@ -126,6 +126,8 @@ class Eval:
     disagreement_penalty: float = 0.0
     """mpc: subtract this times the ensemble's disagreement from each imagined reward (needs a world
     model trained with an ensemble): keeps plans where the model is trustworthy."""
+    success_bonus: float = 1.0
+    """mpc: added to each imagined step's reward times the predicted success probability."""
     guide: Literal["auto", "both", "prior", "value", "none"] = "auto"
     """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
     the run has one)."""
@@ -188,6 +190,7 @@ def run_eval(args: Eval) -> dict:
         optim=optim,
         seed=args.seed,
         disagreement_penalty=args.disagreement_penalty,
+        success_bonus=args.success_bonus,
     )
     try:
         policy = load_policy(

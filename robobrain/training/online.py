@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from robobrain.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights
+from robobrain.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+)
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
 from robobrain.config import get_preset, to_dict
 from robobrain.data import Episode, EpisodeStore, SequenceSampler
@@ -297,24 +303,24 @@ class OnlineLoop:
             raise ValueError(f"{where}: episodes of {envs}, not of {self.cfg.env}")
         log.info("%d offline episodes from %s", len(self._offline), self.cfg.seed_data)
 
-    def _build_model(self, init: bool = True) -> None:
-        """A fresh world model sized to the data, or (``init``) the ``init_world_model`` checkpoint."""
+    def _recent_episodes(self, n: int) -> list[Episode]:
+        """The newest ``n`` episodes (the SB3 imagination env's start states come from them)."""
+        return (self._offline + self._episodes)[-n:]
+
+    def _build_model(self, weights: Checkpoint | None = None) -> None:
+        """A world model of ``self.wm_cfg`` sized to the data: fresh, or with the ``weights`` of a
+        checkpoint whose config ``self.wm_cfg`` is (their state statistics come with them)."""
         episodes = self._train_episodes()
         cfg = sized_config(self.wm_cfg, episodes[0])
-        ckpt = None
-        if self.cfg.init_world_model is not None:
-            ckpt = load_checkpoint(self.cfg.init_world_model, with_training_state=False)
-            cfg = model_config_from_checkpoint(ckpt.config)
-            sized = sized_config(cfg, episodes[0])
-            if sized != cfg:
-                raise CheckpointError(
-                    f"--init-world-model {self.cfg.init_world_model}: the model was trained on other "
-                    f"data (action_dim, image_size, state or goal sizes differ from {self.cfg.env}'s)"
-                )
+        if weights is not None and cfg != self.wm_cfg:
+            raise CheckpointError(
+                f"{weights.path}: the world model was trained on other data (action_dim, image_size, "
+                f"state or goal sizes differ from those of {self.cfg.env})"
+            )
         torch.manual_seed(self.cfg.seed)
         self.model = WorldModel(cfg).to(self.device)
-        if ckpt is not None and init:
-            load_weights(self.model, ckpt)  # (its state statistics come with the weights)
+        if weights is not None:
+            load_weights(self.model, weights)
         elif cfg.state_dim or cfg.goal_dim:
             self.model.set_state_stats(*state_stats(episodes, self.device))
         sampler = SequenceSampler(episodes, self.tcfg.seq_len, seed=self.cfg.seed)
@@ -333,7 +339,7 @@ class OnlineLoop:
     def _finetune(self) -> dict[str, float]:
         assert self.model is not None
         seed = self.cfg.seed + self.state.iteration
-        env = imagination_env(self.model, self._train_episodes()[-64:], self.cfg.sb3, seed=seed)
+        env = imagination_env(self.model, self._recent_episodes(64), self.cfg.sb3, seed=seed)
         if self.sb3 is None:
             self.sb3 = make_sb3_model(self.cfg.sb3, env, self.cfg.seed, self.device)
         return finetune(self.sb3, env, self.cfg.sb3.steps_per_iteration)
@@ -401,16 +407,12 @@ class OnlineLoop:
                 f"{self.store.root}: {len(self._episodes)} readable episodes, the checkpoint expects "
                 f"{self.state.episodes} (skipped: {self.store.skipped})"
             )
-        self.wm_cfg = dataclasses.replace(self.wm_cfg, **{
-            k: ckpt.config["world_model"][k]
-            for k in ("action_dim", "image_size", "state_dim", "goal_start", "goal_dim")
-        })  # fmt: skip
-        self._build_model(init=False)
+        self.wm_cfg = model_config_from_checkpoint(ckpt.config)
+        self._build_model(ckpt)
         assert self.model is not None and self.trainer is not None
-        load_weights(self.model, ckpt)
         self.trainer.restore(int(ckpt.state["trainer"]["step"]), ckpt.state["trainer"], ckpt.optimizer_state)
         if (latest / SB3_DIR).is_dir():
-            env = imagination_env(self.model, self._train_episodes()[-64:], self.cfg.sb3, seed=self.cfg.seed)
+            env = imagination_env(self.model, self._recent_episodes(64), self.cfg.sb3, seed=self.cfg.seed)
             self.sb3 = load_sb3(self.cfg.sb3, latest / SB3_DIR, env, self.device)
         self.planner = self._make_planner(explore=True)
         _set_generator_states(self.planner, ckpt.state.get("planner", {}))
@@ -431,7 +433,11 @@ class OnlineLoop:
         if not resumed:  # (a run killed before its first checkpoint starts over)
             self.store.truncate(0)
             self._seed_data()
-            self._build_model()
+            init = None
+            if cfg.init_world_model is not None:
+                init = load_checkpoint(cfg.init_world_model, with_training_state=False)
+                self.wm_cfg = model_config_from_checkpoint(init.config)
+            self._build_model(init)
         # The resolved config, world-model sizes included.
         atomic_write_json(self.run_dir / "config.json", self.config)
         if not resumed:
