@@ -142,6 +142,10 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
     seeded[seeded.index("--env-steps") + 1] = "40"
     main(seeded)  # extends (resumes) the run: the offline data is read again, not copied
     assert episodes_by_iteration(run) == {1: 2, 2: 2}
+    rows = [line.split(",") for line in (run / "train.csv").read_text().splitlines()]
+    walls = [float(r[rows[0].index("wall_s")]) for r in rows[1:]]
+    # The checkpoint holds the wall clock of the row it ends, so the resumed run loses no time.
+    assert first.state["loop"]["wall_s"] == pytest.approx(walls[0]) and walls == sorted(walls)
     assert load_checkpoint(latest_checkpoint(run)).state["loop"]["env_steps"] == 40
     assert len(EpisodeStore(offline)) == 4
     with pytest.raises(ValueError, match="no such directory"):

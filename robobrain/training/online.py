@@ -490,12 +490,14 @@ class OnlineLoop:
             summary = self.evaluate()["summary"]
             row.update(eval_success=summary["success_rate"], eval_return=summary["mean_return"])
             st.last_eval = st.env_steps
-        if st.env_steps - st.last_checkpoint >= cfg.checkpoint_every or st.env_steps >= cfg.env_steps:
-            self.checkpoint()  # (the time spent writing it counts toward the next row's wall_s)
+        # wall_s before the checkpoint, so a resumed run keeps this iteration's time (writing the
+        # checkpoint counts toward the next row's).
         now = time.perf_counter()
         st.wall_s += now - self._clock
         self._clock = now
         row["wall_s"] = st.wall_s
+        if st.env_steps - st.last_checkpoint >= cfg.checkpoint_every or st.env_steps >= cfg.env_steps:
+            self.checkpoint()
         logger.log(st.env_steps, row)
         for cb in self.callbacks:
             cb.on_iteration(st, row, self.run_dir)
