@@ -17,7 +17,7 @@ class State(NamedTuple):
     """Latent state of B sequences.
 
     deter: [B, D] -- GRU state
-    stoch: [B, S, C] -- one-hot categorical sample (straight-through gradients when sampled)
+    stoch: [B, S, C] -- one-hot categorical (a sample or the mode; straight-through gradients in training)
     goal: [B, G] or None -- the episode's goal (standardised), for goal-conditioned models. It is
         given, not predicted: every step carries it unchanged, so imagination cannot drift it.
     """
