@@ -375,9 +375,8 @@ def test_sized_config_finds_the_goal_of_the_data_env():
 def _open_loop_reward_error(model, batch):
     """MSE of the rewards imagined from the first frame's posterior under the window's actions."""
     with torch.no_grad():
-        goal = model.goal(batch["state"][:, 0]) if model.cfg.goal_dim else None
-        posts, _, _ = model._filter(batch["pixels"][:, :1], batch["action"][:, :1], sample=False, goal=goal)
-        out = model.imagine(posts.index((slice(None), 0)), batch["action"][:, :-1].float())
+        state = model.observe(batch["pixels"][:, :1], torch.zeros_like(batch["action"][:, :1]))
+        out = model.imagine(state, batch["action"][:, :-1].float())
     return (out.reward - batch["reward"][:, :-1]).square().mean().item()
 
 

@@ -237,11 +237,8 @@ class WorldModel(nn.Module):
         k = min(cfg.open_loop_horizon, starts)
         device = action.device
 
-        def at_starts(x: torch.Tensor) -> torch.Tensor:
-            return x[:, :starts].flatten(0, 1)
-
-        goal = None if posts.goal is None else at_starts(posts.goal)
-        state = State(at_starts(posts.deter), at_starts(posts.stoch), goal)
+        # The posterior at every start frame, flattened: [B * starts, ...].
+        state = State(*(None if x is None else x[:, :starts].flatten(0, 1) for x in posts))
         s_idx = torch.arange(starts, device=device)
         feats, priors = [], []
         for j in range(1, k + 1):
