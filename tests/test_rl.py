@@ -1,10 +1,13 @@
 """The SB3 bridge beyond the imagination env: the features extractor, the planner guide, fine-tuning
 with a pickle-free replay buffer, and the small pieces the online loop relies on."""
 
+import tempfile
+
 import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.logger import Logger
 
 from robobrain.checkpoint import CheckpointError
 from robobrain.config import get_preset
@@ -94,10 +97,13 @@ def test_guided_mpc_policy_acts(model):
     assert actions.shape == (2, 3) and np.all(np.abs(actions) <= 1)
 
 
-def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path):
+def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # SB3's default log folder goes there
+    (tmp_path / "tmp").mkdir()
     env = imagination_env(model, episodes(), SB3, seed=0)
     sb3 = make_sb3_model(SB3, env, seed=0, device="cpu")
     finetune(sb3, env, 64)
+    assert list((tmp_path / "tmp").iterdir()) == []  # no empty SB3-<date> folder per learn() call
     assert sb3.num_timesteps == 64 and sb3.replay_buffer.pos > 0
     save_sb3(sb3, tmp_path / "sb3")
     again = load_sb3(SB3, tmp_path / "sb3", env, "cpu")
@@ -162,6 +168,7 @@ def test_sb3_trains_on_pixels_through_the_world_model_features(model):
         "features_extractor_kwargs": {"world_model": model},
     }
     sac = SAC("CnnPolicy", env, buffer_size=64, batch_size=8, learning_starts=8, policy_kwargs=kwargs, seed=0)
+    sac.set_logger(Logger(folder=None, output_formats=[]))
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
     sac.learn(24)
     assert sac.num_timesteps == 24

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from robobrain.checkpoint import CheckpointError
@@ -98,7 +99,15 @@ def make_sb3_model(cfg: SB3Config, env: ImaginationVecEnv, seed: int, device: st
         )
     elif cls.__name__ == "PPO":
         kwargs.update(n_steps=max(cfg.horizon * 4, 16), batch_size=min(cfg.batch_size, cfg.num_envs * 64))
-    return cls("MlpPolicy", env, **kwargs)
+    model = cls("MlpPolicy", env, **kwargs)
+    model.set_logger(_quiet_logger())
+    return model
+
+
+def _quiet_logger() -> Logger:
+    """SB3's values are read back by :func:`finetune`; without a logger of its own, every ``learn``
+    call would make an empty ``SB3-<date>`` folder in the temp directory."""
+    return Logger(folder=None, output_formats=[])
 
 
 def _check_finite(model: Any, when: str) -> None:
@@ -148,6 +157,7 @@ def load_sb3(
         model = _algo_class(cfg.algo).load(d / "model.zip", env=env, device=device)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{d / 'model.zip'}: cannot load the {cfg.algo} model ({e})") from e
+    model.set_logger(_quiet_logger())
     if _is_off_policy(model):
         path = d / "replay_buffer.npz"
         buf = model.replay_buffer
