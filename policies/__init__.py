@@ -62,6 +62,10 @@ def load_policy(
 
         goal = (get_state_layout(env_id) or {}).get("goal")
         return ScriptedPolicy(get_expert(env_id), seed=seed, goal_slice=goal, **kwargs)
+    if spec == "oracle" or spec.startswith("mpc:"):
+        from robobrain.planning.mpc import check_action_bounds
+
+        check_action_bounds(action_space.low, action_space.high, mpc)
     if spec == "oracle":
         if not envs or not all(hasattr(getattr(e, "unwrapped", e), "action_to_ctrl") for e in envs):
             raise ValueError("the oracle plans in the true simulator: it needs robobrain task envs")

@@ -192,6 +192,9 @@ def run_eval(args: Eval) -> dict:
         disagreement_penalty=args.disagreement_penalty,
         success_bonus=args.success_bonus,
     )
+    import torch
+
+    torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator
     try:
         policy = load_policy(
             args.policy,

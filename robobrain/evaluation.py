@@ -57,6 +57,7 @@ def evaluate_policy(
     chosen for env 0 is replayed in the true simulator and the drift of its imagined frames (PSNR) and
     rewards is reported under ``hallucination`` (0 turns this off).
     """
+    envs = list(envs)[: max(episodes, 1)]  # a slot that would never start an episode has no observation
     k = len(envs)
     space = envs[0].action_space
     if not isinstance(space, gym.spaces.Box):
@@ -97,7 +98,8 @@ def evaluate_policy(
         latency = time.perf_counter() - t0
         latencies.append(latency)
         imagined = policy.imagined_frames() if has_imagination and frames else None
-        if can_replay and hallucination_every > 0 and active[0] and len(latencies) % hallucination_every == 1:
+        check_due = hallucination_every > 0 and (len(latencies) - 1) % hallucination_every == 0
+        if can_replay and check_due and active[0]:
             from robobrain.hallucination import hallucination_check
 
             drift.append(hallucination_check(policy, envs, 0))

@@ -62,3 +62,34 @@ def test_collect_refuses_same_step_autoreset(tmp_path):
     with pytest.raises(ValueError, match="NEXT_STEP"):
         collect_episodes(vec, RandomPolicy(3), EpisodeStore(tmp_path), 1, progress=False)
     vec.close()
+
+
+class FirstObservations(RandomPolicy):
+    """Records the observation each env shows the policy first after ``reset``."""
+
+    def __init__(self, action_dim: int) -> None:
+        super().__init__(action_dim, seed=0)
+        self.pending: np.ndarray | None = None
+        self.first: list[bytes] = []
+
+    def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
+        self.pending = np.ones(num_envs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+
+    def act(self, obs):
+        if self.pending is not None:
+            self.first += [obs["state"][i].tobytes() for i in np.flatnonzero(self.pending)]
+            self.pending = None
+        return super().act(obs)
+
+
+def test_policy_resets_when_the_reset_observation_arrives(tmp_path):
+    """A stateful policy (the world-model MPC) must start its new latent on the new episode's first
+    frame -- not on the old episode's last one, which the env shows once more before it resets."""
+    vec = envs.make_vector_env("robobrain/Reach-v0", 2, image_size=8, max_episode_steps=4)
+    store = EpisodeStore(tmp_path)
+    policy = FirstObservations(3)
+    collect_episodes(vec, policy, store, 5, seed=0, progress=False)
+    vec.close()
+    starts = {ep.state[0].tobytes() for _, ep in store.episodes()}
+    assert len(starts) == 5 and len(policy.first) == 6  # 2 at the start, 2 after each of 2 rounds
+    assert starts <= set(policy.first)

@@ -56,7 +56,7 @@ def test_episode_seed_fixes_the_episode():
                                  seed=3, progress=False)  # fmt: skip
         return [(ep["seed"], round(ep["return"], 5)) for ep in report["episodes"]]
 
-    assert run(1) == run(3)
+    assert run(1) == run(3) == run(6)  # more envs than episodes: the spare ones stay idle
 
 
 def test_eval_on_a_wrapped_gymnasium_env(tmp_path):
@@ -99,6 +99,8 @@ def test_clear_errors_for_bad_specs(tmp_path):
         load_policy(f"mpc:{tmp_path / 'wm4'}", "robobrain/Push-v0", space)
     with pytest.raises(ValueError, match="Box"):
         load_policy("random", "CartPole-v1", gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match="RescaleAction"):  # the planner would use half of [-2, 2]
+        load_policy(f"mpc:{tmp_path / 'wm4'}", "Pendulum-v1", gym.spaces.Box(-2, 2, (1,), np.float32))
     with pytest.raises(ValueError, match="robobrain task"):
         load_policy("oracle", "Reacher-v5", gym.spaces.Box(-1, 1, (2,)), envs=[gym.make("Reacher-v5")])
     (tmp_path / "bad.zip").write_bytes(b"nope")

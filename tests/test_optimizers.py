@@ -130,3 +130,6 @@ def test_bad_arguments():
         make(CEM).optimize(lambda a: torch.zeros(3), torch.zeros(2, 3, 1))
     with pytest.raises(ValueError, match="init_mean"):
         make(CEM).optimize(lambda a: torch.zeros(a.shape[:2]), torch.zeros(3, 1))
+    nan_prior = torch.full((2, 1, 3, 1), float("nan"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        make(CEM).plan(lambda a: torch.zeros(a.shape[:2]), torch.zeros(2, 3, 1), prior_samples=nan_prior)

@@ -73,6 +73,7 @@ def test_guide_prior_and_value(model, algo):
     assert prior[0].std(0).mean() > 0  # distinct samples, also from a deterministic actor
     value = guide.value(state.feat)
     assert value.shape == (3,) and torch.isfinite(value).all()
+    torch.testing.assert_close(guide.value(state.feat), value)  # V(s) of the mean action, not a sample
     assert ActorCriticGuide(sb3, num_prior=0).prior_samples(model, state, 4) is None
 
 

@@ -113,7 +113,7 @@ def collect_episodes(
                     ep_meta = {**base_meta, "sim_unstable": _info_flag(info, "sim_unstable", i)}
                     names.append(store.add(builders[i].finish(bool(terminated[i]), ep_meta)))
                     bar.update(1)
+            if resetting.any():  # these envs just returned their reset observation: a new episode
+                policy.reset(n, mask=resetting)
             resetting = done
-            if done.any():
-                policy.reset(n, mask=done)  # the next observation of these envs starts a new episode
     return CollectResult(names, env_steps)

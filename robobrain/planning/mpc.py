@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult, ScoreFn
@@ -32,6 +33,17 @@ class MPCConfig:
     """World-model scoring: penalty times the ensemble disagreement (needs an ensemble)."""
     discount: float = 1.0
     seed: int = 0
+
+
+def check_action_bounds(low: Any, high: Any, cfg: MPCConfig) -> None:
+    """The planner samples actions in [cfg.optim.low, cfg.optim.high]; an env whose Box differs
+    (e.g. Pendulum's [-2, 2]) would silently get only part of its range -- refuse it instead."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    if not (np.all(low == cfg.optim.low) and np.all(high == cfg.optim.high)):
+        raise ValueError(
+            f"the planner acts in [{cfg.optim.low}, {cfg.optim.high}] but the env's actions are in "
+            f"[{low.min()}, {high.max()}]; wrap the env in gymnasium.wrappers.RescaleAction"
+        )
 
 
 def make_optimizer(cfg: MPCConfig, device: torch.device | str = "cpu") -> CEM | MPPI:

@@ -93,7 +93,7 @@ class _SamplingOptimizer:
         std = (
             torch.full_like(mean, cfg.init_std)
             if init_std is None
-            else torch.as_tensor(init_std).expand_as(mean)
+            else torch.as_tensor(init_std, dtype=torch.float32, device=mean.device).expand_as(mean)
         )
         std = std.float().clone()
         if prior_samples is not None:
@@ -103,6 +103,8 @@ class _SamplingOptimizer:
                 or prior_samples.shape[2:] != mean.shape[1:]
             ):
                 raise ValueError(f"prior_samples must be [B, P, H, A], got {list(prior_samples.shape)}")
+            if not torch.isfinite(prior_samples).all():
+                raise ValueError("prior_samples hold NaN or inf (a diverged prior policy?)")
             prior_samples = prior_samples.float().clamp(cfg.low, cfg.high)
         best = mean.clone()
         best_score = torch.full((b,), -torch.inf, device=mean.device)
@@ -137,6 +139,7 @@ class _SamplingOptimizer:
         cfg = self.cfg
         elites, top = _elites(samples, scores, cfg.num_elites)
         valid = torch.isfinite(top)  # [B, k]
+        elites = torch.where(valid[..., None, None], elites, torch.zeros_like(elites))  # 0 * NaN is NaN
         w = self._weights(top, valid)[..., None, None]
         new_mean = (w * elites).sum(1)
         new_std = ((w * (elites - new_mean.unsqueeze(1)) ** 2).sum(1)).sqrt()

@@ -42,6 +42,8 @@ class ActorCriticGuide:
         if self._q_critic:
             if hasattr(policy.actor, "action_log_prob") and not deterministic:
                 action, _ = policy.actor.action_log_prob(obs)
+            elif hasattr(policy.actor, "action_log_prob"):  # SAC: its forward samples unless told not to
+                action = policy.actor(obs, deterministic=True)
             else:
                 action = policy.actor(obs)
                 if not deterministic:  # a deterministic actor (TD3, DDPG): Gaussian exploration noise

@@ -42,6 +42,7 @@ from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
 from robobrain.evaluation import evaluate_policy
 from robobrain.planning import MPCConfig, OptimizerConfig
+from robobrain.planning.mpc import check_action_bounds
 from robobrain.rl import (
     ActorCriticGuide,
     SB3Config,
@@ -254,6 +255,12 @@ class OnlineLoop:
         if cfg.image_size is not None:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, image_size=cfg.image_size)
         self.envs = factories.make_envs(cfg.num_envs)
+        space = self.envs.single_action_space
+        try:
+            check_action_bounds(space.low, space.high, cfg.mpc)
+        except ValueError:
+            self.envs.close()
+            raise
         self.model: WorldModel | None = None
         self.trainer: WorldModelTrainer | None = None
         self.sb3: Any = None
