@@ -102,18 +102,42 @@ def test_manifest_is_rebuilt_when_missing_or_corrupt(tmp_path):
 def test_sampler_windows_never_cross_episodes():
     episodes = [make_episode(n, tag=i) for i, n in enumerate([3, 10, 7, 2])]
     sampler = SequenceSampler(episodes, seq_len=4, seed=0)
-    assert sampler.num_windows == (10 - 3) + (7 - 3)
+    assert sampler.num_windows == (10 - 2) + (7 - 2) + (3 - 2)  # up to the final observation
     batch = sampler.sample(256)
     assert batch.pixels.shape == (256, 4, 8, 8, 3) and batch.action.shape == (256, 4, 3)
     tags = batch.state[..., 0]
     steps = batch.state[..., 1]
     assert np.all(tags == tags[:, :1]), "a window mixes episodes"
     assert np.all(np.diff(steps, axis=1) == 1), "a window is not contiguous"
-    assert set(np.unique(tags[:, 0])) == {1, 2}  # episodes shorter than 4 steps offer no window
-    for b in range(8):
+    assert set(np.unique(tags[:, 0])) == {0, 1, 2}  # fewer than 4 observations: no window
+    last_seen = set()
+    for b in range(len(tags)):
         ep = episodes[int(tags[b, 0])]
         t0 = int(steps[b, 0])
-        np.testing.assert_array_equal(batch.action[b], ep.action[t0 : t0 + 4])
-        np.testing.assert_array_equal(batch.reward[b], ep.reward[t0 : t0 + 4])
+        np.testing.assert_array_equal(batch.pixels[b], ep.pixels[t0 : t0 + 4])
+        n = min(4, len(ep) - t0)  # the per-step arrays end one earlier than the observations
+        np.testing.assert_array_equal(batch.action[b, :n], ep.action[t0 : t0 + n])
+        np.testing.assert_array_equal(batch.reward[b, :n], ep.reward[t0 : t0 + n])
+        assert np.all(batch.action[b, n:] == 0) and np.all(batch.reward[b, n:] == 0)
+        if t0 + 3 == len(ep):
+            last_seen.add(int(tags[b, 0]))
+    assert last_seen == {0, 1, 2}  # the final observation (and the last transition) is trained on
     with pytest.raises(ValueError, match="no episode"):
-        SequenceSampler(episodes, seq_len=11)
+        SequenceSampler(episodes, seq_len=12)
+
+
+def test_holdout_split_is_fixed_by_episode_number(tmp_path):
+    from robobrain.training.wm_trainer import split_episodes
+
+    store = EpisodeStore(tmp_path)
+    for i in range(10):
+        store.add(make_episode(3, tag=i))
+
+    def held_tags():
+        train, held = split_episodes(EpisodeStore(tmp_path), 0.2)
+        assert len(train) + len(held) == len(EpisodeStore(tmp_path).load_all())
+        return [ep.meta["tag"] for ep in held]
+
+    assert held_tags() == [4, 9]
+    (tmp_path / "episode_000002.npz").write_bytes(b"corrupt")  # unreadable now: nothing shifts
+    assert held_tags() == [4, 9]

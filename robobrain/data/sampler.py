@@ -18,6 +18,9 @@ class SequenceBatch(NamedTuple):
     action: float32[B, L, A] -- a_t taken after o_t
     reward: float32[B, L] -- reward for a_t
     success: bool[B, L] -- success after a_t
+
+    Nothing in a window follows its last action, so the loss never reads the last action, reward or
+    success; in a window that ends on the episode's final observation they are zero padding.
     """
 
     pixels: np.ndarray
@@ -30,8 +33,9 @@ class SequenceBatch(NamedTuple):
 class SequenceSampler:
     """Samples windows uniformly over all valid start positions of all episodes.
 
-    An episode of T steps offers ``T - L + 1`` windows (the window's observations and the actions
-    taken after them all lie inside it); shorter episodes offer none.
+    An episode of T steps (T + 1 observations) offers ``T - L + 2`` windows of L observations, the
+    last ending on its final observation, so every transition is trained on; episodes with fewer
+    than L observations offer none.
     """
 
     def __init__(self, episodes: Sequence[Episode], seq_len: int, seed: int | None = None) -> None:
@@ -45,10 +49,13 @@ class SequenceSampler:
         """Sample from these episodes from now on (the online loop adds new ones); the RNG carries on."""
         self.episodes = list(episodes)
         seq_len = self.seq_len
-        counts = np.array([max(len(ep) - seq_len + 1, 0) for ep in self.episodes], dtype=np.int64)
+        counts = np.array([max(len(ep) - seq_len + 2, 0) for ep in self.episodes], dtype=np.int64)
         if counts.sum() == 0:
             lengths = sorted({len(ep) for ep in self.episodes})
-            raise ValueError(f"no episode has {seq_len} steps (episode lengths: {lengths or 'no episodes'})")
+            raise ValueError(
+                f"no episode has {seq_len} observations ({seq_len - 1} steps); episode lengths in steps: "
+                f"{lengths or 'no episodes'}"
+            )
         self._cum = np.cumsum(counts)
 
     @property
@@ -65,10 +72,21 @@ class SequenceSampler:
         """Windows at explicit (episode index, start step) pairs."""
         win = [slice(s, s + self.seq_len) for s in starts]
         eps = [self.episodes[i] for i in ep_idx]
+
+        def steps(name: str) -> np.ndarray:
+            """Per-step arrays [B, L, ...]; a window ending on the final observation is padded by one."""
+            out = []
+            for ep, w in zip(eps, win, strict=True):
+                a = getattr(ep, name)[w]
+                if len(a) < self.seq_len:
+                    a = np.concatenate([a, np.zeros((self.seq_len - len(a), *a.shape[1:]), a.dtype)])
+                out.append(a)
+            return np.stack(out)
+
         return SequenceBatch(
             pixels=np.stack([ep.pixels[w] for ep, w in zip(eps, win, strict=True)]),
             state=np.stack([ep.state[w] for ep, w in zip(eps, win, strict=True)]),
-            action=np.stack([ep.action[w] for ep, w in zip(eps, win, strict=True)]),
-            reward=np.stack([ep.reward[w] for ep, w in zip(eps, win, strict=True)]),
-            success=np.stack([ep.success[w] for ep, w in zip(eps, win, strict=True)]),
+            action=steps("action"),
+            reward=steps("reward"),
+            success=steps("success"),
         )
