@@ -35,17 +35,25 @@ class NonFiniteLossError(RuntimeError):
 
 
 def split_episodes(store: EpisodeStore, holdout_fraction: float) -> tuple[list[Episode], list[Episode]]:
-    """(train, held-out) episodes. Every ``round(1 / holdout_fraction)``-th episode by name is held out,
-    so the held-out set spans every collection the store holds."""
-    episodes = [ep for _, ep in store.episodes()]
-    if not episodes:
+    """(train, held-out) episodes. Episode number k (``episode_<k>.npz``) is held out when
+    ``k % round(1 / holdout_fraction)`` is the period's last, so the held-out set spans every
+    collection the store holds and does not shift when a file is unreadable or removed (``eval-wm``
+    recomputes it later)."""
+    items = list(store.episodes())
+    if not items:
         raise ValueError(f"{store.root}: no readable episodes")
+    episodes = [ep for _, ep in items]
     if holdout_fraction <= 0 or len(episodes) < 2:
         return episodes, []
     period = max(2, round(1 / holdout_fraction))
-    held = [i for i in range(len(episodes)) if i % period == period - 1] or [len(episodes) - 1]
-    train = [ep for i, ep in enumerate(episodes) if i not in set(held)]
-    return train, [episodes[i] for i in held]
+    held = {i for i, (name, _) in enumerate(items) if _episode_number(name, i) % period == period - 1}
+    held = held or {len(episodes) - 1}
+    return [ep for i, ep in enumerate(episodes) if i not in held], [episodes[i] for i in sorted(held)]
+
+
+def _episode_number(name: str, default: int) -> int:
+    digits = "".join(c for c in Path(name).stem if c.isdigit())
+    return int(digits) if digits else default
 
 
 def batch_to_torch(batch: SequenceBatch, device: torch.device | str) -> dict[str, torch.Tensor]:
