@@ -1,6 +1,7 @@
 """The SB3 bridge beyond the imagination env: the features extractor, the planner guide, fine-tuning
 with a pickle-free replay buffer, and the small pieces the online loop relies on."""
 
+import dataclasses
 import tempfile
 
 import numpy as np
@@ -102,6 +103,10 @@ def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path, monke
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # SB3's default log folder goes there
     (tmp_path / "tmp").mkdir()
     env = imagination_env(model, episodes(), SB3, seed=0)
+    assert not env.success_terminates  # the tasks never terminate: the critic bootstraps past success
+    assert imagination_env(
+        model, episodes(), dataclasses.replace(SB3, success_terminates=True), 0
+    ).success_terminates
     sb3 = make_sb3_model(SB3, env, seed=0, device="cpu")
     finetune(sb3, env, 64)
     assert list((tmp_path / "tmp").iterdir()) == []  # no empty SB3-<date> folder per learn() call

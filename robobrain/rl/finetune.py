@@ -41,6 +41,10 @@ class SB3Config:
     """Imagination envs stepped together."""
     horizon: int = 15
     """Imagined episode length (DreamerV3's imagination horizon)."""
+    success_terminates: bool = False
+    """End an imagined episode when the success head fires. Off: the robobrain tasks never terminate
+    (the object must stay on the goal, and every step there pays), so a critic that bootstraps past
+    success values staying there -- which is what the planner's terminal value should credit."""
     start_states: int = 2048
     """Latent start states encoded from the newest real episodes."""
     learning_rate: float = 3e-4
@@ -74,7 +78,12 @@ def imagination_env(
     """Imagination envs starting from latents of the newest ``episodes`` (most recent first)."""
     start = encode_start_states(world_model, list(reversed(episodes)), max_states=cfg.start_states)
     return ImaginationVecEnv(
-        WorldModelDynamics(world_model, sample=True), start, cfg.num_envs, cfg.horizon, seed=seed
+        WorldModelDynamics(world_model, sample=True),
+        start,
+        cfg.num_envs,
+        cfg.horizon,
+        success_terminates=cfg.success_terminates,
+        seed=seed,
     )
 
 
