@@ -9,8 +9,10 @@ Layout of a run directory::
     run/checkpoints/latest                                              (name of the newest complete one)
 
 A checkpoint is written into a temporary directory which is renamed when complete; ``latest`` is
-moved (atomically) only afterwards. Loading never unpickles anything: tensors come from safetensors
-and the rest from JSON. A bad file gives a ``CheckpointError`` naming it.
+moved (atomically) only afterwards; every file and directory is fsynced first. Loading the world
+model and training state never unpickles anything: tensors come from safetensors and the rest from
+JSON (an online run's SB3 model, ``sb3/model.zip``, is SB3's own format, which cloudpickles some
+entries). A bad file gives a ``CheckpointError`` naming it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robobrain.data.store import atomic_write_json
+from robobrain.data.store import atomic_write_json, fsync_dir
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -111,18 +113,29 @@ def save_checkpoint(
         (tmp / STATE_DIR / STATE_FILE).write_text(json.dumps(full_state))
         if extra is not None:
             extra(tmp)
-        for f in [tmp / MODEL_FILE, tmp / STATE_DIR / STATE_FILE]:
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
+        _fsync_tree(tmp)
+        old = root / f".old-{name}-{os.getpid()}"
+        if final.exists():  # re-saving a step: set the old copy aside (latest_checkpoint falls back)
+            os.replace(final, old)
         os.replace(tmp, final)
+        fsync_dir(root)
+        if old.exists():
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     atomic_write_json(root / LATEST, {"checkpoint": name, "step": step})
     _prune(root, keep, protect=name)
     return final
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file (SB3's zip and replay buffer included) and directory under ``path``."""
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(Path(dirpath))
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
@@ -144,7 +157,10 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
         raise CheckpointError(f"{pointer}: unreadable ({e})") from e
     path = root / name
     if not path.is_dir():
-        raise CheckpointError(f"{pointer} names {name}, which does not exist")
+        aside = sorted(root.glob(f".old-{name}-*"))
+        if not aside:
+            raise CheckpointError(f"{pointer} names {name}, which does not exist")
+        os.replace(aside[-1], path)  # a re-save of this step was interrupted: the old copy is complete
     return path
 
 

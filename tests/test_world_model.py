@@ -1,13 +1,14 @@
 """World model on the debug preset: shapes, learning, batched == loop, checkpoints, resume, faults."""
 
 import dataclasses
+import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from robobrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from robobrain.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from robobrain.config import get_preset, to_dict
 from robobrain.data import EpisodeStore
 from robobrain.data.collect import collect_episodes
@@ -176,6 +177,18 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
         load_world_model(tmp_path / "other")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_world_model(tmp_path / "missing")
+
+
+def test_resaving_a_step_never_leaves_latest_dangling(tmp_path):
+    model = WorldModel(DEBUG.world_model)
+    config = {"world_model": to_dict(DEBUG.world_model)}
+    ckpt = save_checkpoint(tmp_path, 5, model, config, state={"note": "first"})
+    again = save_checkpoint(tmp_path, 5, model, config, state={"note": "again"})
+    assert again == ckpt and load_checkpoint(again).state["note"] == "again"
+    # A crash between setting the old copy aside and renaming the new one into place:
+    os.replace(ckpt, ckpt.parent / ".old-step_0000005-123")
+    assert latest_checkpoint(tmp_path) == ckpt and load_checkpoint(tmp_path).state["note"] == "again"
+    assert [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")] == []
 
 
 class _Boom:

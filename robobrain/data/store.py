@@ -92,9 +92,24 @@ def _atomic_write_bytes(path: Path, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power loss
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (its entries: renames, new files); a no-op where the OS cannot."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
