@@ -114,7 +114,7 @@ PRESETS: dict[str, PresetConfig] = {
     "cpu": PresetConfig(WorldModelConfig(), WMTrainConfig()),
     "gpu": PresetConfig(
         WorldModelConfig(cnn_depth=32, deter=512, stoch=32, classes=32, hidden=512),
-        WMTrainConfig(batch_size=16, seq_len=64, lr=1e-4, adam_eps=1e-8, grad_clip=1000.0),
+        WMTrainConfig(batch_size=16, seq_len=50, lr=1e-4, adam_eps=1e-8, grad_clip=1000.0),
     ),
 }
 

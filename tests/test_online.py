@@ -117,6 +117,10 @@ def test_resume_refuses_a_changed_config(tmp_path):
     main(run_args(tmp_path, 20))
     with pytest.raises(Exception, match="another config"):
         main([*run_args(tmp_path, 40), "--mpc.horizon", "5"])
+    with pytest.raises(ValueError, match="windows of 8 observations"):  # before collecting anything
+        main([*run_args(tmp_path / "short", 20), "--episode-steps", "6"])
+    short = tmp_path / "short" / "episodes"
+    assert not short.exists() or len(EpisodeStore(short)) == 0
 
 
 def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
@@ -200,3 +204,11 @@ def test_non_finite_env_output_stops_with_a_clear_error(tmp_path):
     with pytest.raises(FloatingPointError, match="env 0 returned a non-finite reward"):
         collect_episodes(vec, RandomPolicy(1, seed=0), EpisodeStore(tmp_path), 2, progress=False)
     assert len(EpisodeStore(tmp_path)) == 0
+
+
+def test_every_preset_trains_on_the_tasks_episodes():
+    from robobrain.config import PRESETS
+    from robobrain.envs import EPISODE_STEPS
+
+    for name, preset in PRESETS.items():  # windows of seq_len observations; episodes have steps + 1
+        assert preset.train.seq_len <= EPISODE_STEPS + 1, name

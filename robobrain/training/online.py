@@ -258,6 +258,7 @@ class OnlineLoop:
         space = self.envs.single_action_space
         try:
             check_action_bounds(space.low, space.high, cfg.mpc)
+            self._check_episode_length()
         except ValueError:
             self.envs.close()
             raise
@@ -267,6 +268,18 @@ class OnlineLoop:
         self.planner: Any = None
         self.config: dict[str, Any] = {"online": to_dict(cfg)}
 
+    def _check_episode_length(self) -> None:
+        """Refuse, before collecting anything, a preset whose training windows (``seq_len``
+        observations) are longer than the env's episodes."""
+        steps = self.cfg.episode_steps
+        if steps is None and self.cfg.env in gym.registry:
+            steps = gym.spec(self.cfg.env).max_episode_steps
+        if steps is not None and steps + 1 < self.tcfg.seq_len:
+            raise ValueError(
+                f"the {self.cfg.preset} preset trains on windows of {self.tcfg.seq_len} observations, but "
+                f"{self.cfg.env} episodes have {steps} steps ({steps + 1} observations)"
+            )
+
     # --- phases -----------------------------------------------------------------------------------
     def _seed_data(self) -> None:
         cfg = self.cfg
@@ -275,10 +288,12 @@ class OnlineLoop:
             if n <= 0:
                 continue
             policy = self.f.make_seed_policy(kind, self.envs.single_action_space, cfg.seed)
-            self._collect(policy, n, kind)
+            self._collect(policy, n, kind, seed_offset=7_919 if kind == "scripted" else 0)
 
-    def _collect(self, policy: Policy, episodes: int, kind: str) -> list[Episode]:
-        seed = self.cfg.seed + 10_007 * self.state.iteration
+    def _collect(self, policy: Policy, episodes: int, kind: str, seed_offset: int = 0) -> list[Episode]:
+        """``seed_offset`` keeps two collections of one iteration (scripted and random seed
+        episodes) from starting at the same initial states."""
+        seed = self.cfg.seed + 10_007 * self.state.iteration + seed_offset
         meta = {"env_id": self.cfg.env, "policy": kind, "iteration": self.state.iteration}
         result = collect_episodes(
             self.envs, policy, self.store, episodes, seed=seed, meta=meta, progress=False
@@ -503,9 +518,11 @@ class OnlineLoop:
         st.wall_s += now - self._clock
         self._clock = now
         row["wall_s"] = st.wall_s
+        # The row before the checkpoint: a crash between the two re-runs this iteration on resume
+        # (whose truncate_after drops the row); the other order would lose the row for good.
+        logger.log(st.env_steps, row)
         if st.env_steps - st.last_checkpoint >= cfg.checkpoint_every or st.env_steps >= cfg.env_steps:
             self.checkpoint()
-        logger.log(st.env_steps, row)
         for cb in self.callbacks:
             cb.on_iteration(st, row, self.run_dir)
 
