@@ -29,6 +29,9 @@ _UNSTABLE_WARNINGS = (
     mujoco.mjtWarning.mjWARN_BADQPOS,
     mujoco.mjtWarning.mjWARN_BADQVEL,
 )
+MAX_ABS_QPOS_QVEL = 1e3
+"""Beyond this (metres, radians, per second) the simulation has diverged even if MuJoCo has not
+warned yet: its own bound (1e10) is checked only at the start of the next step."""
 
 
 class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
@@ -85,7 +88,6 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.action_dim,), np.float32)
         self._renderer: mujoco.Renderer | None = None
         self._frame: np.ndarray | None = None
-        self._warnings = np.zeros(len(_UNSTABLE_WARNINGS), dtype=np.int64)
 
     # --- to be supplied by a task ----------------------------------------------------------
     def _sample_episode(self, rng: np.random.Generator) -> None:
@@ -133,7 +135,6 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.data.ctrl[:] = 0.0
         self.data.ctrl[3:5] = self.scene.finger_opening()
         mujoco.mj_forward(self.model, self.data)
-        self._warnings = self._warning_counts()
         state = self.state()
         _, info = self._evaluate(state)
         return self._observation(state), {**info, "sim_unstable": False}
@@ -142,6 +143,8 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         action = self._check_action(action)
         saved = (self.data.qpos.copy(), self.data.qvel.copy(), self.data.act.copy(), self.data.time)
         self.data.ctrl[:] = self.action_to_ctrl(action)
+        for w in _UNSTABLE_WARNINGS:  # MuJoCo's auto-reset sets a fired warning back to 1, so count afresh
+            self.data.warning[w].number = 0
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
 
         unstable = self._became_unstable()
@@ -149,7 +152,6 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self.data.qpos[:], self.data.qvel[:], self.data.act[:], self.data.time = saved
             self.data.ctrl[:3] = 0.0
             mujoco.mj_forward(self.model, self.data)
-            self._warnings = self._warning_counts()
         state = self.state()
         reward, info = self._evaluate(state)
         info["sim_unstable"] = unstable
@@ -192,14 +194,12 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             raise ValueError(f"action must be finite, got {a.tolist()}")
         return np.clip(a, -1.0, 1.0)
 
-    def _warning_counts(self) -> np.ndarray:
-        return np.array([self.data.warning[w].number for w in _UNSTABLE_WARNINGS], dtype=np.int64)
-
     def _became_unstable(self) -> bool:
-        counts = self._warning_counts()
-        diverged = bool(np.any(counts > self._warnings))
-        finite = np.all(np.isfinite(self.data.qpos)) and np.all(np.isfinite(self.data.qvel))
-        return diverged or not finite
+        """A divergence warning during this step, or a state that is non-finite or out of bounds."""
+        if any(self.data.warning[w].number > 0 for w in _UNSTABLE_WARNINGS):
+            return True
+        q = np.concatenate([self.data.qpos, self.data.qvel])
+        return not (np.all(np.isfinite(q)) and np.all(np.abs(q) < MAX_ABS_QPOS_QVEL))
 
 
 def move_toward(pos: np.ndarray, target: np.ndarray, step: float, gain: float = 1.0) -> np.ndarray:

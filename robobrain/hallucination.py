@@ -42,7 +42,6 @@ def replay_in_simulator(env: Any, actions: np.ndarray) -> Replay:
         mujoco.mj_setState(raw.model, raw.data, saved, spec)
         raw.data.ctrl[:] = ctrl
         mujoco.mj_forward(raw.model, raw.data)
-        raw._warnings = raw._warning_counts()
         raw._frame = raw._render_pixels()
     return Replay(np.stack(frames), np.asarray(rewards, dtype=np.float32), np.stack(states))
 

@@ -142,6 +142,15 @@ def test_unstable_simulation_is_truncated_without_teleport(small_env):
     # The state is rolled back to the last good one, not MuJoCo's auto-reset (qpos0).
     np.testing.assert_allclose(obs_bad["state"][:3], obs["state"][:3], atol=1e-6)
     assert np.linalg.norm(obs_bad["state"][:3]) > 1e-3
+    # A second blow-up in the same episode (MuJoCo's auto-reset leaves its warning count at 1), and
+    # one that is still finite and below MuJoCo's own bound: both are caught, neither teleports.
+    for qvel in (1e30, 1e6):
+        raw.data.qvel[:] = 0.0
+        good, *_ = small_env.step(zero)
+        raw.data.qvel[:] = qvel
+        bad, _, _, truncated, info = small_env.step(zero)
+        assert info["sim_unstable"] is True and truncated, qvel
+        np.testing.assert_allclose(bad["state"][:3], good["state"][:3], atol=1e-6)
 
 
 def test_success_flag_matches_threshold(task_id):
