@@ -172,6 +172,8 @@ def run_eval(args: Eval) -> dict:
     from robobrain.planning import MPCConfig, OptimizerConfig
     from robobrain.policies import load_policy
 
+    if args.episodes < 1 or args.num_envs < 1:
+        raise ValueError(f"--episodes and --num-envs must be >= 1, got {args.episodes}, {args.num_envs}")
     size = args.image_size
     if size is None and args.policy.startswith("mpc:"):
         size = int(
@@ -281,8 +283,8 @@ def run_collect(args: Collect) -> list[str]:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     vec = envs.make_vector_env(args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode)
     try:
-        if args.decoy_goal_prob and args.policy != "scripted":
-            raise ValueError("--decoy-goal-prob applies to --policy scripted only")
+        if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
+            raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
         kwargs = (
             {"noise_std": args.noise, "decoy_goal_prob": args.decoy_goal_prob}
             if args.policy == "scripted"
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         description="robobrain: a robot brain backed by a learned video world model.",
     )
     for cls, run in COMMANDS.values():
-        if isinstance(args, cls):
+        if type(args) is cls:  # not isinstance: Demo is a Train
             print(json.dumps({type(args).__name__: asdict(args)}, default=str))
             run(args)
             return

@@ -23,8 +23,11 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 20,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
-    with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1) as w:
-        for frame in frames:
-            w.append_data(frame)
-    os.replace(tmp, path)
+    try:
+        with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1) as w:
+            for frame in frames:
+                w.append_data(frame)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

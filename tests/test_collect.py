@@ -24,6 +24,9 @@ def test_collect_cli(tmp_path):
         assert ep.meta["env_id"] == "robobrain/Push-v0" and ep.meta["policy"] == "scripted"
     main([*args, "--num-envs", "1", "--image-size", "16", "--out", str(out), "--no-progress"])
     assert len(EpisodeStore(out)) == 6  # appended
+    random_args = ["collect", "--env", "robobrain/Push-v0", "--policy", "random", "--noise", "0.1"]
+    with pytest.raises(ValueError, match="scripted only"):  # would be silently ignored
+        main([*random_args, "--out", str(out), "--no-progress"])
 
 
 def test_no_transition_crosses_a_reset(tmp_path):

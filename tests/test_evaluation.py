@@ -99,6 +99,8 @@ def test_clear_errors_for_bad_specs(tmp_path):
         load_policy(f"mpc:{tmp_path / 'wm4'}", "robobrain/Push-v0", space)
     with pytest.raises(ValueError, match="Box"):
         load_policy("random", "CartPole-v1", gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match=">= 1"):
+        main(["eval", "--policy", "random", "--episodes", "0", "--out", str(tmp_path), "--no-progress"])
     with pytest.raises(ValueError, match="RescaleAction"):  # the planner would use half of [-2, 2]
         load_policy(f"mpc:{tmp_path / 'wm4'}", "Pendulum-v1", gym.spaces.Box(-2, 2, (1,), np.float32))
     with pytest.raises(ValueError, match="robobrain task"):

@@ -433,3 +433,13 @@ def test_open_loop_loss_aligns_targets_and_trains_the_imagined_rewards(push_data
             errors[horizon].append(_open_loop_reward_error(model.eval(), batch))
     assert all(a < b for a, b in zip(errors[7], errors[0], strict=True)), errors
     assert np.mean(errors[7]) < 0.75 * np.mean(errors[0]), errors
+
+
+def test_unimix_zero_keeps_confident_log_probs_finite():
+    from robobrain.world_model.rssm import categorical_kl
+
+    cfg = dataclasses.replace(DEBUG.world_model, unimix=0.0)
+    logits = torch.zeros(2, cfg.stoch * cfg.classes)
+    logits[:, :: cfg.classes] = 200.0  # the other classes underflow a float32 softmax
+    lp = WorldModel(cfg).rssm.log_probs(logits)
+    assert torch.isfinite(lp).all() and torch.isfinite(categorical_kl(lp, lp)).all()

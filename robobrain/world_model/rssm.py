@@ -108,11 +108,11 @@ class RSSM(nn.Module):
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Raw head output [..., S*C] -> log-probabilities [..., S, C] mixed with 1 % uniform."""
-        logits = logits.unflatten(-1, (self.cfg.stoch, self.cfg.classes))
-        probs = torch.softmax(logits.float(), -1)
+        logits = logits.unflatten(-1, (self.cfg.stoch, self.cfg.classes)).float()
         u = self.cfg.unimix
-        if u > 0:
-            probs = (1 - u) * probs + u / self.cfg.classes
+        if u <= 0:  # log of an underflowed softmax would be -inf, and the KL's 0 * -inf NaN
+            return torch.log_softmax(logits, -1)
+        probs = (1 - u) * torch.softmax(logits, -1) + u / self.cfg.classes
         return probs.log()
 
     def draw(self, log_probs: torch.Tensor, sample: bool) -> torch.Tensor:
