@@ -45,7 +45,8 @@ class OptimizerConfig:
 
 class PlanResult(NamedTuple):
     """best: [B, H, A] the plan to execute; mean, std: [B, H, A] the final sampling distribution;
-    score: [B] the score of ``best`` (-inf when no candidate scored finitely); iterations run."""
+    score: [B] the best candidate score seen (-inf when none scored finitely) -- for CEM the score of
+    ``best``; MPPI's plan is the weighted mean, which is not re-scored; iterations run."""
 
     best: torch.Tensor
     mean: torch.Tensor
