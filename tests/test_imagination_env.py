@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecCheckNan
 
 from robobrain.config import get_preset
@@ -48,6 +49,7 @@ def test_vec_env_contract_and_auto_reset():
 def test_ppo_reaches_the_toy_optimum():
     env = VecCheckNan(ImaginationVecEnv(PointLatent(), point_starts(), num_envs=16, horizon=20, seed=0))
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=256, learning_rate=3e-3, seed=0, device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no SB3-<date> folder in the temp directory
 
     def final_distance(policy):
         x = torch.linspace(-1, 1, 21)[:, None]
