@@ -166,6 +166,8 @@ def run_train(args: Train) -> dict:
 
 
 def run_eval(args: Eval) -> dict:
+    import torch
+
     from robobrain.checkpoint import load_checkpoint
     from robobrain.envs import make_env
     from robobrain.evaluation import evaluate_policy
@@ -194,8 +196,6 @@ def run_eval(args: Eval) -> dict:
         disagreement_penalty=args.disagreement_penalty,
         success_bonus=args.success_bonus,
     )
-    import torch
-
     torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator
     try:
         policy = load_policy(

@@ -40,10 +40,8 @@ class ActorCriticGuide:
         policy = self.sb3.policy
         obs = self._obs(feat)
         if self._q_critic:
-            if hasattr(policy.actor, "action_log_prob") and not deterministic:
-                action, _ = policy.actor.action_log_prob(obs)
-            elif hasattr(policy.actor, "action_log_prob"):  # SAC: its forward samples unless told not to
-                action = policy.actor(obs, deterministic=True)
+            if hasattr(policy.actor, "action_log_prob"):  # SAC: its forward samples unless told not to
+                action = policy.actor(obs, deterministic=deterministic)
             else:
                 action = policy.actor(obs)
                 if not deterministic:  # a deterministic actor (TD3, DDPG): Gaussian exploration noise
