@@ -41,6 +41,7 @@ class WorldModelMPCPolicy:
         self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
         self.state: State | None = None
         self.plan_state: State | None = None
+        self.plan_frame: torch.Tensor | None = None
         self.prev_action: torch.Tensor | None = None
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
@@ -74,6 +75,7 @@ class WorldModelMPCPolicy:
         self.state = self.state._replace(goal=goal)
         self.state, _, _ = self.model.rssm.obs_step(self.state, self.prev_action, embed, sample=False)
         self.plan_state = self.state
+        self.plan_frame = torch.from_numpy(pixels).to(self.device)
         value_fn = prior = None
         if self.guide is not None:
             value_fn = self.guide.value if self.guide.use_value else None
@@ -88,7 +90,7 @@ class WorldModelMPCPolicy:
         """The imagined future (frames decoded) of the plan chosen at the last ``act``: [N, H, ...]."""
         if self.mpc.last is None or self.plan_state is None:
             raise RuntimeError("no plan yet")
-        return self.model.imagine(self.plan_state, self.mpc.last.best, decode=True)
+        return self.model.imagine(self.plan_state, self.mpc.last.best, decode=True, reference=self.plan_frame)
 
     def imagined_frames(self) -> np.ndarray:
         """Decoded frames of the last chosen plan: uint8[N, H, S, S, 3]."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 Preset = Literal["debug", "cpu", "gpu"]
@@ -48,6 +49,16 @@ class WorldModelConfig:
     first frame vs 4.3 cm; Reach MPC 86 % vs 98 %), at ~1.4x the planning cost (bench/RESULTS.md)."""
     hidden: int = 128
     """Width of the MLPs (dynamics input, prior/posterior, heads)."""
+    reference_frame: bool = False
+    """Refine each decoded frame with a real frame of the same episode (the last one observed): a mask
+    keeps what did not change sharp from it (``networks.ReferenceRefiner``, trained on the detached
+    decoded frames, so the latent learns exactly what it would without it). ``decode`` and
+    ``imagine(decode=True)`` then need that frame. Planning never decodes, so it costs nothing there."""
+    reward_bins: int = 0
+    """0: the reward head is a regression trained by squared error. > 0: DreamerV3's two-hot discrete
+    regression over this many bins in symlog space (``networks.ScalarHead``)."""
+    reward_limit: float = 5.0
+    """The bins span symlog(reward) in [-limit, limit] (5: rewards up to about +-147)."""
     ensemble: int = 0
     """Extra prior heads whose disagreement estimates uncertainty (0 = none)."""
     unimix: float = 0.01
@@ -106,14 +117,21 @@ class PresetConfig:
     train: WMTrainConfig
 
 
+# Decoder refinement and the two-hot reward head are on in every preset but off in the dataclass's
+# defaults: a checkpoint saved before they existed has no such keys in its config.json and must load
+# as the model it was.
+_PRESET_FEATURES = MappingProxyType({"reference_frame": True, "reward_bins": 41})
+
 PRESETS: dict[str, PresetConfig] = {
     "debug": PresetConfig(
-        WorldModelConfig(image_size=32, cnn_depth=8, deter=32, stoch=4, classes=4, hidden=32),
+        WorldModelConfig(
+            image_size=32, cnn_depth=8, deter=32, stoch=4, classes=4, hidden=32, **_PRESET_FEATURES
+        ),
         WMTrainConfig(batch_size=8, seq_len=8, lr=1e-3, log_every=5, checkpoint_every=50),
     ),
-    "cpu": PresetConfig(WorldModelConfig(), WMTrainConfig()),
+    "cpu": PresetConfig(WorldModelConfig(**_PRESET_FEATURES), WMTrainConfig()),
     "gpu": PresetConfig(
-        WorldModelConfig(cnn_depth=32, deter=512, stoch=32, classes=32, hidden=512),
+        WorldModelConfig(cnn_depth=32, deter=512, stoch=32, classes=32, hidden=512, **_PRESET_FEATURES),
         WMTrainConfig(batch_size=16, seq_len=50, lr=1e-4, adam_eps=1e-8, grad_clip=1000.0),
     ),
 }

@@ -104,9 +104,10 @@ def test_disagreement_penalty_needs_an_ensemble():
         world_model_score_fn(model, state, penalised)(torch.zeros(1, 2, 3, cfg.action_dim))
 
 
-def test_world_model_mpc_policy():
+@pytest.mark.parametrize("reference_frame", [False, True])
+def test_world_model_mpc_policy(reference_frame):
     torch.manual_seed(0)
-    cfg = get_preset("debug").world_model
+    cfg = dataclasses.replace(get_preset("debug").world_model, reference_frame=reference_frame)
     policy = WorldModelMPCPolicy(WorldModel(cfg), SMALL)
     policy.reset(3)
     obs = {"pixels": np.zeros((3, 32, 32, 3), np.uint8), "state": np.zeros((3, 20), np.float32)}

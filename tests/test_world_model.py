@@ -57,13 +57,67 @@ def test_shapes():
     batch = fake_batch(cfg)
     state = model.observe(batch["pixels"], batch["action"])
     assert state.deter.shape == (3, cfg.deter) and state.stoch.shape == (3, cfg.stoch, cfg.classes)
-    out = model.imagine(state, torch.zeros(3, 5, cfg.action_dim), decode=True)
+    out = model.imagine(
+        state, torch.zeros(3, 5, cfg.action_dim), decode=True, reference=batch["pixels"][:, -1]
+    )
     assert out.feat.shape == (3, 5, cfg.feat_dim)
     assert out.reward.shape == out.success_logit.shape == out.disagreement.shape == (3, 5)
     assert out.pixels.shape == (3, 5, cfg.image_size, cfg.image_size, 3) and out.pixels.dtype == torch.uint8
     assert model.imagine(state, torch.zeros(3, 5, cfg.action_dim)).pixels is None
     loss, metrics = model.loss(batch)
-    assert loss.ndim == 0 and {"recon", "reward", "success", "kl", "ensemble_kl"} <= set(metrics)
+    assert loss.ndim == 0 and {"recon", "recon_refined", "reward", "success", "kl", "ensemble_kl"} <= set(
+        metrics
+    )
+
+
+def test_reference_refiner_needs_the_frame_and_copies_it_where_its_mask_is_shut():
+    cfg = dataclasses.replace(DEBUG.world_model, reference_frame=True)
+    model = WorldModel(cfg)
+    batch = fake_batch(cfg)
+    state = model.observe(batch["pixels"], batch["action"])
+    actions = torch.zeros(3, 4, cfg.action_dim)
+    last = batch["pixels"][:, -1]
+    with pytest.raises(ValueError, match="reference frame"):
+        model.imagine(state, actions, decode=True)
+    with pytest.raises(ValueError, match="reference frame"):
+        model.imagine(state, actions, decode=True, reference=last[:2])
+    with pytest.raises(ValueError, match="reference frame"):
+        model.decode(state.feat, last.float())
+    out = model.imagine(state, actions, decode=True, reference=last)
+    assert out.pixels.shape == (3, 4, cfg.image_size, cfg.image_size, 3)
+    assert model.decode(state.feat, last).shape == last.shape
+    with torch.no_grad():
+        model.refiner.out.bias[3] = -60.0  # the mask logit: keep every pixel of the reference
+        kept = model.imagine(state, actions, decode=True, reference=last).pixels
+    assert torch.equal(kept, last[:, None].expand_as(kept))
+    # The frame is an input of the decoder only: the latent rollout does not depend on it.
+    torch.testing.assert_close(out.reward, model.imagine(state, actions).reward)
+
+
+def test_two_hot_reward_head_fits_a_jump_that_squared_error_smooths():
+    from robobrain.world_model.networks import ScalarHead, symexp, symlog
+
+    x = torch.linspace(-3, 3, 101)
+    torch.testing.assert_close(symexp(symlog(x)), x)
+    with pytest.raises(ValueError, match="bins"):
+        ScalarHead(4, 8, bins=1)
+    # Dense negative rewards with a +1 success bonus on a third of the inputs.
+    torch.manual_seed(0)
+    feat = torch.randn(96, 4)
+    target = -0.3 * feat[:, 0].abs() + (feat[:, 1] > 0.4).float()
+    head = ScalarHead(4, 32, bins=41)
+    assert head(feat).shape == (96, 1) and head(feat).abs().max() < 1e-6  # zero-initialised
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    first = ((head(feat).squeeze(-1) - target).square().mean()).item()
+    for _ in range(300):
+        loss = head.loss(feat, target).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert head.loss(feat, target).shape == (96,)
+    assert ((head(feat).squeeze(-1) - target).square().mean()).item() < 0.02 * first
+    mse_head = ScalarHead(4, 8)  # bins=0: plain regression, loss = squared error
+    torch.testing.assert_close(mse_head.loss(feat, target), (mse_head(feat).squeeze(-1) - target).square())
 
 
 def test_bad_inputs_raise():
@@ -103,13 +157,14 @@ def test_batched_imagine_equals_step_by_step_loop():
             torch.testing.assert_close(batched.feat[i, -1], s.feat[0], rtol=1e-5, atol=1e-5)
 
 
-def test_loss_halves_on_a_fixed_batch(push_data):
+@pytest.mark.parametrize("reference_frame", [False, True])
+def test_loss_halves_on_a_fixed_batch(push_data, reference_frame):
     torch.manual_seed(0)
     from robobrain.data import SequenceSampler
 
     sampler = SequenceSampler(EpisodeStore(push_data).load_all(), DEBUG.train.seq_len, seed=0)
     batch = batch_to_torch(sampler.sample(8), "cpu")
-    model = WorldModel(DEBUG.world_model)
+    model = WorldModel(dataclasses.replace(DEBUG.world_model, reference_frame=reference_frame))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for _ in range(80):
@@ -121,15 +176,22 @@ def test_loss_halves_on_a_fixed_batch(push_data):
     assert loss.item() < 0.5 * first
 
 
-def test_save_load_identical_outputs(tmp_path):
+@pytest.mark.parametrize("variant", [{}, {"reward_bins": 21, "reference_frame": True}])
+def test_save_load_identical_outputs(tmp_path, variant):
     torch.manual_seed(1)
-    model = WorldModel(DEBUG.world_model).eval()
-    save_checkpoint(tmp_path, 3, model, {"world_model": to_dict(DEBUG.world_model)})
+    cfg = dataclasses.replace(DEBUG.world_model, **variant)
+    model = WorldModel(cfg).eval()
+    save_checkpoint(tmp_path, 3, model, {"world_model": to_dict(cfg)})
     loaded = load_world_model(tmp_path)
-    batch = fake_batch(DEBUG.world_model)
+    batch = fake_batch(cfg)
+    ref = batch["pixels"][:, -1]
     with torch.no_grad():
-        a = model.imagine(model.observe(batch["pixels"], batch["action"]), batch["action"], decode=True)
-        b = loaded.imagine(loaded.observe(batch["pixels"], batch["action"]), batch["action"], decode=True)
+        a = model.imagine(
+            model.observe(batch["pixels"], batch["action"]), batch["action"], decode=True, reference=ref
+        )
+        b = loaded.imagine(
+            loaded.observe(batch["pixels"], batch["action"]), batch["action"], decode=True, reference=ref
+        )
     for x, y in zip(a, b, strict=True):
         if x is not None:
             torch.testing.assert_close(x, y, rtol=0, atol=0)
@@ -319,7 +381,8 @@ def test_time_budget_checkpoints_and_resumes(push_data, tmp_path):
 def goal_model(seed=0):
     """A debug model conditioned on state[7:10] (the robobrain tasks' goal), stats set."""
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(DEBUG.world_model, state_dim=10, goal_start=7, goal_dim=3)
+    # A squared-error reward head: an untrained two-hot head predicts 0 whatever its input.
+    cfg = dataclasses.replace(DEBUG.world_model, state_dim=10, goal_start=7, goal_dim=3, reward_bins=0)
     model = WorldModel(cfg)
     model.set_state_stats(torch.zeros(10), torch.full((10,), 0.1))
     return model.eval()
@@ -396,7 +459,8 @@ def _open_loop_reward_error(model, batch):
 def test_open_loop_loss_aligns_targets_and_trains_the_imagined_rewards(push_data):
     from robobrain.data import SequenceSampler
 
-    cfg = dataclasses.replace(DEBUG.world_model, open_loop_horizon=4)
+    # reward_bins=0: the untrained two-hot head's loss (uniform bins) does not depend on the target.
+    cfg = dataclasses.replace(DEBUG.world_model, open_loop_horizon=4, reward_bins=0)
     torch.manual_seed(0)
     model = WorldModel(cfg)
     batch = fake_batch(cfg)
@@ -423,7 +487,7 @@ def test_open_loop_loss_aligns_targets_and_trains_the_imagined_rewards(push_data
     for seed in range(3):
         for horizon in errors:
             torch.manual_seed(seed)
-            model = WorldModel(dataclasses.replace(DEBUG.world_model, open_loop_horizon=horizon))
+            model = WorldModel(dataclasses.replace(cfg, open_loop_horizon=horizon))
             opt = torch.optim.Adam(model.parameters(), lr=3e-3)
             for _ in range(60):
                 loss, _ = model.loss(batch)

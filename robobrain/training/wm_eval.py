@@ -104,7 +104,10 @@ def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarr
             torch.from_numpy(windows["ctx_actions"][sl]).to(dev),
             env_state=torch.from_numpy(windows["ctx_state"][sl]).to(dev),  # the goal, when conditioned
         )
-        out = model.imagine(state, torch.from_numpy(actions[sl]).float().to(dev), decode=True)
+        last_frame = torch.from_numpy(windows["ctx_pixels"][sl, -1]).to(dev)
+        out = model.imagine(
+            state, torch.from_numpy(actions[sl]).float().to(dev), decode=True, reference=last_frame
+        )
         frames.append(out.pixels.cpu())
         rewards.append(out.reward.float().cpu())
         success.append(out.success_logit.float().cpu())

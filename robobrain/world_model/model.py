@@ -9,11 +9,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from robobrain.config import WorldModelConfig
-from robobrain.world_model.networks import MLP, Decoder, Encoder, float_to_pixels, pixels_to_float
+from robobrain.world_model.networks import (
+    MLP,
+    Decoder,
+    Encoder,
+    ReferenceRefiner,
+    ScalarHead,
+    float_to_pixels,
+    pixels_to_float,
+)
 from robobrain.world_model.rssm import RSSM, State, categorical_kl, stack_states
 
 STATE_STD_FLOOR = 0.05
 """Smallest std the state targets are divided by (state units: m, m/s, quaternion components)."""
+REFINED_FRAMES = 4
+"""Frames per training window the reference refiner learns on (``cfg.reference_frame``)."""
 
 
 class Rollout(NamedTuple):
@@ -43,7 +53,8 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(cfg.image_size, cfg.cnn_depth)
         self.rssm = RSSM(cfg, self.encoder.embed_dim)
         self.decoder = Decoder(cfg.feat_dim, cfg.image_size, cfg.cnn_depth)
-        self.reward_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2)
+        self.refiner = ReferenceRefiner(cfg.cnn_depth) if cfg.reference_frame else None
+        self.reward_head = ScalarHead(cfg.feat_dim, cfg.hidden, cfg.reward_bins, cfg.reward_limit)
         self.success_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2)
         self.state_head = MLP(cfg.feat_dim, cfg.state_dim, cfg.hidden, layers=2) if cfg.state_dim else None
         # Standardisation of the decoded state, set from the training data (set_state_stats), saved
@@ -127,11 +138,18 @@ class WorldModel(nn.Module):
         return posts.index((slice(None), -1))
 
     def imagine(
-        self, state: State, actions: torch.Tensor, sample: bool = False, decode: bool = False
+        self,
+        state: State,
+        actions: torch.Tensor,
+        sample: bool = False,
+        decode: bool = False,
+        reference: torch.Tensor | None = None,
     ) -> Rollout:
         """Roll the dynamics forward from ``state`` under ``actions`` [B, H, A], batched over B.
 
-        ``sample=False`` follows the most likely latent (deterministic, for planning).
+        ``sample=False`` follows the most likely latent (deterministic, for planning). ``decode``
+        adds the frames; a model with ``cfg.reference_frame`` composes them from ``reference``
+        uint8[B, S, S, 3], the last real frame each state observed (see :meth:`decode`).
         """
         self._check_actions(actions, actions.shape[0])
         b, h, _ = actions.shape
@@ -148,11 +166,18 @@ class WorldModel(nn.Module):
             deters.append(state.deter)
             stochs.append(state.stoch)
         goals = None if goal is None else goal.unsqueeze(1).expand(-1, h, -1)
-        return self._heads(State(torch.stack(deters, 1), torch.stack(stochs, 1), goals), decode)
+        return self._heads(State(torch.stack(deters, 1), torch.stack(stochs, 1), goals), decode, reference)
 
-    def decode(self, feat: torch.Tensor) -> torch.Tensor:
-        """Latent features [..., F] -> predicted frames uint8[..., S, S, 3]."""
-        return float_to_pixels(self._decode_float(feat))
+    def decode(self, feat: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent features [B, ..., F] -> predicted frames uint8[B, ..., S, S, 3].
+
+        reference: uint8[B, S, S, 3], a real frame of each feature's episode (the last one observed),
+        needed by -- and only read by -- a model with ``cfg.reference_frame``."""
+        if self.refiner is None:
+            return float_to_pixels(self._decode_float(feat))
+        lead = feat.shape[:-1]
+        hidden = self.decoder.hidden(feat.reshape(-1, feat.shape[-1]))
+        return float_to_pixels(self._refine(hidden.unflatten(0, lead), reference))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss on a batch of windows (see ``robobrain.data.SequenceBatch``).
@@ -172,11 +197,21 @@ class WorldModel(nn.Module):
         cfg = self.cfg
         feat = posts.feat
         target = pixels_to_float(pixels)
-        recon = self._decode_float(feat)
+        lead = feat.shape[:2]
+        hidden = self.decoder.hidden(feat.flatten(0, 1))
+        recon = self.decoder.to_image(hidden).unflatten(0, lead)
         recon_loss = (recon - target).square().sum((-3, -2, -1)).mean()
+        refined_loss = None
+        if self.refiner is not None and pixels.shape[1] > 1:
+            # A few later frames of each window refined from its first, on the detached features: only
+            # the refiner learns here (all L frames would cost ~35 % more per step at 64 px).
+            t = torch.randint(1, pixels.shape[1], (b, REFINED_FRAMES), device=pixels.device)
+            rows = torch.arange(b, device=pixels.device)[:, None]
+            hidden = hidden.unflatten(0, lead)[rows, t].detach()
+            refined = self._refine(hidden, pixels[:, 0])
+            refined_loss = (refined - target[rows, t]).square().sum((-3, -2, -1)).mean()
 
-        reward_pred = self.reward_head(feat[:, 1:]).squeeze(-1)
-        reward_loss = F.mse_loss(reward_pred, batch["reward"][:, :-1].float())
+        reward_loss = self.reward_head.loss(feat[:, 1:], batch["reward"][:, :-1]).mean()
         success_logit = self.success_head(feat[:, 1:]).squeeze(-1)
         success_target = batch["success"][:, :-1].float()
         success_loss = F.binary_cross_entropy_with_logits(success_logit, success_target)
@@ -199,6 +234,8 @@ class WorldModel(nn.Module):
         )
         if state_loss is not None:
             total = total + cfg.state_weight * state_loss
+        if refined_loss is not None:
+            total = total + cfg.recon_weight * refined_loss
         metrics = {
             "recon": recon_loss.item(),
             "reward": reward_loss.item(),
@@ -207,6 +244,8 @@ class WorldModel(nn.Module):
         }
         if state_loss is not None:
             metrics["state"] = state_loss.item()
+        if refined_loss is not None:
+            metrics["recon_refined"] = refined_loss.item()
         if cfg.open_loop_horizon > 0 and pixels.shape[1] > 1:
             ol_loss, ol_metrics = self._open_loop_loss(posts, post_lp, batch, action)
             total = total + cfg.open_loop_weight * ol_loss
@@ -255,8 +294,7 @@ class WorldModel(nn.Module):
         def masked_mean(x: torch.Tensor) -> torch.Tensor:
             return (x * mask).sum() / mask.sum()
 
-        reward_error = self.reward_head(feat).squeeze(-1) - batch["reward"][:, frame - 1].float()
-        reward = masked_mean(reward_error.square())
+        reward = masked_mean(self.reward_head.loss(feat, batch["reward"][:, frame - 1]))
         success = masked_mean(
             F.binary_cross_entropy_with_logits(
                 self.success_head(feat).squeeze(-1), batch["success"][:, frame - 1].float(), reduction="none"
@@ -307,7 +345,22 @@ class WorldModel(nn.Module):
         lead = feat.shape[:-1]
         return self.decoder(feat.reshape(-1, feat.shape[-1])).unflatten(0, lead)
 
-    def _heads(self, states: State, decode: bool) -> Rollout:
+    def _refine(self, hidden: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+        """hidden: the decoder's feature maps [B, ..., depth, S/2, S/2]; reference: uint8[B, S, S, 3]
+        (one frame per leading index) -> frames float[B, ..., 3, S, S]."""
+        s, lead = self.cfg.image_size, hidden.shape[:-3]
+        b = lead[0] if lead else 1
+        if reference is None or reference.dtype != torch.uint8 or tuple(reference.shape) != (b, s, s, 3):
+            got = None if reference is None else f"{reference.dtype}{list(reference.shape)}"
+            raise ValueError(
+                f"this world model refines its frames with a reference frame (cfg.reference_frame): pass "
+                f"the last real frame of each episode, uint8[B={b}, {s}, {s}, 3]; got {got}"
+            )
+        ref = pixels_to_float(reference).unsqueeze(1).expand(-1, lead[1:].numel(), -1, -1, -1)
+        out = self.refiner(hidden.reshape(-1, *hidden.shape[-3:]), ref.reshape(-1, 3, s, s))
+        return out.view(*lead, 3, s, s)
+
+    def _heads(self, states: State, decode: bool, reference: torch.Tensor | None = None) -> Rollout:
         feat = states.feat
         disagreement = None
         if self.cfg.ensemble:
@@ -318,7 +371,7 @@ class WorldModel(nn.Module):
             reward=self.reward_head(feat).squeeze(-1),
             success_logit=self.success_head(feat).squeeze(-1),
             disagreement=disagreement,
-            pixels=self.decode(feat) if decode else None,
+            pixels=self.decode(feat, reference) if decode else None,
         )
 
     def _check_goal(self, goal: torch.Tensor | None, batch: int) -> None:

@@ -74,5 +74,89 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        x = self.inp(feat).view(-1, self.top, 4, 4)
-        return self.net(x)
+        return self.to_image(self.hidden(feat))
+
+    def hidden(self, feat: torch.Tensor) -> torch.Tensor:
+        """features [N, F] -> the last feature map [N, depth, S/2, S/2] (before the output layer)."""
+        return self.net[:-1](self.inp(feat).view(-1, self.top, 4, 4))
+
+    def to_image(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net[-1](hidden)
+
+
+class ReferenceRefiner(nn.Module):
+    """(decoder feature map [N, depth, S/2, S/2], reference frame float[N, 3, S, S]) -> a frame.
+
+    The reference is a real frame of the same episode (the last one observed). Its half-resolution
+    conv features are added to the decoder's last feature map, and a transposed conv draws colours c
+    and a mask m: ``m * c + (1 - m) * reference``, so what did not change (the table, the goal zone) is
+    copied sharp from the reference and the latent's features draw what moved -- the compositing
+    masks of video-prediction models (Finn et al. 2016, CDNA; SV2P). The world model trains it on the
+    *detached* feature map, so it never changes what the latent learns to carry: given the reference
+    in the decoder itself, the latent stopped carrying a block that did not move (bench/RESULTS.md).
+    """
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.ref_net = nn.Sequential(nn.Conv2d(3, depth, 4, stride=2, padding=1), nn.SiLU())
+        self.out = nn.ConvTranspose2d(depth, 4, 4, stride=2, padding=1)  # colours + mask logit
+
+    def forward(self, hidden: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        out = self.out(hidden + self.ref_net(reference))
+        mask = torch.sigmoid(out[:, 3:])
+        return mask * out[:, :3] + (1 - mask) * reference
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+class ScalarHead(MLP):
+    """features [..., F] -> a scalar prediction [..., 1]; :meth:`loss` trains it.
+
+    ``bins=0``: a plain regression trained by squared error. ``bins > 0``: DreamerV3's discrete
+    regression -- a softmax over ``bins`` values equally spaced in symlog space on [-limit, limit],
+    trained by cross-entropy to the two-hot encoding of symlog(target); the prediction is symexp of the
+    expected bin. It fits targets with jumps (a success bonus on top of dense distance terms), which a
+    squared-error head smooths into the mean of its neighbours.
+    """
+
+    def __init__(self, inp: int, hidden: int, bins: int = 0, limit: float = 5.0) -> None:
+        if bins == 1 or bins < 0:
+            raise ValueError(f"bins must be 0 (regression) or >= 2, got {bins}")
+        super().__init__(inp, bins or 1, hidden, layers=2)
+        self.num_bins, self.limit = bins, limit
+        if bins:  # start at a prediction of 0 (uniform over symmetric bins), as DreamerV3 does
+            nn.init.zeros_(self[-1].weight)
+            nn.init.zeros_(self[-1].bias)
+
+    def _bins(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.linspace(-self.limit, self.limit, self.num_bins, device=like.device, dtype=like.dtype)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        out = super().forward(feat)
+        if not self.num_bins:
+            return out
+        out = out.float()
+        return symexp((out.softmax(-1) * self._bins(out)).sum(-1, keepdim=True))
+
+    def loss(self, feat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-element loss [...] of the predictions from ``feat`` [..., F] against ``target`` [...]."""
+        out = super().forward(feat).float()
+        target = target.float()
+        if not self.num_bins:
+            return (out.squeeze(-1) - target).square()
+        bins = self._bins(out)
+        y = symlog(target).clamp(-self.limit, self.limit)
+        hi = torch.bucketize(y, bins).clamp(1, self.num_bins - 1)  # bins[hi - 1] <= y <= bins[hi]
+        lo = hi - 1
+        w_hi = (y - bins[lo]) / (bins[hi] - bins[lo])
+        logp = out.log_softmax(-1)
+        return -(
+            (1 - w_hi) * logp.gather(-1, lo.unsqueeze(-1)).squeeze(-1)
+            + w_hi * logp.gather(-1, hi.unsqueeze(-1)).squeeze(-1)
+        )
