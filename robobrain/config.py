@@ -99,6 +99,10 @@ class WMTrainConfig:
     batch_size: int = 16
     seq_len: int = 16
     lr: float = 6e-4
+    lr_decay: float = 0.0
+    """Share of a ``train-wm`` run's last steps (of its ``--steps``) over which the learning rate falls
+    linearly towards zero; constant before (a warmup-stable-decay schedule without the warmup).
+    0 = constant throughout, as in DreamerV3 and TD-MPC2 and in the online loop's refits."""
     adam_eps: float = 1e-6
     grad_clip: float = 100.0
     weight_decay: float = 0.0
@@ -121,18 +125,23 @@ class PresetConfig:
 # defaults: a checkpoint saved before they existed has no such keys in its config.json and must load
 # as the model it was.
 _PRESET_FEATURES = MappingProxyType({"reference_frame": True, "reward_bins": 41})
+# Same for the learning-rate decay over the last half of a train-wm run (a run started before it
+# existed resumes only with lr_decay=0).
+_LR_DECAY = 0.5
 
 PRESETS: dict[str, PresetConfig] = {
     "debug": PresetConfig(
         WorldModelConfig(
             image_size=32, cnn_depth=8, deter=32, stoch=4, classes=4, hidden=32, **_PRESET_FEATURES
         ),
-        WMTrainConfig(batch_size=8, seq_len=8, lr=1e-3, log_every=5, checkpoint_every=50),
+        WMTrainConfig(batch_size=8, seq_len=8, lr=1e-3, lr_decay=_LR_DECAY, log_every=5, checkpoint_every=50),
     ),
-    "cpu": PresetConfig(WorldModelConfig(**_PRESET_FEATURES), WMTrainConfig()),
+    "cpu": PresetConfig(WorldModelConfig(**_PRESET_FEATURES), WMTrainConfig(lr_decay=_LR_DECAY)),
     "gpu": PresetConfig(
         WorldModelConfig(cnn_depth=32, deter=512, stoch=32, classes=32, hidden=512, **_PRESET_FEATURES),
-        WMTrainConfig(batch_size=16, seq_len=50, lr=1e-4, adam_eps=1e-8, grad_clip=1000.0),
+        WMTrainConfig(
+            batch_size=16, seq_len=50, lr=1e-4, lr_decay=_LR_DECAY, adam_eps=1e-8, grad_clip=1000.0
+        ),
     ),
 }
 

@@ -1,5 +1,6 @@
 """World model on the debug preset: shapes, learning, batched == loop, checkpoints, resume, faults."""
 
+import csv
 import dataclasses
 import os
 import pickle
@@ -198,9 +199,12 @@ def test_save_load_identical_outputs(tmp_path, variant):
 
 
 def test_resume_equals_uninterrupted_run(push_data, tmp_path):
-    train_world_model(push_data, tmp_path / "straight", DEBUG, steps=12, progress=False)
-    train_world_model(push_data, tmp_path / "split", DEBUG, steps=6, progress=False)
-    train_world_model(push_data, tmp_path / "split", DEBUG, steps=12, progress=False)  # resumes at 6
+    # A constant rate, so stopping at 6 by asking for 6 steps is the same as being stopped there
+    # (with a schedule, --steps lays it out: test_killed_run_with_lr_schedule_resumes_exactly).
+    preset = dataclasses.replace(DEBUG, train=dataclasses.replace(DEBUG.train, lr_decay=0.0))
+    train_world_model(push_data, tmp_path / "straight", preset, steps=12, progress=False)
+    train_world_model(push_data, tmp_path / "split", preset, steps=6, progress=False)
+    train_world_model(push_data, tmp_path / "split", preset, steps=12, progress=False)  # resumes at 6
     a = load_checkpoint(tmp_path / "straight")
     b = load_checkpoint(tmp_path / "split")
     assert a.state["step"] == b.state["step"] == 12
@@ -208,6 +212,40 @@ def test_resume_equals_uninterrupted_run(push_data, tmp_path):
         torch.testing.assert_close(v, b.model_state[k], rtol=0, atol=0, msg=f"{k} differs after resume")
     rows = (tmp_path / "split" / "train_wm.csv").read_text().strip().splitlines()
     assert rows[0].startswith("step,") and len(rows) > 2
+
+
+def test_lr_schedule_decays_over_the_last_share_of_the_run():
+    cfg = dataclasses.replace(DEBUG.train, lr=1.0, lr_decay=0.5)
+    model = WorldModel(DEBUG.world_model)
+    trainer = WorldModelTrainer(model, cfg, sampler=None, device="cpu", total_steps=10)
+    lrs = [trainer.lr_at(k) for k in range(10)]
+    assert lrs == pytest.approx([1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2])
+    assert WorldModelTrainer(model, cfg, None, "cpu").lr_at(9) == 1.0  # open-ended: constant
+
+
+def test_killed_run_with_lr_schedule_resumes_exactly(push_data, tmp_path, monkeypatch):
+    train = dataclasses.replace(DEBUG.train, lr_decay=0.5, checkpoint_every=3)
+    preset = dataclasses.replace(DEBUG, train=train)
+    train_world_model(push_data, tmp_path / "straight", preset, steps=12, progress=False)
+    original = WorldModelTrainer.train_step
+
+    def dies_after_seven(self):
+        if self.step == 7:
+            raise KeyboardInterrupt  # killed between checkpoints: step 7 is lost, 6 is on disk
+        return original(self)
+
+    monkeypatch.setattr(WorldModelTrainer, "train_step", dies_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        train_world_model(push_data, tmp_path / "killed", preset, steps=12, progress=False)
+    monkeypatch.setattr(WorldModelTrainer, "train_step", original)
+    assert load_checkpoint(tmp_path / "killed").state["step"] == 6
+    train_world_model(push_data, tmp_path / "killed", preset, steps=12, progress=False)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")
+    for k, v in a.model_state.items():
+        torch.testing.assert_close(v, b.model_state[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    with open(tmp_path / "straight" / "train_wm.csv") as f:
+        logged = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert logged[0] == pytest.approx(preset.train.lr) and logged[-1] < 0.5 * preset.train.lr
 
 
 def test_resume_with_another_config_is_refused(push_data, tmp_path):

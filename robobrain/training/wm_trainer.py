@@ -125,21 +125,40 @@ def load_world_model(path: str | os.PathLike[str], device: torch.device | str = 
 
 
 class WorldModelTrainer:
-    """One optimizer, one sampler, one model; ``train_step`` skips (and counts) non-finite steps."""
+    """One optimizer, one sampler, one model; ``train_step`` skips (and counts) non-finite steps.
+
+    ``total_steps`` is the length of the run the learning-rate schedule (``cfg.lr_decay``) spans;
+    None keeps the rate constant (the online loop's open-ended refits).
+    """
 
     def __init__(
-        self, model: WorldModel, cfg: WMTrainConfig, sampler: SequenceSampler, device: torch.device | str
+        self,
+        model: WorldModel,
+        cfg: WMTrainConfig,
+        sampler: SequenceSampler,
+        device: torch.device | str,
+        total_steps: int | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
         self.sampler = sampler
         self.device = torch.device(device)
+        self.total_steps = total_steps
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
         )
         self.step = 0
         self.nonfinite_total = 0
         self._nonfinite_run = 0
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of the update that starts at ``step`` (0-based): constant, then a linear
+        decay over the last ``cfg.lr_decay`` share of ``total_steps`` (never exactly zero)."""
+        if self.total_steps is None or self.cfg.lr_decay <= 0:
+            return self.cfg.lr
+        decay_steps = max(1, round(self.cfg.lr_decay * self.total_steps))
+        left = self.total_steps - step
+        return self.cfg.lr * min(1.0, max(left, 1) / decay_steps)
 
     def train_step(self) -> dict[str, float] | None:
         """One gradient step. Returns metrics, or None when the step was skipped as non-finite."""
@@ -167,6 +186,10 @@ class WorldModelTrainer:
                 )
             return None
         self._nonfinite_run = 0
+        lr = self.lr_at(self.step - 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        metrics["lr"] = lr
         self.optimizer.step()
         return metrics
 
@@ -174,6 +197,7 @@ class WorldModelTrainer:
         state = {
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_run": self._nonfinite_run,
+            "schedule_steps": self.total_steps,
             "sampler_rng": self.sampler.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state().tolist(),
         }
@@ -185,6 +209,14 @@ class WorldModelTrainer:
         self.step = step
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self._nonfinite_run = int(state.get("nonfinite_run", 0))
+        saved = state.get("schedule_steps")
+        if self.cfg.lr_decay > 0 and saved is not None and saved != self.total_steps:
+            log.warning(
+                "the learning-rate schedule was laid over %s steps and now over %s: "
+                "the resumed run is not the run an uninterrupted command would have made",
+                saved,
+                self.total_steps,
+            )
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         if "cuda_rng" in state and torch.cuda.is_available():
@@ -220,18 +252,19 @@ def train_world_model(
     if cfg.state_dim or cfg.goal_dim:
         model.set_state_stats(*state_stats(train_eps, device))
     sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
-    trainer = WorldModelTrainer(model, tcfg, sampler, device)
+    trainer = WorldModelTrainer(model, tcfg, sampler, device, total_steps=steps)
 
     latest = latest_checkpoint(run_dir)
     if latest is not None:
         ckpt = load_checkpoint(latest)
-        for key in ("world_model", "train"):
-            if ckpt.config.get(key) != config[key]:
-                diff = {
-                    k: (ckpt.config.get(key, {}).get(k), v)
-                    for k, v in config[key].items()
-                    if ckpt.config.get(key, {}).get(k) != v
-                }
+        for key, cls in (("world_model", WorldModelConfig), ("train", WMTrainConfig)):
+            # Through the dataclass, so a field added since the run started compares at its default.
+            try:
+                saved = to_dict(from_dict(cls, ckpt.config.get(key, {})))
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{latest / 'config.json'}: not a {key} config ({e})") from e
+            if saved != config[key]:
+                diff = {k: (saved.get(k), v) for k, v in config[key].items() if saved.get(k) != v}
                 raise CheckpointError(
                     f"{latest / 'config.json'}: the run was started with another {key} config "
                     f"(checkpoint vs now: {diff}); use a new --run-dir"
