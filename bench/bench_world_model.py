@@ -65,9 +65,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--horizon", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--stoch", type=int, default=None, help="override the preset's latent variables")
+    parser.add_argument("--classes", type=int, default=None, help="override the preset's classes")
+    parser.add_argument("--reward-bins", type=int, default=None, help="override (0 = squared-error head)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    cfg = get_preset(args.preset).world_model
+    overrides = {
+        k: v
+        for k, v in (("stoch", args.stoch), ("classes", args.classes), ("reward_bins", args.reward_bins))
+        if v is not None
+    }
+    cfg = get_preset(args.preset, **overrides).world_model
     model = WorldModel(cfg).to(device).eval()
     b, h = args.batch, args.horizon
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -109,7 +117,10 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     params = sum(p.numel() for p in model.parameters())
     threads = torch.get_num_threads()
-    print(f"# world model '{args.preset}' ({params / 1e6:.2f} M params) on {device} ({where}),")
+    print(
+        f"# world model '{args.preset}' (latent {cfg.stoch}x{cfg.classes}, reward bins {cfg.reward_bins}; "
+        f"{params / 1e6:.2f} M params) on {device} ({where}),"
+    )
     print(f"# {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads")
     achieved = flops / t_imagine
     step = f"train step B={tb}×L={tl} @ {cfg.image_size}px"
