@@ -95,6 +95,28 @@ def test_reference_refiner_needs_the_frame_and_copies_it_where_its_mask_is_shut(
     torch.testing.assert_close(out.reward, model.imagine(state, actions).reward)
 
 
+def test_checkpoint_from_before_refiner_layers_loads_as_the_one_layer_refiner(tmp_path):
+    from robobrain.world_model.networks import ReferenceRefiner
+
+    torch.manual_seed(2)
+    cfg = dataclasses.replace(DEBUG.world_model, reference_frame=True, refiner_layers=0)
+    model = WorldModel(cfg).eval()
+    assert set(model.refiner.state_dict()) == {"ref_net.0.weight", "ref_net.0.bias", "out.weight", "out.bias"}
+    saved = to_dict(cfg)
+    del saved["refiner_layers"]  # config.json as written before the field existed
+    save_checkpoint(tmp_path, 1, model, {"world_model": saved})
+    loaded = load_world_model(tmp_path)
+    assert loaded.cfg.refiner_layers == 0
+    batch = fake_batch(cfg)
+    state = model.observe(batch["pixels"], batch["action"])
+    ref = batch["pixels"][:, -1]
+    torch.testing.assert_close(loaded.decode(state.feat, ref), model.decode(state.feat, ref), rtol=0, atol=0)
+    # The presets' refiner has one more layer on each path; a negative count is refused.
+    assert len(WorldModel(DEBUG.world_model).refiner.mid) > 0
+    with pytest.raises(ValueError, match="refiner layers"):
+        ReferenceRefiner(8, layers=-1)
+
+
 def test_two_hot_reward_head_fits_a_jump_that_squared_error_smooths():
     from robobrain.world_model.networks import ScalarHead, symexp, symlog
 

@@ -53,7 +53,7 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(cfg.image_size, cfg.cnn_depth)
         self.rssm = RSSM(cfg, self.encoder.embed_dim)
         self.decoder = Decoder(cfg.feat_dim, cfg.image_size, cfg.cnn_depth)
-        self.refiner = ReferenceRefiner(cfg.cnn_depth) if cfg.reference_frame else None
+        self.refiner = ReferenceRefiner(cfg.cnn_depth, cfg.refiner_layers) if cfg.reference_frame else None
         self.reward_head = ScalarHead(cfg.feat_dim, cfg.hidden, cfg.reward_bins, cfg.reward_limit)
         self.success_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2)
         self.state_head = MLP(cfg.feat_dim, cfg.state_dim, cfg.hidden, layers=2) if cfg.state_dim else None
@@ -203,13 +203,7 @@ class WorldModel(nn.Module):
         recon_loss = (recon - target).square().sum((-3, -2, -1)).mean()
         refined_loss = None
         if self.refiner is not None and pixels.shape[1] > 1:
-            # A few later frames of each window refined from its first, on the detached features: only
-            # the refiner learns here (all L frames would cost ~35 % more per step at 64 px).
-            t = torch.randint(1, pixels.shape[1], (b, REFINED_FRAMES), device=pixels.device)
-            rows = torch.arange(b, device=pixels.device)[:, None]
-            hidden = hidden.unflatten(0, lead)[rows, t].detach()
-            refined = self._refine(hidden, pixels[:, 0])
-            refined_loss = (refined - target[rows, t]).square().sum((-3, -2, -1)).mean()
+            refined_loss = self.refiner_loss(hidden.unflatten(0, lead).detach(), pixels)
 
         reward_loss = self.reward_head.loss(feat[:, 1:], batch["reward"][:, :-1]).mean()
         success_logit = self.success_head(feat[:, 1:]).squeeze(-1)
@@ -340,6 +334,22 @@ class WorldModel(nn.Module):
             posts.append(post)
             priors.append(prior)
         return stack_states(states), torch.stack(posts, 1), torch.stack(priors, 1)
+
+    def refiner_loss(self, hidden: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """The reference refiner's loss on training windows: ``REFINED_FRAMES`` random later frames of
+        each window refined from its first frame, squared error summed per frame, averaged.
+
+        hidden: the decoder's feature maps [B, L, depth, S/2, S/2] of the window's posterior states
+        (detached by the caller, so that only the refiner learns from it); pixels: uint8[B, L, S, S, 3].
+        Refining all L frames would cost ~35 % more per training step at 64 px.
+        """
+        if self.refiner is None:
+            raise ValueError("this world model has no reference refiner (cfg.reference_frame=False)")
+        b, length = pixels.shape[:2]
+        t = torch.randint(1, length, (b, REFINED_FRAMES), device=pixels.device)
+        rows = torch.arange(b, device=pixels.device)[:, None]
+        refined = self._refine(hidden[rows, t], pixels[:, 0])
+        return (refined - pixels_to_float(pixels[rows, t])).square().sum((-3, -2, -1)).mean()
 
     def _decode_float(self, feat: torch.Tensor) -> torch.Tensor:
         lead = feat.shape[:-1]

@@ -94,15 +94,29 @@ class ReferenceRefiner(nn.Module):
     masks of video-prediction models (Finn et al. 2016, CDNA; SV2P). The world model trains it on the
     *detached* feature map, so it never changes what the latent learns to carry: given the reference
     in the decoder itself, the latent stopped carrying a block that did not move (bench/RESULTS.md).
+
+    With ``layers`` > 0 the reference path gets a second (3x3) conv and the sum passes through
+    ``layers`` 3x3 conv + SiLU blocks at half resolution before the output layer; 0 is the
+    one-layer refiner of checkpoints saved before the option existed.
     """
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, layers: int = 0) -> None:
         super().__init__()
-        self.ref_net = nn.Sequential(nn.Conv2d(3, depth, 4, stride=2, padding=1), nn.SiLU())
+        if layers < 0:
+            raise ValueError(f"refiner layers must be >= 0, got {layers}")
+        ref: list[nn.Module] = [nn.Conv2d(3, depth, 4, stride=2, padding=1), nn.SiLU()]
+        mid: list[nn.Module] = []
+        if layers:
+            ref.append(nn.Conv2d(depth, depth, 3, padding=1))
+            mid.append(nn.SiLU())
+            for _ in range(layers):
+                mid += [nn.Conv2d(depth, depth, 3, padding=1), nn.SiLU()]
+        self.ref_net = nn.Sequential(*ref)
+        self.mid = nn.Sequential(*mid)
         self.out = nn.ConvTranspose2d(depth, 4, 4, stride=2, padding=1)  # colours + mask logit
 
     def forward(self, hidden: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        out = self.out(hidden + self.ref_net(reference))
+        out = self.out(self.mid(hidden + self.ref_net(reference)))
         mask = torch.sigmoid(out[:, 3:])
         return mask * out[:, :3] + (1 - mask) * reference
 
