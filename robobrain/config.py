@@ -55,8 +55,9 @@ class WorldModelConfig:
     decoded frames, so the latent learns exactly what it would without it). ``decode`` and
     ``imagine(decode=True)`` then need that frame. Planning never decodes, so it costs nothing there."""
     refiner_layers: int = 0
-    """Extra 3x3 conv layers of the reference refiner at half resolution (``networks.ReferenceRefiner``;
-    0 = its single-layer form). Read only with ``reference_frame``. One layer lifted held-out Push
+    """3x3 conv blocks the reference refiner runs at half resolution after summing its two inputs; any
+    value > 0 also adds a 3x3 conv to its reference path (``networks.ReferenceRefiner``; 0 = its
+    single-layer form). Read only with ``reference_frame``. One layer lifted held-out Push
     PSNR@10 by ~0.3 dB at equal refiner training (bench/RESULTS.md); planning never runs it."""
     reward_bins: int = 0
     """0: the reward head is a regression trained by squared error. > 0: DreamerV3's two-hot discrete
