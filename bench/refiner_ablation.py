@@ -4,7 +4,7 @@ quality is the refiner's own capacity, with everything else fixed.
     python bench/refiner_ablation.py --checkpoint R --data DIR [--layers 0 1 2] [--updates 1500]
 
 For each ``--layers`` value a fresh ``ReferenceRefiner`` replaces the checkpoint's and is trained
-alone (Adam, the checkpoint's learning rate, constant then decaying linearly over the last half) on
+alone (Adam, the checkpoint's learning rate and its ``lr_decay`` schedule over the updates) on
 the frozen model's posterior feature maps of training windows -- exactly the signal it gets inside a
 ``train-wm`` run, where it also sees only detached features. Then open-loop prediction on the same
 held-out windows as ``robobrain eval-wm``: PSNR@k, and the mean squared error on the pixels that did
@@ -24,7 +24,7 @@ from robobrain.checkpoint import load_checkpoint
 from robobrain.config import WMTrainConfig, from_dict
 from robobrain.data import EpisodeStore, SequenceSampler
 from robobrain.training.wm_eval import make_windows, predict, psnr
-from robobrain.training.wm_trainer import batch_to_torch, load_world_model, split_episodes
+from robobrain.training.wm_trainer import batch_to_torch, load_world_model, lr_schedule, split_episodes
 from robobrain.world_model import WorldModel
 from robobrain.world_model.networks import ReferenceRefiner
 
@@ -41,14 +41,11 @@ def train_refiner(model: WorldModel, sampler: SequenceSampler, tcfg: WMTrainConf
     loss = torch.tensor(float("nan"))
     for step in range(updates):
         for group in opt.param_groups:
-            group["lr"] = tcfg.lr * min(1.0, 2.0 * (1.0 - step / updates))
+            group["lr"] = lr_schedule(tcfg, step, updates)
         batch = batch_to_torch(sampler.sample(tcfg.batch_size), model.device)
         pixels = batch["pixels"]
         with torch.no_grad():
-            action = batch["action"].float()
-            prev = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
-            goal = model.goal(batch["state"][:, 0]) if model.cfg.goal_dim else None
-            posts, _, _ = model._filter(pixels, prev, sample=True, goal=goal)
+            posts = model.posteriors(batch, sample=True)
             lead = posts.feat.shape[:2]
             hidden = model.decoder.hidden(posts.feat.flatten(0, 1)).unflatten(0, lead)
         loss = model.refiner_loss(hidden, pixels)

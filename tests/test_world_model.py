@@ -180,14 +180,58 @@ def test_batched_imagine_equals_step_by_step_loop():
             torch.testing.assert_close(batched.feat[i, -1], s.feat[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("reference_frame", [False, True])
-def test_loss_halves_on_a_fixed_batch(push_data, reference_frame):
+def test_posteriors_of_a_training_batch_end_where_observe_ends():
+    model = WorldModel(DEBUG.world_model)
+    batch = fake_batch(DEBUG.world_model)
+    posts = model.posteriors(batch, sample=False)
+    assert posts.deter.shape[:2] == (3, 6) and posts.stoch.shape[:2] == (3, 6)
+    # observe() takes the action *before* each frame; a training batch holds the one after it.
+    before = torch.cat([torch.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
+    state = model.observe(batch["pixels"], before)
+    torch.testing.assert_close(posts.deter[:, -1], state.deter)
+    torch.testing.assert_close(posts.stoch[:, -1], state.stoch)
+
+
+def test_decoded_frames_decodes_a_random_subset_of_later_frames(monkeypatch):
+    cfg = dataclasses.replace(DEBUG.world_model, reference_frame=True, decoded_frames=3)
+    model = WorldModel(cfg)
+    batch = fake_batch(cfg, b=4, t=8)
+    filtered, decoded = [], []  # what the loss filters and what it decodes
+    real_filter, real_hidden = model._filter, model.decoder.hidden
+
+    def spy_filter(*args, **kwargs):
+        filtered.append(real_filter(*args, **kwargs))
+        return filtered[-1]
+
+    monkeypatch.setattr(model, "_filter", spy_filter)
+    monkeypatch.setattr(model.decoder, "hidden", lambda f: decoded.append(f) or real_hidden(f))
+    loss, metrics = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["recon_refined"] > 0
+    feat = filtered[0][0].feat.detach()  # [B, L, F]: every frame is still filtered
+    assert feat.shape[:2] == (4, 8) and decoded[0].shape[0] == 4 * 3  # but 3 frames per window decoded
+    for row, dec in zip(feat, decoded[0].detach().unflatten(0, (4, 3)), strict=True):
+        match = [int(((row - d).abs().max(-1).values < 1e-6).nonzero()[0]) for d in dec]
+        assert len(set(match)) == 3 and 0 not in match  # distinct frames, never the first one
+    # Asking for at least L-1 frames decodes the whole window.
+    decoded.clear()
+    model.cfg = dataclasses.replace(cfg, decoded_frames=7)
+    model.loss(batch)
+    assert decoded[0].shape[0] == 4 * 8
+    with pytest.raises(ValueError, match="decoded_frames"):
+        WorldModel(dataclasses.replace(cfg, decoded_frames=-1))
+
+
+@pytest.mark.parametrize(
+    "variant", [{}, {"reference_frame": True}, {"reference_frame": True, "decoded_frames": 3}]
+)
+def test_loss_halves_on_a_fixed_batch(push_data, variant):
     torch.manual_seed(0)
     from robobrain.data import SequenceSampler
 
     sampler = SequenceSampler(EpisodeStore(push_data).load_all(), DEBUG.train.seq_len, seed=0)
     batch = batch_to_torch(sampler.sample(8), "cpu")
-    model = WorldModel(dataclasses.replace(DEBUG.world_model, reference_frame=reference_frame))
+    model = WorldModel(dataclasses.replace(DEBUG.world_model, **variant))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for _ in range(80):

@@ -124,6 +124,17 @@ def load_world_model(path: str | os.PathLike[str], device: torch.device | str = 
     return model.to(device).eval()
 
 
+def lr_schedule(cfg: WMTrainConfig, step: int, total_steps: int | None) -> float:
+    """Learning rate of the update that starts at ``step`` (0-based) of a ``total_steps`` run:
+    constant, then a linear decay over the last ``cfg.lr_decay`` share (never exactly zero);
+    constant throughout when ``total_steps`` is None or ``cfg.lr_decay`` is 0."""
+    if total_steps is None or cfg.lr_decay <= 0:
+        return cfg.lr
+    decay_steps = max(1, round(cfg.lr_decay * total_steps))
+    left = total_steps - step
+    return cfg.lr * min(1.0, max(left, 1) / decay_steps)
+
+
 class WorldModelTrainer:
     """One optimizer, one sampler, one model; ``train_step`` skips (and counts) non-finite steps.
 
@@ -152,13 +163,8 @@ class WorldModelTrainer:
         self._nonfinite_run = 0
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of the update that starts at ``step`` (0-based): constant, then a linear
-        decay over the last ``cfg.lr_decay`` share of ``total_steps`` (never exactly zero)."""
-        if self.total_steps is None or self.cfg.lr_decay <= 0:
-            return self.cfg.lr
-        decay_steps = max(1, round(self.cfg.lr_decay * self.total_steps))
-        left = self.total_steps - step
-        return self.cfg.lr * min(1.0, max(left, 1) / decay_steps)
+        """Learning rate of the update that starts at ``step`` (see :func:`lr_schedule`)."""
+        return lr_schedule(self.cfg, step, self.total_steps)
 
     def train_step(self) -> dict[str, float] | None:
         """One gradient step. Returns metrics, or None when the step was skipped as non-finite."""

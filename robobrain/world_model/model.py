@@ -49,6 +49,8 @@ class WorldModel(nn.Module):
 
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
+        if cfg.decoded_frames < 0:
+            raise ValueError(f"decoded_frames must be >= 0 (0 = every frame), got {cfg.decoded_frames}")
         self.cfg = cfg
         self.encoder = Encoder(cfg.image_size, cfg.cnn_depth)
         self.rssm = RSSM(cfg, self.encoder.embed_dim)
@@ -188,22 +190,24 @@ class WorldModel(nn.Module):
         of frame t+1 predict reward[t] and success[t].
         """
         pixels, action = batch["pixels"], batch["action"].float()
-        b, _seq = pixels.shape[:2]
-        self._check_actions(action, b)
-        prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
-        # Windows never cross an episode boundary, so the first frame's goal is the window's goal.
-        goal = self.goal(batch["state"][:, 0]) if self.cfg.goal_dim else None
-        posts, post_lp, prior_lp = self._filter(pixels, prev_action, sample=True, goal=goal)
+        b, seq = pixels.shape[:2]
+        posts, post_lp, prior_lp = self._filter_batch(batch, sample=True)
         cfg = self.cfg
         feat = posts.feat
-        target = pixels_to_float(pixels)
-        lead = feat.shape[:2]
-        hidden = self.decoder.hidden(feat.flatten(0, 1))
+        frames = None  # decode every frame
+        if 0 < cfg.decoded_frames < seq - 1:
+            frames = 1 + torch.rand(b, seq - 1, device=pixels.device).argsort(-1)[:, : cfg.decoded_frames]
+            rows = torch.arange(b, device=pixels.device)[:, None]
+            dec_feat, dec_pixels = feat[rows, frames], pixels[rows, frames]
+        else:
+            dec_feat, dec_pixels = feat, pixels
+        lead = dec_feat.shape[:2]
+        hidden = self.decoder.hidden(dec_feat.flatten(0, 1))
         recon = self.decoder.to_image(hidden).unflatten(0, lead)
-        recon_loss = (recon - target).square().sum((-3, -2, -1)).mean()
+        recon_loss = (recon - pixels_to_float(dec_pixels)).square().sum((-3, -2, -1)).mean()
         refined_loss = None
-        if self.refiner is not None and pixels.shape[1] > 1:
-            refined_loss = self.refiner_loss(hidden.unflatten(0, lead).detach(), pixels)
+        if self.refiner is not None and seq > 1:
+            refined_loss = self.refiner_loss(hidden.unflatten(0, lead).detach(), pixels, frames)
 
         reward_loss = self.reward_head.loss(feat[:, 1:], batch["reward"][:, :-1]).mean()
         success_logit = self.success_head(feat[:, 1:]).squeeze(-1)
@@ -252,7 +256,24 @@ class WorldModel(nn.Module):
         metrics["loss"] = total.item()
         return total, metrics
 
+    def posteriors(self, batch: dict[str, torch.Tensor], sample: bool = True) -> State:
+        """Posterior states [B, L, ...] of every frame of training windows, filtered as :meth:`loss`
+        filters them (a batch as there: pixels, action taken *after* each frame, and state for a
+        goal-conditioned model). ``sample=True`` draws the stochastic part, as training does."""
+        return self._filter_batch(batch, sample)[0]
+
     # --- internals ---------------------------------------------------------------------------
+    def _filter_batch(
+        self, batch: dict[str, torch.Tensor], sample: bool
+    ) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """:meth:`_filter` on a training batch, whose actions are taken after each frame."""
+        pixels, action = batch["pixels"], batch["action"].float()
+        self._check_actions(action, pixels.shape[0])
+        prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+        # Windows never cross an episode boundary, so the first frame's goal is the window's goal.
+        goal = self.goal(batch["state"][:, 0]) if self.cfg.goal_dim else None
+        return self._filter(pixels, prev_action, sample=sample, goal=goal)
+
     def _open_loop_loss(
         self, posts: State, post_lp: torch.Tensor, batch: dict[str, torch.Tensor], action: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -335,20 +356,31 @@ class WorldModel(nn.Module):
             priors.append(prior)
         return stack_states(states), torch.stack(posts, 1), torch.stack(priors, 1)
 
-    def refiner_loss(self, hidden: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    def refiner_loss(
+        self, hidden: torch.Tensor, pixels: torch.Tensor, frames: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The reference refiner's loss on training windows: ``REFINED_FRAMES`` random later frames of
         each window refined from its first frame, squared error summed per frame, averaged.
 
-        hidden: the decoder's feature maps [B, L, depth, S/2, S/2] of the window's posterior states
-        (detached by the caller, so that only the refiner learns from it); pixels: uint8[B, L, S, S, 3].
-        Refining all L frames would cost ~35 % more per training step at 64 px.
+        hidden: the decoder's feature maps [B, K, depth, S/2, S/2] of the window's posterior states
+        (detached by the caller, so that only the refiner learns from it); pixels: uint8[B, L, S, S, 3];
+        frames: long[B, K], the (already random, all >= 1) window frames ``hidden`` belongs to, whose
+        first ``REFINED_FRAMES`` are refined; None when ``hidden`` holds all L frames (K = L), from
+        which ``REFINED_FRAMES`` are drawn. Refining all L frames would cost ~35 % more per training
+        step at 64 px.
         """
         if self.refiner is None:
             raise ValueError("this world model has no reference refiner (cfg.reference_frame=False)")
         b, length = pixels.shape[:2]
-        t = torch.randint(1, length, (b, REFINED_FRAMES), device=pixels.device)
         rows = torch.arange(b, device=pixels.device)[:, None]
-        refined = self._refine(hidden[rows, t], pixels[:, 0])
+        if frames is None:
+            t = torch.randint(1, length, (b, REFINED_FRAMES), device=pixels.device)
+            picked = hidden[rows, t]
+        else:
+            if frames.shape != hidden.shape[:2]:
+                raise ValueError(f"frames {list(frames.shape)} do not index hidden {list(hidden.shape[:2])}")
+            t, picked = frames[:, :REFINED_FRAMES], hidden[:, :REFINED_FRAMES]
+        refined = self._refine(picked, pixels[:, 0])
         return (refined - pixels_to_float(pixels[rows, t])).square().sum((-3, -2, -1)).mean()
 
     def _decode_float(self, feat: torch.Tensor) -> torch.Tensor:
