@@ -61,8 +61,9 @@ class WorldModelConfig:
     PSNR@10 by ~0.3 dB at equal refiner training (bench/RESULTS.md); planning never runs it."""
     decoded_frames: int = 0
     """Frames per training window the decoder reconstructs (a random draw among frames 1..L-1 of each
-    window; 0 = all L). Every frame is still encoded and filtered and trains the KL, reward, success
-    and state terms; only the pixel loss -- the dearest part of a step at 64 px -- is subsampled.
+    window; 0, or any value >= L-1, decodes all L). Every frame is still encoded and filtered and
+    trains the KL, reward, success and state terms; only the pixel loss -- the dearest part of a
+    step at 64 px -- is subsampled.
     The reference refiner then learns on the first ``REFINED_FRAMES`` of the same draw. 8 of 16 (the
     ``cpu`` preset) made a 64 px step 0.80x as dear as the eighth session's preset with the training
     losses at equal steps close to decoding all 16 (bench/RESULTS.md)."""
