@@ -220,6 +220,9 @@ def test_decoded_frames_decodes_a_random_subset_of_later_frames(monkeypatch):
     assert decoded[0].shape[0] == 4 * 8
     with pytest.raises(ValueError, match="decoded_frames"):
         WorldModel(dataclasses.replace(cfg, decoded_frames=-1))
+    with pytest.raises(ValueError, match="do not index"):  # frames must name hidden's rows
+        hidden = torch.zeros(4, 3, cfg.cnn_depth, cfg.image_size // 2, cfg.image_size // 2)
+        model.refiner_loss(hidden, batch["pixels"], torch.ones(4, 2, dtype=torch.long))
 
 
 @pytest.mark.parametrize(

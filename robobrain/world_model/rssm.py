@@ -146,7 +146,7 @@ class RSSM(nn.Module):
         The mode of the unimix categorical is the argmax of the raw logits, so the softmax, the mix
         and the log are skipped (the planner's hot path). ``max(-1).indices`` is the same index as
         ``argmax`` (the first maximal one, both documented so) but faster over 8 classes on CPU: mode
-        and one-hot of a [1024, 32, 8] tensor 0.81 vs 1.28 ms on 2 cores (~3 % of an ``imagine``)."""
+        and one-hot of a [1024, 32, 8] tensor 0.81 vs 1.28 ms on 2 cores (3-4 % of an ``imagine``)."""
         deter = self.deter_step(state, action)
         logits = self.prior(deter).unflatten(-1, (self.cfg.stoch, self.cfg.classes))
         stoch = torch.zeros_like(logits).scatter_(-1, logits.max(-1, keepdim=True).indices, 1.0)
