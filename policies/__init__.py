@@ -9,27 +9,44 @@ import gymnasium as gym
 
 from robobrain.planning import MPCConfig
 from robobrain.policies.base import Observation, Policy, batch_size
-from robobrain.policies.mpc import OracleMPCPolicy, WorldModelMPCPolicy
+from robobrain.policies.mpc import BehaviourPriorPolicy, OracleMPCPolicy, WorldModelMPCPolicy
 from robobrain.policies.sb3 import SB3Policy
 from robobrain.policies.simple import RandomPolicy, ScriptedPolicy
+from robobrain.rl.behaviour_prior import BehaviourPriorGuide
 from robobrain.rl.guide import ActorCriticGuide
 
-POLICY_SPECS = ("random", "scripted", "oracle", "mpc:CHECKPOINT", "sb3:ZIP")
-GuideMode = Literal["auto", "both", "prior", "value", "none"]
+POLICY_SPECS = ("random", "scripted", "oracle", "mpc:CHECKPOINT", "bc:CHECKPOINT", "sb3:ZIP")
+GuideMode = Literal["auto", "both", "prior", "value", "bc", "none"]
 
 
-def load_guide(checkpoint: str, mode: GuideMode = "auto", device: str = "cpu") -> ActorCriticGuide | None:
-    """The SB3 actor-critic saved beside a world model by ``robobrain train`` (``<ckpt>/sb3/model.zip``),
-    as a planner guide; None when there is none or ``mode`` is ``none``."""
+def load_guide(
+    checkpoint: str,
+    mode: GuideMode = "auto",
+    device: str = "cpu",
+    num_prior: int | None = None,
+    prior_std: float = 0.15,
+    seed: int = 0,
+) -> ActorCriticGuide | BehaviourPriorGuide | None:
+    """A planner guide saved beside a world model: the SB3 actor-critic of a ``robobrain train`` run
+    (``<ckpt>/sb3/model.zip``; modes ``auto``, ``both``, ``prior``, ``value``) or the behaviour prior
+    of ``robobrain train-prior`` (``<ckpt>/behaviour_prior/``; mode ``bc``). None when there is none
+    (``auto``) or ``mode`` is ``none``. ``num_prior``: prior samples per env (default 16 for the
+    actor, 255 for the behaviour prior); ``prior_std`` and ``seed``: the behaviour prior's noise."""
     from robobrain.checkpoint import resolve_checkpoint
 
+    if mode == "bc":
+        from robobrain.rl.behaviour_prior import load_behaviour_prior
+
+        prior = load_behaviour_prior(checkpoint, device)
+        return BehaviourPriorGuide(prior, 255 if num_prior is None else num_prior, prior_std, seed)
     zip_path = resolve_checkpoint(checkpoint) / "sb3" / "model.zip"
     if mode == "none" or not zip_path.exists():
         if mode in ("both", "prior", "value"):
             raise ValueError(f"{checkpoint}: no SB3 actor-critic to guide the planner ({zip_path} missing)")
         return None
     sb3 = SB3Policy.load(str(zip_path), device=device).model
-    return ActorCriticGuide(sb3, num_prior=0 if mode == "value" else 16, use_value=mode != "prior")
+    prior = 16 if num_prior is None else num_prior
+    return ActorCriticGuide(sb3, num_prior=0 if mode == "value" else prior, use_value=mode != "prior")
 
 
 def load_policy(
@@ -41,15 +58,21 @@ def load_policy(
     mpc: MPCConfig | None = None,
     device: str = "cpu",
     guide: GuideMode = "auto",
+    num_prior: int | None = None,
+    prior_std: float = 0.15,
     **kwargs: float,
 ) -> Policy:
     """Build a policy from a spec string for an env.
 
     spec: ``random`` | ``scripted`` | ``oracle`` (MPC planning in copies of ``envs``' simulators) |
-    ``mpc:CHECKPOINT`` (MPC over a trained world model) | ``sb3:ZIP`` (a stable-baselines3 model).
+    ``mpc:CHECKPOINT`` (MPC over a trained world model) | ``bc:CHECKPOINT`` (the behaviour prior of
+    ``robobrain train-prior`` acting alone on the world model's filtered state, no planning) |
+    ``sb3:ZIP`` (a stable-baselines3 model).
     kwargs go to the scripted policy (``noise_std``, ``decoy_goal_prob``). ``guide`` (``mpc:`` of a
     ``robobrain train`` run only): how the run's SB3 actor-critic helps the planner --
-    ``auto``/``both`` (prior samples and terminal value), ``prior``, ``value`` or ``none``.
+    ``auto``/``both`` (prior samples and terminal value), ``prior``, ``value`` or ``none``; ``bc``: the
+    behaviour prior fitted by ``robobrain train-prior`` (see :func:`load_guide` for ``num_prior`` and
+    ``prior_std``).
     """
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")
@@ -62,7 +85,7 @@ def load_policy(
 
         goal = (get_state_layout(env_id) or {}).get("goal")
         return ScriptedPolicy(get_expert(env_id), seed=seed, goal_slice=goal, **kwargs)
-    if spec == "oracle" or spec.startswith("mpc:"):
+    if spec == "oracle" or spec.startswith(("mpc:", "bc:")):
         from robobrain.planning.mpc import check_action_bounds
 
         check_action_bounds(action_space.low, action_space.high, mpc)
@@ -70,16 +93,22 @@ def load_policy(
         if not envs or not all(hasattr(getattr(e, "unwrapped", e), "action_to_ctrl") for e in envs):
             raise ValueError("the oracle plans in the true simulator: it needs robobrain task envs")
         return OracleMPCPolicy(envs, action_dim, mpc)
-    if spec.startswith("mpc:"):
+    if spec.startswith(("mpc:", "bc:")):
         from robobrain.training.wm_trainer import load_world_model
 
-        model = load_world_model(spec[4:], device)
+        kind, path = spec.split(":", 1)
+        model = load_world_model(path, device)
         if model.cfg.action_dim != action_dim:
             raise ValueError(
-                f"{spec[4:]}: the world model was trained with {model.cfg.action_dim}-D actions, "
+                f"{path}: the world model was trained with {model.cfg.action_dim}-D actions, "
                 f"{env_id} takes {action_dim}-D actions"
             )
-        return WorldModelMPCPolicy(model, mpc, device, guide=load_guide(spec[4:], guide, device))
+        if kind == "bc":
+            from robobrain.rl.behaviour_prior import load_behaviour_prior
+
+            return BehaviourPriorPolicy(model, load_behaviour_prior(path, device), device)
+        planner_guide = load_guide(path, guide, device, num_prior, prior_std, mpc.seed)
+        return WorldModelMPCPolicy(model, mpc, device, guide=planner_guide)
     if spec.startswith("sb3:"):
         policy = SB3Policy.load(spec[4:], device=device)
         if policy.model.action_space.shape != action_space.shape:
@@ -92,6 +121,7 @@ def load_policy(
 
 __all__ = [
     "POLICY_SPECS",
+    "BehaviourPriorPolicy",
     "GuideMode",
     "Observation",
     "OracleMPCPolicy",

@@ -11,37 +11,20 @@ import torch
 from robobrain.planning import MPC, MPCConfig, world_model_score_fn
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies.base import Observation, batch_size
-from robobrain.rl.guide import ActorCriticGuide
+from robobrain.rl.behaviour_prior import BehaviourPrior
+from robobrain.rl.guide import PlannerGuide
 from robobrain.world_model import Rollout, State, WorldModel
 from robobrain.world_model.networks import pixels_to_float
 
 
-class WorldModelMPCPolicy:
-    """Filters each env's pixels into a latent state (one RSSM update per step, the way the model was
-    trained) and plans over ``WorldModel.imagine`` for all envs in one batched call."""
+class LatentFilter:
+    """Filters each env's pixels (and goal) into the world model's latent state, one RSSM update per
+    step with the posterior's mode, the way the model was trained and the planner reads it."""
 
-    def __init__(
-        self,
-        model: WorldModel,
-        cfg: MPCConfig | None = None,
-        device: torch.device | str = "cpu",
-        guide: ActorCriticGuide | None = None,
-    ) -> None:
-        """``guide``: an SB3 actor-critic whose actor proposes prior samples and whose critic values
-        the end of each imagined plan (see :class:`robobrain.rl.ActorCriticGuide`)."""
-        self.cfg = cfg or MPCConfig()
-        if self.cfg.disagreement_penalty and not model.cfg.ensemble:
-            raise ValueError(
-                "disagreement_penalty needs a world model trained with an ensemble (ensemble > 0); "
-                "this one has none"
-            )
+    def __init__(self, model: WorldModel, device: torch.device | str = "cpu") -> None:
         self.model = model.to(device).eval()
-        self.guide = guide
         self.device = torch.device(device)
-        self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
         self.state: State | None = None
-        self.plan_state: State | None = None
-        self.plan_frame: torch.Tensor | None = None
         self.prev_action: torch.Tensor | None = None
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
@@ -50,16 +33,16 @@ class WorldModelMPCPolicy:
         zeros = torch.zeros(num_envs, self.model.cfg.action_dim, device=self.device)
         if mask is None or self.state is None or self.state.deter.shape[0] != num_envs:
             self.state, self.prev_action = init, zeros
-            self.mpc.reset(num_envs)
             return
         m = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
         # The goal is re-read from every observation, so the reset state needs none.
         self.state = State(self.state.deter, self.state.stoch).where(m, init)
         self.prev_action = torch.where(m[:, None], zeros, self.prev_action)
-        self.mpc.reset(num_envs, m)
 
     @torch.no_grad()
-    def act(self, obs: Observation) -> np.ndarray:
+    def update(self, obs: Observation) -> tuple[State, torch.Tensor]:
+        """Fold the observations of N envs into their states; returns (states [N], pixels uint8[N, S, S, 3]).
+        Call :meth:`acted` with the actions taken next."""
         n = batch_size(obs)
         size = self.model.cfg.image_size
         pixels = np.asarray(obs["pixels"])
@@ -69,20 +52,75 @@ class WorldModelMPCPolicy:
             )
         if self.state is None or self.state.deter.shape[0] != n:
             self.reset(n)
+        assert self.state is not None and self.prev_action is not None
         env_state = obs.get("state") if isinstance(obs, dict) else None
         goal = self.model.goal(None if env_state is None else torch.as_tensor(env_state, device=self.device))
-        embed = self.model.encoder(pixels_to_float(torch.from_numpy(pixels).to(self.device)))
+        frames = torch.from_numpy(pixels).to(self.device)
+        embed = self.model.encoder(pixels_to_float(frames))
         self.state = self.state._replace(goal=goal)
         self.state, _, _ = self.model.rssm.obs_step(self.state, self.prev_action, embed, sample=False)
-        self.plan_state = self.state
-        self.plan_frame = torch.from_numpy(pixels).to(self.device)
+        return self.state, frames
+
+    def acted(self, action: torch.Tensor) -> None:
+        """The actions [N, A] taken after the last update (the next update's previous action)."""
+        self.prev_action = action.to(self.device)
+
+
+class WorldModelMPCPolicy:
+    """Filters each env's pixels into a latent state (:class:`LatentFilter`) and plans over
+    ``WorldModel.imagine`` for all envs in one batched call."""
+
+    def __init__(
+        self,
+        model: WorldModel,
+        cfg: MPCConfig | None = None,
+        device: torch.device | str = "cpu",
+        guide: PlannerGuide | None = None,
+    ) -> None:
+        """``guide``: proposes prior samples and may value the end of each imagined plan -- an SB3
+        actor-critic (:class:`robobrain.rl.ActorCriticGuide`) or a behaviour-cloned prior
+        (:class:`robobrain.rl.BehaviourPriorGuide`)."""
+        self.cfg = cfg or MPCConfig()
+        if self.cfg.disagreement_penalty and not model.cfg.ensemble:
+            raise ValueError(
+                "disagreement_penalty needs a world model trained with an ensemble (ensemble > 0); "
+                "this one has none"
+            )
+        self.filter = LatentFilter(model, device)
+        self.model = self.filter.model
+        self.guide = guide
+        self.device = self.filter.device
+        self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
+        self.plan_state: State | None = None
+        self.plan_frame: torch.Tensor | None = None
+
+    @property
+    def state(self) -> State | None:
+        """The latent state of each env after its last observation."""
+        return self.filter.state
+
+    def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
+        """Start new episodes in all envs, or only where ``mask`` [N] is True."""
+        state = self.filter.state
+        partial = mask is not None and state is not None and state.deter.shape[0] == num_envs
+        self.filter.reset(num_envs, mask)
+        m = torch.as_tensor(mask, dtype=torch.bool, device=self.device) if partial else None
+        self.mpc.reset(num_envs, m)
+
+    @torch.no_grad()
+    def act(self, obs: Observation) -> np.ndarray:
+        n = batch_size(obs)
+        if self.mpc.plan is None or self.mpc.plan.shape[0] != n:
+            self.reset(n)
+        state, frames = self.filter.update(obs)
+        self.plan_state, self.plan_frame = state, frames
         value_fn = prior = None
         if self.guide is not None:
             value_fn = self.guide.value if self.guide.use_value else None
-            prior = self.guide.prior_samples(self.model, self.state, self.cfg.horizon)
-        score_fn = world_model_score_fn(self.model, self.state, self.cfg, value_fn)
+            prior = self.guide.prior_samples(self.model, state, self.cfg.horizon)
+        score_fn = world_model_score_fn(self.model, state, self.cfg, value_fn)
         action = self.mpc.act(score_fn, prior_samples=prior)
-        self.prev_action = action
+        self.filter.acted(action)
         return action.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
@@ -101,6 +139,25 @@ class WorldModelMPCPolicy:
         if self.mpc.last is None:
             raise RuntimeError("no plan yet")
         return self.mpc.last.best.cpu().numpy()
+
+
+class BehaviourPriorPolicy:
+    """Acts with a behaviour prior's mean action on the filtered latent state, without planning:
+    the baseline that the prior-guided planner (``mpc:CKPT --guide bc``) has to beat."""
+
+    def __init__(self, model: WorldModel, prior: BehaviourPrior, device: torch.device | str = "cpu") -> None:
+        self.filter = LatentFilter(model, device)
+        self.prior = prior.to(device).eval()
+
+    def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
+        self.filter.reset(num_envs, mask)
+
+    @torch.no_grad()
+    def act(self, obs: Observation) -> np.ndarray:
+        state, _ = self.filter.update(obs)
+        action = self.prior(state.feat)
+        self.filter.acted(action)
+        return action.cpu().numpy().astype(np.float32)
 
 
 class OracleMPCPolicy:

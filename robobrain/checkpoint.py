@@ -94,14 +94,10 @@ def save_checkpoint(
     ``extra(directory)`` may write more files (e.g. an SB3 model) into the checkpoint before it is
     renamed into place, so they are part of the same atomic write."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
-    final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / STATE_DIR).mkdir(parents=True)
-    try:
+
+    def write(tmp: Path) -> None:
+        (tmp / STATE_DIR).mkdir()
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / MODEL_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
@@ -113,9 +109,28 @@ def save_checkpoint(
         (tmp / STATE_DIR / STATE_FILE).write_text(json.dumps(full_state))
         if extra is not None:
             extra(tmp)
+
+    final = write_directory_atomically(root / name, write)
+    atomic_write_json(root / LATEST, {"checkpoint": name, "step": step})
+    _prune(root, keep, protect=name)
+    return final
+
+
+def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Path:
+    """Create directory ``final`` as ``write(tmp)`` fills a temporary sibling, which is fsynced and
+    renamed into place (an existing ``final`` is replaced; a crash leaves the old one or the new
+    one, never a half-written one). Returns ``final``."""
+    root = final.parent
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        write(tmp)
         _fsync_tree(tmp)
-        old = root / f".old-{name}-{os.getpid()}"
-        if final.exists():  # re-saving a step: set the old copy aside (latest_checkpoint falls back)
+        old = root / f".old-{final.name}-{os.getpid()}"
+        if final.exists():  # re-saving: set the old copy aside (latest_checkpoint falls back)
             os.replace(final, old)
         os.replace(tmp, final)
         fsync_dir(root)
@@ -124,8 +139,6 @@ def save_checkpoint(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    atomic_write_json(root / LATEST, {"checkpoint": name, "step": step})
-    _prune(root, keep, protect=name)
     return final
 
 

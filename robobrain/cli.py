@@ -93,11 +93,30 @@ class EvalWM:
 
 
 @dataclass(frozen=True)
+class TrainPrior:
+    """Clone the data's successful episodes into an action prior on a world model's latent state
+    (MBOP-style), saved beside the checkpoint for `robobrain eval --guide bc`. Trains on the episodes
+    the world model trained on and validates on those it held out."""
+
+    checkpoint: Path = Path("runs/wm")
+    """World-model checkpoint directory or run directory (its latest checkpoint)."""
+    data: Path = Path("data/push")
+    """The EpisodeStore the world model was trained on."""
+    steps: int = 2000
+    """Gradient steps at most (the weights with the lowest validation error are kept)."""
+    all_episodes: bool = False
+    """Clone every episode, not only those that ended in success."""
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
 class Eval:
     """Evaluate a policy: eval_info.json (per-episode seed, success, return, latency) and videos."""
 
     policy: str = "scripted"
-    """random | scripted | oracle | mpc:CHECKPOINT | sb3:ZIP"""
+    """random | scripted | oracle | mpc:CHECKPOINT | bc:CHECKPOINT (the behaviour prior of
+    `robobrain train-prior`, no planning) | sb3:ZIP"""
     env: str = "robobrain/Push-v0"
     """Gymnasium id (robobrain task or any env that renders rgb_array)."""
     episodes: int = 10
@@ -121,6 +140,8 @@ class Eval:
     budget of the online loop and of the Reach bar in bench/RESULTS.md; raise it on a GPU)."""
     elites: int = 32
     iterations: int = 4
+    temperature: float = 0.5
+    """MPPI: softmax temperature over the elites' scores."""
     time_budget: float | None = None
     """MPC wall-clock limit per decision (s)."""
     disagreement_penalty: float = 0.0
@@ -128,9 +149,15 @@ class Eval:
     model trained with an ensemble): keeps plans where the model is trustworthy."""
     success_bonus: float = 1.0
     """mpc: added to each imagined step's reward times the predicted success probability."""
-    guide: Literal["auto", "both", "prior", "value", "none"] = "auto"
+    guide: Literal["auto", "both", "prior", "value", "bc", "none"] = "auto"
     """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
-    the run has one)."""
+    the run has one); bc: sample around the behaviour prior of `robobrain train-prior` (bench/RESULTS.md
+    gives the Push recipe: --optimizer mppi --iterations 1 --elites 128 --temperature 2)."""
+    prior_samples: int | None = None
+    """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, 255
+    from a behaviour prior)."""
+    prior_std: float = 0.15
+    """mpc --guide bc: std of the Gaussian noise around the behaviour prior's actions."""
     progress: bool = True
 
 
@@ -177,15 +204,15 @@ def run_eval(args: Eval) -> dict:
     if args.episodes < 1 or args.num_envs < 1:
         raise ValueError(f"--episodes and --num-envs must be >= 1, got {args.episodes}, {args.num_envs}")
     size = args.image_size
-    if size is None and args.policy.startswith("mpc:"):
-        size = int(
-            load_checkpoint(args.policy[4:], with_training_state=False).config["world_model"]["image_size"]
-        )
+    if size is None and args.policy.startswith(("mpc:", "bc:")):
+        config = load_checkpoint(args.policy.split(":", 1)[1], with_training_state=False).config
+        size = int(config["world_model"]["image_size"])
     envs = [make_env(args.env, size or 64) for _ in range(args.num_envs)]
     optim = OptimizerConfig(
         num_samples=args.samples,
         num_elites=args.elites,
         iterations=args.iterations,
+        temperature=args.temperature,
         time_budget=args.time_budget,
     )
     mpc = MPCConfig(
@@ -207,6 +234,8 @@ def run_eval(args: Eval) -> dict:
             mpc=mpc,
             device=args.device,
             guide=args.guide,
+            num_prior=args.prior_samples,
+            prior_std=args.prior_std,
         )
         meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
         report = evaluate_policy(
@@ -317,6 +346,25 @@ class Demo(Train):
     run_dir: Path = Path("runs/demo")
 
 
+def run_train_prior(args: TrainPrior) -> dict:
+    from robobrain.checkpoint import load_checkpoint
+    from robobrain.config import WMTrainConfig, from_dict
+    from robobrain.data import EpisodeStore
+    from robobrain.rl.behaviour_prior import BehaviourPriorConfig, fit_behaviour_prior, save_behaviour_prior
+    from robobrain.training.wm_trainer import load_world_model, split_episodes
+
+    model = load_world_model(args.checkpoint, args.device)
+    ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
+    holdout = from_dict(WMTrainConfig, ckpt.config.get("train", {})).holdout_fraction
+    train, val = split_episodes(EpisodeStore(args.data), holdout)
+    cfg = BehaviourPriorConfig(steps=args.steps, successful_only=not args.all_episodes, seed=args.seed)
+    prior, report = fit_behaviour_prior(model, train, val, cfg, args.device)
+    path = save_behaviour_prior(prior, ckpt.path, cfg, report)
+    print(json.dumps(report, indent=1))
+    print(f"behaviour prior: {path}")
+    return report
+
+
 def run_demo(args: Demo) -> dict:
     return run_train(args)
 
@@ -326,6 +374,7 @@ COMMANDS = {
     "train": (Train, run_train),
     "train-wm": (TrainWM, run_train_wm),
     "eval-wm": (EvalWM, run_eval_wm),
+    "train-prior": (TrainPrior, run_train_prior),
     "eval": (Eval, run_eval),
     "demo": (Demo, run_demo),
 }

@@ -1,6 +1,14 @@
 """The stable-baselines3 bridge: train SB3 algorithms inside the world model, expose its latent state
 to SB3 policies, and let a fine-tuned actor-critic guide the planner."""
 
+from robobrain.rl.behaviour_prior import (
+    BehaviourPrior,
+    BehaviourPriorConfig,
+    BehaviourPriorGuide,
+    fit_behaviour_prior,
+    load_behaviour_prior,
+    save_behaviour_prior,
+)
 from robobrain.rl.features import WorldModelFeatures
 from robobrain.rl.finetune import (
     NonFiniteSB3Error,
@@ -11,7 +19,7 @@ from robobrain.rl.finetune import (
     make_sb3_model,
     save_sb3,
 )
-from robobrain.rl.guide import ActorCriticGuide
+from robobrain.rl.guide import ActorCriticGuide, PlannerGuide
 from robobrain.rl.imagination_env import (
     ImaginationVecEnv,
     LatentModel,
@@ -21,16 +29,23 @@ from robobrain.rl.imagination_env import (
 
 __all__ = [
     "ActorCriticGuide",
+    "BehaviourPrior",
+    "BehaviourPriorConfig",
+    "BehaviourPriorGuide",
     "ImaginationVecEnv",
     "LatentModel",
     "NonFiniteSB3Error",
+    "PlannerGuide",
     "SB3Config",
     "WorldModelDynamics",
     "WorldModelFeatures",
     "encode_start_states",
     "finetune",
+    "fit_behaviour_prior",
     "imagination_env",
+    "load_behaviour_prior",
     "load_sb3",
     "make_sb3_model",
+    "save_behaviour_prior",
     "save_sb3",
 ]

@@ -4,11 +4,27 @@ plan ends in (TD-MPC2 style: score = sum of rewards + discount^H * V(s_H))."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from robobrain.world_model import State, WorldModel
+
+
+class PlannerGuide(Protocol):
+    """What the world-model MPC policy asks of a guide: prior action sequences to join the
+    optimizer's candidates, and (when ``use_value``) a terminal value. Implemented by
+    :class:`ActorCriticGuide` and :class:`robobrain.rl.BehaviourPriorGuide`."""
+
+    use_value: bool
+
+    def value(self, feat: torch.Tensor) -> torch.Tensor:
+        """V(s) [M] for latent features [M, F]."""
+        ...
+
+    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor | None:
+        """[B, P, H, A] action sequences from ``state`` [B], or None."""
+        ...
 
 
 class ActorCriticGuide:

@@ -1,0 +1,156 @@
+"""The behaviour-cloned planner prior: it learns the data's actions from the latent state, its guide
+samples around it in imagination, and it is saved beside (and only loads with) its world model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from robobrain.checkpoint import CheckpointError, save_checkpoint
+from robobrain.cli import main
+from robobrain.config import get_preset, to_dict
+from robobrain.data import Episode, EpisodeStore
+from robobrain.planning import MPCConfig, OptimizerConfig
+from robobrain.policies import BehaviourPriorPolicy, WorldModelMPCPolicy, load_policy
+from robobrain.rl import (
+    BehaviourPrior,
+    BehaviourPriorConfig,
+    BehaviourPriorGuide,
+    fit_behaviour_prior,
+    load_behaviour_prior,
+    save_behaviour_prior,
+)
+from robobrain.rl.behaviour_prior import latent_dataset, select_episodes
+from robobrain.world_model import WorldModel
+
+STEPS = 10
+
+
+def bar_episode(column: int, success: bool = True, steps: int = STEPS) -> Episode:
+    """A white bar at ``column`` of a 32 px frame; the action (the same at every step) is a
+    function of the column, so it can be read off the latent state."""
+    pixels = np.zeros((steps + 1, 32, 32, 3), np.uint8)
+    pixels[:, :, column : column + 8] = 255
+    a = (column / 28 - 0.5) * 1.6
+    action = np.tile(np.array([a, -a, 0.3], np.float32), (steps, 1))
+    outcome = np.zeros(steps, bool)
+    outcome[-1] = success
+    return Episode(pixels, np.zeros((steps + 1, 2), np.float32), action, np.zeros(steps, np.float32), outcome)
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldModel:
+    torch.manual_seed(0)
+    return WorldModel(get_preset("debug", action_dim=3).world_model).eval()
+
+
+def test_latent_dataset_pairs_each_frame_with_the_action_after_it(model):
+    eps = [bar_episode(0), bar_episode(8, steps=6), bar_episode(16)]
+    feat, action = latent_dataset(model, eps, chunk=2)
+    assert feat.shape == (STEPS + 6 + STEPS, model.cfg.feat_dim) and action.shape == (26, 3)
+    # Same-length episodes are filtered together, in arrival order within their length.
+    np.testing.assert_allclose(action[:STEPS].numpy(), eps[0].action)
+    np.testing.assert_allclose(action[STEPS : 2 * STEPS].numpy(), eps[2].action)
+    # The planner's filter: observe() takes the action *before* each frame; its last state is the
+    # posterior of eps[1]'s last observed frame (o_5, before a_5).
+    act = torch.from_numpy(eps[1].action)
+    prev = torch.cat([torch.zeros(1, 3), act[:-1]])[None]
+    last = model.observe(torch.from_numpy(eps[1].pixels[None, :-1]), prev)
+    torch.testing.assert_close(feat[2 * STEPS + 5], last.feat[0])
+
+
+def test_behaviour_prior_learns_the_actions_of_successful_episodes(model):
+    held = (3, 11, 19, 27)
+    train = [bar_episode(c) for c in range(29) if c not in held] + [bar_episode(5, success=False)]
+    val = [bar_episode(c) for c in held]
+    assert len(select_episodes(train, successful_only=True)) == 25
+    cfg = BehaviourPriorConfig(hidden=64, steps=400, eval_every=50, batch_size=128)
+    _, report = fit_behaviour_prior(model, train, val, cfg)
+    assert report["train_episodes"] == 25 and report["val_episodes"] == 4
+    assert report["nll_last"] < report["nll_first"] - 1.0
+    # Held-out columns: well below the constant mean action's error (1.0x for a prior that learned
+    # nothing; ~0.2x here, from random-weight features of a bar between two training positions).
+    assert report["val_mse"] < 0.4 * report["val_mse_mean_action"]
+    with pytest.raises(ValueError, match="ended in success"):
+        fit_behaviour_prior(model, [bar_episode(0, success=False)], val, cfg)
+
+
+def test_guide_samples_around_the_prior_in_imagination(model):
+    torch.manual_seed(1)
+    prior = BehaviourPrior(model.cfg.feat_dim, 3, hidden=16).eval()
+    state = model.observe(torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8), torch.zeros(2, 1, 3))
+    samples = BehaviourPriorGuide(prior, num_prior=6, noise_std=0.3, seed=4).prior_samples(model, state, 5)
+    assert samples.shape == (2, 6, 5, 3) and samples.abs().max() <= 1
+    again = BehaviourPriorGuide(prior, num_prior=6, noise_std=0.3, seed=4).prior_samples(model, state, 5)
+    assert torch.equal(samples, again)  # seeded through its own generator
+    assert not torch.allclose(samples[:, 1], samples[:, 2])
+    # The first sample of each env is the prior's own noiseless rollout.
+    s, mean_rollout = state, []
+    for _ in range(5):
+        a = prior(s.feat)
+        mean_rollout.append(a)
+        s = model.rssm.img_step_mode(s, a)
+    torch.testing.assert_close(samples[:, 0], torch.stack(mean_rollout, 1))
+    noiseless = BehaviourPriorGuide(prior, num_prior=3, noise_std=0.0).prior_samples(model, state, 5)
+    torch.testing.assert_close(noiseless[:, 1], noiseless[:, 0])
+    with pytest.raises(ValueError, match="num_prior"):
+        BehaviourPriorGuide(prior, num_prior=0)
+
+
+def test_saved_prior_loads_only_with_its_world_model(model, tmp_path):
+    cfg = model.cfg
+    save_checkpoint(tmp_path / "wm", 1, model, {"world_model": to_dict(cfg)})
+    ckpt = tmp_path / "wm" / "checkpoints" / "step_0000001"
+    with pytest.raises(CheckpointError, match="train-prior"):
+        load_behaviour_prior(tmp_path / "wm")
+    prior = BehaviourPrior(cfg.feat_dim, 3, hidden=16).eval()
+    path = save_behaviour_prior(prior, tmp_path / "wm", BehaviourPriorConfig(hidden=16), {"val_mse": 0.1})
+    assert path == ckpt / "behaviour_prior" and not list(ckpt.glob(".tmp-*"))
+    back = load_behaviour_prior(tmp_path / "wm")
+    x = torch.randn(4, cfg.feat_dim)
+    assert torch.equal(back(x), prior(x)) and torch.equal(back.std, prior.std)
+    assert json.loads((path / "config.json").read_text())["fit"] == {"val_mse": 0.1}
+    # A corrupt weights file names itself; other world-model weights are refused.
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        load_behaviour_prior(tmp_path / "wm")
+    save_behaviour_prior(prior, tmp_path / "wm", BehaviourPriorConfig(hidden=16), {})
+    torch.manual_seed(5)
+    save_file(WorldModel(cfg).state_dict(), str(ckpt / "model.safetensors"))  # the model was retrained
+    with pytest.raises(CheckpointError, match="other world-model weights"):
+        load_behaviour_prior(tmp_path / "wm")
+
+
+def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
+    cfg = model.cfg
+    save_checkpoint(tmp_path / "wm", 1, model, {"world_model": to_dict(cfg)})
+    store = EpisodeStore(tmp_path / "data")
+    for c in range(0, 20):  # episode 9 and 19 are the held-out ones (holdout_fraction 0.1)
+        store.add(bar_episode(c, success=c != 4))
+    main(["train-prior", "--checkpoint", str(tmp_path / "wm"), "--data", str(tmp_path / "data"),
+          "--steps", "20"])  # fmt: skip
+    saved = json.loads(next((tmp_path / "wm").rglob("behaviour_prior/config.json")).read_text())
+    assert saved["fit"]["train_episodes"] == 17 and saved["fit"]["val_episodes"] == 2
+    space = __import__("gymnasium").spaces.Box(-1, 1, (3,), np.float32)
+    mpc = MPCConfig(
+        horizon=3, optimizer="mppi", optim=OptimizerConfig(num_samples=8, num_elites=4, iterations=1)
+    )
+    policy = load_policy(f"mpc:{tmp_path / 'wm'}", "robobrain/Push-v0", space, mpc=mpc, guide="bc")
+    assert isinstance(policy, WorldModelMPCPolicy) and isinstance(policy.guide, BehaviourPriorGuide)
+    assert policy.guide.num_prior == 255 and policy.guide.noise_std == 0.15
+    actions = policy.act({"pixels": np.zeros((2, 32, 32, 3), np.uint8)})
+    assert actions.shape == (2, 3) and np.all(np.abs(actions) <= 1)
+    # The prior alone (no planning): its mean action on the filtered state.
+    alone = load_policy(f"bc:{tmp_path / 'wm'}", "robobrain/Push-v0", space)
+    assert isinstance(alone, BehaviourPriorPolicy)
+    frames = np.stack([bar_episode(0).pixels[0], bar_episode(20).pixels[0]])
+    alone.reset(2)
+    first = alone.act({"pixels": frames})
+    expected = alone.prior(model.observe(torch.from_numpy(frames[:, None]), torch.zeros(2, 1, 3)).feat)
+    np.testing.assert_allclose(first, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    save_checkpoint(tmp_path / "bare", 1, model, {"world_model": to_dict(cfg)})
+    for spec in ("bc", "mpc"):
+        with pytest.raises(CheckpointError, match="train-prior"):
+            load_policy(f"{spec}:{tmp_path / 'bare'}", "robobrain/Push-v0", space, guide="bc")
