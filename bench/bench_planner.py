@@ -1,12 +1,13 @@
 """Decision latency of world-model MPC, for 1 and 16 envs planned in one batched call.
 
     python bench/bench_planner.py [--preset cpu] [--device cpu] [--samples 256] [--iterations 4]
-                                  [--stoch S --classes C]
+                                  [--stoch S --classes C] [--optimizer mppi --guide bc]
 
 Peer measured in the same run: the bare ``imagine`` calls the planner makes (iterations x one
 [B*N, H] rollout), so the table shows what the optimizer itself adds. A random-weight model of the
 preset's size is used (goal-conditioned like the robobrain tasks' models: 10-D state, goal at
-[7:10]): latency does not depend on the weights.
+[7:10]): latency does not depend on the weights. ``--guide bc`` adds a random-weight behaviour
+prior whose ``--prior-samples`` imagined rollouts join the candidates (``eval --guide bc``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from robobrain.config import get_preset
 from robobrain.planning import MPCConfig, OptimizerConfig
 from robobrain.policies import WorldModelMPCPolicy
+from robobrain.rl import BehaviourPrior, BehaviourPriorGuide
 from robobrain.world_model import State, WorldModel
 
 
@@ -43,6 +45,9 @@ def main() -> None:
     parser.add_argument("--elites", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--horizon", type=int, default=12)
+    parser.add_argument("--optimizer", choices=("cem", "mppi"), default="cem")
+    parser.add_argument("--guide", choices=("none", "bc"), default="none")
+    parser.add_argument("--prior-samples", type=int, default=255)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--stoch", type=int, default=None, help="override the preset's latent variables")
     parser.add_argument("--classes", type=int, default=None, help="override the preset's classes")
@@ -52,12 +57,14 @@ def main() -> None:
     cfg = get_preset(args.preset, state_dim=10, goal_start=7, goal_dim=3, **sizes).world_model
     model = WorldModel(cfg).to(device).eval()
     optim = OptimizerConfig(num_samples=args.samples, num_elites=args.elites, iterations=args.iterations)
-    mpc = MPCConfig(horizon=args.horizon, optim=optim)
+    mpc = MPCConfig(horizon=args.horizon, optimizer=args.optimizer, optim=optim)
+    prior = BehaviourPrior(cfg.feat_dim, cfg.action_dim).to(device) if args.guide == "bc" else None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     rows = []
     for n_envs in (1, 16):
-        policy = WorldModelMPCPolicy(model, mpc, device)
+        guide = None if prior is None else BehaviourPriorGuide(prior, args.prior_samples)
+        policy = WorldModelMPCPolicy(model, mpc, device, guide=guide)
         policy.reset(n_envs)
         rng = np.random.default_rng(0)
         obs = {
@@ -83,9 +90,10 @@ def main() -> None:
         peer = np.median(timed(bare, args.repeats)) * 1e3
         rows.append((n_envs, np.median(lat), np.percentile(lat, 95), peer))
 
+    guided = "" if prior is None else f", + {args.prior_samples} behaviour-prior samples"
     print(f"# MPC decision latency, preset '{args.preset}' (latent {cfg.stoch}x{cfg.classes}), {device}, "
-          f"{args.samples} samples x "
-          f"{args.iterations} iterations, H={args.horizon}")  # fmt: skip
+          f"{args.optimizer} {args.samples} samples x "
+          f"{args.iterations} iterations, H={args.horizon}{guided}")  # fmt: skip
     print("| envs | p50 ms | p95 ms | bare imagine ms | planner / bare | vs 1 env |")
     print("|---|---|---|---|---|---|")
     for n_envs, p50, p95, peer in rows:

@@ -102,7 +102,7 @@ class TrainPrior:
     """World-model checkpoint directory or run directory (its latest checkpoint)."""
     data: Path = Path("data/push")
     """The EpisodeStore the world model was trained on."""
-    steps: int = 2000
+    steps: int = 3000
     """Gradient steps at most (the weights with the lowest validation error are kept)."""
     all_episodes: bool = False
     """Clone every episode, not only those that ended in success."""
@@ -152,7 +152,7 @@ class Eval:
     guide: Literal["auto", "both", "prior", "value", "bc", "none"] = "auto"
     """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
     the run has one); bc: sample around the behaviour prior of `robobrain train-prior` (bench/RESULTS.md
-    gives the Push recipe: --optimizer mppi --iterations 1 --elites 128 --temperature 2)."""
+    gives the Push recipe: --optimizer mppi --iterations 1 --elites 128 --temperature 4 --prior-std 0.1)."""
     prior_samples: int | None = None
     """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, 255
     from a behaviour prior)."""

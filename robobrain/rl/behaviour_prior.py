@@ -45,9 +45,11 @@ PRIOR_DIR = "behaviour_prior"
 
 @dataclass(frozen=True)
 class BehaviourPriorConfig:
-    hidden: int = 256
-    layers: int = 2
-    steps: int = 2000
+    hidden: int = 512
+    layers: int = 3
+    """512 x 3 layers: on Push the prior alone succeeded 54 % / 52 % on two 50-seed sets, 256 x 2
+    30 % / 32 %, at about the same validation error (bench/RESULTS.md)."""
+    steps: int = 3000
     """Gradient steps at most; the weights kept are those with the lowest validation error."""
     batch_size: int = 512
     lr: float = 1e-3
@@ -63,7 +65,7 @@ class BehaviourPrior(nn.Module):
 
     feat: latent features [M, F] (``State.feat`` of the world model it was fitted on)."""
 
-    def __init__(self, feat_dim: int, action_dim: int, hidden: int = 256, layers: int = 2) -> None:
+    def __init__(self, feat_dim: int, action_dim: int, hidden: int = 512, layers: int = 3) -> None:
         super().__init__()
         self.feat_dim, self.action_dim = feat_dim, action_dim
         self.net = MLP(feat_dim, action_dim, hidden, layers)
