@@ -117,9 +117,9 @@ class WorldModelMPCPolicy:
         value_fn = prior = None
         if self.guide is not None:
             value_fn = self.guide.value if self.guide.use_value else None
-            prior = self.guide.prior_samples(self.model, state, self.cfg.horizon)
-        score_fn = world_model_score_fn(self.model, state, self.cfg, value_fn)
-        action = self.mpc.act(score_fn, prior_samples=prior)
+            prior = self.guide.prior_rollout(self.model, state, self.cfg.horizon)
+        score_fn = world_model_score_fn(self.model, state, self.cfg, value_fn, prior)
+        action = self.mpc.act(score_fn, prior_samples=None if prior is None else prior.actions)
         self.filter.acted(action)
         return action.cpu().numpy().astype(np.float32)
 

@@ -17,6 +17,8 @@ from robobrain.planning import MPCConfig, OptimizerConfig, world_model_score_fn
 from robobrain.policies import WorldModelMPCPolicy
 from robobrain.rl import (
     ActorCriticGuide,
+    BehaviourPrior,
+    BehaviourPriorGuide,
     NonFiniteSB3Error,
     SB3Config,
     WorldModelFeatures,
@@ -85,6 +87,34 @@ def test_score_adds_the_discounted_terminal_value(model):
     plain = world_model_score_fn(model, state, cfg)(actions)
     value = world_model_score_fn(model, state, cfg, value_fn=lambda f: f[:, 0] * 0 + 10.0)(actions)
     torch.testing.assert_close(value - plain, torch.full_like(plain, 10.0 * 0.9**3))
+
+
+def test_score_reuses_the_prior_rollout_and_matches_imagining_it(model):
+    """Candidates 1..P that are the guide's prior samples are scored from the rollout they were
+    sampled along (no second imagination), and score as imagining them would."""
+    state = model.observe(torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8), torch.zeros(2, 1, 3))
+    cfg = MPCConfig(horizon=4, discount=0.95)
+    torch.manual_seed(0)
+    prior = BehaviourPriorGuide(BehaviourPrior(model.cfg.feat_dim, 3, hidden=16), 5, 0.3).prior_rollout(
+        model, state, 4
+    )
+    actions = torch.rand(2, 8, 4, 3) * 2 - 1
+    actions[:, 1:6] = prior.actions
+    value_fn = lambda f: f[:, 0]  # noqa: E731
+    full = world_model_score_fn(model, state, cfg, value_fn)(actions)
+    calls = []
+    imagine = model.imagine
+    model.imagine = lambda s, a, **kw: calls.append(a.shape[0]) or imagine(s, a, **kw)
+    try:
+        reused = world_model_score_fn(model, state, cfg, value_fn, prior)(actions)
+        other = actions.clone()
+        other[:, 3] = 0.0  # no longer the prior's samples: everything is imagined
+        fallback = world_model_score_fn(model, state, cfg, value_fn, prior)(other)
+    finally:
+        del model.imagine
+    assert calls == [2 * 3, 2 * 8]  # 3 non-prior candidates per env, then all 8
+    torch.testing.assert_close(reused, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fallback, world_model_score_fn(model, state, cfg, value_fn)(other))
 
 
 def test_guided_mpc_policy_acts(model):

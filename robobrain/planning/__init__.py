@@ -1,6 +1,15 @@
 """Planning: trajectory optimizers (CEM, MPPI), the MPC controller, the oracle simulator model."""
 
-from robobrain.planning.mpc import MPC, MPCConfig, world_model_score_fn
+from robobrain.planning.mpc import MPC, MPCConfig, PriorRollout, world_model_score_fn
 from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult
 
-__all__ = ["CEM", "MPC", "MPPI", "MPCConfig", "OptimizerConfig", "PlanResult", "world_model_score_fn"]
+__all__ = [
+    "CEM",
+    "MPC",
+    "MPPI",
+    "MPCConfig",
+    "OptimizerConfig",
+    "PlanResult",
+    "PriorRollout",
+    "world_model_score_fn",
+]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 
 from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult, ScoreFn
-from robobrain.world_model import State, WorldModel
+from robobrain.world_model import Rollout, State, WorldModel
 
 
 @dataclass(frozen=True)
@@ -86,30 +86,61 @@ class MPC:
         return action.clamp(self.cfg.optim.low, self.cfg.optim.high)
 
 
+class PriorRollout(NamedTuple):
+    """Prior action sequences and the imagined future they were sampled along (a planner guide's).
+
+    actions: [B, P, H, A]; rollout: the world model's heads on those imagined states, [B*P, H, ...]
+    (row b*P + p follows actions[b, p]). :func:`world_model_score_fn` scores them from here instead
+    of imagining them a second time."""
+
+    actions: torch.Tensor
+    rollout: Rollout
+
+
 def world_model_score_fn(
     model: WorldModel,
     state: State,
     cfg: MPCConfig,
     value_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prior: PriorRollout | None = None,
 ) -> ScoreFn:
     """Score candidates [B, N, H, A] from latent ``state`` [B] by imagination: discounted predicted
     reward + success bonus, minus the ensemble-disagreement penalty, plus ``discount^H`` times
-    ``value_fn(feat [M, F]) -> [M]`` of the last imagined state when given. Returns [B, N]."""
+    ``value_fn(feat [M, F]) -> [M]`` of the last imagined state when given. Returns [B, N].
 
-    def score(actions: torch.Tensor) -> torch.Tensor:
-        b, n, h, a = actions.shape
-        with torch.no_grad():
-            out = model.imagine(state.repeat_interleave(n), actions.reshape(b * n, h, a))
+    ``prior``: when candidates 1..P are exactly ``prior.actions`` (where the optimizers put prior
+    samples), their scores come from ``prior.rollout`` and only the other candidates are imagined."""
+
+    def returns(out: Rollout) -> torch.Tensor:
         r = out.reward.float() + cfg.success_bonus * torch.sigmoid(out.success_logit.float())
         if cfg.disagreement_penalty:
             if out.disagreement is None:
                 raise ValueError("disagreement_penalty needs a world model trained with an ensemble")
             r = r - cfg.disagreement_penalty * out.disagreement.float()
+        h = r.shape[1]
         if cfg.discount != 1.0:
             r = r * cfg.discount ** torch.arange(h, device=r.device, dtype=r.dtype)
         total = r.sum(-1)
         if value_fn is not None:
             total = total + cfg.discount**h * value_fn(out.feat[:, -1]).float()
-        return total.view(b, n)
+        return total
+
+    def imagined(actions: torch.Tensor) -> torch.Tensor:
+        b, n, h, a = actions.shape
+        with torch.no_grad():
+            out = model.imagine(state.repeat_interleave(n), actions.reshape(b * n, h, a))
+        return returns(out).view(b, n)
+
+    known = None if prior is None else returns(prior.rollout).view(prior.actions.shape[:2])
+
+    def score(actions: torch.Tensor) -> torch.Tensor:
+        if prior is None or known is None:
+            return imagined(actions)
+        p = prior.actions.shape[1]
+        if actions.shape[1] <= p or not torch.equal(actions[:, 1 : 1 + p], prior.actions.to(actions.dtype)):
+            return imagined(actions)
+        rest = torch.cat([actions[:, :1], actions[:, 1 + p :]], 1)
+        rest_scores = imagined(rest)
+        return torch.cat([rest_scores[:, :1], known, rest_scores[:, 1:]], 1)
 
     return score

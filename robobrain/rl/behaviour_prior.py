@@ -6,7 +6,7 @@ Dulac-Arnold, 2021) plans with an offline model by sampling around a policy clon
 the candidates stay where the model was trained. :class:`BehaviourPrior` is that policy: a Gaussian on
 the latent features the planner filters, fitted by maximum likelihood to the actions of the data's
 successful episodes. :class:`BehaviourPriorGuide` hands the planner noisy rollouts of it in imagination
-(the ``prior_samples`` of :class:`robobrain.rl.ActorCriticGuide`'s interface).
+(``prior_rollout``, the interface of :class:`robobrain.rl.ActorCriticGuide`).
 
 Saved beside the world-model checkpoint it was fitted on (``<checkpoint>/behaviour_prior/``:
 ``model.safetensors`` + ``config.json``, written atomically) with a fingerprint of that checkpoint's
@@ -37,6 +37,8 @@ from robobrain.checkpoint import (
     write_directory_atomically,
 )
 from robobrain.data.store import Episode
+from robobrain.planning.mpc import PriorRollout
+from robobrain.rl.guide import roll_out_prior
 from robobrain.world_model import State, WorldModel
 from robobrain.world_model.networks import MLP
 
@@ -126,20 +128,22 @@ class BehaviourPriorGuide:
         raise NotImplementedError("a behaviour prior has no value function (use_value is False)")
 
     @torch.no_grad()
-    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor:
-        """[B, P, H, A] action sequences from ``state`` [B], rolled out in imagination."""
+    def prior_rollout(self, model: WorldModel, state: State, horizon: int) -> PriorRollout:
+        """``num_prior`` action sequences [B, P, H, A] from ``state`` [B] and their imagined future."""
         b, p = state.deter.shape[0], self.num_prior
-        s = state.repeat_interleave(p)
         first = torch.arange(0, b * p, p, device=state.deter.device)
-        actions = []
-        for _ in range(horizon):
+
+        def act(s: State) -> torch.Tensor:
             mean = self.prior(s.feat)
             a = self._perturb(mean)
             a[first] = mean[first]
-            a = a.to(s.deter.dtype)
-            actions.append(a)
-            s = model.rssm.img_step_mode(s, a)
-        return torch.stack(actions, 1).view(b, p, horizon, -1)
+            return a.to(s.deter.dtype)
+
+        return roll_out_prior(model, state, p, horizon, act)
+
+    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor:
+        """The actions [B, P, H, A] of :meth:`prior_rollout`."""
+        return self.prior_rollout(model, state, horizon).actions
 
 
 # --- data -----------------------------------------------------------------------------------------

@@ -8,7 +8,24 @@ from typing import Any, Protocol
 
 import torch
 
+from robobrain.planning.mpc import PriorRollout
 from robobrain.world_model import State, WorldModel
+from robobrain.world_model.rssm import stack_states
+
+
+def roll_out_prior(model: WorldModel, state: State, num_prior: int, horizon: int, act: Any) -> PriorRollout:
+    """Roll ``act(state [M]) -> actions [M, A]`` forward ``horizon`` steps from each of the B
+    states, ``num_prior`` times each, along the model's most likely latent (as ``imagine`` does)."""
+    b = state.deter.shape[0]
+    s = state.repeat_interleave(num_prior)
+    actions, states = [], []
+    for _ in range(horizon):
+        a = act(s)
+        actions.append(a)
+        s = model.rssm.img_step_mode(s, a)
+        states.append(s)
+    rollout = model.heads(stack_states(states, 1))
+    return PriorRollout(torch.stack(actions, 1).view(b, num_prior, horizon, -1), rollout)
 
 
 class PlannerGuide(Protocol):
@@ -22,8 +39,8 @@ class PlannerGuide(Protocol):
         """V(s) [M] for latent features [M, F]."""
         ...
 
-    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor | None:
-        """[B, P, H, A] action sequences from ``state`` [B], or None."""
+    def prior_rollout(self, model: WorldModel, state: State, horizon: int) -> PriorRollout | None:
+        """P action sequences per env from ``state`` [B] with their imagined future, or None."""
         ...
 
 
@@ -79,16 +96,14 @@ class ActorCriticGuide:
         return value.to(feat.device, feat.dtype)
 
     @torch.no_grad()
-    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor | None:
+    def prior_rollout(self, model: WorldModel, state: State, horizon: int) -> PriorRollout | None:
         """``num_prior`` action sequences per env, sampled from the actor along its own imagined
-        rollout from ``state`` [B]: [B, P, H, A] (None when the prior is off)."""
+        rollout from ``state`` [B] (None when the prior is off)."""
         if self.num_prior <= 0:
             return None
-        b, p = state.deter.shape[0], self.num_prior
-        s = state.repeat_interleave(p)
-        actions = []
-        for _ in range(horizon):
-            a = self.act(s.feat)
-            actions.append(a)
-            s = model.rssm.img_step_mode(s, a)
-        return torch.stack(actions, 1).view(b, p, horizon, -1)
+        return roll_out_prior(model, state, self.num_prior, horizon, lambda s: self.act(s.feat))
+
+    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor | None:
+        """The actions [B, P, H, A] of :meth:`prior_rollout`."""
+        out = self.prior_rollout(model, state, horizon)
+        return None if out is None else out.actions

@@ -168,7 +168,23 @@ class WorldModel(nn.Module):
             deters.append(state.deter)
             stochs.append(state.stoch)
         goals = None if goal is None else goal.unsqueeze(1).expand(-1, h, -1)
-        return self._heads(State(torch.stack(deters, 1), torch.stack(stochs, 1), goals), decode, reference)
+        return self.heads(State(torch.stack(deters, 1), torch.stack(stochs, 1), goals), decode, reference)
+
+    def heads(self, states: State, decode: bool = False, reference: torch.Tensor | None = None) -> Rollout:
+        """Read rewards, success logits (and ensemble disagreement, frames) off imagined states
+        [B, H, ...], e.g. ones a policy prior rolled out itself; :meth:`imagine` ends with this."""
+        feat = states.feat
+        disagreement = None
+        if self.cfg.ensemble:
+            probs = self.rssm.ensemble_log_probs(states.deter).exp()  # [K, B, H, S, C]
+            disagreement = probs.var(0).sum((-2, -1))
+        return Rollout(
+            feat=feat,
+            reward=self.reward_head(feat).squeeze(-1),
+            success_logit=self.success_head(feat).squeeze(-1),
+            disagreement=disagreement,
+            pixels=self.decode(feat, reference) if decode else None,
+        )
 
     def decode(self, feat: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         """Latent features [B, ..., F] -> predicted frames uint8[B, ..., S, S, 3].
@@ -401,20 +417,6 @@ class WorldModel(nn.Module):
         ref = pixels_to_float(reference).unsqueeze(1).expand(-1, lead[1:].numel(), -1, -1, -1)
         out = self.refiner(hidden.reshape(-1, *hidden.shape[-3:]), ref.reshape(-1, 3, s, s))
         return out.view(*lead, 3, s, s)
-
-    def _heads(self, states: State, decode: bool, reference: torch.Tensor | None = None) -> Rollout:
-        feat = states.feat
-        disagreement = None
-        if self.cfg.ensemble:
-            probs = self.rssm.ensemble_log_probs(states.deter).exp()  # [K, B, H, S, C]
-            disagreement = probs.var(0).sum((-2, -1))
-        return Rollout(
-            feat=feat,
-            reward=self.reward_head(feat).squeeze(-1),
-            success_logit=self.success_head(feat).squeeze(-1),
-            disagreement=disagreement,
-            pixels=self.decode(feat, reference) if decode else None,
-        )
 
     def _check_goal(self, goal: torch.Tensor | None, batch: int) -> None:
         g = self.cfg.goal_dim
