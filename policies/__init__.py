@@ -24,7 +24,7 @@ def load_guide(
     mode: GuideMode = "auto",
     device: str = "cpu",
     num_prior: int | None = None,
-    prior_std: float = 0.15,
+    prior_std: float = 0.1,
     seed: int = 0,
 ) -> ActorCriticGuide | BehaviourPriorGuide | None:
     """A planner guide saved beside a world model: the SB3 actor-critic of a ``robobrain train`` run
@@ -59,7 +59,7 @@ def load_policy(
     device: str = "cpu",
     guide: GuideMode = "auto",
     num_prior: int | None = None,
-    prior_std: float = 0.15,
+    prior_std: float = 0.1,
     **kwargs: float,
 ) -> Policy:
     """Build a policy from a spec string for an env.

@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import tyro
@@ -131,17 +131,19 @@ class Eval:
     video_episodes: int = 2
     """Episodes recorded as mp4 (real | imagined for mpc:)."""
     device: str = "cpu"
-    optimizer: Literal["cem", "mppi"] = "cem"
-    """MPC trajectory optimizer."""
-    horizon: int = 12
-    """MPC planning horizon."""
+    optimizer: Literal["cem", "mppi"] | None = None
+    """MPC trajectory optimizer (default: cem; mppi with --guide bc)."""
+    horizon: int | None = None
+    """MPC planning horizon (default: 12; 14 with --guide bc)."""
     samples: int = 256
     """MPC candidates per iteration (the default budget is the `cpu` one: 256 x 4 iterations, the
     budget of the online loop and of the Reach bar in bench/RESULTS.md; raise it on a GPU)."""
-    elites: int = 32
-    iterations: int = 4
-    temperature: float = 0.5
-    """MPPI: softmax temperature over the elites' scores."""
+    elites: int | None = None
+    """(default: 32; half the samples with --guide bc)"""
+    iterations: int | None = None
+    """(default: 4; 1 with --guide bc)"""
+    temperature: float | None = None
+    """MPPI: softmax temperature over the elites' scores (default: 0.5; 4 with --guide bc)."""
     time_budget: float | None = None
     """MPC wall-clock limit per decision (s)."""
     disagreement_penalty: float = 0.0
@@ -151,14 +153,34 @@ class Eval:
     """mpc: added to each imagined step's reward times the predicted success probability."""
     guide: Literal["auto", "both", "prior", "value", "bc", "none"] = "auto"
     """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
-    the run has one); bc: sample around the behaviour prior of `robobrain train-prior` (bench/RESULTS.md
-    gives the Push recipe: --optimizer mppi --iterations 1 --elites 128 --temperature 4 --prior-std 0.1)."""
+    the run has one); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`
+    (its defaults are the planner settings of the Push rows in bench/RESULTS.md)."""
     prior_samples: int | None = None
     """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, 255
     from a behaviour prior)."""
-    prior_std: float = 0.15
-    """mpc --guide bc: std of the Gaussian noise around the behaviour prior's actions."""
+    prior_std: float | None = None
+    """mpc --guide bc: std of the Gaussian noise around the behaviour prior's actions (default: 0.1)."""
     progress: bool = True
+
+
+PLANNER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "search": {"optimizer": "cem", "horizon": 12, "elites": 32, "iterations": 4, "temperature": 0.5,
+               "prior_std": 0.1},
+    "bc": {"optimizer": "mppi", "horizon": 14, "elites": None, "iterations": 1, "temperature": 4.0,
+           "prior_std": 0.1},
+}  # fmt: skip
+"""`robobrain eval`'s planner settings left unset: a free search (CEM 256 x 4, H=12: the Reach bar),
+or with --guide bc a soft average of behaviour-prior rollouts (MPPI, 1 iteration, the better half of
+the candidates as elites: the Push rows of bench/RESULTS.md)."""
+
+
+def planner_settings(args: Eval) -> dict[str, Any]:
+    """The planner flags of ``args`` with the unset ones filled from :data:`PLANNER_DEFAULTS`."""
+    defaults = PLANNER_DEFAULTS["bc" if args.guide == "bc" else "search"]
+    out = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in defaults.items()}
+    if out["elites"] is None:
+        out["elites"] = max(1, args.samples // 2)
+    return out
 
 
 @dataclass(frozen=True)
@@ -208,16 +230,17 @@ def run_eval(args: Eval) -> dict:
         config = load_checkpoint(args.policy.split(":", 1)[1], with_training_state=False).config
         size = int(config["world_model"]["image_size"])
     envs = [make_env(args.env, size or 64) for _ in range(args.num_envs)]
+    planner = planner_settings(args)
     optim = OptimizerConfig(
         num_samples=args.samples,
-        num_elites=args.elites,
-        iterations=args.iterations,
-        temperature=args.temperature,
+        num_elites=planner["elites"],
+        iterations=planner["iterations"],
+        temperature=planner["temperature"],
         time_budget=args.time_budget,
     )
     mpc = MPCConfig(
-        horizon=args.horizon,
-        optimizer=args.optimizer,
+        horizon=planner["horizon"],
+        optimizer=planner["optimizer"],
         optim=optim,
         seed=args.seed,
         disagreement_penalty=args.disagreement_penalty,
@@ -235,9 +258,11 @@ def run_eval(args: Eval) -> dict:
             device=args.device,
             guide=args.guide,
             num_prior=args.prior_samples,
-            prior_std=args.prior_std,
+            prior_std=planner["prior_std"],
         )
         meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
+        if args.policy.startswith(("mpc:", "oracle")):
+            meta["planner"] = dict(planner, samples=args.samples, prior_samples=args.prior_samples)
         report = evaluate_policy(
             policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
         )

@@ -139,9 +139,16 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
     )
     policy = load_policy(f"mpc:{tmp_path / 'wm'}", "robobrain/Push-v0", space, mpc=mpc, guide="bc")
     assert isinstance(policy, WorldModelMPCPolicy) and isinstance(policy.guide, BehaviourPriorGuide)
-    assert policy.guide.num_prior == 255 and policy.guide.noise_std == 0.15
+    assert policy.guide.num_prior == 255 and policy.guide.noise_std == 0.1
     actions = policy.act({"pixels": np.zeros((2, 32, 32, 3), np.uint8)})
     assert actions.shape == (2, 3) and np.all(np.abs(actions) <= 1)
+    # `eval --guide bc` fills the planner settings it is not given from the Push recipe.
+    main(["eval", "--policy", f"mpc:{tmp_path / 'wm'}", "--guide", "bc", "--env", "robobrain/Reach-v0",
+          "--episodes", "1", "--num-envs", "1", "--samples", "8", "--prior-samples", "7", "--iterations", "2",
+          "--video-episodes", "0", "--out", str(tmp_path / "ev"), "--no-progress"])  # fmt: skip
+    planner = json.loads((tmp_path / "ev" / "eval_info.json").read_text())["planner"]
+    assert planner == {"optimizer": "mppi", "horizon": 14, "elites": 4, "iterations": 2,
+                       "temperature": 4.0, "prior_std": 0.1, "samples": 8, "prior_samples": 7}  # fmt: skip
     # The prior alone (no planning): its mean action on the filtered state.
     alone = load_policy(f"bc:{tmp_path / 'wm'}", "robobrain/Push-v0", space)
     assert isinstance(alone, BehaviourPriorPolicy)

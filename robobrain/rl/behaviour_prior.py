@@ -97,7 +97,7 @@ class BehaviourPriorGuide:
     use_value = False
 
     def __init__(
-        self, prior: BehaviourPrior, num_prior: int = 255, noise_std: float = 0.15, seed: int = 0
+        self, prior: BehaviourPrior, num_prior: int = 255, noise_std: float = 0.1, seed: int = 0
     ) -> None:
         if num_prior < 1 or noise_std < 0:
             raise ValueError(f"need num_prior >= 1 and noise_std >= 0, got {num_prior}, {noise_std}")
