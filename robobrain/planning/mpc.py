@@ -134,7 +134,7 @@ def world_model_score_fn(
     known = None if prior is None else returns(prior.rollout).view(prior.actions.shape[:2])
 
     def score(actions: torch.Tensor) -> torch.Tensor:
-        if prior is None or known is None:
+        if prior is None or known is None:  # (known is None exactly when prior is)
             return imagined(actions)
         p = prior.actions.shape[1]
         if actions.shape[1] <= p or not torch.equal(actions[:, 1 : 1 + p], prior.actions.to(actions.dtype)):

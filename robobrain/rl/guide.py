@@ -4,6 +4,7 @@ plan ends in (TD-MPC2 style: score = sum of rewards + discount^H * V(s_H))."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -13,7 +14,9 @@ from robobrain.world_model import State, WorldModel
 from robobrain.world_model.rssm import stack_states
 
 
-def roll_out_prior(model: WorldModel, state: State, num_prior: int, horizon: int, act: Any) -> PriorRollout:
+def roll_out_prior(
+    model: WorldModel, state: State, num_prior: int, horizon: int, act: Callable[[State], torch.Tensor]
+) -> PriorRollout:
     """Roll ``act(state [M]) -> actions [M, A]`` forward ``horizon`` steps from each of the B
     states, ``num_prior`` times each, along the model's most likely latent (as ``imagine`` does)."""
     b = state.deter.shape[0]
