@@ -279,10 +279,6 @@ def save_behaviour_prior(
     return write_directory_atomically(ckpt / PRIOR_DIR, write)
 
 
-def has_behaviour_prior(checkpoint: str | Path) -> bool:
-    return (resolve_checkpoint(checkpoint) / PRIOR_DIR / MODEL_FILE).exists()
-
-
 def load_behaviour_prior(checkpoint: str | Path, device: torch.device | str = "cpu") -> BehaviourPrior:
     """The prior saved beside a world-model checkpoint; refused (``CheckpointError``) when that
     checkpoint's weights are not the ones it was fitted on."""
