@@ -364,9 +364,11 @@ class Demo(Train):
     from random seed data (no scripted episodes), then the final evaluation; prints where the report,
     the videos (real | imagined) and the learning curve are. Re-running resumes / finishes the run."""
 
-    env_steps: int = 3000
+    env_steps: int = 1500
+    """3,000 took 13 min on the first sessions' 2-core machine and 22 min on the ~2x slower one of the
+    twelfth session (bench/RESULTS.md); 1,500 keeps the demo inside 15 minutes there."""
     seed_episodes: int = 10
-    pretrain_steps: int = 400
+    pretrain_steps: int = 300
     eval_every: int = 1000
     run_dir: Path = Path("runs/demo")
 
