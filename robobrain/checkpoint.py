@@ -98,8 +98,7 @@ def save_checkpoint(
 
     def write(tmp: Path) -> None:
         (tmp / STATE_DIR).mkdir()
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / MODEL_FILE))
+        save_weights(model, tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         full_state = dict(state or {}, step=step)
         if optimizer is not None:
@@ -114,6 +113,11 @@ def save_checkpoint(
     atomic_write_json(root / LATEST, {"checkpoint": name, "step": step})
     _prune(root, keep, protect=name)
     return final
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """A module's state dict as safetensors (CPU, contiguous); :func:`load_weights` reads it back."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
 def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Path:

@@ -81,9 +81,13 @@ def test_guide_samples_around_the_prior_in_imagination(model):
     torch.manual_seed(1)
     prior = BehaviourPrior(model.cfg.feat_dim, 3, hidden=16).eval()
     state = model.observe(torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8), torch.zeros(2, 1, 3))
-    samples = BehaviourPriorGuide(prior, num_prior=6, noise_std=0.3, seed=4).prior_samples(model, state, 5)
+
+    def guide() -> BehaviourPriorGuide:
+        return BehaviourPriorGuide(prior, num_prior=6, noise_std=0.3, seed=4)
+
+    samples = guide().prior_rollout(model, state, 5).actions
     assert samples.shape == (2, 6, 5, 3) and samples.abs().max() <= 1
-    again = BehaviourPriorGuide(prior, num_prior=6, noise_std=0.3, seed=4).prior_samples(model, state, 5)
+    again = guide().prior_rollout(model, state, 5).actions
     assert torch.equal(samples, again)  # seeded through its own generator
     assert not torch.allclose(samples[:, 1], samples[:, 2])
     # The first sample of each env is the prior's own noiseless rollout.
@@ -93,7 +97,7 @@ def test_guide_samples_around_the_prior_in_imagination(model):
         mean_rollout.append(a)
         s = model.rssm.img_step_mode(s, a)
     torch.testing.assert_close(samples[:, 0], torch.stack(mean_rollout, 1))
-    noiseless = BehaviourPriorGuide(prior, num_prior=3, noise_std=0.0).prior_samples(model, state, 5)
+    noiseless = BehaviourPriorGuide(prior, num_prior=3, noise_std=0.0).prior_rollout(model, state, 5).actions
     torch.testing.assert_close(noiseless[:, 1], noiseless[:, 0])
     with pytest.raises(ValueError, match="num_prior"):
         BehaviourPriorGuide(prior, num_prior=0)

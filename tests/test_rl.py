@@ -71,13 +71,13 @@ def test_guide_prior_and_value(model, algo):
     sb3 = make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": algo}), env, seed=0, device="cpu")
     guide = ActorCriticGuide(sb3, num_prior=5)
     state = model.observe(torch.zeros(3, 1, 32, 32, 3, dtype=torch.uint8), torch.zeros(3, 1, 3))
-    prior = guide.prior_samples(model, state, horizon=4)
+    prior = guide.prior_rollout(model, state, horizon=4).actions
     assert prior.shape == (3, 5, 4, 3) and prior.abs().max() <= 1.0
     assert prior[0].std(0).mean() > 0  # distinct samples, also from a deterministic actor
     value = guide.value(state.feat)
     assert value.shape == (3,) and torch.isfinite(value).all()
     torch.testing.assert_close(guide.value(state.feat), value)  # V(s) of the mean action, not a sample
-    assert ActorCriticGuide(sb3, num_prior=0).prior_samples(model, state, 4) is None
+    assert ActorCriticGuide(sb3, num_prior=0).prior_rollout(model, state, 4) is None
 
 
 def test_score_adds_the_discounted_terminal_value(model):

@@ -34,6 +34,7 @@ from robobrain.checkpoint import (
     load_checkpoint,
     load_weights,
     resolve_checkpoint,
+    save_weights,
     write_directory_atomically,
 )
 from robobrain.data.store import Episode
@@ -112,14 +113,6 @@ class BehaviourPriorGuide:
             self._gen = torch.Generator(device=device).manual_seed(self.seed)
         return self._gen
 
-    @torch.no_grad()
-    def act(self, feat: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """Actions [M, A] in [-1, 1] for latent features [M, F]."""
-        mean = self.prior(feat)
-        if deterministic or self.noise_std == 0:
-            return mean.to(feat.dtype)
-        return self._perturb(mean).to(feat.dtype)
-
     def _perturb(self, mean: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(mean.shape, generator=self._generator(mean.device), device=mean.device)
         return (mean + self.noise_std * noise).clamp(-1.0, 1.0)
@@ -140,10 +133,6 @@ class BehaviourPriorGuide:
             return a.to(s.deter.dtype)
 
         return roll_out_prior(model, state, p, horizon, act)
-
-    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor:
-        """The actions [B, P, H, A] of :meth:`prior_rollout`."""
-        return self.prior_rollout(model, state, horizon).actions
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -222,7 +211,8 @@ def fit_behaviour_prior(
         loss.backward()
         opt.step()
         last_nll = loss.item()
-        first_nll = last_nll if step == 1 else first_nll
+        if step == 1:
+            first_nll = last_nll
         if step % cfg.eval_every == 0 or step == cfg.steps:
             with torch.no_grad():
                 mse = (prior(vx) - vy).square().mean().item()
@@ -260,8 +250,6 @@ def save_behaviour_prior(
     prior: BehaviourPrior, checkpoint: str | Path, cfg: BehaviourPriorConfig, report: dict[str, Any]
 ) -> Path:
     """Write ``<checkpoint>/behaviour_prior/`` atomically (replacing an older one); returns it."""
-    from safetensors.torch import save_file
-
     ckpt = resolve_checkpoint(checkpoint)
     config = {
         "feat_dim": prior.feat_dim,
@@ -272,8 +260,7 @@ def save_behaviour_prior(
     }
 
     def write(tmp: Path) -> None:
-        weights = {k: v.detach().cpu().contiguous() for k, v in prior.state_dict().items()}
-        save_file(weights, str(tmp / MODEL_FILE))
+        save_weights(prior, tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
 
     return write_directory_atomically(ckpt / PRIOR_DIR, write)

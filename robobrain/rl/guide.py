@@ -105,8 +105,3 @@ class ActorCriticGuide:
         if self.num_prior <= 0:
             return None
         return roll_out_prior(model, state, self.num_prior, horizon, lambda s: self.act(s.feat))
-
-    def prior_samples(self, model: WorldModel, state: State, horizon: int) -> torch.Tensor | None:
-        """The actions [B, P, H, A] of :meth:`prior_rollout`."""
-        out = self.prior_rollout(model, state, horizon)
-        return None if out is None else out.actions
