@@ -4,7 +4,9 @@
                                   [--stoch S --classes C] [--optimizer mppi --guide bc]
 
 Peer measured in the same run: the bare ``imagine`` calls the planner makes (iterations x one
-[B*N, H] rollout), so the table shows what the optimizer itself adds. A random-weight model of the
+[B*N, H] rollout, eager float32), so the table shows what the optimizer itself adds. On CUDA each
+env count is planned twice: eager float32 (``fast=False``) and bf16 autocast + CUDA graphs (the
+default, :class:`robobrain.world_model.GraphedImagine`). A random-weight model of the
 preset's size is used (goal-conditioned like the robobrain tasks' models: 10-D state, goal at
 [7:10]): latency does not depend on the weights. ``--guide bc`` adds a random-weight behaviour
 prior whose ``--prior-samples`` imagined rollouts join the candidates (``eval --guide bc``).
@@ -13,6 +15,7 @@ prior whose ``--prior-samples`` imagined rollouts join the candidates (``eval --
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--guide", choices=("none", "bc"), default="none")
     parser.add_argument("--prior-samples", type=int, default=255)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--envs", type=int, nargs="+", default=[1, 16], help="env counts to plan for")
     parser.add_argument("--stoch", type=int, default=None, help="override the preset's latent variables")
     parser.add_argument("--classes", type=int, default=None, help="override the preset's classes")
     args = parser.parse_args()
@@ -61,21 +65,14 @@ def main() -> None:
     prior = BehaviourPrior(cfg.feat_dim, cfg.action_dim).to(device) if args.guide == "bc" else None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    variants = [("eager fp32", False)] + ([("bf16 + CUDA graphs", True)] if device.type == "cuda" else [])
     rows = []
-    for n_envs in (1, 16):
-        guide = None if prior is None else BehaviourPriorGuide(prior, args.prior_samples)
-        policy = WorldModelMPCPolicy(model, mpc, device, guide=guide)
-        policy.reset(n_envs)
+    for n_envs in args.envs:
         rng = np.random.default_rng(0)
         obs = {
             "pixels": rng.integers(0, 256, (n_envs, cfg.image_size, cfg.image_size, 3), dtype=np.uint8),
             "state": rng.uniform(-0.2, 0.2, (n_envs, 10)).astype(np.float32),
         }
-
-        def decide(policy: WorldModelMPCPolicy = policy, obs: dict = obs) -> None:
-            policy.act(obs)
-            sync()
-
         goal = torch.zeros(n_envs * args.samples, cfg.goal_dim, device=device)
         state = model.rssm.initial(n_envs * args.samples, device, goal)
         actions = torch.rand(n_envs * args.samples, args.horizon, cfg.action_dim, device=device) * 2 - 1
@@ -86,19 +83,32 @@ def main() -> None:
                     model.imagine(state, actions)
             sync()
 
-        lat = np.array(timed(decide, args.repeats)) * 1e3
         peer = np.median(timed(bare, args.repeats)) * 1e3
-        rows.append((n_envs, np.median(lat), np.percentile(lat, 95), peer))
+        for name, fast in variants:
+            guide = None if prior is None else BehaviourPriorGuide(prior, args.prior_samples)
+            policy = WorldModelMPCPolicy(model, mpc, device, guide=guide, fast=fast)
+            policy.reset(n_envs)
+
+            def decide(policy: WorldModelMPCPolicy = policy, obs: dict = obs) -> None:
+                policy.act(obs)
+                sync()
+
+            lat = np.array(timed(decide, args.repeats)) * 1e3
+            rows.append((n_envs, name, np.median(lat), np.percentile(lat, 95), peer))
 
     guided = "" if prior is None else f", + {args.prior_samples} behaviour-prior samples"
     print(f"# MPC decision latency, preset '{args.preset}' (latent {cfg.stoch}x{cfg.classes}), {device}, "
           f"{args.optimizer} {args.samples} samples x "
           f"{args.iterations} iterations, H={args.horizon}{guided}")  # fmt: skip
-    print("| envs | p50 ms | p95 ms | bare imagine ms | planner / bare | vs 1 env |")
-    print("|---|---|---|---|---|---|")
-    for n_envs, p50, p95, peer in rows:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
+    print(f"# {where}, torch {torch.__version__}")
+    print("| envs | imagine | p50 ms | p95 ms | bare imagine ms (fp32) | planner / bare | vs first row |")
+    print("|---|---|---|---|---|---|---|")
+    first = {name: p50 for n, name, p50, _, _ in rows if n == rows[0][0]}
+    for n_envs, name, p50, p95, peer in rows:
         print(
-            f"| {n_envs} | {p50:.1f} | {p95:.1f} | {peer:.1f} | {p50 / peer:.2f} | {p50 / rows[0][1]:.1f}x |"
+            f"| {n_envs} | {name} | {p50:.2f} | {p95:.2f} | {peer:.2f} | {p50 / peer:.2f} | "
+            f"{p50 / first[name]:.1f}x |"
         )
 
 

@@ -5,7 +5,10 @@ measured in the same run.
 
 Imagination: B candidate action sequences of H steps from one latent state, latent only (no
 decoding), the way the planner calls it. FLOPs are counted by ``torch.utils.flop_counter`` on one
-call; "of peak" divides the achieved FLOP/s by a plain square float32 matmul's on the same device.
+call; "of peak" divides the achieved FLOP/s by a plain square matmul's on the same device, in the
+same precision (2048² on the CPU, 8192² on CUDA). On CUDA imagination is timed three ways: eager
+float32, eager under bf16 autocast, and bf16 replayed from a CUDA graph (the planner's default,
+``GraphedImagine``); training runs under bf16 autocast, as ``train-wm`` does there.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import argparse
 import os
 import platform
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from robobrain.config import get_preset
-from robobrain.world_model import WorldModel
+from robobrain.world_model import GraphedImagine, WorldModel
 
 
 def sync(device: torch.device) -> None:
@@ -39,9 +43,10 @@ def timed(fn, device: torch.device, seconds: float) -> float:
     return (time.perf_counter() - start) / n
 
 
-def matmul_peak(device: torch.device, seconds: float, n: int = 2048) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_peak(device: torch.device, seconds: float, dtype: torch.dtype = torch.float32) -> float:
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / timed(lambda: a @ b, device, seconds)
 
 
@@ -83,15 +88,26 @@ def main() -> None:
     state = model.rssm.initial(1, device).repeat_interleave(b)
     actions = torch.rand(b, h, cfg.action_dim, device=device) * 2 - 1
 
-    def imagine() -> None:
-        with torch.no_grad(), autocast:
-            model.imagine(state, actions)
+    def eager(amp: bool) -> Callable[[], object]:
+        def run() -> None:
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                model.imagine(state, actions)
+
+        return run
 
     with FlopCounterMode(display=False) as counter:
-        imagine()
+        eager(False)()
     flops = counter.get_total_flops()
     peak = matmul_peak(device, args.seconds)
-    t_imagine = timed(imagine, device, args.seconds)
+    variants = [("fp32", eager(False), peak)]
+    if device.type == "cuda":
+        graphed = GraphedImagine(model)
+        peak_bf16 = matmul_peak(device, args.seconds, torch.bfloat16)
+        variants += [
+            ("bf16 autocast", eager(True), peak_bf16),
+            ("bf16 + CUDA graph", lambda: graphed(state, actions), peak_bf16),
+        ]
+    times = [(name, timed(fn, device, args.seconds), p) for name, fn, p in variants]
 
     tb, tl = get_preset(args.preset).train.batch_size, get_preset(args.preset).train.seq_len
     batch = {
@@ -122,15 +138,20 @@ def main() -> None:
         f"{params / 1e6:.2f} M params) on {device} ({where}),"
     )
     print(f"# {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads")
-    achieved = flops / t_imagine
-    step = f"train step B={tb}×L={tl} @ {cfg.image_size}px"
+    n = 8192 if device.type == "cuda" else 2048
+    step = f"train step B={tb}×L={tl} @ {cfg.image_size}px" + (" (bf16)" if device.type == "cuda" else "")
     print("| what | value |")
     print("|---|---|")
-    print(f"| plain matmul peak (2048², fp32) | {peak / 1e9:.1f} GFLOP/s |")
-    print(f"| imagine B={b} H={h}: time per call | {t_imagine * 1e3:.1f} ms |")
-    print(f"| imagined transitions/s | {b * h / t_imagine:,.0f} |")
-    print(f"| imagine FLOPs per call (counted) | {flops / 1e9:.3f} GFLOP |")
-    print(f"| imagine achieved | {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of peak |")
+    print(f"| plain matmul peak ({n}², fp32) | {peak / 1e9:.1f} GFLOP/s |")
+    if device.type == "cuda":
+        print(f"| plain matmul peak ({n}², bf16) | {peak_bf16 / 1e9:.1f} GFLOP/s |")
+    print(f"| imagine FLOPs per call, B={b} H={h} (counted) | {flops / 1e9:.3f} GFLOP |")
+    for name, t, p in times:
+        achieved = flops / t
+        print(
+            f"| imagine B={b} H={h} {name}: per call; transitions/s; achieved | {t * 1e3:.2f} ms; "
+            f"{b * h / t:,.0f}/s; {achieved / 1e9:.1f} GFLOP/s = {achieved / p:.1%} of the {name[:4]} peak |"
+        )
     print(f"| {step} | {t_train * 1e3:.0f} ms = {tb * tl / t_train:.0f} frames/s |")
 
 

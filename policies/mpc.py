@@ -13,7 +13,7 @@ from robobrain.planning.oracle import OracleModel
 from robobrain.policies.base import Observation, batch_size
 from robobrain.rl.behaviour_prior import BehaviourPrior
 from robobrain.rl.guide import PlannerGuide
-from robobrain.world_model import Rollout, State, WorldModel
+from robobrain.world_model import GraphedImagine, Rollout, State, WorldModel
 from robobrain.world_model.networks import pixels_to_float
 
 
@@ -76,10 +76,12 @@ class WorldModelMPCPolicy:
         cfg: MPCConfig | None = None,
         device: torch.device | str = "cpu",
         guide: PlannerGuide | None = None,
+        fast: bool = True,
     ) -> None:
         """``guide``: proposes prior samples and may value the end of each imagined plan -- an SB3
         actor-critic (:class:`robobrain.rl.ActorCriticGuide`) or a behaviour-cloned prior
-        (:class:`robobrain.rl.BehaviourPriorGuide`)."""
+        (:class:`robobrain.rl.BehaviourPriorGuide`). ``fast``: on CUDA, imagine the candidates under
+        bf16 autocast, replayed from CUDA graphs (:class:`GraphedImagine`); no effect on the CPU."""
         self.cfg = cfg or MPCConfig()
         if self.cfg.disagreement_penalty and not model.cfg.ensemble:
             raise ValueError(
@@ -91,6 +93,7 @@ class WorldModelMPCPolicy:
         self.guide = guide
         self.device = self.filter.device
         self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
+        self.imagine = GraphedImagine(self.model) if fast else self.model.imagine
         self.plan_state: State | None = None
         self.plan_frame: torch.Tensor | None = None
 
@@ -118,7 +121,7 @@ class WorldModelMPCPolicy:
         if self.guide is not None:
             value_fn = self.guide.value if self.guide.use_value else None
             prior = self.guide.prior_rollout(self.model, state, self.cfg.horizon)
-        score_fn = world_model_score_fn(self.model, state, self.cfg, value_fn, prior)
+        score_fn = world_model_score_fn(self.model, state, self.cfg, value_fn, prior, self.imagine)
         action = self.mpc.act(score_fn, prior_samples=None if prior is None else prior.actions)
         self.filter.acted(action)
         return action.cpu().numpy().astype(np.float32)

@@ -103,13 +103,17 @@ def world_model_score_fn(
     cfg: MPCConfig,
     value_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     prior: PriorRollout | None = None,
+    imagine: Callable[[State, torch.Tensor], Rollout] | None = None,
 ) -> ScoreFn:
     """Score candidates [B, N, H, A] from latent ``state`` [B] by imagination: discounted predicted
     reward + success bonus, minus the ensemble-disagreement penalty, plus ``discount^H`` times
     ``value_fn(feat [M, F]) -> [M]`` of the last imagined state when given. Returns [B, N].
 
     ``prior``: when candidates 1..P are exactly ``prior.actions`` (where the optimizers put prior
-    samples), their scores come from ``prior.rollout`` and only the other candidates are imagined."""
+    samples), their scores come from ``prior.rollout`` and only the other candidates are imagined.
+
+    ``imagine(state [M], actions [M, H, A]) -> Rollout``: ``model.imagine`` unless given, e.g. a
+    :class:`robobrain.world_model.GraphedImagine` of the model (bf16 and CUDA graphs on a GPU)."""
 
     def returns(out: Rollout) -> torch.Tensor:
         r = out.reward.float() + cfg.success_bonus * torch.sigmoid(out.success_logit.float())
@@ -125,10 +129,12 @@ def world_model_score_fn(
             total = total + cfg.discount**h * value_fn(out.feat[:, -1]).float()
         return total
 
+    roll = model.imagine if imagine is None else imagine
+
     def imagined(actions: torch.Tensor) -> torch.Tensor:
         b, n, h, a = actions.shape
         with torch.no_grad():
-            out = model.imagine(state.repeat_interleave(n), actions.reshape(b * n, h, a))
+            out = roll(state.repeat_interleave(n), actions.reshape(b * n, h, a))
         return returns(out).view(b, n)
 
     known = None if prior is None else returns(prior.rollout).view(prior.actions.shape[:2])

@@ -121,7 +121,9 @@ class _SamplingOptimizer:
             scores = _clean(score_fn(samples), (b, n))
             top_score, top_idx = scores.max(1)
             better = top_score > best_score
-            best[better] = samples[better, top_idx[better]]
+            # Gather + where rather than boolean indexing: nothing here waits for a GPU.
+            top = samples.gather(1, top_idx.view(b, 1, 1, 1).expand(b, 1, *samples.shape[2:])).squeeze(1)
+            best = torch.where(better[:, None, None], top, best)
             best_score = torch.where(better, top_score, best_score)
             mean, std = self._refit(samples, scores, mean, std)
             it += 1

@@ -153,11 +153,30 @@ class WorldModel(nn.Module):
         adds the frames; a model with ``cfg.reference_frame`` composes them from ``reference``
         uint8[B, S, S, 3], the last real frame each state observed (see :meth:`decode`).
         """
-        self._check_actions(actions, actions.shape[0])
-        b, h, _ = actions.shape
-        if state.deter.shape[0] != b:
-            raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {b}")
-        self._check_goal(state.goal, b)
+        self.check_imagine_inputs(state, actions)
+        if not torch.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")
+        return self.imagine_unchecked(state, actions, sample, decode, reference)
+
+    def check_imagine_inputs(self, state: State, actions: torch.Tensor) -> None:
+        """The shape checks of :meth:`imagine` (none of which waits for the device)."""
+        self._check_actions(actions, actions.shape[0], finite=False)
+        if state.deter.shape[0] != actions.shape[0]:
+            raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {actions.shape[0]}")
+        self._check_goal(state.goal, actions.shape[0])
+
+    def imagine_unchecked(
+        self,
+        state: State,
+        actions: torch.Tensor,
+        sample: bool = False,
+        decode: bool = False,
+        reference: torch.Tensor | None = None,
+    ) -> Rollout:
+        """:meth:`imagine` without its input checks: nothing in it waits for the device, so a CUDA
+        graph can record it (:class:`robobrain.world_model.GraphedImagine`). A non-finite action
+        gives non-finite outputs for its row, which the planner's optimizers never pick."""
+        h = actions.shape[1]
         goal = state.goal
         deters, stochs = [], []
         for t in range(h):
@@ -426,11 +445,13 @@ class WorldModel(nn.Module):
         if not g and goal is not None:
             raise ValueError("this world model has no goal input (goal_dim=0), but a goal was given")
 
-    def _check_actions(self, actions: torch.Tensor, batch: int, steps: int | None = None) -> None:
+    def _check_actions(
+        self, actions: torch.Tensor, batch: int, steps: int | None = None, finite: bool = True
+    ) -> None:
         a = self.cfg.action_dim
         if actions.ndim != 3 or actions.shape[0] != batch or actions.shape[2] != a:
             raise ValueError(f"actions must be [B={batch}, T, A={a}], got {list(actions.shape)}")
         if steps is not None and actions.shape[1] != steps:
             raise ValueError(f"actions must have T={steps} steps like the pixels, got {actions.shape[1]}")
-        if not torch.isfinite(actions).all():
+        if finite and not torch.isfinite(actions).all():
             raise ValueError("actions contain NaN or inf")

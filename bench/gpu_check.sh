@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The CUDA checks and GPU benchmarks, in one go (a lent GPU machine is short-lived):
+#
+#   bash bench/gpu_check.sh [OUT_DIR]      # from the repository root, on a machine with a CUDA GPU
+#
+# 1. tests/test_cuda.py (graph replay == eager imagination, bf16 training learns, checkpoints move
+#    between devices, train-wm / eval / the online loop on CUDA);
+# 2. bench_world_model.py on cuda: `cpu` preset at B=1024 and B=16384, `gpu` preset at B=1024;
+# 3. bench_planner.py on cuda at the issue's GPU budget (1 and 16 envs, 1024 samples, H=12,
+#    6 iterations), `cpu` and `gpu` presets, and MPPI + a behaviour prior;
+# 4. profile_imagine.py: where a [16384, 12] rollout spends its time, and cheaper precisions.
+# Logs go to OUT_DIR (default $OUT, else /tmp/gpu_check). Offline machines: wheels of the project's
+# packages in ./.whl and the GL loader .debs in ./.gl (see bench/RESULTS.md, "GPU") are installed
+# first when present; elsewhere install the project as usual (`make setup`) and run this.
+set -u
+out=${1:-${OUT:-/tmp/gpu_check}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+py=python3
+if [ -x .venv/bin/python ]; then py=.venv/bin/python; fi
+if [ -d .gl ]; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+if [ -d .whl ]; then
+    # No install of robobrain itself: envs/ and policies/ are linked into the package for this run
+    # (they install as robobrain.envs and robobrain.policies), and the repository root goes on the path.
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD
+    for d in envs policies; do [ -e robobrain/$d ] || { ln -s ../$d robobrain/$d && linked="${linked:-} robobrain/$d"; }; done
+    trap 'rm -f ${linked:-}' EXIT
+fi
+step() {  # step NAME TIMEOUT CMD...: run, log to $out/NAME.log, echo the tail, go on after a failure
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name: $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$out/$name.log"
+    echo "=== $name: rc=$rc, $((SECONDS - t0)) s"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
+$py -c "import torch, mujoco, gymnasium, stable_baselines3 as sb3; print('torch', torch.__version__, \
+'cuda', torch.version.cuda, torch.cuda.get_device_name(0), '| mujoco', mujoco.__version__, \
+'| gymnasium', gymnasium.__version__, '| sb3', sb3.__version__)" 2>&1 | tee -a "$out/gpu.txt"
+bp="bench/bench_planner.py --device cuda --samples 1024 --elites 64 --iterations 6 --horizon 12 --repeats 20"
+bw=bench/bench_world_model.py
+step tests 240 $py -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+step wm_cpu_1024 60 $py $bw --device cuda --preset cpu --batch 1024 --seconds 2
+step wm_cpu_16384 60 $py $bw --device cuda --preset cpu --batch 16384 --seconds 2
+step wm_gpu_1024 90 $py $bw --device cuda --preset gpu --batch 1024 --seconds 2
+step planner_cpu 90 $py $bp --preset cpu
+step planner_gpu 90 $py $bp --preset gpu
+step planner_cpu_bc 90 $py $bp --preset cpu --optimizer mppi --guide bc
+step profile_imagine 90 $py bench/profile_imagine.py --preset cpu --batch 16384

@@ -1,0 +1,76 @@
+"""Where a planning-sized imagination spends its time on CUDA, and what cheaper precisions give.
+
+    python bench/profile_imagine.py [--preset cpu] [--batch 16384] [--horizon 12]
+
+Times ``GraphedImagine`` replays (bf16 autocast -- the planner's default --, a pure-bf16 copy of the
+weights, fp32, fp32 with TF32 matmuls) of one [B, H] rollout of a random-weight goal-conditioned model,
+then prints torch.profiler's table of the CUDA kernels of three eager bf16-autocast rollouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from robobrain.config import get_preset
+from robobrain.world_model import GraphedImagine, WorldModel
+
+
+def ms_per_call(fn: Callable[[], object], n: int = 30) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--batch", type=int, default=16384)
+    parser.add_argument("--horizon", type=int, default=12)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this profile needs a CUDA GPU")
+    dev = torch.device("cuda")
+    cfg = get_preset(args.preset, state_dim=10, goal_start=7, goal_dim=3).world_model
+    model = WorldModel(cfg).to(dev).eval()
+    b, h = args.batch, args.horizon
+    state = model.rssm.initial(b, dev, torch.zeros(b, cfg.goal_dim, device=dev))
+    actions = torch.rand(b, h, cfg.action_dim, device=dev) * 2 - 1
+
+    print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, preset {args.preset}, B={b} H={h}")
+    graphed = GraphedImagine(model)
+    print(f"graph, bf16 autocast: {ms_per_call(lambda: graphed(state, actions)):.2f} ms")
+    pure = GraphedImagine(copy.deepcopy(model).to(torch.bfloat16), amp=False)
+    pure_state = state._replace(
+        deter=state.deter.bfloat16(), stoch=state.stoch.bfloat16(), goal=state.goal.bfloat16()
+    )
+    pure_actions = actions.bfloat16()
+    print(f"graph, pure bf16 weights: {ms_per_call(lambda: pure(pure_state, pure_actions)):.2f} ms")
+    fp32 = GraphedImagine(model, amp=False)
+    print(f"graph, fp32: {ms_per_call(lambda: fp32(state, actions)):.2f} ms")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    tf32 = GraphedImagine(model, amp=False)
+    print(f"graph, fp32 + tf32 matmuls: {ms_per_call(lambda: tf32(state, actions)):.2f} ms")
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            for _ in range(3):
+                model.imagine(state, actions)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Fast imagination for planning on CUDA: bf16 autocast and one CUDA graph per shape.
+
+The planner calls ``imagine`` with the same shapes at every decision (B envs x N candidates, H steps).
+On a GPU that loop of a few hundred small kernels is bound by the host launching them, not by the
+arithmetic; PyTorch's whole-network capture (``torch.cuda.graph``) records it once per shape and
+replays it as one launch. On the CPU this is plain :meth:`WorldModel.imagine`, less its finiteness
+check (as on CUDA).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple
+
+import torch
+
+from robobrain.world_model.model import Rollout, WorldModel
+from robobrain.world_model.rssm import State
+
+
+class _Graph(NamedTuple):
+    graph: torch.cuda.CUDAGraph
+    state: State
+    actions: torch.Tensor
+    out: Rollout
+
+
+class GraphedImagine:
+    """``imagine(state [B], actions [B, H, A]) -> Rollout`` (latent only, the mode of each step) for
+    the planner's hot path.
+
+    On CUDA: under bf16 autocast when ``amp``, and replayed from a CUDA graph recorded on the first
+    call with each (B, H) shape when ``graphs`` (at most ``max_graphs`` shapes are kept, the least
+    recently used dropped). The returned tensors live in the graph's static buffers: they are
+    overwritten by the next call with the same shape, so read (or clone) them before that. The graph
+    reads the model's parameters where they are, so in-place weight updates (an optimizer step,
+    ``load_state_dict``) are seen; moving the model to another device is not: make a new one.
+
+    Inputs get :meth:`WorldModel.check_imagine_inputs`' shape checks but no finiteness check (it
+    would wait for the GPU at every call): a non-finite action makes its row's outputs non-finite,
+    which the optimizers score -inf.
+    """
+
+    def __init__(self, model: WorldModel, amp: bool = True, graphs: bool = True, max_graphs: int = 8) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.model = model
+        self.amp = amp
+        self.graphs = graphs
+        self.max_graphs = max_graphs
+        self._cache: OrderedDict[tuple, _Graph] = OrderedDict()
+        self._pool: tuple[int, int] | None = None
+
+    def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
+        self.model.check_imagine_inputs(state, actions)
+        if actions.device.type != "cuda" or not (self.amp or self.graphs):
+            return self.model.imagine_unchecked(state, actions)
+        if not self.graphs:
+            with self._autocast():
+                return self.model.imagine_unchecked(state, actions)
+        key = (
+            actions.device,
+            tuple(actions.shape),
+            actions.dtype,
+            tuple(state.deter.shape[1:]),
+            state.deter.dtype,
+            None if state.goal is None else (tuple(state.goal.shape), state.goal.dtype),
+        )
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._capture(state, actions)
+            self._cache[key] = entry
+            while len(self._cache) > self.max_graphs:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        entry.state.deter.copy_(state.deter)
+        entry.state.stoch.copy_(state.stoch)
+        if state.goal is not None:
+            assert entry.state.goal is not None
+            entry.state.goal.copy_(state.goal)
+        entry.actions.copy_(actions)
+        entry.graph.replay()
+        return entry.out
+
+    def _autocast(self) -> torch.autocast:
+        # Autocast's weight-cast cache must be off while a graph records (PyTorch's CUDA-graph notes).
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False)
+
+    @torch.no_grad()
+    def _capture(self, state: State, actions: torch.Tensor) -> _Graph:
+        static_state = State(
+            state.deter.clone(), state.stoch.clone(), None if state.goal is None else state.goal.clone()
+        )
+        static_actions = actions.clone()
+        # Warm up on a side stream (cuBLAS handles, autotuning) before recording, as the docs do.
+        side = torch.cuda.Stream(actions.device)
+        side.wait_stream(torch.cuda.current_stream(actions.device))
+        with torch.cuda.stream(side), self._autocast():
+            for _ in range(2):
+                self.model.imagine_unchecked(static_state, static_actions)
+        torch.cuda.current_stream(actions.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool), self._autocast():
+            out = self.model.imagine_unchecked(static_state, static_actions)
+        self._pool = graph.pool()
+        return _Graph(graph, static_state, static_actions, out)

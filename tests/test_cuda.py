@@ -1,0 +1,219 @@
+"""The CUDA path, from the same source as the CPU one: skipped without a GPU (CI has none; run on a
+lent GPU with `pytest tests/test_cuda.py`). Planning imagination replayed from CUDA graphs equals
+eager imagination; bf16 autocast training learns; checkpoints move between devices; the planner,
+the world-model trainer and the online loop run end to end on CUDA."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robobrain.checkpoint import save_checkpoint
+from robobrain.config import get_preset, to_dict
+from robobrain.planning import CEM, MPCConfig, OptimizerConfig
+from robobrain.policies import WorldModelMPCPolicy
+from robobrain.training.wm_trainer import load_world_model
+from robobrain.world_model import GraphedImagine, State, WorldModel
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+GOAL_CFG = get_preset("debug", state_dim=10, goal_start=7, goal_dim=3).world_model
+
+
+def random_inputs(cfg, b: int, h: int, seed: int) -> tuple[State, torch.Tensor]:
+    g = torch.Generator(device=CUDA).manual_seed(seed)
+    stoch = torch.nn.functional.one_hot(
+        torch.randint(0, cfg.classes, (b, cfg.stoch), generator=g, device=CUDA), cfg.classes
+    ).float()
+    state = State(
+        torch.randn(b, cfg.deter, generator=g, device=CUDA),
+        stoch,
+        torch.randn(b, cfg.goal_dim, generator=g, device=CUDA) if cfg.goal_dim else None,
+    )
+    return state, torch.rand(b, h, cfg.action_dim, generator=g, device=CUDA) * 2 - 1
+
+
+@torch.no_grad()
+def test_graph_replay_equals_eager_imagination_for_new_inputs_and_shapes():
+    torch.manual_seed(0)
+    model = WorldModel(GOAL_CFG).to(CUDA).eval()
+    fast = GraphedImagine(model, amp=False)
+    for b, h, seed in ((64, 5, 0), (64, 5, 1), (32, 7, 2), (64, 5, 3)):
+        state, actions = random_inputs(GOAL_CFG, b, h, seed)
+        got, ref = fast(state, actions), model.imagine(state, actions)
+        for name in ("feat", "reward", "success_logit"):
+            torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-5, atol=1e-5)
+    assert len(fast._cache) == 2  # one graph per shape, replayed for new inputs
+
+
+@torch.no_grad()
+def test_bf16_graphs_follow_the_float32_model():
+    torch.manual_seed(0)
+    model = WorldModel(GOAL_CFG).to(CUDA).eval()
+    state, actions = random_inputs(GOAL_CFG, 256, 6, 0)
+    ref = model.imagine(state, actions)
+    got = GraphedImagine(model, amp=True)(state, actions)
+    eager = GraphedImagine(model, amp=True, graphs=False)(state, actions)
+    torch.testing.assert_close(got.reward.float(), eager.reward.float(), rtol=1e-3, atol=1e-3)
+    # bf16 can flip a near-tie of the categorical's mode; nearly all steps keep it.
+    stoch = GOAL_CFG.deter
+    same = (got.feat[..., stoch:-3].float() == ref.feat[..., stoch:-3]).float().mean()
+    assert same > 0.9, same
+    err = (got.reward.float() - ref.reward).abs().median() / ref.reward.abs().median().clamp(min=1e-6)
+    assert err < 0.05, err
+
+
+def test_non_finite_candidates_never_win_on_cuda():
+    torch.manual_seed(0)
+    model = WorldModel(GOAL_CFG).to(CUDA).eval()
+    fast = GraphedImagine(model)
+    state, _ = random_inputs(GOAL_CFG, 1, 4, 0)
+    cem = CEM(
+        OptimizerConfig(num_samples=32, num_elites=4, iterations=2), torch.Generator(CUDA).manual_seed(0)
+    )
+
+    def score(actions: torch.Tensor) -> torch.Tensor:
+        actions = actions.clone()
+        actions[:, 1] = float("nan")
+        b, n, h, a = actions.shape
+        return (
+            fast(state.repeat_interleave(n), actions.reshape(b * n, h, a)).reward.float().sum(-1).view(b, n)
+        )
+
+    result = cem.plan(score, torch.zeros(1, 4, GOAL_CFG.action_dim, device=CUDA))
+    assert torch.isfinite(result.best).all() and torch.isfinite(result.score).all()
+
+
+def test_cem_finds_a_quadratic_optimum_on_cuda():
+    target = torch.tensor([0.3, -0.5], device=CUDA)
+    cem = CEM(
+        OptimizerConfig(num_samples=256, num_elites=16, iterations=8), torch.Generator(CUDA).manual_seed(0)
+    )
+    best = cem.optimize(lambda a: -((a - target) ** 2).sum((-2, -1)), torch.zeros(4, 3, 2, device=CUDA))
+    assert best.device.type == "cuda"
+    torch.testing.assert_close(best, target.expand(4, 3, 2), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_mpc_policy_plans_on_cuda(fast):
+    torch.manual_seed(0)
+    model = WorldModel(GOAL_CFG)
+    cfg = MPCConfig(horizon=5, optim=OptimizerConfig(num_samples=64, num_elites=8, iterations=3))
+    policy = WorldModelMPCPolicy(model, cfg, CUDA, fast=fast)
+    rng = np.random.default_rng(0)
+    size = GOAL_CFG.image_size
+    for _ in range(3):
+        obs = {
+            "pixels": rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8),
+            "state": rng.uniform(-0.2, 0.2, (4, 10)).astype(np.float32),
+        }
+        action = policy.act(obs)
+        assert action.shape == (4, GOAL_CFG.action_dim) and action.dtype == np.float32
+        assert np.all(np.abs(action) <= 1.0)
+    assert policy.imagined_frames().shape == (4, 5, size, size, 3)
+
+
+def test_bf16_autocast_training_halves_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = get_preset("debug").world_model
+    model = WorldModel(cfg).to(CUDA)
+    g = torch.Generator().manual_seed(0)
+    # Smooth frames (a few blobs), so there is something to learn beyond the mean.
+    base = torch.rand(4, 1, 3, 4, 4, generator=g)
+    frames = torch.nn.functional.interpolate(base.flatten(0, 1), size=cfg.image_size, mode="bilinear")
+    frames = frames.unflatten(0, (4, 1)).expand(4, 8, 3, cfg.image_size, cfg.image_size)
+    batch = {
+        "pixels": (frames.permute(0, 1, 3, 4, 2) * 255).to(torch.uint8).to(CUDA),
+        "action": (torch.rand(4, 8, cfg.action_dim, generator=g) * 2 - 1).to(CUDA),
+        "reward": torch.randn(4, 8, generator=g).to(CUDA),
+        "success": (torch.rand(4, 8, generator=g) > 0.5).to(CUDA),
+    }
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(80):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = model.loss(batch)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_checkpoint_written_on_cuda_loads_on_the_cpu(tmp_path):
+    torch.manual_seed(1)
+    cfg = GOAL_CFG
+    model = WorldModel(cfg).to(CUDA).eval()
+    save_checkpoint(tmp_path, 1, model, {"world_model": to_dict(cfg)})
+    loaded = load_world_model(tmp_path, "cpu")
+    assert next(loaded.parameters()).device.type == "cpu"
+    state, actions = random_inputs(cfg, 8, 4, 0)
+    with torch.no_grad():
+        a = model.imagine(state, actions)
+        b = loaded.imagine(State(*(None if x is None else x.cpu() for x in state)), actions.cpu())
+    torch.testing.assert_close(a.reward.cpu(), b.reward, rtol=1e-4, atol=1e-4)
+
+
+def test_train_wm_and_eval_clis_on_cuda(tmp_path, monkeypatch):
+    from robobrain.cli import main
+    from robobrain.data import EpisodeStore
+    from robobrain.data.collect import collect_episodes
+    from robobrain.envs import make_vector_env
+    from robobrain.policies import load_policy
+
+    data = tmp_path / "data"
+    vec = make_vector_env("robobrain/Push-v0", 2, image_size=32)
+    policy = load_policy("scripted", "robobrain/Push-v0", vec.single_action_space, seed=0, noise_std=0.3)
+    collect_episodes(vec, policy, EpisodeStore(data), 4, seed=0, progress=False,
+                     meta={"env_id": "robobrain/Push-v0"})  # fmt: skip
+    vec.close()
+    run = tmp_path / "run"
+    main(["train-wm", "--data", str(data), "--run-dir", str(run), "--preset", "debug", "--steps", "10",
+          "--device", "cuda", "--no-progress"])  # fmt: skip
+    out = tmp_path / "eval"
+    main(["eval", "--policy", f"mpc:{run}", "--env", "robobrain/Push-v0", "--episodes", "2",
+          "--num-envs", "2", "--samples", "32", "--elites", "4", "--iterations", "2", "--horizon", "4",
+          "--device", "cuda", "--video-episodes", "0", "--out", str(out), "--no-progress"])  # fmt: skip
+    info = json.loads((out / "eval_info.json").read_text())
+    assert len(info["episodes"]) == 2
+
+
+def test_online_loop_runs_on_cuda(tmp_path, monkeypatch):
+    import robobrain.video
+    from robobrain.cli import main
+
+    # The lent GPU machines lack ffmpeg; the loop's final video is not what this checks.
+    monkeypatch.setattr(robobrain.video, "write_video", lambda path, frames, **kw: path)
+    tiny = (
+        "train --preset debug --env robobrain/Push-v0 --num-envs 2 --episode-steps 10 --seed-episodes 2 "
+        "--pretrain-steps 10 --train-ratio 0.5 --mpc.horizon 4 --mpc.optim.num-samples 16 "
+        "--mpc.optim.num-elites 4 --mpc.optim.iterations 2 --sb3.steps-per-iteration 32 --sb3.num-envs 8 "
+        "--sb3.horizon 5 --sb3.start-states 64 --sb3.batch-size 32 --sb3.buffer-size 256 "
+        "--sb3.learning-starts 16 --sb3.net-arch 32 32 --sb3.gradient-steps 1 --prior-samples 4 "
+        "--eval-every 40 --eval-episodes 1 --checkpoint-every 20 --no-progress --env-steps 60 --device cuda"
+    ).split()
+    main([*tiny, "--run-dir", str(tmp_path)])
+    rows = (tmp_path / "train.csv").read_text().splitlines()
+    assert len(rows) > 1
+    assert (tmp_path / "final_eval.json").exists()
+
+
+def test_presets_train_a_step_on_cuda():
+    for name in ("cpu", "gpu"):
+        cfg = get_preset(name).world_model
+        model = WorldModel(cfg).to(CUDA)
+        b, t = 2, 4
+        batch = {
+            "pixels": torch.randint(
+                0, 256, (b, t, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, device=CUDA
+            ),
+            "action": torch.rand(b, t, cfg.action_dim, device=CUDA) * 2 - 1,
+            "reward": torch.randn(b, t, device=CUDA),
+            "success": torch.rand(b, t, device=CUDA) > 0.5,
+        }
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, metrics = model.loss(batch)
+        loss.backward()
+        assert torch.isfinite(loss), (name, metrics)
