@@ -1,6 +1,6 @@
 """Decision latency of world-model MPC, for 1 and 16 envs planned in one batched call.
 
-    python bench/bench_planner.py [--preset cpu] [--device cpu] [--samples 256] [--iterations 4]
+    python bench/bench_planner.py [--preset cpu] [--device cpu] [--samples 128] [--iterations 3]
                                   [--stoch S --classes C] [--optimizer mppi --guide bc]
 
 Peer measured in the same run: the bare ``imagine`` calls the planner makes (iterations x one
@@ -44,9 +44,9 @@ def main() -> None:
     )
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--elites", type=int, default=32)
-    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--horizon", type=int, default=12)
     parser.add_argument("--optimizer", choices=("cem", "mppi"), default="cem")
     parser.add_argument("--guide", choices=("none", "bc"), default="none")

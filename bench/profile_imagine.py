@@ -48,7 +48,8 @@ def main() -> None:
     state = model.rssm.initial(b, dev, torch.zeros(b, cfg.goal_dim, device=dev))
     actions = torch.rand(b, h, cfg.action_dim, device=dev) * 2 - 1
 
-    print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, preset {args.preset}, B={b} H={h}")
+    name = torch.cuda.get_device_name(dev)
+    print(f"# {name}, torch {torch.__version__}, preset {args.preset}, B={b} H={h}")
     graphed = GraphedImagine(model)
     print(f"graph, bf16 autocast: {ms_per_call(lambda: graphed(state, actions)):.2f} ms")
     pure = GraphedImagine(copy.deepcopy(model).to(torch.bfloat16), amp=False)

@@ -135,13 +135,13 @@ class Eval:
     """MPC trajectory optimizer (default: cem; mppi with --guide bc)."""
     horizon: int | None = None
     """MPC planning horizon (default: 12; 14 with --guide bc)."""
-    samples: int = 256
-    """MPC candidates per iteration (the default budget is the `cpu` one: 256 x 4 iterations, the
-    budget of the online loop and of the Reach bar in bench/RESULTS.md; raise it on a GPU)."""
+    samples: int | None = None
+    """MPC candidates per iteration (default: 128, with 3 iterations the `cpu` budget of the Reach bar in
+    bench/RESULTS.md, ~83 ms per decision on 2 cores; 256 with --guide bc; raise it on a GPU)."""
     elites: int | None = None
     """(default: 32; half the samples with --guide bc)"""
     iterations: int | None = None
-    """(default: 4; 1 with --guide bc)"""
+    """(default: 3; 1 with --guide bc)"""
     temperature: float | None = None
     """MPPI: softmax temperature over the elites' scores (default: 0.5; 4 with --guide bc)."""
     time_budget: float | None = None
@@ -164,14 +164,15 @@ class Eval:
 
 
 PLANNER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "search": {"optimizer": "cem", "horizon": 12, "elites": 32, "iterations": 4, "temperature": 0.5,
-               "prior_std": 0.1},
-    "bc": {"optimizer": "mppi", "horizon": 14, "elites": None, "iterations": 1, "temperature": 4.0,
-           "prior_std": 0.1},
+    "search": {"optimizer": "cem", "horizon": 12, "samples": 128, "elites": 32, "iterations": 3,
+               "temperature": 0.5, "prior_std": 0.1},
+    "bc": {"optimizer": "mppi", "horizon": 14, "samples": 256, "elites": None, "iterations": 1,
+           "temperature": 4.0, "prior_std": 0.1},
 }  # fmt: skip
-"""`robobrain eval`'s planner settings left unset: a free search (CEM 256 x 4, H=12: the Reach bar),
-or with --guide bc a soft average of behaviour-prior rollouts (MPPI, 1 iteration, the better half of
-the candidates as elites: the Push rows of bench/RESULTS.md)."""
+"""`robobrain eval`'s planner settings left unset: a free search (CEM 128 x 3, H=12: the Reach bar, 92 of
+100 episodes like 256 x 4 at 0.4x its latency), or with --guide bc a soft average of behaviour-prior
+rollouts (MPPI, 1 iteration, the better half of the candidates as elites: the Push rows of
+bench/RESULTS.md)."""
 
 
 def planner_settings(args: Eval) -> dict[str, Any]:
@@ -179,7 +180,7 @@ def planner_settings(args: Eval) -> dict[str, Any]:
     defaults = PLANNER_DEFAULTS["bc" if args.guide == "bc" else "search"]
     out = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in defaults.items()}
     if out["elites"] is None:
-        out["elites"] = max(1, args.samples // 2)
+        out["elites"] = max(1, out["samples"] // 2)
     return out
 
 
@@ -232,7 +233,7 @@ def run_eval(args: Eval) -> dict:
     envs = [make_env(args.env, size or 64) for _ in range(args.num_envs)]
     planner = planner_settings(args)
     optim = OptimizerConfig(
-        num_samples=args.samples,
+        num_samples=planner["samples"],
         num_elites=planner["elites"],
         iterations=planner["iterations"],
         temperature=planner["temperature"],
@@ -262,7 +263,7 @@ def run_eval(args: Eval) -> dict:
         )
         meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
         if args.policy.startswith(("mpc:", "oracle")):
-            meta["planner"] = dict(planner, samples=args.samples, prior_samples=args.prior_samples)
+            meta["planner"] = dict(planner, prior_samples=args.prior_samples)
         report = evaluate_policy(
             policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
         )

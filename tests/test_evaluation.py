@@ -124,3 +124,13 @@ def test_sb3_policy_round_trip(tmp_path):
     assert actions.shape == (3, 3)
     expected, _ = model.predict(obs["state"], deterministic=True)
     np.testing.assert_allclose(actions, expected, atol=1e-6)
+
+
+def test_eval_planner_defaults_fill_only_the_unset_flags():
+    from robobrain.cli import Eval, planner_settings
+
+    search = planner_settings(Eval(policy="mpc:runs/wm"))
+    keys = ("optimizer", "samples", "elites", "iterations", "horizon")
+    assert tuple(search[k] for k in keys) == ("cem", 128, 32, 3, 12)
+    bc = planner_settings(Eval(policy="mpc:runs/wm", guide="bc", samples=64, horizon=10))
+    assert tuple(bc[k] for k in keys) == ("mppi", 64, 32, 1, 10)
