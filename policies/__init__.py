@@ -107,6 +107,8 @@ def load_policy(
             from robobrain.rl.behaviour_prior import load_behaviour_prior
 
             return BehaviourPriorPolicy(model, load_behaviour_prior(path, device), device)
+        if guide == "bc" and num_prior is None:  # all candidates but the mean are prior rollouts
+            num_prior = max(1, mpc.optim.num_samples - 1)
         planner_guide = load_guide(path, guide, device, num_prior, prior_std, mpc.seed)
         return WorldModelMPCPolicy(model, mpc, device, guide=planner_guide)
     if spec.startswith("sb3:"):

@@ -100,8 +100,9 @@ class TrainPrior:
 
     checkpoint: Path = Path("runs/wm")
     """World-model checkpoint directory or run directory (its latest checkpoint)."""
-    data: Path = Path("data/push")
-    """The EpisodeStore the world model was trained on."""
+    data: tuple[Path, ...] = (Path("data/push"),)
+    """EpisodeStores to clone: the one the world model was trained on, and any more demonstrations
+    (e.g. scripted with less noise); each is split into train / held-out like the world model's."""
     steps: int = 3000
     """Gradient steps at most (the weights with the lowest validation error are kept)."""
     all_episodes: bool = False
@@ -137,7 +138,8 @@ class Eval:
     """MPC planning horizon (default: 12; 14 with --guide bc)."""
     samples: int | None = None
     """MPC candidates per iteration (default: 128, with 3 iterations the `cpu` budget of the Reach bar in
-    bench/RESULTS.md, ~83 ms per decision on 2 cores; 256 with --guide bc; raise it on a GPU)."""
+    bench/RESULTS.md, ~83 ms per decision on 2 cores; 64 with --guide bc, the Push bar's, ~70 ms;
+    raise it on a GPU)."""
     elites: int | None = None
     """(default: 32; half the samples with --guide bc)"""
     iterations: int | None = None
@@ -156,8 +158,8 @@ class Eval:
     the run has one); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`
     (its defaults are the planner settings of the Push rows in bench/RESULTS.md)."""
     prior_samples: int | None = None
-    """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, 255
-    from a behaviour prior)."""
+    """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, all
+    the candidates but one from a behaviour prior)."""
     prior_std: float | None = None
     """mpc --guide bc: std of the Gaussian noise around the behaviour prior's actions (default: 0.1)."""
     progress: bool = True
@@ -166,7 +168,7 @@ class Eval:
 PLANNER_DEFAULTS: dict[str, dict[str, Any]] = {
     "search": {"optimizer": "cem", "horizon": 12, "samples": 128, "elites": 32, "iterations": 3,
                "temperature": 0.5, "prior_std": 0.1},
-    "bc": {"optimizer": "mppi", "horizon": 14, "samples": 256, "elites": None, "iterations": 1,
+    "bc": {"optimizer": "mppi", "horizon": 14, "samples": 64, "elites": None, "iterations": 1,
            "temperature": 4.0, "prior_std": 0.1},
 }  # fmt: skip
 """`robobrain eval`'s planner settings left unset: a free search (CEM 128 x 3, H=12: the Reach bar, 92 of
@@ -263,7 +265,8 @@ def run_eval(args: Eval) -> dict:
         )
         meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
         if args.policy.startswith(("mpc:", "oracle")):
-            meta["planner"] = dict(planner, prior_samples=args.prior_samples)
+            guide_used = getattr(policy, "guide", None)
+            meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None))
         report = evaluate_policy(
             policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
         )
@@ -384,7 +387,10 @@ def run_train_prior(args: TrainPrior) -> dict:
     model = load_world_model(args.checkpoint, args.device)
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
     holdout = from_dict(WMTrainConfig, ckpt.config.get("train", {})).holdout_fraction
-    train, val = split_episodes(EpisodeStore(args.data), holdout)
+    train, val = [], []
+    for root in args.data:
+        t, v = split_episodes(EpisodeStore(root), holdout)
+        train, val = train + t, val + v
     cfg = BehaviourPriorConfig(steps=args.steps, successful_only=not args.all_episodes, seed=args.seed)
     prior, report = fit_behaviour_prior(model, train, val, cfg, args.device)
     path = save_behaviour_prior(prior, ckpt.path, cfg, report)

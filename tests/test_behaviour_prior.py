@@ -133,17 +133,24 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
     store = EpisodeStore(tmp_path / "data")
     for c in range(0, 20):  # episode 9 and 19 are the held-out ones (holdout_fraction 0.1)
         store.add(bar_episode(c, success=c != 4))
+    more = EpisodeStore(tmp_path / "more")  # further demonstrations the world model never saw
+    for c in range(10):
+        more.add(bar_episode(c))
     main(["train-prior", "--checkpoint", str(tmp_path / "wm"), "--data", str(tmp_path / "data"),
           "--steps", "20"])  # fmt: skip
     saved = json.loads(next((tmp_path / "wm").rglob("behaviour_prior/config.json")).read_text())
     assert saved["fit"]["train_episodes"] == 17 and saved["fit"]["val_episodes"] == 2
+    main(["train-prior", "--checkpoint", str(tmp_path / "wm"), "--data", str(tmp_path / "data"),
+          str(tmp_path / "more"), "--steps", "20"])  # fmt: skip
+    saved = json.loads(next((tmp_path / "wm").rglob("behaviour_prior/config.json")).read_text())
+    assert saved["fit"]["train_episodes"] == 17 + 9 and saved["fit"]["val_episodes"] == 2 + 1
     space = __import__("gymnasium").spaces.Box(-1, 1, (3,), np.float32)
     mpc = MPCConfig(
         horizon=3, optimizer="mppi", optim=OptimizerConfig(num_samples=8, num_elites=4, iterations=1)
     )
     policy = load_policy(f"mpc:{tmp_path / 'wm'}", "robobrain/Push-v0", space, mpc=mpc, guide="bc")
     assert isinstance(policy, WorldModelMPCPolicy) and isinstance(policy.guide, BehaviourPriorGuide)
-    assert policy.guide.num_prior == 255 and policy.guide.noise_std == 0.1
+    assert policy.guide.num_prior == 8 - 1 and policy.guide.noise_std == 0.1  # all candidates but the mean
     actions = policy.act({"pixels": np.zeros((2, 32, 32, 3), np.uint8)})
     assert actions.shape == (2, 3) and np.all(np.abs(actions) <= 1)
     # `eval --guide bc` fills the planner settings it is not given from the Push recipe.
