@@ -72,7 +72,7 @@ def load_policy(
     ``robobrain train`` run only): how the run's SB3 actor-critic helps the planner --
     ``auto``/``both`` (prior samples and terminal value), ``prior``, ``value`` or ``none``; ``bc``: the
     behaviour prior fitted by ``robobrain train-prior`` (see :func:`load_guide` for ``num_prior`` and
-    ``prior_std``).
+    ``prior_std``; here ``num_prior`` for ``bc`` defaults to all of ``mpc``'s candidates but one).
     """
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")

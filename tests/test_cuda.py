@@ -156,7 +156,7 @@ def test_checkpoint_written_on_cuda_loads_on_the_cpu(tmp_path):
     torch.testing.assert_close(a.reward.cpu(), b.reward, rtol=1e-4, atol=1e-4)
 
 
-def test_train_wm_and_eval_clis_on_cuda(tmp_path, monkeypatch):
+def test_train_wm_and_eval_clis_on_cuda(tmp_path):
     from robobrain.cli import main
     from robobrain.data import EpisodeStore
     from robobrain.data.collect import collect_episodes

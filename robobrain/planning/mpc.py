@@ -130,11 +130,14 @@ def world_model_score_fn(
         return total
 
     roll = model.imagine if imagine is None else imagine
+    repeated: dict[int, State] = {}  # the start states of N candidates, built once per call of the planner
 
     def imagined(actions: torch.Tensor) -> torch.Tensor:
         b, n, h, a = actions.shape
+        if n not in repeated:
+            repeated[n] = state.repeat_interleave(n)
         with torch.no_grad():
-            out = roll(state.repeat_interleave(n), actions.reshape(b * n, h, a))
+            out = roll(repeated[n], actions.reshape(b * n, h, a))
         return returns(out).view(b, n)
 
     known = None if prior is None else returns(prior.rollout).view(prior.actions.shape[:2])

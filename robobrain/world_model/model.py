@@ -153,14 +153,13 @@ class WorldModel(nn.Module):
         adds the frames; a model with ``cfg.reference_frame`` composes them from ``reference``
         uint8[B, S, S, 3], the last real frame each state observed (see :meth:`decode`).
         """
-        self.check_imagine_inputs(state, actions)
-        if not torch.isfinite(actions).all():
-            raise ValueError("actions contain NaN or inf")
+        self.check_imagine_inputs(state, actions, finite=True)
         return self.imagine_unchecked(state, actions, sample, decode, reference)
 
-    def check_imagine_inputs(self, state: State, actions: torch.Tensor) -> None:
-        """The shape checks of :meth:`imagine` (none of which waits for the device)."""
-        self._check_actions(actions, actions.shape[0], finite=False)
+    def check_imagine_inputs(self, state: State, actions: torch.Tensor, finite: bool = False) -> None:
+        """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action is NaN or inf
+        (the one check that waits for the device)."""
+        self._check_actions(actions, actions.shape[0], finite=finite)
         if state.deter.shape[0] != actions.shape[0]:
             raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {actions.shape[0]}")
         self._check_goal(state.goal, actions.shape[0])
