@@ -20,6 +20,7 @@ from robobrain.data import EpisodeStore
 from robobrain.data.collect import collect_episodes
 from robobrain.envs import make_vector_env
 from robobrain.policies import RandomPolicy
+from robobrain.training.online import LoopState
 
 TINY = (
     "train --preset debug --env robobrain/Push-v0 --num-envs 2 --episode-steps 10 --seed-episodes 2 "
@@ -54,6 +55,9 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     assert wm_loss[-1] < 0.5 * wm_loss[0], wm_loss  # the world model learns from the loop's data
     assert all(float(r[col["sb3_n_updates"]]) > 0 for r in rows[1:])  # SB3 fine-tunes every iteration
     assert rows[0][col["eval_success"]] != ""  # evaluated after the seed data and every 60 steps
+    # The collected episodes' mean return: what the exploring agent gets while success is still 0.
+    returns = [float(r[col["train_return"]]) for r in rows]
+    assert all(np.isfinite(returns)) and all(r < 0 for r in returns), returns  # Push rewards are distances
     assert episodes_by_iteration(tmp_path) == {0: 2, 1: 2, 2: 2, 3: 2, 4: 2, 5: 2}
     for name in ("learning_curve.png", "final_eval.json", "eval/final/eval_info.json", "config.json"):
         assert (tmp_path / name).exists(), name
@@ -111,6 +115,19 @@ def test_killed_run_resumes_without_losing_or_repeating_episodes(tmp_path):
         np.testing.assert_array_equal(x.action, y.action)
     steps = [int(line.split(",")[0]) for line in (killed / "train.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) == [20, 40, 60, 80, 100]  # no row logged twice
+
+
+def test_loop_state_loads_checkpoints_older_than_a_counter():
+    """A counter added later keeps its initial value when an older checkpoint lacks it; any other
+    missing counter is an error."""
+    state = LoopState()
+    saved = {**state.to_dict(), "env_steps": 300}
+    del saved["last_return"]
+    state.load(saved)
+    assert state.env_steps == 300 and np.isnan(state.last_return)
+    del saved["episodes"]
+    with pytest.raises(KeyError, match="episodes"):
+        LoopState().load(saved)
 
 
 def test_resume_refuses_a_changed_config(tmp_path):

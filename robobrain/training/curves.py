@@ -24,7 +24,7 @@ def _column(rows: list[dict[str, str]], x: str, y: str) -> tuple[list[float], li
 
 def plot_learning_curve(csv_path: str | os.PathLike[str], png_path: str | os.PathLike[str]) -> Path:
     """Read ``train.csv`` of an online run and write a two-panel PNG: success (evaluation and the
-    exploring training episodes) and evaluation return, both against env steps."""
+    exploring training episodes) and return (the same two), both against env steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,18 +33,17 @@ def plot_learning_curve(csv_path: str | os.PathLike[str], png_path: str | os.Pat
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     fig, (ax_s, ax_r) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for key, label, style in (
-        ("eval_success", "evaluation", "o-"),
-        ("train_success", "training episodes", ".:"),
-    ):
-        xs, ys = _column(rows, "env_steps", key)
-        if xs:
-            ax_s.plot(xs, ys, style, label=label)
+    for ax, what in ((ax_s, "success"), (ax_r, "return")):
+        for key, label, style in (
+            (f"eval_{what}", "evaluation", "o-"),
+            (f"train_{what}", "training episodes", ".:"),
+        ):
+            xs, ys = _column(rows, "env_steps", key)
+            if xs:
+                ax.plot(xs, ys, style, label=label)
+        ax.legend(loc="upper left", fontsize=8)
     ax_s.set(xlabel="env steps", ylabel="success rate", ylim=(-0.05, 1.05), title="success")
-    ax_s.legend(loc="upper left", fontsize=8)
-    xs, ys = _column(rows, "env_steps", "eval_return")
-    ax_r.plot(xs, ys, "o-")
-    ax_r.set(xlabel="env steps", ylabel="mean return", title="evaluation return")
+    ax_r.set(xlabel="env steps", ylabel="mean return", title="return")
     for ax in (ax_s, ax_r):
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -147,15 +147,23 @@ class LoopState:
         self.last_eval = -1
         self.last_checkpoint = 0
         self.last_success = float("nan")
+        self.last_return = float("nan")
+        """Mean return of the last collected episodes (exploration noise on)."""
         self.wall_s = 0.0
         """Wall-clock seconds spent in the loop so far (summed over resumed runs)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
+    ADDED_LATER = frozenset({"last_return"})
+    """Counters a checkpoint written before they existed lacks; they keep their initial value."""
+
     def load(self, d: dict[str, Any]) -> None:
         for k in vars(self):
-            setattr(self, k, d[k])
+            if k in d:
+                setattr(self, k, d[k])
+            elif k not in self.ADDED_LATER:
+                raise KeyError(f"loop state has no {k!r}")
 
 
 class Callback(Protocol):
@@ -303,6 +311,7 @@ class OnlineLoop:
         eps = [self.store.load(n) for n in result.names]
         self._episodes.extend(eps)
         self.state.last_success = float(np.mean([ep.success[-1] for ep in eps]))
+        self.state.last_return = float(np.mean([ep.reward.sum() for ep in eps]))
         return eps
 
     def _train_episodes(self) -> list[Episode]:
@@ -506,6 +515,7 @@ class OnlineLoop:
             "iteration": st.iteration,
             "episodes": st.episodes,
             "train_success": st.last_success,
+            "train_return": st.last_return,
             **metrics,
         }
         if st.last_eval < 0 or st.env_steps - st.last_eval >= cfg.eval_every or st.env_steps >= cfg.env_steps:
