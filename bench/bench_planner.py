@@ -5,8 +5,10 @@
 
 Peer measured in the same run: the bare ``imagine`` calls the planner makes (iterations x one
 [B*N, H] rollout, eager float32), so the table shows what the optimizer itself adds. On CUDA each
-env count is planned twice: eager float32 (``fast=False``) and bf16 autocast + CUDA graphs (the
-default, :class:`robobrain.world_model.GraphedImagine`). A random-weight model of the
+env count is planned four ways: eager float32 (``fast=False``); bf16 autocast with one CUDA graph per
+rollout (:class:`robobrain.world_model.GraphedImagine`, ``whole_plan=False``); the whole planning
+call as one CUDA graph over a bf16 twin of the model (:class:`robobrain.planning.GraphedPlan`), its
+rollout plain or ``torch.compile``-d (``compile=True``). A random-weight model of the
 preset's size is used (goal-conditioned like the robobrain tasks' models: 10-D state, goal at
 [7:10]): latency does not depend on the weights. ``--guide bc`` adds a random-weight behaviour
 prior whose ``--prior-samples`` imagined rollouts join the candidates (``eval --guide bc``).
@@ -65,7 +67,14 @@ def main() -> None:
     prior = BehaviourPrior(cfg.feat_dim, cfg.action_dim).to(device) if args.guide == "bc" else None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    variants = [("eager fp32", False)] + ([("bf16 + CUDA graphs", True)] if device.type == "cuda" else [])
+    # (name, WorldModelMPCPolicy keywords); a guided plan is never recorded whole, so those two
+    # variants would repeat the per-rollout graphs' row.
+    variants: list[tuple[str, dict]] = [("eager fp32", {"fast": False})]
+    if device.type == "cuda":
+        variants.append(("bf16 autocast, a graph per rollout", {"whole_plan": False}))
+        if prior is None:
+            variants.append(("whole-plan graph, bf16 twin", {"whole_plan": True}))
+            variants.append(("whole-plan graph, compiled bf16 twin", {"whole_plan": True, "compile": True}))
     rows = []
     for n_envs in args.envs:
         rng = np.random.default_rng(0)
@@ -84,16 +93,20 @@ def main() -> None:
             sync()
 
         peer = np.median(timed(bare, args.repeats)) * 1e3
-        for name, fast in variants:
+        for name, kw in variants:
             guide = None if prior is None else BehaviourPriorGuide(prior, args.prior_samples)
-            policy = WorldModelMPCPolicy(model, mpc, device, guide=guide, fast=fast)
+            policy = WorldModelMPCPolicy(model, mpc, device, guide=guide, **kw)
             policy.reset(n_envs)
 
             def decide(policy: WorldModelMPCPolicy = policy, obs: dict = obs) -> None:
                 policy.act(obs)
                 sync()
 
-            lat = np.array(timed(decide, args.repeats)) * 1e3
+            try:
+                lat = np.array(timed(decide, args.repeats)) * 1e3
+            except Exception as e:  # e.g. torch.compile without a working compiler on this machine
+                print(f"# {name}, {n_envs} envs: failed: {type(e).__name__}: {str(e)[:400]}", flush=True)
+                continue
             rows.append((n_envs, name, np.median(lat), np.percentile(lat, 95), peer))
 
     guided = "" if prior is None else f", + {args.prior_samples} behaviour-prior samples"
@@ -104,7 +117,7 @@ def main() -> None:
     print(f"# {where}, torch {torch.__version__}")
     print("| envs | imagine | p50 ms | p95 ms | bare imagine ms (fp32) | planner / bare | vs first row |")
     print("|---|---|---|---|---|---|---|")
-    first = {name: p50 for n, name, p50, _, _ in rows if n == rows[0][0]}
+    first = {name: p50 for n, name, p50, _, _ in reversed(rows)}  # each variant's fewest envs
     for n_envs, name, p50, p95, peer in rows:
         print(
             f"| {n_envs} | {name} | {p50:.2f} | {p95:.2f} | {peer:.2f} | {p50 / peer:.2f} | "

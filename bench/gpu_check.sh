@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA checks and GPU benchmarks, in one go (a lent GPU machine is short-lived):
 #
-#   bash bench/gpu_check.sh [OUT_DIR]      # from the repository root, on a machine with a CUDA GPU
+#   bash bench/gpu_check.sh [OUT_DIR [STEP...]]   # from the repository root, on a machine with a CUDA GPU
+#
+# With STEP names (tests, wm_cpu_1024, wm_cpu_16384, wm_gpu_1024, planner_cpu, planner_gpu,
+# planner_cpu_bc, profile_imagine) only those run, in the order given below.
 #
 # 1. tests/test_cuda.py (graph replay == eager imagination, bf16 training learns, checkpoints move
 #    between devices, train-wm / eval / the online loop on CUDA);
@@ -14,6 +17,8 @@
 # first when present; elsewhere install the project as usual (`make setup`) and run this.
 set -u
 out=${1:-${OUT:-/tmp/gpu_check}}
+shift $(( $# > 0 ? 1 : 0 ))
+only=" $* "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
 py=python3
@@ -33,6 +38,7 @@ fi
 step() {  # step NAME TIMEOUT CMD...: run, log to $out/NAME.log, echo the tail, go on after a failure
     local name=$1 limit=$2
     shift 2
+    if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then return; fi
     echo "=== $name: $*"
     local t0=$SECONDS
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
@@ -50,7 +56,7 @@ step tests 240 $py -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
 step wm_cpu_1024 60 $py $bw --device cuda --preset cpu --batch 1024 --seconds 2
 step wm_cpu_16384 60 $py $bw --device cuda --preset cpu --batch 16384 --seconds 2
 step wm_gpu_1024 90 $py $bw --device cuda --preset gpu --batch 1024 --seconds 2
-step planner_cpu 90 $py $bp --preset cpu
-step planner_gpu 90 $py $bp --preset gpu
+step planner_cpu 240 $py $bp --preset cpu
+step planner_gpu 180 $py $bp --preset gpu
 step planner_cpu_bc 90 $py $bp --preset cpu --optimizer mppi --guide bc
-step profile_imagine 90 $py bench/profile_imagine.py --preset cpu --batch 16384
+step profile_imagine 150 $py bench/profile_imagine.py --preset cpu --batch 16384

@@ -2,9 +2,11 @@
 
     python bench/profile_imagine.py [--preset cpu] [--batch 16384] [--horizon 12]
 
-Times ``GraphedImagine`` replays (bf16 autocast -- the planner's default --, a pure-bf16 copy of the
-weights, fp32, fp32 with TF32 matmuls) of one [B, H] rollout of a random-weight goal-conditioned model,
-then prints torch.profiler's table of the CUDA kernels of three eager bf16-autocast rollouts.
+Times CUDA-graph replays of one [B, H] rollout of a random-weight goal-conditioned model:
+``GraphedImagine`` under bf16 autocast (the per-rollout planner path), with a pure-bf16 copy of the
+weights, in fp32 and fp32 with TF32 matmuls; :class:`Bf16Imagine` plain and ``torch.compile``-d (the
+whole-plan graph's rollout). Then torch.profiler's tables of the CUDA kernels of three eager
+bf16-autocast rollouts and of three calls of the compiled twin.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from robobrain.config import get_preset
-from robobrain.world_model import GraphedImagine, WorldModel
+from robobrain.world_model import Bf16Imagine, GraphedImagine, WorldModel
 
 
 def ms_per_call(fn: Callable[[], object], n: int = 30) -> float:
@@ -29,6 +31,20 @@ def ms_per_call(fn: Callable[[], object], n: int = 30) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / n * 1e3
+
+
+def recorded(fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` recorded as a CUDA graph (after two warm-up calls on a side stream); returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def main() -> None:
@@ -58,6 +74,11 @@ def main() -> None:
     )
     pure_actions = actions.bfloat16()
     print(f"graph, pure bf16 weights: {ms_per_call(lambda: pure(pure_state, pure_actions)):.2f} ms")
+    for compiled in (False, True):
+        twin = Bf16Imagine(model, compile=compiled)
+        replay = recorded(lambda twin=twin: twin(state, actions))
+        label = "compiled bf16 twin" if compiled else "bf16 twin (Bf16Imagine)"
+        print(f"graph, {label}: {ms_per_call(replay):.2f} ms")
     fp32 = GraphedImagine(model, amp=False)
     print(f"graph, fp32: {ms_per_call(lambda: fp32(state, actions)):.2f} ms")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -71,6 +92,12 @@ def main() -> None:
                 model.imagine(state, actions)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            twin(state, actions)  # the compiled twin
+        torch.cuda.synchronize()
+    print("# the compiled bf16 twin, three eager calls")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
 
 
 if __name__ == "__main__":

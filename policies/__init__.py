@@ -60,6 +60,7 @@ def load_policy(
     guide: GuideMode = "auto",
     num_prior: int | None = None,
     prior_std: float = 0.1,
+    compile: bool = False,
     **kwargs: float,
 ) -> Policy:
     """Build a policy from a spec string for an env.
@@ -73,6 +74,8 @@ def load_policy(
     ``auto``/``both`` (prior samples and terminal value), ``prior``, ``value`` or ``none``; ``bc``: the
     behaviour prior fitted by ``robobrain train-prior`` (see :func:`load_guide` for ``num_prior`` and
     ``prior_std``; here ``num_prior`` for ``bc`` defaults to all of ``mpc``'s candidates but one).
+    ``compile`` (``mpc:`` on CUDA, unguided): ``torch.compile`` the bf16 imagination of the planner's
+    whole-plan CUDA graph (see :class:`WorldModelMPCPolicy`; needs Triton and a C compiler).
     """
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")
@@ -110,7 +113,7 @@ def load_policy(
         if guide == "bc" and num_prior is None:  # all candidates but the mean are prior rollouts
             num_prior = max(1, mpc.optim.num_samples - 1)
         planner_guide = load_guide(path, guide, device, num_prior, prior_std, mpc.seed)
-        return WorldModelMPCPolicy(model, mpc, device, guide=planner_guide)
+        return WorldModelMPCPolicy(model, mpc, device, guide=planner_guide, compile=compile)
     if spec.startswith("sb3:"):
         policy = SB3Policy.load(spec[4:], device=device)
         if policy.model.action_space.shape != action_space.shape:

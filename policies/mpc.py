@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from robobrain.planning import MPC, MPCConfig, world_model_score_fn
+from robobrain.planning import MPC, GraphedPlan, MPCConfig, world_model_score_fn
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies.base import Observation, batch_size
 from robobrain.rl.behaviour_prior import BehaviourPrior
 from robobrain.rl.guide import PlannerGuide
-from robobrain.world_model import GraphedImagine, Rollout, State, WorldModel
+from robobrain.world_model import Bf16Imagine, GraphedImagine, Rollout, State, WorldModel
 from robobrain.world_model.networks import pixels_to_float
 
 
@@ -77,11 +77,16 @@ class WorldModelMPCPolicy:
         device: torch.device | str = "cpu",
         guide: PlannerGuide | None = None,
         fast: bool = True,
+        whole_plan: bool = True,
+        compile: bool = False,
     ) -> None:
         """``guide``: proposes prior samples and may value the end of each imagined plan -- an SB3
         actor-critic (:class:`robobrain.rl.ActorCriticGuide`) or a behaviour-cloned prior
         (:class:`robobrain.rl.BehaviourPriorGuide`). ``fast``: on CUDA, imagine the candidates under
-        bf16 autocast, replayed from CUDA graphs (:class:`GraphedImagine`); no effect on the CPU."""
+        bf16 autocast, replayed from CUDA graphs (:class:`GraphedImagine`); no effect on the CPU.
+        ``whole_plan`` (with ``fast``, on CUDA, unguided plans without a time budget): record each
+        whole planning call -- all iterations -- as one CUDA graph (:class:`GraphedPlan`) over a bf16
+        twin of the model (:class:`Bf16Imagine`), ``torch.compile``-d when ``compile``."""
         self.cfg = cfg or MPCConfig()
         if self.cfg.disagreement_penalty and not model.cfg.ensemble:
             raise ValueError(
@@ -94,6 +99,14 @@ class WorldModelMPCPolicy:
         self.device = self.filter.device
         self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
         self.imagine = GraphedImagine(self.model) if fast else self.model.imagine
+        self.graphed_plan: GraphedPlan | None = None
+        if fast and whole_plan and self.device.type == "cuda" and self.cfg.optim.time_budget is None:
+            twin = Bf16Imagine(self.model, compile=compile)
+            self.graphed_plan = GraphedPlan(
+                self.mpc.optimizer,
+                lambda state: world_model_score_fn(self.model, state, self.cfg, imagine=twin),
+                before=twin.sync,
+            )
         self.plan_state: State | None = None
         self.plan_frame: torch.Tensor | None = None
 
@@ -117,6 +130,11 @@ class WorldModelMPCPolicy:
             self.reset(n)
         state, frames = self.filter.update(obs)
         self.plan_state, self.plan_frame = state, frames
+        if self.guide is None and self.graphed_plan is not None:
+            graphed = self.graphed_plan
+            action = self.mpc.act_with(lambda init: graphed(state, init))
+            self.filter.acted(action)
+            return action.cpu().numpy().astype(np.float32)
         value_fn = prior = None
         if self.guide is not None:
             value_fn = self.guide.value if self.guide.use_value else None

@@ -11,10 +11,11 @@ import torch
 
 from robobrain.checkpoint import save_checkpoint
 from robobrain.config import get_preset, to_dict
-from robobrain.planning import CEM, MPCConfig, OptimizerConfig
+from robobrain.planning import CEM, GraphedPlan, MPCConfig, OptimizerConfig, world_model_score_fn
+from robobrain.planning.mpc import make_optimizer
 from robobrain.policies import WorldModelMPCPolicy
 from robobrain.training.wm_trainer import load_world_model
-from robobrain.world_model import GraphedImagine, State, WorldModel
+from robobrain.world_model import Bf16Imagine, GraphedImagine, State, WorldModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -65,6 +66,42 @@ def test_bf16_graphs_follow_the_float32_model():
     assert err < 0.05, err
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("compile", [False, True])
+def test_bf16_twin_follows_the_float32_model_on_cuda(compile):
+    torch.manual_seed(0)
+    model = WorldModel(GOAL_CFG).to(CUDA).eval()
+    state, actions = random_inputs(GOAL_CFG, 256, 6, 0)
+    ref, got = model.imagine(state, actions), Bf16Imagine(model, compile=compile)(state, actions)
+    stoch = slice(GOAL_CFG.deter, -3)
+    assert (got.feat[..., stoch].float() == ref.feat[..., stoch]).float().mean() > 0.9
+    first = (got.success_logit[:, 0].float() - ref.success_logit[:, 0]).abs().median()
+    assert first < 0.05 * ref.success_logit[:, 0].abs().median()
+
+
+@torch.no_grad()
+def test_whole_plan_graph_replays_the_eager_plan_for_new_inputs():
+    """GraphedPlan on CUDA == the optimizer's eager plan with the same noise, for new states and
+    starting plans replayed through one recorded graph per shape."""
+    torch.manual_seed(0)
+    model = WorldModel(GOAL_CFG).to(CUDA).eval()
+    cfg = MPCConfig(horizon=5, optim=OptimizerConfig(num_samples=64, num_elites=8, iterations=3))
+
+    def score_fn(s: State):
+        return world_model_score_fn(model, s, cfg, imagine=model.imagine_unchecked)
+
+    graphed = GraphedPlan(make_optimizer(cfg, CUDA), score_fn)
+    eager_opt, noise_gen = make_optimizer(cfg, CUDA), torch.Generator(CUDA).manual_seed(cfg.seed)
+    for b, seed in ((4, 0), (4, 1), (2, 2), (4, 3)):
+        state, actions = random_inputs(GOAL_CFG, b, 5, seed)
+        got = graphed(state, actions)
+        noise = torch.randn(3, b, 64, 5, GOAL_CFG.action_dim, generator=noise_gen, device=CUDA)
+        ref = eager_opt.plan(score_fn(state), actions, noise=noise)
+        torch.testing.assert_close(got.best, ref.best, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got.score, ref.score, rtol=1e-4, atol=1e-4)
+    assert len(graphed._cache) == 2
+
+
 def test_non_finite_candidates_never_win_on_cuda():
     torch.manual_seed(0)
     model = WorldModel(GOAL_CFG).to(CUDA).eval()
@@ -96,12 +133,17 @@ def test_cem_finds_a_quadratic_optimum_on_cuda():
     torch.testing.assert_close(best, target.expand(4, 3, 2), atol=0.05, rtol=0)
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_mpc_policy_plans_on_cuda(fast):
+@pytest.mark.parametrize(
+    "kw",
+    [{"fast": False}, {"whole_plan": False}, {}, {"compile": True}],
+    ids=["eager", "rollout-graphs", "plan-graph", "compiled"],
+)
+def test_mpc_policy_plans_on_cuda(kw):
     torch.manual_seed(0)
     model = WorldModel(GOAL_CFG)
     cfg = MPCConfig(horizon=5, optim=OptimizerConfig(num_samples=64, num_elites=8, iterations=3))
-    policy = WorldModelMPCPolicy(model, cfg, CUDA, fast=fast)
+    policy = WorldModelMPCPolicy(model, cfg, CUDA, **kw)
+    assert (policy.graphed_plan is not None) == (kw.get("fast", True) and kw.get("whole_plan", True))
     rng = np.random.default_rng(0)
     size = GOAL_CFG.image_size
     for _ in range(3):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from robobrain.config import get_preset
-from robobrain.planning import MPC, MPCConfig, OptimizerConfig, world_model_score_fn
+from robobrain.planning import MPC, GraphedPlan, MPCConfig, OptimizerConfig, world_model_score_fn
+from robobrain.planning.mpc import make_optimizer
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies import OracleMPCPolicy, WorldModelMPCPolicy
-from robobrain.world_model import WorldModel
+from robobrain.world_model import Bf16Imagine, WorldModel
 
 SMALL = MPCConfig(horizon=5, optim=OptimizerConfig(num_samples=32, num_elites=4, iterations=2))
 
@@ -156,3 +157,57 @@ def test_replay_in_simulator_leaves_the_env_untouched(task_id):
     np.testing.assert_array_equal(oa["state"], ob["state"])
     np.testing.assert_array_equal(oa["pixels"], frames[0])
     assert ra == rb == pytest.approx(rewards[0])
+
+
+def test_graphed_plan_on_cpu_draws_all_iterations_noise_from_the_optimizer_generator():
+    """GraphedPlan's eager path (CPU): the plan of ``optimizer.plan`` with the noise of every
+    iteration drawn at once from the optimizer's generator; seeded; no wall-clock budget."""
+    torch.manual_seed(0)
+    cfg = get_preset("debug").world_model
+    model = WorldModel(cfg).eval()
+    state = model.rssm.initial(3, "cpu")._replace(deter=torch.randn(3, cfg.deter))
+    init = torch.zeros(3, SMALL.horizon, cfg.action_dim)
+
+    def graphed(seed: int) -> GraphedPlan:
+        opt = make_optimizer(dataclasses.replace(SMALL, seed=seed))
+        return GraphedPlan(opt, lambda s: world_model_score_fn(model, s, SMALL))
+
+    got = graphed(0)(state, init)
+    opt = make_optimizer(SMALL)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 3, 32, SMALL.horizon, cfg.action_dim, generator=g)
+    ref = opt.plan(world_model_score_fn(model, state, SMALL), init, noise=noise)
+    torch.testing.assert_close(got.best, ref.best, rtol=0, atol=0)
+    torch.testing.assert_close(graphed(0)(state, init).best, got.best, rtol=0, atol=0)
+    assert not torch.equal(graphed(1)(state, init).best, got.best)
+    timed = dataclasses.replace(SMALL, optim=dataclasses.replace(SMALL.optim, time_budget=0.1))
+    with pytest.raises(ValueError, match="time_budget"):
+        GraphedPlan(make_optimizer(timed), lambda s: world_model_score_fn(model, s, SMALL))
+
+
+def test_bf16_twin_follows_the_float32_model_and_syncs_its_weights():
+    torch.manual_seed(0)
+    cfg = get_preset("debug", state_dim=10, goal_start=7, goal_dim=3).world_model
+    model = WorldModel(cfg).eval()
+    b, h = 256, 6
+    state = model.rssm.initial(b, "cpu", torch.randn(b, 3))._replace(deter=torch.randn(b, cfg.deter))
+    actions = torch.rand(b, h, cfg.action_dim) * 2 - 1
+    twin = Bf16Imagine(model)
+    ref, got = model.imagine(state, actions), twin(state, actions)
+    assert got.feat.dtype == torch.bfloat16 and got.reward.shape == (b, h)
+    stoch = slice(cfg.deter, cfg.deter + cfg.stoch * cfg.classes)
+    # bf16 can flip a near-tie of the categorical's mode; nearly all steps keep it.
+    assert (got.feat[..., stoch].float() == ref.feat[..., stoch]).float().mean() > 0.9
+    first = (got.success_logit[:, 0].float() - ref.success_logit[:, 0]).abs().median()
+    assert first < 0.05 * ref.success_logit[:, 0].abs().median()
+    with torch.no_grad():
+        model.success_head[-1].bias.add_(3.0)
+    stale = twin(state, actions).success_logit[:, 0].float()
+    twin.sync()
+    fresh = twin(state, actions).success_logit[:, 0].float()
+    torch.testing.assert_close(fresh - stale, torch.full_like(fresh, 3.0), atol=0.1, rtol=0)
+
+
+def test_repeat_interleave_of_a_state():
+    s = WorldModel(get_preset("debug").world_model).rssm.initial(3, "cpu")._replace(deter=torch.randn(3, 32))
+    torch.testing.assert_close(s.repeat_interleave(4).deter, s.deter.repeat_interleave(4, 0), rtol=0, atol=0)

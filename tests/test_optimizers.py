@@ -133,3 +133,18 @@ def test_bad_arguments():
     nan_prior = torch.full((2, 1, 3, 1), float("nan"))
     with pytest.raises(ValueError, match="NaN or inf"):
         make(CEM).plan(lambda a: torch.zeros(a.shape[:2]), torch.zeros(2, 3, 1), prior_samples=nan_prior)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_given_noise_replaces_the_generator(cls):
+    """``plan(noise=...)`` samples with the given draws: same noise, same plan, whatever the
+    generator; a wrong noise shape is refused."""
+    target = torch.rand(2, 4, 3, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    noise = torch.randn(10, 2, 256, 4, 3, generator=torch.Generator().manual_seed(9))
+    kw = {"iterations": 10}
+    a = make(cls, seed=1, **kw).plan(quadratic(target), torch.zeros(2, 4, 3), noise=noise)
+    b = make(cls, seed=2, **kw).plan(quadratic(target), torch.zeros(2, 4, 3), noise=noise)
+    torch.testing.assert_close(a.best, b.best, rtol=0, atol=0)
+    torch.testing.assert_close(a.best, target, atol=0.1, rtol=0)  # it still optimizes
+    with pytest.raises(ValueError, match="noise must be"):
+        make(cls, **kw).plan(quadratic(target), torch.zeros(2, 4, 3), noise=noise[:9])

@@ -73,9 +73,14 @@ class MPC:
 
     def act(self, score_fn: ScoreFn, prior_samples: torch.Tensor | None = None) -> torch.Tensor:
         """Plan with ``score_fn`` and return the first actions [B, A] (plus exploration noise)."""
+        return self.act_with(lambda init: self.optimizer.plan(score_fn, init, prior_samples=prior_samples))
+
+    def act_with(self, plan: Callable[[torch.Tensor], PlanResult]) -> torch.Tensor:
+        """:meth:`act` with the planning call given: ``plan(init_mean [B, H, A]) -> PlanResult``
+        (e.g. a :class:`robobrain.planning.GraphedPlan` of this controller's optimizer)."""
         if self.plan is None:
             raise RuntimeError("call reset(num_envs) before act()")
-        result = self.optimizer.plan(score_fn, self.plan, prior_samples=prior_samples)
+        result = plan(self.plan)
         self.last = result
         action = result.best[:, 0]
         # Warm start: shift the plan one step and repeat its last action at the tail.

@@ -83,9 +83,12 @@ class _SamplingOptimizer:
         init_mean: torch.Tensor,
         init_std: torch.Tensor | float | None = None,
         prior_samples: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> PlanResult:
         """Optimize from ``init_mean`` [B, H, A]; ``prior_samples`` [B, P, H, A] (e.g. from a policy)
-        join every iteration's candidates."""
+        join every iteration's candidates. ``noise`` [iterations, B, N, H, A]: standard-normal draws
+        to sample the candidates with instead of drawing them from the generator (a CUDA graph that
+        records this call reads its noise from a buffer filled before each replay)."""
         cfg = self.cfg
         if init_mean.ndim != 3:
             raise ValueError(f"init_mean must be [B, H, A], got {list(init_mean.shape)}")
@@ -107,13 +110,22 @@ class _SamplingOptimizer:
             if not torch.isfinite(prior_samples).all():
                 raise ValueError("prior_samples hold NaN or inf (a diverged prior policy?)")
             prior_samples = prior_samples.float().clamp(cfg.low, cfg.high)
+        if noise is not None and noise.shape != (cfg.iterations, b, n, *mean.shape[1:]):
+            raise ValueError(
+                f"noise must be [iterations, B, N, H, A] = {[cfg.iterations, b, n, *mean.shape[1:]]}, "
+                f"got {list(noise.shape)}"
+            )
         best = mean.clone()
         best_score = torch.full((b,), -torch.inf, device=mean.device)
         start = time.perf_counter()
         it = 0
         while it < cfg.iterations:
-            noise = torch.randn((b, n, *mean.shape[1:]), generator=self.generator, device=mean.device)
-            samples = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(cfg.low, cfg.high)
+            eps = (
+                torch.randn((b, n, *mean.shape[1:]), generator=self.generator, device=mean.device)
+                if noise is None
+                else noise[it]
+            )
+            samples = (mean.unsqueeze(1) + std.unsqueeze(1) * eps).clamp(cfg.low, cfg.high)
             samples[:, 0] = mean  # the current mean always competes
             if prior_samples is not None:
                 p = min(prior_samples.shape[1], n - 1)

@@ -9,6 +9,7 @@ check (as on CUDA).
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -104,3 +105,51 @@ class GraphedImagine:
             out = self.model.imagine_unchecked(static_state, static_actions)
         self._pool = graph.pool()
         return _Graph(graph, static_state, static_actions, out)
+
+
+class Bf16Imagine:
+    """``imagine(state [B], actions [B, H, A]) -> Rollout`` (latent only, the mode of each step) on a
+    bfloat16 twin of the model: no autocast casts between the kernels, LayerNorm and the GRU in bf16
+    (autocast keeps LayerNorm in float32 -- a third of a CUDA rollout's time, bench/RESULTS.md).
+
+    The twin holds its own bf16 copies of the weights: :meth:`sync` refreshes them from the model
+    (call it after the model's weights changed; :class:`robobrain.planning.GraphedPlan` records it at
+    the start of every planning call). ``compile``: run the rollout through ``torch.compile``, which
+    fuses the LayerNorms, activations and the mode's max/one-hot into few kernels (one compilation
+    per input shape, at the first call with it). Outputs are bf16 (``feat``, ``reward``,
+    ``success_logit``); callers cast what they sum. Works on any device; meant for CUDA.
+    """
+
+    def __init__(self, model: WorldModel, compile: bool = False) -> None:
+        self.model = model
+        self.twin = copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
+        self._pairs = [
+            (dst, src)
+            for name in ("rssm", "reward_head", "success_head")
+            for dst, src in zip(
+                getattr(self.twin, name).parameters(), getattr(model, name).parameters(), strict=True
+            )
+        ]
+        self._rollout = torch.compile(self._run, fullgraph=True, dynamic=False) if compile else self._run
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Copy the model's current weights into the bf16 twin (nothing here waits for the device)."""
+        for dst, src in self._pairs:
+            dst.copy_(src)
+
+    def _run(
+        self, deter: torch.Tensor, stoch: torch.Tensor, goal: torch.Tensor | None, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        out = self.twin.imagine_unchecked(State(deter, stoch, goal), actions)
+        return out.feat, out.reward, out.success_logit, out.disagreement
+
+    def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
+        self.model.check_imagine_inputs(state, actions)
+        bf = torch.bfloat16
+        goal = None if state.goal is None else state.goal.to(bf)
+        with torch.no_grad():
+            feat, reward, success, disagreement = self._rollout(
+                state.deter.to(bf), state.stoch.to(bf), goal, actions.to(bf)
+            )
+        return Rollout(feat, reward, success, disagreement, pixels=None)

@@ -38,8 +38,9 @@ class State(NamedTuple):
         return State(fn(self.deter), fn(self.stoch), None if self.goal is None else fn(self.goal))
 
     def repeat_interleave(self, n: int) -> State:
-        """[B, ...] -> [B*n, ...], each state repeated n times in a row (for N candidates)."""
-        return self._map(lambda x: x.repeat_interleave(n, 0))
+        """[B, ...] -> [B*n, ...], each state repeated n times in a row (for N candidates).
+        (``repeat_interleave(n, 0)`` as an expand + copy, which a CUDA graph can record.)"""
+        return self._map(lambda x: x.unsqueeze(1).expand(-1, n, *x.shape[1:]).reshape(-1, *x.shape[1:]))
 
     def index(self, idx: torch.Tensor | slice | tuple) -> State:
         return self._map(lambda x: x[idx])
@@ -149,7 +150,10 @@ class RSSM(nn.Module):
         and one-hot of a [1024, 32, 8] tensor 0.81 vs 1.28 ms on 2 cores (3-4 % of an ``imagine``)."""
         deter = self.deter_step(state, action)
         logits = self.prior(deter).unflatten(-1, (self.cfg.stoch, self.cfg.classes))
-        stoch = torch.zeros_like(logits).scatter_(-1, logits.max(-1, keepdim=True).indices, 1.0)
+        idx = logits.max(-1, keepdim=True).indices
+        # The ones as a tensor, not the scalar 1.0: torch 2.11's inductor gave the scalar form's
+        # result float32 inside a bf16 graph (a dtype error at the next matmul; bench/RESULTS.md).
+        stoch = torch.zeros_like(logits).scatter_(-1, idx, torch.ones_like(idx, dtype=logits.dtype))
         return State(deter, stoch, state.goal)
 
     def obs_step(
