@@ -164,7 +164,7 @@ class Eval:
     """mpc --guide bc: std of the Gaussian noise around the behaviour prior's actions (default: 0.1)."""
     compile: bool = False
     """mpc on CUDA, unguided: torch.compile the bf16 imagination recorded in the planner's CUDA graph
-    (2.3x faster decisions for 16 envs on an H200, bench/RESULTS.md; needs Triton and a C compiler)."""
+    (1.8x faster decisions for 16 envs on an H200, bench/RESULTS.md; needs Triton and a C compiler)."""
     progress: bool = True
 
 

@@ -1,5 +1,6 @@
 """MPC controller, oracle simulator model and MPC policies."""
 
+import copy
 import dataclasses
 
 import gymnasium as gym
@@ -12,7 +13,7 @@ from robobrain.planning import MPC, GraphedPlan, MPCConfig, OptimizerConfig, wor
 from robobrain.planning.mpc import make_optimizer
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies import OracleMPCPolicy, WorldModelMPCPolicy
-from robobrain.world_model import Bf16Imagine, WorldModel
+from robobrain.world_model import Bf16Imagine, State, WorldModel
 
 SMALL = MPCConfig(horizon=5, optim=OptimizerConfig(num_samples=32, num_elites=4, iterations=2))
 
@@ -200,6 +201,16 @@ def test_bf16_twin_follows_the_float32_model_and_syncs_its_weights():
     assert (got.feat[..., stoch].float() == ref.feat[..., stoch]).float().mean() > 0.9
     first = (got.success_logit[:, 0].float() - ref.success_logit[:, 0]).abs().median()
     assert first < 0.05 * ref.success_logit[:, 0].abs().median()
+    # The twin pads its odd-sized matmul inputs (here 16 + 3 actions, 51 features) with zeros: the
+    # same outputs as a plain bf16 copy of the model.
+    assert twin.pad_action == 5 and twin.pad_goal == 5 and got.feat.shape == ref.feat.shape
+    plain = copy.deepcopy(model).to(torch.bfloat16)
+    with torch.no_grad():
+        bf = plain.imagine_unchecked(
+            State(*(x.to(torch.bfloat16) for x in state)), actions.to(torch.bfloat16)
+        )
+    torch.testing.assert_close(got.feat[:, 0], bf.feat[:, 0], rtol=0.02, atol=0.02)
+    torch.testing.assert_close(got.success_logit[:, 0], bf.success_logit[:, 0], rtol=0.02, atol=0.02)
     with torch.no_grad():
         model.success_head[-1].bias.add_(3.0)
     stale = twin(state, actions).success_logit[:, 0].float()

@@ -614,3 +614,12 @@ def test_unimix_zero_keeps_confident_log_probs_finite():
     logits[:, :: cfg.classes] = 200.0  # the other classes underflow a float32 softmax
     lp = WorldModel(cfg).rssm.log_probs(logits)
     assert torch.isfinite(lp).all() and torch.isfinite(categorical_kl(lp, lp)).all()
+
+
+def test_written_out_gru_cell_equals_torch_gru_cell():
+    from robobrain.world_model.rssm import gru_cell
+
+    torch.manual_seed(0)
+    cell = torch.nn.GRUCell(12, 16)
+    x, h = torch.randn(5, 12), torch.randn(5, 16)
+    torch.testing.assert_close(gru_cell(cell, x, h), cell(x, h), rtol=1e-5, atol=1e-6)

@@ -133,6 +133,8 @@ class RSSM(nn.Module):
     def deter_step(self, state: State, action: torch.Tensor) -> torch.Tensor:
         """Next GRU state [B, D] from state and the action taken in it, action: [B, A]."""
         x = self.inp(torch.cat([state.stoch.flatten(-2), action], -1))
+        if torch.compiler.is_compiling():  # inductor fuses written-out gates; GRUCell stays an ATen kernel
+            return gru_cell(self.gru, x, state.deter)
         return self.gru(x, state.deter)
 
     def img_step(self, state: State, action: torch.Tensor, sample: bool = True) -> tuple[State, torch.Tensor]:
@@ -168,6 +170,18 @@ class RSSM(nn.Module):
     def ensemble_log_probs(self, deter: torch.Tensor) -> torch.Tensor:
         """[K, ..., S, C] log-probabilities of the K ensemble prior heads."""
         return torch.stack([self.log_probs(head(deter)) for head in self.ensemble])
+
+
+def gru_cell(cell: nn.GRUCell, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``cell(x [B, I], h [B, D]) -> [B, D]`` written out (PyTorch's GRUCell equations, same weights)."""
+    gi = F.linear(x, cell.weight_ih, cell.bias_ih)
+    gh = F.linear(h, cell.weight_hh, cell.bias_hh)
+    i_r, i_z, i_n = gi.chunk(3, -1)
+    h_r, h_z, h_n = gh.chunk(3, -1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - z) * n + z * h
 
 
 def categorical_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
