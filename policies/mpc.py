@@ -14,7 +14,6 @@ from robobrain.policies.base import Observation, batch_size
 from robobrain.rl.behaviour_prior import BehaviourPrior
 from robobrain.rl.guide import PlannerGuide
 from robobrain.world_model import Bf16Imagine, GraphedImagine, Rollout, State, WorldModel
-from robobrain.world_model.networks import pixels_to_float
 
 
 class LatentFilter:
@@ -54,9 +53,10 @@ class LatentFilter:
             self.reset(n)
         assert self.state is not None and self.prev_action is not None
         env_state = obs.get("state") if isinstance(obs, dict) else None
-        goal = self.model.goal(None if env_state is None else torch.as_tensor(env_state, device=self.device))
+        env_state = None if env_state is None else torch.as_tensor(env_state, device=self.device)
+        goal = self.model.goal(env_state)
         frames = torch.from_numpy(pixels).to(self.device)
-        embed = self.model.encoder(pixels_to_float(frames))
+        embed = self.model.embed(frames, env_state)
         self.state = self.state._replace(goal=goal)
         self.state, _, _ = self.model.rssm.obs_step(self.state, self.prev_action, embed, sample=False)
         return self.state, frames

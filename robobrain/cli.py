@@ -68,6 +68,9 @@ class TrainWM:
     open_loop_horizon: int | None = None
     """Steps of the open-loop (multi-step) loss (default: the preset's; 0 = off). See
     ``WorldModelConfig.open_loop_horizon``."""
+    proprio: bool = False
+    """Feed the robot's own state (gripper position, velocity, finger; from the episodes' state) to
+    the world model beside the pixels (``WorldModelConfig.use_proprio``)."""
     progress: bool = True
 
 
@@ -288,7 +291,9 @@ def run_train_wm(args: TrainWM) -> dict:
     from robobrain.config import get_preset
     from robobrain.training.wm_trainer import train_world_model
 
-    overrides = {} if args.open_loop_horizon is None else {"open_loop_horizon": args.open_loop_horizon}
+    overrides: dict = {} if args.open_loop_horizon is None else {"open_loop_horizon": args.open_loop_horizon}
+    if args.proprio:
+        overrides["use_proprio"] = True
     preset = get_preset(args.preset, **overrides)
     preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
     metrics = train_world_model(

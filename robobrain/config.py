@@ -37,6 +37,15 @@ class WorldModelConfig:
     the heads, unchanged through imagination. Without it the goal had to be perceived from a few
     pixels and carried by the latent, and the planner found actions under which the imagined goal
     drifted onto the gripper (bench/RESULTS.md, Reach). Set from the data's env at training time."""
+    use_proprio: bool = False
+    """Feed the robot's own state to the posterior beside the image embedding, when the data's env
+    names it in its state layout (``gripper_pos``, ``gripper_vel``, ``finger``; sets
+    ``proprio_start`` / ``proprio_dim`` at training time). The block's pose is never read: objects
+    are seen only in the pixels."""
+    proprio_start: int = 0
+    proprio_dim: int = 0
+    """The proprioceptive input is ``state[proprio_start : proprio_start + proprio_dim]``, standardised
+    (0 = pixels only). Set from the data's env at training time."""
     cnn_depth: int = 16
     """Channels of the first conv layer; doubled at every stride-2 layer."""
     deter: int = 128

@@ -140,6 +140,17 @@ def test_resume_refuses_a_changed_config(tmp_path):
     assert not short.exists() or len(EpisodeStore(short)) == 0
 
 
+def test_run_with_proprioception(tmp_path):
+    """--proprio: the world model reads the gripper's state beside the pixels through the whole loop
+    (fitting, SAC in imagination from encoded real states, planning, evaluation)."""
+    main([*run_args(tmp_path, 40), "--proprio"])
+    ckpt = load_checkpoint(tmp_path, with_training_state=False)
+    wm = ckpt.config["world_model"]
+    assert (wm["use_proprio"], wm["proprio_start"], wm["proprio_dim"]) == (True, 0, 7)
+    report = json.loads((tmp_path / "eval" / "final" / "eval_info.json").read_text())
+    assert report["summary"]["episodes"] == 1
+
+
 def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
     """--seed-data trains on an offline store beside the run's own episodes (never copied into the
     run, never counted as the run's env steps); --init-world-model starts from an offline checkpoint."""

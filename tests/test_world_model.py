@@ -14,6 +14,7 @@ from robobrain.config import get_preset, to_dict
 from robobrain.data import EpisodeStore
 from robobrain.data.collect import collect_episodes
 from robobrain.envs import make_vector_env
+from robobrain.planning import MPCConfig, OptimizerConfig
 from robobrain.policies import load_policy
 from robobrain.training.wm_trainer import (
     NonFiniteLossError,
@@ -623,3 +624,74 @@ def test_written_out_gru_cell_equals_torch_gru_cell():
     cell = torch.nn.GRUCell(12, 16)
     x, h = torch.randn(5, 12), torch.randn(5, 16)
     torch.testing.assert_close(gru_cell(cell, x, h), cell(x, h), rtol=1e-5, atol=1e-6)
+
+
+def proprio_model(seed=0):
+    """A goal-conditioned debug model that also reads state[0:7] (gripper position, velocity,
+    finger) as proprioception, stats set."""
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(
+        DEBUG.world_model, state_dim=10, goal_start=7, goal_dim=3, proprio_start=0, proprio_dim=7
+    )
+    model = WorldModel(cfg)
+    model.set_state_stats(torch.zeros(10), torch.full((10,), 0.1))
+    return model.eval()
+
+
+def test_proprioception_joins_the_observation_embedding():
+    model = proprio_model()
+    batch = fake_batch(model.cfg, b=2)
+    env_state = torch.randn(2, 6, 10) * 0.1
+    state = model.observe(batch["pixels"], batch["action"], env_state=env_state)
+    moved = env_state.clone()
+    moved[:, -1, 0] += 0.2  # the gripper at the last frame moved: another posterior
+    other = model.observe(batch["pixels"], batch["action"], env_state=moved)
+    assert not torch.allclose(state.deter, other.deter) or not torch.equal(state.stoch, other.stoch)
+    moved_block = env_state.clone()
+    moved_block[..., 7:] += 1.0  # beyond the proprioceptive slice: never read by the embedding
+    embed = model.embed(batch["pixels"][:, -1], env_state[:, -1])
+    assert embed.shape == (2, model.encoder.embed_dim + 7)
+    torch.testing.assert_close(embed[:, -7:], env_state[:, -1, :7] / 0.1)
+    torch.testing.assert_close(model.embed(batch["pixels"][:, -1], moved_block[:, -1]), embed)
+    with pytest.raises(ValueError, match=r"env_state \[B, T, n\]"):
+        model.observe(batch["pixels"], batch["action"], env_state=env_state[:, -1])
+    with pytest.raises(ValueError, match="proprioception"):
+        model.embed(batch["pixels"][:, -1], None)
+    batch["state"] = env_state
+    loss, _ = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.encoder.net[0].weight.grad is not None
+
+
+def test_proprio_model_checkpoints_and_plans(tmp_path):
+    from robobrain.policies import WorldModelMPCPolicy
+
+    model = proprio_model()
+    save_checkpoint(tmp_path, 1, model, {"world_model": to_dict(model.cfg)})
+    loaded = load_world_model(tmp_path)
+    torch.testing.assert_close(loaded.proprio_std, model.proprio_std)
+    cfg = MPCConfig(horizon=3, optim=OptimizerConfig(num_samples=16, num_elites=4, iterations=2))
+    policy = WorldModelMPCPolicy(loaded, cfg)
+    rng = np.random.default_rng(0)
+    obs = {
+        "pixels": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+        "state": rng.uniform(-0.2, 0.2, (2, 10)).astype(np.float32),
+    }
+    assert policy.act(obs).shape == (2, 3)
+    assert policy.state is not None and policy.state.deter.shape == (2, model.cfg.deter)
+
+
+def test_sized_config_finds_the_proprioception_of_the_data_env():
+    from robobrain.training.wm_trainer import proprio_slice, sized_config
+    from tests.test_store import make_episode
+
+    ep = dataclasses.replace(make_episode(5, size=32), state=np.zeros((6, 20), np.float32))
+    ep.meta["env_id"] = "robobrain/Push-v0"
+    cfg = sized_config(dataclasses.replace(DEBUG.world_model, use_proprio=True), ep)
+    assert (cfg.proprio_start, cfg.proprio_dim) == (0, 7)  # gripper pos + vel + finger, not the block
+    assert sized_config(DEBUG.world_model, ep).proprio_dim == 0  # off by default
+    ep.meta["env_id"] = "Pendulum-v1"
+    with pytest.warns(UserWarning, match="without proprioception"):
+        assert sized_config(dataclasses.replace(DEBUG.world_model, use_proprio=True), ep).proprio_dim == 0
+    with pytest.raises(ValueError, match="not contiguous"):
+        proprio_slice({"gripper_pos": slice(0, 3), "finger": slice(6, 7)})

@@ -7,7 +7,6 @@ import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from robobrain.world_model import WorldModel
-from robobrain.world_model.networks import pixels_to_float
 
 
 class WorldModelFeatures(BaseFeaturesExtractor):
@@ -85,7 +84,7 @@ class WorldModelFeatures(BaseFeaturesExtractor):
 
     @staticmethod
     def _latent(wm: WorldModel, obs: torch.Tensor, env_state: torch.Tensor | None) -> torch.Tensor:
-        embed = wm.encoder(pixels_to_float(obs))
+        embed = wm.embed(obs, env_state)
         init = wm.rssm.initial(obs.shape[0], obs.device, wm.goal(env_state))
         zero_action = torch.zeros(obs.shape[0], wm.cfg.action_dim, device=obs.device)
         state, _, _ = wm.rssm.obs_step(init, zero_action, embed, sample=False)

@@ -60,8 +60,15 @@ def encode_start_states(model: WorldModel, episodes: Sequence[Episode], max_stat
     for ep in episodes:
         pixels = torch.from_numpy(ep.pixels[:-1][None]).to(dev)
         prev = np.concatenate([np.zeros_like(ep.action[:1]), ep.action[:-1]])
-        goal = model.goal(torch.from_numpy(ep.state[:1]).to(dev))
-        posts, _, _ = model._filter(pixels, torch.from_numpy(prev[None]).to(dev), sample=False, goal=goal)
+        env_state = torch.from_numpy(ep.state[:-1][None]).to(dev)
+        goal = model.goal(env_state[:, 0])
+        posts, _, _ = model._filter(
+            pixels,
+            torch.from_numpy(prev[None]).to(dev),
+            sample=False,
+            goal=goal,
+            proprio=model.proprio(env_state),
+        )
         states.append(posts.index(0))
         if sum(len(s.deter) for s in states) >= max_states:
             break

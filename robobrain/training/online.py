@@ -98,6 +98,9 @@ class OnlineConfig:
     own_data_repeat: int = 1
     """Each of the run's own episodes is sampled this many times as often as an offline one: a few
     dozen on-policy episodes would otherwise be lost among thousands of offline ones."""
+    proprio: bool = False
+    """Feed the robot's own state (gripper position, velocity, finger opening from ``obs["state"]``)
+    to the world model beside the pixels (``WorldModelConfig.use_proprio``); objects stay pixels-only."""
     scripted_fraction: float = 0.0
     """Share of the seed episodes from the task's scripted expert (the rest are random); 0 for
     benchmarks."""
@@ -262,6 +265,8 @@ class OnlineLoop:
         self.wm_cfg = preset.world_model
         if cfg.image_size is not None:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, image_size=cfg.image_size)
+        if cfg.proprio:
+            self.wm_cfg = dataclasses.replace(self.wm_cfg, use_proprio=True)
         self.envs = factories.make_envs(cfg.num_envs)
         space = self.envs.single_action_space
         try:

@@ -87,17 +87,41 @@ def sized_config(cfg: WorldModelConfig, episode: Episode) -> WorldModelConfig:
             f"{episode.meta.get('env_id')}: the goal sits at state[{goal.start}:{goal.stop}], but the "
             f"data's state vectors have {episode.state.shape[-1]} entries"
         )
+    proprio = proprio_slice(layout) if cfg.use_proprio else None
+    if cfg.use_proprio and proprio is None:
+        warnings.warn(
+            f"{env_id}: its state layout names no gripper_pos / gripper_vel / finger, so the world "
+            "model is trained on pixels without proprioception",
+            stacklevel=2,
+        )
     sized = {
         "action_dim": episode.action.shape[-1],
         "image_size": episode.pixels.shape[1],
         "state_dim": episode.state.shape[-1] if cfg.state_weight > 0 else 0,
         "goal_start": goal.start if goal is not None else 0,
         "goal_dim": goal.stop - goal.start if goal is not None else 0,
+        "proprio_start": proprio.start if proprio is not None else 0,
+        "proprio_dim": proprio.stop - proprio.start if proprio is not None else 0,
     }
     if any(getattr(cfg, k) != v for k, v in sized.items()):
         log.info("world model sized to the data: %s", sized)
         cfg = dataclasses.replace(cfg, **sized)
     return cfg
+
+
+PROPRIO_KEYS = ("gripper_pos", "gripper_vel", "finger")
+"""The parts of a robobrain state layout that are the robot's own state (proprioception)."""
+
+
+def proprio_slice(layout: dict[str, slice]) -> slice | None:
+    """The contiguous slice of the state vector holding ``PROPRIO_KEYS`` (None without them)."""
+    parts = [layout[k] for k in PROPRIO_KEYS if k in layout]
+    if not parts:
+        return None
+    start, stop = min(p.start for p in parts), max(p.stop for p in parts)
+    if sum(p.stop - p.start for p in parts) != stop - start:
+        raise ValueError(f"the proprioceptive parts of the state layout are not contiguous: {layout}")
+    return slice(start, stop)
 
 
 def state_stats(episodes: list[Episode], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,7 @@ class WorldModel(nn.Module):
             raise ValueError(f"decoded_frames must be >= 0 (0 = every frame), got {cfg.decoded_frames}")
         self.cfg = cfg
         self.encoder = Encoder(cfg.image_size, cfg.cnn_depth)
-        self.rssm = RSSM(cfg, self.encoder.embed_dim)
+        self.rssm = RSSM(cfg, self.encoder.embed_dim + cfg.proprio_dim)
         self.decoder = Decoder(cfg.feat_dim, cfg.image_size, cfg.cnn_depth)
         self.refiner = ReferenceRefiner(cfg.cnn_depth, cfg.refiner_layers) if cfg.reference_frame else None
         self.reward_head = ScalarHead(cfg.feat_dim, cfg.hidden, cfg.reward_bins, cfg.reward_limit)
@@ -65,6 +65,8 @@ class WorldModel(nn.Module):
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         self.register_buffer("goal_mean", torch.zeros(cfg.goal_dim))
         self.register_buffer("goal_std", torch.ones(cfg.goal_dim))
+        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
 
     @property
     def device(self) -> torch.device:
@@ -89,9 +91,16 @@ class WorldModel(nn.Module):
         if cfg.state_dim:
             self.state_mean.copy_(mean)
             self.state_std.copy_(std)
+        if n < cfg.proprio_start + cfg.proprio_dim:
+            raise ValueError(
+                f"state stats of size {n} hold no proprioception at [{cfg.proprio_start}:+{cfg.proprio_dim}]"
+            )
         goal = slice(cfg.goal_start, cfg.goal_start + cfg.goal_dim)
         self.goal_mean.copy_(mean[goal])
         self.goal_std.copy_(std[goal])
+        proprio = slice(cfg.proprio_start, cfg.proprio_start + cfg.proprio_dim)
+        self.proprio_mean.copy_(mean[proprio])
+        self.proprio_std.copy_(std[proprio])
 
     def goal(self, env_state: torch.Tensor | None) -> torch.Tensor | None:
         """The standardised goal [..., G] from env state vectors [..., n] (``obs["state"]``); None
@@ -112,6 +121,29 @@ class WorldModel(nn.Module):
         g = env_state[..., cfg.goal_start : cfg.goal_start + cfg.goal_dim].float()
         return (g - self.goal_mean) / self.goal_std
 
+    def proprio(self, env_state: torch.Tensor | None) -> torch.Tensor | None:
+        """The standardised proprioceptive input [..., P] from env state vectors [..., n]
+        (``obs["state"]``); None for a pixels-only model."""
+        cfg = self.cfg
+        if not cfg.proprio_dim:
+            return None
+        end = cfg.proprio_start + cfg.proprio_dim
+        if env_state is None or env_state.shape[-1] < end:
+            got = "none" if env_state is None else f"size {env_state.shape[-1]}"
+            raise ValueError(
+                f"this world model reads proprioception at state[{cfg.proprio_start}:{end}] of the env "
+                f"state vectors (obs['state']); got {got}"
+            )
+        return (env_state[..., cfg.proprio_start : end].float() - self.proprio_mean) / self.proprio_std
+
+    def embed(self, pixels: torch.Tensor, env_state: torch.Tensor | None = None) -> torch.Tensor:
+        """Observation embedding [..., E] of frames uint8[..., S, S, 3]: the conv encoder's, followed
+        by the standardised proprioception of ``env_state`` [..., n] for a model with ``proprio_dim``."""
+        x = pixels_to_float(pixels)
+        out = self.encoder(x.reshape(-1, *x.shape[-3:])).reshape(*pixels.shape[:-3], -1)
+        proprio = self.proprio(env_state)
+        return out if proprio is None else torch.cat([out, proprio], -1)
+
     def decode_state(self, feat: torch.Tensor) -> torch.Tensor:
         """Latent features [..., F] -> predicted env state [..., state_dim] (needs ``state_dim``)."""
         if self.state_head is None:
@@ -131,12 +163,18 @@ class WorldModel(nn.Module):
         pixels: uint8[B, T, S, S, 3]; actions: [B, T, A] where ``actions[:, t]`` is the action taken
         *before* frame t (``actions[:, 0]`` is ignored at the start of an episode; pass zeros);
         env_state: [B, T, n] or [B, n], the env's state vectors -- read only for the goal of a
-        goal-conditioned model (``cfg.goal_dim``), never for anything else.
+        goal-conditioned model (``cfg.goal_dim``) and, [B, T, n], for the robot's own state of a model
+        with proprioception (``cfg.proprio_dim``), never for anything else.
         Returns the posterior State at frame T-1 ([B, ...]).
         """
+        proprio = None
+        if self.cfg.proprio_dim:
+            if env_state is None or env_state.ndim != 3:
+                raise ValueError("this world model reads proprioception: pass env_state [B, T, n]")
+            proprio = self.proprio(env_state)
         if env_state is not None and env_state.ndim == 3:
             env_state = env_state[:, -1]
-        posts, _, _ = self._filter(pixels, actions, sample=sample, goal=self.goal(env_state))
+        posts, _, _ = self._filter(pixels, actions, sample=sample, goal=self.goal(env_state), proprio=proprio)
         return posts.index((slice(None), -1))
 
     def imagine(
@@ -306,7 +344,8 @@ class WorldModel(nn.Module):
         prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
         # Windows never cross an episode boundary, so the first frame's goal is the window's goal.
         goal = self.goal(batch["state"][:, 0]) if self.cfg.goal_dim else None
-        return self._filter(pixels, prev_action, sample=sample, goal=goal)
+        proprio = self.proprio(batch["state"]) if self.cfg.proprio_dim else None
+        return self._filter(pixels, prev_action, sample=sample, goal=goal, proprio=proprio)
 
     def _open_loop_loss(
         self, posts: State, post_lp: torch.Tensor, batch: dict[str, torch.Tensor], action: torch.Tensor
@@ -361,10 +400,16 @@ class WorldModel(nn.Module):
         return total, metrics
 
     def _filter(
-        self, pixels: torch.Tensor, prev_actions: torch.Tensor, sample: bool, goal: torch.Tensor | None = None
+        self,
+        pixels: torch.Tensor,
+        prev_actions: torch.Tensor,
+        sample: bool,
+        goal: torch.Tensor | None = None,
+        proprio: torch.Tensor | None = None,
     ) -> tuple[State, torch.Tensor, torch.Tensor]:
         """Posterior states [B, T, ...] and post / prior log-probs [B, T, S, C]; ``goal``:
-        standardised [B, G] (see :meth:`goal`) for a goal-conditioned model."""
+        standardised [B, G] (see :meth:`goal`) for a goal-conditioned model; ``proprio``: standardised
+        [B, T, P] (see :meth:`proprio`) for a model with proprioception."""
         cfg = self.cfg
         if (
             pixels.dtype != torch.uint8
@@ -379,6 +424,15 @@ class WorldModel(nn.Module):
         self._check_actions(prev_actions, b, t)
         self._check_goal(goal, b)
         embed = self.encoder(pixels_to_float(pixels).flatten(0, 1)).unflatten(0, (b, t))
+        if (proprio is None) != (not self.cfg.proprio_dim) or (
+            proprio is not None and proprio.shape != (b, t, self.cfg.proprio_dim)
+        ):
+            got = None if proprio is None else list(proprio.shape)
+            raise ValueError(
+                f"proprio must be [B, T, P] = {[b, t, self.cfg.proprio_dim]} for this model, got {got}"
+            )
+        if proprio is not None:
+            embed = torch.cat([embed, proprio], -1)
         state = self.rssm.initial(b, pixels.device, goal)
         states, posts, priors = [], [], []
         prev_actions = prev_actions.float()
