@@ -695,3 +695,13 @@ def test_sized_config_finds_the_proprioception_of_the_data_env():
         assert sized_config(dataclasses.replace(DEBUG.world_model, use_proprio=True), ep).proprio_dim == 0
     with pytest.raises(ValueError, match="not contiguous"):
         proprio_slice({"gripper_pos": slice(0, 3), "finger": slice(6, 7)})
+
+
+def test_checkpoint_from_before_proprioception_loads(tmp_path):
+    model = WorldModel(DEBUG.world_model).eval()
+    assert not any("proprio" in k for k in model.state_dict())  # no new tensors for pixel-only models
+    saved = to_dict(model.cfg)
+    for key in ("use_proprio", "proprio_start", "proprio_dim"):
+        del saved[key]  # config.json as written before the fields existed
+    save_checkpoint(tmp_path, 1, model, {"world_model": saved})
+    assert load_world_model(tmp_path).cfg.proprio_dim == 0

@@ -22,7 +22,7 @@ from robobrain.world_model import State
 
 
 class _Entry(NamedTuple):
-    graph: torch.cuda.CUDAGraph | None
+    graph: torch.cuda.CUDAGraph
     state: State
     mean: torch.Tensor
     noise: torch.Tensor
@@ -102,7 +102,6 @@ class GraphedPlan:
             entry.state.goal.copy_(state.goal)
         entry.mean.copy_(init_mean)
         torch.randn(entry.noise.shape, generator=gen, device=entry.noise.device, out=entry.noise)
-        assert entry.graph is not None
         entry.graph.replay()
         return entry.out
 

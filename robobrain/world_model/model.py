@@ -65,8 +65,9 @@ class WorldModel(nn.Module):
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         self.register_buffer("goal_mean", torch.zeros(cfg.goal_dim))
         self.register_buffer("goal_std", torch.ones(cfg.goal_dim))
-        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
+        if cfg.proprio_dim:  # (only then: pixel-only checkpoints written before it still load)
+            self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
+            self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
 
     @property
     def device(self) -> torch.device:
@@ -98,9 +99,10 @@ class WorldModel(nn.Module):
         goal = slice(cfg.goal_start, cfg.goal_start + cfg.goal_dim)
         self.goal_mean.copy_(mean[goal])
         self.goal_std.copy_(std[goal])
-        proprio = slice(cfg.proprio_start, cfg.proprio_start + cfg.proprio_dim)
-        self.proprio_mean.copy_(mean[proprio])
-        self.proprio_std.copy_(std[proprio])
+        if cfg.proprio_dim:
+            proprio = slice(cfg.proprio_start, cfg.proprio_start + cfg.proprio_dim)
+            self.proprio_mean.copy_(mean[proprio])
+            self.proprio_std.copy_(std[proprio])
 
     def goal(self, env_state: torch.Tensor | None) -> torch.Tensor | None:
         """The standardised goal [..., G] from env state vectors [..., n] (``obs["state"]``); None
