@@ -222,3 +222,23 @@ def test_bf16_twin_follows_the_float32_model_and_syncs_its_weights():
 def test_repeat_interleave_of_a_state():
     s = WorldModel(get_preset("debug").world_model).rssm.initial(3, "cpu")._replace(deter=torch.randn(3, 32))
     torch.testing.assert_close(s.repeat_interleave(4).deter, s.deter.repeat_interleave(4, 0), rtol=0, atol=0)
+
+
+def test_graph_cache_keeps_the_most_recently_used_entries():
+    from robobrain.world_model.graphs import GraphCache
+
+    cache: GraphCache[str] = GraphCache(max_graphs=2)
+    made = []
+
+    def make(key):
+        made.append(key)
+        return f"entry {key}"
+
+    assert cache.get("a", lambda: make("a")) == "entry a"
+    cache.get("b", lambda: make("b"))
+    assert cache.get("a", lambda: make("a")) == "entry a"  # kept: not made again
+    cache.get("c", lambda: make("c"))  # drops b, the least recently used
+    cache.get("b", lambda: make("b"))
+    assert made == ["a", "b", "c", "b"] and len(cache) == 2
+    with pytest.raises(ValueError, match="max_graphs"):
+        GraphCache(0)

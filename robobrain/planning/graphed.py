@@ -11,7 +11,6 @@ generator, into a buffer the graph reads), so the seeded stream stays the optimi
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -19,6 +18,7 @@ import torch
 
 from robobrain.planning.optimizers import CEM, MPPI, PlanResult, ScoreFn
 from robobrain.world_model import State
+from robobrain.world_model.graphs import GraphCache, clone_state, copy_state_
 
 
 class _Entry(NamedTuple):
@@ -52,14 +52,10 @@ class GraphedPlan:
     ) -> None:
         if optimizer.cfg.time_budget is not None:
             raise ValueError("a recorded plan runs a fixed number of iterations; time_budget must be None")
-        if max_graphs < 1:
-            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.optimizer = optimizer
         self.make_score_fn = make_score_fn
         self.before = before
-        self.max_graphs = max_graphs
-        self._cache: OrderedDict[tuple, _Entry] = OrderedDict()
-        self._pool: tuple[int, int] | None = None
+        self._cache: GraphCache[_Entry] = GraphCache(max_graphs)
 
     def _run(self, state: State, mean: torch.Tensor, noise: torch.Tensor) -> PlanResult:
         if self.before is not None:
@@ -88,39 +84,15 @@ class GraphedPlan:
             tuple(state.stoch.shape),
             None if state.goal is None else tuple(state.goal.shape),
         )
-        entry = self._cache.get(key)
-        if entry is None:
-            entry = self._capture(state, init_mean)
-            self._cache[key] = entry
-            while len(self._cache) > self.max_graphs:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        entry.state.deter.copy_(state.deter)
-        entry.state.stoch.copy_(state.stoch)
-        if state.goal is not None:
-            assert entry.state.goal is not None
-            entry.state.goal.copy_(state.goal)
+        entry = self._cache.get(key, lambda: self._capture(state, init_mean))
+        copy_state_(entry.state, state)
         entry.mean.copy_(init_mean)
         torch.randn(entry.noise.shape, generator=gen, device=entry.noise.device, out=entry.noise)
         entry.graph.replay()
         return entry.out
 
     def _capture(self, state: State, init_mean: torch.Tensor) -> _Entry:
-        device = init_mean.device
-        static = State(
-            state.deter.clone(), state.stoch.clone(), None if state.goal is None else state.goal.clone()
-        )
-        mean = init_mean.float().clone()
-        noise = torch.zeros(self._noise_shape(init_mean), device=device)
-        # Warm up on a side stream (cuBLAS handles, autotuning, torch.compile) before recording.
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._run(static, mean, noise)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self._run(static, mean, noise)
-        self._pool = graph.pool()
+        static, mean = clone_state(state), init_mean.float().clone()
+        noise = torch.zeros(self._noise_shape(init_mean), device=init_mean.device)
+        graph, out = self._cache.record(lambda: self._run(static, mean, noise), init_mean.device)
         return _Entry(graph, static, mean, noise, out)

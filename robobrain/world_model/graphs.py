@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import NamedTuple
+from collections.abc import Callable, Hashable
+from contextlib import nullcontext
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,66 @@ from torch import nn
 
 from robobrain.world_model.model import Rollout, WorldModel
 from robobrain.world_model.rssm import State
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GraphCache(Generic[T]):
+    """Recorded CUDA graphs (with their static buffers) by input shape: at most ``max_graphs`` kept,
+    the least recently used dropped, all sharing one memory pool. Used by :class:`GraphedImagine` and
+    :class:`robobrain.planning.GraphedPlan`."""
+
+    def __init__(self, max_graphs: int) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.max_graphs = max_graphs
+        self._entries: OrderedDict[Hashable, T] = OrderedDict()
+        self._pool: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The entry for ``key``, made with ``make()`` (which records) on its first use."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = make()
+            while len(self._entries) > self.max_graphs:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        return entry
+
+    def record(
+        self, fn: Callable[[], R], device: torch.device, context: Callable[[], Any] = nullcontext
+    ) -> tuple[torch.cuda.CUDAGraph, R]:
+        """Record ``fn()`` (under ``context()``) as a CUDA graph, after two warm-up calls on a side
+        stream (cuBLAS handles, autotuning, torch.compile), as PyTorch's CUDA-graph notes do. Returns
+        the graph and ``fn``'s outputs, which are the graph's static outputs."""
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), context():
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool), context():
+            out = fn()
+        self._pool = graph.pool()
+        return graph, out
+
+
+def copy_state_(dst: State, src: State) -> None:
+    """Copy ``src`` into the (static) buffers of ``dst`` in place."""
+    dst.deter.copy_(src.deter)
+    dst.stoch.copy_(src.stoch)
+    if src.goal is not None:
+        assert dst.goal is not None
+        dst.goal.copy_(src.goal)
+
+
+def clone_state(state: State) -> State:
+    return State(state.deter.clone(), state.stoch.clone(), None if state.goal is None else state.goal.clone())
 
 
 class _Graph(NamedTuple):
@@ -45,14 +107,10 @@ class GraphedImagine:
     """
 
     def __init__(self, model: WorldModel, amp: bool = True, graphs: bool = True, max_graphs: int = 8) -> None:
-        if max_graphs < 1:
-            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.model = model
         self.amp = amp
         self.graphs = graphs
-        self.max_graphs = max_graphs
-        self._cache: OrderedDict[tuple, _Graph] = OrderedDict()
-        self._pool: tuple[int, int] | None = None
+        self._cache: GraphCache[_Graph] = GraphCache(max_graphs)
 
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
         self.model.check_imagine_inputs(state, actions)
@@ -69,18 +127,8 @@ class GraphedImagine:
             state.deter.dtype,
             None if state.goal is None else (tuple(state.goal.shape), state.goal.dtype),
         )
-        entry = self._cache.get(key)
-        if entry is None:
-            entry = self._capture(state, actions)
-            self._cache[key] = entry
-            while len(self._cache) > self.max_graphs:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        entry.state.deter.copy_(state.deter)
-        entry.state.stoch.copy_(state.stoch)
-        if state.goal is not None:
-            assert entry.state.goal is not None
-            entry.state.goal.copy_(state.goal)
+        entry = self._cache.get(key, lambda: self._capture(state, actions))
+        copy_state_(entry.state, state)
         entry.actions.copy_(actions)
         entry.graph.replay()
         return entry.out
@@ -91,21 +139,10 @@ class GraphedImagine:
 
     @torch.no_grad()
     def _capture(self, state: State, actions: torch.Tensor) -> _Graph:
-        static_state = State(
-            state.deter.clone(), state.stoch.clone(), None if state.goal is None else state.goal.clone()
+        static_state, static_actions = clone_state(state), actions.clone()
+        graph, out = self._cache.record(
+            lambda: self.model.imagine_unchecked(static_state, static_actions), actions.device, self._autocast
         )
-        static_actions = actions.clone()
-        # Warm up on a side stream (cuBLAS handles, autotuning) before recording, as the docs do.
-        side = torch.cuda.Stream(actions.device)
-        side.wait_stream(torch.cuda.current_stream(actions.device))
-        with torch.cuda.stream(side), self._autocast():
-            for _ in range(2):
-                self.model.imagine_unchecked(static_state, static_actions)
-        torch.cuda.current_stream(actions.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool), self._autocast():
-            out = self.model.imagine_unchecked(static_state, static_actions)
-        self._pool = graph.pool()
         return _Graph(graph, static_state, static_actions, out)
 
 
