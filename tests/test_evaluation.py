@@ -126,6 +126,24 @@ def test_sb3_policy_round_trip(tmp_path):
     np.testing.assert_allclose(actions, expected, atol=1e-6)
 
 
+def test_sb3_pixel_policy_takes_channel_last_frames(tmp_path):
+    """SB3 trains CnnPolicy channel-first (VecTransposeImage); the env gives [N, H, W, 3] frames."""
+    from stable_baselines3 import SAC
+
+    env = gym.make("robobrain/Reach-v0", image_size=36)  # NatureCNN needs >= 36 px
+    pixel_env = gym.wrappers.TransformObservation(env, lambda o: o["pixels"], env.observation_space["pixels"])
+    model = SAC("CnnPolicy", pixel_env, buffer_size=10, seed=0, device="cpu")
+    assert model.observation_space.shape == (3, 36, 36)
+    model.save(tmp_path / "sac.zip")
+    policy = load_policy(f"sb3:{tmp_path / 'sac.zip'}", "robobrain/Reach-v0", env.action_space)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 36, 36, 3), dtype=np.uint8)
+    actions = policy.act({"pixels": frames, "state": np.zeros((2, 10), np.float32)})
+    expected, _ = model.predict(frames.transpose(0, 3, 1, 2), deterministic=True)
+    np.testing.assert_allclose(actions, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="observes"):
+        policy.act({"pixels": frames[:, :32, :32], "state": np.zeros((2, 10), np.float32)})
+
+
 def test_eval_planner_defaults_fill_only_the_unset_flags():
     from robobrain.cli import Eval, planner_settings
 
