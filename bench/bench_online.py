@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -41,21 +43,72 @@ class SelectKey(gym.ObservationWrapper):
         return observation[self.key]
 
 
-def train_sac(env_id: str, key: str, steps: int, image_size: int, seed: int, out: Path) -> tuple[Path, float]:
+def train_sac(
+    env_id: str,
+    key: str,
+    steps: int,
+    image_size: int,
+    seed: int,
+    out: Path,
+    device: str = "auto",
+    checkpoint_every: int = 5000,
+) -> tuple[Path, float]:
+    """Trains (or finishes) one SAC peer; returns its zip and training wall clock (NaN if it was done).
+
+    Every ``checkpoint_every`` steps the model, its replay buffer and the wall clock so far go to
+    ``out/sac_KEY.ckpt/`` (written beside it, then renamed), so a killed run re-started with the same
+    command goes on from there. The episode in flight at the kill is cut short (its stored transitions
+    keep their true next observations); the RNG streams are not restored.
+    """
     from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
 
     path = out / f"sac_{key}.zip"
     if path.exists():
         return path, float("nan")
+    ckpt, tmp, old = (out / f"sac_{key}.{s}" for s in ("ckpt", "ckpt.tmp", "ckpt.old"))
+    if not ckpt.exists() and old.exists():  # killed between the two renames below
+        old.rename(ckpt)
     env = SelectKey(envs.make_env(env_id, image_size=image_size), key)
     policy = "CnnPolicy" if key == "pixels" else "MlpPolicy"
-    extra = {"optimize_memory_usage": True, "replay_buffer_kwargs": {"handle_timeout_termination": False}}
-    model = SAC(policy, env, buffer_size=steps, seed=seed, verbose=0, **(extra if key == "pixels" else {}))
+    if ckpt.exists():
+        model = SAC.load(ckpt / "model.zip", env=env, device=device)
+        model.load_replay_buffer(ckpt / "replay_buffer.pkl")
+        done_wall = float((ckpt / "wall_s").read_text())
+        print(f"sac_{key}: resuming at {model.num_timesteps} steps", flush=True)
+    else:
+        # Pixels: 2 x 12 KB per stored 64 px transition, 0.5 GB at 20k steps, so SB3's
+        # optimize_memory_usage (which bootstraps time-limit ends from the next episode's first frame)
+        # is not needed.
+        model = SAC(policy, env, buffer_size=steps, seed=seed, device=device, verbose=0)
+        done_wall = 0.0
     t = time.perf_counter()
-    model.learn(steps)
-    wall = time.perf_counter() - t
-    model.save(path)
+
+    class Progress(BaseCallback):
+        """Prints env steps and wall clock every 1,000 steps; checkpoints every ``checkpoint_every``."""
+
+        def _on_step(self) -> bool:
+            n = self.num_timesteps
+            if n % 1000 == 0:
+                print(f"sac_{key}: {n} steps, {done_wall + time.perf_counter() - t:.0f} s", flush=True)
+            if n % checkpoint_every == 0 and n < steps:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                model.save(tmp / "model.zip")
+                model.save_replay_buffer(tmp / "replay_buffer.pkl")
+                (tmp / "wall_s").write_text(str(done_wall + time.perf_counter() - t))
+                if ckpt.exists():
+                    ckpt.rename(old)
+                tmp.rename(ckpt)
+                shutil.rmtree(old, ignore_errors=True)
+            return True
+
+    model.learn(steps - model.num_timesteps, callback=Progress(), reset_num_timesteps=False)
+    wall = done_wall + time.perf_counter() - t
+    model.save(out / f"sac_{key}.tmp.zip")
+    os.replace(out / f"sac_{key}.tmp.zip", path)
     (out / f"sac_{key}.wall_s").write_text(str(wall))
+    shutil.rmtree(ckpt, ignore_errors=True)
     env.close()
     return path, wall
 
@@ -87,6 +140,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1_000_000, help="first evaluation episode seed")
     parser.add_argument("--out", type=Path, default=Path("runs/baselines"))
+    parser.add_argument("--sac-seed", type=int, default=0, help="seed of the SAC peers' training")
+    parser.add_argument("--device", default="auto", help="SAC peers' torch device ('auto': cuda if any)")
+    parser.add_argument("--checkpoint-every", type=int, default=5000, help="SAC: steps per checkpoint")
     parser.add_argument("--skip", nargs="*", default=[], choices=["state", "pixels", "ablation"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +168,9 @@ def main() -> None:
     for key in ("state", "pixels"):
         if key in args.skip:
             continue
-        path, wall = train_sac(args.env, key, args.env_steps, 64, 0, args.out)
+        path, wall = train_sac(
+            args.env, key, args.env_steps, 64, args.sac_seed, args.out, args.device, args.checkpoint_every
+        )
         if np.isnan(wall) and (args.out / f"sac_{key}.wall_s").exists():
             wall = float((args.out / f"sac_{key}.wall_s").read_text())
         policy = SB3Policy.load(str(path))
