@@ -24,6 +24,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import robobrain.envs as envs
 from robobrain.evaluation import evaluate_policy
@@ -154,10 +155,12 @@ def main() -> None:
         size = cfg["world_model"]["image_size"]
         mpc_cfg = cfg["online"]["mpc"]
         optim = OptimizerConfig(**mpc_cfg["optim"])
-        mpc = MPCConfig(**{**mpc_cfg, "optim": optim, "exploration_std": 0.0})
+        # The planner and the guide seeded as `robobrain eval --seed S` seeds them.
+        mpc = MPCConfig(**{**mpc_cfg, "optim": optim, "exploration_std": 0.0, "seed": args.seed})
         guides = ["both"] if "ablation" in args.skip else ["none", "prior", "value", "both"]
         space = envs.make_env(args.env, image_size=size).action_space
         for guide in guides:
+            torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator
             policy = load_policy(f"mpc:{args.run}", args.env, space, mpc=mpc, guide=guide)
             t = time.perf_counter()
             summary = evaluate(policy, args.env, args.episodes, size, 2, args.seed)

@@ -4,14 +4,18 @@
 #   bash bench/gpu_check.sh [OUT_DIR [STEP...]]   # from the repository root, on a machine with a CUDA GPU
 #
 # With STEP names (tests, wm_cpu_1024, wm_cpu_16384, wm_gpu_1024, planner_cpu, planner_gpu,
-# planner_cpu_bc, profile_imagine) only those run, in the order given below.
+# planner_cpu_bc, profile_imagine, sac_pixels) only those run, in the order given below.
 #
 # 1. tests/test_cuda.py (graph replay == eager imagination, bf16 training learns, checkpoints move
 #    between devices, train-wm / eval / the online loop on CUDA);
 # 2. bench_world_model.py on cuda: `cpu` preset at B=1024 and B=16384, `gpu` preset at B=1024;
 # 3. bench_planner.py on cuda at the GPU budget (1 and 16 envs, 1024 samples, H=12,
 #    6 iterations), `cpu` and `gpu` presets, and MPPI + a behaviour prior;
-# 4. profile_imagine.py: where a [16384, 12] rollout spends its time, and cheaper precisions.
+# 4. profile_imagine.py: where a [16384, 12] rollout spends its time, and cheaper precisions;
+# 5. (only when named) the SB3 SAC-from-pixels peer of the online bar on Push, 20k steps on cuda
+#    (bench_online.py; ~9.5 min with two other seeds beside it on an H200). It checkpoints every
+#    5,000 steps in /tmp/sac_pixels (the replay buffer is ~0.5 GB), so the same command resumes it
+#    on a machine that is still warm; its log holds the table.
 # Logs go to OUT_DIR (default $OUT, else /tmp/gpu_check). Offline machines: wheels of the project's
 # packages in ./.whl and the GL loader .debs in ./.gl (see bench/RESULTS.md, "GPU") are installed
 # first when present; elsewhere install the project as usual (`make setup`) and run this.
@@ -60,3 +64,7 @@ step planner_cpu 240 $py $bp --preset cpu
 step planner_gpu 180 $py $bp --preset gpu
 step planner_cpu_bc 90 $py $bp --preset cpu --optimizer mppi --guide bc
 step profile_imagine 150 $py bench/profile_imagine.py --preset cpu --batch 16384
+if [[ "$only" == *" sac_pixels "* ]]; then
+    step sac_pixels 560 $py bench/bench_online.py --env robobrain/Push-v0 --env-steps 20000 --episodes 20 \
+        --skip state ablation --device cuda --out /tmp/sac_pixels
+fi
