@@ -13,7 +13,8 @@
 #    6 iterations), `cpu` and `gpu` presets, and MPPI + a behaviour prior;
 # 4. profile_imagine.py: where a [16384, 12] rollout spends its time, and cheaper precisions;
 # 5. (only when named) the SB3 SAC-from-pixels peer of the online bar on Push, 20k steps on cuda
-#    (bench_online.py; ~9.5 min with two other seeds beside it on an H200). It checkpoints every
+#    (bench_online.py; ~9.5 min on an H200 with two other seeds beside it, extrapolated from 19,000
+#    steps in 535 s; alone not timed). It checkpoints every
 #    5,000 steps in /tmp/sac_pixels (the replay buffer is ~0.5 GB), so the same command resumes it
 #    on a machine that is still warm; its log holds the table.
 # Logs go to OUT_DIR (default $OUT, else /tmp/gpu_check). Offline machines: wheels of the project's

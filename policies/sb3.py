@@ -39,8 +39,16 @@ class SB3Policy:
     observation dict, on ``obs["state"]`` or on ``obs["pixels"]``: the matching part is passed."""
 
     def __init__(self, model: Any) -> None:
+        from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+
         self.model = model
         self.space = model.observation_space
+        # SB3 trains image models channel-first (VecTransposeImage) and its predict transposes
+        # channel-last frames back, so an env's [N, H, W, C] pixels are accepted as they are.
+        shape = tuple(self.space.shape or ())
+        self._shapes: tuple[tuple[int, ...], ...] = (shape,)
+        if is_image_space(self.space, check_channels=False) and is_image_space_channels_first(self.space):
+            self._shapes = (shape, (*shape[1:], shape[0]))
 
     @classmethod
     def load(cls, spec: str, device: str = "cpu") -> SB3Policy:
@@ -57,14 +65,6 @@ class SB3Policy:
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass
 
-    def _accepted_shapes(self) -> tuple[tuple[int, ...], ...]:
-        """The model's observation shape, and for an image model trained channel-first (SB3 wraps
-        image envs in ``VecTransposeImage``) the channel-last shape that ``predict`` transposes."""
-        shape = tuple(self.space.shape)
-        if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
-            return shape, (*shape[1:], shape[0])
-        return (shape,)
-
     def _select(self, obs: Observation) -> Any:
         if isinstance(self.space, gym.spaces.Dict):
             missing = set(self.space.spaces) - set(obs)
@@ -72,7 +72,7 @@ class SB3Policy:
                 raise ValueError(f"the SB3 model needs observation keys {sorted(missing)}")
             return {key: obs[key] for key in self.space.spaces}
         for key in ("state", "pixels"):
-            if key in obs and np.asarray(obs[key]).shape[1:] in self._accepted_shapes():
+            if key in obs and np.asarray(obs[key]).shape[1:] in self._shapes:
                 return np.asarray(obs[key])
         shapes = {key: np.asarray(v).shape[1:] for key, v in obs.items()}
         raise ValueError(f"the SB3 model observes {self.space.shape}; the env gives {shapes}")
