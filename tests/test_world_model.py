@@ -705,3 +705,27 @@ def test_checkpoint_from_before_proprioception_loads(tmp_path):
         del saved[key]  # config.json as written before the fields existed
     save_checkpoint(tmp_path, 1, model, {"world_model": saved})
     assert load_world_model(tmp_path).cfg.proprio_dim == 0
+
+
+def test_eval_wm_reads_proprioception_from_the_context_states():
+    """eval-wm on a model with proprioception: observe gets the states of every context frame."""
+    from robobrain.data import Episode
+    from robobrain.training.wm_eval import evaluate_world_model
+
+    model = proprio_model()
+    rng = np.random.default_rng(0)
+    size = model.cfg.image_size
+    episodes = [
+        Episode(
+            pixels=rng.integers(0, 256, (13, size, size, 3), dtype=np.uint8),
+            state=rng.uniform(-0.2, 0.2, (13, 10)).astype(np.float32),
+            action=rng.uniform(-1, 1, (12, 3)).astype(np.float32),
+            reward=rng.normal(size=12).astype(np.float32),
+            success=np.zeros(12, bool),
+            terminated=False,
+        )
+        for _ in range(2)
+    ]
+    report = evaluate_world_model(model, episodes, context=3, horizon=4, max_windows=8)
+    assert len(report["model"]["psnr"]) == 4
+    assert np.isfinite(report["model"]["psnr"]).all()

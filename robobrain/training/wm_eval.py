@@ -60,8 +60,8 @@ def make_windows(
 
     Returns ctx_pixels [N, C, S, S, 3], ctx_actions [N, C, A] (action *before* each context frame,
     zeros at an episode start), actions [N, K, A] (taken from the last context frame on),
-    future [N, K, S, S, 3], reward [N, K], success [N, K], ctx_state [N, n] (env state at the last
-    context frame), future_state [N, K, n].
+    future [N, K, S, S, 3], reward [N, K], success [N, K], ctx_states [N, C, n] (env state at each
+    context frame), ctx_state [N, n] (the last of them), future_state [N, K, n].
     """
     picks = []
     for e, ep in enumerate(episodes):
@@ -73,7 +73,7 @@ def make_windows(
     if len(picks) > max_windows:
         picks = [picks[i] for i in sorted(rng.choice(len(picks), max_windows, replace=False))]
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("ctx_pixels", "ctx_actions", "actions", "future")}
-    out |= {"reward": [], "success": [], "ctx_state": [], "future_state": []}
+    out |= {"reward": [], "success": [], "ctx_states": [], "ctx_state": [], "future_state": []}
     for e, t0 in picks:
         ep = episodes[e]
         last = t0 + context - 1
@@ -85,6 +85,7 @@ def make_windows(
         out["future"].append(ep.pixels[last + 1 : last + 1 + horizon])
         out["reward"].append(ep.reward[last : last + horizon])
         out["success"].append(ep.success[last : last + horizon])
+        out["ctx_states"].append(ep.state[t0 : last + 1])
         out["ctx_state"].append(ep.state[last])
         out["future_state"].append(ep.state[last + 1 : last + 1 + horizon])
     return {k: np.stack(v) for k, v in out.items()}
@@ -102,7 +103,8 @@ def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarr
         state = model.observe(
             torch.from_numpy(windows["ctx_pixels"][sl]).to(dev),
             torch.from_numpy(windows["ctx_actions"][sl]).to(dev),
-            env_state=torch.from_numpy(windows["ctx_state"][sl]).to(dev),  # the goal, when conditioned
+            # read for the goal (goal-conditioned) and the robot's own state (proprioception) only
+            env_state=torch.from_numpy(windows["ctx_states"][sl]).to(dev),
         )
         last_frame = torch.from_numpy(windows["ctx_pixels"][sl, -1]).to(dev)
         out = model.imagine(
