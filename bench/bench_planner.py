@@ -57,6 +57,10 @@ def main() -> None:
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 16], help="env counts to plan for")
     parser.add_argument("--stoch", type=int, default=None, help="override the preset's latent variables")
     parser.add_argument("--classes", type=int, default=None, help="override the preset's classes")
+    parser.add_argument(
+        "--compile-modes", nargs="+", default=["default"],
+        help="torch.compile modes of the compiled whole-plan rows (CUDA), e.g. max-autotune-no-cudagraphs",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     sizes = {k: v for k, v in (("stoch", args.stoch), ("classes", args.classes)) if v is not None}
@@ -74,7 +78,9 @@ def main() -> None:
         variants.append(("bf16 autocast, a graph per rollout", {"whole_plan": False}))
         if prior is None:
             variants.append(("whole-plan graph, bf16 twin", {"whole_plan": True}))
-            variants.append(("whole-plan graph, compiled bf16 twin", {"whole_plan": True, "compile": True}))
+            for mode in args.compile_modes:
+                name = "whole-plan graph, compiled bf16 twin" + ("" if mode == "default" else f" ({mode})")
+                variants.append((name, {"whole_plan": True, "compile": True if mode == "default" else mode}))
     rows = []
     for n_envs in args.envs:
         rng = np.random.default_rng(0)

@@ -78,7 +78,7 @@ class WorldModelMPCPolicy:
         guide: PlannerGuide | None = None,
         fast: bool = True,
         whole_plan: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         """``guide``: proposes prior samples and may value the end of each imagined plan -- an SB3
         actor-critic (:class:`robobrain.rl.ActorCriticGuide`) or a behaviour-cloned prior
@@ -86,7 +86,8 @@ class WorldModelMPCPolicy:
         bf16 autocast, replayed from CUDA graphs (:class:`GraphedImagine`); no effect on the CPU.
         ``whole_plan`` (with ``fast``, on CUDA, unguided plans without a time budget): record each
         whole planning call -- all iterations -- as one CUDA graph (:class:`GraphedPlan`) over a bf16
-        twin of the model (:class:`Bf16Imagine`), ``torch.compile``-d when ``compile``."""
+        twin of the model (:class:`Bf16Imagine`), ``torch.compile``-d when ``compile`` (a string:
+        ``torch.compile``'s mode)."""
         self.cfg = cfg or MPCConfig()
         if self.cfg.disagreement_penalty and not model.cfg.ensemble:
             raise ValueError(

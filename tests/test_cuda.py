@@ -67,7 +67,7 @@ def test_bf16_graphs_follow_the_float32_model():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("compile", [False, True, "max-autotune-no-cudagraphs"])
 def test_bf16_twin_follows_the_float32_model_on_cuda(compile):
     torch.manual_seed(0)
     model = WorldModel(GOAL_CFG).to(CUDA).eval()

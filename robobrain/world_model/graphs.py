@@ -155,11 +155,13 @@ class Bf16Imagine:
     (call it after the model's weights changed; :class:`robobrain.planning.GraphedPlan` records it at
     the start of every planning call). ``compile``: run the rollout through ``torch.compile``, which
     fuses the LayerNorms, activations and the mode's max/one-hot into few kernels (one compilation
-    per input shape, at the first call with it). Outputs are bf16 (``feat``, ``reward``,
+    per input shape, at the first call with it); a string is ``torch.compile``'s ``mode`` (e.g.
+    ``"max-autotune-no-cudagraphs"``: inductor benchmarks GEMM kernels for these shapes, slower to
+    compile). Outputs are bf16 (``feat``, ``reward``,
     ``success_logit``); callers cast what they sum. Works on any device; meant for CUDA.
     """
 
-    def __init__(self, model: WorldModel, compile: bool = False) -> None:
+    def __init__(self, model: WorldModel, compile: bool | str = False) -> None:
         self.model = model
         cfg = model.cfg
         self.twin = copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
@@ -181,7 +183,10 @@ class Bf16Imagine:
                 getattr(self.twin, name).parameters(), getattr(model, name).parameters(), strict=True
             )
         ]
-        self._rollout = torch.compile(self._run, fullgraph=True, dynamic=False) if compile else self._run
+        self._rollout = self._run
+        if compile:
+            mode = compile if isinstance(compile, str) else None
+            self._rollout = torch.compile(self._run, fullgraph=True, dynamic=False, mode=mode)
 
     @torch.no_grad()
     def sync(self) -> None:
