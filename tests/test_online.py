@@ -240,3 +240,35 @@ def test_every_preset_trains_on_the_tasks_episodes():
 
     for name, preset in PRESETS.items():  # windows of seq_len observations; episodes have steps + 1
         assert preset.train.seq_len <= EPISODE_STEPS + 1, name
+
+
+def test_exploration_bonus_plans_for_disagreement_while_collecting_only(tmp_path):
+    """--explore-bonus: the collecting planner adds the ensemble's disagreement to its score, the
+    evaluating one does not; with neither an SB3 prior nor its value the loop trains no SB3 model."""
+    from robobrain.planning import MPCConfig, OptimizerConfig
+    from robobrain.policies.online import online_factories
+    from robobrain.training.online import OnlineConfig, OnlineLoop
+
+    mpc = MPCConfig(
+        horizon=3, exploration_std=0.3, optim=OptimizerConfig(num_samples=8, num_elites=2, iterations=1)
+    )
+    cfg = OnlineConfig(
+        preset="debug", env_steps=20, num_envs=2, episode_steps=10, seed_episodes=2, pretrain_steps=5,
+        mpc=mpc, prior_samples=0, use_value=False, ensemble=2, explore_bonus=0.5, eval_every=1000,
+        eval_episodes=1,
+    )  # fmt: skip
+    loop = OnlineLoop(cfg, tmp_path, online_factories(cfg.env, 32, "cpu", 10), progress=False)
+    try:
+        loop.run()
+        assert loop.model is not None and loop.model.cfg.ensemble == 2
+        assert loop.planner.cfg.disagreement_penalty == -0.5 and loop.planner.cfg.exploration_std == 0.3
+        evaluating = loop._make_planner(explore=False)
+        assert evaluating.cfg.disagreement_penalty == 0.0 and evaluating.cfg.exploration_std == 0.0
+        assert loop.sb3 is None
+    finally:
+        loop.envs.close()
+    assert not (latest_checkpoint(tmp_path) / "sb3").exists()
+    with pytest.raises(ValueError, match="needs a world model with an ensemble"):
+        main([*run_args(tmp_path / "b", 20), "--explore-bonus", "0.5"])
+    with pytest.raises(ValueError, match="explore_bonus must be >= 0"):
+        OnlineConfig(explore_bonus=-1.0)

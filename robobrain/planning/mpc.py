@@ -30,7 +30,8 @@ class MPCConfig:
     success_bonus: float = 1.0
     """World-model scoring: bonus per step times the predicted success probability."""
     disagreement_penalty: float = 0.0
-    """World-model scoring: penalty times the ensemble disagreement (needs an ensemble)."""
+    """World-model scoring: penalty times the ensemble disagreement (needs an ensemble); negative,
+    a bonus for it (exploration, as ``robobrain train --explore-bonus`` uses while collecting)."""
     discount: float = 1.0
     seed: int = 0
 

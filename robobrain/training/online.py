@@ -122,7 +122,14 @@ class OnlineConfig:
     prior_samples: int = 16
     """Candidates per planning iteration proposed by the SB3 actor (0: no prior)."""
     use_value: bool = True
-    """Add the SB3 critic's value of the last imagined state to each plan's score."""
+    """Add the SB3 critic's value of the last imagined state to each plan's score. With neither a
+    prior nor the value the loop trains no SB3 model at all (nothing would use it)."""
+    ensemble: int | None = None
+    """Prior heads of the world model's ensemble (default: the preset's); ``explore_bonus`` needs some."""
+    explore_bonus: float = 0.0
+    """While collecting data only, the planner adds this times the ensemble's disagreement about each
+    imagined step to a plan's score (Plan2Explore-style optimism: seek what the model cannot predict
+    yet). Evaluation plans with the task's reward alone."""
     eval_every: int = 2000
     """Evaluate (no exploration noise) every this many env steps, and at the end."""
     eval_episodes: int = 4
@@ -137,6 +144,10 @@ class OnlineConfig:
             raise ValueError(f"seed_episodes must be > 0 without seed_data, got {self.seed_episodes}")
         if self.own_data_repeat < 1:
             raise ValueError(f"own_data_repeat must be >= 1, got {self.own_data_repeat}")
+        if self.explore_bonus < 0:
+            raise ValueError(f"explore_bonus must be >= 0, got {self.explore_bonus}")
+        if self.ensemble is not None and self.ensemble < 0:
+            raise ValueError(f"ensemble must be >= 0, got {self.ensemble}")
 
 
 class LoopState:
@@ -267,6 +278,13 @@ class OnlineLoop:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, image_size=cfg.image_size)
         if cfg.proprio:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, use_proprio=True)
+        if cfg.ensemble is not None:
+            self.wm_cfg = dataclasses.replace(self.wm_cfg, ensemble=cfg.ensemble)
+        if cfg.explore_bonus and not self.wm_cfg.ensemble and cfg.init_world_model is None:
+            raise ValueError(
+                f"explore_bonus needs a world model with an ensemble: the {cfg.preset} preset has none, "
+                "set ensemble (e.g. 4)"
+            )
         self.envs = factories.make_envs(cfg.num_envs)
         space = self.envs.single_action_space
         try:
@@ -372,8 +390,13 @@ class OnlineLoop:
             return {}
         return {f"wm_{k}": float(np.mean([m[k] for m in window])) for k in window[-1]}
 
+    def _uses_sb3(self) -> bool:
+        return self.cfg.prior_samples > 0 or self.cfg.use_value
+
     def _finetune(self) -> dict[str, float]:
         assert self.model is not None
+        if not self._uses_sb3():
+            return {}
         seed = self.cfg.seed + self.state.iteration
         env = imagination_env(self.model, self._recent_episodes(64), self.cfg.sb3, seed=seed)
         if self.sb3 is None:
@@ -383,7 +406,7 @@ class OnlineLoop:
     def _guide(self) -> ActorCriticGuide | None:
         cfg = self.cfg
         ready = self.sb3 is not None and self.sb3.num_timesteps >= cfg.sb3.learning_starts
-        if not ready or (cfg.prior_samples <= 0 and not cfg.use_value):
+        if not ready or not self._uses_sb3():
             return None
         return ActorCriticGuide(self.sb3, num_prior=cfg.prior_samples, use_value=cfg.use_value)
 
@@ -392,6 +415,9 @@ class OnlineLoop:
         mpc = self.cfg.mpc
         if not explore:
             mpc = dataclasses.replace(mpc, exploration_std=0.0, seed=mpc.seed + 1)
+        elif self.cfg.explore_bonus:
+            bonus = self.cfg.explore_bonus
+            mpc = dataclasses.replace(mpc, disagreement_penalty=mpc.disagreement_penalty - bonus)
         return self.f.make_planner(self.model, mpc, self._guide())
 
     def evaluate(self, final: bool = False) -> dict[str, Any]:
