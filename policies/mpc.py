@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,10 +100,17 @@ class WorldModelMPCPolicy:
         self.guide = guide
         self.device = self.filter.device
         self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
-        self.imagine = GraphedImagine(self.model) if fast else self.model.imagine
+        # The ensemble's disagreement costs as much as the rest of a rollout on 2 CPU cores: only
+        # when the score uses it.
+        wants = bool(self.cfg.disagreement_penalty)
+        self.imagine = (
+            GraphedImagine(self.model, disagreement=wants)
+            if fast
+            else functools.partial(self.model.imagine, disagreement=wants)
+        )
         self.graphed_plan: GraphedPlan | None = None
         if fast and whole_plan and self.device.type == "cuda" and self.cfg.optim.time_budget is None:
-            twin = Bf16Imagine(self.model, compile=compile)
+            twin = Bf16Imagine(self.model, compile=compile, disagreement=wants)
             self.graphed_plan = GraphedPlan(
                 self.mpc.optimizer,
                 lambda state: world_model_score_fn(self.model, state, self.cfg, imagine=twin),

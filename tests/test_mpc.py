@@ -106,6 +106,28 @@ def test_disagreement_penalty_needs_an_ensemble():
         world_model_score_fn(model, state, penalised)(torch.zeros(1, 2, 3, cfg.action_dim))
 
 
+def test_disagreement_is_the_ensembles_variance_and_computed_only_when_scored():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_preset("debug").world_model, ensemble=3)
+    model = WorldModel(cfg).eval()
+    state = model.rssm.initial(4, "cpu")
+    actions = torch.rand(4, 5, cfg.action_dim) * 2 - 1
+    with torch.no_grad():
+        out = model.imagine(state, actions)
+        expected = model.rssm.ensemble_log_probs(out.feat[..., : cfg.deter]).exp().var(0).sum((-2, -1))
+        torch.testing.assert_close(out.disagreement, expected, rtol=1e-5, atol=1e-7)
+        assert (out.disagreement > 0).all()
+        lean = model.imagine(state, actions, disagreement=False)
+    assert lean.disagreement is None
+    torch.testing.assert_close(lean.reward, out.reward)
+    # The policy's rollout skips it unless the score uses it (it costs as much as the rest on a CPU).
+    assert WorldModelMPCPolicy(model, SMALL).imagine(state, actions).disagreement is None
+    bonus = dataclasses.replace(SMALL, disagreement_penalty=-1.0)
+    for fast in (True, False):
+        policy = WorldModelMPCPolicy(model, bonus, fast=fast)
+        torch.testing.assert_close(policy.imagine(state, actions).disagreement, expected)
+
+
 @pytest.mark.parametrize("reference_frame", [False, True])
 def test_world_model_mpc_policy(reference_frame):
     torch.manual_seed(0)

@@ -106,8 +106,17 @@ class GraphedImagine:
     which the optimizers score -inf.
     """
 
-    def __init__(self, model: WorldModel, amp: bool = True, graphs: bool = True, max_graphs: int = 8) -> None:
+    def __init__(
+        self,
+        model: WorldModel,
+        amp: bool = True,
+        graphs: bool = True,
+        max_graphs: int = 8,
+        disagreement: bool = True,
+    ) -> None:
+        """``disagreement=False``: skip the ensemble's disagreement (see :meth:`WorldModel.imagine`)."""
         self.model = model
+        self.disagreement = disagreement
         self.amp = amp
         self.graphs = graphs
         self._cache: GraphCache[_Graph] = GraphCache(max_graphs)
@@ -115,10 +124,10 @@ class GraphedImagine:
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
         self.model.check_imagine_inputs(state, actions)
         if actions.device.type != "cuda" or not (self.amp or self.graphs):
-            return self.model.imagine_unchecked(state, actions)
+            return self.model.imagine_unchecked(state, actions, disagreement=self.disagreement)
         if not self.graphs:
             with self._autocast():
-                return self.model.imagine_unchecked(state, actions)
+                return self.model.imagine_unchecked(state, actions, disagreement=self.disagreement)
         key = (
             actions.device,
             tuple(actions.shape),
@@ -140,8 +149,11 @@ class GraphedImagine:
     @torch.no_grad()
     def _capture(self, state: State, actions: torch.Tensor) -> _Graph:
         static_state, static_actions = clone_state(state), actions.clone()
+        spread = self.disagreement
         graph, out = self._cache.record(
-            lambda: self.model.imagine_unchecked(static_state, static_actions), actions.device, self._autocast
+            lambda: self.model.imagine_unchecked(static_state, static_actions, disagreement=spread),
+            actions.device,
+            self._autocast,
         )
         return _Graph(graph, static_state, static_actions, out)
 
@@ -161,8 +173,9 @@ class Bf16Imagine:
     ``success_logit``); callers cast what they sum. Works on any device; meant for CUDA.
     """
 
-    def __init__(self, model: WorldModel, compile: bool | str = False) -> None:
+    def __init__(self, model: WorldModel, compile: bool | str = False, disagreement: bool = True) -> None:
         self.model = model
+        self.disagreement = disagreement
         cfg = model.cfg
         self.twin = copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
         # Zero-padded inputs so the two odd-sized matmuls get a multiple-of-8 inner dimension: with
@@ -200,7 +213,9 @@ class Bf16Imagine:
         bf = torch.bfloat16
         actions = F.pad(actions.to(bf), (0, self.pad_action))
         goal = None if goal is None else F.pad(goal.to(bf), (0, self.pad_goal))
-        out = self.twin.imagine_unchecked(State(deter.to(bf), stoch.to(bf), goal), actions)
+        out = self.twin.imagine_unchecked(
+            State(deter.to(bf), stoch.to(bf), goal), actions, disagreement=self.disagreement
+        )
         return out.feat[..., : self.model.cfg.feat_dim], out.reward, out.success_logit, out.disagreement
 
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:

@@ -186,15 +186,18 @@ class WorldModel(nn.Module):
         sample: bool = False,
         decode: bool = False,
         reference: torch.Tensor | None = None,
+        disagreement: bool = True,
     ) -> Rollout:
         """Roll the dynamics forward from ``state`` under ``actions`` [B, H, A], batched over B.
 
         ``sample=False`` follows the most likely latent (deterministic, for planning). ``decode``
         adds the frames; a model with ``cfg.reference_frame`` composes them from ``reference``
         uint8[B, S, S, 3], the last real frame each state observed (see :meth:`decode`).
+        ``disagreement=False`` skips the ensemble's disagreement (``Rollout.disagreement`` is None; on
+        2 CPU cores it costs about as much as the rest of a K=4 ensemble model's rollout).
         """
         self.check_imagine_inputs(state, actions, finite=True)
-        return self.imagine_unchecked(state, actions, sample, decode, reference)
+        return self.imagine_unchecked(state, actions, sample, decode, reference, disagreement)
 
     def check_imagine_inputs(self, state: State, actions: torch.Tensor, finite: bool = False) -> None:
         """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action is NaN or inf
@@ -211,6 +214,7 @@ class WorldModel(nn.Module):
         sample: bool = False,
         decode: bool = False,
         reference: torch.Tensor | None = None,
+        disagreement: bool = True,
     ) -> Rollout:
         """:meth:`imagine` without its input checks: nothing in it waits for the device, so a CUDA
         graph can record it (:class:`robobrain.world_model.GraphedImagine`). A non-finite action
@@ -226,21 +230,28 @@ class WorldModel(nn.Module):
             deters.append(state.deter)
             stochs.append(state.stoch)
         goals = None if goal is None else goal.unsqueeze(1).expand(-1, h, -1)
-        return self.heads(State(torch.stack(deters, 1), torch.stack(stochs, 1), goals), decode, reference)
+        states = State(torch.stack(deters, 1), torch.stack(stochs, 1), goals)
+        return self.heads(states, decode, reference, disagreement)
 
-    def heads(self, states: State, decode: bool = False, reference: torch.Tensor | None = None) -> Rollout:
-        """Read rewards, success logits (and ensemble disagreement, frames) off imagined states
-        [B, H, ...], e.g. ones a policy prior rolled out itself; :meth:`imagine` ends with this."""
+    def heads(
+        self,
+        states: State,
+        decode: bool = False,
+        reference: torch.Tensor | None = None,
+        disagreement: bool = True,
+    ) -> Rollout:
+        """Read rewards, success logits (and ensemble disagreement unless ``disagreement=False``,
+        frames) off imagined states [B, H, ...], e.g. ones a policy prior rolled out itself;
+        :meth:`imagine` ends with this."""
         feat = states.feat
-        disagreement = None
-        if self.cfg.ensemble:
-            probs = self.rssm.ensemble_log_probs(states.deter).exp()  # [K, B, H, S, C]
-            disagreement = probs.var(0).sum((-2, -1))
+        spread = None
+        if self.cfg.ensemble and disagreement:
+            spread = self.rssm.ensemble_disagreement(states.deter)
         return Rollout(
             feat=feat,
             reward=self.reward_head(feat).squeeze(-1),
             success_logit=self.success_head(feat).squeeze(-1),
-            disagreement=disagreement,
+            disagreement=spread,
             pixels=self.decode(feat, reference) if decode else None,
         )
 

@@ -171,6 +171,21 @@ class RSSM(nn.Module):
         """[K, ..., S, C] log-probabilities of the K ensemble prior heads."""
         return torch.stack([self.log_probs(head(deter)) for head in self.ensemble])
 
+    def ensemble_disagreement(self, deter: torch.Tensor) -> torch.Tensor:
+        """deter [..., D] -> [...]: the variance over the K ensemble heads of each class probability
+        (unbiased, 0 for K = 1), summed over the latent's S x C entries (Plan2Explore's disagreement).
+
+        Written out, on 2 CPU cores for [K=4, 512, 12] states of the `cpu` preset: ``Tensor.var``
+        over the leading dim (a strided reduction) took 126 ms and ``torch.softmax`` over 8 classes
+        44-58 ms, together ~85 % of a planning call; the exp / sum below take ~15 ms."""
+        logits = torch.stack([head(deter) for head in self.ensemble])  # [K, ..., S*C]
+        logits = logits.unflatten(-1, (self.cfg.stoch, self.cfg.classes)).float()
+        e = (logits - logits.amax(-1, keepdim=True)).exp()
+        u = max(self.cfg.unimix, 0.0)
+        probs = (1 - u) * e / e.sum(-1, keepdim=True) + u / self.cfg.classes  # exp of log_probs
+        centred = probs - probs.mean(0)
+        return centred.square().sum(0).sum((-2, -1)) / max(probs.shape[0] - 1, 1)
+
 
 def gru_cell(cell: nn.GRUCell, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``cell(x [B, I], h [B, D]) -> [B, D]`` written out (PyTorch's GRUCell equations, same weights)."""
