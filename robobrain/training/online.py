@@ -125,7 +125,8 @@ class OnlineConfig:
     """Add the SB3 critic's value of the last imagined state to each plan's score. With neither a
     prior nor the value the loop trains no SB3 model at all (nothing would use it)."""
     ensemble: int | None = None
-    """Prior heads of the world model's ensemble (default: the preset's); ``explore_bonus`` needs some."""
+    """Prior heads of the world model's ensemble (default: the preset's; an ``init_world_model``
+    keeps its own); ``explore_bonus`` needs some."""
     explore_bonus: float = 0.0
     """While collecting data only, the planner adds this times the ensemble's disagreement about each
     imagined step to a plan's score (Plan2Explore-style optimism: seek what the model cannot predict
