@@ -264,3 +264,33 @@ def test_graph_cache_keeps_the_most_recently_used_entries():
     assert made == ["a", "b", "c", "b"] and len(cache) == 2
     with pytest.raises(ValueError, match="max_graphs"):
         GraphCache(0)
+
+
+def test_coloured_noise_is_unit_variance_correlated_and_seeded():
+    from robobrain.planning.noise import powerlaw_noise
+
+    pink = powerlaw_noise(1.0, 256, 50, 3, torch.Generator().manual_seed(0))
+    white = powerlaw_noise(0.0, 256, 50, 3, torch.Generator().manual_seed(0))
+    assert pink.shape == (256, 50, 3)
+    torch.testing.assert_close(pink.std(1), torch.ones(256, 3))
+    torch.testing.assert_close(pink.mean(1), torch.zeros(256, 3), atol=1e-5, rtol=0)
+
+    def lag1(x):
+        return float((x[:, 1:] * x[:, :-1]).mean() / (x * x).mean())
+
+    assert abs(lag1(white)) < 0.1 and lag1(pink) > 0.4
+    torch.testing.assert_close(powerlaw_noise(1.0, 256, 50, 3, torch.Generator().manual_seed(0)), pink)
+
+
+def test_mpc_coloured_exploration_follows_each_envs_sequence_until_its_reset():
+    cfg = dataclasses.replace(SMALL, exploration_std=0.1, exploration_beta=1.0, exploration_length=6)
+    mpc = MPC(cfg, action_dim=2)
+    mpc.reset(3)
+    steps = torch.stack([mpc._exploration_noise(torch.Size([3, 2])) for _ in range(6)], 1)  # [3, 6, 2]
+    torch.testing.assert_close(steps.std(1), torch.ones(3, 2))  # one whole unit-variance sequence each
+    first = mpc._exploration_noise(torch.Size([3, 2]))  # all spent: three new sequences
+    mpc.reset(3, torch.tensor([False, True, False]))
+    second = mpc._exploration_noise(torch.Size([3, 2]))
+    torch.testing.assert_close(second[[0, 2]], mpc._noise[[0, 2], 1])  # envs 0, 2 go on with theirs
+    assert torch.equal(second[1], mpc._noise[1, 0])  # env 1 restarted with a fresh sequence
+    assert not torch.equal(first[1], second[1])

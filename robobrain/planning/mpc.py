@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from robobrain.planning.noise import powerlaw_noise
 from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult, ScoreFn
 from robobrain.world_model import Rollout, State, WorldModel
 
@@ -27,6 +28,12 @@ class MPCConfig:
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     exploration_std: float = 0.0
     """Gaussian noise added to the executed action (data collection); 0 for evaluation."""
+    exploration_beta: float = 0.0
+    """Colour of that noise along each env's episode: 0 white (independent steps), 1 pink, 2 red
+    (power spectrum ~ 1 / f^beta; :func:`robobrain.planning.noise.powerlaw_noise`). Each env draws a
+    sequence of ``exploration_length`` steps at its reset (and a new one when it runs out)."""
+    exploration_length: int = 50
+    """Steps per coloured-noise sequence (the robobrain tasks' episode length)."""
     success_bonus: float = 1.0
     """World-model scoring: bonus per step times the predicted success probability."""
     disagreement_penalty: float = 0.0
@@ -62,6 +69,9 @@ class MPC:
         self.device = torch.device(device)
         self.optimizer = make_optimizer(cfg, self.device)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self._noise: torch.Tensor | None = None
+        """Coloured exploration noise [B, L, A] and each env's position in it [B] (beta > 0)."""
+        self._noise_t: torch.Tensor | None = None
         self.plan: torch.Tensor | None = None
         self.last: PlanResult | None = None
 
@@ -69,8 +79,11 @@ class MPC:
         """Forget the plans of all envs, or only of those where ``mask`` [B] is True."""
         if self.plan is None or mask is None or self.plan.shape[0] != num_envs:
             self.plan = torch.zeros(num_envs, self.cfg.horizon, self.action_dim, device=self.device)
+            self._noise = self._noise_t = None  # drawn at the first noisy action
         else:
             self.plan[mask.to(self.device)] = 0.0
+            if self._noise_t is not None:
+                self._noise_t[mask.to(self.device)] = self.cfg.exploration_length  # redraw at next use
 
     def act(self, score_fn: ScoreFn, prior_samples: torch.Tensor | None = None) -> torch.Tensor:
         """Plan with ``score_fn`` and return the first actions [B, A] (plus exploration noise)."""
@@ -87,9 +100,27 @@ class MPC:
         # Warm start: shift the plan one step and repeat its last action at the tail.
         self.plan = torch.cat([result.best[:, 1:], result.best[:, -1:]], 1)
         if self.cfg.exploration_std > 0:
-            noise = torch.randn(action.shape, generator=self.noise_gen, device=self.device)
-            action = action + self.cfg.exploration_std * noise
+            action = action + self.cfg.exploration_std * self._exploration_noise(action.shape)
         return action.clamp(self.cfg.optim.low, self.cfg.optim.high)
+
+    def _exploration_noise(self, shape: torch.Size) -> torch.Tensor:
+        """Unit-variance noise [B, A] for this step: white, or the next step of each env's sequence."""
+        if self.cfg.exploration_beta <= 0:
+            return torch.randn(shape, generator=self.noise_gen, device=self.device)
+        b, length = shape[0], self.cfg.exploration_length
+        if self._noise is None or self._noise_t is None or self._noise.shape[0] != b:
+            self._noise = torch.zeros(b, length, shape[1], device=self.device)
+            self._noise_t = torch.full((b,), length, dtype=torch.long, device=self.device)
+        spent = self._noise_t >= length
+        if spent.any():
+            fresh = powerlaw_noise(
+                self.cfg.exploration_beta, int(spent.sum()), length, shape[1], self.noise_gen, self.device
+            )
+            self._noise[spent] = fresh
+            self._noise_t[spent] = 0
+        noise = self._noise[torch.arange(b, device=self.device), self._noise_t]
+        self._noise_t += 1
+        return noise
 
 
 class PriorRollout(NamedTuple):
