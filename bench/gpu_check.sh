@@ -58,7 +58,7 @@ $py -c "import torch, mujoco, gymnasium, stable_baselines3 as sb3; print('torch'
 '| gymnasium', gymnasium.__version__, '| sb3', sb3.__version__)" 2>&1 | tee -a "$out/gpu.txt"
 bp="bench/bench_planner.py --device cuda --samples 1024 --elites 64 --iterations 6 --horizon 12 --repeats 20"
 bw=bench/bench_world_model.py
-step tests 240 $py -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+step tests 360 $py -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
 step wm_cpu_1024 60 $py $bw --device cuda --preset cpu --batch 1024 --seconds 2
 step wm_cpu_16384 60 $py $bw --device cuda --preset cpu --batch 16384 --seconds 2
 step wm_gpu_1024 90 $py $bw --device cuda --preset gpu --batch 1024 --seconds 2

@@ -100,7 +100,7 @@ class WorldModelMPCPolicy:
         self.guide = guide
         self.device = self.filter.device
         self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
-        # The ensemble's disagreement costs as much as the rest of a rollout on 2 CPU cores: only
+        # The ensemble's disagreement costs about twice the rest of a rollout on 2 CPU cores: only
         # when the score uses it.
         wants = bool(self.cfg.disagreement_penalty)
         self.imagine = (

@@ -73,7 +73,7 @@ def make_windows(
     if len(picks) > max_windows:
         picks = [picks[i] for i in sorted(rng.choice(len(picks), max_windows, replace=False))]
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("ctx_pixels", "ctx_actions", "actions", "future")}
-    out |= {"reward": [], "success": [], "ctx_states": [], "ctx_state": [], "future_state": []}
+    out |= {"reward": [], "success": [], "ctx_states": [], "future_state": []}
     for e, t0 in picks:
         ep = episodes[e]
         last = t0 + context - 1
@@ -86,9 +86,10 @@ def make_windows(
         out["reward"].append(ep.reward[last : last + horizon])
         out["success"].append(ep.success[last : last + horizon])
         out["ctx_states"].append(ep.state[t0 : last + 1])
-        out["ctx_state"].append(ep.state[last])
         out["future_state"].append(ep.state[last + 1 : last + 1 + horizon])
-    return {k: np.stack(v) for k, v in out.items()}
+    windows = {k: np.stack(v) for k, v in out.items()}
+    windows["ctx_state"] = windows["ctx_states"][:, -1]
+    return windows
 
 
 @torch.no_grad()

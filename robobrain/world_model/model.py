@@ -194,7 +194,7 @@ class WorldModel(nn.Module):
         adds the frames; a model with ``cfg.reference_frame`` composes them from ``reference``
         uint8[B, S, S, 3], the last real frame each state observed (see :meth:`decode`).
         ``disagreement=False`` skips the ensemble's disagreement (``Rollout.disagreement`` is None; on
-        2 CPU cores it costs about as much as the rest of a K=4 ensemble model's rollout).
+        2 CPU cores it costs about twice the rest of a K=4 ensemble model's rollout).
         """
         self.check_imagine_inputs(state, actions, finite=True)
         return self.imagine_unchecked(state, actions, sample, decode, reference, disagreement)
