@@ -71,6 +71,8 @@ class TrainWM:
     proprio: bool = False
     """Feed the robot's own state (gripper position, velocity, finger; from the episodes' state) to
     the world model beside the pixels (``WorldModelConfig.use_proprio``)."""
+    keypoints: int = 0
+    """Spatial-softmax keypoints added to the image encoder (``WorldModelConfig.keypoints``; 0 = none)."""
     progress: bool = True
 
 
@@ -294,6 +296,8 @@ def run_train_wm(args: TrainWM) -> dict:
     overrides: dict = {} if args.open_loop_horizon is None else {"open_loop_horizon": args.open_loop_horizon}
     if args.proprio:
         overrides["use_proprio"] = True
+    if args.keypoints:
+        overrides["keypoints"] = args.keypoints
     preset = get_preset(args.preset, **overrides)
     preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
     metrics = train_world_model(

@@ -48,6 +48,9 @@ class WorldModelConfig:
     (0 = pixels only). Set from the data's env at training time."""
     cnn_depth: int = 16
     """Channels of the first conv layer; doubled at every stride-2 layer."""
+    keypoints: int = 0
+    """Spatial-softmax keypoints K whose 2K image coordinates join the conv embedding
+    (``networks.SpatialSoftmax``; 0 = none)."""
     deter: int = 128
     """GRU (deterministic state) size."""
     stoch: int = 32

@@ -227,7 +227,8 @@ def test_decoded_frames_decodes_a_random_subset_of_later_frames(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "variant", [{}, {"reference_frame": True}, {"reference_frame": True, "decoded_frames": 3}]
+    "variant",
+    [{}, {"reference_frame": True}, {"reference_frame": True, "decoded_frames": 3}, {"keypoints": 4}],
 )
 def test_loss_halves_on_a_fixed_batch(push_data, variant):
     torch.manual_seed(0)
@@ -247,7 +248,9 @@ def test_loss_halves_on_a_fixed_batch(push_data, variant):
     assert loss.item() < 0.5 * first
 
 
-@pytest.mark.parametrize("variant", [{}, {"reward_bins": 21, "reference_frame": True}])
+@pytest.mark.parametrize(
+    "variant", [{}, {"reward_bins": 21, "reference_frame": True}, {"keypoints": 4}]
+)
 def test_save_load_identical_outputs(tmp_path, variant):
     torch.manual_seed(1)
     cfg = dataclasses.replace(DEBUG.world_model, **variant)
@@ -636,6 +639,31 @@ def proprio_model(seed=0):
     model = WorldModel(cfg)
     model.set_state_stats(torch.zeros(10), torch.full((10,), 0.1))
     return model.eval()
+
+
+def test_spatial_softmax_returns_where_each_map_peaks():
+    from robobrain.world_model.networks import Encoder, SpatialSoftmax
+
+    layer = SpatialSoftmax(channels=1, keypoints=2)
+    with torch.no_grad():
+        layer.maps.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        layer.maps.bias.zero_()
+        layer.log_temperature.fill_(-5.0)  # sharp: the expectation sits on the peak
+    features = torch.zeros(1, 1, 5, 9)
+    features[0, 0, 4, 2] = 10.0  # row 4 (y = +1), column 2 (x = -0.5)
+    features[0, 0, 0, 8] = -10.0  # the second map (negated) peaks at row 0, column 8
+    x0, x1, y0, y1 = layer(features)[0].tolist()
+    assert (x0, y0) == pytest.approx((-0.5, 1.0), abs=1e-3)
+    assert (x1, y1) == pytest.approx((1.0, -1.0), abs=1e-3)
+    with pytest.raises(ValueError, match="keypoints"):
+        SpatialSoftmax(4, 0)
+    plain, with_kp = Encoder(32, 8), Encoder(32, 8, keypoints=6)
+    with_kp.load_state_dict(plain.state_dict(), strict=False)  # same conv layers, same names
+    images = torch.rand(3, 3, 32, 32) - 0.5
+    out = with_kp(images)
+    assert out.shape == (3, plain.embed_dim + 12) == (3, with_kp.embed_dim)
+    torch.testing.assert_close(out[:, : plain.embed_dim], plain(images))
+    assert out[:, plain.embed_dim :].abs().max() <= 1.0
 
 
 def test_proprioception_joins_the_observation_embedding():

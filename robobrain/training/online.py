@@ -101,6 +101,9 @@ class OnlineConfig:
     proprio: bool = False
     """Feed the robot's own state (gripper position, velocity, finger opening from ``obs["state"]``)
     to the world model beside the pixels (``WorldModelConfig.use_proprio``); objects stay pixels-only."""
+    keypoints: int = 0
+    """Spatial-softmax keypoints added to the world model's image encoder (``WorldModelConfig.keypoints``;
+    0 = none)."""
     scripted_fraction: float = 0.0
     """Share of the seed episodes from the task's scripted expert (the rest are random); 0 for
     benchmarks."""
@@ -279,6 +282,8 @@ class OnlineLoop:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, image_size=cfg.image_size)
         if cfg.proprio:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, use_proprio=True)
+        if cfg.keypoints:
+            self.wm_cfg = dataclasses.replace(self.wm_cfg, keypoints=cfg.keypoints)
         if cfg.ensemble is not None:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, ensemble=cfg.ensemble)
         if cfg.explore_bonus and not self.wm_cfg.ensemble and cfg.init_world_model is None:

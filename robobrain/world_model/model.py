@@ -52,7 +52,7 @@ class WorldModel(nn.Module):
         if cfg.decoded_frames < 0:
             raise ValueError(f"decoded_frames must be >= 0 (0 = every frame), got {cfg.decoded_frames}")
         self.cfg = cfg
-        self.encoder = Encoder(cfg.image_size, cfg.cnn_depth)
+        self.encoder = Encoder(cfg.image_size, cfg.cnn_depth, cfg.keypoints)
         self.rssm = RSSM(cfg, self.encoder.embed_dim + cfg.proprio_dim)
         self.decoder = Decoder(cfg.feat_dim, cfg.image_size, cfg.cnn_depth)
         self.refiner = ReferenceRefiner(cfg.cnn_depth, cfg.refiner_layers) if cfg.reference_frame else None

@@ -40,10 +40,39 @@ class MLP(nn.Sequential):
         super().__init__(*mods)
 
 
-class Encoder(nn.Module):
-    """images float[N, 3, S, S] -> embedding [N, embed_dim]; stride-2 convs down to 4x4."""
+class SpatialSoftmax(nn.Module):
+    """features [N, C, H, W] -> keypoints [N, 2K]: the expected (x, y) in [-1, 1] of a softmax over
+    the H x W positions of each of K maps (a 1x1 conv makes them), with a learned temperature.
 
-    def __init__(self, image_size: int, depth: int) -> None:
+    The keypoint layer of deep visuomotor policies (Levine et al. 2016; robomimic's and LeRobot's
+    image encoders): coordinates come out as numbers, so a block's position need not be relearned by a
+    dense layer for every place it can be in the image."""
+
+    def __init__(self, channels: int, keypoints: int) -> None:
+        super().__init__()
+        if keypoints <= 0:
+            raise ValueError(f"keypoints must be > 0, got {keypoints}")
+        self.maps = nn.Conv2d(channels, keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.maps(features)  # [N, K, H, W]
+        h, w = logits.shape[-2:]
+        prob = torch.softmax(logits.flatten(2) / self.log_temperature.exp(), dim=-1).unflatten(2, (h, w))
+        ys = torch.linspace(-1.0, 1.0, h, device=features.device, dtype=prob.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=features.device, dtype=prob.dtype)
+        x = (prob.sum(-2) * xs).sum(-1)  # [N, K]
+        y = (prob.sum(-1) * ys).sum(-1)
+        return torch.cat([x, y], -1)
+
+
+class Encoder(nn.Module):
+    """images float[N, 3, S, S] -> embedding [N, embed_dim]; stride-2 convs down to 4x4.
+
+    With ``keypoints`` K > 0 the embedding also holds 2K spatial-softmax coordinates read from the
+    S/4 x S/4 feature map (``SpatialSoftmax``), after the flattened 4x4 map."""
+
+    def __init__(self, image_size: int, depth: int, keypoints: int = 0) -> None:
         super().__init__()
         n = num_conv_layers(image_size)
         chans = [3] + [depth * 2**i for i in range(n)]
@@ -51,10 +80,14 @@ class Encoder(nn.Module):
         for cin, cout in itertools.pairwise(chans):
             layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.GroupNorm(1, cout), nn.SiLU()]
         self.net = nn.Sequential(*layers, nn.Flatten())
-        self.embed_dim = chans[-1] * 16
+        self.keypoints = SpatialSoftmax(chans[2], keypoints) if keypoints else None
+        self.embed_dim = chans[-1] * 16 + 2 * keypoints
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        if self.keypoints is None:
+            return self.net(images)
+        low = self.net[:6](images)  # two stride-2 blocks (conv, norm, act each): the S/4 map
+        return torch.cat([self.net[6:](low), self.keypoints(low)], -1)
 
 
 class Decoder(nn.Module):
