@@ -60,7 +60,7 @@ def load_policy(
     guide: GuideMode = "auto",
     num_prior: int | None = None,
     prior_std: float = 0.1,
-    compile: bool = False,
+    compile: bool | str = False,
     **kwargs: float,
 ) -> Policy:
     """Build a policy from a spec string for an env.
@@ -75,7 +75,8 @@ def load_policy(
     behaviour prior fitted by ``robobrain train-prior`` (see :func:`load_guide` for ``num_prior`` and
     ``prior_std``; here ``num_prior`` for ``bc`` defaults to all of ``mpc``'s candidates but one).
     ``compile`` (``mpc:`` on CUDA, unguided): ``torch.compile`` the bf16 imagination of the planner's
-    whole-plan CUDA graph (see :class:`WorldModelMPCPolicy`; needs Triton and a C compiler).
+    whole-plan CUDA graph (a string: ``torch.compile``'s mode; see :class:`WorldModelMPCPolicy`; needs
+    Triton and a C compiler).
     """
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")

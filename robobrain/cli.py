@@ -170,6 +170,9 @@ class Eval:
     compile: bool = False
     """mpc on CUDA, unguided: torch.compile the bf16 imagination recorded in the planner's CUDA graph
     (1.8x faster decisions for 16 envs on an H200, bench/RESULTS.md; needs Triton and a C compiler)."""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """With --compile: torch.compile's mode (max-autotune-no-cudagraphs: 7.5 % faster for 16 envs on an
+    H200, slower to start; the plan already is one CUDA graph, so modes that add graphs are not offered)."""
     progress: bool = True
 
 
@@ -270,7 +273,7 @@ def run_eval(args: Eval) -> dict:
             guide=args.guide,
             num_prior=args.prior_samples,
             prior_std=planner["prior_std"],
-            compile=args.compile,
+            compile=args.compile_mode if args.compile else False,
         )
         meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
         if args.policy.startswith(("mpc:", "oracle")):
