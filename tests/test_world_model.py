@@ -248,9 +248,7 @@ def test_loss_halves_on_a_fixed_batch(push_data, variant):
     assert loss.item() < 0.5 * first
 
 
-@pytest.mark.parametrize(
-    "variant", [{}, {"reward_bins": 21, "reference_frame": True}, {"keypoints": 4}]
-)
+@pytest.mark.parametrize("variant", [{}, {"reward_bins": 21, "reference_frame": True}, {"keypoints": 4}])
 def test_save_load_identical_outputs(tmp_path, variant):
     torch.manual_seed(1)
     cfg = dataclasses.replace(DEBUG.world_model, **variant)
