@@ -172,7 +172,8 @@ class Eval:
     (1.8x faster decisions for 16 envs on an H200, bench/RESULTS.md; needs Triton and a C compiler)."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     """With --compile: torch.compile's mode (max-autotune-no-cudagraphs: 7.5 % faster for 16 envs on an
-    H200, slower to start; the plan already is one CUDA graph, so modes that add graphs are not offered)."""
+    H200, bench/RESULTS.md; slower to start; the plan already is one CUDA graph, so modes that add
+    graphs are not offered)."""
     progress: bool = True
 
 
