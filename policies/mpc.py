@@ -102,7 +102,7 @@ class WorldModelMPCPolicy:
         self.mpc = MPC(self.cfg, model.cfg.action_dim, self.device)
         # The ensemble's disagreement costs about twice the rest of a rollout on 2 CPU cores: only
         # when the score uses it.
-        wants = bool(self.cfg.disagreement_penalty)
+        self.wants_disagreement = wants = bool(self.cfg.disagreement_penalty)
         self.imagine = (
             GraphedImagine(self.model, disagreement=wants)
             if fast
@@ -147,7 +147,7 @@ class WorldModelMPCPolicy:
         value_fn = prior = None
         if self.guide is not None:
             value_fn = self.guide.value if self.guide.use_value else None
-            prior = self.guide.prior_rollout(self.model, state, self.cfg.horizon)
+            prior = self.guide.prior_rollout(self.model, state, self.cfg.horizon, self.wants_disagreement)
         score_fn = world_model_score_fn(self.model, state, self.cfg, value_fn, prior, self.imagine)
         action = self.mpc.act(score_fn, prior_samples=None if prior is None else prior.actions)
         self.filter.acted(action)

@@ -13,6 +13,7 @@ from robobrain.planning import MPC, GraphedPlan, MPCConfig, OptimizerConfig, wor
 from robobrain.planning.mpc import make_optimizer
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies import OracleMPCPolicy, WorldModelMPCPolicy
+from robobrain.rl import BehaviourPrior, BehaviourPriorGuide
 from robobrain.world_model import Bf16Imagine, State, WorldModel
 
 SMALL = MPCConfig(horizon=5, optim=OptimizerConfig(num_samples=32, num_elites=4, iterations=2))
@@ -126,6 +127,17 @@ def test_disagreement_is_the_ensembles_variance_and_computed_only_when_scored():
     for fast in (True, False):
         policy = WorldModelMPCPolicy(model, bonus, fast=fast)
         torch.testing.assert_close(policy.imagine(state, actions).disagreement, expected)
+    # So do a guide's prior rollouts, and the policy asks for it exactly when the score uses it.
+    guide = BehaviourPriorGuide(BehaviourPrior(cfg.feat_dim, cfg.action_dim, hidden=8), num_prior=2)
+    assert guide.prior_rollout(model, state, 5, disagreement=False).rollout.disagreement is None
+    assert (guide.prior_rollout(model, state, 5).rollout.disagreement > 0).all()
+    asked = []
+    rollout = guide.prior_rollout
+    guide.prior_rollout = lambda *a, **kw: asked.append(a[3]) or rollout(*a, **kw)
+    obs = {"pixels": np.zeros((1, cfg.image_size, cfg.image_size, 3), np.uint8)}
+    for mpc_cfg in (SMALL, bonus):
+        WorldModelMPCPolicy(model, mpc_cfg, guide=guide).act(obs)
+    assert asked == [False, True]
 
 
 @pytest.mark.parametrize("reference_frame", [False, True])

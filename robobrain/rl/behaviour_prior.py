@@ -121,7 +121,9 @@ class BehaviourPriorGuide:
         raise NotImplementedError("a behaviour prior has no value function (use_value is False)")
 
     @torch.no_grad()
-    def prior_rollout(self, model: WorldModel, state: State, horizon: int) -> PriorRollout:
+    def prior_rollout(
+        self, model: WorldModel, state: State, horizon: int, disagreement: bool = True
+    ) -> PriorRollout:
         """``num_prior`` action sequences [B, P, H, A] from ``state`` [B] and their imagined future."""
         b, p = state.deter.shape[0], self.num_prior
         first = torch.arange(0, b * p, p, device=state.deter.device)
@@ -132,7 +134,7 @@ class BehaviourPriorGuide:
             a[first] = mean[first]
             return a.to(s.deter.dtype)
 
-        return roll_out_prior(model, state, p, horizon, act)
+        return roll_out_prior(model, state, p, horizon, act, disagreement)
 
 
 # --- data -----------------------------------------------------------------------------------------

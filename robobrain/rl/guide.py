@@ -15,10 +15,16 @@ from robobrain.world_model.rssm import stack_states
 
 
 def roll_out_prior(
-    model: WorldModel, state: State, num_prior: int, horizon: int, act: Callable[[State], torch.Tensor]
+    model: WorldModel,
+    state: State,
+    num_prior: int,
+    horizon: int,
+    act: Callable[[State], torch.Tensor],
+    disagreement: bool = True,
 ) -> PriorRollout:
     """Roll ``act(state [M]) -> actions [M, A]`` forward ``horizon`` steps from each of the B
-    states, ``num_prior`` times each, along the model's most likely latent (as ``imagine`` does)."""
+    states, ``num_prior`` times each, along the model's most likely latent (as ``imagine`` does).
+    ``disagreement=False`` skips the ensemble's disagreement, as ``WorldModel.imagine`` does."""
     b = state.deter.shape[0]
     s = state.repeat_interleave(num_prior)
     actions, states = [], []
@@ -27,7 +33,7 @@ def roll_out_prior(
         actions.append(a)
         s = model.rssm.img_step_mode(s, a)
         states.append(s)
-    rollout = model.heads(stack_states(states, 1))
+    rollout = model.heads(stack_states(states, 1), disagreement=disagreement)
     return PriorRollout(torch.stack(actions, 1).view(b, num_prior, horizon, -1), rollout)
 
 
@@ -42,8 +48,11 @@ class PlannerGuide(Protocol):
         """V(s) [M] for latent features [M, F]."""
         ...
 
-    def prior_rollout(self, model: WorldModel, state: State, horizon: int) -> PriorRollout | None:
-        """P action sequences per env from ``state`` [B] with their imagined future, or None."""
+    def prior_rollout(
+        self, model: WorldModel, state: State, horizon: int, disagreement: bool = True
+    ) -> PriorRollout | None:
+        """P action sequences per env from ``state`` [B] with their imagined future, or None.
+        ``disagreement=False``: the planner will not read the ensemble's disagreement; skip it."""
         ...
 
 
@@ -99,9 +108,11 @@ class ActorCriticGuide:
         return value.to(feat.device, feat.dtype)
 
     @torch.no_grad()
-    def prior_rollout(self, model: WorldModel, state: State, horizon: int) -> PriorRollout | None:
+    def prior_rollout(
+        self, model: WorldModel, state: State, horizon: int, disagreement: bool = True
+    ) -> PriorRollout | None:
         """``num_prior`` action sequences per env, sampled from the actor along its own imagined
         rollout from ``state`` [B] (None when the prior is off)."""
         if self.num_prior <= 0:
             return None
-        return roll_out_prior(model, state, self.num_prior, horizon, lambda s: self.act(s.feat))
+        return roll_out_prior(model, state, self.num_prior, horizon, lambda s: self.act(s.feat), disagreement)
