@@ -9,7 +9,8 @@ stored (or any EpisodeStore of those tasks) and prints, per block of consecutive
   block was pushed toward the goal);
 - episodes with at least one success step (and the cumulative count).
 
-The seed episodes (``meta["policy"]`` "random" / "scripted") are counted in their own rows. Distances
+The seed episodes (``meta["policy"]`` "random" / "scripted") are counted in their own rows; the
+rows of the others are labelled by store index assuming the seed episodes come first (as in a run). Distances
 come from the stored true states (``Episode.state``, the task's state layout), never from the model.
 """
 
