@@ -5,11 +5,14 @@
 #   TORCH_SPEC=spec  torch to install when the venv has none (default: the CPU build 2.13.0;
 #                    a GPU user keeps theirs: install it in the venv first, or pass TORCH_SPEC=torch)
 #   VENV_FLAGS=...   e.g. --system-site-packages to reuse a system-wide torch
+#   INTERPRETER_TRITON=spec  the Triton that tests/test_fused.py runs the fused rollout kernel with,
+#                    in its CPU interpreter (default triton==3.6.0; Linux x86_64 only)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
+INTERPRETER_TRITON ?= triton==3.6.0
 RENDER_PKGS := libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri
 export MUJOCO_GL ?= egl
 
@@ -40,6 +43,11 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 		echo "setup: installing $(TORCH_SPEC)"; $(PY) -m pip install -q "$(TORCH_SPEC)"; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
+	@# In a folder of the venv that is not on its path: torch imports any triton it can find, and importing triton 3.9
+	@# after Mesa's EGL has loaded segfaults (bench/RESULTS.md); only the test's own process uses it.
+	@if [ "$$(uname -sm)" = "Linux x86_64" ] && ! $(PY) -c "import triton" 2>/dev/null; then \
+		$(PY) -m pip install -q --no-deps --target $(VENV)/interpreter-triton "$(INTERPRETER_TRITON)"; \
+	fi
 	@touch $@
 
 demo: setup

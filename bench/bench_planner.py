@@ -5,13 +5,15 @@
 
 Peer measured in the same run: the bare ``imagine`` calls the planner makes (iterations x one
 [B*N, H] rollout, eager float32), so the table shows what the optimizer itself adds. On CUDA each
-env count is planned four ways: eager float32 (``fast=False``); bf16 autocast with one CUDA graph per
-rollout (:class:`robobrain.world_model.GraphedImagine`, ``whole_plan=False``); the whole planning
-call as one CUDA graph over a bf16 twin of the model (:class:`robobrain.planning.GraphedPlan`), its
-rollout plain or ``torch.compile``-d (``compile=True``). A random-weight model of the
-preset's size is used (goal-conditioned like the robobrain tasks' models: 10-D state, goal at
-[7:10]): latency does not depend on the weights. ``--guide bc`` adds a random-weight behaviour
-prior whose ``--prior-samples`` imagined rollouts join the candidates (``eval --guide bc``).
+env count is planned up to five ways: eager float32 (``fast=False``); bf16 autocast with one CUDA
+graph per rollout (:class:`robobrain.world_model.GraphedImagine`, ``whole_plan=False``); the whole
+planning call as one CUDA graph over a bf16 twin of the model (:class:`robobrain.planning.GraphedPlan`),
+its rollout plain or ``torch.compile``-d (``compile=True``), or one Triton kernel per rollout
+(:class:`robobrain.world_model.FusedImagine`, ``fused=True``; when Triton is installed). A
+random-weight model of the preset's size is used (goal-conditioned like the robobrain tasks'
+models: 10-D state, goal at [7:10]): latency does not depend on the weights. ``--guide bc`` adds a
+random-weight behaviour prior whose ``--prior-samples`` imagined rollouts join the candidates
+(``eval --guide bc``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from robobrain.config import get_preset
 from robobrain.planning import MPCConfig, OptimizerConfig
 from robobrain.policies import WorldModelMPCPolicy
 from robobrain.rl import BehaviourPrior, BehaviourPriorGuide
-from robobrain.world_model import State, WorldModel
+from robobrain.world_model import State, WorldModel, fused_unsupported
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -81,6 +83,13 @@ def main() -> None:
             for mode in args.compile_modes:
                 name = "whole-plan graph, compiled bf16 twin" + ("" if mode == "default" else f" ({mode})")
                 variants.append((name, {"whole_plan": True, "compile": True if mode == "default" else mode}))
+            why = fused_unsupported(cfg)
+            if why is None:
+                variants.append(
+                    ("whole-plan graph, fused Triton rollout", {"whole_plan": True, "fused": True})
+                )
+            else:
+                print(f"# no fused Triton row: {why}")
     rows = []
     for n_envs in args.envs:
         rng = np.random.default_rng(0)

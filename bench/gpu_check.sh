@@ -11,8 +11,11 @@
 # 2. bench_world_model.py on cuda: `cpu` preset at B=1024 and B=16384, `gpu` preset at B=1024;
 # 3. bench_planner.py on cuda at the GPU budget (1 and 16 envs, 1024 samples, H=12,
 #    6 iterations), `cpu` and `gpu` presets, and MPPI + a behaviour prior; the `cpu` preset's
-#    compiled plan in torch.compile's default and max-autotune modes (planner_modes);
-# 4. profile_imagine.py: where a [16384, 12] rollout spends its time, and cheaper precisions;
+#    compiled plan in torch.compile's default and max-autotune modes (planner_modes); with Triton
+#    installed (GPU torch builds bring it) also the fused Triton rollout (FusedImagine), whose
+#    autotuning compiles ~6 block configurations on its first call;
+# 4. profile_imagine.py: where a [16384, 12] rollout spends its time, cheaper precisions, and the
+#    fused Triton rollout (its time and chosen block);
 # 5. (only when named) the SB3 SAC-from-pixels peer of the online bar on Push, 20k steps on cuda
 #    (bench_online.py; ~9.5 min on an H200 with two other seeds beside it, extrapolated from 19,000
 #    steps in 535 s; alone not timed). It checkpoints every
@@ -62,11 +65,11 @@ step tests 360 $py -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
 step wm_cpu_1024 60 $py $bw --device cuda --preset cpu --batch 1024 --seconds 2
 step wm_cpu_16384 60 $py $bw --device cuda --preset cpu --batch 16384 --seconds 2
 step wm_gpu_1024 90 $py $bw --device cuda --preset gpu --batch 1024 --seconds 2
-step planner_cpu 240 $py $bp --preset cpu
+step planner_cpu 360 $py $bp --preset cpu
 step planner_gpu 180 $py $bp --preset gpu
 step planner_cpu_bc 90 $py $bp --preset cpu --optimizer mppi --guide bc
 step planner_modes 420 $py $bp --preset cpu --compile-modes default max-autotune-no-cudagraphs
-step profile_imagine 150 $py bench/profile_imagine.py --preset cpu --batch 16384
+step profile_imagine 240 $py bench/profile_imagine.py --preset cpu --batch 16384
 if [[ "$only" == *" sac_pixels "* ]]; then
     step sac_pixels 560 $py bench/bench_online.py --env robobrain/Push-v0 --env-steps 20000 --episodes 20 \
         --skip state ablation --device cuda --out /tmp/sac_pixels

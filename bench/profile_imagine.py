@@ -5,8 +5,9 @@
 Times CUDA-graph replays of one [B, H] rollout of a random-weight goal-conditioned model:
 ``GraphedImagine`` under bf16 autocast (the per-rollout planner path), with a pure-bf16 copy of the
 weights, in fp32 and fp32 with TF32 matmuls; :class:`Bf16Imagine` plain and ``torch.compile``-d (the
-whole-plan graph's rollout). Then torch.profiler's tables of the CUDA kernels of three eager
-bf16-autocast rollouts and of three calls of the compiled twin.
+whole-plan graph's rollout); :class:`FusedImagine`, one Triton kernel per rollout. Then
+torch.profiler's tables of the CUDA kernels of three eager bf16-autocast rollouts and of three
+calls of the compiled twin.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from robobrain.config import get_preset
-from robobrain.world_model import Bf16Imagine, GraphedImagine, WorldModel
+from robobrain.world_model import Bf16Imagine, FusedImagine, GraphedImagine, WorldModel, fused_unsupported
+from robobrain.world_model.fused import load_kernel
 
 
 def ms_per_call(fn: Callable[[], object], n: int = 30) -> float:
@@ -79,6 +81,21 @@ def main() -> None:
         replay = recorded(lambda twin=twin: twin(state, actions))
         label = "compiled bf16 twin" if compiled else "bf16 twin (Bf16Imagine)"
         print(f"graph, {label}: {ms_per_call(replay):.2f} ms")
+    why = fused_unsupported(cfg)
+    if why is None:
+        fused = FusedImagine(model)
+        replay = recorded(lambda: fused(state, actions))
+        ms = ms_per_call(replay)
+        print(
+            f"graph, fused Triton rollout (FusedImagine): {ms:.2f} ms, block {load_kernel(False).best_config}"
+        )
+        with torch.no_grad():  # random weights: the two-hot reward head starts at 0, the success head not
+            err = (fused(state, actions).success_logit - model.imagine(state, actions).success_logit).abs()
+        print(
+            f"  its success logits vs the fp32 model: max |error| {err.max():.4f}, median {err.median():.4f}"
+        )
+    else:
+        print(f"# no fused Triton rollout: {why}")
     fp32 = GraphedImagine(model, amp=False)
     print(f"graph, fp32: {ms_per_call(lambda: fp32(state, actions)):.2f} ms")
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -61,6 +61,7 @@ def load_policy(
     num_prior: int | None = None,
     prior_std: float = 0.1,
     compile: bool | str = False,
+    fused: bool = False,
     **kwargs: float,
 ) -> Policy:
     """Build a policy from a spec string for an env.
@@ -76,7 +77,8 @@ def load_policy(
     ``prior_std``; here ``num_prior`` for ``bc`` defaults to all of ``mpc``'s candidates but one).
     ``compile`` (``mpc:`` on CUDA, unguided): ``torch.compile`` the bf16 imagination of the planner's
     whole-plan CUDA graph (a string: ``torch.compile``'s mode; see :class:`WorldModelMPCPolicy`; needs
-    Triton and a C compiler).
+    Triton and a C compiler). ``fused`` (``mpc:`` on CUDA, unguided): imagine in that graph with one
+    Triton kernel per rollout instead (:class:`robobrain.world_model.FusedImagine`).
     """
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")
@@ -114,7 +116,7 @@ def load_policy(
         if guide == "bc" and num_prior is None:  # all candidates but the mean are prior rollouts
             num_prior = max(1, mpc.optim.num_samples - 1)
         planner_guide = load_guide(path, guide, device, num_prior, prior_std, mpc.seed)
-        return WorldModelMPCPolicy(model, mpc, device, guide=planner_guide, compile=compile)
+        return WorldModelMPCPolicy(model, mpc, device, guide=planner_guide, compile=compile, fused=fused)
     if spec.startswith("sb3:"):
         policy = SB3Policy.load(spec[4:], device=device)
         if policy.model.action_space.shape != action_space.shape:

@@ -14,7 +14,15 @@ from robobrain.planning.oracle import OracleModel
 from robobrain.policies.base import Observation, batch_size
 from robobrain.rl.behaviour_prior import BehaviourPrior
 from robobrain.rl.guide import PlannerGuide
-from robobrain.world_model import Bf16Imagine, GraphedImagine, Rollout, State, WorldModel
+from robobrain.world_model import (
+    Bf16Imagine,
+    FusedImagine,
+    GraphedImagine,
+    Rollout,
+    State,
+    WorldModel,
+    fused_unsupported,
+)
 
 
 class LatentFilter:
@@ -80,6 +88,7 @@ class WorldModelMPCPolicy:
         fast: bool = True,
         whole_plan: bool = True,
         compile: bool | str = False,
+        fused: bool = False,
     ) -> None:
         """``guide``: proposes prior samples and may value the end of each imagined plan -- an SB3
         actor-critic (:class:`robobrain.rl.ActorCriticGuide`) or a behaviour-cloned prior
@@ -88,7 +97,8 @@ class WorldModelMPCPolicy:
         ``whole_plan`` (with ``fast``, on CUDA, unguided plans without a time budget): record each
         whole planning call -- all iterations -- as one CUDA graph (:class:`GraphedPlan`) over a bf16
         twin of the model (:class:`Bf16Imagine`), ``torch.compile``-d when ``compile`` (a string:
-        ``torch.compile``'s mode)."""
+        ``torch.compile``'s mode). ``fused`` (instead of ``compile``): imagine in that graph with one
+        Triton kernel per rollout (:class:`FusedImagine`); ValueError where it cannot run."""
         self.cfg = cfg or MPCConfig()
         if self.cfg.disagreement_penalty and not model.cfg.ensemble:
             raise ValueError(
@@ -109,8 +119,20 @@ class WorldModelMPCPolicy:
             else functools.partial(self.model.imagine, disagreement=wants)
         )
         self.graphed_plan: GraphedPlan | None = None
+        if fused:
+            why = fused_unsupported(model.cfg, wants)
+            if self.device.type != "cuda" or not (fast and whole_plan) or self.cfg.optim.time_budget:
+                why = why or "it runs in the whole-plan CUDA graph (CUDA, fast, whole_plan, no time budget)"
+            if guide is not None:
+                why = why or "guided plans are not recorded whole"
+            if why is not None:
+                raise ValueError(f"fused imagination cannot be used here: {why}")
         if fast and whole_plan and self.device.type == "cuda" and self.cfg.optim.time_budget is None:
-            twin = Bf16Imagine(self.model, compile=compile, disagreement=wants)
+            twin: Bf16Imagine | FusedImagine = (
+                FusedImagine(self.model)
+                if fused
+                else Bf16Imagine(self.model, compile=compile, disagreement=wants)
+            )
             self.graphed_plan = GraphedPlan(
                 self.mpc.optimizer,
                 lambda state: world_model_score_fn(self.model, state, self.cfg, imagine=twin),

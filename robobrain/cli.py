@@ -174,6 +174,9 @@ class Eval:
     """With --compile: torch.compile's mode (max-autotune-no-cudagraphs: 7.5 % faster for 16 envs on an
     H200, bench/RESULTS.md; slower to start; the plan already is one CUDA graph, so modes that add
     graphs are not offered)."""
+    fused: bool = False
+    """mpc on CUDA, unguided: imagine in the planner's CUDA graph with one Triton kernel per rollout
+    (FusedImagine; instead of --compile; needs Triton)."""
     progress: bool = True
 
 
@@ -275,6 +278,7 @@ def run_eval(args: Eval) -> dict:
             num_prior=args.prior_samples,
             prior_std=planner["prior_std"],
             compile=args.compile_mode if args.compile else False,
+            fused=args.fused,
         )
         meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
         if args.policy.startswith(("mpc:", "oracle")):

@@ -15,7 +15,14 @@ from robobrain.planning import CEM, GraphedPlan, MPCConfig, OptimizerConfig, wor
 from robobrain.planning.mpc import make_optimizer
 from robobrain.policies import WorldModelMPCPolicy
 from robobrain.training.wm_trainer import load_world_model
-from robobrain.world_model import Bf16Imagine, GraphedImagine, State, WorldModel
+from robobrain.world_model import (
+    Bf16Imagine,
+    FusedImagine,
+    GraphedImagine,
+    State,
+    WorldModel,
+    fused_unsupported,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -79,6 +86,33 @@ def test_bf16_twin_follows_the_float32_model_on_cuda(compile):
     assert first < 0.05 * ref.success_logit[:, 0].abs().median()
 
 
+needs_fused = pytest.mark.skipif(fused_unsupported(GOAL_CFG) is not None, reason="needs Triton")
+
+
+@torch.no_grad()
+@needs_fused
+def test_fused_triton_rollout_follows_the_float32_model_on_cuda():
+    """FusedImagine (bf16 weights, float32 accumulation and state) against the fp32 model, with every
+    weight random (the two-hot reward head starts at 0), then again after the weights change."""
+    torch.manual_seed(0)
+    model = WorldModel(GOAL_CFG).to(CUDA).eval()
+    for p in model.parameters():
+        p.normal_(0, 0.3)
+    fused = FusedImagine(model)
+    for round_ in range(2):
+        state, actions = random_inputs(GOAL_CFG, 1000, 6, round_)  # 1000: not a multiple of any block
+        ref, got = model.imagine(state, actions), fused(state, actions)
+        assert got.feat.shape == (1000, 1, GOAL_CFG.feat_dim)
+        stoch = slice(GOAL_CFG.deter, -3)
+        assert (got.feat[:, 0, stoch] == ref.feat[:, -1, stoch]).float().mean() > 0.9
+        for name in ("reward", "success_logit"):
+            err = (getattr(got, name)[:, 0] - getattr(ref, name)[:, 0]).abs().median()
+            assert err < 0.05 * getattr(ref, name)[:, 0].abs().median(), name
+        for p in model.parameters():
+            p.mul_(0.8)
+        fused.sync()
+
+
 @torch.no_grad()
 def test_whole_plan_graph_replays_the_eager_plan_for_new_inputs():
     """GraphedPlan on CUDA == the optimizer's eager plan with the same noise, for new states and
@@ -135,8 +169,14 @@ def test_cem_finds_a_quadratic_optimum_on_cuda():
 
 @pytest.mark.parametrize(
     "kw",
-    [{"fast": False}, {"whole_plan": False}, {}, {"compile": True}],
-    ids=["eager", "rollout-graphs", "plan-graph", "compiled"],
+    [
+        {"fast": False},
+        {"whole_plan": False},
+        {},
+        {"compile": True},
+        pytest.param({"fused": True}, marks=needs_fused),
+    ],
+    ids=["eager", "rollout-graphs", "plan-graph", "compiled", "fused"],
 )
 def test_mpc_policy_plans_on_cuda(kw):
     torch.manual_seed(0)

@@ -1,7 +1,17 @@
 """The action-conditioned video world model."""
 
+from robobrain.world_model.fused import FusedImagine, fused_unsupported
 from robobrain.world_model.graphs import Bf16Imagine, GraphedImagine
 from robobrain.world_model.model import Rollout, WorldModel
 from robobrain.world_model.rssm import RSSM, State
 
-__all__ = ["RSSM", "Bf16Imagine", "GraphedImagine", "Rollout", "State", "WorldModel"]
+__all__ = [
+    "RSSM",
+    "Bf16Imagine",
+    "FusedImagine",
+    "GraphedImagine",
+    "Rollout",
+    "State",
+    "WorldModel",
+    "fused_unsupported",
+]

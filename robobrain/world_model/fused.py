@@ -1,0 +1,215 @@
+"""One fused kernel per imagined rollout for the planner on a GPU (Triton).
+
+The compiled bf16 twin (:class:`robobrain.world_model.Bf16Imagine`) still runs ~10 kernels per
+imagined step and writes every step's features to memory for the heads to read back: on an H200 a
+[16384, 12] rollout took 2.1 ms (bench/RESULTS.md), six of them most of a 16-env decision. Here one
+Triton program rolls a block of rows through all steps -- GRU, prior mode, the reward and success
+heads -- with the GRU state in registers; the weights (~0.6 MB in bf16 for the ``cpu`` preset) come
+from L2 at every step. The heads' first layers are split by input when the weights are packed: the
+GRU-state and one-hot-latent parts are read from the same staged inputs as the prior and the next
+step's input layer, the goal part is computed once per row by torch.
+
+Triton is optional: :func:`fused_unsupported` says why this path cannot run (no Triton, a model
+shape the kernel does not cover). On CPU tensors the kernel runs in Triton's interpreter (float32;
+slow, for tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robobrain.config import WorldModelConfig
+from robobrain.world_model.model import Rollout, WorldModel
+from robobrain.world_model.rssm import State
+
+_BLOCKS = ((16, 16, 4), (16, 32, 4), (32, 32, 4), (32, 32, 8), (64, 32, 8), (64, 64, 8))
+"""(rows per program BM, weight rows per load BK, warps) tried by Triton's autotuner on the first
+call with each (M, T); configurations whose BK exceeds a matmul's inner size are dropped."""
+_MAX_BM = max(bm for bm, _, _ in _BLOCKS)
+NS = 16
+"""Columns of the success head's padded output layer (tl.dot's smallest width; the logit is column 0)."""
+_KERNEL_WEIGHTS = (
+    "w_ih b_ih w_hh b_hh ln_in_w ln_in_b w_p1 b_p1 ln_p_w ln_p_b w_p2 b_p2 w_z w_hd "
+    "r_ln1_w r_ln1_b r_w2 r_b2 r_ln2_w r_ln2_b r_w3 r_b3 s_ln1_w s_ln1_b s_w2 s_b2 s_ln2_w s_ln2_b s_w3 s_b3"
+).split()
+"""The packed weights the kernel takes, in its argument order (see fused_kernel.rollout_kernel)."""
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def padded_bins(bins: int) -> int:
+    """Columns of the reward head's padded output layer: a power of two >= 16 (tl.dot's smallest)."""
+    return max(16, 1 << max(bins - 1, 0).bit_length())
+
+
+def fused_unsupported(cfg: WorldModelConfig, disagreement: bool = False) -> str | None:
+    """Why :class:`FusedImagine` cannot roll out this model (None when it can)."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if disagreement and cfg.ensemble:
+        return "the fused kernel does not compute the ensemble's disagreement"
+    sizes = {"deter": cfg.deter, "hidden": cfg.hidden, "stoch * classes": cfg.stoch * cfg.classes}
+    for name, n in sizes.items():
+        if not _pow2(n) or not 16 <= n <= 256:
+            return f"{name} = {n}: the fused kernel needs a power of two in [16, 256]"
+    if not _pow2(cfg.classes):
+        return f"classes = {cfg.classes}: the fused kernel needs a power of two"
+    return None
+
+
+@functools.cache
+def load_kernel(interpret: bool) -> Any:
+    """The rollout kernel: compiled for the GPU and autotuned over block sizes, or with ``interpret``
+    run by Triton's CPU interpreter, which Triton decides when it is first imported
+    (``TRITON_INTERPRET=1`` in the environment then; ValueError otherwise)."""
+    import triton
+
+    knobs = getattr(triton, "knobs", None)  # (Triton >= 3.4; earlier ones read the variable directly)
+    interpreting = knobs.runtime.interpret if knobs is not None else os.environ.get("TRITON_INTERPRET") == "1"
+    if interpret != interpreting:
+        raise ValueError(
+            "FusedImagine on CPU tensors runs in Triton's interpreter: set TRITON_INTERPRET=1 before "
+            "the process imports triton"
+            if interpret
+            else "FusedImagine on CUDA needs Triton's compiler, but TRITON_INTERPRET=1 is set"
+        )
+    from robobrain.world_model.fused_kernel import rollout_kernel
+
+    if interpret:
+        return rollout_kernel
+    configs = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=1) for bm, bk, w in _BLOCKS]
+
+    def fitting(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+        inner = min(kwargs["D"], kwargs["HD"], kwargs["S"] * kwargs["C"])
+        return [c for c in configs if c.kwargs["BK"] <= inner]  # (the first has BK = 16 <= any inner)
+
+    return triton.autotune(configs, key=["M", "T"], prune_configs_by={"early_config_prune": fitting})(
+        rollout_kernel
+    )
+
+
+class FusedImagine:
+    """``imagine(state [B], actions [B, H, A]) -> Rollout`` (latent only, the mode of each step) as
+    one Triton kernel per call, for the planner's hot path.
+
+    The kernel reads packed copies of the weights in ``dtype`` (default bfloat16 on CUDA, float32
+    elsewhere): :meth:`sync` refreshes them from the model (:class:`robobrain.planning.GraphedPlan`
+    records it at the start of every planning call). Rewards and success logits are float32
+    [B, H]; ``feat`` holds only the last step's features, [B, 1, F] (what a terminal value reads);
+    ``disagreement`` and ``pixels`` are None. Nothing waits for the device, so a CUDA graph can
+    record a call. Raises ValueError for a model :func:`fused_unsupported` rejects.
+    """
+
+    def __init__(self, model: WorldModel, dtype: torch.dtype | None = None) -> None:
+        cfg = model.cfg
+        why = fused_unsupported(cfg)
+        if why is not None:
+            raise ValueError(f"FusedImagine cannot run this model: {why}")
+        self.model = model
+        device = model.device
+        self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        self.interpret = device.type != "cuda"
+        if self.interpret and self.dtype != torch.float32:
+            raise ValueError("Triton's interpreter (CPU tensors) runs float32 only")
+        self.bins = cfg.reward_bins
+        self.nb = padded_bins(self.bins)
+        self.pad_action = -cfg.action_dim % 8  # odd inner dimensions got a slow cuBLAS kernel (RESULTS)
+        self.pad_goal = -cfg.goal_dim % 8
+        ln = (model.rssm.inp[1], model.rssm.prior[1], *(h[i] for h in self._heads for i in (1, 4)))
+        if any(not isinstance(m, nn.LayerNorm) or m.eps != ln[0].eps for m in ln):
+            raise ValueError("FusedImagine expects LayerNorms with one eps throughout")
+        self.eps = ln[0].eps
+        self._w = {k: v.to(self.dtype).clone() for k, v in self._pack().items()}
+
+    @property
+    def _heads(self) -> tuple[nn.Sequential, nn.Sequential]:
+        return self.model.reward_head, self.model.success_head
+
+    @torch.no_grad()
+    def _pack(self) -> dict[str, torch.Tensor]:
+        """The kernel's weights from the model's: matmul weights as [K, N] (input x output), the
+        layers that read the same input side by side, the output layers padded to the kernel's widths."""
+        cfg, r = self.model.cfg, self.model.rssm
+        d, sc = cfg.deter, cfg.stoch * cfg.classes
+        rh, sh = self._heads
+        inp, prior, gru = r.inp[0].weight, r.prior, r.gru
+        w = {
+            "w_ih": gru.weight_ih.t(), "b_ih": gru.bias_ih, "w_hh": gru.weight_hh.t(), "b_hh": gru.bias_hh,
+            "ln_in_w": r.inp[1].weight, "ln_in_b": r.inp[1].bias,
+            "w_p1": prior[0].weight.t(), "b_p1": prior[0].bias, "ln_p_w": prior[1].weight,
+            "ln_p_b": prior[1].bias, "w_p2": prior[3].weight.t(), "b_p2": prior[3].bias,
+            # the stochastic state's columns of the input layer | reward head | success head
+            "w_z": torch.cat([inp[:, :sc], rh[0].weight[:, d : d + sc], sh[0].weight[:, d : d + sc]]).t(),
+            # the GRU state's columns of the reward head | success head
+            "w_hd": torch.cat([rh[0].weight[:, :d], sh[0].weight[:, :d]]).t(),
+            # torch's, per call (as [N, K]): the input layer's action term, the heads' goal term
+            "w_act": F.pad(inp[:, sc:], (0, self.pad_action)), "b_act": r.inp[0].bias,
+            "w_goal": F.pad(torch.cat([h[0].weight[:, d + sc :] for h in (rh, sh)]), (0, self.pad_goal)),
+            "b_goal": torch.cat([rh[0].bias, sh[0].bias]),
+        }  # fmt: skip
+        for prefix, head, width in (("r", rh, self.nb), ("s", sh, NS)):
+            out = head[6]
+            # extra bins of a two-hot head get a bias of -inf: the softmax gives them nothing
+            fill = -math.inf if getattr(head, "num_bins", 0) else 0.0
+            w |= {
+                f"{prefix}_ln1_w": head[1].weight, f"{prefix}_ln1_b": head[1].bias,
+                f"{prefix}_w2": head[3].weight.t(), f"{prefix}_b2": head[3].bias,
+                f"{prefix}_ln2_w": head[4].weight, f"{prefix}_ln2_b": head[4].bias,
+                f"{prefix}_w3": F.pad(out.weight.t(), (0, width - out.out_features)),
+                f"{prefix}_b3": F.pad(out.bias, (0, width - out.out_features), value=fill),
+            }  # fmt: skip
+        return {k: v.detach().contiguous() for k, v in w.items()}
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Copy the model's current weights into the packed buffers (nothing here waits for the device)."""
+        for name, value in self._pack().items():
+            self._w[name].copy_(value)
+
+    @torch.no_grad()
+    def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
+        model, cfg = self.model, self.model.cfg
+        model.check_imagine_inputs(state, actions)
+        m, t, _ = actions.shape
+        d, hd, sc = cfg.deter, cfg.hidden, cfg.stoch * cfg.classes
+        dt, dev = self.dtype, actions.device
+        w = self._w
+        zin = F.linear(state.stoch.flatten(-2).to(dt), w["w_z"][:, :hd].t()).float().contiguous()
+        act = F.linear(F.pad(actions.to(dt), (0, self.pad_action)), w["w_act"], w["b_act"]).contiguous()
+        if state.goal is None:
+            goal = w["b_goal"].float().expand(m, -1).contiguous()
+        else:
+            goal = F.linear(F.pad(state.goal.to(dt), (0, self.pad_goal)), w["w_goal"], w["b_goal"]).float()
+        deter = state.deter.to(dt).contiguous()
+        reward = torch.empty(m, t, device=dev)
+        success = torch.empty(m, t, device=dev)
+        deter_out = torch.empty(m, d, device=dev, dtype=state.deter.dtype)
+        stoch_out = torch.empty(m, sc, device=dev, dtype=state.stoch.dtype)
+        limit = float(model.reward_head.limit)
+        step = 2 * limit / (self.bins - 1) if self.bins else 0.0
+        kernel = load_kernel(self.interpret)
+        extra = {"BM": 16, "BK": 16} if self.interpret else {}
+        xw = max(hd, sc)
+        scratch = torch.empty(m + _MAX_BM, xw + d, device=dev, dtype=dt)
+
+        def grid(meta: dict[str, Any]) -> tuple[int]:
+            return (-(-m // meta["BM"]),)
+
+        kernel[grid](
+            deter, zin, act, goal, reward, success, deter_out, stoch_out, scratch,
+            *(w[n] for n in _KERNEL_WEIGHTS),
+            m, self.eps, -limit, step, 0,
+            T=t, D=d, HD=hd, S=cfg.stoch, C=cfg.classes, NB=self.nb, BINS=self.bins, NS=NS, XW=xw, **extra,
+        )  # fmt: skip
+        last = State(deter_out, stoch_out.view(m, cfg.stoch, cfg.classes), state.goal)
+        return Rollout(last.feat.unsqueeze(1), reward, success, None, None)

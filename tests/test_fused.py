@@ -1,0 +1,110 @@
+"""The fused Triton rollout (FusedImagine) on the CPU, in Triton's interpreter: the same numbers as
+``WorldModel.imagine`` for goal-conditioned and goal-free models, both reward heads, a row count that
+is not a multiple of the block, and after the weights change. Its speed is a GPU matter
+(bench/profile_imagine.py, bench/bench_planner.py); the CUDA tests are in test_cuda.py."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from robobrain.config import get_preset
+from robobrain.world_model import FusedImagine, WorldModel, fused_unsupported
+
+# Where the subprocesses find Triton: this environment's, or the copy `make setup` puts in the venv,
+# off its path (importing triton 3.9 after Mesa's EGL has loaded segfaults, and torch imports any
+# triton it finds).
+TRITON_DIR = Path(sys.prefix) / "interpreter-triton"
+HAS_TRITON = importlib.util.find_spec("triton") is not None or (TRITON_DIR / "triton").is_dir()
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton (make setup installs it)")
+
+
+def run_with_triton(script: str, interpret: bool) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TRITON_DIR), os.environ.get("PYTHONPATH", "")]))
+    env.pop("TRITON_INTERPRET", None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+# Triton picks its interpreter when it is first imported, so the comparison runs in a fresh process.
+SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, torch
+    from robobrain.config import get_preset
+    from robobrain.world_model import FusedImagine, State, WorldModel
+
+    torch.manual_seed(0)
+    for preset, goal_dim, bins in (("debug", 3, 41), ("debug", 0, 0), ("cpu", 3, 41)):
+        cfg = dataclasses.replace(get_preset(preset).world_model, goal_dim=goal_dim, reward_bins=bins)
+        model = WorldModel(cfg).eval().requires_grad_(False)
+        for p in model.parameters():  # every weight random (the two-hot reward head starts at 0)
+            p.normal_(0, 0.3)
+        fused = FusedImagine(model)
+        for round_ in range(2):
+            m, h = 37, 4
+            stoch = torch.nn.functional.one_hot(torch.randint(0, cfg.classes, (m, cfg.stoch)), cfg.classes)
+            goal = torch.randn(m, goal_dim) if goal_dim else None
+            state = State(torch.randn(m, cfg.deter), stoch.float(), goal)
+            actions = torch.rand(m, h, cfg.action_dim) * 2 - 1
+            ref, got = model.imagine(state, actions), fused(state, actions)
+            assert got.reward.shape == got.success_logit.shape == (m, h)
+            assert got.feat.shape == (m, 1, cfg.feat_dim)
+            assert ref.reward.abs().mean() > 0.02 and ref.success_logit.abs().mean() > 0.02  # not trivial
+            torch.testing.assert_close(got.reward, ref.reward, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got.success_logit, ref.success_logit, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got.feat[:, 0], ref.feat[:, -1], rtol=1e-4, atol=1e-4)
+            for p in model.parameters():  # new weights reach the kernel through sync()
+                p.mul_(0.8)
+            fused.sync()
+        print("ok", preset, goal_dim, bins)
+    """
+)
+
+
+@needs_triton
+def test_fused_rollout_equals_imagine_in_the_triton_interpreter():
+    done = run_with_triton(SCRIPT, interpret=True)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert done.stdout.count("ok") == 3
+
+
+def test_fused_rollout_says_what_it_cannot_run():
+    cfg = get_preset("debug", goal_dim=3).world_model
+    if importlib.util.find_spec("triton") is not None:  # (this process's; a GPU build's)
+        assert fused_unsupported(cfg) is None
+        assert fused_unsupported(replace(cfg, ensemble=2)) is None  # unless the score needs the spread
+        assert "disagreement" in fused_unsupported(replace(cfg, ensemble=2), disagreement=True)
+    else:
+        assert "Triton" in fused_unsupported(cfg)
+    odd = replace(cfg, hidden=48)
+    assert fused_unsupported(odd) is not None
+    with pytest.raises(ValueError, match="FusedImagine cannot run this model"):
+        FusedImagine(WorldModel(odd))
+
+
+@needs_triton
+def test_fused_rollout_on_cpu_tensors_needs_the_interpreter():
+    script = textwrap.dedent(
+        """
+        import torch
+        from robobrain.config import get_preset
+        from robobrain.world_model import FusedImagine, WorldModel
+
+        model = WorldModel(get_preset("debug", goal_dim=3).world_model)
+        state = model.rssm.initial(2, "cpu", torch.zeros(2, 3))
+        try:
+            FusedImagine(model)(state, torch.zeros(2, 3, model.cfg.action_dim))
+        except ValueError as e:
+            print(e)
+        """
+    )
+    done = run_with_triton(script, interpret=False)
+    assert done.returncode == 0 and "TRITON_INTERPRET=1" in done.stdout, done.stdout + done.stderr[-3000:]
