@@ -44,9 +44,8 @@ def main() -> None:
         raise SystemExit(f"the fused kernel cannot run the {args.preset} preset: {why}")
     sc = cfg.stoch * cfg.classes
     const = {"T": args.horizon, "D": cfg.deter, "HD": cfg.hidden, "S": cfg.stoch, "C": cfg.classes,
-             "NB": padded_bins(cfg.reward_bins), "BINS": cfg.reward_bins, "NS": NS,
-             "XW": max(cfg.hidden, sc)}  # fmt: skip
-    float32 = {"zin_ptr", "goal_ptr", "reward_ptr", "success_ptr", "deter_out_ptr", "stoch_out_ptr"}
+             "NB": padded_bins(cfg.reward_bins), "BINS": cfg.reward_bins, "NS": NS}  # fmt: skip
+    float32 = {"deter_ptr", "goal_ptr", "reward_ptr", "success_ptr", "deter_out_ptr", "stoch_out_ptr"}
     scalars = {"M": "i32", "zero": "i32", "eps": "fp32", "bin_low": "fp32", "bin_step": "fp32"}
     print(f"# fused rollout kernel, preset {args.preset}, H={args.horizon}, sm_{args.arch}, "
           f"triton {triton.__version__}")  # fmt: skip

@@ -30,7 +30,7 @@ from robobrain.config import WorldModelConfig
 from robobrain.world_model.model import Rollout, WorldModel
 from robobrain.world_model.rssm import State
 
-_BLOCKS = ((16, 16, 4), (16, 32, 4), (32, 32, 4), (32, 32, 8), (64, 32, 8), (64, 64, 8))
+_BLOCKS = ((16, 16, 8), (16, 32, 8), (32, 32, 8), (32, 64, 8), (64, 32, 8), (64, 64, 8))
 """(rows per program BM, weight rows per load BK, warps) tried by Triton's autotuner on the first
 call with each (M, T); configurations whose BK exceeds a matmul's inner size are dropped."""
 _MAX_BM = max(bm for bm, _, _ in _BLOCKS)
@@ -184,13 +184,13 @@ class FusedImagine:
         d, hd, sc = cfg.deter, cfg.hidden, cfg.stoch * cfg.classes
         dt, dev = self.dtype, actions.device
         w = self._w
-        zin = F.linear(state.stoch.flatten(-2).to(dt), w["w_z"][:, :hd].t()).float().contiguous()
+        stoch = state.stoch.flatten(-2).to(dt).contiguous()
         act = F.linear(F.pad(actions.to(dt), (0, self.pad_action)), w["w_act"], w["b_act"]).contiguous()
         if state.goal is None:
             goal = w["b_goal"].float().expand(m, -1).contiguous()
         else:
             goal = F.linear(F.pad(state.goal.to(dt), (0, self.pad_goal)), w["w_goal"], w["b_goal"]).float()
-        deter = state.deter.to(dt).contiguous()
+        deter = state.deter.float().contiguous()
         reward = torch.empty(m, t, device=dev)
         success = torch.empty(m, t, device=dev)
         deter_out = torch.empty(m, d, device=dev, dtype=state.deter.dtype)
@@ -199,17 +199,16 @@ class FusedImagine:
         step = 2 * limit / (self.bins - 1) if self.bins else 0.0
         kernel = load_kernel(self.interpret)
         extra = {"BM": 16, "BK": 16} if self.interpret else {}
-        xw = max(hd, sc)
-        scratch = torch.empty(m + _MAX_BM, xw + d, device=dev, dtype=dt)
+        scratch = torch.empty(m + _MAX_BM, sc + hd + d, device=dev, dtype=dt)
 
         def grid(meta: dict[str, Any]) -> tuple[int]:
             return (-(-m // meta["BM"]),)
 
         kernel[grid](
-            deter, zin, act, goal, reward, success, deter_out, stoch_out, scratch,
+            deter, stoch, act, goal, reward, success, deter_out, stoch_out, scratch,
             *(w[n] for n in _KERNEL_WEIGHTS),
             m, self.eps, -limit, step, 0,
-            T=t, D=d, HD=hd, S=cfg.stoch, C=cfg.classes, NB=self.nb, BINS=self.bins, NS=NS, XW=xw, **extra,
+            T=t, D=d, HD=hd, S=cfg.stoch, C=cfg.classes, NB=self.nb, BINS=self.bins, NS=NS, **extra,
         )  # fmt: skip
         last = State(deter_out, stoch_out.view(m, cfg.stoch, cfg.classes), state.goal)
         return Rollout(last.feat.unsqueeze(1), reward, success, None, None)
