@@ -63,6 +63,10 @@ def main() -> None:
         "--compile-modes", nargs="+", default=["default"],
         help="torch.compile modes of the compiled whole-plan rows (CUDA), e.g. max-autotune-no-cudagraphs",
     )  # fmt: skip
+    parser.add_argument(
+        "--only", nargs="+", default=None,
+        help="run only the variants whose name contains one of these words (e.g. compiled fused)",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     sizes = {k: v for k, v in (("stoch", args.stoch), ("classes", args.classes)) if v is not None}
@@ -90,6 +94,8 @@ def main() -> None:
                 )
             else:
                 print(f"# no fused Triton row: {why}")
+    if args.only:
+        variants = [(name, kw) for name, kw in variants if any(word in name for word in args.only)]
     rows = []
     for n_envs in args.envs:
         rng = np.random.default_rng(0)

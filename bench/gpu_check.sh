@@ -4,7 +4,8 @@
 #   bash bench/gpu_check.sh [OUT_DIR [STEP...]]   # from the repository root, on a machine with a CUDA GPU
 #
 # With STEP names (tests, wm_cpu_1024, wm_cpu_16384, wm_gpu_1024, planner_cpu, planner_gpu,
-# planner_cpu_bc, planner_modes, profile_imagine, sac_pixels) only those run, in the order given below.
+# planner_cpu_bc, planner_modes, planner_fused, profile_imagine, sac_pixels) only those run, in the
+# order given below.
 #
 # 1. tests/test_cuda.py (graph replay == eager imagination, bf16 training learns, checkpoints move
 #    between devices, train-wm / eval / the online loop on CUDA);
@@ -13,7 +14,8 @@
 #    6 iterations), `cpu` and `gpu` presets, and MPPI + a behaviour prior; the `cpu` preset's
 #    compiled plan in torch.compile's default and max-autotune modes (planner_modes); with Triton
 #    installed (GPU torch builds bring it) also the fused Triton rollout (FusedImagine), whose
-#    autotuning compiles ~6 block configurations on its first call;
+#    autotuning compiles 6 block configurations on its first call; planner_fused: only the compiled
+#    twin and the fused rollout, side by side (the short check of the fused kernel);
 # 4. profile_imagine.py: where a [16384, 12] rollout spends its time, cheaper precisions, and the
 #    fused Triton rollout (its time and chosen block);
 # 5. (only when named) the SB3 SAC-from-pixels peer of the online bar on Push, 20k steps on cuda
@@ -69,6 +71,7 @@ step planner_cpu 360 $py $bp --preset cpu
 step planner_gpu 180 $py $bp --preset gpu
 step planner_cpu_bc 90 $py $bp --preset cpu --optimizer mppi --guide bc
 step planner_modes 420 $py $bp --preset cpu --compile-modes default max-autotune-no-cudagraphs
+step planner_fused 300 $py $bp --preset cpu --only compiled fused
 step profile_imagine 240 $py bench/profile_imagine.py --preset cpu --batch 16384
 if [[ "$only" == *" sac_pixels "* ]]; then
     step sac_pixels 560 $py bench/bench_online.py --env robobrain/Push-v0 --env-steps 20000 --episodes 20 \

@@ -125,6 +125,8 @@ class WorldModelMPCPolicy:
                 why = why or "it runs in the whole-plan CUDA graph (CUDA, fast, whole_plan, no time budget)"
             if guide is not None:
                 why = why or "guided plans are not recorded whole"
+            if compile:
+                why = why or "it replaces the compiled twin (compile)"
             if why is not None:
                 raise ValueError(f"fused imagination cannot be used here: {why}")
         if fast and whole_plan and self.device.type == "cuda" and self.cfg.optim.time_budget is None:

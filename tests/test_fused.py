@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from robobrain.config import get_preset
+from robobrain.planning import MPCConfig
+from robobrain.policies import WorldModelMPCPolicy
 from robobrain.world_model import FusedImagine, WorldModel, fused_unsupported
 
 # Where the subprocesses find Triton: this environment's, or the copy `make setup` puts in the venv,
@@ -108,3 +110,13 @@ def test_fused_rollout_on_cpu_tensors_needs_the_interpreter():
     )
     done = run_with_triton(script, interpret=False)
     assert done.returncode == 0 and "TRITON_INTERPRET=1" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+def test_fused_planning_is_refused_where_it_cannot_run():
+    """The planner's fused rollout lives in the whole-plan CUDA graph: on the CPU, with a guide, a
+    time budget or --compile, asking for it is an error, not a silent fallback."""
+    model = WorldModel(get_preset("debug", goal_dim=3).world_model)
+    with pytest.raises(ValueError, match="fused imagination cannot be used here"):
+        WorldModelMPCPolicy(model, MPCConfig(), "cpu", fused=True)
+    with pytest.raises(ValueError, match="fused imagination cannot be used here"):
+        WorldModelMPCPolicy(model, MPCConfig(), "cpu", fused=True, compile=True)
