@@ -93,12 +93,13 @@ def test_fused_rollout_says_what_it_cannot_run():
 
 
 @needs_triton
-def test_fused_rollout_on_cpu_tensors_needs_the_interpreter():
+def test_fused_rollout_refuses_cpu_tensors_outside_the_interpreter_and_other_layouts():
     script = textwrap.dedent(
         """
         import torch
         from robobrain.config import get_preset
         from robobrain.world_model import FusedImagine, WorldModel
+        from robobrain.world_model.networks import MLP
 
         model = WorldModel(get_preset("debug", goal_dim=3).world_model)
         state = model.rssm.initial(2, "cpu", torch.zeros(2, 3))
@@ -106,10 +107,16 @@ def test_fused_rollout_on_cpu_tensors_needs_the_interpreter():
             FusedImagine(model)(state, torch.zeros(2, 3, model.cfg.action_dim))
         except ValueError as e:
             print(e)
+        model.success_head = MLP(model.cfg.feat_dim, 1, model.cfg.hidden, layers=1)  # not its layout
+        try:
+            FusedImagine(model)
+        except ValueError as e:
+            print(e)
         """
     )
     done = run_with_triton(script, interpret=False)
-    assert done.returncode == 0 and "TRITON_INTERPRET=1" in done.stdout, done.stdout + done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TRITON_INTERPRET=1" in done.stdout and "layer structure" in done.stdout, done.stdout
 
 
 def test_fused_planning_is_refused_where_it_cannot_run():

@@ -125,10 +125,14 @@ class FusedImagine:
         self.nb = padded_bins(self.bins)
         self.pad_action = -cfg.action_dim % 8  # odd inner dimensions got a slow cuBLAS kernel (RESULTS)
         self.pad_goal = -cfg.goal_dim % 8
-        ln = (model.rssm.inp[1], model.rssm.prior[1], *(h[i] for h in self._heads for i in (1, 4)))
-        if any(not isinstance(m, nn.LayerNorm) or m.eps != ln[0].eps for m in ln):
-            raise ValueError("FusedImagine expects LayerNorms with one eps throughout")
-        self.eps = ln[0].eps
+        # The layer structure the kernel hard-codes (networks.MLP), checked rather than assumed.
+        dense, norm, act = nn.Linear, nn.LayerNorm, nn.SiLU
+        expected = [(model.rssm.inp, (dense, norm, act)), (model.rssm.prior, (dense, norm, act, dense))]
+        expected += [(head, (dense, norm, act, dense, norm, act, dense)) for head in self._heads]
+        norms = [m for seq, _ in expected for m in seq if isinstance(m, norm)]
+        if any(tuple(map(type, seq)) != kinds for seq, kinds in expected) or len({m.eps for m in norms}) != 1:
+            raise ValueError("FusedImagine expects the layer structure of networks.MLP, one LayerNorm eps")
+        self.eps = norms[0].eps
         self._w = {k: v.to(self.dtype).clone() for k, v in self._pack().items()}
 
     @property
