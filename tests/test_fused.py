@@ -1,7 +1,7 @@
 """The fused Triton rollout (FusedImagine) on the CPU, in Triton's interpreter: the same numbers as
 ``WorldModel.imagine`` for goal-conditioned and goal-free models, both reward heads, a row count that
-is not a multiple of the block, and after the weights change. Its speed is a GPU matter
-(bench/profile_imagine.py, bench/bench_planner.py); the CUDA tests are in test_cuda.py."""
+is not a multiple of the block, after the weights change, and as the planner's rollout. Its speed is
+a GPU matter (bench/profile_imagine.py, bench/bench_planner.py); the CUDA tests are in test_cuda.py."""
 
 import importlib.util
 import os
@@ -67,6 +67,20 @@ SCRIPT = textwrap.dedent(
                 p.mul_(0.8)
             fused.sync()
         print("ok", preset, goal_dim, bins)
+
+    # In the planner: the same plan from the same noise as with WorldModel.imagine, a terminal value
+    # read off the fused rollout's last features included.
+    from robobrain.planning import GraphedPlan, MPCConfig, OptimizerConfig, world_model_score_fn
+    from robobrain.planning.mpc import make_optimizer
+
+    mpc = MPCConfig(horizon=4, optim=OptimizerConfig(num_samples=16, num_elites=4, iterations=2))
+    start, plans = state.index(slice(0, 2)), []
+    for imagine in (model.imagine_unchecked, FusedImagine(model)):
+        score = lambda s, im=imagine: world_model_score_fn(model, s, mpc, lambda f: f.sum(-1), imagine=im)
+        plans.append(GraphedPlan(make_optimizer(mpc), score)(start, torch.zeros(2, 4, cfg.action_dim)))
+    torch.testing.assert_close(plans[1].best, plans[0].best, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plans[1].score, plans[0].score, rtol=1e-4, atol=1e-4)
+    print("ok plan")
     """
 )
 
@@ -75,7 +89,7 @@ SCRIPT = textwrap.dedent(
 def test_fused_rollout_equals_imagine_in_the_triton_interpreter():
     done = run_with_triton(SCRIPT, interpret=True)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert done.stdout.count("ok") == 3
+    assert done.stdout.count("ok") == 4, done.stdout
 
 
 def test_fused_rollout_says_what_it_cannot_run():
