@@ -49,8 +49,9 @@ def main() -> None:
     scalars = {"M": "i32", "zero": "i32", "eps": "fp32", "bin_low": "fp32", "bin_step": "fp32"}
     print(f"# fused rollout kernel, preset {args.preset}, H={args.horizon}, sm_{args.arch}, "
           f"triton {triton.__version__}")  # fmt: skip
-    print("| BM | BK | warps | registers | spill stores B | spill loads B | stack B | shared B | compile s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    columns = "BM BK warps MMA registers spill_stores_B spill_loads_B stack_B shared_B compile_s".split()
+    print("| " + " | ".join(c.replace("_", " ") for c in columns) + " |")
+    print("|" + "---|" * len(columns))
     triton.knobs.nvidia.dump_ptxas_log = True
     for bm, bk, warps in _BLOCKS:
         if bk > min(cfg.deter, cfg.hidden, sc):
@@ -86,7 +87,10 @@ def main() -> None:
         regs, stores = grab(r"Used (\d+) registers"), grab(r"(\d+) bytes spill stores")
         loads, stack = grab(r"(\d+) bytes spill loads"), grab(r"(\d+) bytes stack frame")
         shared = kernel.metadata.shared
-        row = (bm, bk, warps, regs, stores, loads, stack, shared, f"{seconds:.1f}")
+        # mma.sync (Ampere's, version 2) or Hopper's warpgroup MMA (wgmma, version 3)
+        versions = sorted(set(re.findall(r"versionMajor = (\d)", kernel.asm["ttgir"])))
+        mma = "/".join({"2": "mma.sync", "3": "wgmma"}.get(v, v) for v in versions)
+        row = (bm, bk, warps, mma, regs, stores, loads, stack, shared, f"{seconds:.1f}")
         print("| " + " | ".join(map(str, row)) + " |", flush=True)
 
 

@@ -30,9 +30,20 @@ from robobrain.config import WorldModelConfig
 from robobrain.world_model.model import Rollout, WorldModel
 from robobrain.world_model.rssm import State
 
-_BLOCKS = ((16, 16, 8), (16, 32, 8), (32, 32, 8), (32, 64, 8), (64, 32, 8), (64, 64, 8))
+_BLOCKS = (
+    (16, 16, 8),
+    (16, 32, 8),
+    (32, 32, 8),
+    (32, 64, 8),
+    (64, 32, 8),
+    (64, 64, 8),
+    (64, 32, 4),
+    (128, 32, 8),
+)
 """(rows per program BM, weight rows per load BK, warps) tried by Triton's autotuner on the first
-call with each (M, T); configurations whose BK exceeds a matmul's inner size are dropped."""
+call with each (M, T); configurations whose BK exceeds a matmul's inner size are dropped. The last
+two get Hopper's warpgroup MMA (64 rows per 4 warps) at the price of more spills
+(bench/fused_kernel_resources.py)."""
 _MAX_BM = max(bm for bm, _, _ in _BLOCKS)
 NS = 16
 """Columns of the success head's padded output layer (tl.dot's smallest width; the logit is column 0)."""
