@@ -36,7 +36,7 @@ $(PY):
 	python3 -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(PY)
+$(VENV)/.installed: pyproject.toml Makefile | $(PY)
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 		echo "setup: keeping installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
 	else \
