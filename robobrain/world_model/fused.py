@@ -41,8 +41,8 @@ _BLOCKS = (
     (128, 32, 8),
 )
 """(rows per program BM, weight rows per load BK, warps) tried by Triton's autotuner on the first
-call with each (M, T); configurations whose BK exceeds a matmul's inner size are dropped. The last
-two get Hopper's warpgroup MMA (64 rows per 4 warps) at the price of more spills
+call with each shape (M, T and the model's sizes); configurations whose BK exceeds a matmul's inner
+size are dropped. BM >= 64 gets Hopper's warpgroup MMA at the price of more spills
 (bench/fused_kernel_resources.py)."""
 _MAX_BM = max(bm for bm, _, _ in _BLOCKS)
 NS = 16
@@ -104,9 +104,9 @@ def load_kernel(interpret: bool) -> Any:
         inner = min(kwargs["D"], kwargs["HD"], kwargs["S"] * kwargs["C"])
         return [c for c in configs if c.kwargs["BK"] <= inner]  # (the first has BK = 16 <= any inner)
 
-    return triton.autotune(configs, key=["M", "T"], prune_configs_by={"early_config_prune": fitting})(
-        rollout_kernel
-    )
+    # The model's sizes are part of the key: a block chosen for one model may not fit another's (BK).
+    key = ["M", "T", "D", "HD", "S", "C"]
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": fitting})(rollout_kernel)
 
 
 class FusedImagine:

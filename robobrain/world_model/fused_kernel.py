@@ -93,6 +93,7 @@ def rollout_kernel(
     BM: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     SC: tl.constexpr = S * C
+    tl.static_assert(BK <= D and BK <= HD and BK <= SC, "BK must not exceed a matmul's inner size")
     local = tl.program_id(0) * BM + tl.arange(0, BM)
     live = local < M
     rows = tl.where(live, local, 0)  # out-of-range rows compute row 0's values and store nothing
