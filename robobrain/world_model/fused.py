@@ -121,7 +121,14 @@ class FusedImagine:
     record a call. Raises ValueError for a model :func:`fused_unsupported` rejects.
     """
 
-    def __init__(self, model: WorldModel, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: WorldModel,
+        dtype: torch.dtype | None = None,
+        interpreter_block: tuple[int, int] = (16, 16),
+    ) -> None:
+        """``interpreter_block``: (BM, BK) for Triton's interpreter, which has no autotuner (on CUDA
+        the autotuner picks among ``_BLOCKS``)."""
         cfg = model.cfg
         why = fused_unsupported(cfg)
         if why is not None:
@@ -130,6 +137,7 @@ class FusedImagine:
         device = model.device
         self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.interpret = device.type != "cuda"
+        self.interpreter_block = interpreter_block
         if self.interpret and self.dtype != torch.float32:
             raise ValueError("Triton's interpreter (CPU tensors) runs float32 only")
         self.bins = cfg.reward_bins
@@ -213,8 +221,8 @@ class FusedImagine:
         limit = float(model.reward_head.limit)
         step = 2 * limit / (self.bins - 1) if self.bins else 0.0
         kernel = load_kernel(self.interpret)
-        extra = {"BM": 16, "BK": 16} if self.interpret else {}
-        scratch = torch.empty(m + _MAX_BM, sc + hd + d, device=dev, dtype=dt)
+        extra = dict(zip(("BM", "BK"), self.interpreter_block, strict=True)) if self.interpret else {}
+        scratch = torch.empty(m + max(_MAX_BM, self.interpreter_block[0]), sc + hd + d, device=dev, dtype=dt)
 
         def grid(meta: dict[str, Any]) -> tuple[int]:
             return (-(-m // meta["BM"]),)
