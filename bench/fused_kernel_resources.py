@@ -35,7 +35,7 @@ def main() -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from robobrain.world_model.fused import _BLOCKS, NS, fused_unsupported, padded_bins
+    from robobrain.world_model.fused import _BLOCKS, NS, block_fits, fused_unsupported, padded_bins
     from robobrain.world_model.fused_kernel import rollout_kernel
 
     cfg = get_preset(args.preset, state_dim=10, goal_start=7, goal_dim=3).world_model
@@ -54,7 +54,7 @@ def main() -> None:
     print("|" + "---|" * len(columns))
     triton.knobs.nvidia.dump_ptxas_log = True
     for bm, bk, warps in _BLOCKS:
-        if bk > min(cfg.deter, cfg.hidden, sc):
+        if not block_fits(bk, cfg.deter, cfg.hidden, sc):
             continue
         constexprs = dict(const, BM=bm, BK=bk)
         signature = {

@@ -1,13 +1,14 @@
 """One fused kernel per imagined rollout for the planner on a GPU (Triton).
 
 The compiled bf16 twin (:class:`robobrain.world_model.Bf16Imagine`) still runs ~10 kernels per
-imagined step and writes every step's features to memory for the heads to read back: on an H200 a
-[16384, 12] rollout took 2.1 ms (bench/RESULTS.md), six of them most of a 16-env decision. Here one
-Triton program rolls a block of rows through all steps -- GRU, prior mode, the reward and success
-heads -- with the GRU state in registers; the weights (~0.6 MB in bf16 for the ``cpu`` preset) come
-from L2 at every step. The heads' first layers are split by input when the weights are packed: the
-GRU-state and one-hot-latent parts are read from the same staged inputs as the prior and the next
-step's input layer, the goal part is computed once per row by torch.
+imagined step (the fifteenth session's profile) and writes every step's features to memory for the
+heads to read back: on an H200 a [16384, 12] rollout took 2.1 ms (bench/RESULTS.md), six of them
+most of a 16-env decision. Here one Triton program rolls a block of rows through all steps -- GRU,
+prior mode, the reward and success heads -- with the GRU state in registers; the weights (~0.6 MB
+in bf16 for the ``cpu`` preset) come from L2 at every step. The heads' first layers are split by
+input when the weights are packed: the GRU-state and one-hot-latent parts are read from the same
+staged inputs as the prior and the next step's input layer, the goal part is computed once per row
+by torch.
 
 Triton is optional: :func:`fused_unsupported` says why this path cannot run (no Triton, a model
 shape the kernel does not cover). On CPU tensors the kernel runs in Triton's interpreter (float32;
@@ -63,6 +64,11 @@ def padded_bins(bins: int) -> int:
     return max(16, 1 << max(bins - 1, 0).bit_length())
 
 
+def block_fits(bk: int, deter: int, hidden: int, stoch_classes: int) -> bool:
+    """Whether BK weight rows per load fit every matmul's inner size (the kernel asserts it)."""
+    return bk <= min(deter, hidden, stoch_classes)
+
+
 def fused_unsupported(cfg: WorldModelConfig, disagreement: bool = False) -> str | None:
     """Why :class:`FusedImagine` cannot roll out this model (None when it can)."""
     if importlib.util.find_spec("triton") is None:
@@ -101,8 +107,8 @@ def load_kernel(interpret: bool) -> Any:
     configs = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=1) for bm, bk, w in _BLOCKS]
 
     def fitting(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
-        inner = min(kwargs["D"], kwargs["HD"], kwargs["S"] * kwargs["C"])
-        return [c for c in configs if c.kwargs["BK"] <= inner]  # (the first has BK = 16 <= any inner)
+        sizes = kwargs["D"], kwargs["HD"], kwargs["S"] * kwargs["C"]
+        return [c for c in configs if block_fits(c.kwargs["BK"], *sizes)]  # (BK = 16 always fits)
 
     # The model's sizes are part of the key: a block chosen for one model may not fit another's (BK).
     key = ["M", "T", "D", "HD", "S", "C"]
