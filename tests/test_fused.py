@@ -73,11 +73,12 @@ SCRIPT = textwrap.dedent(
     from robobrain.world_model.fused import _BLOCKS
 
     ref = model.imagine(state, actions)
-    for bm, bk, _ in _BLOCKS:
-        got = FusedImagine(model, interpreter_block=(bm, bk))(state, actions)
+    blocks = {block[:2]: block for block in _BLOCKS}.values()  # the interpreter ignores warps and
+    for block in blocks:  # stages (tests/test_cuda.py runs each configuration)
+        got = FusedImagine(model, block=block)(state, actions)
         torch.testing.assert_close(got.reward, ref.reward, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got.success_logit, ref.success_logit, rtol=1e-4, atol=1e-4)
-    print("ok blocks", len(_BLOCKS))
+    print("ok blocks", len(blocks))
 
     # In the planner: the same plan from the same noise as with WorldModel.imagine, a terminal value
     # read off the fused rollout's last features included.
@@ -132,6 +133,10 @@ def test_fused_rollout_refuses_cpu_tensors_outside_the_interpreter_and_other_lay
             FusedImagine(model)(state, torch.zeros(2, 3, model.cfg.action_dim))
         except ValueError as e:
             print(e)
+        try:  # BK = 64 rows per load, but the debug preset's GRU state has 32
+            FusedImagine(model, block=(16, 64, 8, 1))
+        except ValueError as e:
+            print(e)
         model.success_head = MLP(model.cfg.feat_dim, 1, model.cfg.hidden, layers=1)  # not its layout
         try:
             FusedImagine(model)
@@ -142,6 +147,7 @@ def test_fused_rollout_refuses_cpu_tensors_outside_the_interpreter_and_other_lay
     done = run_with_triton(script, interpret=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TRITON_INTERPRET=1" in done.stdout and "layer structure" in done.stdout, done.stdout
+    assert "BK = 64 exceeds" in done.stdout, done.stdout
 
 
 def test_fused_planning_is_refused_where_it_cannot_run():

@@ -32,20 +32,28 @@ from robobrain.world_model.model import Rollout, WorldModel
 from robobrain.world_model.rssm import State
 
 _BLOCKS = (
-    (16, 16, 8),
-    (16, 32, 8),
-    (32, 32, 8),
-    (32, 64, 8),
-    (64, 32, 8),
-    (64, 64, 8),
-    (64, 32, 4),
-    (128, 32, 8),
+    (16, 16, 8, 1),
+    (16, 32, 8, 1),
+    (16, 64, 8, 1),
+    (32, 32, 8, 1),
+    (32, 64, 8, 1),
+    (16, 16, 8, 2),
+    (16, 32, 8, 2),
+    (32, 16, 8, 2),
+    (32, 32, 8, 2),
+    (64, 16, 8, 1),
+    (64, 32, 8, 1),
+    (64, 32, 8, 2),
+    (64, 64, 8, 1),
+    (128, 32, 8, 1),
 )
-"""(rows per program BM, weight rows per load BK, warps) tried by Triton's autotuner on the first
-call with each shape (M, T and the model's sizes); configurations whose BK exceeds a matmul's inner
-size are dropped. BM >= 64 gets Hopper's warpgroup MMA at the price of more spills
-(bench/fused_kernel_resources.py)."""
-_MAX_BM = max(bm for bm, _, _ in _BLOCKS)
+"""(rows per program BM, weight rows per load BK, warps, software-pipeline stages) tried by Triton's
+autotuner on the first call with each shape (M, T and the model's sizes); configurations whose BK
+exceeds a matmul's inner size are dropped. BM >= 64 gets Hopper's warpgroup MMA at the price of
+more spills; 2 stages load the next BK weight rows while the current ones are multiplied, and for
+BM <= 32 with BK <= 32 spilled nothing in the offline compile (bench/fused_kernel_resources.py,
+bench/RESULTS.md)."""
+_MAX_BM = max(block[0] for block in _BLOCKS)
 NS = 16
 """Columns of the success head's padded output layer (tl.dot's smallest width; the logit is column 0)."""
 _KERNEL_WEIGHTS = (
@@ -85,10 +93,11 @@ def fused_unsupported(cfg: WorldModelConfig, disagreement: bool = False) -> str 
 
 
 @functools.cache
-def load_kernel(interpret: bool) -> Any:
-    """The rollout kernel: compiled for the GPU and autotuned over block sizes, or with ``interpret``
-    run by Triton's CPU interpreter, which Triton decides when it is first imported
-    (``TRITON_INTERPRET=1`` in the environment then; ValueError otherwise)."""
+def load_kernel(interpret: bool, autotuned: bool = True) -> Any:
+    """The rollout kernel: compiled for the GPU and, with ``autotuned``, tuned over ``_BLOCKS``
+    (otherwise the launch names BM, BK, num_warps and num_stages), or with ``interpret`` run by
+    Triton's CPU interpreter, which Triton decides when it is first imported (``TRITON_INTERPRET=1``
+    in the environment then; ValueError otherwise)."""
     import triton
 
     knobs = getattr(triton, "knobs", None)  # (Triton >= 3.4; earlier ones read the variable directly)
@@ -102,9 +111,9 @@ def load_kernel(interpret: bool) -> Any:
         )
     from robobrain.world_model.fused_kernel import rollout_kernel
 
-    if interpret:
+    if interpret or not autotuned:
         return rollout_kernel
-    configs = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=1) for bm, bk, w in _BLOCKS]
+    configs = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=st) for bm, bk, w, st in _BLOCKS]
 
     def fitting(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
         sizes = kwargs["D"], kwargs["HD"], kwargs["S"] * kwargs["C"]
@@ -131,10 +140,11 @@ class FusedImagine:
         self,
         model: WorldModel,
         dtype: torch.dtype | None = None,
-        interpreter_block: tuple[int, int] = (16, 16),
+        block: tuple[int, int, int, int] | None = None,
     ) -> None:
-        """``interpreter_block``: (BM, BK) for Triton's interpreter, which has no autotuner (on CUDA
-        the autotuner picks among ``_BLOCKS``)."""
+        """``block``: (BM, BK, warps, stages), e.g. one of ``_BLOCKS``, instead of the autotuner's pick
+        among them on CUDA (Triton's interpreter has no autotuner: (16, 16, 8, 1) there by default;
+        it ignores warps and stages)."""
         cfg = model.cfg
         why = fused_unsupported(cfg)
         if why is not None:
@@ -143,7 +153,9 @@ class FusedImagine:
         device = model.device
         self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.interpret = device.type != "cuda"
-        self.interpreter_block = interpreter_block
+        if block is not None and not block_fits(block[1], cfg.deter, cfg.hidden, cfg.stoch * cfg.classes):
+            raise ValueError(f"block {block}: BK = {block[1]} exceeds an inner size of this model")
+        self.block = (16, 16, 8, 1) if block is None and self.interpret else block
         if self.interpret and self.dtype != torch.float32:
             raise ValueError("Triton's interpreter (CPU tensors) runs float32 only")
         self.bins = cfg.reward_bins
@@ -226,9 +238,12 @@ class FusedImagine:
         stoch_out = torch.empty(m, sc, device=dev, dtype=state.stoch.dtype)
         limit = float(model.reward_head.limit)
         step = 2 * limit / (self.bins - 1) if self.bins else 0.0
-        kernel = load_kernel(self.interpret)
-        extra = dict(zip(("BM", "BK"), self.interpreter_block, strict=True)) if self.interpret else {}
-        scratch = torch.empty(m + max(_MAX_BM, self.interpreter_block[0]), sc + hd + d, device=dev, dtype=dt)
+        kernel, extra = load_kernel(self.interpret, autotuned=self.block is None), {}
+        if self.block is not None:
+            bm, bk, warps, stages = self.block
+            extra = {"BM": bm, "BK": bk, "num_warps": warps, "num_stages": stages}
+        rows = max(_MAX_BM, self.block[0] if self.block else 0)
+        scratch = torch.empty(m + rows, sc + hd + d, device=dev, dtype=dt)
 
         def grid(meta: dict[str, Any]) -> tuple[int]:
             return (-(-m // meta["BM"]),)
