@@ -1,7 +1,13 @@
-"""Registers, spills and compile time of the fused rollout kernel (FusedImagine) for each of the
-autotuner's block configurations, from an offline compile for a GPU architecture: no GPU needed.
+"""Registers, spills, software pipelining and compile time of the fused rollout kernel (FusedImagine)
+for each of the autotuner's configurations, from an offline compile for a GPU architecture: no GPU
+needed.
 
-    python bench/fused_kernel_resources.py [--preset cpu] [--horizon 12] [--arch 90]
+    python bench/fused_kernel_resources.py [--preset cpu] [--horizon 12] [--arch 90] [--grid]
+
+``--grid``: every BM in 16..128, BK in 16..64 and 1..3 stages at 8 warps instead of the autotuner's
+candidates. "async copies" counts the ``cp.async`` instructions in the PTX: the K loops' loads are
+software-pipelined (the next weight rows are in flight while the current ones are multiplied) only
+where it is above 0.
 
 A configuration that spills to local memory is slower than its arithmetic says; what it costs in
 time only a GPU can tell (bench/profile_imagine.py, bench/bench_planner.py).
@@ -27,6 +33,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--horizon", type=int, default=12)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100/H200)")
+    parser.add_argument("--grid", action="store_true", help="a grid of configurations, not the candidates")
     args = parser.parse_args()
 
     # a fresh cache, so every configuration is compiled and ptxas reports on it
@@ -49,11 +56,13 @@ def main() -> None:
     scalars = {"M": "i32", "zero": "i32", "eps": "fp32", "bin_low": "fp32", "bin_step": "fp32"}
     print(f"# fused rollout kernel, preset {args.preset}, H={args.horizon}, sm_{args.arch}, "
           f"triton {triton.__version__}")  # fmt: skip
-    columns = "BM BK warps MMA registers spill_stores_B spill_loads_B stack_B shared_B compile_s".split()
+    columns = "BM BK warps stages MMA registers spill_stores_B spill_loads_B stack_B shared_B".split()
+    columns += ["async_copies", "compile_s"]
     print("| " + " | ".join(c.replace("_", " ") for c in columns) + " |")
     print("|" + "---|" * len(columns))
     triton.knobs.nvidia.dump_ptxas_log = True
-    for bm, bk, warps in _BLOCKS:
+    grid = [(bm, bk, 8, st) for bm in (16, 32, 64, 128) for bk in (16, 32, 64) for st in (1, 2, 3)]
+    for bm, bk, warps, stages in grid if args.grid else _BLOCKS:
         if not block_fits(bk, cfg.deter, cfg.hidden, sc):
             continue
         constexprs = dict(const, BM=bm, BK=bk)
@@ -75,7 +84,7 @@ def main() -> None:
             kernel = triton.compile(
                 ASTSource(rollout_kernel, signature, constexprs=constexprs, attrs=attrs),
                 target=GPUTarget("cuda", args.arch, 32),
-                options={"num_warps": warps, "num_stages": 1},
+                options={"num_warps": warps, "num_stages": stages},
             )
         seconds = time.perf_counter() - start
         text = log.getvalue()
@@ -90,7 +99,8 @@ def main() -> None:
         # mma.sync (Ampere's, version 2) or Hopper's warpgroup MMA (wgmma, version 3)
         versions = sorted(set(re.findall(r"versionMajor = (\d)", kernel.asm["ttgir"])))
         mma = "/".join({"2": "mma.sync", "3": "wgmma"}.get(v, v) for v in versions)
-        row = (bm, bk, warps, mma, regs, stores, loads, stack, shared, f"{seconds:.1f}")
+        copies = len(re.findall(r"\bcp\.async\.c[ag]\b", kernel.asm["ptx"]))
+        row = (bm, bk, warps, stages, mma, regs, stores, loads, stack, shared, copies, f"{seconds:.1f}")
         print("| " + " | ".join(map(str, row)) + " |", flush=True)
 
 

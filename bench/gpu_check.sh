@@ -14,8 +14,9 @@
 #    6 iterations), `cpu` and `gpu` presets, and MPPI + a behaviour prior; the `cpu` preset's
 #    compiled plan in torch.compile's default and max-autotune modes (planner_modes); with Triton
 #    installed (GPU torch builds bring it) also the fused Triton rollout (FusedImagine), whose
-#    autotuning compiles 8 block configurations on its first call; planner_fused: only the compiled
-#    twin and the fused rollout, side by side (the short check of the fused kernel);
+#    autotuning compiles 14 configurations on its first call (the tests step compiles them first,
+#    for Triton's cache); planner_fused: only the compiled twin and the fused rollout, side by
+#    side (the short check of the fused kernel);
 # 4. profile_imagine.py: where a [16384, 12] rollout spends its time, cheaper precisions, and the
 #    fused Triton rollout (its time and chosen block);
 # 5. (only when named) the SB3 SAC-from-pixels peer of the online bar on Push, 20k steps on cuda

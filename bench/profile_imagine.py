@@ -5,9 +5,9 @@
 Times CUDA-graph replays of one [B, H] rollout of a random-weight goal-conditioned model:
 ``GraphedImagine`` under bf16 autocast (the per-rollout planner path), with a pure-bf16 copy of the
 weights, in fp32 and fp32 with TF32 matmuls; :class:`Bf16Imagine` plain and ``torch.compile``-d (the
-whole-plan graph's rollout); :class:`FusedImagine`, one Triton kernel per rollout. Then
-torch.profiler's tables of the CUDA kernels of three eager bf16-autocast rollouts and of three
-calls of the compiled twin.
+whole-plan graph's rollout); :class:`FusedImagine`, one Triton kernel per rollout, autotuned and with
+each of its block configurations pinned. Then torch.profiler's tables of the CUDA kernels of three
+eager bf16-autocast rollouts and of three calls of the compiled twin.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from robobrain.config import get_preset
 from robobrain.world_model import Bf16Imagine, FusedImagine, GraphedImagine, WorldModel, fused_unsupported
-from robobrain.world_model.fused import load_kernel
+from robobrain.world_model.fused import _BLOCKS, block_fits, load_kernel
 
 
 def ms_per_call(fn: Callable[[], object], n: int = 30) -> float:
@@ -94,6 +94,11 @@ def main() -> None:
         print(
             f"  its success logits vs the fp32 model: max |error| {err.max():.4f}, median {err.median():.4f}"
         )
+        for block in _BLOCKS:  # each configuration the autotuner chose among, pinned
+            if block_fits(block[1], cfg.deter, cfg.hidden, cfg.stoch * cfg.classes):
+                pinned = FusedImagine(model, block=block)
+                replay = recorded(lambda pinned=pinned: pinned(state, actions))
+                print(f"  block (BM, BK, warps, stages) {block}: {ms_per_call(replay):.2f} ms")
     else:
         print(f"# no fused Triton rollout: {why}")
     fp32 = GraphedImagine(model, amp=False)
