@@ -142,12 +142,20 @@ def test_fused_rollout_refuses_cpu_tensors_outside_the_interpreter_and_other_lay
             FusedImagine(model)
         except ValueError as e:
             print(e)
+
+        # one autotuner per process, whichever way it is asked for (its best_config is reported)
+        from robobrain.world_model.fused import load_kernel
+        from robobrain.world_model.fused_kernel import rollout_kernel
+
+        assert load_kernel(False) is load_kernel(False, autotuned=True) is load_kernel(False, True)
+        assert load_kernel(False).fn is rollout_kernel is load_kernel(False, autotuned=False)
+        print("one autotuner")
         """
     )
     done = run_with_triton(script, interpret=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TRITON_INTERPRET=1" in done.stdout and "layer structure" in done.stdout, done.stdout
-    assert "BK = 64 exceeds" in done.stdout, done.stdout
+    assert "BK = 64 exceeds" in done.stdout and "one autotuner" in done.stdout, done.stdout
 
 
 def test_fused_planning_is_refused_where_it_cannot_run():

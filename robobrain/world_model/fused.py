@@ -92,12 +92,12 @@ def fused_unsupported(cfg: WorldModelConfig, disagreement: bool = False) -> str 
     return None
 
 
-@functools.cache
 def load_kernel(interpret: bool, autotuned: bool = True) -> Any:
     """The rollout kernel: compiled for the GPU and, with ``autotuned``, tuned over ``_BLOCKS``
     (otherwise the launch names BM, BK, num_warps and num_stages), or with ``interpret`` run by
     Triton's CPU interpreter, which Triton decides when it is first imported (``TRITON_INTERPRET=1``
-    in the environment then; ValueError otherwise)."""
+    in the environment then; ValueError otherwise). The autotuned kernel is one object per process:
+    its ``best_config`` is the pick of the last shape it was called with."""
     import triton
 
     knobs = getattr(triton, "knobs", None)  # (Triton >= 3.4; earlier ones read the variable directly)
@@ -111,8 +111,13 @@ def load_kernel(interpret: bool, autotuned: bool = True) -> Any:
         )
     from robobrain.world_model.fused_kernel import rollout_kernel
 
-    if interpret or not autotuned:
-        return rollout_kernel
+    return rollout_kernel if interpret or not autotuned else _autotuned(rollout_kernel)
+
+
+@functools.cache
+def _autotuned(kernel: Any) -> Any:
+    import triton
+
     configs = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=st) for bm, bk, w, st in _BLOCKS]
 
     def fitting(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
@@ -121,7 +126,7 @@ def load_kernel(interpret: bool, autotuned: bool = True) -> Any:
 
     # The model's sizes are part of the key: a block chosen for one model may not fit another's (BK).
     key = ["M", "T", "D", "HD", "S", "C"]
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": fitting})(rollout_kernel)
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": fitting})(kernel)
 
 
 class FusedImagine:
