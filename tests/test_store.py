@@ -67,6 +67,46 @@ def test_truncated_and_garbage_files_are_reported_and_skipped(tmp_path, caplog):
     assert names[1] in caplog.text
 
 
+def test_every_single_byte_flip_is_reported_or_harmless(tmp_path):
+    """A damaged zip raises zlib.error, NotImplementedError, RuntimeError, ... besides OSError and
+    ValueError: with each byte of an episode file flipped in turn, the store either reads a valid
+    episode or names the file."""
+    store = EpisodeStore(tmp_path / "store")
+    name = store.add(make_episode(6))
+    path = tmp_path / "store" / name
+    original = path.read_bytes()
+    outcomes = set()
+    for offset in range(0, len(original), 3):
+        damaged = bytearray(original)
+        damaged[offset] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        try:
+            store.load(name)
+            outcomes.add("read")
+        except CorruptEpisodeError as e:
+            outcomes.add("reported")
+            assert name in str(e)
+    assert "reported" in outcomes
+
+
+def test_an_episode_of_another_layout_is_refused(tmp_path):
+    """One directory holds one env's episodes: mixed shapes would fail later, deep in numpy."""
+    store = EpisodeStore(tmp_path)
+    store.add(make_episode(4))
+    ep = make_episode(4)
+    wider = Episode(ep.pixels, np.concatenate([ep.state, ep.state], 1), ep.action, ep.reward, ep.success)
+    other_env = Episode(ep.pixels, ep.state, ep.action, ep.reward, ep.success, meta={"env_id": "Other-v0"})
+    for bad in (wider, other_env):
+        with pytest.raises(ValueError, match="another layout"):
+            EpisodeStore(tmp_path).add(bad)  # (a reopened store knows its layout too)
+        with pytest.raises(ValueError, match="another layout"):
+            store.add(bad)
+    assert len(store) == 1
+    store.truncate(0)
+    store.add(wider)  # an emptied store takes any layout
+    assert len(store) == 1
+
+
 def test_file_with_missing_or_poisoned_fields_is_skipped(tmp_path):
     store = EpisodeStore(tmp_path)
     good = store.add(make_episode(4))

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +123,7 @@ class EpisodeStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.skipped: dict[str, str] = {}
         """Files found corrupt, by name, with the reason."""
+        self._layout: tuple[Any, ...] | None = None
         self._manifest = self._load_manifest()
 
     # --- writing ---------------------------------------------------------------------------
@@ -133,6 +133,14 @@ class EpisodeStore:
             episode.validate()
         except ValueError as e:
             raise ValueError(f"refusing to store an invalid episode: {e}") from e
+        layout = self._layout_of(episode)
+        stored = self._stored_layout()
+        if stored is not None and layout != stored:
+            fields = "env_id, pixels, state and action shapes per step"
+            raise ValueError(
+                f"refusing to store an episode of another layout in {self.root}: ({fields}) {layout} "
+                f"vs the stored episodes' {stored}; use another directory for another env"
+            )
         index = self._next_index()
         name = f"episode_{index:06d}.npz"
         arrays = {
@@ -147,6 +155,7 @@ class EpisodeStore:
         _atomic_write_bytes(self.root / name, lambda f: np.savez_compressed(f, **arrays))
         self._manifest[name] = self._summary(episode)
         self._write_manifest()
+        self._layout = layout
         return name
 
     def truncate(self, keep: int) -> list[str]:
@@ -163,6 +172,7 @@ class EpisodeStore:
             self._manifest.pop(name, None)
         if drop:
             self._write_manifest()
+            self._layout = None
         return drop
 
     # --- reading ---------------------------------------------------------------------------
@@ -188,7 +198,7 @@ class EpisodeStore:
                     meta=json.loads(str(z["meta"])),
                 )
             episode.validate()
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        except Exception as e:  # a damaged zip raises BadZipFile, zlib.error, NotImplementedError, ...
             raise CorruptEpisodeError(f"{path}: {type(e).__name__}: {e}") from e
         return episode
 
@@ -214,6 +224,17 @@ class EpisodeStore:
         return sum(int(s["length"]) for s in self._manifest.values())
 
     # --- internals -------------------------------------------------------------------------
+    @staticmethod
+    def _layout_of(episode: Episode) -> tuple[Any, ...]:
+        shapes = (episode.pixels.shape[1:], episode.state.shape[1:], episode.action.shape[1:])
+        return (episode.meta.get("env_id"), *(tuple(int(n) for n in shape) for shape in shapes))
+
+    def _stored_layout(self) -> tuple[Any, ...] | None:
+        """The layout of the first readable stored episode (None for an empty store)."""
+        if self._layout is None:
+            self._layout = next((self._layout_of(ep) for _, ep in self.episodes()), None)
+        return self._layout
+
     def _next_index(self) -> int:
         names = self.names()
         return int(_NAME.match(names[-1]).group(1)) + 1 if names else 0

@@ -164,8 +164,10 @@ def load_sb3(
     d = Path(directory)
     try:
         model = _algo_class(cfg.algo).load(d / "model.zip", env=env, device=device)
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{d / 'model.zip'}: cannot load the {cfg.algo} model ({e})") from e
+    except Exception as e:  # SB3's zip reader: BadZipFile, zlib.error, pickle errors, ...
+        raise CheckpointError(
+            f"{d / 'model.zip'}: cannot load the {cfg.algo} model ({type(e).__name__}: {e})"
+        ) from e
     model.set_logger(_quiet_logger())
     if _is_off_policy(model):
         path = d / "replay_buffer.npz"
@@ -178,6 +180,6 @@ def load_sb3(
                         raise ValueError(f"{name} has shape {arr.shape}, expected {getattr(buf, name).shape}")
                     getattr(buf, name)[...] = arr
                 buf.pos, buf.full = int(z["pos"]), bool(z["full"])
-        except (OSError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{path}: unreadable replay buffer ({e})") from e
+        except Exception as e:  # a damaged zip raises BadZipFile, zlib.error, ... besides these
+            raise CheckpointError(f"{path}: unreadable replay buffer ({type(e).__name__}: {e})") from e
     return model
