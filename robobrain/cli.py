@@ -247,7 +247,8 @@ def run_eval(args: Eval) -> dict:
     if size is None and args.policy.startswith(("mpc:", "bc:")):
         config = load_checkpoint(args.policy.split(":", 1)[1], with_training_state=False).config
         size = int(config["world_model"]["image_size"])
-    envs = [make_env(args.env, size or 64) for _ in range(args.num_envs)]
+    # (no more envs than episodes: a slot that never starts an episode has no observation)
+    envs = [make_env(args.env, size or 64) for _ in range(min(args.num_envs, args.episodes))]
     planner = planner_settings(args)
     optim = OptimizerConfig(
         num_samples=planner["samples"],

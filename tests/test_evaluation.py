@@ -110,6 +110,15 @@ def test_clear_errors_for_bad_specs(tmp_path):
         load_policy(f"sb3:{tmp_path / 'bad.zip'}", "robobrain/Push-v0", space)
 
 
+def test_eval_with_fewer_episodes_than_envs_builds_only_what_it_uses(tmp_path):
+    """The oracle holds its envs: asking for 2 envs and 1 episode once refused to act for 1."""
+    main(["eval", "--policy", "oracle", "--env", "robobrain/Reach-v0", "--episodes", "1", "--num-envs", "2",
+          "--samples", "8", "--elites", "2", "--iterations", "1", "--horizon", "2", "--image-size", "32",
+          "--video-episodes", "0", "--out", str(tmp_path), "--no-progress"])  # fmt: skip
+    report = json.loads((tmp_path / "eval_info.json").read_text())
+    assert len(report["episodes"]) == 1
+
+
 def test_sb3_policy_round_trip(tmp_path):
     from stable_baselines3 import PPO
 

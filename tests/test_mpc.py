@@ -66,6 +66,8 @@ def test_mpc_warm_start_and_masked_reset():
     mpc.reset(3, torch.tensor([False, True, False]))
     assert torch.all(mpc.plan[1] == 0)
     torch.testing.assert_close(mpc.plan[[0, 2]], before[[0, 2]])
+    with pytest.raises(ValueError, match="horizon must be >= 1"):
+        MPC(dataclasses.replace(SMALL, horizon=0), action_dim=2)
 
 
 def test_exploration_noise_is_bounded_and_seeded():

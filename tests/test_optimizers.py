@@ -126,6 +126,12 @@ def test_prior_samples_are_used():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="num_elites"):
         CEM(OptimizerConfig(num_samples=4, num_elites=8))
+    for cls in OPTIMIZERS:
+        with pytest.raises(ValueError, match="iterations >= 1"):
+            cls(OptimizerConfig(iterations=0))
+    for temperature in (0.0, -1.0, float("nan")):  # 0 planned all zeros, < 0 favoured the worst
+        with pytest.raises(ValueError, match="temperature > 0"):
+            MPPI(OptimizerConfig(temperature=temperature))
     with pytest.raises(ValueError, match="B, N"):
         make(CEM).optimize(lambda a: torch.zeros(3), torch.zeros(2, 3, 1))
     with pytest.raises(ValueError, match="init_mean"):

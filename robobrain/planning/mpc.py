@@ -64,6 +64,8 @@ class MPC:
     """Receding-horizon controller for B envs at once."""
 
     def __init__(self, cfg: MPCConfig, action_dim: int, device: torch.device | str = "cpu") -> None:
+        if cfg.horizon < 1:
+            raise ValueError(f"the planning horizon must be >= 1, got {cfg.horizon}")
         self.cfg = cfg
         self.action_dim = action_dim
         self.device = torch.device(device)

@@ -69,6 +69,8 @@ class _SamplingOptimizer:
         self.cfg = config or OptimizerConfig()
         if not 0 < self.cfg.num_elites <= self.cfg.num_samples:
             raise ValueError(f"need 0 < num_elites <= num_samples, got {self.cfg}")
+        if self.cfg.iterations < 1:
+            raise ValueError(f"need iterations >= 1 (at least one always runs), got {self.cfg}")
         self.generator = generator
 
     def optimize(
@@ -186,6 +188,13 @@ class CEM(_SamplingOptimizer):
 class MPPI(_SamplingOptimizer):
     """Model-predictive path integral (TD-MPC2 style): elites weighted by
     ``exp((score - max) / temperature)``; the plan is the final weighted mean."""
+
+    def __init__(
+        self, config: OptimizerConfig | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__(config, generator)
+        if not self.cfg.temperature > 0:  # 0 gave an all-zero plan, < 0 favoured the worst elites
+            raise ValueError(f"MPPI needs temperature > 0, got {self.cfg.temperature}")
 
     def _weights(self, top: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         shifted = torch.where(valid, top - top[:, :1], torch.full_like(top, -torch.inf))
