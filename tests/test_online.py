@@ -255,7 +255,7 @@ def test_exploration_bonus_plans_for_disagreement_while_collecting_only(tmp_path
     cfg = OnlineConfig(
         preset="debug", env_steps=20, num_envs=2, episode_steps=10, seed_episodes=2, pretrain_steps=5,
         mpc=mpc, prior_samples=0, use_value=False, ensemble=2, explore_bonus=0.5, eval_every=1000,
-        eval_episodes=1,
+        eval_episodes=1, seed=3,
     )  # fmt: skip
     loop = OnlineLoop(cfg, tmp_path, online_factories(cfg.env, 32, "cpu", 10), progress=False)
     try:
@@ -264,6 +264,7 @@ def test_exploration_bonus_plans_for_disagreement_while_collecting_only(tmp_path
         assert loop.planner.cfg.disagreement_penalty == -0.5 and loop.planner.cfg.exploration_std == 0.3
         evaluating = loop._make_planner(explore=False)
         assert evaluating.cfg.disagreement_penalty == 0.0 and evaluating.cfg.exploration_std == 0.0
+        assert (loop.planner.cfg.seed, evaluating.cfg.seed) == (3, 4)  # --seed reaches the planner
         assert loop.sb3 is None
     finally:
         loop.envs.close()

@@ -295,7 +295,7 @@ def test_lr_schedule_decays_over_the_last_share_of_the_run():
 
 
 def test_killed_run_with_lr_schedule_resumes_exactly(push_data, tmp_path, monkeypatch):
-    train = dataclasses.replace(DEBUG.train, lr_decay=0.5, checkpoint_every=3)
+    train = dataclasses.replace(DEBUG.train, lr_decay=0.5, checkpoint_every=3, log_every=1)
     preset = dataclasses.replace(DEBUG, train=train)
     train_world_model(push_data, tmp_path / "straight", preset, steps=12, progress=False)
     original = WorldModelTrainer.train_step
@@ -317,6 +317,11 @@ def test_killed_run_with_lr_schedule_resumes_exactly(push_data, tmp_path, monkey
     with open(tmp_path / "straight" / "train_wm.csv") as f:
         logged = [float(row["lr"]) for row in csv.DictReader(f)]
     assert logged[0] == pytest.approx(preset.train.lr) and logged[-1] < 0.5 * preset.train.lr
+    steps = {}
+    for run in ("straight", "killed"):  # step 7's row, logged before the kill, is not there twice
+        with open(tmp_path / run / "train_wm.csv") as f:
+            steps[run] = [int(float(row["step"])) for row in csv.DictReader(f)]
+    assert steps["killed"] == steps["straight"] == list(range(1, 13))
 
 
 def test_resume_with_another_config_is_refused(push_data, tmp_path):

@@ -418,7 +418,7 @@ class OnlineLoop:
 
     def _make_planner(self, explore: bool) -> Policy:
         assert self.model is not None
-        mpc = self.cfg.mpc
+        mpc = dataclasses.replace(self.cfg.mpc, seed=self.cfg.mpc.seed + self.cfg.seed)  # (--seed)
         if not explore:
             mpc = dataclasses.replace(mpc, exploration_std=0.0, seed=mpc.seed + 1)
         elif self.cfg.explore_bonus:

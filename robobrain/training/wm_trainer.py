@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from robobrain.checkpoint import (
 )
 from robobrain.config import PresetConfig, WMTrainConfig, WorldModelConfig, from_dict, to_dict
 from robobrain.data import Episode, EpisodeStore, SequenceBatch, SequenceSampler
+from robobrain.data.store import atomic_write_json
 from robobrain.training.logging import MetricLogger
 from robobrain.world_model import WorldModel
 
@@ -303,9 +303,10 @@ def train_world_model(
         trainer.restore(int(ckpt.state["step"]), ckpt.state, ckpt.optimizer_state)
         log.info("resumed from %s at step %d", latest, trainer.step)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    atomic_write_json(run_dir / "config.json", config)
 
     logger = MetricLogger(run_dir, "train_wm")
+    logger.truncate_after(trainer.step)  # a resumed run re-does the steps after its checkpoint
     metrics: dict[str, float] = {}
     window: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
