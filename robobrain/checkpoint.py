@@ -51,6 +51,15 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
     state: dict[str, Any]
 
+    def require(self, *keys: str) -> dict[str, Any]:
+        """The training state, after checking it holds ``keys`` (CheckpointError naming the file: e.g.
+        a checkpoint of another kind of run, whose configs happen to match)."""
+        missing = [k for k in keys if k not in self.state]
+        if missing:
+            where = self.path / STATE_DIR / STATE_FILE
+            raise CheckpointError(f"{where}: no {', '.join(missing)} (not this kind of run's checkpoint?)")
+        return self.state
+
 
 # --- optimizer state <-> flat tensors + json ----------------------------------------------------
 def _flatten_optimizer(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

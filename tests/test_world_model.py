@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import json
 import os
 import pickle
 
@@ -329,6 +330,12 @@ def test_resume_with_another_config_is_refused(push_data, tmp_path):
     other = dataclasses.replace(DEBUG, world_model=dataclasses.replace(DEBUG.world_model, deter=16))
     with pytest.raises(CheckpointError, match=r"config\.json"):
         train_world_model(push_data, tmp_path, other, steps=4, progress=False)
+    # Same configs, but a checkpoint of another kind of run (its state.json lacks the trainer's keys).
+    state_file = latest_checkpoint(tmp_path) / "training_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "sampler_rng"}))
+    with pytest.raises(CheckpointError, match=r"state\.json: no sampler_rng"):
+        train_world_model(push_data, tmp_path, DEBUG, steps=4, progress=False)
 
 
 def test_corrupt_checkpoints_give_clear_errors(tmp_path):

@@ -465,6 +465,7 @@ class OnlineLoop:
             return False
         ckpt = load_checkpoint(latest)
         _check_config(ckpt.config, self.config, latest / "config.json")
+        ckpt.require("loop", "trainer", "rng")  # before the store is truncated to the checkpoint
         self.state.load(ckpt.state["loop"])
         dropped = self.store.truncate(self.state.episodes)
         if dropped:

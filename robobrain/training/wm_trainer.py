@@ -300,7 +300,8 @@ def train_world_model(
                     f"(checkpoint vs now: {diff}); use a new --run-dir"
                 )
         load_weights(model, ckpt)
-        trainer.restore(int(ckpt.state["step"]), ckpt.state, ckpt.optimizer_state)
+        state = ckpt.require("step", "sampler_rng", "torch_rng")
+        trainer.restore(int(state["step"]), state, ckpt.optimizer_state)
         log.info("resumed from %s at step %d", latest, trainer.step)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config)
