@@ -1,6 +1,7 @@
 """The behaviour-cloned planner prior: it learns the data's actions from the latent state, its guide
 samples around it in imagination, and it is saved beside (and only loads with) its world model."""
 
+import copy
 import json
 
 import numpy as np
@@ -61,13 +62,19 @@ def test_latent_dataset_pairs_each_frame_with_the_action_after_it(model):
     torch.testing.assert_close(feat[2 * STEPS + 5], last.feat[0])
 
 
-def test_behaviour_prior_learns_the_actions_of_successful_episodes(model):
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_behaviour_prior_learns_the_actions_of_successful_episodes(model, device):
     held = (3, 11, 19, 27)
     train = [bar_episode(c) for c in range(29) if c not in held] + [bar_episode(5, success=False)]
     val = [bar_episode(c) for c in held]
     assert len(select_episodes(train, successful_only=True)) == 25
     cfg = BehaviourPriorConfig(hidden=64, steps=400, eval_every=50, batch_size=128)
-    _, report = fit_behaviour_prior(model, train, val, cfg)
+    on_device = model if device == "cpu" else copy.deepcopy(model).to(device)
+    prior, report = fit_behaviour_prior(on_device, train, val, cfg, device)
+    assert next(prior.parameters()).device.type == "cpu"  # (fitted on ``device``)
     assert report["train_episodes"] == 25 and report["val_episodes"] == 4
     assert report["nll_last"] < report["nll_first"] - 1.0
     # Held-out columns: well below the constant mean action's error (1.0x for a prior that learned

@@ -187,8 +187,9 @@ def fit_behaviour_prior(
     device: torch.device | str = "cpu",
 ) -> tuple[BehaviourPrior, dict[str, Any]]:
     """Clone the actions of ``train`` episodes (filtered per ``cfg.successful_only``); keep the weights
-    with the lowest action error on ``val`` (same filter). Returns (prior, report): the report gives
-    the validation MSE of the prior's mean and of the constant mean action of the training set."""
+    with the lowest action error on ``val`` (same filter); the fit runs on ``device``. Returns (prior,
+    on the CPU, report): the report gives the validation MSE of the prior's mean and of the constant
+    mean action of the training set."""
     cfg = cfg or BehaviourPriorConfig()
     train, val = select_episodes(train, cfg.successful_only), select_episodes(val, cfg.successful_only)
     if not train or not val:
@@ -196,16 +197,17 @@ def fit_behaviour_prior(
             f"behaviour cloning needs training and validation episodes"
             f"{' that ended in success' if cfg.successful_only else ''}: got {len(train)} and {len(val)}"
         )
-    x, y = latent_dataset(model, train, device)
-    vx, vy = latent_dataset(model, val, device)
+    # (the latents come back on the CPU; the fit runs on ``device`` too)
+    x, y = (t.to(device) for t in latent_dataset(model, train, device))
+    vx, vy = (t.to(device) for t in latent_dataset(model, val, device))
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    prior = BehaviourPrior(x.shape[1], y.shape[1], cfg.hidden, cfg.layers)
+    gen = torch.Generator().manual_seed(cfg.seed)  # (batch indices drawn on the CPU: same on any device)
+    prior = BehaviourPrior(x.shape[1], y.shape[1], cfg.hidden, cfg.layers).to(device)
     opt = torch.optim.Adam(prior.parameters(), lr=cfg.lr)
     best_mse, best_state, best_step = math.inf, None, 0
     first_nll = last_nll = math.nan
     for step in range(1, cfg.steps + 1):
-        idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=gen).to(x.device)
         loss = prior.nll(x[idx], y[idx])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"behaviour cloning loss is {loss.item()} at step {step}")
@@ -234,7 +236,7 @@ def fit_behaviour_prior(
         "best_step": best_step,
         "std": prior.std.tolist(),
     }
-    return prior.eval(), report
+    return prior.cpu().eval(), report
 
 
 # --- persistence ----------------------------------------------------------------------------------
