@@ -22,11 +22,13 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 20,
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # (two writers never share a temporary)
     try:
         with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1) as w:
             for frame in frames:
                 w.append_data(frame)
+        with open(tmp, "rb") as f:  # on disk before the rename, as the store's and checkpoints' writes
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -446,6 +446,12 @@ def test_eval_windows_align_with_the_data():
     np.testing.assert_array_equal(w["ctx_state"][i], eps[0].state[7])
     np.testing.assert_array_equal(w["future_state"][i], eps[0].state[8:12])
 
+    from robobrain.training.wm_eval import evaluate_world_model
+
+    for bad in ({"context": 0}, {"horizon": 0}, {"max_windows": 0}):  # (numpy errors deep inside, before)
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be >= 1"):
+            evaluate_world_model(WorldModel(DEBUG.world_model), eps, **bad)
+
 
 def test_state_errors_are_per_named_part():
     from robobrain.training.wm_eval import state_errors

@@ -146,6 +146,9 @@ def evaluate_world_model(
     success accuracy and, for a model that decodes the env state, the median error of each part of
     the state (``state_layout``: name -> slice) decoded from the filtered context and after the last
     imagined step. Writes real | predicted | difference as an mp4 when ``video_path`` is given."""
+    for name, value in (("context", context), ("horizon", horizon), ("max_windows", max_windows)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     model.eval()
     w = make_windows(episodes, context, horizon, max_windows, seed)
     n = len(w["actions"])
