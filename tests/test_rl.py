@@ -182,6 +182,11 @@ def test_metric_logger_widens_and_truncates(tmp_path):
     assert lines == ["env_steps,a,b", "1,1.0,", "2,2.0,5.0", "3,3.0,"]
     MetricLogger(tmp_path, "m", tensorboard=False, step_key="env_steps").truncate_after(2)
     assert (tmp_path / "m.csv").read_text().splitlines() == lines[:3]
+    with open(tmp_path / "m.csv", "a") as f:
+        f.write("3,3.")  # a row cut short by a kill: dropped when the log is reopened
+    again = MetricLogger(tmp_path, "m", tensorboard=False, step_key="env_steps")
+    again.log(3, {"a": 3.5})
+    assert (tmp_path / "m.csv").read_text().splitlines() == [*lines[:3], "3,3.5,"]
 
 
 def test_store_truncate_drops_later_episodes_and_temp_files(tmp_path):
