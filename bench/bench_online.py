@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 import robobrain.envs as envs
+from robobrain.data.store import atomic_write_json
 from robobrain.evaluation import evaluate_policy
 from robobrain.planning import MPCConfig, OptimizerConfig
 from robobrain.policies import SB3Policy, load_policy
@@ -107,8 +107,8 @@ def train_sac(
     model.learn(steps - model.num_timesteps, callback=Progress(), reset_num_timesteps=False)
     wall = done_wall + time.perf_counter() - t
     model.save(out / f"sac_{key}.tmp.zip")
+    atomic_write_json(out / f"sac_{key}.wall_s", wall)  # before the model: a model on disk has its time
     os.replace(out / f"sac_{key}.tmp.zip", path)
-    (out / f"sac_{key}.wall_s").write_text(str(wall))
     shutil.rmtree(ckpt, ignore_errors=True)
     env.close()
     return path, wall
@@ -191,7 +191,7 @@ def main() -> None:
         lo, hi = s["success_ci95"]
         print(f"| {name} | {100 * s['success_rate']:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}] | "
               f"{s['mean_return']:.1f} | {wall / 60:.1f} min | {ev / 60:.1f} min |")  # fmt: skip
-    (args.out / "table.json").write_text(json.dumps([(n, s, w, e) for n, s, w, e in rows], indent=1))
+    atomic_write_json(args.out / "table.json", [(n, s, w, e) for n, s, w, e in rows])
 
 
 if __name__ == "__main__":
