@@ -28,8 +28,9 @@ class Collect:
     """Which policy acts."""
     episodes: int = 10
     """Number of episodes to store."""
-    out: Path = Path("data/push")
-    """EpisodeStore directory (created; episodes are appended)."""
+    out: Path | None = None
+    """EpisodeStore directory (created; episodes are appended; a store holds one env's episodes).
+    Default: data/<task>, e.g. data/push for robobrain/Push-v0."""
     num_envs: int = 2
     """Environments stepped in parallel."""
     vector_mode: Literal["sync", "async"] = "sync"
@@ -371,7 +372,8 @@ def run_collect(args: Collect) -> list[str]:
             else {}
         )
         policy = load_policy(args.policy, args.env, vec.single_action_space, seed=args.seed, **kwargs)
-        store = EpisodeStore(args.out)
+        out = args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
+        store = EpisodeStore(out)
         meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": args.seed,
                 "decoy_goal_prob": args.decoy_goal_prob}  # fmt: skip
         names = collect_episodes(
@@ -380,7 +382,7 @@ def run_collect(args: Collect) -> list[str]:
     finally:
         vec.close()
     success = np.mean([store.manifest[n]["success"] for n in names])
-    print(f"stored {len(names)} episodes in {args.out} (success {success:.2f}; {len(store)} in the store)")
+    print(f"stored {len(names)} episodes in {out} (success {success:.2f}; {len(store)} in the store)")
     return names
 
 

@@ -27,6 +27,15 @@ def test_collect_cli(tmp_path):
     random_args = ["collect", "--env", "robobrain/Push-v0", "--policy", "random", "--noise", "0.1"]
     with pytest.raises(ValueError, match="scripted only"):  # would be silently ignored
         main([*random_args, "--out", str(out), "--no-progress"])
+    with pytest.raises(ValueError, match="another layout"):  # 32 px frames into a store of 16 px ones
+        main([*args, "--episodes", "1", "--image-size", "32", "--out", str(out), "--no-progress"])
+
+
+def test_collect_cli_default_directory_is_per_task(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["collect", "--env", "robobrain/Reach-v0", "--episodes", "1", "--num-envs", "1",
+          "--image-size", "16", "--no-progress"])  # fmt: skip
+    assert len(EpisodeStore(tmp_path / "data" / "reach")) == 1
 
 
 def test_no_transition_crosses_a_reset(tmp_path):
