@@ -18,7 +18,7 @@
 #    for Triton's cache); planner_fused: only the compiled twin and the fused rollout, side by
 #    side (the short check of the fused kernel);
 # 4. profile_imagine.py: where a [16384, 12] rollout spends its time, cheaper precisions, and the
-#    fused Triton rollout (its time and chosen block);
+#    fused Triton rollout (autotuned, with its chosen block, and each candidate block pinned);
 # 5. (only when named) the SB3 SAC-from-pixels peer of the online bar on Push, 20k steps on cuda
 #    (bench_online.py; ~9.5 min on an H200 with two other seeds beside it, extrapolated from 19,000
 #    steps in 535 s; alone not timed). It checkpoints every

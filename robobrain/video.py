@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from robobrain.data.store import fsync_dir
+
 
 def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 20, scale: int = 4) -> Path:
     """Write uint8 frames [T, H, W, 3] as an mp4, upscaled ``scale`` times (nearest neighbour).
@@ -30,6 +32,7 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 20,
         with open(tmp, "rb") as f:  # on disk before the rename, as the store's and checkpoints' writes
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path

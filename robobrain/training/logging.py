@@ -25,9 +25,7 @@ class MetricLogger:
         if self.path.exists() and self.path.stat().st_size > 0:
             data = self.path.read_bytes()
             if not data.endswith(b"\n"):  # a row cut short by a kill: dropped, not appended to
-                tmp = self.path.with_suffix(".csv.tmp")
-                tmp.write_bytes(data[: data.rfind(b"\n") + 1])
-                os.replace(tmp, self.path)
+                os.truncate(self.path, data.rfind(b"\n") + 1)
             with open(self.path, newline="") as f:
                 self._fields = next(csv.reader(f), None)
         self._tb: Any = None

@@ -247,7 +247,7 @@ class FusedImagine:
         if self.block is not None:
             bm, bk, warps, stages = self.block
             extra = {"BM": bm, "BK": bk, "num_warps": warps, "num_stages": stages}
-        rows = max(_MAX_BM, self.block[0] if self.block else 0)
+        rows = self.block[0] if self.block else _MAX_BM  # (the last program's block runs past m)
         scratch = torch.empty(m + rows, sc + hd + d, device=dev, dtype=dt)
 
         def grid(meta: dict[str, Any]) -> tuple[int]:
