@@ -292,6 +292,31 @@ def test_online_loop_runs_on_cuda(tmp_path, monkeypatch):
     assert (tmp_path / "final_eval.json").exists()
 
 
+def test_online_run_moves_between_cpu_and_cuda_on_resume(tmp_path, monkeypatch):
+    """Started on the CPU, resumed on CUDA, finished on the CPU: each resume goes on from the
+    checkpoint (the planner's generators are seeded afresh, a CPU state does not fit a CUDA one)."""
+    import robobrain.video
+    from robobrain.checkpoint import latest_checkpoint, load_checkpoint
+    from robobrain.cli import main
+
+    monkeypatch.setattr(robobrain.video, "write_video", lambda path, frames, **kw: path)
+    tiny = (
+        "train --preset debug --env robobrain/Push-v0 --num-envs 2 --episode-steps 10 --seed-episodes 2 "
+        "--pretrain-steps 10 --train-ratio 0.5 --mpc.horizon 4 --mpc.optim.num-samples 16 "
+        "--mpc.optim.num-elites 4 --mpc.optim.iterations 2 --sb3.steps-per-iteration 32 --sb3.num-envs 8 "
+        "--sb3.horizon 5 --sb3.start-states 64 --sb3.batch-size 32 --sb3.buffer-size 256 "
+        "--sb3.learning-starts 16 --sb3.net-arch 32 32 --sb3.gradient-steps 1 --prior-samples 4 "
+        "--eval-every 100 --eval-episodes 1 --checkpoint-every 20 --no-progress"
+    ).split()
+    for steps, device in ((20, "cpu"), (40, "cuda"), (60, "cpu")):
+        main([*tiny, "--env-steps", str(steps), "--device", device, "--run-dir", str(tmp_path)])
+        ckpt = load_checkpoint(latest_checkpoint(tmp_path))
+        assert ckpt.state["loop"]["env_steps"] == steps and ckpt.config["online"]["device"] == device
+        assert all(torch.isfinite(t).all() for t in ckpt.model_state.values())
+    rows = (tmp_path / "train.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [20, 40, 60]
+
+
 def test_presets_train_a_step_on_cuda():
     for name in ("cpu", "gpu"):
         cfg = get_preset(name).world_model

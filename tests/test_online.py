@@ -130,10 +130,16 @@ def test_loop_state_loads_checkpoints_older_than_a_counter():
         LoopState().load(saved)
 
 
-def test_resume_refuses_a_changed_config(tmp_path):
+def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, caplog):
     main(run_args(tmp_path, 20))
     with pytest.raises(Exception, match="another config"):
         main([*run_args(tmp_path, 40), "--mpc.horizon", "5"])
+    # A larger budget and another device are allowed (tests/test_cuda.py moves a run to CUDA and back).
+    with caplog.at_level("INFO", logger="robobrain.training.online"):
+        main([*run_args(tmp_path, 40), "--device", "cpu:0"])
+    assert "resumed from" in caplog.text and "seeded afresh" not in caplog.text  # same kind of device
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path))
+    assert ckpt.state["loop"]["env_steps"] == 40 and ckpt.config["online"]["device"] == "cpu:0"
     with pytest.raises(ValueError, match="windows of 8 observations"):  # before collecting anything
         main([*run_args(tmp_path / "short", 20), "--episode-steps", "6"])
     short = tmp_path / "short" / "episodes"

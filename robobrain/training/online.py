@@ -141,7 +141,7 @@ class OnlineConfig:
     """Checkpoint at the first iteration end after this many env steps since the last one."""
     seed: int = 0
     device: str = "cpu"
-    """torch device of the world model and SB3, e.g. cpu, cuda."""
+    """torch device of the world model and SB3, e.g. cpu, cuda (a resumed run may change it)."""
 
     def __post_init__(self) -> None:
         if self.seed_episodes < 0 or (self.seed_episodes == 0 and self.seed_data is None):
@@ -235,19 +235,29 @@ def _generator_states(policy: Any) -> dict[str, list[int]]:
     }
 
 
-def _set_generator_states(policy: Any, states: dict[str, list[int]]) -> None:
+def _set_generator_states(policy: Any, states: dict[str, list[int]], reseed: int | None = None) -> None:
+    """Restore the planner's generators from ``states``; with ``reseed``, seed them with it instead
+    (a run resumed on another kind of device: a CPU generator's state does not fit a CUDA one)."""
     mpc = getattr(policy, "mpc", None)
-    if mpc is None or not states:
+    if mpc is None:
         return
-    mpc.optimizer.generator.set_state(torch.tensor(states["optimizer"], dtype=torch.uint8))
-    mpc.noise_gen.set_state(torch.tensor(states["noise"], dtype=torch.uint8))
+    if reseed is not None:
+        mpc.optimizer.generator.manual_seed(reseed)
+        mpc.noise_gen.manual_seed(reseed + 1)
+    elif states:
+        mpc.optimizer.generator.set_state(torch.tensor(states["optimizer"], dtype=torch.uint8))
+        mpc.noise_gen.set_state(torch.tensor(states["noise"], dtype=torch.uint8))
+
+
+#: Settings a resumed run may change: its env-step budget, and the device it runs on.
+RESUMABLE_CHANGES = ("env_steps", "device")
 
 
 def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> None:
-    """A resumed run must have the same config, except its env-step budget."""
+    """A resumed run must have the same config, except :data:`RESUMABLE_CHANGES`."""
     now = json.loads(json.dumps(now))  # as it was stored (tuples become lists)
-    a = {k: v for k, v in saved.get("online", {}).items() if k != "env_steps"}
-    b = {k: v for k, v in now["online"].items() if k != "env_steps"}
+    a = {k: v for k, v in saved.get("online", {}).items() if k not in RESUMABLE_CHANGES}
+    b = {k: v for k, v in now["online"].items() if k not in RESUMABLE_CHANGES}
     if a != b:
         diff = {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
         raise CheckpointError(
@@ -484,7 +494,16 @@ class OnlineLoop:
             env = imagination_env(self.model, self._recent_episodes(64), self.cfg.sb3, seed=self.cfg.seed)
             self.sb3 = load_sb3(self.cfg.sb3, latest / SB3_DIR, env, self.device)
         self.planner = self._make_planner(explore=True)
-        _set_generator_states(self.planner, ckpt.state.get("planner", {}))
+        saved_device = torch.device(ckpt.config["online"].get("device", self.cfg.device))
+        reseed = None
+        if saved_device.type != self.device.type:
+            reseed = self.cfg.mpc.seed + self.cfg.seed + self.state.env_steps
+            log.warning(
+                "resuming on %s a run checkpointed on %s: the planner's random streams are seeded "
+                "afresh, so the run goes on differently from one that never changed device",
+                self.device, saved_device,
+            )  # fmt: skip
+        _set_generator_states(self.planner, ckpt.state.get("planner", {}), reseed=reseed)
         _set_rng_state(ckpt.state["rng"])
         log.info("resumed from %s at %d env steps", latest, self.state.env_steps)
         return True
