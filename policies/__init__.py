@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import gymnasium as gym
+import numpy as np
 
 from robobrain.planning import MPCConfig
 from robobrain.policies.base import Observation, Policy, batch_size
@@ -34,6 +35,8 @@ def load_guide(
     actor, 255 for the behaviour prior); ``prior_std`` and ``seed``: the behaviour prior's noise."""
     from robobrain.checkpoint import resolve_checkpoint
 
+    if mode not in get_args(GuideMode):
+        raise ValueError(f"unknown guide mode {mode!r}; expected one of {', '.join(get_args(GuideMode))}")
     if mode == "bc":
         from robobrain.rl.behaviour_prior import load_behaviour_prior
 
@@ -92,7 +95,7 @@ def load_policy(
         goal = (get_state_layout(env_id) or {}).get("goal")
         return ScriptedPolicy(get_expert(env_id), seed=seed, goal_slice=goal, **kwargs)
     if spec == "oracle" or spec.startswith(("mpc:", "bc:")):
-        from robobrain.planning.mpc import check_action_bounds
+        from robobrain.planning.mpc import check_action_bounds, check_unit_bounds
 
         check_action_bounds(action_space.low, action_space.high, mpc)
     if spec == "oracle":
@@ -112,16 +115,24 @@ def load_policy(
         if kind == "bc":
             from robobrain.rl.behaviour_prior import load_behaviour_prior
 
+            check_unit_bounds(mpc, "the behaviour prior")
             return BehaviourPriorPolicy(model, load_behaviour_prior(path, device), device)
         if guide == "bc" and num_prior is None:  # all candidates but the mean are prior rollouts
             num_prior = max(1, mpc.optim.num_samples - 1)
         planner_guide = load_guide(path, guide, device, num_prior, prior_std, mpc.seed)
+        if planner_guide is not None:
+            check_unit_bounds(mpc, f"the planner's guide ({type(planner_guide).__name__})")
         return WorldModelMPCPolicy(model, mpc, device, guide=planner_guide, compile=compile, fused=fused)
     if spec.startswith("sb3:"):
         policy = SB3Policy.load(spec[4:], device=device)
-        if policy.model.action_space.shape != action_space.shape:
+        trained = policy.model.action_space
+        if trained.shape != action_space.shape:
+            raise ValueError(f"{spec[4:]}: SB3 actions {trained.shape} vs env {action_space.shape}")
+        low, high = action_space.low, action_space.high
+        if not (np.array_equal(trained.low, low) and np.array_equal(trained.high, high)):
             raise ValueError(
-                f"{spec[4:]}: SB3 actions {policy.model.action_space.shape} vs env {action_space.shape}"
+                f"{spec[4:]}: the SB3 model acts in [{trained.low.min()}, {trained.high.max()}], the env's "
+                f"actions are in [{low.min()}, {high.max()}]"
             )
         return policy
     raise ValueError(f"unknown policy spec {spec!r}; expected one of {', '.join(POLICY_SPECS)}")

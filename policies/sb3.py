@@ -28,7 +28,8 @@ def _algorithm_of(path: str | os.PathLike[str]) -> str:
     if module.startswith("stable_baselines3.sac."):
         return "SAC"
     if module.startswith("stable_baselines3.td3."):
-        return "DDPG" if data.get("policy_delay") == 1 and data.get("target_policy_noise") == 0.0 else "TD3"
+        # SB3's DDPG is a TD3 without the delay and the target-policy smoothing (noise clipped to 0).
+        return "DDPG" if data.get("policy_delay") == 1 and data.get("target_noise_clip") == 0.0 else "TD3"
     if module == "stable_baselines3.common.policies":
         return "PPO" if "clip_range" in data else "A2C"
     raise ValueError(f"{path}: unsupported SB3 policy module {module!r}; pass sb3:ALGO:PATH")
@@ -56,11 +57,19 @@ class SB3Policy:
         import stable_baselines3
 
         name, _, rest = spec.partition(":")
-        if name.upper() in ALGORITHMS and rest:
-            algo_name, path = name.upper(), rest
-        else:
-            algo_name, path = _algorithm_of(spec), spec
-        return cls(getattr(stable_baselines3, algo_name).load(path, device=device))
+        named = name.upper() in ALGORITHMS and bool(rest)
+        path = rest if named else spec
+        if not path:
+            raise ValueError("sb3: needs the path of an SB3 model zip (sb3:PATH or sb3:ALGO:PATH)")
+        if not os.path.isfile(path):  # (SB3 itself would look for PATH.zip)
+            raise ValueError(f"{path}: no such SB3 model zip")
+        algo_name = name.upper() if named else _algorithm_of(path)
+        try:
+            model = getattr(stable_baselines3, algo_name).load(path, device=device)
+        except Exception as e:  # a damaged zip: BadZipFile, zlib.error, pickle errors, ...
+            why = f"{type(e).__name__}: {e}"
+            raise ValueError(f"{path}: cannot load it as an SB3 {algo_name} model ({why})") from e
+        return cls(model)
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass

@@ -10,7 +10,8 @@ from robobrain.checkpoint import CheckpointError, save_checkpoint
 from robobrain.cli import main
 from robobrain.config import get_preset, to_dict
 from robobrain.evaluation import evaluate_policy, wilson_interval
-from robobrain.policies import RandomPolicy, SB3Policy, load_policy
+from robobrain.planning import MPCConfig, OptimizerConfig
+from robobrain.policies import RandomPolicy, SB3Policy, load_guide, load_policy
 from robobrain.world_model import WorldModel
 
 
@@ -108,6 +109,21 @@ def test_clear_errors_for_bad_specs(tmp_path):
     (tmp_path / "bad.zip").write_bytes(b"nope")
     with pytest.raises(ValueError, match="not a stable-baselines3"):
         load_policy(f"sb3:{tmp_path / 'bad.zip'}", "robobrain/Push-v0", space)
+    with pytest.raises(ValueError, match="cannot load it as an SB3 SAC"):
+        load_policy(f"sb3:SAC:{tmp_path / 'bad.zip'}", "robobrain/Push-v0", space)
+    for path in (tmp_path / "none.zip", tmp_path, f"SAC:{tmp_path / 'none.zip'}"):  # (SB3: PATH.zip)
+        with pytest.raises(ValueError, match="no such SB3 model zip"):
+            load_policy(f"sb3:{path}", "robobrain/Push-v0", space)
+    with pytest.raises(ValueError, match="needs the path"):
+        load_policy("sb3:", "robobrain/Push-v0", space)
+    with pytest.raises(ValueError, match="unknown guide mode 'vaule'"):
+        load_guide(str(tmp_path / "wm4"), "vaule")  # type: ignore[arg-type]
+    # The behaviour prior and SB3 guides act in [-1, 1]: other planner bounds are refused.
+    cfg1 = get_preset("debug", action_dim=1).world_model
+    save_checkpoint(tmp_path / "wm1", 1, WorldModel(cfg1), {"world_model": to_dict(cfg1)})
+    wide = MPCConfig(optim=OptimizerConfig(low=-2.0, high=2.0))
+    with pytest.raises(ValueError, match=r"the behaviour prior acts in \[-1, 1\].*RescaleAction"):
+        load_policy(f"bc:{tmp_path / 'wm1'}", "Pendulum-v1", gym.spaces.Box(-2, 2, (1,)), mpc=wide)
 
 
 def test_eval_with_fewer_episodes_than_envs_builds_only_what_it_uses(tmp_path):
@@ -133,6 +149,19 @@ def test_sb3_policy_round_trip(tmp_path):
     assert actions.shape == (3, 3)
     expected, _ = model.predict(obs["state"], deterministic=True)
     np.testing.assert_allclose(actions, expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"acts in \[-1.0, 1.0\], the env's actions are in \[-2.0, 2.0\]"):
+        load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "robobrain/Reach-v0", gym.spaces.Box(-2, 2, (3,)))
+
+
+def test_sb3_zips_name_their_algorithm_without_unpickling(tmp_path):
+    from stable_baselines3 import DDPG, TD3
+
+    from robobrain.policies.sb3 import _algorithm_of
+
+    env = gym.make("Pendulum-v1")
+    for cls in (TD3, DDPG):
+        cls("MlpPolicy", env, buffer_size=10, device="cpu").save(tmp_path / f"{cls.__name__}.zip")
+        assert _algorithm_of(tmp_path / f"{cls.__name__}.zip") == cls.__name__
 
 
 def test_sb3_pixel_policy_takes_channel_last_frames(tmp_path):

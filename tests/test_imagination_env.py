@@ -44,6 +44,24 @@ def test_vec_env_contract_and_auto_reset():
     assert all("terminal_observation" in info for info in infos)
     with pytest.raises(ValueError, match="NaN"):
         env.step(np.full((4, 1), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"shape \(4, 1\)"):
+        env.step(np.ones((2, 2), np.float32))
+    # SB3's set_random_seed calls seed(); the next reset draws the same start states for the same seed.
+    env.seed(123)
+    first = env.reset()
+    env.step(np.ones((4, 1), np.float32))
+    env.seed(123)
+    np.testing.assert_array_equal(env.reset(), first)
+    assert not np.array_equal(env.reset(), first)  # unseeded resets go on drawing
+    # One batched model, not N env objects: an attribute or a method is all envs' or refused.
+    assert env.get_attr("horizon", indices=[1]) == [5]
+    env.set_attr("horizon", 7)
+    assert env.get_attr("horizon") == [7] * 4
+    with pytest.raises(NotImplementedError, match="all 4"):
+        env.set_attr("horizon", 9, indices=[0])
+    with pytest.raises(NotImplementedError, match="all 4"):
+        env.env_method("reset", indices=0)
+    assert len(env.env_method("reset")) == 4
 
 
 def test_ppo_reaches_the_toy_optimum():

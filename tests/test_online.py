@@ -140,6 +140,10 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     assert "resumed from" in caplog.text and "seeded afresh" not in caplog.text  # same kind of device
     ckpt = load_checkpoint(latest_checkpoint(tmp_path))
     assert ckpt.state["loop"]["env_steps"] == 40 and ckpt.config["online"]["device"] == "cpu:0"
+    # InvertedPendulum acts in [-3, 3]: the planner may, but not the SB3 guide fine-tuned in imagination.
+    with pytest.raises(ValueError, match=r"SB3 actor-critic .* acts in \[-1, 1\]"):
+        main([*run_args(tmp_path / "wide", 20), "--env", "InvertedPendulum-v5", "--mpc.optim.low", "-3",
+              "--mpc.optim.high", "3"])  # fmt: skip
     with pytest.raises(ValueError, match="windows of 8 observations"):  # before collecting anything
         main([*run_args(tmp_path / "short", 20), "--episode-steps", "6"])
     short = tmp_path / "short" / "episodes"

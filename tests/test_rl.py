@@ -243,8 +243,11 @@ def test_goal_conditioned_features_and_imagination_env_carry_the_goal():
     state = torch.rand(4, 10)
     expected = wm.observe(frames[:, None], torch.zeros(4, 1, 3), env_state=state).feat
     torch.testing.assert_close(ext({"pixels": frames, "state": state}), expected)
-    with pytest.raises(ValueError, match="'state' key"):
+    with pytest.raises(ValueError, match=r"its goal from .*'state' key"):
         WorldModelFeatures(gym.spaces.Dict({"pixels": space["pixels"]}), wm)
+    proprio = get_preset("debug", action_dim=3, state_dim=10, use_proprio=True, proprio_dim=3).world_model
+    with pytest.raises(ValueError, match=r"its proprioception from .*'state' key"):  # not at forward
+        WorldModelFeatures(space["pixels"], WorldModel(proprio))
 
     eps = []
     for i in range(2):

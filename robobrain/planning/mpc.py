@@ -54,6 +54,16 @@ def check_action_bounds(low: Any, high: Any, cfg: MPCConfig) -> None:
         )
 
 
+def check_unit_bounds(cfg: MPCConfig, who: str) -> None:
+    """SB3's actors, the imagination env and the behaviour prior act in [-1, 1] (tanh-squashed):
+    with other planner bounds their proposals would cover only part of the env's range."""
+    if (cfg.optim.low, cfg.optim.high) != (-1.0, 1.0):
+        raise ValueError(
+            f"{who} acts in [-1, 1], but the planner's bounds are [{cfg.optim.low}, {cfg.optim.high}]; "
+            "wrap the env in gymnasium.wrappers.RescaleAction(env, -1, 1) and keep the default bounds"
+        )
+
+
 def make_optimizer(cfg: MPCConfig, device: torch.device | str = "cpu") -> CEM | MPPI:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     cls = {"cem": CEM, "mppi": MPPI}[cfg.optimizer]

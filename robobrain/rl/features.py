@@ -57,9 +57,11 @@ class WorldModelFeatures(BaseFeaturesExtractor):
                 f"{size}x{size} RGB frames this world model can encode"
             )
         has_state = isinstance(observation_space, gym.spaces.Dict) and "state" in observation_space.spaces
-        if self.kind == "pixels" and world_model.cfg.goal_dim and not has_state:
+        cfg = world_model.cfg
+        reads = [w for w, n in (("goal", cfg.goal_dim), ("proprioception", cfg.proprio_dim)) if n]
+        if self.kind == "pixels" and reads and not has_state:
             raise ValueError(
-                "a goal-conditioned world model reads the goal from the Dict observation's 'state' key: "
+                f"this world model reads its {' and '.join(reads)} from the Dict observation's 'state' key: "
                 "pass a Dict observation space with 'pixels' and 'state'"
             )
 

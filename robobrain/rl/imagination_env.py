@@ -110,12 +110,22 @@ class ImaginationVecEnv(VecEnv):
         return self.dynamics.features(self.state).float().cpu().numpy()
 
     def reset(self) -> np.ndarray:
+        """Fresh start states for all envs; a seed set by :meth:`seed` (SB3's ``set_random_seed``)
+        re-seeds the start-state draws first, as SB3's contract says."""
+        if self._seeds[0] is not None:
+            self.rng = np.random.default_rng(self._seeds[0])
+            self._reset_seeds()
         self.state = self._draw(self.num_envs)
         self.t[:] = 0
         return self._obs()
 
     def step_async(self, actions: np.ndarray) -> None:
-        actions = np.asarray(actions, dtype=np.float32).reshape(self.num_envs, -1)
+        """``actions``: [N, A] (or [N * A], flat)."""
+        actions = np.asarray(actions, dtype=np.float32)
+        want = (self.num_envs, self.dynamics.action_dim)
+        if actions.shape not in (want, (want[0] * want[1],)):
+            raise ValueError(f"ImaginationVecEnv: actions must have shape {want}, got {actions.shape}")
+        actions = actions.reshape(want)
         if not np.all(np.isfinite(actions)):
             raise ValueError("ImaginationVecEnv: actions contain NaN or inf")
         self._actions = np.clip(actions, -1.0, 1.0)
@@ -155,14 +165,26 @@ class ImaginationVecEnv(VecEnv):
     def close(self) -> None:
         pass
 
+    # The N imagined envs are one batched model, not N env objects: an attribute or a method belongs
+    # to all of them, so setting or calling one for only some envs is refused.
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
         return [getattr(self, attr_name)] * len(self._indices(indices))
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        self._all_envs(indices, f"set_attr({attr_name!r})")
         setattr(self, attr_name, value)
 
     def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
-        return [getattr(self, method_name)(*args, **kwargs) for _ in self._indices(indices)]
+        """Calls the method once (the envs share it) and returns its result for each env."""
+        self._all_envs(indices, f"env_method({method_name!r})")
+        return [getattr(self, method_name)(*args, **kwargs)] * self.num_envs
+
+    def _all_envs(self, indices: Any, what: str) -> None:
+        if sorted(set(self._indices(indices))) != list(range(self.num_envs)):
+            raise NotImplementedError(
+                f"ImaginationVecEnv: {what} acts on all {self.num_envs} imagined envs at once, "
+                f"not on envs {indices}"
+            )
 
     def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
         return [False] * len(self._indices(indices))

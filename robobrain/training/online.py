@@ -42,7 +42,7 @@ from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
 from robobrain.evaluation import evaluate_policy
 from robobrain.planning import MPCConfig, OptimizerConfig
-from robobrain.planning.mpc import check_action_bounds
+from robobrain.planning.mpc import check_action_bounds, check_unit_bounds
 from robobrain.rl import (
     ActorCriticGuide,
     SB3Config,
@@ -305,6 +305,8 @@ class OnlineLoop:
         space = self.envs.single_action_space
         try:
             check_action_bounds(space.low, space.high, cfg.mpc)
+            if cfg.prior_samples > 0 or cfg.use_value:  # (see _uses_sb3)
+                check_unit_bounds(cfg.mpc, "the SB3 actor-critic fine-tuned in the world model")
             self._check_episode_length()
         except ValueError:
             self.envs.close()
