@@ -20,9 +20,11 @@ ASSETS = Path(__file__).parent / "assets"
 CONTROL_DT = 0.05
 """Seconds per control step (frame_skip x timestep)."""
 MAX_SPEED = 0.5
-"""End-effector speed (m/s) for an action of 1; matches the velocity actuators' ctrlrange."""
+"""End-effector speed (m/s) an action of 1 commands; matches the velocity actuators' ctrlrange. The
+grip joints' damping (2) against the servos' gain (40) makes the steady speed 40/42 of it (0.476 m/s)."""
 ACTION_STEP = MAX_SPEED * CONTROL_DT
-"""Metres the gripper moves per unit action in one control step."""
+"""Metres per control step one unit of action commands (the experts' gain); the gripper moves ~5 %
+less at steady speed (2.38 cm measured) and 1.6 cm in a first step from rest."""
 
 _UNSTABLE_WARNINGS = (
     mujoco.mjtWarning.mjWARN_BADQACC,

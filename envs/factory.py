@@ -47,10 +47,40 @@ def make_vector_env(
     fns = [partial(make_env, env_id, image_size, **kwargs) for _ in range(num_envs)]
     autoreset = gym.vector.AutoresetMode.NEXT_STEP
     if mode == "sync":
-        return gym.vector.SyncVectorEnv(fns, autoreset_mode=autoreset)
+        return CheckedSyncVectorEnv(fns, autoreset_mode=autoreset)
     if mode == "async":
-        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=autoreset)
+        return CheckedAsyncVectorEnv(fns, autoreset_mode=autoreset)
     raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+
+
+def check_batch_actions(actions: Any, space: gym.Space, num_envs: int) -> None:
+    """Refuse a batch of Box actions of the wrong shape or with NaN/inf, before any env steps:
+    otherwise the envs before the bad row would step and the caller would only see the error (and
+    an async worker that raised is shut down)."""
+    if not isinstance(space, gym.spaces.Box):
+        return
+    a = np.asarray(actions)
+    if a.shape != (num_envs, *space.shape):
+        raise ValueError(f"actions must have shape {(num_envs, *space.shape)}, got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        rows = np.flatnonzero(~np.isfinite(a.reshape(num_envs, -1)).all(axis=1)).tolist()
+        raise ValueError(f"actions must be finite; envs {rows} got NaN or inf")
+
+
+class CheckedSyncVectorEnv(gym.vector.SyncVectorEnv):
+    """``SyncVectorEnv`` that checks the whole action batch first (:func:`check_batch_actions`)."""
+
+    def step(self, actions: Any) -> Any:
+        check_batch_actions(actions, self.single_action_space, self.num_envs)
+        return super().step(actions)
+
+
+class CheckedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
+    """``AsyncVectorEnv`` that checks the whole action batch first (:func:`check_batch_actions`)."""
+
+    def step_async(self, actions: Any) -> None:
+        check_batch_actions(actions, self.single_action_space, self.num_envs)
+        super().step_async(actions)
 
 
 def _env_class(env_id: str) -> Any:

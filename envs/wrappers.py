@@ -33,7 +33,9 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-class PixelObservation(gym.ObservationWrapper[dict[str, np.ndarray], Any, Any]):
+class PixelObservation(
+    gym.ObservationWrapper[dict[str, np.ndarray], Any, Any], gym.utils.RecordConstructorArgs
+):
     """Observation ``{"pixels": uint8[S, S, 3], "state": float32[n]}`` for any env.
 
     ``pixels`` is ``env.render()`` area-resized to ``image_size``; ``state`` is the env's own
@@ -41,12 +43,16 @@ class PixelObservation(gym.ObservationWrapper[dict[str, np.ndarray], Any, Any]):
     """
 
     def __init__(self, env: gym.Env, image_size: int = 64) -> None:
+        if not isinstance(image_size, int | np.integer) or image_size < 1:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        gym.utils.RecordConstructorArgs.__init__(self, image_size=image_size)
         super().__init__(env)
         if env.render_mode != "rgb_array":
             raise ValueError(
                 f"PixelObservation needs an env made with render_mode='rgb_array', got {env.render_mode!r}"
             )
         self.image_size = int(image_size)
+        self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}  # its frames are the pixels
         n_state = gym.spaces.flatdim(env.observation_space)
         self.observation_space = gym.spaces.Dict(
             {

@@ -39,6 +39,21 @@ def test_oracle_scores_equal_stepping_the_env(task_id):
             assert scores[b, n].item() == pytest.approx(total, abs=1e-4)
 
 
+def test_oracle_refuses_what_env_step_refuses():
+    """A NaN action would be zeroed by MuJoCo and score as standing still; it scores -inf instead.
+    Actions of the wrong size raise, as env.step does."""
+    env = gym.make("robobrain/Reach-v0", image_size=8)
+    env.reset(seed=0)
+    score = OracleModel().score_fn([env])
+    actions = torch.zeros(1, 3, 4, 3)
+    actions[0, 1, 2, 0] = float("nan")
+    actions[0, 2, 0, 1] = float("inf")
+    scores = score(actions)[0]
+    assert torch.isfinite(scores[0]) and scores[1:].tolist() == [float("-inf")] * 2
+    with pytest.raises(ValueError, match="4 dims, env 0 takes 3"):
+        score(torch.zeros(1, 2, 4, 4))
+
+
 def test_oracle_mpc_solves_reach():
     envs = [gym.make("robobrain/Reach-v0", image_size=8) for _ in range(2)]
     obs = [env.reset(seed=s)[0] for s, env in enumerate(envs)]

@@ -24,6 +24,25 @@ def test_make_vec_seeded(task_id, mode):
     assert not np.array_equal(a["state"][0], a["state"][1])
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_bad_action_batch_is_refused_before_any_env_steps(mode):
+    """A NaN in env 1's row used to step env 0 first (sync) or shut the worker down (async)."""
+
+    def after_one_step(refuse_first: bool) -> np.ndarray:
+        vec = envs.make_vector_env("robobrain/Reach-v0", 2, image_size=8, mode=mode)
+        vec.reset(seed=0)
+        if refuse_first:
+            with pytest.raises(ValueError, match=r"finite; envs \[1\]"):
+                vec.step(np.array([[1.0, 1.0, 1.0], [np.nan, 0.0, 0.0]]))
+            with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+                vec.step(np.zeros((2, 4)))
+        obs, *_ = vec.step(np.full((2, 3), 0.5))
+        vec.close()
+        return obs["state"]
+
+    np.testing.assert_array_equal(after_one_step(True), after_one_step(False))
+
+
 def test_vector_env_equals_single_envs(task_id):
     vec = envs.make_vector_env(task_id, 2, image_size=16)
     singles = [gym.make(task_id, image_size=16) for _ in range(2)]

@@ -27,6 +27,20 @@ def test_wrapped_gymnasium_env(env_id):
 def test_wrapper_needs_rgb_rendering():
     with pytest.raises(ValueError, match="rgb_array"):
         PixelObservation(gym.make("Reacher-v5"), image_size=32)
+    for size in (0, 4.7, -3):
+        with pytest.raises(ValueError, match="positive int"):
+            envs.make_env("Reacher-v5", image_size=size)
+
+
+def test_wrapped_env_passes_gymnasiums_checker_and_is_recreated_from_its_spec():
+    from gymnasium.utils.env_checker import check_env
+
+    env = envs.make_env("Reacher-v5", image_size=16, width=32, height=32)
+    with pytest.warns(UserWarning) as warned:  # it warns about a wrapped env and an unbounded state Box
+        check_env(env)
+    assert any("infinity" in str(w.message) for w in warned)
+    again = gym.make(env.spec)
+    assert isinstance(again, PixelObservation) and again.observation_space == env.observation_space
 
 
 def test_wrapped_env_vectorizes():

@@ -54,7 +54,14 @@ class OracleModel:
             acts = actions.detach().cpu().double().numpy()
             out = np.empty((b, n))
             for i, raw in enumerate(raws):
-                out[i] = self._score_one(raw, starts[i], acts[i])
+                dim = raw.action_space.shape[0]
+                if acts.shape[-1] != dim:  # as env.step refuses it
+                    raise ValueError(f"actions have {acts.shape[-1]} dims, env {i} takes {dim}")
+                # env.step refuses a NaN/inf action; MuJoCo would zero it and score the plan as if
+                # it stood still, so such a candidate could win. It scores -inf instead.
+                bad = ~np.isfinite(acts[i]).all(axis=(1, 2))
+                out[i] = self._score_one(raw, starts[i], np.where(np.isfinite(acts[i]), acts[i], 0.0))
+                out[i][bad] = -np.inf
             return torch.from_numpy(out).to(actions.device, torch.float32)
 
         return score
