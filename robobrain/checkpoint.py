@@ -181,6 +181,8 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
         name = json.loads(pointer.read_text())["checkpoint"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{pointer}: unreadable ({e})") from e
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise CheckpointError(f"{pointer}: names no checkpoint directory ({name!r})")
     path = root / name
     if not path.is_dir():
         aside = sorted(root.glob(f".old-{name}-*"))
@@ -208,11 +210,14 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: missing") from e
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -236,7 +241,7 @@ def load_checkpoint(path: str | os.PathLike[str], with_training_state: bool = Tr
             tensors = _read_tensors(ckpt / STATE_DIR / OPTIM_FILE)
             try:
                 optimizer_state = _unflatten_optimizer(tensors, state.pop("optimizer"))
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise CheckpointError(f"{ckpt / STATE_DIR}: optimizer state inconsistent ({e})") from e
     return Checkpoint(ckpt, config, weights, optimizer_state, state)
 

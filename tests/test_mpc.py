@@ -81,6 +81,12 @@ def test_mpc_warm_start_and_masked_reset():
     mpc.reset(3, torch.tensor([False, True, False]))
     assert torch.all(mpc.plan[1] == 0)
     torch.testing.assert_close(mpc.plan[[0, 2]], before[[0, 2]])
+    mpc.reset(3, np.array([False, False, True]))  # numpy, as the policies get it
+    assert torch.all(mpc.plan[2] == 0) and torch.equal(mpc.plan[0], before[0])
+    for bad in (torch.tensor([0, 1, 0]), np.array([True, False])):  # indices, not a mask; wrong size
+        with pytest.raises(ValueError, match=r"bool \[3\]"):
+            mpc.reset(3, bad)
+    torch.testing.assert_close(mpc.plan[0], before[0])
     with pytest.raises(ValueError, match="horizon must be >= 1"):
         MPC(dataclasses.replace(SMALL, horizon=0), action_dim=2)
 

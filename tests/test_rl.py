@@ -87,6 +87,9 @@ def test_score_adds_the_discounted_terminal_value(model):
     plain = world_model_score_fn(model, state, cfg)(actions)
     value = world_model_score_fn(model, state, cfg, value_fn=lambda f: f[:, 0] * 0 + 10.0)(actions)
     torch.testing.assert_close(value - plain, torch.full_like(plain, 10.0 * 0.9**3))
+    column = world_model_score_fn(model, state, cfg, value_fn=lambda f: f[:, :1])  # [M, 1] broadcasts
+    with pytest.raises(ValueError, match=r"\[M=8\] values, got \[8, 1\]"):
+        column(actions)
 
 
 def test_score_reuses_the_prior_rollout_and_matches_imagining_it(model):

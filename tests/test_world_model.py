@@ -160,6 +160,34 @@ def test_bad_inputs_raise():
         model.imagine(state, bad)
     with pytest.raises(ValueError, match="batch"):
         model.imagine(state, torch.zeros(2, 4, cfg.action_dim))
+    with pytest.raises(ValueError, match="T=0"):
+        model.imagine(state, torch.zeros(3, 0, cfg.action_dim))
+    with pytest.raises(ValueError, match="floating-point"):
+        model.imagine(state, torch.zeros(3, 4, cfg.action_dim, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"state\.stoch must be"):
+        model.imagine(state._replace(stoch=state.stoch[:, :-1]), torch.zeros(3, 4, cfg.action_dim))
+    one_frame = {k: v[:, :1] for k, v in batch.items()}  # its reward and success losses were NaN
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        model.loss(one_frame)
+    from robobrain.data import SequenceSampler
+    from tests.test_store import make_episode
+
+    with pytest.raises(ValueError, match="seq_len >= 2"):  # before its first (NaN) step
+        WorldModelTrainer(model, DEBUG.train, SequenceSampler([make_episode(10)], 1), "cpu")
+    from robobrain.world_model.networks import ScalarHead
+
+    for limit in (0.0, -5.0):  # equal bins divided 0 by 0; descending ones bucketized wrongly
+        with pytest.raises(ValueError, match="limit must be > 0"):
+            ScalarHead(8, 8, bins=41, limit=limit)
+
+
+def test_failed_state_stats_leave_the_model_unchanged():
+    cfg = get_preset("debug", state_dim=10, use_proprio=True, proprio_start=8, proprio_dim=3).world_model
+    model = WorldModel(cfg)
+    before = model.state_mean.clone()
+    with pytest.raises(ValueError, match="no proprioception"):
+        model.set_state_stats(torch.full((10,), 7.0), torch.ones(10))
+    assert torch.equal(model.state_mean, before)
 
 
 def test_batched_imagine_equals_step_by_step_loop():
@@ -360,6 +388,20 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
         load_world_model(tmp_path / "other")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_world_model(tmp_path / "missing")
+    # Valid JSON of the wrong structure names its file too.
+    adam = torch.optim.AdamW(model.parameters())
+    ckpt = save_checkpoint(tmp_path / "opt", 1, model, config, adam, {"a": 1})
+    state_file = ckpt / "training_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "optimizer": {**state["optimizer"], "state": []}}))
+    with pytest.raises(CheckpointError, match="optimizer state inconsistent"):
+        load_checkpoint(ckpt)
+    state_file.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"state\.json: expected a JSON object"):
+        load_checkpoint(ckpt)
+    (tmp_path / "opt" / "checkpoints" / "latest").write_text('{"checkpoint": 5}')
+    with pytest.raises(CheckpointError, match="names no checkpoint directory"):
+        latest_checkpoint(tmp_path / "opt")
 
 
 def test_resaving_a_step_never_leaves_latest_dangling(tmp_path):
@@ -451,6 +493,25 @@ def test_eval_windows_align_with_the_data():
     for bad in ({"context": 0}, {"horizon": 0}, {"max_windows": 0}):  # (numpy errors deep inside, before)
         with pytest.raises(ValueError, match=f"{next(iter(bad))} must be >= 1"):
             evaluate_world_model(WorldModel(DEBUG.world_model), eps, **bad)
+
+
+def test_shuffled_actions_come_from_other_episodes_and_constant_rewards_correlate_clearly():
+    """The shuffled-actions baseline used to take the previous window's actions: mostly the window's
+    own episode, its own actions a few steps late."""
+    from robobrain.training.wm_eval import make_windows, other_episode_partners, reward_correlation
+    from tests.test_store import make_episode
+
+    eps = [make_episode(20, tag=i) for i in range(4)]
+    w = make_windows(eps, context=3, horizon=4, max_windows=30)
+    partners = other_episode_partners(w["episode"], seed=0)
+    assert np.all(w["episode"][partners] != w["episode"]) and len(set(partners.tolist())) > 10
+    np.testing.assert_array_equal(partners, other_episode_partners(w["episode"], seed=0))
+    one = other_episode_partners(np.zeros(6, dtype=np.int64))  # one episode: half the list away
+    np.testing.assert_array_equal(one, [3, 4, 5, 0, 1, 2])
+    true = torch.tensor([0.0, 1.0, 2.0])
+    assert reward_correlation(torch.zeros(3), true) == 0.0  # an untrained two-hot head predicts 0
+    assert np.isnan(reward_correlation(true, torch.ones(3)))  # nothing to predict
+    assert reward_correlation(2 * true, true) == pytest.approx(1.0)
 
 
 def test_state_errors_are_per_named_part():

@@ -87,15 +87,20 @@ class MPC:
         self.plan: torch.Tensor | None = None
         self.last: PlanResult | None = None
 
-    def reset(self, num_envs: int, mask: torch.Tensor | None = None) -> None:
-        """Forget the plans of all envs, or only of those where ``mask`` [B] is True."""
+    def reset(self, num_envs: int, mask: torch.Tensor | np.ndarray | None = None) -> None:
+        """Forget the plans of all envs, or only of those where the bool ``mask`` [B] is True."""
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=self.device)
+            if mask.dtype != torch.bool or mask.shape != (num_envs,):
+                got = f"{mask.dtype} {list(mask.shape)}"
+                raise ValueError(f"mask must be a bool [{num_envs}] array, got {got}")
         if self.plan is None or mask is None or self.plan.shape[0] != num_envs:
             self.plan = torch.zeros(num_envs, self.cfg.horizon, self.action_dim, device=self.device)
             self._noise = self._noise_t = None  # drawn at the first noisy action
         else:
-            self.plan[mask.to(self.device)] = 0.0
+            self.plan[mask] = 0.0
             if self._noise_t is not None:
-                self._noise_t[mask.to(self.device)] = self.cfg.exploration_length  # redraw at next use
+                self._noise_t[mask] = self.cfg.exploration_length  # redraw at next use
 
     def act(self, score_fn: ScoreFn, prior_samples: torch.Tensor | None = None) -> torch.Tensor:
         """Plan with ``score_fn`` and return the first actions [B, A] (plus exploration noise)."""
@@ -175,7 +180,10 @@ def world_model_score_fn(
             r = r * cfg.discount ** torch.arange(h, device=r.device, dtype=r.dtype)
         total = r.sum(-1)
         if value_fn is not None:
-            total = total + cfg.discount**h * value_fn(out.feat[:, -1]).float()
+            value = value_fn(out.feat[:, -1])
+            if value.shape != total.shape:
+                raise ValueError(f"value_fn must return [M={total.shape[0]}] values, got {list(value.shape)}")
+            total = total + cfg.discount**h * value.float()
         return total
 
     roll = model.imagine if imagine is None else imagine

@@ -61,7 +61,8 @@ def make_windows(
     Returns ctx_pixels [N, C, S, S, 3], ctx_actions [N, C, A] (action *before* each context frame,
     zeros at an episode start), actions [N, K, A] (taken from the last context frame on),
     future [N, K, S, S, 3], reward [N, K], success [N, K], ctx_states [N, C, n] (env state at each
-    context frame), ctx_state [N, n] (the last of them), future_state [N, K, n].
+    context frame), ctx_state [N, n] (the last of them), future_state [N, K, n], episode [N] (the
+    index of the window's episode in ``episodes``).
     """
     picks = []
     for e, ep in enumerate(episodes):
@@ -89,7 +90,21 @@ def make_windows(
         out["future_state"].append(ep.state[last + 1 : last + 1 + horizon])
     windows = {k: np.stack(v) for k, v in out.items()}
     windows["ctx_state"] = windows["ctx_states"][:, -1]
+    windows["episode"] = np.array([e for e, _ in picks], dtype=np.int64)
     return windows
+
+
+def other_episode_partners(episode: np.ndarray, seed: int = 0) -> np.ndarray:
+    """For each window, a random window of another episode, whose actions the shuffled-actions
+    baseline feeds it: [N] indices. (Neighbouring windows mostly share an episode, so their actions are
+    the window's own, a few steps late.) With one episode only, the window half the list away."""
+    rng = np.random.default_rng(seed)
+    n = len(episode)
+    partners = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        others = np.flatnonzero(episode != episode[i])
+        partners[i] = rng.choice(others) if len(others) else (i + n // 2) % n
+    return partners
 
 
 @torch.no_grad()
@@ -132,6 +147,17 @@ def state_errors(
     return {name: float((pred[:, sl] - true[:, sl]).norm(dim=-1).median()) for name, sl in parts.items()}
 
 
+def reward_correlation(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Pearson correlation of predicted and true rewards [M]: NaN when the true rewards are constant
+    (nothing to predict), 0 when the predictions are (they tell nothing; an untrained two-hot head
+    predicts exactly 0 everywhere)."""
+    if not true.std() > 0:
+        return float("nan")
+    if not pred.std() > 0:
+        return 0.0
+    return float(torch.corrcoef(torch.stack([pred, true]))[0, 1])
+
+
 def evaluate_world_model(
     model: WorldModel,
     episodes: list[Episode],
@@ -154,8 +180,8 @@ def evaluate_world_model(
     n = len(w["actions"])
     future = torch.from_numpy(w["future"])
     pred = predict(model, w, w["actions"])
-    perm = np.roll(np.arange(n), 1) if n > 1 else np.arange(n)
-    shuffled = predict(model, w, w["actions"][perm])
+    partners = other_episode_partners(w["episode"], seed)
+    shuffled = predict(model, w, w["actions"][partners])
     copy_last = torch.from_numpy(w["ctx_pixels"][:, -1:]).expand_as(future)
 
     def per_step(frames: torch.Tensor) -> dict[str, list[float]]:
@@ -163,7 +189,7 @@ def evaluate_world_model(
 
     true_r = torch.from_numpy(w["reward"]).flatten()
     pred_r = pred["reward"].flatten()
-    corr = float(torch.corrcoef(torch.stack([pred_r, true_r]))[0, 1]) if true_r.std() > 0 else float("nan")
+    corr = reward_correlation(pred_r, true_r)
     success_acc = float(((pred["success_logit"] > 0) == torch.from_numpy(w["success"])).float().mean())
     report: dict[str, Any] = {
         "windows": n,
@@ -173,6 +199,7 @@ def evaluate_world_model(
         "model": per_step(pred["pixels"]),
         "copy_last_frame": per_step(copy_last),
         "shuffled_actions": per_step(shuffled["pixels"]),
+        "shuffled_from_other_episodes": float((w["episode"][partners] != w["episode"]).mean()),
         "reward_corr": corr,
         "reward_mae": float((pred_r - true_r).abs().mean()),
         "success_acc": success_acc,

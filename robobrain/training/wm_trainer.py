@@ -174,6 +174,8 @@ class WorldModelTrainer:
         device: torch.device | str,
         total_steps: int | None = None,
     ) -> None:
+        if sampler.seq_len < 2:  # (WorldModel.loss learns from the transitions between frames)
+            raise ValueError(f"training windows need seq_len >= 2, got {sampler.seq_len}")
         self.model = model
         self.cfg = cfg
         self.sampler = sampler

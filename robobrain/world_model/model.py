@@ -45,7 +45,8 @@ class Rollout(NamedTuple):
 
 class WorldModel(nn.Module):
     """Action-conditioned video world model: conv encoder, RSSM dynamics, conv decoder, reward and
-    success heads. Device and dtype follow the module (``.to(device)``)."""
+    success heads. The device follows the module (``.to(device)``); it computes in float32 (bf16
+    under autocast), other dtypes are not supported."""
 
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
@@ -88,14 +89,14 @@ class WorldModel(nn.Module):
             )
         if n < cfg.goal_start + cfg.goal_dim:
             raise ValueError(f"state stats of size {n} hold no goal at [{cfg.goal_start}:+{cfg.goal_dim}]")
+        if n < cfg.proprio_start + cfg.proprio_dim:  # (every check before the first write)
+            raise ValueError(
+                f"state stats of size {n} hold no proprioception at [{cfg.proprio_start}:+{cfg.proprio_dim}]"
+            )
         std = std.clamp(min=STATE_STD_FLOOR)
         if cfg.state_dim:
             self.state_mean.copy_(mean)
             self.state_std.copy_(std)
-        if n < cfg.proprio_start + cfg.proprio_dim:
-            raise ValueError(
-                f"state stats of size {n} hold no proprioception at [{cfg.proprio_start}:+{cfg.proprio_dim}]"
-            )
         goal = slice(cfg.goal_start, cfg.goal_start + cfg.goal_dim)
         self.goal_mean.copy_(mean[goal])
         self.goal_std.copy_(std[goal])
@@ -203,9 +204,18 @@ class WorldModel(nn.Module):
         """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action is NaN or inf
         (the one check that waits for the device)."""
         self._check_actions(actions, actions.shape[0], finite=finite)
-        if state.deter.shape[0] != actions.shape[0]:
-            raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {actions.shape[0]}")
-        self._check_goal(state.goal, actions.shape[0])
+        if actions.shape[1] < 1:
+            raise ValueError("actions must hold at least one step, got T=0")
+        if not actions.is_floating_point():
+            raise ValueError(f"actions must be a floating-point tensor, got {actions.dtype}")
+        b, cfg = actions.shape[0], self.cfg
+        if state.deter.shape[0] != b:
+            raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {b}")
+        for name, got, want in (("deter", state.deter.shape, (b, cfg.deter)),
+                                ("stoch", state.stoch.shape, (b, cfg.stoch, cfg.classes))):  # fmt: skip
+            if tuple(got) != want:
+                raise ValueError(f"state.{name} must be {list(want)}, got {list(got)}")
+        self._check_goal(state.goal, b)
 
     def imagine_unchecked(
         self,
@@ -276,6 +286,8 @@ class WorldModel(nn.Module):
         """
         pixels, action = batch["pixels"], batch["action"].float()
         b, seq = pixels.shape[:2]
+        if seq < 2:  # the reward and success heads learn from the transitions between frames
+            raise ValueError(f"training windows need at least 2 frames, got {seq}")
         posts, post_lp, prior_lp = self._filter_batch(batch, sample=True)
         cfg = self.cfg
         feat = posts.feat
