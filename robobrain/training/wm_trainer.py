@@ -174,7 +174,7 @@ class WorldModelTrainer:
         device: torch.device | str,
         total_steps: int | None = None,
     ) -> None:
-        if sampler.seq_len < 2:  # (WorldModel.loss learns from the transitions between frames)
+        if sampler is not None and sampler.seq_len < 2:  # (WorldModel.loss learns from transitions)
             raise ValueError(f"training windows need seq_len >= 2, got {sampler.seq_len}")
         self.model = model
         self.cfg = cfg
