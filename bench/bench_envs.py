@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -20,6 +19,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym
 import mujoco
 import numpy as np
+from machine import describe  # bench/machine.py (the script's folder is on sys.path)
 
 import robobrain.envs as envs
 from robobrain.envs.base import ASSETS, ManipulationEnv
@@ -120,9 +120,7 @@ def main() -> None:
         rows.append((f"{env_id} vector x2 async", bench_vector(env_id, size, sec, "async")))
     rows.append(("gymnasium Pusher-v5 (default visuals)", bench_pusher(size, sec)))
 
-    print(
-        f"# env throughput at {size} px, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-    )
+    print(f"# env throughput at {size} px, {describe('cpu')}")
     print(f"# MUJOCO_GL={os.environ.get('MUJOCO_GL')} LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS')}")
     print(f"| {'what':<46} | {'steps/s':>8} | {'vs raw':>6} |")
     print(f"|{'-' * 48}|{'-' * 10}|{'-' * 8}|")

@@ -24,6 +24,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from machine import describe  # bench/machine.py (the script's folder is on sys.path)
 
 import robobrain.envs as envs
 from robobrain.data.store import atomic_write_json
@@ -54,20 +55,23 @@ def train_sac(
     device: str = "auto",
     checkpoint_every: int = 5000,
 ) -> tuple[Path, float]:
-    """Trains (or finishes) one SAC peer; returns its zip and training wall clock (NaN if it was done).
+    """Trains (or finishes) one SAC peer; returns its zip and training wall clock (read back when a
+    finished peer of the same env, observation key, steps, image size and seed is found in ``out``).
 
     Every ``checkpoint_every`` steps the model, its replay buffer and the wall clock so far go to
-    ``out/sac_KEY.ckpt/`` (written beside it, then renamed), so a killed run re-started with the same
+    ``out/sac_TAG.ckpt/`` (written beside it, then renamed), so a killed run re-started with the same
     command goes on from there. The episode in flight at the kill is cut short (its stored transitions
     keep their true next observations); the RNG streams are not restored.
     """
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    path = out / f"sac_{key}.zip"
+    tag = f"{key}_{env_id.split('/')[-1]}_{steps}steps_{image_size}px_seed{seed}"  # what the peer was
+    path = out / f"sac_{tag}.zip"
     if path.exists():
-        return path, float("nan")
-    ckpt, tmp, old = (out / f"sac_{key}.{s}" for s in ("ckpt", "ckpt.tmp", "ckpt.old"))
+        print(f"sac_{tag}: trained before, reused", flush=True)
+        return path, float((out / f"sac_{tag}.wall_s").read_text())
+    ckpt, tmp, old = (out / f"sac_{tag}.{s}" for s in ("ckpt", "ckpt.tmp", "ckpt.old"))
     if not ckpt.exists() and old.exists():  # killed between the two renames below
         old.rename(ckpt)
     env = SelectKey(envs.make_env(env_id, image_size=image_size), key)
@@ -76,7 +80,7 @@ def train_sac(
         model = SAC.load(ckpt / "model.zip", env=env, device=device)
         model.load_replay_buffer(ckpt / "replay_buffer.pkl")
         done_wall = float((ckpt / "wall_s").read_text())
-        print(f"sac_{key}: resuming at {model.num_timesteps} steps", flush=True)
+        print(f"sac_{tag}: resuming at {model.num_timesteps} steps", flush=True)
     else:
         # Pixels: 2 x 12 KB per stored 64 px transition, 0.5 GB at 20k steps, so SB3's
         # optimize_memory_usage (which bootstraps time-limit ends from the next episode's first frame)
@@ -91,7 +95,7 @@ def train_sac(
         def _on_step(self) -> bool:
             n = self.num_timesteps
             if n % 1000 == 0:
-                print(f"sac_{key}: {n} steps, {done_wall + time.perf_counter() - t:.0f} s", flush=True)
+                print(f"sac_{tag}: {n} steps, {done_wall + time.perf_counter() - t:.0f} s", flush=True)
             if n % checkpoint_every == 0 and n < steps:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
@@ -106,9 +110,9 @@ def train_sac(
 
     model.learn(steps - model.num_timesteps, callback=Progress(), reset_num_timesteps=False)
     wall = done_wall + time.perf_counter() - t
-    model.save(out / f"sac_{key}.tmp.zip")
-    atomic_write_json(out / f"sac_{key}.wall_s", wall)  # before the model: a model on disk has its time
-    os.replace(out / f"sac_{key}.tmp.zip", path)
+    model.save(out / f"sac_{tag}.tmp.zip")
+    atomic_write_json(out / f"sac_{tag}.wall_s", wall)  # before the model: a model on disk has its time
+    os.replace(out / f"sac_{tag}.tmp.zip", path)
     shutil.rmtree(ckpt, ignore_errors=True)
     env.close()
     return path, wall
@@ -125,10 +129,15 @@ def evaluate(policy, env_id: str, episodes: int, image_size: int, num_envs: int,
             e.close()
 
 
-def run_wall_clock(run: Path) -> float:
-    """Seconds the run spent in the loop (``wall_s`` of its last row; evaluations included)."""
+def _last_row(run: Path) -> dict[str, str]:
     with open(run / "train.csv", newline="") as f:
-        return float(list(csv.DictReader(f))[-1]["wall_s"])
+        return list(csv.DictReader(f))[-1]
+
+
+def run_wall_clock(run: Path) -> float:
+    """Seconds the run spent in the loop (``wall_s`` of its last row; its periodic evaluations and
+    checkpoints included, which the SAC peers' wall clock does not have)."""
+    return float(_last_row(run)["wall_s"])
 
 
 def main() -> None:
@@ -145,6 +154,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="SAC peers' torch device ('auto': cuda if any)")
     parser.add_argument("--checkpoint-every", type=int, default=5000, help="SAC: steps per checkpoint")
     parser.add_argument("--skip", nargs="*", default=[], choices=["state", "pixels", "ablation"])
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="SAC peers' (default: the run's, else 64)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -153,6 +165,12 @@ def main() -> None:
 
         cfg = load_checkpoint(args.run, with_training_state=False).config
         size = cfg["world_model"]["image_size"]
+        ran = int(float(_last_row(args.run)["env_steps"]))
+        if ran != args.env_steps or cfg["online"]["env"] != args.env:
+            parser.error(
+                f"{args.run} ran {ran} env steps on {cfg['online']['env']}, "
+                f"not {args.env_steps} on {args.env}"
+            )
         mpc_cfg = cfg["online"]["mpc"]
         optim = OptimizerConfig(**mpc_cfg["optim"])
         # The planner and the guide seeded as `robobrain eval --seed S` seeds them.
@@ -168,23 +186,31 @@ def main() -> None:
                 (f"robobrain MPC, guide={guide}", summary, run_wall_clock(args.run), time.perf_counter() - t)
             )
             print(rows[-1], flush=True)
+    sac_size = args.image_size or (size if args.run is not None else 64)
     for key in ("state", "pixels"):
         if key in args.skip:
             continue
         path, wall = train_sac(
-            args.env, key, args.env_steps, 64, args.sac_seed, args.out, args.device, args.checkpoint_every
+            args.env,
+            key,
+            args.env_steps,
+            sac_size,
+            args.sac_seed,
+            args.out,
+            args.device,
+            args.checkpoint_every,
         )
-        if np.isnan(wall) and (args.out / f"sac_{key}.wall_s").exists():
-            wall = float((args.out / f"sac_{key}.wall_s").read_text())
         policy = SB3Policy.load(str(path))
         t = time.perf_counter()
-        summary = evaluate(policy, args.env, args.episodes, 64, 2, args.seed)
+        summary = evaluate(policy, args.env, args.episodes, sac_size, 2, args.seed)
         rows.append((f"SB3 SAC from {key}", summary, wall, time.perf_counter() - t))
         print(rows[-1], flush=True)
 
+    sac_device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     print(
         f"\n{args.env}, {args.env_steps} env steps, {args.episodes} evaluation episodes (seeds {args.seed}+)"
     )
+    print(f"SAC peers trained on {describe(sac_device)}")
     print("| agent | success (95 % Wilson) | mean return | train wall clock | eval wall clock |")
     print("|---|---|---|---|---|")
     for name, s, wall, ev in rows:

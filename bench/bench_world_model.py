@@ -7,19 +7,22 @@ Imagination: B candidate action sequences of H steps from one latent state, late
 decoding), the way the planner calls it. FLOPs are counted by ``torch.utils.flop_counter`` on one
 call; "of peak" divides the achieved FLOP/s by a plain square matmul's on the same device, in the
 same precision (2048² on the CPU, 8192² on CUDA). On CUDA imagination is timed three ways: eager
-float32, eager under bf16 autocast, and bf16 replayed from a CUDA graph (the planner's default,
-``GraphedImagine``); training runs under bf16 autocast, as ``train-wm`` does there.
+float32, eager under bf16 autocast, and bf16 replayed from a CUDA graph per rollout
+(``GraphedImagine``, the planner's path with ``whole_plan=False``; its default, the whole plan as one
+graph over a bf16 twin, is timed by bench_planner.py and profile_imagine.py); training runs under
+bf16 autocast, as ``train-wm`` does there. The model is goal-conditioned like the robobrain tasks'
+(10-D state, goal at [7:10], a state head; the training batch carries the states); ``--no-goal``
+gives the pixels-only model of the rows recorded before the twenty-second session.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from collections.abc import Callable
 
 import torch
+from machine import describe  # bench/machine.py (the script's folder is on sys.path)
 from torch.utils.flop_counter import FlopCounterMode
 
 from robobrain.config import get_preset
@@ -50,17 +53,6 @@ def matmul_peak(device: torch.device, seconds: float, dtype: torch.dtype = torch
     return 2 * n**3 / timed(lambda: a @ b, device, seconds)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -73,6 +65,10 @@ def main() -> None:
     parser.add_argument("--stoch", type=int, default=None, help="override the preset's latent variables")
     parser.add_argument("--classes", type=int, default=None, help="override the preset's classes")
     parser.add_argument("--reward-bins", type=int, default=None, help="override (0 = squared-error head)")
+    parser.add_argument(
+        "--goal", action=argparse.BooleanOptionalAction, default=True,
+        help="goal-conditioned with a state head, as the tasks' models (--no-goal: pixels only)",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     overrides = {
@@ -80,12 +76,15 @@ def main() -> None:
         for k, v in (("stoch", args.stoch), ("classes", args.classes), ("reward_bins", args.reward_bins))
         if v is not None
     }
+    if args.goal:
+        overrides |= {"state_dim": 10, "goal_start": 7, "goal_dim": 3}
     cfg = get_preset(args.preset, **overrides).world_model
     model = WorldModel(cfg).to(device).eval()
     b, h = args.batch, args.horizon
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    state = model.rssm.initial(1, device).repeat_interleave(b)
+    goal = torch.zeros(1, cfg.goal_dim, device=device) if cfg.goal_dim else None
+    state = model.rssm.initial(1, device, goal).repeat_interleave(b)
     actions = torch.rand(b, h, cfg.action_dim, device=device) * 2 - 1
 
     def eager(amp: bool) -> Callable[[], object]:
@@ -118,6 +117,8 @@ def main() -> None:
         "reward": torch.randn(tb, tl, device=device),
         "success": torch.rand(tb, tl, device=device) > 0.5,
     }
+    if cfg.state_dim:
+        batch["state"] = torch.rand(tb, tl, cfg.state_dim, device=device) * 0.4 - 0.2
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step() -> None:
@@ -130,14 +131,13 @@ def main() -> None:
     model.train()
     t_train = timed(train_step, device, args.seconds)
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     params = sum(p.numel() for p in model.parameters())
-    threads = torch.get_num_threads()
+    kind = "goal-conditioned, state head" if cfg.goal_dim else "pixels only"
     print(
-        f"# world model '{args.preset}' (latent {cfg.stoch}x{cfg.classes}, reward bins {cfg.reward_bins}; "
-        f"{params / 1e6:.2f} M params) on {device} ({where}),"
+        f"# world model '{args.preset}' (latent {cfg.stoch}x{cfg.classes}, reward bins {cfg.reward_bins}, "
+        f"{kind}; {params / 1e6:.2f} M params) on {device}"
     )
-    print(f"# {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads")
+    print(f"# {describe(device)}, {torch.get_num_threads()} threads")
     n = 8192 if device.type == "cuda" else 2048
     step = f"train step B={tb}×L={tl} @ {cfg.image_size}px" + (" (bf16)" if device.type == "cuda" else "")
     print("| what | value |")

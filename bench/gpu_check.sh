@@ -24,14 +24,25 @@
 #    steps in 535 s; alone not timed). It checkpoints every
 #    5,000 steps in /tmp/sac_pixels (the replay buffer is ~0.5 GB), so the same command resumes it
 #    on a machine that is still warm; its log holds the table.
-# Logs go to OUT_DIR (default $OUT, else /tmp/gpu_check). Offline machines: wheels of the project's
+# Logs go to OUT_DIR (default $OUT, else /tmp/gpu_check), with summary.txt (each step's rc and
+# seconds); the script exits 1 when a step failed (a tests step in which nothing passed counts as
+# failed: test_cuda.py skips everything without a GPU), 2 without CUDA or for an unknown step name.
+# All steps together may take up to ~36 min (their timeouts): on a lent machine with a 10-minute
+# limit per command, name the steps. Offline machines: wheels of the project's
 # packages in ./.whl and the GL loader .debs in ./.gl (see bench/RESULTS.md, "GPU") are installed
 # first when present; elsewhere install the project as usual (`make setup`) and run this.
 set -u
 out=${1:-${OUT:-/tmp/gpu_check}}
 shift $(( $# > 0 ? 1 : 0 ))
 only=" $* "
+steps=" tests wm_cpu_1024 wm_cpu_16384 wm_gpu_1024 planner_cpu planner_gpu planner_cpu_bc planner_modes \
+planner_fused profile_imagine sac_pixels "
+for name in "$@"; do
+    if [[ "$steps" != *" $name "* ]]; then echo "gpu_check: unknown step '$name'; steps:$steps" >&2; exit 2; fi
+done
 mkdir -p "$out"
+: >"$out/summary.txt"
+failed=0
 export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
 py=python3
 if [ -x .venv/bin/python ]; then py=.venv/bin/python; fi
@@ -55,13 +66,20 @@ step() {  # step NAME TIMEOUT CMD...: run, log to $out/NAME.log, echo the tail, 
     local t0=$SECONDS
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
+    if [ "$name" = tests ] && [ $rc = 0 ] && ! grep -q " passed" "$out/$name.log"; then rc=5; fi  # all skipped
     tail -n 25 "$out/$name.log"
     echo "=== $name: rc=$rc, $((SECONDS - t0)) s"
+    echo "$name rc=$rc $((SECONDS - t0))s" >>"$out/summary.txt"
+    if [ $rc != 0 ]; then failed=1; fi
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
 $py -c "import torch, mujoco, gymnasium, stable_baselines3 as sb3; print('torch', torch.__version__, \
 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), '| mujoco', mujoco.__version__, \
 '| gymnasium', gymnasium.__version__, '| sb3', sb3.__version__)" 2>&1 | tee -a "$out/gpu.txt"
+if ! $py -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    echo "gpu_check: $py's torch sees no CUDA device; nothing to check" | tee -a "$out/summary.txt" >&2
+    exit 2
+fi
 bp="bench/bench_planner.py --device cuda --samples 1024 --elites 64 --iterations 6 --horizon 12 --repeats 20"
 bw=bench/bench_world_model.py
 step tests 360 $py -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
@@ -77,4 +95,7 @@ step profile_imagine 240 $py bench/profile_imagine.py --preset cpu --batch 16384
 if [[ "$only" == *" sac_pixels "* ]]; then
     step sac_pixels 560 $py bench/bench_online.py --env robobrain/Push-v0 --env-steps 20000 --episodes 20 \
         --skip state ablation --device cuda --out /tmp/sac_pixels
+    cp /tmp/sac_pixels/*.json /tmp/sac_pixels/*.md "$out/" 2>/dev/null  # the table (not the ~0.5 GB buffer)
 fi
+cat "$out/summary.txt"
+exit $failed

@@ -172,9 +172,9 @@ class Eval:
     """mpc on CUDA, unguided: torch.compile the bf16 imagination recorded in the planner's CUDA graph
     (1.8x faster decisions for 16 envs on an H200, bench/RESULTS.md; needs Triton and a C compiler)."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
-    """With --compile: torch.compile's mode (max-autotune-no-cudagraphs: 7.5 % faster for 16 envs on an
-    H200, bench/RESULTS.md; slower to start; the plan already is one CUDA graph, so modes that add
-    graphs are not offered)."""
+    """With --compile: torch.compile's mode (max-autotune-no-cudagraphs: 13.77 vs 14.89 ms for 16 envs
+    on an H200 in one pair of runs, bench/RESULTS.md; slower to start; the plan already is one CUDA
+    graph, so modes that add graphs are not offered)."""
     fused: bool = False
     """mpc on CUDA, unguided: imagine in the planner's CUDA graph with one Triton kernel per rollout
     (FusedImagine; instead of --compile; needs Triton)."""

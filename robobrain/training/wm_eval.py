@@ -2,9 +2,10 @@
 
 Open-loop k-step prediction from a context window, PSNR and SSIM per horizon step, against two
 baselines computed on the same windows: copy-last-frame, and the same model fed the actions of another
-episode ("shuffled actions"; a model that ignores its actions is useless for planning). Plus reward correlation and success
-accuracy of the open-loop predictions, and, for a model that decodes the env state, how far the state
-decoded from its latent is from the true one (is the goal / the block in the latent at all?).
+episode ("shuffled actions"; a model that ignores its actions is useless for planning). Plus reward
+correlation and success accuracy of the open-loop predictions, and, for a model that decodes the env
+state, how far the state decoded from its latent is from the true one (is the goal / the block in the
+latent at all?).
 """
 
 from __future__ import annotations
