@@ -103,9 +103,11 @@ def load_policy(
             raise ValueError("the oracle plans in the true simulator: it needs robobrain task envs")
         return OracleMPCPolicy(envs, action_dim, mpc)
     if spec.startswith(("mpc:", "bc:")):
+        from robobrain.checkpoint import check_trained_env, read_config
         from robobrain.training.wm_trainer import load_world_model
 
         kind, path = spec.split(":", 1)
+        check_trained_env(read_config(path), env_id, path)
         model = load_world_model(path, device)
         if model.cfg.action_dim != action_dim:
             raise ValueError(

@@ -220,6 +220,25 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint (or of a run directory's latest), without its tensors."""
+    return _read_json(resolve_checkpoint(path) / CONFIG_FILE)
+
+
+def trained_env(config: dict[str, Any]) -> str | None:
+    """The env id whose episodes a checkpoint's world model was trained on: ``train-wm`` records it
+    as ``env_id``, a ``robobrain train`` run as ``online.env``. None for checkpoints from before."""
+    return config.get("env_id") or config.get("online", {}).get("env")
+
+
+def check_trained_env(config: dict[str, Any], env_id: str | None, where: str | os.PathLike[str]) -> None:
+    """Refuse to use a world model on another env's data or env: Reach and Push share the action
+    and goal layout, so nothing else would stop it and the numbers would mean nothing."""
+    trained = trained_env(config)
+    if trained is not None and env_id is not None and trained != env_id:
+        raise ValueError(f"{where}: the world model was trained on {trained} episodes, not on {env_id}")
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"{path}: missing")

@@ -7,6 +7,8 @@ robobrain demo
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ import numpy as np
 import tyro
 
 from robobrain.training.online import OnlineConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,9 @@ class Collect:
     decoy_goal_prob: float = 0.0
     """Scripted only: share of episodes in which the expert heads for a random decoy goal instead of
     the true one (play data: object motion that does not always head for the goal)."""
-    seed: int = 0
-    """Seed of the envs (env i gets seed + i) and of the policy."""
+    seed: int | None = None
+    """Seed of the envs (env i gets seed + i) and of the policy. Default: 0 into an empty store, else
+    10,000 past the largest seed stored, so re-running a command adds new episodes, not copies."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -236,7 +241,7 @@ def run_train(args: Train) -> dict:
 def run_eval(args: Eval) -> dict:
     import torch
 
-    from robobrain.checkpoint import load_checkpoint
+    from robobrain.checkpoint import read_config
     from robobrain.envs import make_env
     from robobrain.evaluation import evaluate_policy
     from robobrain.planning import MPCConfig, OptimizerConfig
@@ -246,10 +251,11 @@ def run_eval(args: Eval) -> dict:
         raise ValueError(f"--episodes and --num-envs must be >= 1, got {args.episodes}, {args.num_envs}")
     size = args.image_size
     if size is None and args.policy.startswith(("mpc:", "bc:")):
-        config = load_checkpoint(args.policy.split(":", 1)[1], with_training_state=False).config
-        size = int(config["world_model"]["image_size"])
+        size = int(read_config(args.policy.split(":", 1)[1])["world_model"]["image_size"])
     # (no more envs than episodes: a slot that never starts an episode has no observation)
-    envs = [make_env(args.env, size or 64) for _ in range(min(args.num_envs, args.episodes))]
+    envs = [
+        make_env(args.env, 64 if size is None else size) for _ in range(min(args.num_envs, args.episodes))
+    ]
     planner = planner_settings(args)
     optim = OptimizerConfig(
         num_samples=planner["samples"],
@@ -318,7 +324,7 @@ def run_train_wm(args: TrainWM) -> dict:
 
 
 def run_eval_wm(args: EvalWM) -> dict:
-    from robobrain.checkpoint import load_checkpoint
+    from robobrain.checkpoint import check_trained_env, load_checkpoint
     from robobrain.config import WMTrainConfig, from_dict
     from robobrain.data import EpisodeStore
     from robobrain.data.store import atomic_write_json
@@ -328,15 +334,18 @@ def run_eval_wm(args: EvalWM) -> dict:
 
     model = load_world_model(args.checkpoint, args.device)
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
-    store = EpisodeStore(args.data)
+    store = EpisodeStore(args.data, create=False)
     if args.split == "holdout":
         holdout = from_dict(WMTrainConfig, ckpt.config.get("train", {})).holdout_fraction
         _, episodes = split_episodes(store, holdout)
         if not episodes:
             raise ValueError(f"{args.data}: no held-out episodes; pass --split all")
     else:
-        episodes = store.load_all()
-    out = args.out or ckpt.path.parent.parent / "eval_wm"
+        episodes, _ = split_episodes(store, 0.0)  # (raises on a store with no readable episode)
+    check_trained_env(ckpt.config, episodes[0].meta.get("env_id"), ckpt.path)
+    # A run's checkpoint reports beside the run's checkpoints folder, a lone checkpoint inside itself.
+    run = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path
+    out = args.out or run / "eval_wm"
     out.mkdir(parents=True, exist_ok=True)
     report = evaluate_world_model(
         model,
@@ -362,27 +371,34 @@ def run_collect(args: Collect) -> list[str]:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
+        raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
+    out = args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
+    store = EpisodeStore(out)
+    seeds = {m["meta"].get("seed") for m in store.manifest.values()} - {None}
+    seed = args.seed if args.seed is not None else max(seeds) + 10_000 if seeds else 0
+    if args.seed is not None and args.seed in seeds:
+        log.warning("%s already holds episodes collected with --seed %d: their starts repeat", out, seed)
     vec = envs.make_vector_env(args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode)
     try:
-        if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
-            raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
         kwargs = (
             {"noise_std": args.noise, "decoy_goal_prob": args.decoy_goal_prob}
             if args.policy == "scripted"
             else {}
         )
-        policy = load_policy(args.policy, args.env, vec.single_action_space, seed=args.seed, **kwargs)
-        out = args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
-        store = EpisodeStore(out)
-        meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": args.seed,
+        policy = load_policy(args.policy, args.env, vec.single_action_space, seed=seed, **kwargs)
+        meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": seed,
                 "decoy_goal_prob": args.decoy_goal_prob}  # fmt: skip
         names = collect_episodes(
-            vec, policy, store, args.episodes, seed=args.seed, meta=meta, progress=args.progress
+            vec, policy, store, args.episodes, seed=seed, meta=meta, progress=args.progress
         ).names
     finally:
         vec.close()
     success = np.mean([store.manifest[n]["success"] for n in names])
-    print(f"stored {len(names)} episodes in {out} (success {success:.2f}; {len(store)} in the store)")
+    print(
+        f"stored {len(names)} episodes (seed {seed}) in {out} (success {success:.2f}; "
+        f"{len(store.manifest)} readable episodes in the store)"
+    )
     return names
 
 
@@ -402,7 +418,7 @@ class Demo(Train):
 
 
 def run_train_prior(args: TrainPrior) -> dict:
-    from robobrain.checkpoint import load_checkpoint
+    from robobrain.checkpoint import check_trained_env, load_checkpoint
     from robobrain.config import WMTrainConfig, from_dict
     from robobrain.data import EpisodeStore
     from robobrain.rl.behaviour_prior import BehaviourPriorConfig, fit_behaviour_prior, save_behaviour_prior
@@ -413,7 +429,8 @@ def run_train_prior(args: TrainPrior) -> dict:
     holdout = from_dict(WMTrainConfig, ckpt.config.get("train", {})).holdout_fraction
     train, val = [], []
     for root in args.data:
-        t, v = split_episodes(EpisodeStore(root), holdout)
+        t, v = split_episodes(EpisodeStore(root, create=False), holdout)
+        check_trained_env(ckpt.config, t[0].meta.get("env_id"), ckpt.path)  # before the prior is replaced
         train, val = train + t, val + v
     cfg = BehaviourPriorConfig(steps=args.steps, successful_only=not args.all_episodes, seed=args.seed)
     prior, report = fit_behaviour_prior(model, train, val, cfg, args.device)
@@ -439,6 +456,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; errors propagate (tests and callers from Python see them as they are)."""
     args = tyro.extras.subcommand_cli_from_dict(
         {name: cls for name, (cls, _) in COMMANDS.items()},
         args=sys.argv[1:] if argv is None else argv,
@@ -453,5 +471,21 @@ def main(argv: list[str] | None = None) -> None:
     raise AssertionError(f"unhandled command {args!r}")
 
 
+def entry(argv: list[str] | None = None) -> None:
+    """The ``robobrain`` command: a user's error (a bad flag value, a missing or mismatched checkpoint
+    or store) ends in one line on stderr and exit status 2; ``ROBOBRAIN_DEBUG=1`` shows the traceback."""
+    from robobrain.checkpoint import CheckpointError
+
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        if os.environ.get("ROBOBRAIN_DEBUG"):
+            raise
+        args = sys.argv[1:] if argv is None else argv
+        command = next((a for a in args if a in COMMANDS), "")
+        print(f"robobrain {command}: error: {e}".replace("  ", " "), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -28,7 +28,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     denom = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the edges (not 3e-17 off)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 def _check_actions(actions: Any, num_envs: int, space: gym.spaces.Box) -> np.ndarray:
@@ -174,6 +176,8 @@ def evaluate_policy(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "eval_info.json", report)
+        for old in (out / "videos").glob("episode_*.mp4"):  # an earlier evaluation's, not this report's
+            old.unlink()
         if frames:
             from robobrain.video import write_video
 

@@ -23,12 +23,30 @@ def test_collect_cli(tmp_path):
         assert ep.pixels.shape == (envs.EPISODE_STEPS + 1, 16, 16, 3)
         assert ep.meta["env_id"] == "robobrain/Push-v0" and ep.meta["policy"] == "scripted"
     main([*args, "--num-envs", "1", "--image-size", "16", "--out", str(out), "--no-progress"])
-    assert len(EpisodeStore(out)) == 6  # appended
+    store = EpisodeStore(out)
+    assert len(store) == 6  # appended, not copied: the same command again starts from other seeds
+    eps = store.load_all()
+    assert [ep.meta["seed"] for ep in eps] == [0, 0, 0, 10_000, 10_000, 10_000]
+    assert not any(np.array_equal(eps[i].state[0], eps[j].state[0]) for i in range(3) for j in range(3, 6))
     random_args = ["collect", "--env", "robobrain/Push-v0", "--policy", "random", "--noise", "0.1"]
     with pytest.raises(ValueError, match="scripted only"):  # would be silently ignored
         main([*random_args, "--out", str(out), "--no-progress"])
     with pytest.raises(ValueError, match="another layout"):  # 32 px frames into a store of 16 px ones
         main([*args, "--episodes", "1", "--image-size", "32", "--out", str(out), "--no-progress"])
+
+
+def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path):
+    """`robobrain` (cli.entry) ends a user's error with one line and status 2; main() raises it."""
+    from robobrain.cli import entry
+
+    with pytest.raises(SystemExit) as exit_:
+        entry(["eval", "--policy", "banana", "--image-size", "16", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["robobrain eval: error: unknown policy spec 'banana'; expected one of random, scripted, "
+                   "oracle, mpc:CHECKPOINT, bc:CHECKPOINT, sb3:ZIP"]  # fmt: skip
+    with pytest.raises(ValueError, match="image_size must be an int in"):  # was silently 64
+        main(["eval", "--policy", "random", "--image-size", "0", "--out", str(tmp_path)])
 
 
 def test_collect_cli_default_directory_is_per_task(tmp_path, monkeypatch):

@@ -21,6 +21,8 @@ def test_wilson_interval_known_values():
     lo, hi = wilson_interval(0, 10)
     assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    for n in range(1, 300):  # exact at the edges (they were off by rounding: 2.8e-17, 0.9999999999999999)
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
 
 
 def strip_latency(report):
@@ -46,6 +48,9 @@ def test_eval_cli_is_reproducible_with_per_episode_seeds(tmp_path):
     assert s["episodes"] == 5 and 0 <= s["success_ci95"][0] <= s["success_rate"] <= s["success_ci95"][1]
     assert s["latency_ms_p95"] >= s["latency_ms_p50"] > 0
     assert len(list((tmp_path / "a" / "videos").glob("*.mp4"))) == 2
+    main([*args[:5], "--episodes", "1", "--seed", "20", "--image-size", "16", "--no-progress",
+          "--out", str(tmp_path / "a")])  # fmt: skip
+    assert [p.name for p in (tmp_path / "a" / "videos").glob("*.mp4")] == ["episode_000_seed20.mp4"]
 
 
 def test_episode_seed_fixes_the_episode():

@@ -65,6 +65,25 @@ def test_truncated_and_garbage_files_are_reported_and_skipped(tmp_path, caplog):
     assert loaded == [names[0], names[3]]
     assert set(reopened.skipped) == {names[1], names[2]}
     assert names[1] in caplog.text
+    with pytest.raises(CorruptEpisodeError, match=r"not an \.npz archive"):  # (numpy: "pickled data")
+        reopened.load(names[2])
+
+
+def test_a_known_corrupt_file_does_not_make_every_open_reread_the_store(tmp_path, monkeypatch):
+    store = EpisodeStore(tmp_path)
+    names = [store.add(make_episode(6, tag=i)) for i in range(3)]
+    (tmp_path / names[1]).write_bytes(b"garbage")
+    (tmp_path / "manifest.json").unlink()
+    assert sorted(EpisodeStore(tmp_path).manifest) == [names[0], names[2]]  # rebuilt once
+    loads = []
+    monkeypatch.setattr(EpisodeStore, "load", lambda self, name: loads.append(name))
+    again = EpisodeStore(tmp_path)
+    assert loads == [] and sorted(again.manifest) == [names[0], names[2]] and names[1] in again.skipped
+    monkeypatch.undo()
+    (tmp_path / names[1]).write_bytes(b"other garbage")  # changed since: looked at again
+    assert names[1] in EpisodeStore(tmp_path).skipped
+    store.truncate(1)
+    assert EpisodeStore(tmp_path).names() == [names[0]]
 
 
 def test_every_single_byte_flip_is_reported_or_harmless(tmp_path):

@@ -557,6 +557,39 @@ def test_train_and_eval_cli(push_data, tmp_path):
     assert {"gripper_pos", "goal", "block_pos"} <= set(report["state_error"]["filtered"])
     assert all(np.isfinite(v) and v >= 0 for v in report["state_error"]["imagined@4"].values())
     assert (run / "eval_wm" / "prediction.mp4").stat().st_size > 1000
+    assert report["shuffled_from_other_episodes"] == (1.0 if report["episodes"] > 1 else 0.0)
+
+    # The checkpoint names the env of its data; using it on another env's data or env is refused.
+    assert load_checkpoint(run).config["env_id"] == "robobrain/Push-v0"
+    reach = tmp_path / "reach"
+    vec = make_vector_env("robobrain/Reach-v0", 2, image_size=32, max_episode_steps=10)
+    random = load_policy("random", "robobrain/Reach-v0", vec.single_action_space)
+    collect_episodes(vec, random, EpisodeStore(reach), 2, seed=0, meta={"env_id": "robobrain/Reach-v0"},
+                     progress=False)  # fmt: skip
+    vec.close()
+    never, ckpt = str(tmp_path / "never"), str(run)
+    for args in (
+        ["eval-wm", "--checkpoint", ckpt, "--data", str(reach), "--split", "all", "--out", never],
+        ["train-prior", "--checkpoint", ckpt, "--data", str(reach), "--all-episodes"],
+        ["eval", "--policy", f"mpc:{ckpt}", "--env", "robobrain/Reach-v0", "--out", never],
+    ):
+        with pytest.raises(ValueError, match="trained on robobrain/Push-v0 episodes, not on robobrain/Reach"):
+            main(args)
+    assert not (tmp_path / "never").exists() and not (load_checkpoint(run).path / "behaviour_prior").exists()
+    # A mistyped or empty store: a clear error, and nothing created.
+    with pytest.raises(FileNotFoundError, match="no such episode store"):
+        main(["eval-wm", "--checkpoint", str(run), "--data", str(tmp_path / "typo")])
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no readable episodes"):
+        main(["eval-wm", "--checkpoint", str(run), "--data", str(tmp_path / "empty"), "--split", "all"])
+    # A lone checkpoint (not in a run's checkpoints folder) reports inside itself.
+    lone = tmp_path / "models" / "pushwm"
+    lone.parent.mkdir()
+    load_checkpoint(run).path.rename(lone)
+    main(["eval-wm", "--checkpoint", str(lone), "--data", str(push_data), "--horizon", "2",
+          "--max-windows", "4"])  # fmt: skip
+    assert (lone / "eval_wm" / "report.json").exists()
 
 
 def test_time_budget_checkpoints_and_resumes(push_data, tmp_path):

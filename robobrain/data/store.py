@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +119,12 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 class EpisodeStore:
     """A directory of episodes. Not safe for several concurrent writers."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
+        """``create=False``: for reading; a missing directory raises ``FileNotFoundError`` instead of
+        being made (a mistyped ``--data`` would otherwise leave an empty store behind)."""
         self.root = Path(root)
+        if not create and not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: no such episode store (directory)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.skipped: dict[str, str] = {}
         """Files found corrupt, by name, with the reason."""
@@ -181,11 +186,14 @@ class EpisodeStore:
         return sorted(p.name for p in self.root.iterdir() if _NAME.match(p.name))
 
     def __len__(self) -> int:
+        """Episode files, readable or not (``manifest`` holds the readable ones)."""
         return len(self.names())
 
     def load(self, name: str) -> Episode:
         """Load and validate one episode; ``CorruptEpisodeError`` names the file if it is bad."""
         path = self.root / name
+        if path.is_file() and not zipfile.is_zipfile(path):  # (numpy would call it pickled data)
+            raise CorruptEpisodeError(f"{path}: not an .npz archive (truncated or overwritten)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 episode = Episode(
@@ -251,18 +259,39 @@ class EpisodeStore:
     def _load_manifest(self) -> dict[str, dict[str, Any]]:
         path = self.root / MANIFEST
         manifest: dict[str, dict[str, Any]] = {}
+        corrupt: dict[str, dict[str, Any]] = {}
         if path.exists():
             try:
-                manifest = json.loads(path.read_text())["episodes"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
+                saved = json.loads(path.read_text())
+                manifest, corrupt = saved["episodes"], dict(saved.get("corrupt", {}))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 log.warning("rebuilding unreadable manifest %s (%s)", path, e)
-                manifest = {}
+                manifest, corrupt = {}, {}
+        # A corrupt file stays known as corrupt while it is unchanged: otherwise every open of the
+        # store would find it missing from the manifest and re-read every episode.
+        corrupt = {n: c for n, c in corrupt.items() if c.get("stat") == self._stat(n)}
         names = self.names()
-        if sorted(manifest) != names:
+        if sorted([*manifest, *corrupt]) != names:
             manifest = {name: self._summary(ep) for name, ep in self.episodes()}
             self._manifest = manifest
             self._write_manifest()
+        else:
+            self.skipped.update({n: c["reason"] for n, c in corrupt.items()})
         return manifest
 
+    def _stat(self, name: str) -> list[int] | None:
+        try:
+            st = (self.root / name).stat()
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
     def _write_manifest(self) -> None:
-        atomic_write_json(self.root / MANIFEST, {"version": 1, "episodes": self._manifest})
+        corrupt = {
+            n: {"reason": reason, "stat": self._stat(n)}
+            for n, reason in self.skipped.items()
+            if n not in self._manifest and self._stat(n) is not None
+        }
+        atomic_write_json(
+            self.root / MANIFEST, {"version": 1, "episodes": self._manifest, "corrupt": corrupt}
+        )

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from robobrain.checkpoint import (
     Checkpoint,
     CheckpointError,
+    check_trained_env,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
@@ -526,6 +527,7 @@ class OnlineLoop:
             init = None
             if cfg.init_world_model is not None:
                 init = load_checkpoint(cfg.init_world_model, with_training_state=False)
+                check_trained_env(init.config, cfg.env, init.path)
                 self.wm_cfg = model_config_from_checkpoint(init.config)
             self._build_model(init)
         # The resolved config, world-model sizes included.

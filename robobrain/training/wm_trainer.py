@@ -274,10 +274,11 @@ def train_world_model(
     """
     run_dir = Path(run_dir)
     cfg, tcfg = preset.world_model, preset.train
-    store = EpisodeStore(data_dir)
+    store = EpisodeStore(data_dir, create=False)
     train_eps, _ = split_episodes(store, tcfg.holdout_fraction)
     cfg = sized_config(cfg, train_eps[0])
-    config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(data_dir)}
+    config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(data_dir),
+              "env_id": train_eps[0].meta.get("env_id")}  # fmt: skip
 
     torch.manual_seed(tcfg.seed)
     model = WorldModel(cfg).to(device)
