@@ -375,7 +375,7 @@ def run_collect(args: Collect) -> list[str]:
         raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
     out = args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
     store = EpisodeStore(out)
-    seeds = {m["meta"].get("seed") for m in store.manifest.values()} - {None}
+    seeds = {s for m in store.manifest.values() if isinstance(s := m["meta"].get("seed"), int)}
     seed = args.seed if args.seed is not None else max(seeds) + 10_000 if seeds else 0
     if args.seed is not None and args.seed in seeds:
         log.warning("%s already holds episodes collected with --seed %d: their starts repeat", out, seed)
@@ -482,8 +482,8 @@ def entry(argv: list[str] | None = None) -> None:
         if os.environ.get("ROBOBRAIN_DEBUG"):
             raise
         args = sys.argv[1:] if argv is None else argv
-        command = next((a for a in args if a in COMMANDS), "")
-        print(f"robobrain {command}: error: {e}".replace("  ", " "), file=sys.stderr)
+        prog = " ".join(["robobrain", *(a for a in args[:1] if a in COMMANDS)])
+        print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

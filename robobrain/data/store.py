@@ -259,24 +259,25 @@ class EpisodeStore:
     def _load_manifest(self) -> dict[str, dict[str, Any]]:
         path = self.root / MANIFEST
         manifest: dict[str, dict[str, Any]] = {}
-        corrupt: dict[str, dict[str, Any]] = {}
+        corrupt: dict[str, str] = {}
         if path.exists():
             try:
                 saved = json.loads(path.read_text())
-                manifest, corrupt = saved["episodes"], dict(saved.get("corrupt", {}))
+                manifest = saved["episodes"]
+                # A corrupt file stays known as corrupt while it is unchanged: otherwise every open of
+                # the store would find it missing from the manifest and re-read every episode.
+                corrupt = {n: str(c["reason"]) for n, c in saved.get("corrupt", {}).items()
+                           if c["stat"] == self._stat(n)}  # fmt: skip
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 log.warning("rebuilding unreadable manifest %s (%s)", path, e)
                 manifest, corrupt = {}, {}
-        # A corrupt file stays known as corrupt while it is unchanged: otherwise every open of the
-        # store would find it missing from the manifest and re-read every episode.
-        corrupt = {n: c for n, c in corrupt.items() if c.get("stat") == self._stat(n)}
         names = self.names()
         if sorted([*manifest, *corrupt]) != names:
             manifest = {name: self._summary(ep) for name, ep in self.episodes()}
             self._manifest = manifest
             self._write_manifest()
         else:
-            self.skipped.update({n: c["reason"] for n, c in corrupt.items()})
+            self.skipped.update(corrupt)
         return manifest
 
     def _stat(self, name: str) -> list[int] | None:
