@@ -3,6 +3,7 @@ transition across an episode boundary, refuses non-finite data."""
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from robobrain.data import EpisodeStore
 from robobrain.data.collect import collect_episodes
 from robobrain.envs import make_vector_env
 from robobrain.policies import RandomPolicy
-from robobrain.training.online import LoopState
+from robobrain.training.online import LoopState, _rng_state, _set_rng_state
 
 TINY = (
     "train --preset debug --env robobrain/Push-v0 --num-envs 2 --episode-steps 10 --seed-episodes 2 "
@@ -115,6 +116,21 @@ def test_killed_run_resumes_without_losing_or_repeating_episodes(tmp_path):
         np.testing.assert_array_equal(x.action, y.action)
     steps = [int(line.split(",")[0]) for line in (killed / "train.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) == [20, 40, 60, 80, 100]  # no row logged twice
+
+
+def test_resume_during_sb3_warm_up_equals_an_uninterrupted_run(tmp_path):
+    """While SB3 is still in its warm-up (fewer steps than learning_starts, so it acts by sampling its
+    action space), a resumed run fills the replay buffer with the same actions as a run never
+    stopped: loading SB3 reseeds its action space, so the checkpoint carries that stream."""
+    warm = ["--sb3.learning-starts", "1000"]
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    main([*run_args(resumed, 40), *warm])
+    main([*run_args(resumed, 80), *warm])  # a larger budget resumes the run
+    main([*run_args(straight, 80), *warm])
+    buffers = [np.load(latest_checkpoint(d) / "sb3" / "replay_buffer.npz") for d in (resumed, straight)]
+    assert int(buffers[1]["pos"]) == 12  # 3 rounds of 32 imagined steps over 8 envs, all in warm-up
+    for name in ("actions", "observations", "rewards"):
+        np.testing.assert_array_equal(buffers[0][name], buffers[1][name], err_msg=name)
 
 
 def test_loop_state_loads_checkpoints_older_than_a_counter():
@@ -283,3 +299,12 @@ def test_exploration_bonus_plans_for_disagreement_while_collecting_only(tmp_path
         main([*run_args(tmp_path / "b", 20), "--explore-bonus", "0.5"])
     with pytest.raises(ValueError, match="explore_bonus must be >= 0"):
         OnlineConfig(explore_bonus=-1.0)
+
+
+def test_rng_state_round_trips_every_global_stream_through_json():
+    """SB3's load reseeds Python's, numpy's and torch's global RNGs; the loop's checkpoint restores all."""
+    state = json.loads(json.dumps(_rng_state()))
+    first = (random.random(), np.random.rand(), torch.rand(()).item())  # noqa: NPY002
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)  # noqa: NPY002
+    _set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(()).item()) == first  # noqa: NPY002

@@ -150,9 +150,17 @@ def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path, monke
     again = load_sb3(SB3, tmp_path / "sb3", env, "cpu")
     assert isinstance(again, SAC) and again.num_timesteps == 64
     assert again.replay_buffer.pos == sb3.replay_buffer.pos
+    # SB3's load reseeds the action space (its warm-up actions): the saved stream goes on instead.
+    np.testing.assert_array_equal(again.action_space.sample(), sb3.action_space.sample())
     np.testing.assert_array_equal(again.replay_buffer.observations, sb3.replay_buffer.observations)
     for (name, p), q in zip(sb3.policy.named_parameters(), again.policy.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+    rng = tmp_path / "sb3" / "action_space_rng.json"
+    for bad in ("{", "{}", '{"bit_generator": "MT19937"}'):
+        rng.write_text(bad)
+        with pytest.raises(CheckpointError, match=r"action_space_rng\.json"):
+            load_sb3(SB3, tmp_path / "sb3", env, "cpu")
+    rng.unlink()  # (older checkpoints lack it)
     buffer = tmp_path / "sb3" / "replay_buffer.npz"
     data = bytearray(buffer.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside a compressed member: a CRC or deflate error, not OSError

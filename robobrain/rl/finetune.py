@@ -6,6 +6,7 @@ with ``allow_pickle=False`` (SB3's own ``save_replay_buffer`` pickles the buffer
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -147,10 +148,16 @@ def finetune(model: Any, env: ImaginationVecEnv, steps: int) -> dict[str, float]
 
 
 def save_sb3(model: Any, directory: str | os.PathLike[str]) -> None:
-    """``model.zip`` (SB3's format) and, for off-policy algorithms, ``replay_buffer.npz``."""
+    """``model.zip`` (SB3's format), ``action_space_rng.json`` and, for off-policy algorithms,
+    ``replay_buffer.npz``.
+
+    SB3's ``load`` reseeds the action space with the model's seed, and an off-policy model samples
+    its warm-up actions (``learning_starts``) from it: the stream's state is saved beside the zip so
+    a resumed run draws the actions an uninterrupted one would."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     model.save(d / "model.zip")
+    (d / "action_space_rng.json").write_text(json.dumps(model.action_space.np_random.bit_generator.state))
     if _is_off_policy(model):
         buf = model.replay_buffer
         arrays = {name: getattr(buf, name) for name in BUFFER_FIELDS}
@@ -169,6 +176,12 @@ def load_sb3(
             f"{d / 'model.zip'}: cannot load the {cfg.algo} model ({type(e).__name__}: {e})"
         ) from e
     model.set_logger(_quiet_logger())
+    rng_path = d / "action_space_rng.json"
+    if rng_path.exists():  # (older checkpoints lack it: their action space keeps SB3's reseeding)
+        try:
+            model.action_space.np_random.bit_generator.state = json.loads(rng_path.read_text())
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{rng_path}: unreadable random state ({type(e).__name__}: {e})") from e
     if _is_off_policy(model):
         path = d / "replay_buffer.npz"
         buf = model.replay_buffer

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,12 +207,15 @@ class LoopFactories:
 
 
 # --- pieces of one iteration ---------------------------------------------------------------------------
-# SB3 samples its replay buffer with numpy's legacy global RNG, so the loop saves and restores it.
+# SB3 samples its replay buffer with numpy's legacy global RNG, and its ``load`` reseeds the global
+# RNGs (Python's, numpy's, torch's), so the loop saves and restores them all.
 def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state().tolist(),
         "numpy_global": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
     }
     if torch.cuda.is_available():
         state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
@@ -222,6 +226,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     kind, keys, pos, has_gauss, cached = state["numpy_global"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    if "python" in state:  # (checkpoints older than it lack it)
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
