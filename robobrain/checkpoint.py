@@ -143,12 +143,17 @@ def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Pa
         write(tmp)
         _fsync_tree(tmp)
         old = root / f".old-{final.name}-{os.getpid()}"
-        if final.exists():  # re-saving: set the old copy aside (latest_checkpoint falls back)
+        if final.exists():  # re-saving: set the old copy aside (restore_set_aside falls back to it)
             os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old.exists() and not final.exists():
+                os.replace(old, final)  # the new copy could not take its place: keep the old one
+            raise
         fsync_dir(root)
-        if old.exists():
-            shutil.rmtree(old)
+        for aside in root.glob(f".old-{final.name}-*"):  # (a dead process's too: they are older)
+            shutil.rmtree(aside, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -184,12 +189,21 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     if not isinstance(name, str) or not name or Path(name).name != name:
         raise CheckpointError(f"{pointer}: names no checkpoint directory ({name!r})")
     path = root / name
-    if not path.is_dir():
-        aside = sorted(root.glob(f".old-{name}-*"))
-        if not aside:
-            raise CheckpointError(f"{pointer} names {name}, which does not exist")
-        os.replace(aside[-1], path)  # a re-save of this step was interrupted: the old copy is complete
+    if not restore_set_aside(path):
+        raise CheckpointError(f"{pointer} names {name}, which does not exist")
     return path
+
+
+def restore_set_aside(final: Path) -> bool:
+    """Whether directory ``final`` exists, after putting back the complete old copy that
+    :func:`write_directory_atomically` set aside when a process died re-saving it."""
+    if final.is_dir():
+        return True
+    aside = sorted(final.parent.glob(f".old-{final.name}-*"))
+    if not aside:
+        return False
+    os.replace(aside[-1], final)
+    return True
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

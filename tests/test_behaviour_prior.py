@@ -3,6 +3,8 @@ samples around it in imagination, and it is saved beside (and only loads with) i
 
 import copy
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,7 +112,7 @@ def test_guide_samples_around_the_prior_in_imagination(model):
         BehaviourPriorGuide(prior, num_prior=0)
 
 
-def test_saved_prior_loads_only_with_its_world_model(model, tmp_path):
+def test_saved_prior_loads_only_with_its_world_model(model, tmp_path, monkeypatch):
     cfg = model.cfg
     save_checkpoint(tmp_path / "wm", 1, model, {"world_model": to_dict(cfg)})
     ckpt = tmp_path / "wm" / "checkpoints" / "step_0000001"
@@ -123,6 +125,23 @@ def test_saved_prior_loads_only_with_its_world_model(model, tmp_path):
     x = torch.randn(4, cfg.feat_dim)
     assert torch.equal(back(x), prior(x)) and torch.equal(back.std, prior.std)
     assert json.loads((path / "config.json").read_text())["fit"] == {"val_mse": 0.1}
+    # Re-saving: a process killed between setting the old copy aside and renaming the new one into
+    # place leaves the old copy, which loading puts back; a rename that fails keeps it in place.
+    os.replace(path, ckpt / ".old-behaviour_prior-123")
+    assert torch.equal(load_behaviour_prior(tmp_path / "wm")(x), prior(x)) and path.is_dir()
+    real_replace = os.replace
+
+    def fail_into_place(src, dst):
+        if Path(src).name.startswith(".tmp-"):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_into_place)
+    with pytest.raises(OSError, match="disk full"):
+        save_behaviour_prior(prior, tmp_path / "wm", BehaviourPriorConfig(hidden=16), {"val_mse": 0.2})
+    monkeypatch.undo()
+    assert json.loads((path / "config.json").read_text())["fit"] == {"val_mse": 0.1}
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith(".")) == []
     # A corrupt weights file names itself; other world-model weights are refused.
     (path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):

@@ -34,6 +34,7 @@ from robobrain.checkpoint import (
     load_checkpoint,
     load_weights,
     resolve_checkpoint,
+    restore_set_aside,
     save_weights,
     write_directory_atomically,
 )
@@ -275,7 +276,7 @@ def load_behaviour_prior(checkpoint: str | Path, device: torch.device | str = "c
     checkpoint's weights are not the ones it was fitted on."""
     ckpt = resolve_checkpoint(checkpoint)
     directory = ckpt / PRIOR_DIR
-    if not (directory / MODEL_FILE).exists():
+    if not restore_set_aside(directory) or not (directory / MODEL_FILE).exists():
         raise CheckpointError(f"{directory}: no behaviour prior (fit one with `robobrain train-prior`)")
     saved = load_checkpoint(directory, with_training_state=False)
     try:
