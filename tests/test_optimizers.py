@@ -139,6 +139,12 @@ def test_bad_arguments():
     nan_prior = torch.full((2, 1, 3, 1), float("nan"))
     with pytest.raises(ValueError, match="NaN or inf"):
         make(CEM).plan(lambda a: torch.zeros(a.shape[:2]), torch.zeros(2, 3, 1), prior_samples=nan_prior)
+    for cls in OPTIMIZERS:  # a NaN warm start came back as the plan (clamping keeps NaN)
+        for bad in (float("nan"), float("inf")):
+            mean = torch.zeros(2, 3, 1)
+            mean[1, 2, 0] = bad
+            with pytest.raises(ValueError, match="init_mean holds NaN or inf"):
+                make(cls).optimize(lambda a: torch.zeros(a.shape[:2]), mean)
 
 
 @pytest.mark.parametrize("cls", OPTIMIZERS)

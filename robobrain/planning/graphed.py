@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from robobrain.planning.optimizers import CEM, MPPI, PlanResult, ScoreFn
+from robobrain.planning.optimizers import CEM, MPPI, PlanResult, ScoreFn, check_finite_mean
 from robobrain.world_model import State
 from robobrain.world_model.graphs import GraphCache, clone_state, copy_state_
 
@@ -73,6 +73,7 @@ class GraphedPlan:
                 f"need state [B] and init_mean [B, H, A], got {state.deter.shape[0]} and "
                 f"{list(init_mean.shape)}"
             )
+        check_finite_mean(init_mean)
         gen = self.optimizer.generator
         if init_mean.device.type != "cuda":
             noise = torch.randn(self._noise_shape(init_mean), generator=gen, device=init_mean.device)

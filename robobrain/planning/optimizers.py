@@ -62,6 +62,12 @@ def _clean(scores: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
 
 
+def check_finite_mean(init_mean: torch.Tensor) -> None:
+    """Refuse a NaN or inf ``init_mean``: clamping keeps NaN, so it would come back as the plan."""
+    if not torch.isfinite(init_mean).all():
+        raise ValueError("init_mean holds NaN or inf (a diverged warm start or prior policy?)")
+
+
 class _SamplingOptimizer:
     def __init__(
         self, config: OptimizerConfig | None = None, generator: torch.Generator | None = None
@@ -94,6 +100,10 @@ class _SamplingOptimizer:
         cfg = self.cfg
         if init_mean.ndim != 3:
             raise ValueError(f"init_mean must be [B, H, A], got {list(init_mean.shape)}")
+        # (Not while a CUDA graph records this call: the check reads the tensor back to the host;
+        # GraphedPlanner checks its input before every replay instead.)
+        if not (init_mean.is_cuda and torch.cuda.is_current_stream_capturing()):
+            check_finite_mean(init_mean)
         b, n = init_mean.shape[0], cfg.num_samples
         mean = init_mean.float().clamp(cfg.low, cfg.high)
         std = (
