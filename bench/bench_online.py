@@ -165,11 +165,13 @@ def main() -> None:
 
         cfg = load_checkpoint(args.run, with_training_state=False).config
         size = cfg["world_model"]["image_size"]
+        # (The loop collects whole episodes, so a finished run may end past its budget.)
         ran = int(float(_last_row(args.run)["env_steps"]))
-        if ran != args.env_steps or cfg["online"]["env"] != args.env:
+        budget = int(cfg["online"]["env_steps"])
+        if budget != args.env_steps or ran < budget or cfg["online"]["env"] != args.env:
             parser.error(
-                f"{args.run} ran {ran} env steps on {cfg['online']['env']}, "
-                f"not {args.env_steps} on {args.env}"
+                f"{args.run} is a run of {budget} env steps on {cfg['online']['env']} (it ran {ran}), "
+                f"not a finished one of {args.env_steps} on {args.env}"
             )
         mpc_cfg = cfg["online"]["mpc"]
         optim = OptimizerConfig(**mpc_cfg["optim"])

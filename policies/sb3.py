@@ -61,8 +61,10 @@ class SB3Policy:
         path = rest if named else spec
         if not path:
             raise ValueError("sb3: needs the path of an SB3 model zip (sb3:PATH or sb3:ALGO:PATH)")
-        if not os.path.isfile(path):  # (SB3 itself would look for PATH.zip)
-            raise ValueError(f"{path}: no such SB3 model zip")
+        if not os.path.isfile(path) and os.path.isfile(path + ".zip"):
+            path += ".zip"  # (as SB3's own load does)
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: no such SB3 model zip (nor {path}.zip)")
         algo_name = name.upper() if named else _algorithm_of(path)
         try:
             model = getattr(stable_baselines3, algo_name).load(path, device=device)

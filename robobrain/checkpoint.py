@@ -144,6 +144,7 @@ def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Pa
         _fsync_tree(tmp)
         old = root / f".old-{final.name}-{os.getpid()}"
         if final.exists():  # re-saving: set the old copy aside (restore_set_aside falls back to it)
+            _remove_set_aside(final)  # (final is complete: older copies, even a dead process's, go)
             os.replace(final, old)
         try:
             os.replace(tmp, final)
@@ -152,8 +153,7 @@ def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Pa
                 os.replace(old, final)  # the new copy could not take its place: keep the old one
             raise
         fsync_dir(root)
-        for aside in root.glob(f".old-{final.name}-*"):  # (a dead process's too: they are older)
-            shutil.rmtree(aside, ignore_errors=True)
+        _remove_set_aside(final, ignore_errors=True)  # (what is left goes before the next re-save)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -192,6 +192,11 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     if not restore_set_aside(path):
         raise CheckpointError(f"{pointer} names {name}, which does not exist")
     return path
+
+
+def _remove_set_aside(final: Path, ignore_errors: bool = False) -> None:
+    for aside in final.parent.glob(f".old-{final.name}-*"):
+        shutil.rmtree(aside, ignore_errors=ignore_errors)
 
 
 def restore_set_aside(final: Path) -> bool:
@@ -295,3 +300,11 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
         )
     model.load_state_dict(ckpt.model_state)
+
+
+def set_cuda_rng_states(states: list[list[int]]) -> None:
+    """Restore CUDA generator states saved from ``torch.cuda.get_rng_state_all()`` (one per GPU the
+    saving process saw). A run resumed on a machine with fewer GPUs restores those it has (torch's
+    ``set_rng_state_all`` would index past them); with more, the others keep their seeding."""
+    for i, state in enumerate(states[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(torch.tensor(state, dtype=torch.uint8), i)

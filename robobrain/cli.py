@@ -99,7 +99,7 @@ class EvalWM:
     max_windows: int = 256
     """Windows evaluated at most."""
     out: Path | None = None
-    """Report directory (default: <checkpoint>/eval_wm)."""
+    """Report directory (default: <run>/eval_wm for a run's checkpoint, else <checkpoint>/eval_wm)."""
     device: str = "cpu"
 
 
@@ -374,8 +374,10 @@ def run_collect(args: Collect) -> list[str]:
     if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
         raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
     out = args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
-    store = EpisodeStore(out)
-    seeds = {s for m in store.manifest.values() if isinstance(s := m["meta"].get("seed"), int)}
+    # (The store is created only once the env and the policy are built: a mistyped --env or
+    # --policy leaves no empty directory behind.)
+    old = EpisodeStore(out, create=False).manifest.values() if out.is_dir() else []
+    seeds = {s for m in old if isinstance(s := m["meta"].get("seed"), int)}
     seed = args.seed if args.seed is not None else max(seeds) + 10_000 if seeds else 0
     if args.seed is not None and args.seed in seeds:
         log.warning("%s already holds episodes collected with --seed %d: their starts repeat", out, seed)
@@ -387,6 +389,7 @@ def run_collect(args: Collect) -> list[str]:
             else {}
         )
         policy = load_policy(args.policy, args.env, vec.single_action_space, seed=seed, **kwargs)
+        store = EpisodeStore(out)
         meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": seed,
                 "decoy_goal_prob": args.decoy_goal_prob}  # fmt: skip
         names = collect_episodes(

@@ -129,6 +129,12 @@ def test_saved_prior_loads_only_with_its_world_model(model, tmp_path, monkeypatc
     # place leaves the old copy, which loading puts back; a rename that fails keeps it in place.
     os.replace(path, ckpt / ".old-behaviour_prior-123")
     assert torch.equal(load_behaviour_prior(tmp_path / "wm")(x), prior(x)) and path.is_dir()
+    # A copy a killed process was deleting (same pid: containers reuse them) does not block re-saves.
+    stale = ckpt / f".old-behaviour_prior-{os.getpid()}"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    save_behaviour_prior(prior, tmp_path / "wm", BehaviourPriorConfig(hidden=16), {"val_mse": 0.1})
+    assert not stale.exists()
     real_replace = os.replace
 
     def fail_into_place(src, dst):

@@ -33,6 +33,9 @@ def test_collect_cli(tmp_path):
         main([*random_args, "--out", str(out), "--no-progress"])
     with pytest.raises(ValueError, match="another layout"):  # 32 px frames into a store of 16 px ones
         main([*args, "--episodes", "1", "--image-size", "32", "--out", str(out), "--no-progress"])
+    with pytest.raises(ValueError, match="unknown env id"):  # a typo leaves no empty store behind
+        main(["collect", "--env", "robobrain/Psh-v0", "--out", str(tmp_path / "typo"), "--no-progress"])
+    assert not (tmp_path / "typo").exists()
 
 
 def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path):

@@ -149,6 +149,8 @@ def test_sb3_policy_round_trip(tmp_path):
     model.save(tmp_path / "ppo.zip")
     policy = load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "robobrain/Reach-v0", env.action_space)
     assert isinstance(policy, SB3Policy)
+    for spec in (tmp_path / "ppo", f"PPO:{tmp_path / 'ppo'}"):  # SB3 itself appends .zip
+        assert isinstance(load_policy(f"sb3:{spec}", "robobrain/Reach-v0", env.action_space), SB3Policy)
     obs = {"pixels": np.zeros((3, 8, 8, 3), np.uint8), "state": np.zeros((3, 10), np.float32)}
     actions = policy.act(obs)
     assert actions.shape == (3, 3)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from robobrain.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from robobrain.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_cuda_rng_states,
+)
 from robobrain.config import get_preset, to_dict
 from robobrain.data import EpisodeStore
 from robobrain.data.collect import collect_episodes
@@ -414,6 +420,16 @@ def test_resaving_a_step_never_leaves_latest_dangling(tmp_path):
     os.replace(ckpt, ckpt.parent / ".old-step_0000005-123")
     assert latest_checkpoint(tmp_path) == ckpt and load_checkpoint(tmp_path).state["note"] == "again"
     assert [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cuda_rng_states_of_more_gpus_than_the_machine_has(monkeypatch):
+    """A checkpoint holds one CUDA generator state per GPU its process saw; resumed on a machine
+    with fewer, the ones it has are restored (torch's set_rng_state_all indexed past them)."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((s.tolist(), i)))
+    set_cuda_rng_states([[1, 2], [3, 4]])
+    assert restored == [([1, 2], 0)]
 
 
 class _Boom:

@@ -36,6 +36,7 @@ from robobrain.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_weights,
+    set_cuda_rng_states,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
 from robobrain.config import get_preset, to_dict
@@ -230,7 +231,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+        set_cuda_rng_states(state["cuda"])
 
 
 def _generator_states(policy: Any) -> dict[str, list[int]]:

@@ -20,6 +20,7 @@ from robobrain.checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    set_cuda_rng_states,
 )
 from robobrain.config import PresetConfig, WMTrainConfig, WorldModelConfig, from_dict, to_dict
 from robobrain.data import Episode, EpisodeStore, SequenceBatch, SequenceSampler
@@ -252,7 +253,7 @@ class WorldModelTrainer:
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda_rng"]])
+            set_cuda_rng_states(state["cuda_rng"])
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
 
