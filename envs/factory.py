@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -26,7 +27,9 @@ def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
     ``rgb_array`` is wrapped in :class:`PixelObservation`.
     """
     if env_id not in gym.registry:
-        raise ValueError(f"unknown env id {env_id!r}; did you import the package that registers it?")
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else "is the package registering it imported?"
+        raise ValueError(f"unknown env id {env_id!r}; {hint}")
     if is_robobrain_task(env_id):
         return gym.make(env_id, image_size=image_size, render_mode="rgb_array", **kwargs)
     return PixelObservation(gym.make(env_id, render_mode="rgb_array", **kwargs), image_size)

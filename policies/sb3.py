@@ -86,7 +86,10 @@ class SB3Policy:
             if key in obs and np.asarray(obs[key]).shape[1:] in self._shapes:
                 return np.asarray(obs[key])
         shapes = {key: np.asarray(v).shape[1:] for key, v in obs.items()}
-        raise ValueError(f"the SB3 model observes {self.space.shape}; the env gives {shapes}")
+        raise ValueError(
+            f"the SB3 model observes {self.space.shape}; the env gives {shapes} (an actor that "
+            "`robobrain train` fine-tuned observes world-model latents: --policy mpc:RUN --guide prior)"
+        )
 
     def act(self, obs: Observation) -> np.ndarray:
         actions, _ = self.model.predict(self._select(obs), deterministic=True)

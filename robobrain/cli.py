@@ -292,6 +292,7 @@ def run_eval(args: Eval) -> dict:
         if args.policy.startswith(("mpc:", "oracle")):
             guide_used = getattr(policy, "guide", None)
             meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None))
+            meta["guide_resolved"] = describe_guide(guide_used)
         report = evaluate_policy(
             policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
         )
@@ -301,6 +302,18 @@ def run_eval(args: Eval) -> dict:
     print(json.dumps(report["summary"], indent=1))
     print(f"report: {args.out / 'eval_info.json'}")
     return report
+
+
+def describe_guide(guide: object) -> str:
+    """What a planner's guide does, as ``--guide`` names it: what ``auto`` resolved to."""
+    from robobrain.rl import BehaviourPriorGuide
+
+    if guide is None:
+        return "none"
+    if isinstance(guide, BehaviourPriorGuide):
+        return "bc"
+    prior, value = getattr(guide, "num_prior", 0) > 0, bool(guide.use_value)
+    return {(True, True): "both", (True, False): "prior", (False, True): "value"}.get((prior, value), "none")
 
 
 def run_train_wm(args: TrainWM) -> dict:
@@ -458,6 +471,25 @@ COMMANDS = {
 }
 
 
+def check_device(name: str) -> None:
+    """Refuse a ``--device`` this machine's torch cannot use, before any work (torch itself would
+    fail later, e.g. a CUDA device on a CPU-only build with an AssertionError)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: {e}") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; "
+                "install a CUDA build of torch or pass --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors propagate (tests and callers from Python see them as they are)."""
     args = tyro.extras.subcommand_cli_from_dict(
@@ -469,6 +501,8 @@ def main(argv: list[str] | None = None) -> None:
     for cls, run in COMMANDS.values():
         if type(args) is cls:  # not isinstance: Demo is a Train
             print(json.dumps({type(args).__name__: asdict(args)}, default=str))
+            if getattr(args, "device", None) is not None:
+                check_device(args.device)
             run(args)
             return
     raise AssertionError(f"unhandled command {args!r}")

@@ -189,7 +189,9 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
     main(["eval", "--policy", f"mpc:{tmp_path / 'wm'}", "--guide", "bc", "--env", "robobrain/Reach-v0",
           "--episodes", "1", "--num-envs", "1", "--samples", "8", "--prior-samples", "7", "--iterations", "2",
           "--video-episodes", "0", "--out", str(tmp_path / "ev"), "--no-progress"])  # fmt: skip
-    planner = json.loads((tmp_path / "ev" / "eval_info.json").read_text())["planner"]
+    info = json.loads((tmp_path / "ev" / "eval_info.json").read_text())
+    planner = info["planner"]
+    assert info["guide_resolved"] == "bc"
     assert planner == {"optimizer": "mppi", "horizon": 14, "elites": 4, "iterations": 2,
                        "temperature": 4.0, "prior_std": 0.1, "samples": 8, "prior_samples": 7}  # fmt: skip
     # The prior alone (no planning): its mean action on the filtered state.

@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import robobrain.envs as envs
 from robobrain.cli import main
@@ -33,12 +34,12 @@ def test_collect_cli(tmp_path):
         main([*random_args, "--out", str(out), "--no-progress"])
     with pytest.raises(ValueError, match="another layout"):  # 32 px frames into a store of 16 px ones
         main([*args, "--episodes", "1", "--image-size", "32", "--out", str(out), "--no-progress"])
-    with pytest.raises(ValueError, match="unknown env id"):  # a typo leaves no empty store behind
+    with pytest.raises(ValueError, match="did you mean robobrain/Push-v0"):  # and leaves no store behind
         main(["collect", "--env", "robobrain/Psh-v0", "--out", str(tmp_path / "typo"), "--no-progress"])
     assert not (tmp_path / "typo").exists()
 
 
-def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path):
+def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path, monkeypatch):
     """`robobrain` (cli.entry) ends a user's error with one line and status 2; main() raises it."""
     from robobrain.cli import entry
 
@@ -50,6 +51,15 @@ def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path):
                    "oracle, mpc:CHECKPOINT, bc:CHECKPOINT, sb3:ZIP"]  # fmt: skip
     with pytest.raises(ValueError, match="image_size must be an int in"):  # was silently 64
         main(["eval", "--policy", "random", "--image-size", "0", "--out", str(tmp_path)])
+    # A device this torch cannot use is refused up front (a CPU-only torch raised an AssertionError).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in (["eval", "--policy", "random"], ["train-wm", "--data", str(tmp_path)]):
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            main([*command, "--device", "cuda", "--out" if command[0] == "eval" else "--run-dir",
+                  str(tmp_path / "out")])  # fmt: skip
+    with pytest.raises(ValueError, match="--device 'banana'"):
+        main(["eval", "--policy", "random", "--device", "banana", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_collect_cli_default_directory_is_per_task(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from robobrain.data import EpisodeStore
 from robobrain.data.collect import collect_episodes
 from robobrain.envs import make_vector_env
 from robobrain.policies import RandomPolicy
+from robobrain.rl.finetune import SB3Config
 from robobrain.training.online import LoopState, _rng_state, _set_rng_state
 
 TINY = (
@@ -66,12 +67,13 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     ckpt = latest_checkpoint(tmp_path)
     assert (ckpt / "sb3/model.zip").exists() and (ckpt / "sb3/replay_buffer.npz").exists()
     # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic.
-    for guide in ("both", "none"):
+    for guide, resolved in (("auto", "both"), ("none", "none")):
         out = tmp_path / f"eval_{guide}"
         main(["eval", "--policy", f"mpc:{tmp_path}", "--env", "robobrain/Push-v0", "--episodes", "1",
               "--num-envs", "1", "--samples", "16", "--elites", "4", "--iterations", "1", "--horizon", "4",
               "--guide", guide, "--video-episodes", "0", "--out", str(out), "--no-progress"])  # fmt: skip
-        assert json.loads((out / "eval_info.json").read_text())["guide"] == guide
+        info = json.loads((out / "eval_info.json").read_text())
+        assert (info["guide"], info["guide_resolved"]) == (guide, resolved)
 
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
@@ -160,6 +162,14 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     with pytest.raises(ValueError, match=r"SB3 actor-critic .* acts in \[-1, 1\]"):
         main([*run_args(tmp_path / "wide", 20), "--env", "InvertedPendulum-v5", "--mpc.optim.low", "-3",
               "--mpc.optim.high", "3"])  # fmt: skip
+    with pytest.raises(SystemExit):  # an unknown algorithm: a flag error (tyro's), before any work
+        main([*run_args(tmp_path / "foo", 20), "--sb3.algo", "FOO"])
+    assert not (tmp_path / "foo").exists()
+    with pytest.raises(ValueError, match="unknown stable-baselines3 algorithm 'FOO'"):
+        SB3Config(algo="FOO")
+    with caplog.at_level("WARNING", logger="robobrain.training.online"):
+        main(run_args(tmp_path / "seedonly", 10))
+    assert "the planner never acts" in caplog.text
     with pytest.raises(ValueError, match="windows of 8 observations"):  # before collecting anything
         main([*run_args(tmp_path / "short", 20), "--episode-steps", "6"])
     short = tmp_path / "short" / "episodes"

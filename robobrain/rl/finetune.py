@@ -23,6 +23,7 @@ from robobrain.data import Episode
 from robobrain.rl.imagination_env import ImaginationVecEnv, WorldModelDynamics, encode_start_states
 from robobrain.world_model import WorldModel
 
+ACTOR_CRITIC_ALGORITHMS = ("SAC", "TD3", "DDPG", "PPO", "A2C")
 BUFFER_FIELDS = ("observations", "actions", "rewards", "dones", "timeouts", "next_observations")
 
 
@@ -58,6 +59,13 @@ class SB3Config:
     gradient_steps: int = 4
     """Off-policy algorithms: gradient steps per step of the imagination VecEnv (num_envs transitions)."""
     net_arch: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self) -> None:  # (checked when the flags are read, not after the seed data)
+        if self.algo.upper() not in ACTOR_CRITIC_ALGORITHMS:
+            raise ValueError(
+                f"unknown stable-baselines3 algorithm {self.algo!r}: one with an actor and a critic, "
+                f"{', '.join(ACTOR_CRITIC_ALGORITHMS)}"
+            )
 
 
 def _algo_class(name: str) -> type:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class MetricLogger:
@@ -35,6 +38,7 @@ class MetricLogger:
 
                 self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
             except ImportError:
+                log.info("no tensorboard installed (pip install robobrain[tensorboard]): %s.csv only", name)
                 self._tb = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

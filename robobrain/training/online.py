@@ -532,6 +532,11 @@ class OnlineLoop:
         if not resumed:  # (a run killed before its first checkpoint starts over)
             self.store.truncate(0)
             self._seed_data()
+            if self.state.env_steps >= cfg.env_steps:
+                log.warning(
+                    "the seed episodes took %d env steps, --env-steps is %d: the planner never acts "
+                    "(raise --env-steps or lower --seed-episodes)", self.state.env_steps, cfg.env_steps,
+                )  # fmt: skip
             init = None
             if cfg.init_world_model is not None:
                 init = load_checkpoint(cfg.init_world_model, with_training_state=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -168,8 +169,10 @@ class WorldModel(nn.Module):
         env_state: [B, T, n] or [B, n], the env's state vectors -- read only for the goal of a
         goal-conditioned model (``cfg.goal_dim``) and, [B, T, n], for the robot's own state of a model
         with proprioception (``cfg.proprio_dim``), never for anything else.
+        Torch tensors or numpy arrays (as the envs return them; moved to the model's device).
         Returns the posterior State at frame T-1 ([B, ...]).
         """
+        pixels, actions, env_state = (self._tensor(x) for x in (pixels, actions, env_state))
         proprio = None
         if self.cfg.proprio_dim:
             if env_state is None or env_state.ndim != 3:
@@ -196,9 +199,18 @@ class WorldModel(nn.Module):
         uint8[B, S, S, 3], the last real frame each state observed (see :meth:`decode`).
         ``disagreement=False`` skips the ensemble's disagreement (``Rollout.disagreement`` is None; on
         2 CPU cores it costs about twice the rest of a K=4 ensemble model's rollout).
+        ``actions`` and ``reference`` may be numpy arrays (moved to the model's device).
         """
+        actions, reference = self._tensor(actions), self._tensor(reference)
         self.check_imagine_inputs(state, actions, finite=True)
         return self.imagine_unchecked(state, actions, sample, decode, reference, disagreement)
+
+    def _tensor(self, x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
+        """A numpy array as a tensor on the model's device (float arrays as float32)."""
+        if not isinstance(x, np.ndarray):
+            return x
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(self.device, torch.float32 if t.is_floating_point() else None)
 
     def check_imagine_inputs(self, state: State, actions: torch.Tensor, finite: bool = False) -> None:
         """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action is NaN or inf
