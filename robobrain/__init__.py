@@ -6,6 +6,12 @@ fill in what the environment leaves unset): ``MUJOCO_GL=egl`` when there is no d
 """
 
 import os
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("robobrain")
+except PackageNotFoundError:  # (a source tree that was never installed)
+    __version__ = "0+unknown"
 
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"

@@ -44,3 +44,11 @@ def test_wheel_contains_envs_policies_and_assets(tmp_path):
     for init in sorted((ROOT / "robobrain").rglob("__init__.py")):
         rel = init.relative_to(ROOT).as_posix()
         assert rel in names, f"package {init.parent.name} missing from {wheel.name}"
+
+
+def test_version_is_the_installed_distributions():
+    import importlib.metadata
+
+    import robobrain
+
+    assert robobrain.__version__ == importlib.metadata.version("robobrain")

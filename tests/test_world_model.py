@@ -364,6 +364,13 @@ def test_resume_with_another_config_is_refused(push_data, tmp_path):
     other = dataclasses.replace(DEBUG, world_model=dataclasses.replace(DEBUG.world_model, deter=16))
     with pytest.raises(CheckpointError, match=r"config\.json"):
         train_world_model(push_data, tmp_path, other, steps=4, progress=False)
+    # A run continued on another env's data names the envs (not the state sizes that differ).
+    config_file = latest_checkpoint(tmp_path) / "config.json"
+    saved = config_file.read_text()
+    config_file.write_text(json.dumps({**json.loads(saved), "env_id": "robobrain/Reach-v0"}))
+    with pytest.raises(ValueError, match="trained on robobrain/Reach-v0 episodes, not on robobrain/Push-v0"):
+        train_world_model(push_data, tmp_path, DEBUG, steps=4, progress=False)
+    config_file.write_text(saved)
     # Same configs, but a checkpoint of another kind of run (its state.json lacks the trainer's keys).
     state_file = latest_checkpoint(tmp_path) / "training_state" / "state.json"
     state = json.loads(state_file.read_text())

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from robobrain.checkpoint import (
     CheckpointError,
+    check_trained_env,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
@@ -291,6 +292,7 @@ def train_world_model(
     latest = latest_checkpoint(run_dir)
     if latest is not None:
         ckpt = load_checkpoint(latest)
+        check_trained_env(ckpt.config, config["env_id"], latest)  # (before the configs: it says more)
         for key, cls in (("world_model", WorldModelConfig), ("train", WMTrainConfig)):
             # Through the dataclass, so a field added since the run started compares at its default.
             try:
