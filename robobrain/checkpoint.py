@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,15 +200,34 @@ def _remove_set_aside(final: Path, ignore_errors: bool = False) -> None:
         shutil.rmtree(aside, ignore_errors=ignore_errors)
 
 
-def restore_set_aside(final: Path) -> bool:
+def restore_set_aside(final: Path, wait_s: float = 2.0) -> bool:
     """Whether directory ``final`` exists, after putting back the complete old copy that
-    :func:`write_directory_atomically` set aside when a process died re-saving it."""
-    if final.is_dir():
-        return True
-    aside = sorted(final.parent.glob(f".old-{final.name}-*"))
-    if not aside:
+    :func:`write_directory_atomically` set aside when a process died re-saving it. A copy set aside
+    by a process still running is its re-save in progress: the new copy is waited for (up to
+    ``wait_s``; putting the old one back would make that re-save fail)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if final.is_dir():
+            return True
+        aside = sorted(final.parent.glob(f".old-{final.name}-*"))
+        if not aside:
+            return False
+        if not _running(aside[-1].name.rsplit("-", 1)[-1]) or time.monotonic() > deadline:
+            os.replace(aside[-1], final)
+            return True
+        time.sleep(0.01)
+
+
+def _running(pid: str) -> bool:
+    """Whether ``pid`` names another process that is alive (pids are reused: a heuristic)."""
+    if not pid.isdigit() or int(pid) == os.getpid():
         return False
-    os.replace(aside[-1], final)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True
 
 

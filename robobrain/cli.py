@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +66,7 @@ class TrainWM:
     steps: int = 5000
     """Total gradient steps (a resumed run continues up to this)."""
     device: str = "cpu"
-    """torch device, e.g. cpu, cuda, cuda:1."""
+    """torch device, e.g. cpu, cuda, cuda:1, or auto (cuda when there is one)."""
     seed: int = 0
     """Seed of the model initialisation and of batch sampling."""
     max_minutes: float | None = None
@@ -471,6 +471,17 @@ COMMANDS = {
 }
 
 
+def resolve_device(name: str) -> str:
+    """``--device``: ``auto`` (SB3's convention) is ``cuda`` when torch sees a GPU, else ``cpu``;
+    any other name is checked with :func:`check_device`."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(name)
+    return name
+
+
 def check_device(name: str) -> None:
     """Refuse a ``--device`` this machine's torch cannot use, before any work (torch itself would
     fail later, e.g. a CUDA device on a CPU-only build with an AssertionError)."""
@@ -502,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
         if type(args) is cls:  # not isinstance: Demo is a Train
             print(json.dumps({type(args).__name__: asdict(args)}, default=str))
             if getattr(args, "device", None) is not None:
-                check_device(args.device)
+                args = replace(args, device=resolve_device(args.device))
             run(args)
             return
     raise AssertionError(f"unhandled command {args!r}")

@@ -60,6 +60,11 @@ def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path, monkeyp
     with pytest.raises(ValueError, match="--device 'banana'"):
         main(["eval", "--policy", "random", "--device", "banana", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+    # auto (SB3's convention): cuda when torch sees one, else cpu
+    main(["eval", "--policy", "random", "--device", "auto", "--episodes", "1", "--num-envs", "1",
+          "--image-size", "16", "--video-episodes", "0", "--out", str(tmp_path / "auto"),
+          "--no-progress"])  # fmt: skip
+    assert (tmp_path / "auto" / "eval_info.json").exists()
 
 
 def test_collect_cli_default_directory_is_per_task(tmp_path, monkeypatch):

@@ -5,6 +5,9 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from robobrain.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    restore_set_aside,
     save_checkpoint,
     set_cuda_rng_states,
 )
@@ -427,6 +431,27 @@ def test_resaving_a_step_never_leaves_latest_dangling(tmp_path):
     os.replace(ckpt, ckpt.parent / ".old-step_0000005-123")
     assert latest_checkpoint(tmp_path) == ckpt and load_checkpoint(tmp_path).state["note"] == "again"
     assert [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_copy_set_aside_by_a_running_resave_is_left_to_it(tmp_path):
+    """A reader between a live writer's two renames waits for the new copy rather than putting the
+    old one back (which made the writer's rename fail and lose the new copy)."""
+    final, aside = tmp_path / "behaviour_prior", tmp_path / f".old-behaviour_prior-{os.getppid()}"
+    aside.mkdir()
+    (aside / "config.json").write_text("old")
+
+    def writer() -> None:
+        time.sleep(0.2)
+        final.mkdir()
+        (final / "config.json").write_text("new")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert restore_set_aside(final, wait_s=30.0)
+    thread.join()
+    assert (final / "config.json").read_text() == "new" and aside.exists()
+    shutil.rmtree(final)  # a writer that never finishes: the old copy comes back after wait_s
+    assert restore_set_aside(final, wait_s=0.1) and (final / "config.json").read_text() == "old"
 
 
 def test_cuda_rng_states_of_more_gpus_than_the_machine_has(monkeypatch):

@@ -144,7 +144,8 @@ class OnlineConfig:
     """Checkpoint at the first iteration end after this many env steps since the last one."""
     seed: int = 0
     device: str = "cpu"
-    """torch device of the world model and SB3, e.g. cpu, cuda (a resumed run may change it)."""
+    """torch device of the world model and SB3, e.g. cpu, cuda, or auto on the command line (a
+    resumed run may change it)."""
 
     def __post_init__(self) -> None:
         if self.seed_episodes < 0 or (self.seed_episodes == 0 and self.seed_data is None):
