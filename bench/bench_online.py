@@ -24,7 +24,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from machine import describe  # bench/machine.py (the script's folder is on sys.path)
+from machine import checked_device, describe  # bench/machine.py (the script's folder is on sys.path)
 
 import robobrain.envs as envs
 from robobrain.data.store import atomic_write_json
@@ -158,13 +158,22 @@ def main() -> None:
         "--image-size", type=int, default=None, help="SAC peers' (default: the run's, else 64)"
     )
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.device != "auto":
+        checked_device(parser, args.device)
     rows = []
     if args.run is not None:
         from robobrain.checkpoint import load_checkpoint
 
         cfg = load_checkpoint(args.run, with_training_state=False).config
         size = cfg["world_model"]["image_size"]
+    sac_size = args.image_size or (size if args.run is not None else 64)
+    if "pixels" not in args.skip and sac_size < 36:  # (before any work)
+        parser.error(
+            f"SAC from pixels at {sac_size} px: SB3's CnnPolicy (NatureCNN) needs frames of 36 px or "
+            "more; pass --image-size 64 or --skip pixels"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.run is not None:
         # (The loop collects whole episodes, so a finished run may end past its budget.)
         ran = int(float(_last_row(args.run)["env_steps"]))
         budget = int(cfg["online"]["env_steps"])
@@ -188,7 +197,6 @@ def main() -> None:
                 (f"robobrain MPC, guide={guide}", summary, run_wall_clock(args.run), time.perf_counter() - t)
             )
             print(rows[-1], flush=True)
-    sac_size = args.image_size or (size if args.run is not None else 64)
     for key in ("state", "pixels"):
         if key in args.skip:
             continue

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import torch
-from machine import describe  # bench/machine.py (the script's folder is on sys.path)
+from machine import checked_device, describe  # bench/machine.py (the script's folder is on sys.path)
 
 from robobrain.config import get_preset
 from robobrain.planning import MPCConfig, OptimizerConfig
@@ -76,7 +76,7 @@ def main() -> None:
             args.prior_samples = max(1, args.samples - 1)
         if not 1 <= args.prior_samples <= args.samples - 1:  # the optimizer keeps at most that many
             parser.error(f"--prior-samples must be in [1, --samples - 1 = {args.samples - 1}]")
-    device = torch.device(args.device)
+    device = checked_device(parser, args.device)
     sizes = {k: v for k, v in (("stoch", args.stoch), ("classes", args.classes)) if v is not None}
     cfg = get_preset(args.preset, state_dim=10, goal_start=7, goal_dim=3, **sizes).world_model
     model = WorldModel(cfg).to(device).eval()

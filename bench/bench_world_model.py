@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from machine import describe  # bench/machine.py (the script's folder is on sys.path)
+from machine import checked_device, describe  # bench/machine.py (the script's folder is on sys.path)
 from torch.utils.flop_counter import FlopCounterMode
 
 from robobrain.config import get_preset
@@ -70,7 +70,7 @@ def main() -> None:
         help="goal-conditioned with a state head, as the tasks' models (--no-goal: pixels only)",
     )  # fmt: skip
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = checked_device(parser, args.device)
     overrides = {
         k: v
         for k, v in (("stoch", args.stoch), ("classes", args.classes), ("reward_bins", args.reward_bins))

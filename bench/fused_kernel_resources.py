@@ -38,7 +38,13 @@ def main() -> None:
 
     # a fresh cache, so every configuration is compiled and ptxas reports on it
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-cache-")
-    import triton
+    try:
+        import triton
+    except ImportError:
+        parser.error(
+            "needs Triton (a CUDA build of torch brings it; on a CPU-only machine put the interpreter's "
+            "copy on the path: PYTHONPATH=.venv/interpreter-triton, as bench/RESULTS.md does)"
+        )
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 

@@ -74,7 +74,8 @@ step() {  # step NAME TIMEOUT CMD...: run, log to $out/NAME.log, echo the tail, 
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
 $py -c "import torch, mujoco, gymnasium, stable_baselines3 as sb3; print('torch', torch.__version__, \
-'cuda', torch.version.cuda, torch.cuda.get_device_name(0), '| mujoco', mujoco.__version__, \
+'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', \
+'| mujoco', mujoco.__version__, \
 '| gymnasium', gymnasium.__version__, '| sb3', sb3.__version__)" 2>&1 | tee -a "$out/gpu.txt"
 if ! $py -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     echo "gpu_check: $py's torch sees no CUDA device; nothing to check" | tee -a "$out/summary.txt" >&2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 
@@ -26,3 +27,15 @@ def describe(device: str | torch.device = "cpu") -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def checked_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """``--device`` as a torch device; one a machine's torch cannot use (``cuda`` on a CPU-only
+    build) ends the script with the parser's one-line error, not a traceback later."""
+    from robobrain.cli import check_device
+
+    try:
+        check_device(name)
+    except ValueError as e:
+        parser.error(str(e))
+    return torch.device(name)
