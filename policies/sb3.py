@@ -10,9 +10,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from robobrain.config import SB3_ALGORITHMS
 from robobrain.policies.base import Observation
 
-ALGORITHMS = ("SAC", "PPO", "TD3", "DDPG", "A2C")
+ALGORITHMS = SB3_ALGORITHMS
 
 
 def _algorithm_of(path: str | os.PathLike[str]) -> str:

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+SB3_ALGORITHMS = ("SAC", "TD3", "DDPG", "PPO", "A2C")
+"""The stable-baselines3 algorithms with an actor and a critic: fine-tuned in imagination, guiding
+the planner, and loaded by ``sb3:ALGO:PATH``."""
+
 Preset = Literal["debug", "cpu", "gpu"]
 
 

@@ -73,11 +73,11 @@ class GraphedPlan:
                 f"need state [B] and init_mean [B, H, A], got {state.deter.shape[0]} and "
                 f"{list(init_mean.shape)}"
             )
-        check_finite_mean(init_mean)
         gen = self.optimizer.generator
-        if init_mean.device.type != "cuda":
+        if init_mean.device.type != "cuda":  # (the optimizer checks init_mean itself)
             noise = torch.randn(self._noise_shape(init_mean), generator=gen, device=init_mean.device)
             return self._run(state, init_mean, noise)
+        check_finite_mean(init_mean)  # (the recorded graph cannot: it would read back to the host)
         key = (
             init_mean.device,
             tuple(init_mean.shape),

@@ -101,7 +101,7 @@ class _SamplingOptimizer:
         if init_mean.ndim != 3:
             raise ValueError(f"init_mean must be [B, H, A], got {list(init_mean.shape)}")
         # (Not while a CUDA graph records this call: the check reads the tensor back to the host;
-        # GraphedPlanner checks its input before every replay instead.)
+        # GraphedPlan checks its input before every replay instead.)
         if not (init_mean.is_cuda and torch.cuda.is_current_stream_capturing()):
             check_finite_mean(init_mean)
         b, n = init_mean.shape[0], cfg.num_samples

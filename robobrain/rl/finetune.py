@@ -19,11 +19,11 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from robobrain.checkpoint import CheckpointError
+from robobrain.config import SB3_ALGORITHMS
 from robobrain.data import Episode
 from robobrain.rl.imagination_env import ImaginationVecEnv, WorldModelDynamics, encode_start_states
 from robobrain.world_model import WorldModel
 
-ACTOR_CRITIC_ALGORITHMS = ("SAC", "TD3", "DDPG", "PPO", "A2C")
 BUFFER_FIELDS = ("observations", "actions", "rewards", "dones", "timeouts", "next_observations")
 
 
@@ -61,20 +61,17 @@ class SB3Config:
     net_arch: tuple[int, ...] = (256, 256)
 
     def __post_init__(self) -> None:  # (checked when the flags are read, not after the seed data)
-        if self.algo.upper() not in ACTOR_CRITIC_ALGORITHMS:
+        if self.algo.upper() not in SB3_ALGORITHMS:
             raise ValueError(
                 f"unknown stable-baselines3 algorithm {self.algo!r}: one with an actor and a critic, "
-                f"{', '.join(ACTOR_CRITIC_ALGORITHMS)}"
+                f"{', '.join(SB3_ALGORITHMS)}"
             )
 
 
 def _algo_class(name: str) -> type:
     import stable_baselines3
 
-    cls = getattr(stable_baselines3, name.upper(), None)
-    if cls is None:
-        raise ValueError(f"unknown stable-baselines3 algorithm {name!r}")
-    return cls
+    return getattr(stable_baselines3, name.upper())  # (SB3Config checked the name)
 
 
 def _is_off_policy(model: Any) -> bool:
