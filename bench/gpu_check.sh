@@ -29,8 +29,9 @@
 # failed: test_cuda.py skips everything without a GPU), 2 without CUDA or for an unknown step name.
 # All steps together may take up to ~36 min (their timeouts): on a lent machine with a 10-minute
 # limit per command, name the steps. Offline machines: wheels of the project's
-# packages in ./.whl and the GL loader .debs in ./.gl (see bench/RESULTS.md, "GPU") are installed
-# first when present; elsewhere install the project as usual (`make setup`) and run this.
+# packages in ./.whl and the GL loader .debs in ./.gl (made by `bash bench/gpu_bundle.sh` on a
+# machine with network; bench/RESULTS.md, "GPU") are installed first when present; elsewhere
+# install the project as usual (`make setup`) and run this.
 set -u
 out=${1:-${OUT:-/tmp/gpu_check}}
 shift $(( $# > 0 ? 1 : 0 ))

@@ -420,9 +420,10 @@ def run_collect(args: Collect) -> list[str]:
 
 @dataclass(frozen=True)
 class Demo(Train):
-    """The main job on the default task, sized for about 15 minutes on 2 CPU cores: `robobrain train`
-    from random seed data (no scripted episodes), then the final evaluation; prints where the report,
-    the videos (real | imagined) and the learning curve are. Re-running resumes / finishes the run."""
+    """The main job on the default task, sized to finish inside 15 minutes on 2 CPU cores (9 min 55 s
+    measured, README): `robobrain train` from random seed data (no scripted episodes), then the final
+    evaluation; prints where the report, the videos (real | imagined) and the learning curve are.
+    Re-running resumes / finishes the run."""
 
     env_steps: int = 1500
     """3,000 took 13 min on the first sessions' 2-core machine and 22 min on the ~2x slower one of the
