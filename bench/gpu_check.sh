@@ -28,7 +28,8 @@
 # seconds); the script exits 1 when a step failed (a tests step in which nothing passed counts as
 # failed: test_cuda.py skips everything without a GPU), 2 without CUDA or for an unknown step name.
 # All steps together may take up to ~36 min (their timeouts): on a lent machine with a 10-minute
-# limit per command, name the steps. Offline machines: wheels of the project's
+# limit per command, name the steps (with ~15 minutes of device time in all, start with
+# `planner_fused`: the fused rollout is the one untimed lead for issue #4's 10 ms bar). Offline machines: wheels of the project's
 # packages in ./.whl and the GL loader .debs in ./.gl (made by `bash bench/gpu_bundle.sh` on a
 # machine with network; bench/RESULTS.md, "GPU") are installed first when present; elsewhere
 # install the project as usual (`make setup`) and run this.
