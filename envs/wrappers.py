@@ -25,8 +25,10 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """Area-resample an RGB image. image: uint8[H, W, 3] -> uint8[size, size, 3]."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+    if image.dtype != np.uint8:  # a float frame in [0, 1] would come out black
+        raise ValueError(f"expected a uint8 RGB image, got dtype {image.dtype}")
     if image.shape[:2] == (size, size):
-        return np.ascontiguousarray(image, dtype=np.uint8)
+        return image.copy()  # (a renderer may reuse its buffer for the next frame)
     wy = _area_weights(image.shape[0], size)
     wx = _area_weights(image.shape[1], size)
     out = np.einsum("ij,jkc,lk->ilc", wy, image.astype(np.float32), wx, optimize=True)

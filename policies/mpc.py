@@ -216,22 +216,28 @@ class BehaviourPriorPolicy:
 
 class OracleMPCPolicy:
     """MPC whose model is the true MuJoCo simulator of the given envs (their current physics state is
-    copied at every step). The upper bound the learned world model is measured against."""
+    copied at every step). The upper bound the learned world model is measured against.
+
+    It acts for the first ``num_envs`` of them (``reset(num_envs)``): observation i is env i's, as in
+    :func:`robobrain.evaluation.evaluate_policy`, which leaves envs beyond its episodes idle."""
 
     def __init__(self, envs: Sequence[Any], action_dim: int, cfg: MPCConfig | None = None) -> None:
         self.envs = list(envs)
         self.cfg = cfg or MPCConfig()
         self.oracle = OracleModel(success_bonus=self.cfg.success_bonus)
         self.mpc = MPC(self.cfg, action_dim, "cpu")
+        self.num_envs = len(self.envs)
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
-        if num_envs != len(self.envs):
+        if not 1 <= num_envs <= len(self.envs):
             raise ValueError(f"the oracle holds {len(self.envs)} envs, asked to act for {num_envs}")
+        self.num_envs = num_envs
         self.mpc.reset(num_envs, None if mask is None else torch.as_tensor(mask, dtype=torch.bool))
 
     def act(self, obs: Observation) -> np.ndarray:
-        if batch_size(obs) != len(self.envs):
-            raise ValueError(f"the oracle holds {len(self.envs)} envs, got {batch_size(obs)} observations")
         if self.mpc.plan is None:
-            self.reset(len(self.envs))
-        return self.mpc.act(self.oracle.score_fn(self.envs)).numpy().astype(np.float32)
+            self.reset(batch_size(obs))
+        if batch_size(obs) != self.num_envs:
+            raise ValueError(f"the oracle acts for {self.num_envs} envs, got {batch_size(obs)} observations")
+        envs = self.envs[: self.num_envs]
+        return self.mpc.act(self.oracle.score_fn(envs)).numpy().astype(np.float32)

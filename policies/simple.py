@@ -52,8 +52,8 @@ class ScriptedPolicy:
         goal_slice: slice | None = None,
         decoy_range: float = 0.18,
     ) -> None:
-        if noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if not (np.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
         if not 0.0 <= decoy_goal_prob <= 1.0:
             raise ValueError(f"decoy_goal_prob must be in [0, 1], got {decoy_goal_prob}")
         if decoy_goal_prob > 0 and goal_slice is None:

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robobrain.data.store import atomic_write_json, fsync_dir
+from robobrain.data.store import atomic_write_json, fsync_dir, process_running
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -171,10 +171,15 @@ def _fsync_tree(path: Path) -> None:
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
+    """Remove all but the ``keep`` newest checkpoints, and the temporary directories of writers that
+    were killed (their pid names no running process)."""
     olds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for p in olds[:-keep] if keep > 0 else []:
         if p.name != protect:
             shutil.rmtree(p, ignore_errors=True)
+    for tmp in root.glob(".tmp-*"):
+        if tmp.is_dir() and not process_running(tmp.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
@@ -212,23 +217,10 @@ def restore_set_aside(final: Path, wait_s: float = 2.0) -> bool:
         aside = sorted(final.parent.glob(f".old-{final.name}-*"))
         if not aside:
             return False
-        if not _running(aside[-1].name.rsplit("-", 1)[-1]) or time.monotonic() > deadline:
+        if not process_running(aside[-1].name.rsplit("-", 1)[-1]) or time.monotonic() > deadline:
             os.replace(aside[-1], final)
             return True
         time.sleep(0.01)
-
-
-def _running(pid: str) -> bool:
-    """Whether ``pid`` names another process that is alive (pids are reused: a heuristic)."""
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

@@ -152,7 +152,7 @@ class Eval:
     bench/RESULTS.md, ~83 ms per decision on 2 cores; 64 with --guide bc, the Push bar's, ~70 ms;
     raise it on a GPU)."""
     elites: int | None = None
-    """(default: 32; half the samples with --guide bc)"""
+    """(default: 32, a quarter of the samples below 128; half the samples with --guide bc)"""
     iterations: int | None = None
     """(default: 3; 1 with --guide bc)"""
     temperature: float | None = None
@@ -202,8 +202,10 @@ def planner_settings(args: Eval) -> dict[str, Any]:
     """The planner flags of ``args`` with the unset ones filled from :data:`PLANNER_DEFAULTS`."""
     defaults = PLANNER_DEFAULTS["bc" if args.guide == "bc" else "search"]
     out = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in defaults.items()}
-    if out["elites"] is None:
+    if out["elites"] is None:  # bc: the better half
         out["elites"] = max(1, out["samples"] // 2)
+    elif args.elites is None:  # a quarter of fewer --samples than the default's 128 (32 of 128)
+        out["elites"] = min(out["elites"], max(1, out["samples"] // 4))
     return out
 
 
@@ -217,17 +219,32 @@ class Train(OnlineConfig):
     progress: bool = True
 
 
+def run_image_size(cfg: OnlineConfig) -> int:
+    """The pixel size a run's envs render: ``--image-size``, else that of the ``--init-world-model``,
+    else that of the ``--seed-data`` episodes, else the preset's."""
+    from robobrain.checkpoint import read_config
+    from robobrain.config import get_preset
+    from robobrain.data import EpisodeStore
+
+    if cfg.image_size is not None:
+        return cfg.image_size
+    if cfg.init_world_model is not None:
+        return int(read_config(cfg.init_world_model)["world_model"]["image_size"])
+    if cfg.seed_data is not None and Path(cfg.seed_data).is_dir():
+        for _, episode in EpisodeStore(cfg.seed_data, create=False).episodes():
+            return int(episode.pixels.shape[1])
+    return get_preset(cfg.preset).world_model.image_size
+
+
 def run_train(args: Train) -> dict:
     import dataclasses
 
-    from robobrain.config import get_preset
     from robobrain.policies.online import online_factories
     from robobrain.training.curves import LearningCurveCallback
     from robobrain.training.online import train_online
 
     cfg = OnlineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OnlineConfig)})
-    size = cfg.image_size or get_preset(cfg.preset).world_model.image_size
-    factories = online_factories(cfg.env, size, cfg.device, cfg.episode_steps)
+    factories = online_factories(cfg.env, run_image_size(cfg), cfg.device, cfg.episode_steps)
     report = train_online(cfg, args.run_dir, factories, [LearningCurveCallback()], progress=args.progress)
     print(json.dumps(report["summary"], indent=1))
     final = args.run_dir / "eval" / "final"
@@ -243,12 +260,16 @@ def run_eval(args: Eval) -> dict:
 
     from robobrain.checkpoint import read_config
     from robobrain.envs import make_env
-    from robobrain.evaluation import evaluate_policy
+    from robobrain.evaluation import evaluate_policy, prepare_out_dir
     from robobrain.planning import MPCConfig, OptimizerConfig
+    from robobrain.planning.mpc import uniform_bounds
     from robobrain.policies import load_policy
 
     if args.episodes < 1 or args.num_envs < 1:
         raise ValueError(f"--episodes and --num-envs must be >= 1, got {args.episodes}, {args.num_envs}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0 (episode i is reset with seed + i), got {args.seed}")
+    prepare_out_dir(args.out)
     size = args.image_size
     if size is None and args.policy.startswith(("mpc:", "bc:")):
         size = int(read_config(args.policy.split(":", 1)[1])["world_model"]["image_size"])
@@ -263,6 +284,7 @@ def run_eval(args: Eval) -> dict:
         iterations=planner["iterations"],
         temperature=planner["temperature"],
         time_budget=args.time_budget,
+        **uniform_bounds(envs[0].action_space),  # e.g. [-3, 3]: the bounds `train --mpc.optim.low` set
     )
     mpc = MPCConfig(
         horizon=planner["horizon"],
@@ -291,7 +313,8 @@ def run_eval(args: Eval) -> dict:
         meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
         if args.policy.startswith(("mpc:", "oracle")):
             guide_used = getattr(policy, "guide", None)
-            meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None))
+            meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None),
+                                   low=optim.low, high=optim.high)  # fmt: skip
             meta["guide_resolved"] = describe_guide(guide_used)
         report = evaluate_policy(
             policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
@@ -338,18 +361,17 @@ def run_train_wm(args: TrainWM) -> dict:
 
 def run_eval_wm(args: EvalWM) -> dict:
     from robobrain.checkpoint import check_trained_env, load_checkpoint
-    from robobrain.config import WMTrainConfig, from_dict
     from robobrain.data import EpisodeStore
     from robobrain.data.store import atomic_write_json
     from robobrain.envs import get_state_layout
     from robobrain.training.wm_eval import evaluate_world_model
-    from robobrain.training.wm_trainer import load_world_model, split_episodes
+    from robobrain.training.wm_trainer import load_world_model, split_episodes, train_config_from_checkpoint
 
     model = load_world_model(args.checkpoint, args.device)
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
     store = EpisodeStore(args.data, create=False)
     if args.split == "holdout":
-        holdout = from_dict(WMTrainConfig, ckpt.config.get("train", {})).holdout_fraction
+        holdout = train_config_from_checkpoint(ckpt.config, ckpt.path).holdout_fraction
         _, episodes = split_episodes(store, holdout)
         if not episodes:
             raise ValueError(f"{args.data}: no held-out episodes; pass --split all")
@@ -389,11 +411,17 @@ def run_collect(args: Collect) -> list[str]:
     out = args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
     # (The store is created only once the env and the policy are built: a mistyped --env or
     # --policy leaves no empty directory behind.)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory (an episode store is one)")
     old = EpisodeStore(out, create=False).manifest.values() if out.is_dir() else []
-    seeds = {s for m in old if isinstance(s := m["meta"].get("seed"), int)}
-    seed = args.seed if args.seed is not None else max(seeds) + 10_000 if seeds else 0
-    if args.seed is not None and args.seed in seeds:
-        log.warning("%s already holds episodes collected with --seed %d: their starts repeat", out, seed)
+    # Env i of a collection is first reset with seed + i: earlier collections' [seed, seed + num_envs).
+    used = {(s, m["meta"].get("num_envs", 1)) for m in old if isinstance(s := m["meta"].get("seed"), int)}
+    seed = args.seed if args.seed is not None else max(s for s, _ in used) + 10_000 if used else 0
+    if args.seed is not None and any(s < seed + args.num_envs and seed < s + n for s, n in used):
+        log.warning(
+            "%s already holds episodes collected with seeds in [%d, %d): their starts repeat",
+            out, seed, seed + args.num_envs,
+        )  # fmt: skip
     vec = envs.make_vector_env(args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode)
     try:
         kwargs = (
@@ -402,9 +430,10 @@ def run_collect(args: Collect) -> list[str]:
             else {}
         )
         policy = load_policy(args.policy, args.env, vec.single_action_space, seed=seed, **kwargs)
+        vec.reset(seed=seed)  # (an env that cannot render, e.g. without pygame, fails before the store)
         store = EpisodeStore(out)
         meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": seed,
-                "decoy_goal_prob": args.decoy_goal_prob}  # fmt: skip
+                "num_envs": args.num_envs, "decoy_goal_prob": args.decoy_goal_prob}  # fmt: skip
         names = collect_episodes(
             vec, policy, store, args.episodes, seed=seed, meta=meta, progress=args.progress
         ).names
@@ -436,14 +465,13 @@ class Demo(Train):
 
 def run_train_prior(args: TrainPrior) -> dict:
     from robobrain.checkpoint import check_trained_env, load_checkpoint
-    from robobrain.config import WMTrainConfig, from_dict
     from robobrain.data import EpisodeStore
     from robobrain.rl.behaviour_prior import BehaviourPriorConfig, fit_behaviour_prior, save_behaviour_prior
-    from robobrain.training.wm_trainer import load_world_model, split_episodes
+    from robobrain.training.wm_trainer import load_world_model, split_episodes, train_config_from_checkpoint
 
     model = load_world_model(args.checkpoint, args.device)
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
-    holdout = from_dict(WMTrainConfig, ckpt.config.get("train", {})).holdout_fraction
+    holdout = train_config_from_checkpoint(ckpt.config, ckpt.path).holdout_fraction
     train, val = [], []
     for root in args.data:
         t, v = split_episodes(EpisodeStore(root, create=False), holdout)
@@ -522,12 +550,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def entry(argv: list[str] | None = None) -> None:
     """The ``robobrain`` command: a user's error (a bad flag value, a missing or mismatched checkpoint
-    or store) ends in one line on stderr and exit status 2; ``ROBOBRAIN_DEBUG=1`` shows the traceback."""
-    from robobrain.checkpoint import CheckpointError
+    or store, an env's missing extra such as pygame) or a training that diverged (its message says
+    what was kept) ends in one line on stderr and exit status 2; ``ROBOBRAIN_DEBUG=1`` shows the
+    traceback."""
+    from gymnasium.error import DependencyNotInstalled
 
+    from robobrain.checkpoint import CheckpointError
+    from robobrain.training.wm_trainer import NonFiniteLossError
+
+    expected = (ValueError, FileNotFoundError, CheckpointError, DependencyNotInstalled, NonFiniteLossError,
+                FloatingPointError)  # fmt: skip
     try:
         main(argv)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+    except expected as e:
         if os.environ.get("ROBOBRAIN_DEBUG"):
             raise
         args = sys.argv[1:] if argv is None else argv

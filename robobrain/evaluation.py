@@ -33,6 +33,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (lo, hi)
 
 
+def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """``out_dir`` created if needed; a path that cannot be a directory is a ``ValueError``."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission, a read-only disk
+        raise ValueError(f"cannot write the evaluation to {out}: {e.strerror} ({e.filename})") from e
+    return out
+
+
 def _check_actions(actions: Any, num_envs: int, space: gym.spaces.Box) -> np.ndarray:
     a = np.asarray(actions, dtype=np.float32)
     if a.shape != (num_envs, *space.shape):
@@ -59,7 +69,10 @@ def evaluate_policy(
     chosen for env 0 is replayed in the true simulator and the drift of its imagined frames (PSNR) and
     rewards is reported under ``hallucination`` (0 turns this off).
     """
-    envs = list(envs)[: max(episodes, 1)]  # a slot that would never start an episode has no observation
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    envs = list(envs)[:episodes]  # a slot that would never start an episode has no observation
+    out = None if out_dir is None else prepare_out_dir(out_dir)  # before the episodes, not after them
     k = len(envs)
     space = envs[0].action_space
     if not isinstance(space, gym.spaces.Box):
@@ -99,7 +112,8 @@ def evaluate_policy(
         actions = _check_actions(policy.act(batch), k, space)
         latency = time.perf_counter() - t0
         latencies.append(latency)
-        imagined = policy.imagined_frames() if has_imagination and frames else None
+        recording = any(slot_episode[i] in frames for i in np.flatnonzero(active))
+        imagined = policy.imagined_frames() if has_imagination and recording else None
         check_due = hallucination_every > 0 and (len(latencies) - 1) % hallucination_every == 0
         if can_replay and check_due and active[0]:
             from robobrain.hallucination import hallucination_check
@@ -172,9 +186,7 @@ def evaluate_policy(
                 name: np.mean([d["state_error"][name] for d in drift], axis=0).tolist()
                 for name in drift[0]["state_error"]
             }
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         atomic_write_json(out / "eval_info.json", report)
         for old in (out / "videos").glob("episode_*.mp4"):  # an earlier evaluation's, not this report's
             old.unlink()

@@ -27,7 +27,7 @@ def replay_in_simulator(env: Any, actions: np.ndarray) -> Replay:
     counters are not touched.
     """
     raw = getattr(env, "unwrapped", env)
-    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION  # FULLPHYSICS leaves out the solver's warm start
     saved = np.empty(mujoco.mj_stateSize(raw.model, spec))
     mujoco.mj_getState(raw.model, raw.data, saved, spec)
     ctrl = raw.data.ctrl.copy()

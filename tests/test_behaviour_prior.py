@@ -193,7 +193,8 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
     planner = info["planner"]
     assert info["guide_resolved"] == "bc"
     assert planner == {"optimizer": "mppi", "horizon": 14, "elites": 4, "iterations": 2,
-                       "temperature": 4.0, "prior_std": 0.1, "samples": 8, "prior_samples": 7}  # fmt: skip
+                       "temperature": 4.0, "prior_std": 0.1, "samples": 8, "prior_samples": 7,
+                       "low": -1.0, "high": 1.0}  # fmt: skip
     # The prior alone (no planning): its mean action on the filtered state.
     alone = load_policy(f"bc:{tmp_path / 'wm'}", "robobrain/Push-v0", space)
     assert isinstance(alone, BehaviourPriorPolicy)

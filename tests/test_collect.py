@@ -141,3 +141,41 @@ def test_policy_resets_when_the_reset_observation_arrives(tmp_path):
     starts = {ep.state[0].tobytes() for _, ep in store.episodes()}
     assert len(starts) == 5 and len(policy.first) == 6  # 2 at the start, 2 after each of 2 rounds
     assert starts <= set(policy.first)
+
+
+def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_path, caplog):
+    out = tmp_path / "data"
+    base = ["collect", "--env", "robobrain/Reach-v0", "--image-size", "16", "--no-progress"]
+    for noise in ("nan", "inf"):  # nan > 0 is False: it collected noiseless data recorded as NaN
+        with pytest.raises(ValueError, match="noise_std must be finite"):
+            main([*base, "--noise", noise, "--out", str(out)])
+    assert not out.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        main([*base, "--out", str(tmp_path / "file")])
+    main([*base, "--episodes", "2", "--num-envs", "2", "--seed", "5", "--out", str(out)])
+    with caplog.at_level("WARNING", logger="robobrain.cli"):  # env 1 of this one replays env 0 of that
+        main([*base, "--episodes", "2", "--num-envs", "2", "--seed", "4", "--out", str(out)])
+    assert "seeds in [4, 6)" in caplog.text
+    eps = EpisodeStore(out).load_all()
+    assert eps[0].meta["num_envs"] == 2
+    np.testing.assert_array_equal(eps[0].state[0], eps[3].state[0])  # what the warning was about
+
+
+def test_a_diverged_training_or_a_missing_render_extra_ends_in_one_line(capsys, monkeypatch):
+    from gymnasium.error import DependencyNotInstalled
+
+    import robobrain.cli as cli
+    from robobrain.training.wm_trainer import NonFiniteLossError
+
+    for error in (NonFiniteLossError("the loss is NaN; the last checkpoint is kept"),
+                  DependencyNotInstalled("pygame is not installed")):  # fmt: skip
+
+        def fail(argv=None, error=error):
+            raise error
+
+        monkeypatch.setattr(cli, "main", fail)
+        with pytest.raises(SystemExit) as exit_:
+            cli.entry(["train-wm"])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"robobrain train-wm: error: {error}"]

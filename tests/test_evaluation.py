@@ -199,3 +199,55 @@ def test_eval_planner_defaults_fill_only_the_unset_flags():
     assert tuple(guided[k] for k in keys) == ("mppi", 64, 32, 1, 14)
     bc = planner_settings(Eval(policy="mpc:runs/wm", guide="bc", samples=256, horizon=10))
     assert tuple(bc[k] for k in keys) == ("mppi", 256, 128, 1, 10)
+    few = planner_settings(Eval(policy="mpc:runs/wm", samples=16))  # 32 elites of 16 were refused
+    assert (few["samples"], few["elites"]) == (16, 4)
+    assert planner_settings(Eval(policy="mpc:runs/wm", samples=16, elites=8))["elites"] == 8
+
+
+def test_eval_on_a_classic_control_env_plans_in_its_action_bounds(tmp_path):
+    """Pendulum-v1 renders through pygame and acts in [-2, 2]: `eval` plans in the env's bounds (a
+    run `train --mpc.optim.low -2 --mpc.optim.high 2` made could not be evaluated)."""
+    base = ["eval", "--env", "Pendulum-v1", "--episodes", "1", "--video-episodes", "0", "--no-progress"]
+    main([*base, "--policy", "random", "--image-size", "16", "--out", str(tmp_path / "random")])
+    cfg = get_preset("debug", action_dim=1).world_model
+    save_checkpoint(tmp_path / "wm1", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
+    main([*base, "--policy", f"mpc:{tmp_path / 'wm1'}", "--samples", "8", "--iterations", "1",
+          "--horizon", "2", "--out", str(tmp_path / "mpc")])  # fmt: skip
+    report = json.loads((tmp_path / "mpc" / "eval_info.json").read_text())
+    assert (report["planner"]["low"], report["planner"]["high"]) == (-2.0, 2.0)
+    assert report["summary"]["episodes"] == 1 and report["episodes"][0]["length"] == 200
+
+
+class CountingPolicy(RandomPolicy):
+    """A random policy that says it imagines frames, and counts how often they are asked for."""
+
+    decoded = 0
+
+    def imagined_frames(self) -> np.ndarray:
+        self.decoded += 1
+        return np.zeros((1, 1, 8, 8, 3), np.uint8)
+
+
+def test_evaluate_policy_checks_its_arguments_before_any_episode(tmp_path):
+    envs = [gym.make("robobrain/Reach-v0", image_size=8)]
+    policy = CountingPolicy(3, seed=0)
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        evaluate_policy(policy, envs, 0, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot write the evaluation"):  # not after the episodes ran
+        evaluate_policy(policy, envs, 1, out_dir=tmp_path / "file" / "sub", progress=False)
+    assert policy.decoded == 0
+    # The imagined frames are decoded for the recorded episode only (it was every step of every one).
+    report = evaluate_policy(policy, envs, 3, out_dir=tmp_path / "ev", video_episodes=1, progress=False)
+    assert policy.decoded == report["episodes"][0]["length"]
+    with pytest.raises(ValueError, match="--seed must be >= 0"):
+        main(["eval", "--policy", "random", "--seed", "-1", "--out", str(tmp_path / "neg")])
+
+
+def test_the_oracle_acts_for_the_envs_an_evaluation_runs():
+    """evaluate_policy leaves envs beyond its episodes idle; the oracle holding them refused to act."""
+    envs = [gym.make("robobrain/Reach-v0", image_size=8) for _ in range(3)]
+    mpc = MPCConfig(horizon=2, optim=OptimizerConfig(num_samples=8, num_elites=2, iterations=1))
+    policy = load_policy("oracle", "robobrain/Reach-v0", envs[0].action_space, envs=envs, mpc=mpc)
+    report = evaluate_policy(policy, envs, 2, progress=False)
+    assert report["num_envs"] == 2 and report["summary"]["episodes"] == 2

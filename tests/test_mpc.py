@@ -210,6 +210,7 @@ def test_replay_in_simulator_leaves_the_env_untouched(task_id):
     frames, rewards, states = replay_in_simulator(a, plan)
     assert frames.shape == (6, 16, 16, 3) and rewards.shape == (6,)
     assert states.shape == (6, a.observation_space["state"].shape[0])
+    np.testing.assert_array_equal(a.unwrapped.data.qacc_warmstart, b.unwrapped.data.qacc_warmstart)
     oa, ra, *_ = a.step(plan[0])  # the replayed env continues exactly like its untouched twin
     ob, rb, *_ = b.step(plan[0])
     np.testing.assert_array_equal(oa["state"], ob["state"])

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from robobrain.checkpoint import latest_checkpoint, load_checkpoint
-from robobrain.cli import main
+from robobrain.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from robobrain.cli import main, run_image_size
 from robobrain.data import EpisodeStore
 from robobrain.data.collect import collect_episodes
 from robobrain.envs import make_vector_env
 from robobrain.policies import RandomPolicy
 from robobrain.rl.finetune import SB3Config
-from robobrain.training.online import LoopState, _rng_state, _set_rng_state
+from robobrain.training.online import LoopState, OnlineConfig, _rng_state, _set_rng_state
 
 TINY = (
     "train --preset debug --env robobrain/Push-v0 --num-envs 2 --episode-steps 10 --seed-episodes 2 "
@@ -174,6 +174,12 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
         main([*run_args(tmp_path / "short", 20), "--episode-steps", "6"])
     short = tmp_path / "short" / "episodes"
     assert not short.exists() or len(EpisodeStore(short)) == 0
+    state_file = latest_checkpoint(tmp_path) / "training_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["loop"]["iteration"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="malformed loop or trainer state"):  # (a KeyError)
+        main(run_args(tmp_path, 60))
 
 
 def test_run_with_proprioception(tmp_path):
@@ -220,6 +226,27 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
         main([*run_args(tmp_path / "other", 20), "--seed-data", str(tmp_path / "missing")])
     with pytest.raises(SystemExit):  # tyro reports the config's ValueError and exits
         main([*run_args(tmp_path / "other", 20), "--seed-episodes", "0"])
+    # Sizes are checked before the seed episodes: they were collected, then the run failed.
+    with pytest.raises(CheckpointError, match="sees 32 px frames, the run's envs render 16 px"):
+        main([*run_args(tmp_path / "small", 20), "--image-size", "16", "--init-world-model", str(wm)])
+    assert len(EpisodeStore(tmp_path / "small" / "episodes")) == 0
+    with pytest.raises(ValueError, match=r"episodes of \[32\] px, the run's envs render 16 px"):
+        main([*run_args(tmp_path / "small", 20), "--image-size", "16", "--seed-data", str(offline)])
+    # Without --image-size the envs render what the offline model or data sees (the preset's 64 px did).
+    assert run_image_size(OnlineConfig(preset="cpu", init_world_model=str(wm))) == 32
+    assert run_image_size(OnlineConfig(preset="cpu", seed_data=str(offline))) == 32
+    assert run_image_size(OnlineConfig(preset="cpu")) == 64
+
+
+def test_flags_out_of_range_are_refused_when_read():
+    for name, value in (("eval_episodes", 0), ("eval_every", 0), ("train_ratio", -1.0),
+                        ("pretrain_steps", -5), ("num_envs", 0), ("train_ratio", float("nan"))):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name} must be >="):
+            OnlineConfig(**{name: value})
+    from robobrain.rl.behaviour_prior import BehaviourPriorConfig
+
+    with pytest.raises(ValueError, match="steps must be >= 1"):  # (an AssertionError after fitting nothing)
+        BehaviourPriorConfig(steps=0)
 
 
 class CountdownEnv(gym.Env):

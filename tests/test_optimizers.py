@@ -129,6 +129,12 @@ def test_bad_arguments():
     for cls in OPTIMIZERS:
         with pytest.raises(ValueError, match="iterations >= 1"):
             cls(OptimizerConfig(iterations=0))
+    bad = {"momentum": (1.0, 1.5, -0.1), "init_std": (0.0, -0.5), "min_std": (-0.1, float("nan")),
+           "time_budget": (-1.0,), "high": (-1.0, -2.0)}  # fmt: skip
+    for name, values in bad.items():  # momentum 1 kept the initial mean, 1.5 moved away from the optimum
+        for value in values:
+            with pytest.raises(ValueError, match=name):
+                OptimizerConfig(**{name: value})
     for temperature in (0.0, -1.0, float("nan")):  # 0 planned all zeros, < 0 favoured the worst
         with pytest.raises(ValueError, match="temperature > 0"):
             MPPI(OptimizerConfig(temperature=temperature))

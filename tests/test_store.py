@@ -200,3 +200,97 @@ def test_holdout_split_is_fixed_by_episode_number(tmp_path):
     assert held_tags() == [4, 9]
     (tmp_path / "episode_000002.npz").write_bytes(b"corrupt")  # unreadable now: nothing shifts
     assert held_tags() == [4, 9]
+    for i in (4, 7, 8, 9):  # no number at the period's end: the last file is held out, never another
+        (tmp_path / f"episode_{i:06d}.npz").unlink()
+    assert held_tags() == [6]
+    (tmp_path / "episode_000006.npz").write_bytes(b"corrupt")
+    assert held_tags() == []
+
+
+def test_a_copied_in_episode_of_another_layout_is_skipped_by_name(tmp_path):
+    """A file of another env copied into a store: reported like a corrupt one, not stacked later."""
+    store = EpisodeStore(tmp_path / "a")
+    store.add(make_episode(4))
+    ep = make_episode(4)
+    other = Episode(ep.pixels, ep.state, np.zeros((4, 4), np.float32), ep.reward, ep.success)
+    EpisodeStore(tmp_path / "b").add(other)
+    (tmp_path / "b" / "episode_000000.npz").rename(tmp_path / "a" / "episode_000001.npz")
+    reopened = EpisodeStore(tmp_path / "a")
+    assert [n for n, _ in reopened.episodes()] == ["episode_000000.npz"]
+    assert "another layout" in reopened.skipped["episode_000001.npz"]
+    assert list(reopened.manifest) == ["episode_000000.npz"] and reopened.num_steps() == 4
+    with pytest.raises(ValueError, match="different shapes per step"):
+        SequenceSampler([ep, other], seq_len=2)
+
+
+def test_the_manifest_rereads_files_changed_since_it_was_written(tmp_path):
+    store = EpisodeStore(tmp_path)
+    names = [store.add(make_episode(5, tag=i)) for i in range(3)]
+    path = tmp_path / names[1]
+    path.write_bytes(path.read_bytes()[:100])  # truncated after the manifest listed it
+    reopened = EpisodeStore(tmp_path)
+    assert sorted(reopened.manifest) == [names[0], names[2]] and reopened.num_steps() == 10
+    assert names[1] in reopened.skipped
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for bad in ({"episodes": {names[0]: {}}}, {"episodes": [names[0]]}, {"episodes": {names[0]: 5}}):
+        (tmp_path / "manifest.json").write_text(json.dumps({**manifest, **bad}))
+        assert sorted(EpisodeStore(tmp_path).manifest) == [names[0], names[2]]
+
+
+def test_a_read_only_store_opens_without_rewriting_its_manifest(tmp_path, monkeypatch, caplog):
+    store = EpisodeStore(tmp_path)
+    store.add(make_episode(3))
+    (tmp_path / "manifest.json").unlink()
+
+    def read_only(self):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(EpisodeStore, "_write_manifest", read_only)
+    with caplog.at_level("WARNING"):
+        assert len(EpisodeStore(tmp_path, create=False).load_all()) == 1
+    assert "cannot update the manifest" in caplog.text
+
+
+def test_meta_must_be_a_json_object(tmp_path):
+    store = EpisodeStore(tmp_path)
+    ep = make_episode(3)
+    for meta in ({"noise": float("nan")}, {"seed": np.int64(3)}):
+        with pytest.raises(ValueError, match="meta is not JSON"):
+            store.add(Episode(ep.pixels, ep.state, ep.action, ep.reward, ep.success, meta=meta))
+    np.savez(
+        tmp_path / "episode_000000.npz", pixels=ep.pixels, state=ep.state, action=ep.action,
+        reward=ep.reward, success=ep.success, terminated=np.array(False), meta=np.array("null"),
+    )  # fmt: skip
+    reopened = EpisodeStore(tmp_path)
+    assert "meta: expected a dict" in reopened.skipped["episode_000000.npz"]
+    assert reopened.add(ep) == "episode_000001.npz"
+
+
+def test_names_go_on_past_a_million_and_a_taken_name_is_never_overwritten(tmp_path, monkeypatch):
+    store = EpisodeStore(tmp_path)
+    ep = make_episode(3)
+    store.add(ep)
+    (tmp_path / "episode_000000.npz").rename(tmp_path / "episode_999999.npz")
+    reopened = EpisodeStore(tmp_path)
+    assert [reopened.add(ep) for _ in range(2)] == ["episode_1000000.npz", "episode_1000001.npz"]
+    assert EpisodeStore(tmp_path).names()[0] == "episode_999999.npz"  # (in the order they were added)
+    # Another writer took the next name since: this one takes the one after, and loses nothing.
+    monkeypatch.setattr(EpisodeStore, "_next_index", lambda self: 1_000_000)
+    assert reopened.add(make_episode(4)) == "episode_1000002.npz"
+    assert len(EpisodeStore(tmp_path).load_all()) == 4
+
+
+def test_temporaries_of_dead_writers_are_removed_at_open(tmp_path):
+    EpisodeStore(tmp_path).add(make_episode(3))
+    dead = tmp_path / ".tmp-999999999-episode_000001.npz"
+    live = tmp_path / ".tmp-1-episode_000002.npz"  # pid 1 is running
+    for path in (dead, live):
+        path.write_bytes(b"half")
+    assert len(EpisodeStore(tmp_path).load_all()) == 1
+    assert not dead.exists() and live.exists()
+
+
+def test_a_file_in_the_way_of_a_store_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        EpisodeStore(tmp_path / "file")

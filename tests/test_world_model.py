@@ -176,6 +176,24 @@ def test_bad_inputs_raise():
         model.imagine(state, torch.zeros(3, 4, cfg.action_dim, dtype=torch.long))
     with pytest.raises(ValueError, match=r"state\.stoch must be"):
         model.imagine(state._replace(stoch=state.stoch[:, :-1]), torch.zeros(3, 4, cfg.action_dim))
+    with pytest.raises(ValueError, match=r"actions must be \[B, H"):  # (an IndexError)
+        model.imagine(state, torch.tensor(0.0))
+    twice = model.imagine(state, torch.zeros(3, 4, cfg.action_dim, dtype=torch.float64))  # (as numpy's)
+    assert twice.reward.dtype == torch.float32
+    with pytest.raises(ValueError, match="at least one frame"):
+        model.observe(batch["pixels"][:, :0], batch["action"][:, :0])
+    with pytest.raises(ValueError, match=r"batch\['reward'\] must be \[B, L\]"):  # it broadcast
+        model.loss({**batch, "reward": batch["reward"][:, :-1]})
+    goal = goal_model()
+    env_state = torch.zeros(3, 10)
+    env_state[1, 8] = float("nan")  # the goal: its NaN came back as NaN latents
+    with pytest.raises(ValueError, match="the goal it holds contains NaN"):
+        goal.observe(batch["pixels"], batch["action"], env_state)
+    with pytest.raises(ValueError, match="needs 'state'"):  # (a KeyError)
+        goal.loss(batch)
+    good = goal.observe(batch["pixels"], batch["action"], torch.zeros(3, 10))
+    with pytest.raises(ValueError, match=r"state\.goal contains NaN"):
+        goal.imagine(good._replace(goal=good.goal * float("nan")), torch.zeros(3, 4, cfg.action_dim))
     one_frame = {k: v[:, :1] for k, v in batch.items()}  # its reward and success losses were NaN
     with pytest.raises(ValueError, match="at least 2 frames"):
         model.loss(one_frame)
@@ -405,6 +423,10 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
         load_world_model(tmp_path / "other")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_world_model(tmp_path / "missing")
+    for bad in ({"deter": "32"}, {"image_size": 48}):  # named by path (a traceback; a bare message)
+        save_checkpoint(tmp_path / "bad", 1, model, {"world_model": {**to_dict(DEBUG.world_model), **bad}})
+        with pytest.raises(CheckpointError, match=r"step_0000001/config\.json: a world-model"):
+            load_world_model(tmp_path / "bad")
     # Valid JSON of the wrong structure names its file too.
     adam = torch.optim.AdamW(model.parameters())
     ckpt = save_checkpoint(tmp_path / "opt", 1, model, config, adam, {"a": 1})
@@ -419,6 +441,18 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "opt" / "checkpoints" / "latest").write_text('{"checkpoint": 5}')
     with pytest.raises(CheckpointError, match="names no checkpoint directory"):
         latest_checkpoint(tmp_path / "opt")
+
+
+def test_a_killed_writers_temporary_directory_goes_at_the_next_save(tmp_path):
+    model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
+    save_checkpoint(tmp_path, 1, model, config)
+    dead = tmp_path / "checkpoints" / ".tmp-step_0000002-999999999"  # its writer was killed
+    live = tmp_path / "checkpoints" / ".tmp-step_0000003-1"  # pid 1 is running: a write in progress
+    for path in (dead, live):
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"half")
+    save_checkpoint(tmp_path, 2, model, config)
+    assert not dead.exists() and live.exists()
 
 
 def test_resaving_a_step_never_leaves_latest_dangling(tmp_path):

@@ -62,3 +62,7 @@ def test_resize_is_an_area_average():
     np.testing.assert_array_equal(resize_image(flat, 32), 77)
     with pytest.raises(ValueError):
         resize_image(np.zeros((8, 8)), 4)
+    with pytest.raises(ValueError, match="uint8"):  # a float frame in [0, 1] came out black
+        resize_image(np.ones((8, 8, 3), np.float32), 4)
+    same = resize_image(flat[:32, :32], 32)
+    assert not np.shares_memory(same, flat)  # a renderer may reuse its buffer for the next frame

@@ -48,6 +48,12 @@ class SequenceSampler:
     def set_episodes(self, episodes: Sequence[Episode]) -> None:
         """Sample from these episodes from now on (the online loop adds new ones); the RNG carries on."""
         self.episodes = list(episodes)
+        shapes = {(ep.pixels.shape[1:], ep.state.shape[1:], ep.action.shape[1:]) for ep in self.episodes}
+        if len(shapes) > 1:  # (a batch stacks windows of several episodes)
+            raise ValueError(
+                f"episodes of different shapes per step (pixels, state, action): {sorted(shapes)}; "
+                "train on one env's episodes"
+            )
         seq_len = self.seq_len
         counts = np.array([max(len(ep) - seq_len + 2, 0) for ep in self.episodes], dtype=np.int64)
         if counts.sum() == 0:

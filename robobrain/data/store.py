@@ -1,10 +1,12 @@
 """EpisodeStore: a directory of episodes, one compressed ``.npz`` file each, plus a small manifest.
 
 Every file is written under a temporary name, flushed to disk and renamed, so a crash never leaves
-a half-written episode under a real name. Files are read with ``allow_pickle=False`` and checked
-(keys, dtypes, shapes, finite values); a truncated or corrupt file is reported by name and skipped.
-The episode files are the source of truth; ``manifest.json`` summarises them and is rebuilt when it
-is missing or out of date.
+a half-written episode under a real name (temporaries of dead processes are removed at the next
+open). Files are read with ``allow_pickle=False`` and checked (keys, dtypes, shapes, finite values,
+and the store's layout: the env and the per-step shapes of its first readable episode); a truncated,
+corrupt or foreign file is reported by name and skipped. The episode files are the source of truth;
+``manifest.json`` summarises them (with each file's size and modification time) and is brought up
+to date at every open, re-reading only the files it does not know as they are.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-_NAME = re.compile(r"^episode_(\d{6})\.npz$")
+_NAME = re.compile(r"^episode_(\d{6,})\.npz$")
+_TEMPORARY = re.compile(r"^\.tmp-(\d+)-")
 
 
 class CorruptEpisodeError(ValueError):
@@ -67,6 +70,8 @@ class Episode:
         ]
         if t < 1:
             raise ValueError("an episode needs at least one step")
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"meta: expected a dict, got {type(self.meta).__name__}")
         for name, arr, dtype, lead, ndim in checks:
             if not isinstance(arr, np.ndarray) or arr.dtype != dtype:
                 got = getattr(arr, "dtype", type(arr))
@@ -83,19 +88,50 @@ class Episode:
         return float(self.reward.sum())
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``."""
+def _atomic_write_bytes(path: Path, write: Any, exclusive: bool = False) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``.
+    ``exclusive``: give it the name only if no file has it (``FileExistsError`` otherwise), so two
+    writers cannot both claim one name."""
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            _link_new(tmp, path)
+        else:
+            os.replace(tmp, path)
         fsync_dir(path.parent)  # the rename itself survives a power loss
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Hard-link ``tmp`` as ``path``, which must not exist (``FileExistsError``); a rename where the
+    file system has no hard links."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+
+
+def process_running(pid: str) -> bool:
+    """Whether ``pid`` names another process that is alive (pids are reused: a heuristic)."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fsync_dir(path: Path) -> None:
@@ -117,7 +153,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 class EpisodeStore:
-    """A directory of episodes. Not safe for several concurrent writers."""
+    """A directory of episodes. Several writers may add to one store at once (each episode file
+    claims a free name); each one's manifest may then miss the others' episodes until the next
+    open, which re-reads them."""
 
     def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
         """``create=False``: for reading; a missing directory raises ``FileNotFoundError`` instead of
@@ -125,10 +163,13 @@ class EpisodeStore:
         self.root = Path(root)
         if not create and not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: no such episode store (directory)")
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"{self.root} exists and is not a directory (an episode store is one)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.skipped: dict[str, str] = {}
-        """Files found corrupt, by name, with the reason."""
+        """Files found corrupt (or of another layout), by name, with the reason."""
         self._layout: tuple[Any, ...] | None = None
+        self._remove_dead_temporaries()
         self._manifest = self._load_manifest()
 
     # --- writing ---------------------------------------------------------------------------
@@ -146,8 +187,10 @@ class EpisodeStore:
                 f"refusing to store an episode of another layout in {self.root}: ({fields}) {layout} "
                 f"vs the stored episodes' {stored}; use another directory for another env"
             )
-        index = self._next_index()
-        name = f"episode_{index:06d}.npz"
+        try:  # (standard JSON: no NaN, no numpy scalars)
+            meta = json.dumps(episode.meta, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"refusing to store an episode whose meta is not JSON: {e}") from e
         arrays = {
             "pixels": episode.pixels,
             "state": episode.state,
@@ -155,9 +198,18 @@ class EpisodeStore:
             "reward": episode.reward,
             "success": episode.success,
             "terminated": np.array(episode.terminated),
-            "meta": np.array(json.dumps(episode.meta)),
+            "meta": np.array(meta),
         }
-        _atomic_write_bytes(self.root / name, lambda f: np.savez_compressed(f, **arrays))
+        index = self._next_index()
+        while True:
+            name = f"episode_{index:06d}.npz"
+            try:
+                _atomic_write_bytes(
+                    self.root / name, lambda f: np.savez_compressed(f, **arrays), exclusive=True
+                )
+                break
+            except FileExistsError:  # another writer took this name since
+                index += 1
         self._manifest[name] = self._summary(episode)
         self._write_manifest()
         self._layout = layout
@@ -183,7 +235,7 @@ class EpisodeStore:
     # --- reading ---------------------------------------------------------------------------
     def names(self) -> list[str]:
         """Episode file names in the order they were added."""
-        return sorted(p.name for p in self.root.iterdir() if _NAME.match(p.name))
+        return sorted((p.name for p in self.root.iterdir() if _NAME.match(p.name)), key=_index)
 
     def __len__(self) -> int:
         """Episode files, readable or not (``manifest`` holds the readable ones)."""
@@ -211,14 +263,30 @@ class EpisodeStore:
         return episode
 
     def episodes(self) -> Iterator[tuple[str, Episode]]:
-        """Yield (name, episode) for every readable episode; corrupt files are logged and skipped."""
+        """Yield (name, episode) for every readable episode of the store's layout; corrupt files
+        and episodes of another env or shape (a file copied in from another store) are logged and
+        skipped."""
         for name in self.names():
-            try:
-                yield name, self.load(name)
-            except CorruptEpisodeError as e:
-                if name not in self.skipped:
-                    log.warning("skipping corrupt episode %s", e)
-                self.skipped[name] = str(e)
+            episode = self._read(name)
+            if episode is not None:
+                yield name, episode
+
+    def _read(self, name: str) -> Episode | None:
+        """The episode, or None after logging why it is skipped."""
+        try:
+            episode = self.load(name)
+            stored = self._stored_layout()
+            if stored is not None and self._layout_of(episode) != stored:
+                raise CorruptEpisodeError(
+                    f"{self.root / name}: another layout (env_id, pixels, state and action shapes per "
+                    f"step) {self._layout_of(episode)} than the store's {stored}"
+                )
+        except CorruptEpisodeError as e:
+            if name not in self.skipped:
+                log.warning("skipping episode %s", e)
+            self.skipped[name] = str(e)
+            return None
+        return episode
 
     def load_all(self) -> list[Episode]:
         return [ep for _, ep in self.episodes()]
@@ -240,12 +308,27 @@ class EpisodeStore:
     def _stored_layout(self) -> tuple[Any, ...] | None:
         """The layout of the first readable stored episode (None for an empty store)."""
         if self._layout is None:
-            self._layout = next((self._layout_of(ep) for _, ep in self.episodes()), None)
+            for name in self.names():
+                try:
+                    self._layout = self._layout_of(self.load(name))
+                    break
+                except CorruptEpisodeError:
+                    continue
         return self._layout
 
     def _next_index(self) -> int:
         names = self.names()
-        return int(_NAME.match(names[-1]).group(1)) + 1 if names else 0
+        return _index(names[-1]) + 1 if names else 0
+
+    def _remove_dead_temporaries(self) -> None:
+        """Remove the half-written files of writers that were killed (none of a running process)."""
+        for tmp in self.root.glob(".tmp-*"):
+            match = _TEMPORARY.match(tmp.name)
+            if match and not process_running(match.group(1)):
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:  # a read-only store
+                    pass
 
     @staticmethod
     def _summary(episode: Episode) -> dict[str, Any]:
@@ -257,27 +340,46 @@ class EpisodeStore:
         }
 
     def _load_manifest(self) -> dict[str, dict[str, Any]]:
+        """The saved summaries of the files that are as they were when it was written (same size and
+        modification time; a manifest from before the sizes were recorded is trusted by name), the
+        other files read afresh; the manifest is rewritten when anything changed."""
         path = self.root / MANIFEST
-        manifest: dict[str, dict[str, Any]] = {}
+        saved_episodes: dict[str, Any] = {}
+        stats: dict[str, Any] | None = None
         corrupt: dict[str, str] = {}
         if path.exists():
             try:
                 saved = json.loads(path.read_text())
-                manifest = saved["episodes"]
+                saved_episodes = dict(saved["episodes"])
+                stats = dict(saved["stats"]) if "stats" in saved else None
                 # A corrupt file stays known as corrupt while it is unchanged: otherwise every open of
-                # the store would find it missing from the manifest and re-read every episode.
-                corrupt = {n: str(c["reason"]) for n, c in saved.get("corrupt", {}).items()
+                # the store would find it missing from the manifest and re-read it.
+                corrupt = {n: str(c["reason"]) for n, c in dict(saved.get("corrupt", {})).items()
                            if c["stat"] == self._stat(n)}  # fmt: skip
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 log.warning("rebuilding unreadable manifest %s (%s)", path, e)
-                manifest, corrupt = {}, {}
+                saved_episodes, stats, corrupt = {}, None, {}
         names = self.names()
-        if sorted([*manifest, *corrupt]) != names:
-            manifest = {name: self._summary(ep) for name, ep in self.episodes()}
-            self._manifest = manifest
-            self._write_manifest()
-        else:
-            self.skipped.update(corrupt)
+        manifest = {
+            name: saved_episodes[name]
+            for name in names
+            if name in saved_episodes
+            and _is_summary(saved_episodes[name])
+            and (stats is None or stats.get(name) == self._stat(name))
+        }
+        corrupt = {n: reason for n, reason in corrupt.items() if n in names and n not in manifest}
+        self.skipped.update(corrupt)
+        fresh = [n for n in names if n not in manifest and n not in corrupt]
+        for name in fresh:
+            episode = self._read(name)
+            if episode is not None:
+                manifest[name] = self._summary(episode)
+        self._manifest = manifest
+        if fresh or stats is None or len(manifest) != len(saved_episodes):
+            try:
+                self._write_manifest()
+            except OSError as e:  # a read-only store reads fine; the manifest is a cache
+                log.warning("cannot update the manifest of %s (%s); reading it anyway", self.root, e)
         return manifest
 
     def _stat(self, name: str) -> list[int] | None:
@@ -293,6 +395,26 @@ class EpisodeStore:
             for n, reason in self.skipped.items()
             if n not in self._manifest and self._stat(n) is not None
         }
+        stats = {n: self._stat(n) for n in self._manifest}
         atomic_write_json(
-            self.root / MANIFEST, {"version": 1, "episodes": self._manifest, "corrupt": corrupt}
+            self.root / MANIFEST,
+            {"version": 2, "episodes": self._manifest, "stats": stats, "corrupt": corrupt},
         )
+
+
+def _index(name: str) -> int:
+    """The number of an episode file name (``episode_000012.npz`` -> 12)."""
+    match = _NAME.match(name)
+    assert match is not None, name
+    return int(match.group(1))
+
+
+def _is_summary(entry: Any) -> bool:
+    """Whether a manifest entry has the shape :meth:`EpisodeStore._summary` writes."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("length"), int)
+        and isinstance(entry.get("return"), (int, float))
+        and isinstance(entry.get("success"), bool)
+        and isinstance(entry.get("meta"), dict)
+    )

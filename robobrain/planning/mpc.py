@@ -54,6 +54,21 @@ def check_action_bounds(low: Any, high: Any, cfg: MPCConfig) -> None:
         )
 
 
+def uniform_bounds(space: Any) -> dict[str, float]:
+    """``{"low", "high"}`` of a Box action space whose dimensions all share one range (e.g.
+    InvertedPendulum's [-3, 3]), for :class:`OptimizerConfig`; ``{}`` (the planner's default [-1, 1])
+    for any other space, which :func:`check_action_bounds` then refuses with its hint."""
+    low, high = getattr(space, "low", None), getattr(space, "high", None)
+    if low is None or high is None or np.size(low) == 0:
+        return {}
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    if not (np.all(low == low.flat[0]) and np.all(high == high.flat[0])):
+        return {}
+    if not (np.isfinite(low.flat[0]) and np.isfinite(high.flat[0])):
+        return {}
+    return {"low": float(low.flat[0]), "high": float(high.flat[0])}
+
+
 def check_unit_bounds(cfg: MPCConfig, who: str) -> None:
     """SB3's actors, the imagination env and the behaviour prior act in [-1, 1] (tanh-squashed):
     with other planner bounds their proposals would cover only part of the env's range."""

@@ -42,6 +42,20 @@ class OptimizerConfig:
     low: float = -1.0
     high: float = 1.0
 
+    def __post_init__(self) -> None:  # when the flags are read, not at the first plan
+        checks = [
+            (0 < self.num_elites <= self.num_samples, "0 < num_elites <= num_samples"),
+            (self.iterations >= 1, "iterations >= 1 (at least one always runs)"),
+            (self.time_budget is None or self.time_budget >= 0, "time_budget >= 0 or None"),
+            (self.init_std > 0, "init_std > 0 (0 never moves the mean)"),
+            (self.min_std >= 0, "min_std >= 0"),
+            (0 <= self.momentum < 1, "0 <= momentum < 1 (1 keeps the initial mean, > 1 moves away)"),
+            (self.low < self.high, "low < high"),
+        ]
+        for ok, need in checks:
+            if not ok:  # (NaN fails every one of them)
+                raise ValueError(f"the optimizer needs {need}, got {self}")
+
 
 class PlanResult(NamedTuple):
     """best: [B, H, A] the plan to execute; mean, std: [B, H, A] the final sampling distribution;
@@ -72,11 +86,7 @@ class _SamplingOptimizer:
     def __init__(
         self, config: OptimizerConfig | None = None, generator: torch.Generator | None = None
     ) -> None:
-        self.cfg = config or OptimizerConfig()
-        if not 0 < self.cfg.num_elites <= self.cfg.num_samples:
-            raise ValueError(f"need 0 < num_elites <= num_samples, got {self.cfg}")
-        if self.cfg.iterations < 1:
-            raise ValueError(f"need iterations >= 1 (at least one always runs), got {self.cfg}")
+        self.cfg = config or OptimizerConfig()  # (checked when it was made)
         self.generator = generator
 
     def optimize(

@@ -63,6 +63,13 @@ class BehaviourPriorConfig:
     """Clone only episodes that ended in success (filtered behaviour cloning); False: all of them."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("hidden", "steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.layers < 0 or not self.lr > 0:
+            raise ValueError(f"need layers >= 0 and lr > 0, got {self.layers}, {self.lr}")
+
 
 class BehaviourPrior(nn.Module):
     """pi(a | s) = N(tanh(MLP(feat)), diag(std^2)), std state-independent and learned.

@@ -85,7 +85,8 @@ class OnlineConfig:
     num_envs: int = 2
     """Envs stepped together; the planner plans for all of them in one batched call."""
     image_size: int | None = None
-    """Side of the pixel observations (default: the preset's)."""
+    """Side of the pixel observations (default: that of the ``init_world_model``, else of the
+    ``seed_data`` episodes, else the preset's; ``robobrain train`` resolves it)."""
     episode_steps: int | None = None
     """Override the env's time limit (default: the registered one)."""
     seed_episodes: int = 20
@@ -156,6 +157,13 @@ class OnlineConfig:
             raise ValueError(f"explore_bonus must be >= 0, got {self.explore_bonus}")
         if self.ensemble is not None and self.ensemble < 0:
             raise ValueError(f"ensemble must be >= 0, got {self.ensemble}")
+        counts = {"eval_episodes": (self.eval_episodes, 1), "eval_every": (self.eval_every, 1),
+                  "checkpoint_every": (self.checkpoint_every, 1), "pretrain_steps": (self.pretrain_steps, 0),
+                  "train_ratio": (self.train_ratio, 0), "prior_samples": (self.prior_samples, 0),
+                  "num_envs": (self.num_envs, 1), "seed": (self.seed, 0)}  # fmt: skip
+        for name, (value, least) in counts.items():
+            if not value >= least:  # (NaN too)
+                raise ValueError(f"{name} must be >= {least}, got {value}")
 
 
 class LoopState:
@@ -383,6 +391,10 @@ class OnlineLoop:
         envs = sorted({str(ep.meta.get("env_id")) for ep in self._offline})
         if envs != [self.cfg.env]:
             raise ValueError(f"{where}: episodes of {envs}, not of {self.cfg.env}")
+        sizes = sorted({ep.pixels.shape[1] for ep in self._offline})
+        rendered = self.envs.single_observation_space["pixels"].shape[0]
+        if sizes != [rendered]:
+            raise ValueError(f"{where}: episodes of {sizes} px, the run's envs render {rendered} px")
         log.info("%d offline episodes from %s", len(self._offline), self.cfg.seed_data)
 
     def _recent_episodes(self, n: int) -> list[Episode]:
@@ -395,9 +407,14 @@ class OnlineLoop:
         episodes = self._train_episodes()
         cfg = sized_config(self.wm_cfg, episodes[0])
         if weights is not None and cfg != self.wm_cfg:
+            differ = {
+                f.name: (getattr(self.wm_cfg, f.name), getattr(cfg, f.name))
+                for f in dataclasses.fields(cfg)
+                if getattr(cfg, f.name) != getattr(self.wm_cfg, f.name)
+            }
             raise CheckpointError(
-                f"{weights.path}: the world model was trained on other data (action_dim, image_size, "
-                f"state or goal sizes differ from those of {self.cfg.env})"
+                f"{weights.path}: the world model was trained on other data than {self.cfg.env}'s "
+                f"episodes here ((its, the data's): {differ})"
             )
         torch.manual_seed(self.cfg.seed)
         self.model = WorldModel(cfg).to(self.device)
@@ -488,7 +505,11 @@ class OnlineLoop:
         ckpt = load_checkpoint(latest)
         _check_config(ckpt.config, self.config, latest / "config.json")
         ckpt.require("loop", "trainer", "rng")  # before the store is truncated to the checkpoint
-        self.state.load(ckpt.state["loop"])
+        try:
+            self.state.load(ckpt.state["loop"])
+            trainer_step = int(ckpt.state["trainer"]["step"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{latest}: a malformed loop or trainer state ({e!r})") from e
         dropped = self.store.truncate(self.state.episodes)
         if dropped:
             log.info("dropped %d episodes written after the last checkpoint", len(dropped))
@@ -498,10 +519,10 @@ class OnlineLoop:
                 f"{self.store.root}: {len(self._episodes)} readable episodes, the checkpoint expects "
                 f"{self.state.episodes} (skipped: {self.store.skipped})"
             )
-        self.wm_cfg = model_config_from_checkpoint(ckpt.config)
+        self.wm_cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
         self._build_model(ckpt)
         assert self.model is not None and self.trainer is not None
-        self.trainer.restore(int(ckpt.state["trainer"]["step"]), ckpt.state["trainer"], ckpt.optimizer_state)
+        self.trainer.restore(trainer_step, ckpt.state["trainer"], ckpt.optimizer_state)
         if (latest / SB3_DIR).is_dir():
             env = imagination_env(self.model, self._recent_episodes(64), self.cfg.sb3, seed=self.cfg.seed)
             self.sb3 = load_sb3(self.cfg.sb3, latest / SB3_DIR, env, self.device)
@@ -531,6 +552,17 @@ class OnlineLoop:
         logger = MetricLogger(self.run_dir, "train", step_key="env_steps")
         logger.truncate_after(self.state.env_steps)
         if not resumed:  # (a run killed before its first checkpoint starts over)
+            init = None
+            if cfg.init_world_model is not None:  # (checked before the seed episodes are collected)
+                init = load_checkpoint(cfg.init_world_model, with_training_state=False)
+                check_trained_env(init.config, cfg.env, init.path)
+                self.wm_cfg = model_config_from_checkpoint(init.config, init.path)
+                rendered = self.envs.single_observation_space["pixels"].shape[0]
+                if self.wm_cfg.image_size != rendered:
+                    raise CheckpointError(
+                        f"{init.path}: the world model sees {self.wm_cfg.image_size} px frames, the "
+                        f"run's envs render {rendered} px (--image-size)"
+                    )
             self.store.truncate(0)
             self._seed_data()
             if self.state.env_steps >= cfg.env_steps:
@@ -538,11 +570,6 @@ class OnlineLoop:
                     "the seed episodes took %d env steps, --env-steps is %d: the planner never acts "
                     "(raise --env-steps or lower --seed-episodes)", self.state.env_steps, cfg.env_steps,
                 )  # fmt: skip
-            init = None
-            if cfg.init_world_model is not None:
-                init = load_checkpoint(cfg.init_world_model, with_training_state=False)
-                check_trained_env(init.config, cfg.env, init.path)
-                self.wm_cfg = model_config_from_checkpoint(init.config)
             self._build_model(init)
         # The resolved config, world-model sizes included.
         atomic_write_json(self.run_dir / "config.json", self.config)

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robobrain.checkpoint import (
+    CONFIG_FILE,
     CheckpointError,
     check_trained_env,
     latest_checkpoint,
@@ -49,7 +50,9 @@ def split_episodes(store: EpisodeStore, holdout_fraction: float) -> tuple[list[E
         return episodes, []
     period = max(2, round(1 / holdout_fraction))
     held = {i for i, (name, _) in enumerate(items) if _episode_number(name, i) % period == period - 1}
-    held = held or {len(episodes) - 1}
+    if not held:  # fewer episodes than the period: the store's last file (none while it is unreadable)
+        last = store.names()[-1]
+        held = {i for i, (name, _) in enumerate(items) if name == last}
     return [ep for i, ep in enumerate(episodes) if i not in held], [episodes[i] for i in sorted(held)]
 
 
@@ -135,17 +138,34 @@ def state_stats(episodes: list[Episode], device: torch.device | str) -> tuple[to
     )
 
 
-def model_config_from_checkpoint(config: dict[str, Any]) -> WorldModelConfig:
+def model_config_from_checkpoint(
+    config: dict[str, Any], where: str | os.PathLike[str] = ""
+) -> WorldModelConfig:
+    """The world-model config of a checkpoint's ``config.json`` (``where``: its directory, named
+    in the error when it is not one)."""
     try:
         return from_dict(WorldModelConfig, config["world_model"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"config.json: not a world-model config ({e})") from e
+        raise CheckpointError(f"{Path(where) / CONFIG_FILE}: not a world-model config ({e})") from e
+
+
+def train_config_from_checkpoint(config: dict[str, Any], where: str | os.PathLike[str] = "") -> WMTrainConfig:
+    """The training config a checkpoint's ``config.json`` records (the defaults where it has none)."""
+    try:
+        return from_dict(WMTrainConfig, config.get("train", {}))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(where) / CONFIG_FILE}: not a training config ({e})") from e
 
 
 def load_world_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> WorldModel:
     """A trained WorldModel from a checkpoint or run directory, in eval mode."""
     ckpt = load_checkpoint(path, with_training_state=False)
-    model = WorldModel(model_config_from_checkpoint(ckpt.config))
+    cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
+    try:
+        model = WorldModel(cfg)
+    except (TypeError, ValueError) as e:  # e.g. a size written as a string
+        where = ckpt.path / CONFIG_FILE
+        raise CheckpointError(f"{where}: a world-model config that cannot be built ({e})") from e
     load_weights(model, ckpt)
     return model.to(device).eval()
 
@@ -274,6 +294,8 @@ def train_world_model(
     Re-running with the same run directory resumes from ``checkpoints/latest``: weights, optimizer,
     sampler and torch RNG states and counters are restored, so the result equals an uninterrupted run.
     """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     run_dir = Path(run_dir)
     cfg, tcfg = preset.world_model, preset.train
     store = EpisodeStore(data_dir, create=False)

@@ -180,7 +180,11 @@ class WorldModel(nn.Module):
             proprio = self.proprio(env_state)
         if env_state is not None and env_state.ndim == 3:
             env_state = env_state[:, -1]
-        posts, _, _ = self._filter(pixels, actions, sample=sample, goal=self.goal(env_state), proprio=proprio)
+        goal = self.goal(env_state)
+        for name, x in (("goal", goal), ("proprioception", proprio)):
+            if x is not None and not torch.isfinite(x).all():
+                raise ValueError(f"env_state: the {name} it holds contains NaN or inf")
+        posts, _, _ = self._filter(pixels, actions, sample=sample, goal=goal, proprio=proprio)
         return posts.index((slice(None), -1))
 
     def imagine(
@@ -203,6 +207,8 @@ class WorldModel(nn.Module):
         """
         actions, reference = self._tensor(actions), self._tensor(reference)
         self.check_imagine_inputs(state, actions, finite=True)
+        if actions.dtype == torch.float64:  # (as numpy actions are)
+            actions = actions.float()
         return self.imagine_unchecked(state, actions, sample, decode, reference, disagreement)
 
     def _tensor(self, x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
@@ -215,6 +221,8 @@ class WorldModel(nn.Module):
     def check_imagine_inputs(self, state: State, actions: torch.Tensor, finite: bool = False) -> None:
         """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action is NaN or inf
         (the one check that waits for the device)."""
+        if actions.ndim != 3:
+            raise ValueError(f"actions must be [B, H, A={self.cfg.action_dim}], got {list(actions.shape)}")
         self._check_actions(actions, actions.shape[0], finite=finite)
         if actions.shape[1] < 1:
             raise ValueError("actions must hold at least one step, got T=0")
@@ -228,6 +236,8 @@ class WorldModel(nn.Module):
             if tuple(got) != want:
                 raise ValueError(f"state.{name} must be {list(want)}, got {list(got)}")
         self._check_goal(state.goal, b)
+        if finite and state.goal is not None and not torch.isfinite(state.goal).all():
+            raise ValueError("state.goal contains NaN or inf")
 
     def imagine_unchecked(
         self,
@@ -300,6 +310,9 @@ class WorldModel(nn.Module):
         b, seq = pixels.shape[:2]
         if seq < 2:  # the reward and success heads learn from the transitions between frames
             raise ValueError(f"training windows need at least 2 frames, got {seq}")
+        for key in ("reward", "success"):
+            if list(batch[key].shape) != [b, seq]:
+                raise ValueError(f"batch[{key!r}] must be [B, L] = {[b, seq]}, got {list(batch[key].shape)}")
         posts, post_lp, prior_lp = self._filter_batch(batch, sample=True)
         cfg = self.cfg
         feat = posts.feat
@@ -378,6 +391,8 @@ class WorldModel(nn.Module):
         """:meth:`_filter` on a training batch, whose actions are taken after each frame."""
         pixels, action = batch["pixels"], batch["action"].float()
         self._check_actions(action, pixels.shape[0])
+        if (self.cfg.goal_dim or self.cfg.proprio_dim) and "state" not in batch:
+            raise ValueError("this world model reads the goal or proprioception: the batch needs 'state'")
         prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
         # Windows never cross an episode boundary, so the first frame's goal is the window's goal.
         goal = self.goal(batch["state"][:, 0]) if self.cfg.goal_dim else None
@@ -458,6 +473,8 @@ class WorldModel(nn.Module):
                 f"got {pixels.dtype}{list(pixels.shape)}"
             )
         b, t = pixels.shape[:2]
+        if t < 1:
+            raise ValueError("pixels must hold at least one frame, got T=0")
         self._check_actions(prev_actions, b, t)
         self._check_goal(goal, b)
         embed = self.encoder(pixels_to_float(pixels).flatten(0, 1)).unflatten(0, (b, t))
