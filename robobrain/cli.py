@@ -260,7 +260,7 @@ def run_eval(args: Eval) -> dict:
 
     from robobrain.checkpoint import read_config
     from robobrain.envs import make_env
-    from robobrain.evaluation import evaluate_policy, prepare_out_dir
+    from robobrain.evaluation import evaluate_policy
     from robobrain.planning import MPCConfig, OptimizerConfig
     from robobrain.planning.mpc import uniform_bounds
     from robobrain.policies import load_policy
@@ -269,7 +269,6 @@ def run_eval(args: Eval) -> dict:
         raise ValueError(f"--episodes and --num-envs must be >= 1, got {args.episodes}, {args.num_envs}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0 (episode i is reset with seed + i), got {args.seed}")
-    prepare_out_dir(args.out)
     size = args.image_size
     if size is None and args.policy.startswith(("mpc:", "bc:")):
         size = int(read_config(args.policy.split(":", 1)[1])["world_model"]["image_size"])

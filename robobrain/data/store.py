@@ -169,6 +169,8 @@ class EpisodeStore:
         self.skipped: dict[str, str] = {}
         """Files found corrupt (or of another layout), by name, with the reason."""
         self._layout: tuple[Any, ...] | None = None
+        self._stats: dict[str, list[int] | None] = {}
+        """Size and modification time of each episode file, as the manifest records them."""
         self._remove_dead_temporaries()
         self._manifest = self._load_manifest()
 
@@ -211,6 +213,7 @@ class EpisodeStore:
             except FileExistsError:  # another writer took this name since
                 index += 1
         self._manifest[name] = self._summary(episode)
+        self._stats[name] = self._stat(name)
         self._write_manifest()
         self._layout = layout
         return name
@@ -227,6 +230,7 @@ class EpisodeStore:
         for name in drop:
             (self.root / name).unlink()
             self._manifest.pop(name, None)
+            self._stats.pop(name, None)
         if drop:
             self._write_manifest()
             self._layout = None
@@ -360,12 +364,13 @@ class EpisodeStore:
                 log.warning("rebuilding unreadable manifest %s (%s)", path, e)
                 saved_episodes, stats, corrupt = {}, None, {}
         names = self.names()
+        self._stats = {name: self._stat(name) for name in names}
         manifest = {
             name: saved_episodes[name]
             for name in names
             if name in saved_episodes
             and _is_summary(saved_episodes[name])
-            and (stats is None or stats.get(name) == self._stat(name))
+            and (stats is None or stats.get(name) == self._stats[name])
         }
         corrupt = {n: reason for n, reason in corrupt.items() if n in names and n not in manifest}
         self.skipped.update(corrupt)
@@ -395,7 +400,7 @@ class EpisodeStore:
             for n, reason in self.skipped.items()
             if n not in self._manifest and self._stat(n) is not None
         }
-        stats = {n: self._stat(n) for n in self._manifest}
+        stats = {n: self._stats.get(n) for n in self._manifest}
         atomic_write_json(
             self.root / MANIFEST,
             {"version": 2, "episodes": self._manifest, "stats": stats, "corrupt": corrupt},
