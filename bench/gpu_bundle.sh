@@ -42,7 +42,10 @@ $py -m pip download -q --no-deps --only-binary=:all: --dest .whl --python-versio
     --implementation cp --abi "$abi" --abi abi3 --abi none \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform any $pins
-(cd .gl && apt-get download libglvnd0 libegl1 libopengl0 libgl1 libglx0 2>/dev/null)
+if ! (cd .gl && apt-get download -q libglvnd0 libegl1 libopengl0 libgl1 libglx0); then
+    echo "gpu_bundle: apt-get download of the GL loaders failed (run apt-get update first?)" >&2
+    exit 1
+fi
 echo "wheels for Python $pyver:"
 ls .whl
 du -sh .whl .gl

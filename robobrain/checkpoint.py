@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robobrain.data.store import atomic_write_json, fsync_dir, process_running
+from robobrain.data.store import abandoned_temporary, atomic_write_json, fsync_dir, process_running
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -172,13 +172,13 @@ def _fsync_tree(path: Path) -> None:
 
 def _prune(root: Path, keep: int, protect: str) -> None:
     """Remove all but the ``keep`` newest checkpoints, and the temporary directories of writers that
-    were killed (their pid names no running process)."""
+    were killed (see :func:`~robobrain.data.store.abandoned_temporary`)."""
     olds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for p in olds[:-keep] if keep > 0 else []:
         if p.name != protect:
             shutil.rmtree(p, ignore_errors=True)
     for tmp in root.glob(".tmp-*"):
-        if tmp.is_dir() and not process_running(tmp.name.rsplit("-", 1)[-1]):
+        if tmp.is_dir() and abandoned_temporary(tmp, tmp.name.rsplit("-", 1)[-1]):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -219,17 +219,23 @@ class Train(OnlineConfig):
     progress: bool = True
 
 
-def run_image_size(cfg: OnlineConfig) -> int:
-    """The pixel size a run's envs render: ``--image-size``, else that of the ``--init-world-model``,
-    else that of the ``--seed-data`` episodes, else the preset's."""
-    from robobrain.checkpoint import read_config
+def run_image_size(cfg: OnlineConfig, run_dir: Path | None = None) -> int:
+    """The pixel size a run's envs render: ``--image-size``, else that of the world model in the
+    run's latest checkpoint (a resumed run), else that of the ``--init-world-model``, else that of
+    the ``--seed-data`` episodes, else the preset's."""
+    from robobrain.checkpoint import latest_checkpoint, read_config, resolve_checkpoint
     from robobrain.config import get_preset
     from robobrain.data import EpisodeStore
+    from robobrain.training.wm_trainer import model_config_from_checkpoint
 
     if cfg.image_size is not None:
         return cfg.image_size
+    latest = latest_checkpoint(run_dir) if run_dir is not None else None
+    if latest is not None:  # (a resume does not need the --init-world-model any more)
+        return model_config_from_checkpoint(read_config(latest), latest).image_size
     if cfg.init_world_model is not None:
-        return int(read_config(cfg.init_world_model)["world_model"]["image_size"])
+        path = resolve_checkpoint(cfg.init_world_model)
+        return model_config_from_checkpoint(read_config(path), path).image_size
     if cfg.seed_data is not None and Path(cfg.seed_data).is_dir():
         for _, episode in EpisodeStore(cfg.seed_data, create=False).episodes():
             return int(episode.pixels.shape[1])
@@ -244,7 +250,7 @@ def run_train(args: Train) -> dict:
     from robobrain.training.online import train_online
 
     cfg = OnlineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OnlineConfig)})
-    factories = online_factories(cfg.env, run_image_size(cfg), cfg.device, cfg.episode_steps)
+    factories = online_factories(cfg.env, run_image_size(cfg, args.run_dir), cfg.device, cfg.episode_steps)
     report = train_online(cfg, args.run_dir, factories, [LearningCurveCallback()], progress=args.progress)
     print(json.dumps(report["summary"], indent=1))
     final = args.run_dir / "eval" / "final"
@@ -416,10 +422,12 @@ def run_collect(args: Collect) -> list[str]:
     # Env i of a collection is first reset with seed + i: earlier collections' [seed, seed + num_envs).
     used = {(s, m["meta"].get("num_envs", 1)) for m in old if isinstance(s := m["meta"].get("seed"), int)}
     seed = args.seed if args.seed is not None else max(s for s, _ in used) + 10_000 if used else 0
-    if args.seed is not None and any(s < seed + args.num_envs and seed < s + n for s, n in used):
+    overlap = sorted((s, s + n) for s, n in used if s < seed + args.num_envs and seed < s + n)
+    if args.seed is not None and overlap:
         log.warning(
-            "%s already holds episodes collected with seeds in [%d, %d): their starts repeat",
-            out, seed, seed + args.num_envs,
+            "%s already holds episodes whose envs were seeded in %s; this collection's are seeded in "
+            "[%d, %d): their starts repeat", out, ", ".join(f"[{a}, {b})" for a, b in overlap), seed,
+            seed + args.num_envs,
         )  # fmt: skip
     vec = envs.make_vector_env(args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode)
     try:

@@ -156,7 +156,7 @@ def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_pat
     main([*base, "--episodes", "2", "--num-envs", "2", "--seed", "5", "--out", str(out)])
     with caplog.at_level("WARNING", logger="robobrain.cli"):  # env 1 of this one replays env 0 of that
         main([*base, "--episodes", "2", "--num-envs", "2", "--seed", "4", "--out", str(out)])
-    assert "seeds in [4, 6)" in caplog.text
+    assert "seeded in [5, 7); this collection's are seeded in [4, 6)" in caplog.text
     eps = EpisodeStore(out).load_all()
     assert eps[0].meta["num_envs"] == 2
     np.testing.assert_array_equal(eps[0].state[0], eps[3].state[0])  # what the warning was about

@@ -207,6 +207,7 @@ def test_eval_planner_defaults_fill_only_the_unset_flags():
 def test_eval_on_a_classic_control_env_plans_in_its_action_bounds(tmp_path):
     """Pendulum-v1 renders through pygame and acts in [-2, 2]: `eval` plans in the env's bounds (a
     run `train --mpc.optim.low -2 --mpc.optim.high 2` made could not be evaluated)."""
+    pytest.importorskip("pygame", reason="the classic-control extra renders Pendulum-v1")
     base = ["eval", "--env", "Pendulum-v1", "--episodes", "1", "--video-episodes", "0", "--no-progress"]
     main([*base, "--policy", "random", "--image-size", "16", "--out", str(tmp_path / "random")])
     cfg = get_preset("debug", action_dim=1).world_model

@@ -236,10 +236,16 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
     assert run_image_size(OnlineConfig(preset="cpu", init_world_model=str(wm))) == 32
     assert run_image_size(OnlineConfig(preset="cpu", seed_data=str(offline))) == 32
     assert run_image_size(OnlineConfig(preset="cpu")) == 64
+    # A resumed run takes the size from its own checkpoint: the offline model may be gone by then.
+    wm.rename(tmp_path / "wm-moved")
+    resumed = OnlineConfig(preset="cpu", init_world_model=str(wm))
+    assert run_image_size(resumed, run) == 32
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_image_size(resumed, tmp_path / "fresh-run")
 
 
 def test_flags_out_of_range_are_refused_when_read():
-    for name, value in (("eval_episodes", 0), ("eval_every", 0), ("train_ratio", -1.0),
+    for name, value in (("eval_episodes", 0), ("eval_every", -1), ("train_ratio", -1.0),
                         ("pretrain_steps", -5), ("num_envs", 0), ("train_ratio", float("nan"))):  # fmt: skip
         with pytest.raises(ValueError, match=f"{name} must be >="):
             OnlineConfig(**{name: value})

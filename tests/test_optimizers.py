@@ -1,6 +1,7 @@
 """CEM and MPPI on problems with known optima; bounds, NaN scores, seeding, budgets, batching."""
 
 import itertools
+import re
 import time
 
 import pytest
@@ -124,16 +125,19 @@ def test_prior_samples_are_used():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="num_elites"):
+    with pytest.raises(ValueError, match="needs 0 < num_elites <= num_samples"):
         CEM(OptimizerConfig(num_samples=4, num_elites=8))
     for cls in OPTIMIZERS:
         with pytest.raises(ValueError, match="iterations >= 1"):
             cls(OptimizerConfig(iterations=0))
-    bad = {"momentum": (1.0, 1.5, -0.1), "init_std": (0.0, -0.5), "min_std": (-0.1, float("nan")),
-           "time_budget": (-1.0,), "high": (-1.0, -2.0)}  # fmt: skip
-    for name, values in bad.items():  # momentum 1 kept the initial mean, 1.5 moved away from the optimum
+    # (name, values, the condition the message states: the message also shows every field's value,
+    # so matching the field's name alone would pass for any check)
+    bad = [("momentum", (1.0, 1.5, -0.1), "0 <= momentum < 1"), ("init_std", (0.0, -0.5), "init_std > 0"),
+           ("min_std", (-0.1, float("nan")), "min_std >= 0"), ("time_budget", (-1.0,), "time_budget >= 0"),
+           ("high", (-1.0, -2.0), "low < high")]  # fmt: skip
+    for name, values, condition in bad:  # momentum 1 kept the initial mean, 1.5 moved away from the optimum
         for value in values:
-            with pytest.raises(ValueError, match=name):
+            with pytest.raises(ValueError, match=f"needs {re.escape(condition)}"):
                 OptimizerConfig(**{name: value})
     for temperature in (0.0, -1.0, float("nan")):  # 0 planned all zeros, < 0 favoured the worst
         with pytest.raises(ValueError, match="temperature > 0"):

@@ -1,6 +1,9 @@
 """EpisodeStore: round trip, atomic writes, corrupt files reported and skipped; the sampler."""
 
+import errno
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -284,10 +287,36 @@ def test_temporaries_of_dead_writers_are_removed_at_open(tmp_path):
     EpisodeStore(tmp_path).add(make_episode(3))
     dead = tmp_path / ".tmp-999999999-episode_000001.npz"
     live = tmp_path / ".tmp-1-episode_000002.npz"  # pid 1 is running
-    for path in (dead, live):
+    fresh = tmp_path / ".tmp-999999998-episode_000003.npz"  # e.g. another host's write in progress
+    ours = tmp_path / f".tmp-{os.getpid()}-episode_000004.npz"  # e.g. another thread's
+    old = time.time() - 3600
+    for path in (dead, live, fresh, ours):
         path.write_bytes(b"half")
+        if path is not fresh and path is not ours:
+            os.utime(path, (old, old))
     assert len(EpisodeStore(tmp_path).load_all()) == 1
-    assert not dead.exists() and live.exists()
+    assert not dead.exists() and live.exists() and fresh.exists() and ours.exists()
+    os.utime(ours, (old, old))  # untouched for an hour: its writer is gone
+    EpisodeStore(tmp_path)
+    assert not ours.exists() and fresh.exists()
+
+
+def test_a_name_is_claimed_by_rename_only_where_hard_links_are_missing(tmp_path, monkeypatch):
+    store = EpisodeStore(tmp_path)
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert store.add(make_episode(3)) == "episode_000000.npz"  # (a rename claimed it)
+
+    def broken(src, dst):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "link", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        store.add(make_episode(3))
+    assert store.names() == ["episode_000000.npz"] and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_a_file_in_the_way_of_a_store_is_a_clear_error(tmp_path):

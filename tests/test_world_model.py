@@ -448,11 +448,17 @@ def test_a_killed_writers_temporary_directory_goes_at_the_next_save(tmp_path):
     save_checkpoint(tmp_path, 1, model, config)
     dead = tmp_path / "checkpoints" / ".tmp-step_0000002-999999999"  # its writer was killed
     live = tmp_path / "checkpoints" / ".tmp-step_0000003-1"  # pid 1 is running: a write in progress
-    for path in (dead, live):
+    fresh = tmp_path / "checkpoints" / ".tmp-step_0000004-999999998"  # written into a moment ago
+    old = time.time() - 3600
+    for path in (dead, live, fresh):
         path.mkdir()
         (path / "model.safetensors").write_bytes(b"half")
+        if path is not fresh:
+            for p in (path, path / "model.safetensors"):
+                os.utime(p, (old, old))
+    os.utime(fresh, (old, old))  # (the directory is old, a file in it is not)
     save_checkpoint(tmp_path, 2, model, config)
-    assert not dead.exists() and live.exists()
+    assert not dead.exists() and live.exists() and fresh.exists()
 
 
 def test_resaving_a_step_never_leaves_latest_dangling(tmp_path):

@@ -11,10 +11,12 @@ to date at every open, re-reading only the files it does not know as they are.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,6 +110,11 @@ def _atomic_write_bytes(path: Path, write: Any, exclusive: bool = False) -> None
             tmp.unlink()
 
 
+# Errors of a file system without hard links (FAT, some network and FUSE mounts): only there may a
+# rename claim the name instead, which is not exclusive.
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
 def _link_new(tmp: Path, path: Path) -> None:
     """Hard-link ``tmp`` as ``path``, which must not exist (``FileExistsError``); a rename where the
     file system has no hard links."""
@@ -115,7 +122,9 @@ def _link_new(tmp: Path, path: Path) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise
-    except OSError:
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
         if path.exists():
             raise FileExistsError(path) from None
         os.replace(tmp, path)
@@ -132,6 +141,30 @@ def process_running(pid: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# A temporary that nothing has touched for this long is no write in progress.
+STALE_AFTER_S = 600.0
+
+
+def abandoned_temporary(path: Path, pid: str, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Whether temporary ``path`` (a file, or a directory checked with everything in it), named
+    with its writer's ``pid``, was left by a writer that died: no other process of this host has
+    that pid, and nothing in it changed for ``stale_after_s``. The age also covers what the pid
+    cannot: this process's other threads (the pid is ours) and writers on another host sharing the
+    directory (their pids mean nothing here)."""
+    if process_running(pid):
+        return False
+    newest = 0.0
+    try:
+        newest = path.lstat().st_mtime
+        if path.is_dir():
+            for dirpath, _, files in os.walk(path):
+                for name in files:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+    except FileNotFoundError:
+        return False  # (its writer just finished, or another cleaner was quicker)
+    return time.time() - newest >= stale_after_s
 
 
 def fsync_dir(path: Path) -> None:
@@ -325,10 +358,10 @@ class EpisodeStore:
         return _index(names[-1]) + 1 if names else 0
 
     def _remove_dead_temporaries(self) -> None:
-        """Remove the half-written files of writers that were killed (none of a running process)."""
+        """Remove the half-written files of writers that were killed (see :func:`abandoned_temporary`)."""
         for tmp in self.root.glob(".tmp-*"):
             match = _TEMPORARY.match(tmp.name)
-            if match and not process_running(match.group(1)):
+            if match and abandoned_temporary(tmp, match.group(1)):
                 try:
                     tmp.unlink(missing_ok=True)
                 except OSError:  # a read-only store
@@ -384,7 +417,10 @@ class EpisodeStore:
             try:
                 self._write_manifest()
             except OSError as e:  # a read-only store reads fine; the manifest is a cache
-                log.warning("cannot update the manifest of %s (%s); reading it anyway", self.root, e)
+                log.warning(
+                    "cannot update the manifest of %s (%s): the %d files it does not describe as they "
+                    "are now were read, and will be at every open", self.root, e, len(fresh),
+                )  # fmt: skip
         return manifest
 
     def _stat(self, name: str) -> list[int] | None:

@@ -139,10 +139,12 @@ class OnlineConfig:
     imagined step to a plan's score (Plan2Explore-style optimism: seek what the model cannot predict
     yet). Evaluation plans with the task's reward alone."""
     eval_every: int = 2000
-    """Evaluate (no exploration noise) every this many env steps, and at the end."""
+    """Evaluate (no exploration noise) at the first iteration end after this many env steps since
+    the last evaluation (0: every iteration), and at the end."""
     eval_episodes: int = 4
     checkpoint_every: int = 500
-    """Checkpoint at the first iteration end after this many env steps since the last one."""
+    """Checkpoint at the first iteration end after this many env steps since the last one (0: every
+    iteration), and at the end."""
     seed: int = 0
     device: str = "cpu"
     """torch device of the world model and SB3, e.g. cpu, cuda, or auto on the command line (a
@@ -157,8 +159,8 @@ class OnlineConfig:
             raise ValueError(f"explore_bonus must be >= 0, got {self.explore_bonus}")
         if self.ensemble is not None and self.ensemble < 0:
             raise ValueError(f"ensemble must be >= 0, got {self.ensemble}")
-        counts = {"eval_episodes": (self.eval_episodes, 1), "eval_every": (self.eval_every, 1),
-                  "checkpoint_every": (self.checkpoint_every, 1), "pretrain_steps": (self.pretrain_steps, 0),
+        counts = {"eval_episodes": (self.eval_episodes, 1), "eval_every": (self.eval_every, 0),
+                  "checkpoint_every": (self.checkpoint_every, 0), "pretrain_steps": (self.pretrain_steps, 0),
                   "train_ratio": (self.train_ratio, 0), "prior_samples": (self.prior_samples, 0),
                   "num_envs": (self.num_envs, 1), "seed": (self.seed, 0)}  # fmt: skip
         for name, (value, least) in counts.items():
