@@ -19,6 +19,8 @@ class RandomPolicy:
         low: float | np.ndarray = -1.0,
         high: float | np.ndarray = 1.0,
     ) -> None:
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(np.less(low, high))):
+            raise ValueError(f"random actions need finite bounds with low < high, got [{low}, {high}]")
         self.action_dim = action_dim
         self.low, self.high = low, high
         self.rng = np.random.default_rng(seed)

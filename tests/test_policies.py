@@ -16,6 +16,9 @@ def test_random_policy_is_seeded_and_bounded():
     np.testing.assert_array_equal(x, y)
     assert np.all(np.abs(x) <= 1)
     assert isinstance(a, Policy)
+    for low, high in ((-np.inf, 1.0), (0.0, np.nan), (1.0, 1.0)):  # (inf overflowed at the first act)
+        with pytest.raises(ValueError, match="finite bounds with low < high"):
+            RandomPolicy(2, low=low, high=high)
 
 
 def test_scripted_policy_noise_stays_in_bounds():

@@ -85,8 +85,9 @@ class OnlineConfig:
     num_envs: int = 2
     """Envs stepped together; the planner plans for all of them in one batched call."""
     image_size: int | None = None
-    """Side of the pixel observations (default: that of the ``init_world_model``, else of the
-    ``seed_data`` episodes, else the preset's; ``robobrain train`` resolves it)."""
+    """Side of the pixel observations (default: a resumed run's own, else that of the
+    ``init_world_model``, else of the ``seed_data`` episodes, else the preset's; ``robobrain train``
+    resolves it)."""
     episode_steps: int | None = None
     """Override the env's time limit (default: the registered one)."""
     seed_episodes: int = 20
