@@ -170,7 +170,11 @@ def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path, monke
     buffer.write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match=r"replay_buffer\.npz"):
         load_sb3(SB3, tmp_path / "sb3", env, "cpu")
-    assert isinstance(make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": "PPO"}), env, 0, "cpu"), PPO)
+    ppo = make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": "PPO"}), env, 0, "cpu")
+    assert isinstance(ppo, PPO)
+    for round_ in (1, 2):  # one rollout per round (it ran 2.5x the budget)
+        finetune(ppo, env, 64)
+        assert ppo.num_timesteps == 64 * round_
     with pytest.raises(ValueError, match="unknown stable-baselines3 algorithm"):
         make_sb3_model(SB3Config(algo="NOPE"), env, 0, "cpu")
 
@@ -234,6 +238,17 @@ def test_sb3_trains_on_pixels_through_the_world_model_features(model):
     assert sac.num_timesteps == 24
     for k, v in model.state_dict().items():
         assert torch.equal(v, frozen[k]), k  # the world model stays frozen under SB3's updates
+    # Unfrozen: each extractor trains its own copy (one shared module failed SAC's first update).
+    kwargs["features_extractor_kwargs"] = {"world_model": model, "freeze": False}
+    sac = SAC("CnnPolicy", env, buffer_size=64, batch_size=8, learning_starts=8, policy_kwargs=kwargs, seed=0)
+    sac.set_logger(Logger(folder=None, output_formats=[]))
+    sac.learn(24)
+    copies = [m.features_extractor.world_model for m in (sac.actor, sac.critic, sac.critic_target)]
+    assert len({id(m) for m in copies}) == 3 and all(m is not model for m in copies)
+    learned = copies[1].state_dict()  # the critic's copy learned
+    assert any(not torch.equal(learned[k], frozen[k]) for k in frozen if k.startswith("encoder."))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
     env.close()
 
 

@@ -81,6 +81,11 @@ def test_shapes():
     assert loss.ndim == 0 and {"recon", "recon_refined", "reward", "success", "kl", "ensemble_kl"} <= set(
         metrics
     )
+    # The ensemble heads learn on stopped features (Plan2Explore): their loss reaches nothing else.
+    heads, fed = model.rssm.ensemble_log_probs, []
+    model.rssm.ensemble_log_probs = lambda deter: fed.append(deter.requires_grad) or heads(deter)
+    model.loss(batch)
+    assert fed == [False]
 
 
 def test_reference_refiner_needs_the_frame_and_copies_it_where_its_mask_is_shut():
@@ -99,6 +104,7 @@ def test_reference_refiner_needs_the_frame_and_copies_it_where_its_mask_is_shut(
     out = model.imagine(state, actions, decode=True, reference=last)
     assert out.pixels.shape == (3, 4, cfg.image_size, cfg.image_size, 3)
     assert model.decode(state.feat, last).shape == last.shape
+    assert torch.equal(model.decode(state.feat, last.numpy()), model.decode(state.feat, last))  # as imagine
     with torch.no_grad():
         model.refiner.out.bias[3] = -60.0  # the mask logit: keep every pixel of the reference
         kept = model.imagine(state, actions, decode=True, reference=last).pixels
@@ -180,6 +186,15 @@ def test_bad_inputs_raise():
         model.imagine(state, torch.tensor(0.0))
     twice = model.imagine(state, torch.zeros(3, 4, cfg.action_dim, dtype=torch.float64))  # (as numpy's)
     assert twice.reward.dtype == torch.float32
+    from robobrain.world_model import GraphedImagine
+
+    graphed = GraphedImagine(model)  # on the CPU: imagine, numpy and float64 actions included
+    for actions in (np.zeros((3, 4, cfg.action_dim)), torch.zeros(3, 4, cfg.action_dim, dtype=torch.float64)):
+        torch.testing.assert_close(graphed(state, actions).reward, twice.reward)
+    for part in ("deter", "stoch"):  # they came back as NaN rewards
+        nan = state._replace(**{part: getattr(state, part) * float("nan")})
+        with pytest.raises(ValueError, match=r"state \(deter or stoch\) contains NaN"):
+            model.imagine(nan, torch.zeros(3, 4, cfg.action_dim))
     with pytest.raises(ValueError, match="at least one frame"):
         model.observe(batch["pixels"][:, :0], batch["action"][:, :0])
     with pytest.raises(ValueError, match=r"batch\['reward'\] must be \[B, L\]"):  # it broadcast
@@ -191,6 +206,9 @@ def test_bad_inputs_raise():
         goal.observe(batch["pixels"], batch["action"], env_state)
     with pytest.raises(ValueError, match="needs 'state'"):  # (a KeyError)
         goal.loss(batch)
+    for shape in ((3, 6, 4), (3, 5, 10), (3, 6)):  # they failed deep in broadcasting
+        with pytest.raises(ValueError, match=r"batch\['state'\] must be \[B, L, 10\]"):
+            goal.loss({**batch, "state": torch.zeros(shape)})
     good = goal.observe(batch["pixels"], batch["action"], torch.zeros(3, 10))
     with pytest.raises(ValueError, match=r"state\.goal contains NaN"):
         goal.imagine(good._replace(goal=good.goal * float("nan")), torch.zeros(3, 4, cfg.action_dim))
@@ -216,6 +234,11 @@ def test_failed_state_stats_leave_the_model_unchanged():
     with pytest.raises(ValueError, match="no proprioception"):
         model.set_state_stats(torch.full((10,), 7.0), torch.ones(10))
     assert torch.equal(model.state_mean, before)
+    model = WorldModel(get_preset("debug", state_dim=10).world_model)
+    for mean, std in ((torch.full((10,), float("nan")), torch.ones(10)), (torch.zeros(10), -torch.ones(10))):
+        with pytest.raises(ValueError, match="finite, with std >= 0"):  # (NaN was blamed on observe's input)
+            model.set_state_stats(mean, std)
+    assert torch.equal(model.state_mean, torch.zeros(10))
 
 
 def test_batched_imagine_equals_step_by_step_loop():

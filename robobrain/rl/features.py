@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -19,7 +21,11 @@ class WorldModelFeatures(BaseFeaturesExtractor):
       would start from. A goal-conditioned world model also reads the goal from the Dict's
       ``"state"`` key.
 
-    The world model is frozen by default (``freeze=False`` registers it, so SB3 trains it too).
+    The world model is frozen by default. ``freeze=False`` registers a copy of it in each extractor
+    SB3 builds, so SB3 trains it too: the passed model is left as it is, and an off-policy
+    algorithm's actor, critic and target networks each fine-tune (or, for the target, Polyak-average)
+    their own copy, as they do their other weights (one shared module made SAC's first update fail
+    and had each Polyak update shrink the weights).
     """
 
     def __init__(
@@ -38,7 +44,7 @@ class WorldModelFeatures(BaseFeaturesExtractor):
             # state dicts never see the world model's weights. It must sit on the policy's device.
             self._frozen = [world_model.eval()]
         else:
-            self.world_model = world_model
+            self.world_model = copy.deepcopy(world_model)
         space = observation_space
         self.key = None
         if isinstance(space, gym.spaces.Dict):

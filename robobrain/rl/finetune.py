@@ -38,7 +38,9 @@ class SB3Config:
     algo: str = "SAC"
     """Any stable_baselines3 algorithm class name with an actor and a critic: SAC, TD3, DDPG, PPO, A2C."""
     steps_per_iteration: int = 1000
-    """Imagined env steps per fine-tuning round (summed over the imagination envs)."""
+    """Imagined env steps per fine-tuning round (summed over the imagination envs; rounded up to
+    whole steps of the VecEnv, num_envs transitions each, and for A2C to whole rollouts of 5 of
+    them; PPO's rollout is sized to one round)."""
     num_envs: int = 16
     """Imagination envs stepped together."""
     horizon: int = 15
@@ -112,8 +114,9 @@ def make_sb3_model(cfg: SB3Config, env: ImaginationVecEnv, seed: int, device: st
             train_freq=1,
             gradient_steps=cfg.gradient_steps,
         )
-    elif cls.__name__ == "PPO":
-        kwargs.update(n_steps=max(cfg.horizon * 4, 16), batch_size=min(cfg.batch_size, cfg.num_envs * 64))
+    elif cls.__name__ == "PPO":  # one rollout per round (a rollout of fixed length overshot it ~2x)
+        n_steps = -(-cfg.steps_per_iteration // cfg.num_envs)
+        kwargs.update(n_steps=n_steps, batch_size=min(cfg.batch_size, n_steps * cfg.num_envs))
     model = cls("MlpPolicy", env, **kwargs)
     model.set_logger(_quiet_logger())
     return model

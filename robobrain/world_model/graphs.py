@@ -122,7 +122,10 @@ class GraphedImagine:
         self._cache: GraphCache[_Graph] = GraphCache(max_graphs)
 
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
+        actions = self.model._tensor(actions)  # (numpy as imagine takes it)
         self.model.check_imagine_inputs(state, actions)
+        if actions.dtype == torch.float64:
+            actions = actions.float()
         if actions.device.type != "cuda" or not (self.amp or self.graphs):
             return self.model.imagine_unchecked(state, actions, disagreement=self.disagreement)
         if not self.graphs:
@@ -169,8 +172,8 @@ class Bf16Imagine:
     fuses the LayerNorms, activations and the mode's max/one-hot into few kernels (one compilation
     per input shape, at the first call with it); a string is ``torch.compile``'s ``mode`` (e.g.
     ``"max-autotune-no-cudagraphs"``: inductor benchmarks GEMM kernels for these shapes, slower to
-    compile). Outputs are bf16 (``feat``, ``reward``,
-    ``success_logit``); callers cast what they sum. Works on any device; meant for CUDA.
+    compile). Outputs are bf16 (``feat``, ``success_logit``, and ``reward`` unless a two-hot head
+    decodes it in float32); callers cast what they sum. Works on any device; meant for CUDA.
     """
 
     def __init__(self, model: WorldModel, compile: bool | str = False, disagreement: bool = True) -> None:

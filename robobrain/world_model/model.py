@@ -94,6 +94,8 @@ class WorldModel(nn.Module):
             raise ValueError(
                 f"state stats of size {n} hold no proprioception at [{cfg.proprio_start}:+{cfg.proprio_dim}]"
             )
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std >= 0).all()):
+            raise ValueError("state stats must be finite, with std >= 0")
         std = std.clamp(min=STATE_STD_FLOOR)
         if cfg.state_dim:
             self.state_mean.copy_(mean)
@@ -238,6 +240,8 @@ class WorldModel(nn.Module):
         self._check_goal(state.goal, b)
         if finite and state.goal is not None and not torch.isfinite(state.goal).all():
             raise ValueError("state.goal contains NaN or inf")
+        if finite and not (torch.isfinite(state.deter).all() and torch.isfinite(state.stoch).all()):
+            raise ValueError("state (deter or stoch) contains NaN or inf")
 
     def imagine_unchecked(
         self,
@@ -291,7 +295,9 @@ class WorldModel(nn.Module):
         """Latent features [B, ..., F] -> predicted frames uint8[B, ..., S, S, 3].
 
         reference: uint8[B, S, S, 3], a real frame of each feature's episode (the last one observed),
-        needed by -- and only read by -- a model with ``cfg.reference_frame``."""
+        needed by -- and only read by -- a model with ``cfg.reference_frame``; a numpy array is
+        moved to the model's device."""
+        reference = self._tensor(reference)
         if self.refiner is None:
             return float_to_pixels(self._decode_float(feat))
         lead = feat.shape[:-1]
@@ -371,7 +377,9 @@ class WorldModel(nn.Module):
             total = total + cfg.open_loop_weight * ol_loss
             metrics.update(ol_metrics)
         if cfg.ensemble:
-            ens_lp = self.rssm.ensemble_log_probs(posts.deter)
+            # On stopped features, as Plan2Explore trains its ensemble: the heads measure what the
+            # latent does not predict, rather than shaping the latent to agree with them.
+            ens_lp = self.rssm.ensemble_log_probs(posts.deter.detach())
             ens_loss = categorical_kl(post_lp.detach().unsqueeze(0), ens_lp).clamp(min=cfg.free_nats).mean()
             total = total + cfg.kl_dyn * ens_loss
             metrics["ensemble_kl"] = ens_loss.item()
@@ -393,11 +401,25 @@ class WorldModel(nn.Module):
         self._check_actions(action, pixels.shape[0])
         if (self.cfg.goal_dim or self.cfg.proprio_dim) and "state" not in batch:
             raise ValueError("this world model reads the goal or proprioception: the batch needs 'state'")
+        if "state" in batch:
+            self._check_batch_state(batch["state"], pixels.shape[:2])
         prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
         # Windows never cross an episode boundary, so the first frame's goal is the window's goal.
         goal = self.goal(batch["state"][:, 0]) if self.cfg.goal_dim else None
         proprio = self.proprio(batch["state"]) if self.cfg.proprio_dim else None
         return self._filter(pixels, prev_action, sample=sample, goal=goal, proprio=proprio)
+
+    def _check_batch_state(self, state: torch.Tensor, lead: torch.Size) -> None:
+        """A batch's env state vectors must be [B, L, n]: n = ``state_dim`` for a model that predicts
+        them, else wide enough to hold the goal and proprioception it reads."""
+        cfg = self.cfg
+        need = max(cfg.goal_start + cfg.goal_dim if cfg.goal_dim else 0,
+                   cfg.proprio_start + cfg.proprio_dim if cfg.proprio_dim else 0)  # fmt: skip
+        n = state.shape[-1] if state.ndim == 3 else -1
+        if state.shape[:2] != lead or n < need or (cfg.state_dim and n != cfg.state_dim):
+            want = cfg.state_dim or (f">={need}" if need else "n")
+            raise ValueError(f"batch['state'] must be [B, L, {want}] = [{lead[0]}, {lead[1]}, {want}], "
+                             f"got {list(state.shape)}")  # fmt: skip
 
     def _open_loop_loss(
         self, posts: State, post_lp: torch.Tensor, batch: dict[str, torch.Tensor], action: torch.Tensor
