@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,7 @@ def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Pa
     one, never a half-written one). Returns ``final``."""
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}-{os.getpid()}"  # (one per write)
     tmp.mkdir()
     try:
         write(tmp)

@@ -420,7 +420,8 @@ def run_collect(args: Collect) -> list[str]:
         raise ValueError(f"--out {out} exists and is not a directory (an episode store is one)")
     old = EpisodeStore(out, create=False).manifest.values() if out.is_dir() else []
     # Env i of a collection is first reset with seed + i: earlier collections' [seed, seed + num_envs).
-    used = {(s, m["meta"].get("num_envs", 1)) for m in old if isinstance(s := m["meta"].get("seed"), int)}
+    # (Episodes from before num_envs was recorded: 2, collect's default then.)
+    used = {(s, m["meta"].get("num_envs", 2)) for m in old if isinstance(s := m["meta"].get("seed"), int)}
     seed = args.seed if args.seed is not None else max(s for s, _ in used) + 10_000 if used else 0
     overlap = sorted((s, s + n) for s, n in used if s < seed + args.num_envs and seed < s + n)
     if args.seed is not None and overlap:

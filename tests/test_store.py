@@ -224,6 +224,45 @@ def test_a_copied_in_episode_of_another_layout_is_skipped_by_name(tmp_path):
     assert list(reopened.manifest) == ["episode_000000.npz"] and reopened.num_steps() == 4
     with pytest.raises(ValueError, match="different shapes per step"):
         SequenceSampler([ep, other], seq_len=2)
+    # The manifest keeps the layout: with the first episode gone, the foreign file still is foreign.
+    reopened.add(make_episode(4, tag=2))
+    (tmp_path / "a" / "episode_000000.npz").unlink()
+    again = EpisodeStore(tmp_path / "a")
+    assert [n for n, _ in again.episodes()] == ["episode_000002.npz"] == list(again.manifest)
+    assert again.add(make_episode(4, tag=3)) == "episode_000003.npz"
+    # A store whose files all changed takes the layout they give (the manifest is only a cache).
+    for name in again.names():
+        (tmp_path / "a" / name).unlink()
+    EpisodeStore(tmp_path / "b").add(other)
+    (tmp_path / "b" / "episode_000000.npz").rename(tmp_path / "a" / "episode_000000.npz")
+    assert [n for n, _ in EpisodeStore(tmp_path / "a").episodes()] == ["episode_000000.npz"]
+
+
+def test_two_threads_adding_at_once_store_both_episodes_intact(tmp_path, monkeypatch):
+    import threading
+
+    import robobrain.data.store as store_module
+
+    a, b = EpisodeStore(tmp_path), EpisodeStore(tmp_path)  # both pick episode_000000 next
+    barrier, savez, waited = threading.Barrier(2, timeout=10), np.savez_compressed, set()
+
+    def overlapping(f, **arrays):  # both first writes in progress at once (the loser then retries)
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            barrier.wait()
+        savez(f, **arrays)
+
+    monkeypatch.setattr(store_module.np, "savez_compressed", overlapping)
+    names: list[str] = []
+    threads = [threading.Thread(target=lambda s=s, i=i: names.append(s.add(make_episode(5, tag=i))))
+               for i, s in ((1, a), (2, b))]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reopened = EpisodeStore(tmp_path)
+    assert sorted(names) == ["episode_000000.npz", "episode_000001.npz"] and not reopened.skipped
+    assert sorted(int(ep.pixels[0, 0, 0, 0]) for ep in reopened.load_all()) == [1, 2]
 
 
 def test_the_manifest_rereads_files_changed_since_it_was_written(tmp_path):
@@ -238,6 +277,11 @@ def test_the_manifest_rereads_files_changed_since_it_was_written(tmp_path):
     for bad in ({"episodes": {names[0]: {}}}, {"episodes": [names[0]]}, {"episodes": {names[0]: 5}}):
         (tmp_path / "manifest.json").write_text(json.dumps({**manifest, **bad}))
         assert sorted(EpisodeStore(tmp_path).manifest) == [names[0], names[2]]
+    # A manifest from before the stats (version 1) is read afresh once: it vouched for the bad file.
+    v1 = {"version": 1, "episodes": {n: {**manifest["episodes"].get(n, manifest["episodes"][names[0]])}
+                                     for n in names}}  # fmt: skip
+    (tmp_path / "manifest.json").write_text(json.dumps(v1))
+    assert sorted(EpisodeStore(tmp_path).manifest) == [names[0], names[2]]
 
 
 def test_a_read_only_store_opens_without_rewriting_its_manifest(tmp_path, monkeypatch, caplog):

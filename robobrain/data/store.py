@@ -1,12 +1,14 @@
 """EpisodeStore: a directory of episodes, one compressed ``.npz`` file each, plus a small manifest.
 
 Every file is written under a temporary name, flushed to disk and renamed, so a crash never leaves
-a half-written episode under a real name (temporaries of dead processes are removed at the next
-open). Files are read with ``allow_pickle=False`` and checked (keys, dtypes, shapes, finite values,
-and the store's layout: the env and the per-step shapes of its first readable episode); a truncated,
-corrupt or foreign file is reported by name and skipped. The episode files are the source of truth;
-``manifest.json`` summarises them (with each file's size and modification time) and is brought up
-to date at every open, re-reading only the files it does not know as they are.
+a half-written episode under a real name (each write has a temporary of its own, removed at a
+later open once its writer is dead and it has been untouched for 10 minutes). Files are read with
+``allow_pickle=False`` and checked (keys, dtypes, shapes, finite values, and the store's layout:
+the env and the per-step shapes of its episodes, which its first readable episode sets); a
+truncated, corrupt or foreign file is reported by name and skipped. The episode files are the
+source of truth; ``manifest.json`` summarises them (with each file's size and modification time,
+and the layout) and is brought up to date at every open, re-reading only the files it does not
+know as they are.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import re
 import time
+import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,9 +97,10 @@ def _atomic_write_bytes(path: Path, write: Any, exclusive: bool = False) -> None
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``.
     ``exclusive``: give it the name only if no file has it (``FileExistsError`` otherwise), so two
     writers cannot both claim one name."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    # One temporary per write (threads of one process too), named with the writer's pid.
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -247,14 +251,15 @@ class EpisodeStore:
                 index += 1
         self._manifest[name] = self._summary(episode)
         self._stats[name] = self._stat(name)
-        self._write_manifest()
         self._layout = layout
+        self._write_manifest()
         return name
 
     def truncate(self, keep: int) -> list[str]:
-        """Delete every episode after the first ``keep`` (in the order they were added) and any
-        half-written temporary file; returns the deleted names. Used on resume to drop episodes an
-        interrupted run wrote after its last checkpoint, so none is stored twice."""
+        """Delete every episode after the first ``keep`` (in the order they were added) and every
+        temporary file, however fresh; returns the deleted names. Used on resume to drop episodes an
+        interrupted run wrote after its last checkpoint, so none is stored twice: the run owns its
+        store, so no other writer's temporary is there."""
         if keep < 0:
             raise ValueError(f"keep must be >= 0, got {keep}")
         for tmp in self.root.glob(".tmp-*"):
@@ -265,8 +270,9 @@ class EpisodeStore:
             self._manifest.pop(name, None)
             self._stats.pop(name, None)
         if drop:
+            if not self._manifest:
+                self._layout = None  # (an emptied store takes the layout of its next episode)
             self._write_manifest()
-            self._layout = None
         return drop
 
     # --- reading ---------------------------------------------------------------------------
@@ -343,9 +349,12 @@ class EpisodeStore:
         return (episode.meta.get("env_id"), *(tuple(int(n) for n in shape) for shape in shapes))
 
     def _stored_layout(self) -> tuple[Any, ...] | None:
-        """The layout of the first readable stored episode (None for an empty store)."""
+        """The store's layout: the manifest's while a file it vouches for is unchanged, else that of
+        the first readable stored episode not already skipped (None for an empty store)."""
         if self._layout is None:
             for name in self.names():
+                if name in self.skipped:
+                    continue
                 try:
                     self._layout = self._layout_of(self.load(name))
                     break
@@ -378,17 +387,21 @@ class EpisodeStore:
 
     def _load_manifest(self) -> dict[str, dict[str, Any]]:
         """The saved summaries of the files that are as they were when it was written (same size and
-        modification time; a manifest from before the sizes were recorded is trusted by name), the
-        other files read afresh; the manifest is rewritten when anything changed."""
+        modification time; a manifest from before the sizes were recorded is read afresh, once), the
+        other files read afresh; the manifest is rewritten when anything changed. The saved layout
+        stands while a file it vouches for is unchanged (so deleting the first episode does not hand
+        the store to a foreign file copied in later)."""
         path = self.root / MANIFEST
         saved_episodes: dict[str, Any] = {}
         stats: dict[str, Any] | None = None
         corrupt: dict[str, str] = {}
+        layout = None
         if path.exists():
             try:
                 saved = json.loads(path.read_text())
                 saved_episodes = dict(saved["episodes"])
                 stats = dict(saved["stats"]) if "stats" in saved else None
+                layout = _parse_layout(saved.get("layout"))
                 # A corrupt file stays known as corrupt while it is unchanged: otherwise every open of
                 # the store would find it missing from the manifest and re-read it.
                 corrupt = {n: str(c["reason"]) for n, c in dict(saved.get("corrupt", {})).items()
@@ -403,8 +416,13 @@ class EpisodeStore:
             for name in names
             if name in saved_episodes
             and _is_summary(saved_episodes[name])
-            and (stats is None or stats.get(name) == self._stats[name])
+            and stats is not None
+            and stats.get(name) == self._stats[name]
         }
+        if manifest and layout is not None:
+            self._layout = layout
+        else:  # (what was skipped as foreign may be of the layout the files give now)
+            corrupt = {}
         corrupt = {n: reason for n, reason in corrupt.items() if n in names and n not in manifest}
         self.skipped.update(corrupt)
         fresh = [n for n in names if n not in manifest and n not in corrupt]
@@ -437,9 +455,10 @@ class EpisodeStore:
             if n not in self._manifest and self._stat(n) is not None
         }
         stats = {n: self._stats.get(n) for n in self._manifest}
+        layout = self._layout if self._manifest else None
         atomic_write_json(
             self.root / MANIFEST,
-            {"version": 2, "episodes": self._manifest, "stats": stats, "corrupt": corrupt},
+            {"version": 2, "episodes": self._manifest, "stats": stats, "corrupt": corrupt, "layout": layout},
         )
 
 
@@ -448,6 +467,16 @@ def _index(name: str) -> int:
     match = _NAME.match(name)
     assert match is not None, name
     return int(match.group(1))
+
+
+def _parse_layout(saved: Any) -> tuple[Any, ...] | None:
+    """A layout as :meth:`EpisodeStore._layout_of` makes it, from its JSON form (None if malformed)."""
+    if not (isinstance(saved, list) and len(saved) == 4 and (saved[0] is None or isinstance(saved[0], str))):
+        return None
+    shapes = saved[1:]
+    if not all(isinstance(s, list) and all(isinstance(n, int) and n >= 0 for n in s) for s in shapes):
+        return None
+    return (saved[0], *(tuple(s) for s in shapes))
 
 
 def _is_summary(entry: Any) -> bool:

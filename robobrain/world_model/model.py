@@ -221,8 +221,8 @@ class WorldModel(nn.Module):
         return t.to(self.device, torch.float32 if t.is_floating_point() else None)
 
     def check_imagine_inputs(self, state: State, actions: torch.Tensor, finite: bool = False) -> None:
-        """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action is NaN or inf
-        (the one check that waits for the device)."""
+        """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action, start state or
+        goal is NaN or inf (the checks that wait for the device)."""
         if actions.ndim != 3:
             raise ValueError(f"actions must be [B, H, A={self.cfg.action_dim}], got {list(actions.shape)}")
         self._check_actions(actions, actions.shape[0], finite=finite)
