@@ -135,9 +135,10 @@ class WorldModelMPCPolicy:
                 if fused
                 else Bf16Imagine(self.model, compile=compile, disagreement=wants)
             )
+            model, cfg = self.model, self.cfg  # (not self: a lambda holding it made a reference cycle)
             self.graphed_plan = GraphedPlan(
                 self.mpc.optimizer,
-                lambda state: world_model_score_fn(self.model, state, self.cfg, imagine=twin),
+                lambda state: world_model_score_fn(model, state, cfg, imagine=twin),
                 before=twin.sync,
             )
         self.plan_state: State | None = None

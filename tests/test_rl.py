@@ -58,6 +58,10 @@ def test_features_extractor_gives_the_single_frame_latent(model):
     raw = WorldModelFeatures(pixel_space, model, normalized_images=False)
     torch.testing.assert_close(raw(frames.permute(0, 3, 1, 2).float()), expected)
     assert not list(ext.parameters())  # frozen by default: SB3 sees no world-model weights
+    own = WorldModel(model.cfg)
+    WorldModelFeatures(pixel_space, own).to("meta")  # as SB3 moves its policy to its device
+    assert own.device.type == "meta"  # (it stayed behind: a CPU model under a CUDA policy)
+    assert own._tensor(torch.zeros(2)).device.type == "meta"  # a CPU tensor goes to the model's device
     latent = WorldModelFeatures(gym.spaces.Box(-np.inf, np.inf, (model.cfg.feat_dim,), np.float32), model)
     x = torch.randn(3, model.cfg.feat_dim)
     assert torch.equal(latent(x), x)
@@ -76,6 +80,7 @@ def test_guide_prior_and_value(model, algo):
     assert prior[0].std(0).mean() > 0  # distinct samples, also from a deterministic actor
     value = guide.value(state.feat)
     assert value.shape == (3,) and torch.isfinite(value).all()
+    assert guide.value(state.feat.bfloat16()).dtype == torch.float32  # (bf16 features on CUDA)
     torch.testing.assert_close(guide.value(state.feat), value)  # V(s) of the mean action, not a sample
     assert ActorCriticGuide(sb3, num_prior=0).prior_rollout(model, state, 4) is None
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -41,7 +43,7 @@ class WorldModelFeatures(BaseFeaturesExtractor):
         self.normalized_images = normalized_images
         if freeze:
             # Not registered as a submodule: SB3's optimizers, target-network (Polyak) updates and
-            # state dicts never see the world model's weights. It must sit on the policy's device.
+            # state dicts never see the world model's weights; _apply moves it with the policy.
             self._frozen = [world_model.eval()]
         else:
             self.world_model = copy.deepcopy(world_model)
@@ -85,6 +87,16 @@ class WorldModelFeatures(BaseFeaturesExtractor):
         wm = self.wm
         with torch.set_grad_enabled(torch.is_grad_enabled() and not hasattr(self, "_frozen")):
             return self._latent(wm, obs, env_state)
+
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any
+    ) -> WorldModelFeatures:
+        """``.to(device)`` and the like (SB3 moves its policy so) also move the frozen world model,
+        which is the caller's object: it follows the policy to its device."""
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "_frozen"):
+            self._frozen[0]._apply(fn, *args, **kwargs)
+        return self
 
     @property
     def wm(self) -> WorldModel:

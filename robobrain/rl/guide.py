@@ -81,9 +81,12 @@ class ActorCriticGuide:
 
     @torch.no_grad()
     def act(self, feat: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """Actions [M, A] in [-1, 1] for latent features [M, F]."""
+        """Actions [M, A] in [-1, 1] for latent features [M, F] (on their device and in their dtype)."""
+        return self._act(self._obs(feat), deterministic).to(feat.device, feat.dtype)
+
+    def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        """Actions [M, A] in [-1, 1] on SB3's device, in float32, for float32 observations there."""
         policy = self.sb3.policy
-        obs = self._obs(feat)
         if self._q_critic:
             if hasattr(policy.actor, "action_log_prob"):  # SAC: its forward samples unless told not to
                 action = policy.actor(obs, deterministic=deterministic)
@@ -93,19 +96,20 @@ class ActorCriticGuide:
                     action = action + self.noise_std * torch.randn_like(action)
         else:
             action = policy.get_distribution(obs).get_actions(deterministic=deterministic)
-        return action.clamp(-1.0, 1.0).to(feat.device, feat.dtype)
+        return action.clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def value(self, feat: torch.Tensor) -> torch.Tensor:
-        """V(s) [M] for latent features [M, F]."""
+        """V(s) [M] (float32, on the features' device) for latent features [M, F]: not rounded to
+        bf16 features' precision before it joins the float32 returns it is added to."""
         policy = self.sb3.policy
         obs = self._obs(feat)
         if self._q_critic:
-            qs = policy.critic(obs, self.act(feat, deterministic=True).to(obs.device))
+            qs = policy.critic(obs, self._act(obs, deterministic=True))
             value = torch.cat(qs, dim=1).min(1).values
         else:
             value = policy.predict_values(obs).squeeze(-1)
-        return value.to(feat.device, feat.dtype)
+        return value.to(feat.device, torch.float32)
 
     @torch.no_grad()
     def prior_rollout(

@@ -230,7 +230,7 @@ def _rng_state() -> dict[str, Any]:
         "numpy_global": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
         "python": [version, list(internal), gauss],
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # (a CPU run on a GPU host starts no CUDA context for this)
         state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 

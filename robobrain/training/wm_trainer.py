@@ -255,7 +255,7 @@ class WorldModelTrainer:
             "sampler_rng": self.sampler.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state().tolist(),
         }
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # (a CPU run on a GPU host starts no CUDA context for this)
             state["cuda_rng"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
         return state
 

@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import math
 import os
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -253,11 +254,13 @@ class FusedImagine:
         def grid(meta: dict[str, Any]) -> tuple[int]:
             return (-(-m // meta["BM"]),)
 
-        kernel[grid](
-            deter, stoch, act, goal, reward, success, deter_out, stoch_out, scratch,
-            *(w[n] for n in _KERNEL_WEIGHTS),
-            m, self.eps, -limit, step, 0,
-            T=t, D=d, HD=hd, S=cfg.stoch, C=cfg.classes, NB=self.nb, BINS=self.bins, NS=NS, **extra,
-        )  # fmt: skip
+        # (Triton launches on the current CUDA device: make it the tensors' one, e.g. cuda:1)
+        with torch.cuda.device(dev) if dev.type == "cuda" else nullcontext():
+            kernel[grid](
+                deter, stoch, act, goal, reward, success, deter_out, stoch_out, scratch,
+                *(w[n] for n in _KERNEL_WEIGHTS),
+                m, self.eps, -limit, step, 0,
+                T=t, D=d, HD=hd, S=cfg.stoch, C=cfg.classes, NB=self.nb, BINS=self.bins, NS=NS, **extra,
+            )  # fmt: skip
         last = State(deter_out, stoch_out.view(m, cfg.stoch, cfg.classes), state.goal)
         return Rollout(last.feat.unsqueeze(1), reward, success, None, None)

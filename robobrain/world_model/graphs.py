@@ -57,15 +57,16 @@ class GraphCache(Generic[T]):
         """Record ``fn()`` (under ``context()``) as a CUDA graph, after two warm-up calls on a side
         stream (cuBLAS handles, autotuning, torch.compile), as PyTorch's CUDA-graph notes do. Returns
         the graph and ``fn``'s outputs, which are the graph's static outputs."""
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), context():
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool), context():
-            out = fn()
+        with torch.cuda.device(device):  # (torch.cuda.graph captures on the current device's stream)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), context():
+                for _ in range(2):
+                    fn()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool), context():
+                out = fn()
         self._pool = graph.pool()
         return graph, out
 

@@ -214,9 +214,12 @@ class WorldModel(nn.Module):
         return self.imagine_unchecked(state, actions, sample, decode, reference, disagreement)
 
     def _tensor(self, x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
-        """A numpy array as a tensor on the model's device (float arrays as float32)."""
-        if not isinstance(x, np.ndarray):
-            return x
+        """A tensor on the model's device: a numpy array (float arrays as float32) or a tensor
+        elsewhere (e.g. CPU candidates for a CUDA model) is moved there."""
+        if x is None:
+            return None
+        if isinstance(x, torch.Tensor):
+            return x.to(self.device)
         t = torch.from_numpy(np.ascontiguousarray(x))
         return t.to(self.device, torch.float32 if t.is_floating_point() else None)
 
