@@ -418,7 +418,14 @@ def run_collect(args: Collect) -> list[str]:
     # --policy leaves no empty directory behind.)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory (an episode store is one)")
-    old = EpisodeStore(out, create=False).manifest.values() if out.is_dir() else []
+    existing = EpisodeStore(out, create=False) if out.is_dir() else None
+    layout = existing.layout if existing is not None else None
+    if layout is not None and (layout[0], layout[1][0]) != (args.env, args.image_size):
+        raise ValueError(  # (before any env is made: the first add would refuse it)
+            f"--out {out} holds {layout[0]} episodes of {layout[1][0]} px: pass --env {layout[0]} "
+            f"--image-size {layout[1][0]} to add to it, or another --out"
+        )
+    old = existing.manifest.values() if existing is not None else []
     # Env i of a collection is first reset with seed + i: earlier collections' [seed, seed + num_envs).
     # (Episodes from before num_envs was recorded: 2, collect's default then.)
     used = {(s, m["meta"].get("num_envs", 2)) for m in old if isinstance(s := m["meta"].get("seed"), int)}
@@ -538,14 +545,41 @@ def check_device(name: str) -> None:
             raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
+# tyro reports a config's ValueError (raised when the flags are read) in a box of its own; where
+# this tyro has its (private, experimental) parse-error hook, the error propagates instead, as every
+# other user error does, and `robobrain` ends it in one line.
+_TYRO_HOOKS = getattr(tyro, "_errors", None)
+VALUE_ERRORS_PROPAGATE = all(hasattr(_TYRO_HOOKS, n) for n in ("on_parse_error", "InstantiationFailure"))
+
+
+def _parse(argv: list[str]) -> Any:
+    def parse() -> Any:
+        return tyro.extras.subcommand_cli_from_dict(
+            {name: cls for name, (cls, _) in COMMANDS.items()},
+            args=argv,
+            prog="robobrain",
+            description="robobrain: a robot brain backed by a learned video world model.",
+        )
+
+    if not VALUE_ERRORS_PROPAGATE:
+        return parse()
+
+    def propagate(event: Any) -> None:
+        if isinstance(event, _TYRO_HOOKS.InstantiationFailure):
+            # The flag, when tyro names one (a value it could not convert); a config's own check
+            # names its fields in its message.
+            flags = getattr(getattr(getattr(event, "argument", None), "lowered", None), "name_or_flags", None)
+            where = f"{'/'.join(flags)}: " if flags and all(isinstance(f, str) for f in flags) else ""
+            first = next((line for line in str(event.message).splitlines() if line.strip()), "")
+            raise ValueError(f"{where}{first}")
+
+    with _TYRO_HOOKS.on_parse_error(propagate):
+        return parse()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors propagate (tests and callers from Python see them as they are)."""
-    args = tyro.extras.subcommand_cli_from_dict(
-        {name: cls for name, (cls, _) in COMMANDS.items()},
-        args=sys.argv[1:] if argv is None else argv,
-        prog="robobrain",
-        description="robobrain: a robot brain backed by a learned video world model.",
-    )
+    args = _parse(sys.argv[1:] if argv is None else argv)
     for cls, run in COMMANDS.values():
         if type(args) is cls:  # not isinstance: Demo is a Train
             print(json.dumps({type(args).__name__: asdict(args)}, default=str))
@@ -554,6 +588,17 @@ def main(argv: list[str] | None = None) -> None:
             run(args)
             return
     raise AssertionError(f"unhandled command {args!r}")
+
+
+def _show_logs() -> None:
+    """The command shows robobrain's own log messages from INFO up (that a run resumed, and from
+    where; what it dropped); Python's default shows only warnings, and only their text."""
+    logger = logging.getLogger("robobrain")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("robobrain %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def entry(argv: list[str] | None = None) -> None:
@@ -568,6 +613,7 @@ def entry(argv: list[str] | None = None) -> None:
 
     expected = (ValueError, FileNotFoundError, CheckpointError, DependencyNotInstalled, NonFiniteLossError,
                 FloatingPointError)  # fmt: skip
+    _show_logs()
     try:
         main(argv)
     except expected as e:

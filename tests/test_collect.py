@@ -32,7 +32,7 @@ def test_collect_cli(tmp_path):
     random_args = ["collect", "--env", "robobrain/Push-v0", "--policy", "random", "--noise", "0.1"]
     with pytest.raises(ValueError, match="scripted only"):  # would be silently ignored
         main([*random_args, "--out", str(out), "--no-progress"])
-    with pytest.raises(ValueError, match="another layout"):  # 32 px frames into a store of 16 px ones
+    with pytest.raises(ValueError, match="episodes of 16 px"):  # 32 px frames into a store of 16 px ones
         main([*args, "--episodes", "1", "--image-size", "32", "--out", str(out), "--no-progress"])
     with pytest.raises(ValueError, match="did you mean robobrain/Push-v0"):  # and leaves no store behind
         main(["collect", "--env", "robobrain/Psh-v0", "--out", str(tmp_path / "typo"), "--no-progress"])
@@ -51,6 +51,17 @@ def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path, monkeyp
                    "oracle, mpc:CHECKPOINT, bc:CHECKPOINT, sb3:ZIP"]  # fmt: skip
     with pytest.raises(ValueError, match="image_size must be an int in"):  # was silently 64
         main(["eval", "--policy", "random", "--image-size", "0", "--out", str(tmp_path)])
+    import robobrain.cli as cli
+
+    if cli.VALUE_ERRORS_PROPAGATE:  # a config's check when the flags are read: one line, not tyro's box
+        for flags, line in ((["--mpc.optim.num-samples", "16"], "the optimizer needs 0 < num_elites <= "),
+                            (["--num-envs", "abc"], "--num-envs: invalid literal for int()")):  # fmt: skip
+            with pytest.raises(SystemExit) as exit_:
+                entry(["train", "--run-dir", str(tmp_path / "run"), *flags])
+            assert exit_.value.code == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"robobrain train: error: {line}"), err
+        assert not (tmp_path / "run").exists()
     # A device this torch cannot use is refused up front (a CPU-only torch raised an AssertionError).
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for command in (["eval", "--policy", "random"], ["train-wm", "--data", str(tmp_path)]):
@@ -159,6 +170,11 @@ def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_pat
     assert "seeded in [5, 7); this collection's are seeded in [4, 6)" in caplog.text
     eps = EpisodeStore(out).load_all()
     assert eps[0].meta["num_envs"] == 2
+    before = EpisodeStore(out).names()
+    for flags in (["--image-size", "32"], ["--env", "robobrain/Push-v0"]):  # (the store's first add refused)
+        with pytest.raises(ValueError, match="holds robobrain/Reach-v0 episodes of 16 px: pass --env"):
+            main([*base, *flags, "--out", str(out)])
+    assert EpisodeStore(out).names() == before
     np.testing.assert_array_equal(eps[0].state[0], eps[3].state[0])  # what the warning was about
 
 

@@ -87,8 +87,11 @@ def test_mpc_warm_start_and_masked_reset():
         with pytest.raises(ValueError, match=r"bool \[3\]"):
             mpc.reset(3, bad)
     torch.testing.assert_close(mpc.plan[0], before[0])
-    with pytest.raises(ValueError, match="horizon must be >= 1"):
-        MPC(dataclasses.replace(SMALL, horizon=0), action_dim=2)
+    with pytest.raises(ValueError, match="horizon must be >= 1"):  # (when the flags are read)
+        dataclasses.replace(SMALL, horizon=0)
+    for name, value in (("exploration_std", float("nan")), ("exploration_std", -0.1), ("discount", 0.0)):
+        with pytest.raises(ValueError, match=name):
+            dataclasses.replace(SMALL, **{name: value})
 
 
 def test_exploration_noise_is_bounded_and_seeded():

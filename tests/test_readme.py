@@ -19,6 +19,9 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
           "--no-progress"])  # fmt: skip
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) == 3, "a README snippet was added or removed: check this test still runs it"
+    for block in blocks:  # (this process registered them long before: a block would pass without)
+        if 'gym.make("robobrain/' in block:
+            assert "import robobrain.envs" in block, "a snippet makes a robobrain env without registering it"
     for budget in BUDGETS:  # (a README budget this test does not shrink would run for minutes)
         assert sum(b.count(budget) for b in blocks) == 1, budget
     assert sum(b.count(".learn(") for b in blocks) == len(BUDGETS)

@@ -224,7 +224,7 @@ class EpisodeStore:
             fields = "env_id, pixels, state and action shapes per step"
             raise ValueError(
                 f"refusing to store an episode of another layout in {self.root}: ({fields}) {layout} "
-                f"vs the stored episodes' {stored}; use another directory for another env"
+                f"vs the stored episodes' {stored}; use another directory for another env or image size"
             )
         try:  # (standard JSON: no NaN, no numpy scalars)
             meta = json.dumps(episode.meta, allow_nan=False)
@@ -338,6 +338,12 @@ class EpisodeStore:
     def manifest(self) -> dict[str, dict[str, Any]]:
         """Summary per episode file: length, return, success, meta."""
         return dict(self._manifest)
+
+    @property
+    def layout(self) -> tuple[Any, ...] | None:
+        """(env_id, pixels, state and action shapes per step) of the stored episodes; None when the
+        store is empty (the next episode added sets it)."""
+        return self._stored_layout()
 
     def num_steps(self) -> int:
         return sum(int(s["length"]) for s in self._manifest.values())

@@ -42,6 +42,14 @@ class MPCConfig:
     discount: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:  # when the flags are read, not after a run's seed episodes
+        if self.horizon < 1:
+            raise ValueError(f"the planning horizon must be >= 1, got {self.horizon}")
+        if not self.exploration_std >= 0:  # (NaN too)
+            raise ValueError(f"exploration_std must be >= 0, got {self.exploration_std}")
+        if not 0 < self.discount <= 1:
+            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+
 
 def check_action_bounds(low: Any, high: Any, cfg: MPCConfig) -> None:
     """The planner samples actions in [cfg.optim.low, cfg.optim.high]; an env whose Box differs
@@ -89,8 +97,6 @@ class MPC:
     """Receding-horizon controller for B envs at once."""
 
     def __init__(self, cfg: MPCConfig, action_dim: int, device: torch.device | str = "cpu") -> None:
-        if cfg.horizon < 1:
-            raise ValueError(f"the planning horizon must be >= 1, got {cfg.horizon}")
         self.cfg = cfg
         self.action_dim = action_dim
         self.device = torch.device(device)

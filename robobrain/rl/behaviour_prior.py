@@ -203,7 +203,9 @@ def fit_behaviour_prior(
     if not train or not val:
         raise ValueError(
             f"behaviour cloning needs training and validation episodes"
-            f"{' that ended in success' if cfg.successful_only else ''}: got {len(train)} and {len(val)}"
+            f"{' that ended in success' if cfg.successful_only else ''}: got {len(train)} and {len(val)} "
+            "(more episodes, e.g. scripted ones with less noise in another --data store"
+            f"{', or --all-episodes' if cfg.successful_only else ''})"
         )
     # (the latents come back on the CPU; the fit runs on ``device`` too)
     x, y = (t.to(device) for t in latent_dataset(model, train, device))

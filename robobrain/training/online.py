@@ -160,8 +160,9 @@ class OnlineConfig:
             raise ValueError(f"explore_bonus must be >= 0, got {self.explore_bonus}")
         if self.ensemble is not None and self.ensemble < 0:
             raise ValueError(f"ensemble must be >= 0, got {self.ensemble}")
-        counts = {"eval_episodes": (self.eval_episodes, 1), "eval_every": (self.eval_every, 0),
-                  "checkpoint_every": (self.checkpoint_every, 0), "pretrain_steps": (self.pretrain_steps, 0),
+        counts = {"env_steps": (self.env_steps, 0), "eval_episodes": (self.eval_episodes, 1),
+                  "eval_every": (self.eval_every, 0), "checkpoint_every": (self.checkpoint_every, 0),
+                  "pretrain_steps": (self.pretrain_steps, 0),
                   "train_ratio": (self.train_ratio, 0), "prior_samples": (self.prior_samples, 0),
                   "num_envs": (self.num_envs, 1), "seed": (self.seed, 0)}  # fmt: skip
         for name, (value, least) in counts.items():
@@ -282,8 +283,9 @@ def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> No
     if a != b:
         diff = {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
         raise CheckpointError(
-            f"{where}: the run was started with another config (checkpoint vs now: {diff}); "
-            "use a new --run-dir"
+            f"{where}: the run was started with another config (checkpoint vs now: {diff}); to resume "
+            "it, pass the flags it was started with (its config.json); for another config, use a new "
+            "--run-dir"
         )
 
 
@@ -475,7 +477,7 @@ class OnlineLoop:
             report = evaluate_policy(
                 self._make_planner(explore=False), envs, self.cfg.eval_episodes, seed=1_000_000,
                 out_dir=out, video_episodes=1 if final else 0, progress=False,
-                meta={"env": self.cfg.env, "env_steps": self.state.env_steps},
+                meta={"env_id": self.cfg.env, "env_steps": self.state.env_steps},  # (as eval names it)
             )  # fmt: skip
         finally:
             for e in envs:

@@ -325,7 +325,8 @@ def train_world_model(
                 diff = {k: (saved.get(k), v) for k, v in config[key].items() if saved.get(k) != v}
                 raise CheckpointError(
                     f"{latest / 'config.json'}: the run was started with another {key} config "
-                    f"(checkpoint vs now: {diff}); use a new --run-dir"
+                    f"(checkpoint vs now: {diff}); to resume it, pass the flags it was started "
+                    f"with (its config.json); for another config, use a new --run-dir"
                 )
         load_weights(model, ckpt)
         state = ckpt.require("step", "sampler_rng", "torch_rng")
