@@ -270,6 +270,49 @@ def test_train_wm_and_eval_clis_on_cuda(tmp_path):
           "--device", "cuda", "--video-episodes", "0", "--out", str(out), "--no-progress"])  # fmt: skip
     info = json.loads((out / "eval_info.json").read_text())
     assert len(info["episodes"]) == 2
+    # The behaviour prior fits and guides on CUDA; eval-wm runs there (never run on a GPU before).
+    main(["train-prior", "--checkpoint", str(run), "--data", str(data), "--steps", "20", "--all-episodes",
+          "--device", "cuda"])  # fmt: skip
+    bc = tmp_path / "eval-bc"
+    main(["eval", "--policy", f"mpc:{run}", "--guide", "bc", "--env", "robobrain/Push-v0", "--episodes", "2",
+          "--num-envs", "2", "--samples", "16", "--horizon", "4", "--device", "cuda", "--video-episodes", "0",
+          "--out", str(bc), "--no-progress"])  # fmt: skip
+    assert len(json.loads((bc / "eval_info.json").read_text())["episodes"]) == 2
+    main(["eval-wm", "--checkpoint", str(run), "--data", str(data), "--context", "2", "--horizon", "4",
+          "--max-windows", "2", "--device", "cuda", "--out", str(tmp_path / "eval-wm")])  # fmt: skip
+    assert (tmp_path / "eval-wm" / "report.json").exists()
+
+
+@torch.no_grad()
+def test_a_cuda_model_takes_cpu_and_numpy_inputs():
+    """README-style calls: CPU frames and candidates for a model on CUDA are moved there."""
+    model = WorldModel(GOAL_CFG).to(CUDA).eval()
+    size = GOAL_CFG.image_size
+    state = model.observe(torch.zeros(2, 1, size, size, 3, dtype=torch.uint8), torch.zeros(2, 1, 3),
+                          torch.zeros(2, 10))  # fmt: skip
+    for actions in (torch.rand(2, 4, 3), np.random.default_rng(0).uniform(-1, 1, (2, 4, 3))):
+        out = model.imagine(state, actions)
+        assert out.reward.device.type == "cuda" and out.reward.shape == (2, 4)
+
+
+def test_sb3_on_cuda_trains_through_a_world_model_loaded_on_the_cpu():
+    """SB3 moves its policy to CUDA: the frozen world model inside the features extractor follows."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
+
+    import robobrain.envs as envs
+    from robobrain.rl import WorldModelFeatures
+
+    model = WorldModel(get_preset("debug", action_dim=3).world_model).eval()  # on the CPU
+    env = envs.make_env("robobrain/Push-v0", image_size=model.cfg.image_size, max_episode_steps=8)
+    kwargs = {"features_extractor_class": WorldModelFeatures,
+              "features_extractor_kwargs": {"world_model": model}}  # fmt: skip
+    sac = SAC("MultiInputPolicy", env, buffer_size=64, batch_size=8, learning_starts=4, policy_kwargs=kwargs,
+              seed=0, device="cuda")  # fmt: skip
+    sac.set_logger(Logger(folder=None, output_formats=[]))
+    sac.learn(12)  # (updates from step 4: the extractor runs on CUDA observations)
+    assert sac.num_timesteps == 12 and model.device.type == "cuda"
+    env.close()
 
 
 def test_online_loop_runs_on_cuda(tmp_path, monkeypatch):
