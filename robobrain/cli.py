@@ -590,15 +590,29 @@ def main(argv: list[str] | None = None) -> None:
     raise AssertionError(f"unhandled command {args!r}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (it may have been replaced since)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def _show_logs() -> None:
     """The command shows robobrain's own log messages from INFO up (that a run resumed, and from
-    where; what it dropped); Python's default shows only warnings, and only their text."""
+    where; what it dropped); Python's default shows only warnings, and only their text. Not where
+    the caller set up logging already (its root logger has handlers): its setup decides."""
     logger = logging.getLogger("robobrain")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("robobrain %(levelname)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    if logging.getLogger().handlers or any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("robobrain %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def entry(argv: list[str] | None = None) -> None:

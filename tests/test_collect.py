@@ -39,6 +39,29 @@ def test_collect_cli(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+def test_the_command_shows_robobrains_logs_on_the_stderr_of_the_moment(monkeypatch):
+    import io
+    import logging
+    import sys
+
+    import robobrain.cli as cli
+
+    logger = logging.getLogger("robobrain")
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # a plain command: no logging set up
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    cli._show_logs()
+    cli._show_logs()  # (once)
+    for _ in range(2):  # a stream replaced after the handler was made (pytest, an embedding app)
+        monkeypatch.setattr(sys, "stderr", io.StringIO())
+        logging.getLogger("robobrain.training.online").info("resumed from %s", "X")
+        assert sys.stderr.getvalue() == "robobrain INFO: resumed from X\n"
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # the caller's setup
+    cli._show_logs()
+    assert logger.handlers == []
+
+
 def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path, monkeypatch):
     """`robobrain` (cli.entry) ends a user's error with one line and status 2; main() raises it."""
     from robobrain.cli import entry

@@ -321,7 +321,7 @@ class EpisodeStore:
             stored = self._stored_layout()
             if stored is not None and self._layout_of(episode) != stored:
                 raise CorruptEpisodeError(
-                    f"{self.root / name}: another layout (env_id, pixels, state and action shapes per "
+                    f"{self.root / name}: {_FOREIGN} (env_id, pixels, state and action shapes per "
                     f"step) {self._layout_of(episode)} than the store's {stored}"
                 )
         except CorruptEpisodeError as e:
@@ -427,8 +427,8 @@ class EpisodeStore:
         }
         if manifest and layout is not None:
             self._layout = layout
-        else:  # (what was skipped as foreign may be of the layout the files give now)
-            corrupt = {}
+        elif not manifest:  # every file it vouched for is gone: what was foreign may be the layout now
+            corrupt = {n: reason for n, reason in corrupt.items() if _FOREIGN not in reason}
         corrupt = {n: reason for n, reason in corrupt.items() if n in names and n not in manifest}
         self.skipped.update(corrupt)
         fresh = [n for n in names if n not in manifest and n not in corrupt]
@@ -473,6 +473,10 @@ def _index(name: str) -> int:
     match = _NAME.match(name)
     assert match is not None, name
     return int(match.group(1))
+
+
+_FOREIGN = "another layout"
+"""What the reason of a file skipped for its layout says (it may be readable once the layout changes)."""
 
 
 def _parse_layout(saved: Any) -> tuple[Any, ...] | None:
