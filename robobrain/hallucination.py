@@ -27,10 +27,11 @@ def replay_in_simulator(env: Any, actions: np.ndarray) -> Replay:
     counters are not touched.
     """
     raw = getattr(env, "unwrapped", env)
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION  # FULLPHYSICS leaves out the solver's warm start
-    saved = np.empty(mujoco.mj_stateSize(raw.model, spec))
-    mujoco.mj_getState(raw.model, raw.data, saved, spec)
-    ctrl = raw.data.ctrl.copy()
+    # All of mjData, derived quantities and the solver's warm start included (a state restored and
+    # re-derived with mj_forward differs from them by one substep), and the frame rendered from it.
+    saved = mujoco.MjData(raw.model)
+    mujoco.mj_copyData(saved, raw.model, raw.data)
+    frame = raw._frame
     frames, rewards, states = [], [], []
     try:
         for a in actions:
@@ -39,10 +40,8 @@ def replay_in_simulator(env: Any, actions: np.ndarray) -> Replay:
             rewards.append(reward)
             states.append(obs["state"])
     finally:
-        mujoco.mj_setState(raw.model, raw.data, saved, spec)
-        raw.data.ctrl[:] = ctrl
-        mujoco.mj_forward(raw.model, raw.data)
-        raw._frame = raw._render_pixels()
+        mujoco.mj_copyData(raw.data, raw.model, saved)
+        raw._frame = frame
     return Replay(np.stack(frames), np.asarray(rewards, dtype=np.float32), np.stack(states))
 
 

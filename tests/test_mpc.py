@@ -214,6 +214,8 @@ def test_replay_in_simulator_leaves_the_env_untouched(task_id):
     assert frames.shape == (6, 16, 16, 3) and rewards.shape == (6,)
     assert states.shape == (6, a.observation_space["state"].shape[0])
     np.testing.assert_array_equal(a.unwrapped.data.qacc_warmstart, b.unwrapped.data.qacc_warmstart)
+    np.testing.assert_array_equal(a.unwrapped.data.xpos, b.unwrapped.data.xpos)  # (derived ones too)
+    np.testing.assert_array_equal(a.unwrapped._frame, b.unwrapped._frame)  # what render() returns
     oa, ra, *_ = a.step(plan[0])  # the replayed env continues exactly like its untouched twin
     ob, rb, *_ = b.step(plan[0])
     np.testing.assert_array_equal(oa["state"], ob["state"])

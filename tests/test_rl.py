@@ -209,6 +209,33 @@ def test_metric_logger_widens_and_truncates(tmp_path):
     assert (tmp_path / "m.csv").read_text().splitlines() == [*lines[:3], "3,3.5,"]
 
 
+def test_metric_logger_purges_tensorboard_past_a_resumed_step(tmp_path, monkeypatch):
+    """TensorBoard kept the killed run's rows that the CSV dropped (a fake writer: no tensorboard here)."""
+    import sys
+    import types
+
+    writers = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            self.log_dir, self.purge_step, self.scalars, self.closed = log_dir, purge_step, [], False
+            writers.append(self)
+
+        def add_scalar(self, name, value, step):
+            self.scalars.append((name, value, step))
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    log = MetricLogger(tmp_path, "m", tensorboard=True, step_key="env_steps")
+    log.log(10, {"a": 1.0})
+    log.truncate_after(5)
+    assert writers[0].closed and writers[1].purge_step == 6 and writers[1].log_dir == writers[0].log_dir
+    log.log(10, {"a": 2.0})
+    assert writers[1].scalars == [("a", 2.0, 10)]
+
+
 def test_store_truncate_drops_later_episodes_and_temp_files(tmp_path):
     store = EpisodeStore(tmp_path)
     names = [store.add(make_episode(3, tag=i)) for i in range(4)]

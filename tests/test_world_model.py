@@ -669,6 +669,7 @@ def test_train_and_eval_cli(push_data, tmp_path):
     assert all(np.isfinite(v) and v >= 0 for v in report["state_error"]["imagined@4"].values())
     assert (run / "eval_wm" / "prediction.mp4").stat().st_size > 1000
     assert report["shuffled_from_other_episodes"] == (1.0 if report["episodes"] > 1 else 0.0)
+    assert len(report["copy_last_frame"]["exact_share"]) == 4
 
     # The checkpoint names the env of its data; using it on another env's data or env is refused.
     assert load_checkpoint(run).config["env_id"] == "robobrain/Push-v0"
@@ -701,6 +702,25 @@ def test_train_and_eval_cli(push_data, tmp_path):
     main(["eval-wm", "--checkpoint", str(lone), "--data", str(push_data), "--horizon", "2",
           "--max-windows", "4"])  # fmt: skip
     assert (lone / "eval_wm" / "report.json").exists()
+
+
+def test_eval_wm_report_is_strict_json_and_counts_exact_copy_last_windows():
+    """Constant true rewards: reward_corr is null, not a bare NaN (invalid JSON); a scene that does
+    not move makes copy-last exact (100 dB), which the report says."""
+    from robobrain.training.wm_eval import evaluate_world_model
+    from tests.test_store import make_episode
+
+    cfg = get_preset("debug", action_dim=3).world_model
+    still = []
+    for i in range(2):
+        ep = make_episode(12, tag=i, size=cfg.image_size)
+        pixels = np.repeat(ep.pixels[:1], len(ep.pixels), axis=0)  # nothing moves
+        still.append(dataclasses.replace(ep, pixels=pixels, reward=np.zeros_like(ep.reward)))
+    report = evaluate_world_model(WorldModel(cfg), still, context=2, horizon=3, max_windows=8)
+    assert report["reward_corr"] is None and report["summary"]["reward_corr"] is None
+    assert report["copy_last_frame"]["exact_share"] == [1.0, 1.0, 1.0]
+    assert report["copy_last_frame"]["psnr"] == pytest.approx([100.0] * 3)
+    json.loads(json.dumps(report, allow_nan=False))
 
 
 def test_time_budget_checkpoints_and_resumes(push_data, tmp_path):

@@ -37,6 +37,7 @@ class MetricLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+                self._writer_class = SummaryWriter
             except ImportError:
                 log.info("no tensorboard installed (pip install robobrain[tensorboard]): %s.csv only", name)
                 self._tb = None
@@ -68,9 +69,14 @@ class MetricLogger:
         self._fields = fields
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` (a resumed run re-does what followed its checkpoint)."""
+        """Drop rows logged after ``step`` (a resumed run re-does what followed its checkpoint), in
+        the CSV and in TensorBoard (whose reader then drops the events past ``step``)."""
         if self._fields is not None:
             self._rewrite(self._fields, [r for r in self._rows() if float(r[self.step_key]) <= step])
+        if self._tb is not None:
+            log_dir = self._tb.log_dir
+            self._tb.close()
+            self._tb = self._writer_class(log_dir, purge_step=step + 1)
 
     def close(self) -> None:
         if self._tb is not None:
