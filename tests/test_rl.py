@@ -61,7 +61,7 @@ def test_features_extractor_gives_the_single_frame_latent(model):
     own = WorldModel(model.cfg)
     WorldModelFeatures(pixel_space, own).to("meta")  # as SB3 moves its policy to its device
     assert own.device.type == "meta"  # (it stayed behind: a CPU model under a CUDA policy)
-    assert own._tensor(torch.zeros(2)).device.type == "meta"  # a CPU tensor goes to the model's device
+    assert own.as_input(torch.zeros(2)).device.type == "meta"  # a CPU tensor goes to the model's device
     latent = WorldModelFeatures(gym.spaces.Box(-np.inf, np.inf, (model.cfg.feat_dim,), np.float32), model)
     x = torch.randn(3, model.cfg.feat_dim)
     assert torch.equal(latent(x), x)

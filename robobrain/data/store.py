@@ -159,7 +159,6 @@ def abandoned_temporary(path: Path, pid: str, stale_after_s: float = STALE_AFTER
     directory (their pids mean nothing here)."""
     if process_running(pid):
         return False
-    newest = 0.0
     try:
         newest = path.lstat().st_mtime
         if path.is_dir():

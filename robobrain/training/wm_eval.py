@@ -208,7 +208,7 @@ def evaluate_world_model(
         "model": per_step(pred["pixels"]),
         "copy_last_frame": {
             **per_step(copy_last),
-            "exact_share": (copy_last == future).all(-1).all(-1).all(-1).float().mean(0).tolist(),
+            "exact_share": (copy_last == future).flatten(-3).all(-1).float().mean(0).tolist(),
         },
         "shuffled_actions": per_step(shuffled["pixels"]),
         "shuffled_from_other_episodes": float((w["episode"][partners] != w["episode"]).mean()),

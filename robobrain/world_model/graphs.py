@@ -123,10 +123,8 @@ class GraphedImagine:
         self._cache: GraphCache[_Graph] = GraphCache(max_graphs)
 
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
-        actions = self.model._tensor(actions)  # (numpy as imagine takes it)
+        actions = self.model.as_input(actions)  # (numpy, float64, another device: as imagine takes them)
         self.model.check_imagine_inputs(state, actions)
-        if actions.dtype == torch.float64:
-            actions = actions.float()
         if actions.device.type != "cuda" or not (self.amp or self.graphs):
             return self.model.imagine_unchecked(state, actions, disagreement=self.disagreement)
         if not self.graphs:

@@ -174,7 +174,7 @@ class WorldModel(nn.Module):
         Torch tensors or numpy arrays (as the envs return them; moved to the model's device).
         Returns the posterior State at frame T-1 ([B, ...]).
         """
-        pixels, actions, env_state = (self._tensor(x) for x in (pixels, actions, env_state))
+        pixels, actions, env_state = (self.as_input(x) for x in (pixels, actions, env_state))
         proprio = None
         if self.cfg.proprio_dim:
             if env_state is None or env_state.ndim != 3:
@@ -207,21 +207,18 @@ class WorldModel(nn.Module):
         2 CPU cores it costs about twice the rest of a K=4 ensemble model's rollout).
         ``actions`` and ``reference`` may be numpy arrays (moved to the model's device).
         """
-        actions, reference = self._tensor(actions), self._tensor(reference)
+        actions, reference = self.as_input(actions), self.as_input(reference)
         self.check_imagine_inputs(state, actions, finite=True)
-        if actions.dtype == torch.float64:  # (as numpy actions are)
-            actions = actions.float()
         return self.imagine_unchecked(state, actions, sample, decode, reference, disagreement)
 
-    def _tensor(self, x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
-        """A tensor on the model's device: a numpy array (float arrays as float32) or a tensor
-        elsewhere (e.g. CPU candidates for a CUDA model) is moved there."""
+    def as_input(self, x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
+        """An input as the model takes it: a tensor on the model's device (a numpy array, or a tensor
+        elsewhere, e.g. CPU candidates for a CUDA model, is moved there), float64 as float32."""
         if x is None:
             return None
-        if isinstance(x, torch.Tensor):
-            return x.to(self.device)
-        t = torch.from_numpy(np.ascontiguousarray(x))
-        return t.to(self.device, torch.float32 if t.is_floating_point() else None)
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        float32 = t.dtype == torch.float64 or (isinstance(x, np.ndarray) and t.is_floating_point())
+        return t.to(self.device, torch.float32 if float32 else None)
 
     def check_imagine_inputs(self, state: State, actions: torch.Tensor, finite: bool = False) -> None:
         """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action, start state or
@@ -300,7 +297,7 @@ class WorldModel(nn.Module):
         reference: uint8[B, S, S, 3], a real frame of each feature's episode (the last one observed),
         needed by -- and only read by -- a model with ``cfg.reference_frame``; a numpy array is
         moved to the model's device."""
-        reference = self._tensor(reference)
+        reference = self.as_input(reference)
         if self.refiner is None:
             return float_to_pixels(self._decode_float(feat))
         lead = feat.shape[:-1]
