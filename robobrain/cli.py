@@ -164,6 +164,9 @@ class Eval:
     model trained with an ensemble): keeps plans where the model is trustworthy."""
     success_bonus: float = 1.0
     """mpc: added to each imagined step's reward times the predicted success probability."""
+    discount: float | None = None
+    """mpc: discount of the imagined rewards; the guide's value weighs discount^H (default: a
+    `robobrain train` run's own --mpc.discount, the one its critic was trained with; else 1)."""
     guide: Literal["auto", "both", "prior", "value", "bc", "none"] = "auto"
     """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
     the run has one); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`
@@ -298,6 +301,7 @@ def run_eval(args: Eval) -> dict:
         seed=args.seed,
         disagreement_penalty=args.disagreement_penalty,
         success_bonus=args.success_bonus,
+        discount=eval_discount(args),
     )
     torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator
     try:
@@ -476,6 +480,18 @@ class Demo(Train):
     pretrain_steps: int = 300
     eval_every: int = 1000
     run_dir: Path = Path("runs/demo")
+
+
+def eval_discount(args: Eval) -> float:
+    """``--discount``, else the planner discount of the ``robobrain train`` run behind ``mpc:``."""
+    from robobrain.checkpoint import read_config
+
+    if args.discount is not None:
+        return args.discount
+    if not args.policy.startswith("mpc:"):
+        return 1.0
+    run = read_config(args.policy.split(":", 1)[1]).get("online", {})
+    return float(run.get("mpc", {}).get("discount", 1.0))
 
 
 def run_train_prior(args: TrainPrior) -> dict:

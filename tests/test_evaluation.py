@@ -204,6 +204,20 @@ def test_eval_planner_defaults_fill_only_the_unset_flags():
     assert planner_settings(Eval(policy="mpc:runs/wm", samples=16, elites=8))["elites"] == 8
 
 
+def test_eval_plans_with_the_discount_its_run_planned_and_its_critic_learned_with(monkeypatch):
+    """The SB3 critic of a `robobrain train` run is trained with the run's discount; `eval` of that run
+    weighs it (and the imagined rewards) the same way, not with MPCConfig's default of 1."""
+    import robobrain.checkpoint
+    from robobrain.cli import Eval, eval_discount
+
+    configs = {"runs/push": {"online": {"mpc": {"discount": 0.97}}}, "runs/wm": {"world_model": {}}}
+    monkeypatch.setattr(robobrain.checkpoint, "read_config", lambda path: configs[str(path)])
+    assert eval_discount(Eval(policy="mpc:runs/push")) == 0.97
+    assert eval_discount(Eval(policy="mpc:runs/push", discount=0.9)) == 0.9
+    assert eval_discount(Eval(policy="mpc:runs/wm")) == 1.0  # train-wm: no planner of its own
+    assert eval_discount(Eval(policy="oracle")) == 1.0
+
+
 def test_eval_on_a_classic_control_env_plans_in_its_action_bounds(tmp_path):
     """Pendulum-v1 renders through pygame and acts in [-2, 2]: `eval` plans in the env's bounds (a
     run `train --mpc.optim.low -2 --mpc.optim.high 2` made could not be evaluated)."""

@@ -321,3 +321,40 @@ def test_goal_conditioned_features_and_imagination_env_carry_the_goal():
         goals |= set(obs[:, -1].tolist())
         obs, *_ = env.step(np.random.default_rng(0).uniform(-1, 1, (SB3.num_envs, 3)))
     assert goals == {1.0, 2.0}
+
+
+def test_imagined_reward_is_the_planners_step_score(model):
+    """The critic's reward includes the success bonus the planner adds per imagined step, so that its
+    value past the horizon counts the same score (not the reward head alone)."""
+    plain = imagination_env(model, episodes(), SB3, seed=0)
+    bonus = imagination_env(model, episodes(), SB3, seed=0, success_bonus=2.0)
+    plain.reset(), bonus.reset()
+    state = plain.state
+    action = np.full((SB3.num_envs, 3), 0.5, np.float32)
+    plain.dynamics.sample = bonus.dynamics.sample = False  # the same transition in both
+    _, r_plain, _, _ = plain.step(action)
+    _, r_bonus, _, _ = bonus.step(action)
+    with torch.no_grad():
+        nxt, _ = model.rssm.img_step(state, torch.as_tensor(action), sample=False)
+        p = torch.sigmoid(model.success_head(nxt.feat).squeeze(-1)).numpy()
+    np.testing.assert_allclose(r_bonus - r_plain, 2.0 * p, rtol=1e-5, atol=1e-6)
+    assert (r_bonus > r_plain).all()
+
+
+@pytest.mark.parametrize("algo", ["TD3", "DDPG"])
+def test_deterministic_actors_keep_exploring(model, algo):
+    """SB3 gives TD3/DDPG no action noise by default: after learning_starts they would collect the
+    actor's deterministic actions only."""
+    env = imagination_env(model, episodes(), SB3, seed=0)
+    sb3 = make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": algo}), env, seed=0, device="cpu")
+    assert sb3.action_noise is not None
+    obs = env.reset()
+    sb3._last_obs, sb3.num_timesteps, sb3.learning_starts = obs, 10**6, 0
+    a1, _ = sb3._sample_action(0, sb3.action_noise, env.num_envs)
+    a2, _ = sb3._sample_action(0, sb3.action_noise, env.num_envs)
+    greedy, _ = sb3.predict(obs, deterministic=True)
+    assert not np.allclose(a1, a2) and not np.allclose(a1, greedy)
+    quiet = make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": algo, "action_noise": 0.0}), env, 0, "cpu")
+    assert quiet.action_noise is not None and np.all(quiet.action_noise() == 0)
+    with pytest.raises(ValueError, match="action_noise"):
+        SB3Config(action_noise=-1.0)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from robobrain.checkpoint import CheckpointError
@@ -61,8 +62,13 @@ class SB3Config:
     gradient_steps: int = 4
     """Off-policy algorithms: gradient steps per step of the imagination VecEnv (num_envs transitions)."""
     net_arch: tuple[int, ...] = (256, 256)
+    action_noise: float = 0.1
+    """TD3 and DDPG: std of the Gaussian noise on their deterministic actor's actions while they
+    collect (SAC and PPO sample their own)."""
 
     def __post_init__(self) -> None:  # (checked when the flags are read, not after the seed data)
+        if not self.action_noise >= 0:
+            raise ValueError(f"action_noise must be >= 0, got {self.action_noise}")
         if self.algo.upper() not in SB3_ALGORITHMS:
             raise ValueError(
                 f"unknown stable-baselines3 algorithm {self.algo!r}: one with an actor and a critic, "
@@ -81,12 +87,17 @@ def _is_off_policy(model: Any) -> bool:
 
 
 def imagination_env(
-    world_model: WorldModel, episodes: Sequence[Episode], cfg: SB3Config, seed: int
+    world_model: WorldModel,
+    episodes: Sequence[Episode],
+    cfg: SB3Config,
+    seed: int,
+    success_bonus: float = 0.0,
 ) -> ImaginationVecEnv:
-    """Imagination envs starting from latents of the newest ``episodes`` (most recent first)."""
+    """Imagination envs starting from latents of the newest ``episodes`` (most recent first); the
+    planner's ``success_bonus`` joins the imagined reward (:class:`WorldModelDynamics`)."""
     start = encode_start_states(world_model, list(reversed(episodes)), max_states=cfg.start_states)
     return ImaginationVecEnv(
-        WorldModelDynamics(world_model, sample=True),
+        WorldModelDynamics(world_model, sample=True, success_bonus=success_bonus),
         start,
         cfg.num_envs,
         cfg.horizon,
@@ -114,6 +125,10 @@ def make_sb3_model(cfg: SB3Config, env: ImaginationVecEnv, seed: int, device: st
             train_freq=1,
             gradient_steps=cfg.gradient_steps,
         )
+        if cls.__name__ in ("TD3", "DDPG"):  # deterministic actors: without noise (SB3's default)
+            # they stop exploring after learning_starts; TD3's paper and rl-zoo use sigma 0.1
+            dim = env.action_space.shape[0]
+            kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), np.full(dim, cfg.action_noise))
     elif cls.__name__ == "PPO":  # one rollout per round (a rollout of fixed length overshot it ~2x)
         n_steps = -(-cfg.steps_per_iteration // cfg.num_envs)
         kwargs.update(n_steps=n_steps, batch_size=min(cfg.batch_size, n_steps * cfg.num_envs))

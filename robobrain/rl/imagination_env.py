@@ -34,11 +34,15 @@ class LatentModel(Protocol):
 
 
 class WorldModelDynamics:
-    """The WorldModel as a ``LatentModel`` (mode or sampled latent transitions)."""
+    """The WorldModel as a ``LatentModel`` (mode or sampled latent transitions). The reward is the
+    reward head's plus ``success_bonus`` times the predicted success probability: what the MPC
+    planner sums per imagined step (``MPCConfig.success_bonus``), so that a critic trained here values
+    the same score past the planner's horizon."""
 
-    def __init__(self, model: WorldModel, sample: bool = True) -> None:
+    def __init__(self, model: WorldModel, sample: bool = True, success_bonus: float = 0.0) -> None:
         self.model = model.eval()
         self.sample = sample
+        self.success_bonus = success_bonus
         self.feat_dim = model.cfg.feat_dim
         self.action_dim = model.cfg.action_dim
 
@@ -49,7 +53,11 @@ class WorldModelDynamics:
     def step(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor]:
         state, _ = self.model.rssm.img_step(state, action, sample=self.sample)
         feat = state.feat
-        return state, self.model.reward_head(feat).squeeze(-1), self.model.success_head(feat).squeeze(-1)
+        success_logit = self.model.success_head(feat).squeeze(-1)
+        reward = self.model.reward_head(feat).squeeze(-1)
+        if self.success_bonus:
+            reward = reward + self.success_bonus * torch.sigmoid(success_logit)
+        return state, reward, success_logit
 
 
 @torch.no_grad()

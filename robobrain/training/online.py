@@ -48,6 +48,7 @@ from robobrain.planning import MPCConfig, OptimizerConfig
 from robobrain.planning.mpc import check_action_bounds, check_unit_bounds
 from robobrain.rl import (
     ActorCriticGuide,
+    ImaginationVecEnv,
     SB3Config,
     finetune,
     imagination_env,
@@ -443,12 +444,19 @@ class OnlineLoop:
     def _uses_sb3(self) -> bool:
         return self.cfg.prior_samples > 0 or self.cfg.use_value
 
+    def _imagination_env(self, seed: int) -> ImaginationVecEnv:
+        """The SB3 model's env: imagination from the newest episodes, rewarded as the planner scores."""
+        assert self.model is not None
+        return imagination_env(
+            self.model, self._recent_episodes(64), self.cfg.sb3, seed, self.cfg.mpc.success_bonus
+        )
+
     def _finetune(self) -> dict[str, float]:
         assert self.model is not None
         if not self._uses_sb3():
             return {}
         seed = self.cfg.seed + self.state.iteration
-        env = imagination_env(self.model, self._recent_episodes(64), self.cfg.sb3, seed=seed)
+        env = self._imagination_env(seed)
         if self.sb3 is None:
             self.sb3 = make_sb3_model(self.cfg.sb3, env, self.cfg.seed, self.device)
         return finetune(self.sb3, env, self.cfg.sb3.steps_per_iteration)
@@ -529,7 +537,7 @@ class OnlineLoop:
         assert self.model is not None and self.trainer is not None
         self.trainer.restore(trainer_step, ckpt.state["trainer"], ckpt.optimizer_state)
         if (latest / SB3_DIR).is_dir():
-            env = imagination_env(self.model, self._recent_episodes(64), self.cfg.sb3, seed=self.cfg.seed)
+            env = self._imagination_env(self.cfg.seed)
             self.sb3 = load_sb3(self.cfg.sb3, latest / SB3_DIR, env, self.device)
         self.planner = self._make_planner(explore=True)
         saved_device = torch.device(ckpt.config["online"].get("device", self.cfg.device))
