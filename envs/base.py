@@ -205,8 +205,10 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
 
 def move_toward(pos: np.ndarray, target: np.ndarray, step: float, gain: float = 1.0) -> np.ndarray:
-    """Velocity action (in [-1, 1]) that moves ``pos`` toward ``target``.
+    """Velocity action (in [-1, 1]) that moves ``pos`` toward ``target``, in its direction: a move
+    too long for one step is scaled down as a whole (clipping each axis bent a long push toward 45°).
 
     pos, target: [N, 3]; step: metres moved per unit action in one control step. Returns [N, 3].
     """
-    return np.clip(gain * (target - pos) / step, -1.0, 1.0)
+    action = gain * (target - pos) / step
+    return action / np.maximum(np.abs(action).max(axis=-1, keepdims=True), 1.0)

@@ -30,6 +30,9 @@ def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
         close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
         hint = f"did you mean {' or '.join(close)}?" if close else "is the package registering it imported?"
         raise ValueError(f"unknown env id {env_id!r}; {hint}")
+    if kwargs.get("render_mode", "rgb_array") != "rgb_array":
+        raise ValueError(f"render_mode={kwargs['render_mode']!r}: the pixel observations need 'rgb_array'")
+    kwargs.pop("render_mode", None)
     if is_robobrain_task(env_id):
         return gym.make(env_id, image_size=image_size, render_mode="rgb_array", **kwargs)
     return PixelObservation(gym.make(env_id, render_mode="rgb_array", **kwargs), image_size)

@@ -96,7 +96,8 @@ class PushEnv(ManipulationEnv):
         along = along[:, 0]
 
         behind = block[:, :2] - APPROACH_OFFSET * u
-        near_behind = np.linalg.norm(grip[:, :2] - behind, axis=1) < 0.008
+        # (within 15 mm: at 8 mm, exploration noise kept aborting the descent; 66 % success at noise 0.3)
+        near_behind = np.linalg.norm(grip[:, :2] - behind, axis=1) < 0.015
         low = grip[:, 2] < PUSH_HEIGHT + 0.015
         high = grip[:, 2] > TRAVEL_HEIGHT - 0.015
         pushing = low & (along < -0.02) & (along > -0.09) & (lat < 0.02)

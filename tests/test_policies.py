@@ -2,6 +2,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from robobrain.envs import make_env
 from robobrain.policies import Policy, RandomPolicy, ScriptedPolicy, load_policy
 
 
@@ -92,4 +93,7 @@ def test_load_policy_errors():
         load_policy("random", "robobrain/Push-v0", gym.spaces.Discrete(3))
     with pytest.raises(ValueError, match="unknown env id"):
         load_policy("scripted", "NoSuchEnv-v0", space)
+    with pytest.raises(ValueError, match=r"render_mode='human'.*rgb_array"):
+        make_env("robobrain/Push-v0", render_mode="human")
+    assert make_env("robobrain/Reach-v0", 8, render_mode="rgb_array").render_mode == "rgb_array"
     assert load_policy("scripted", "robobrain/Push-v0", space).act(obs_batch(2)).shape == (2, 3)
