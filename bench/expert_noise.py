@@ -3,53 +3,52 @@
     python bench/expert_noise.py [--seeds 150] [--noise 0 0.1 0.3]
 
 Seed episodes of `robobrain train --scripted-fraction` act with noise 0.3 (``policies/online.py``),
-`robobrain collect --noise` with what it is given. Per noise level and task: the share of seeds
-0..N-1 whose last step is a success, and the mean first step of success (--steps where none). Pixels are
-not rendered (the experts read only the state).
+`robobrain collect --noise` with what it is given. Each row collects seeds 0..N-1 as `robobrain
+collect --policy scripted --noise X` does (8 px frames, into a temporary store) and gives, per task,
+the share whose last step is a success and the mean first step of success (the episode length
+where none).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 import numpy as np
 from machine import cpu_name  # bench/machine.py (the script's folder is on sys.path)
 
-from robobrain.envs.pick_place import PickPlaceEnv
-from robobrain.envs.push import PushEnv
-from robobrain.envs.reach import ReachEnv
-from robobrain.policies.simple import ScriptedPolicy
+from robobrain.data import EpisodeStore
+from robobrain.data.collect import collect_episodes
+from robobrain.envs import make_vector_env
+from robobrain.policies import load_policy
+
+TASKS = ("robobrain/Reach-v0", "robobrain/Push-v0", "robobrain/PickPlace-v0")
 
 
-def rates(cls: type, noise: float, seeds: int, steps: int) -> tuple[float, float]:
-    env = cls(image_size=8)
-    env._render_pixels = lambda: np.zeros((8, 8, 3), np.uint8)  # not looked at
-    policy = ScriptedPolicy(cls.expert, noise_std=noise, seed=0)
-    success, first = [], []
-    for seed in range(seeds):
-        obs, _ = env.reset(seed=seed)
-        hit = None
-        for step in range(steps):
-            obs, _, _, _, info = env.step(policy.act({"state": obs["state"][None]})[0])
-            hit = step if hit is None and info["success"] else hit
-        success.append(info["success"])
-        first.append(steps if hit is None else hit)
-    return float(np.mean(success)), float(np.mean(first))
+def rates(env_id: str, noise: float, seeds: int) -> tuple[float, float]:
+    """(success share at the last step, mean first success step) over seeds 0..seeds-1."""
+    envs = make_vector_env(env_id, num_envs=2, image_size=8)
+    policy = load_policy("scripted", env_id, envs.single_action_space, seed=0, noise_std=noise)
+    with tempfile.TemporaryDirectory() as root:
+        store = EpisodeStore(root)
+        names = collect_episodes(envs, policy, store, seeds, seed=0, progress=False).names
+        episodes = [store.load(n) for n in names]
+    envs.close()
+    last = [bool(ep.success[-1]) for ep in episodes]
+    first = [int(np.argmax(ep.success)) if ep.success.any() else len(ep.success) for ep in episodes]
+    return float(np.mean(last)), float(np.mean(first))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=150)
-    parser.add_argument("--steps", type=int, default=50, help="per episode (the tasks' time limit)")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     args = parser.parse_args()
     print(f"{cpu_name()}; seeds 0-{args.seeds - 1}; success at the last step (mean first success step)")
-    tasks = (ReachEnv, PushEnv, PickPlaceEnv)
-    print("| noise | " + " | ".join(t.__name__ for t in tasks) + " |")
-    print("|---" * (len(tasks) + 1) + "|")
+    print("| noise | " + " | ".join(t.split("/")[1] for t in TASKS) + " |")
+    print("|---" * (len(TASKS) + 1) + "|")
     for noise in args.noise:
-        measured = (rates(t, noise, args.seeds, args.steps) for t in tasks)
-        cells = [f"{100 * s:.1f} % ({f:.1f})" for s, f in measured]
+        cells = [f"{100 * s:.1f} % ({f:.1f})" for s, f in (rates(t, noise, args.seeds) for t in TASKS)]
         print(f"| {noise} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -328,7 +328,8 @@ def test_imagined_reward_is_the_planners_step_score(model):
     value past the horizon counts the same score (not the reward head alone)."""
     plain = imagination_env(model, episodes(), SB3, seed=0)
     bonus = imagination_env(model, episodes(), SB3, seed=0, success_bonus=2.0)
-    plain.reset(), bonus.reset()
+    plain.reset()
+    bonus.reset()
     state = plain.state
     action = np.full((SB3.num_envs, 3), 0.5, np.float32)
     plain.dynamics.sample = bonus.dynamics.sample = False  # the same transition in both
