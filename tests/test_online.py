@@ -158,6 +158,17 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     assert "resumed from" in caplog.text and "seeded afresh" not in caplog.text  # same kind of device
     ckpt = load_checkpoint(latest_checkpoint(tmp_path))
     assert ckpt.state["loop"]["env_steps"] == 40 and ckpt.config["online"]["device"] == "cpu:0"
+    # A run started before an option existed resumes with a warning; one whose option is gone too.
+    cfg_file = latest_checkpoint(tmp_path) / "config.json"
+    old = json.loads(cfg_file.read_text())
+    del old["online"]["sb3"]["action_noise"]
+    old["online"]["retired_option"] = 1
+    cfg_file.write_text(json.dumps(old))
+    with caplog.at_level("WARNING", logger="robobrain.training.online"):
+        main(run_args(tmp_path, 60))
+    assert "predates the options {'sb3.action_noise': 0.1}" in caplog.text
+    assert "no longer knows, ignored: ['retired_option']" in caplog.text
+    assert load_checkpoint(latest_checkpoint(tmp_path)).state["loop"]["env_steps"] == 60
     # InvertedPendulum acts in [-3, 3]: the planner may, but not the SB3 guide fine-tuned in imagination.
     with pytest.raises(ValueError, match=r"SB3 actor-critic .* acts in \[-1, 1\]"):
         main([*run_args(tmp_path / "wide", 20), "--env", "InvertedPendulum-v5", "--mpc.optim.low", "-3",

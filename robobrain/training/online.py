@@ -276,18 +276,46 @@ def _set_generator_states(policy: Any, states: dict[str, list[int]], reseed: int
 RESUMABLE_CHANGES = ("env_steps", "device")
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"mpc": {"horizon": 8}}`` -> ``{"mpc.horizon": 8}`` (the CLI's dotted flag names)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> None:
-    """A resumed run must have the same config, except :data:`RESUMABLE_CHANGES`."""
+    """A resumed run must have the same config, except :data:`RESUMABLE_CHANGES`.
+
+    An option the checkpoint lacks was added to robobrain after the run started: it is resumed with
+    the value given now (the default unless passed), with a warning, since the run's first part
+    went without it. An option the checkpoint has but robobrain no longer knows is ignored, with a
+    warning. Any option both know must be equal.
+    """
     now = json.loads(json.dumps(now))  # as it was stored (tuples become lists)
-    a = {k: v for k, v in saved.get("online", {}).items() if k not in RESUMABLE_CHANGES}
-    b = {k: v for k, v in now["online"].items() if k not in RESUMABLE_CHANGES}
-    if a != b:
-        diff = {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
+    a, b = (
+        {k: v for k, v in _flatten(c).items() if k.split(".")[0] not in RESUMABLE_CHANGES}
+        for c in (saved.get("online", {}), now["online"])
+    )
+    diff = {k: (a[k], v) for k, v in b.items() if k in a and a[k] != v}
+    if diff:
         raise CheckpointError(
             f"{where}: the run was started with another config (checkpoint vs now: {diff}); to resume "
             "it, pass the flags it was started with (its config.json); for another config, use a new "
             "--run-dir"
         )
+    added = {k: v for k, v in b.items() if k not in a}
+    if added:
+        log.warning(
+            "%s predates the options %s: the run goes on with these values, its first part went "
+            "without them", where, added,
+        )  # fmt: skip
+    removed = sorted(set(a) - set(b))
+    if removed:
+        log.warning("%s has options this robobrain no longer knows, ignored: %s", where, removed)
 
 
 class OnlineLoop:
