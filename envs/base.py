@@ -154,6 +154,12 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self.data.qpos[:], self.data.qvel[:], self.data.act[:], self.data.time = saved
             self.data.ctrl[:3] = 0.0
             mujoco.mj_forward(self.model, self.data)
+        else:
+            # mj_step leaves body, geom and camera poses as they were before its last substep's
+            # integration: bring them to qpos, so the frame shows the state returned beside it. (The
+            # next mj_step recomputes them anyway, so the trajectory is unchanged.)
+            mujoco.mj_kinematics(self.model, self.data)
+            mujoco.mj_camlight(self.model, self.data)
         state = self.state()
         reward, info = self._evaluate(state)
         info["sim_unstable"] = unstable

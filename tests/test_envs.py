@@ -1,6 +1,7 @@
 """Every registered task: API checks, determinism, randomization, bad input, instability."""
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
@@ -62,6 +63,32 @@ def test_same_seed_same_trajectory_pixels_included(task_id):
     for oa, ob in zip(rollout(a, seed=7), rollout(b, seed=7), strict=True):
         np.testing.assert_array_equal(oa["pixels"], ob["pixels"])
         np.testing.assert_array_equal(oa["state"], ob["state"])
+
+
+def test_pixels_show_the_state_returned_beside_them(task_id):
+    """The frame is rendered at the returned state (mj_step leaves poses one substep behind it), and
+    re-deriving the poses leaves the trajectory as it was."""
+    env = gym.make(task_id, image_size=32)
+    traj = rollout(env, seed=5)
+    raw = env.unwrapped
+    data = mujoco.MjData(raw.model)
+    data.qpos[:], data.qvel[:] = raw.data.qpos, raw.data.qvel
+    mujoco.mj_forward(raw.model, data)
+    with mujoco.Renderer(raw.model, 32, 32) as renderer:
+        renderer.update_scene(data, camera=raw.camera)
+        np.testing.assert_array_equal(traj[-1]["pixels"], renderer.render())
+    plain = gym.make(task_id, image_size=32)
+    plain.reset(seed=5)
+    rng = np.random.default_rng(123)
+    for _ in range(15):  # mj_step alone, as step does before its kinematics
+        plain.unwrapped.data.ctrl[:] = plain.unwrapped.action_to_ctrl(
+            rng.uniform(-1, 1, plain.action_space.shape).astype(np.float32)
+        )
+        mujoco.mj_step(plain.unwrapped.model, plain.unwrapped.data, nstep=plain.unwrapped.frame_skip)
+    np.testing.assert_array_equal(plain.unwrapped.data.qpos, raw.data.qpos)
+    np.testing.assert_array_equal(plain.unwrapped.data.qvel, raw.data.qvel)
+    env.close()
+    plain.close()
 
 
 def test_resets_are_randomized(small_env):
