@@ -245,7 +245,8 @@ def test_store_truncate_drops_later_episodes_and_temp_files(tmp_path):
     assert sorted(EpisodeStore(tmp_path).manifest) == names[:2]
 
 
-def test_sb3_trains_on_pixels_through_the_world_model_features(model):
+def pixels_only_push(image_size: int = 32):
+    """robobrain/Push-v0 observing its frames alone (a Box, for SB3's CnnPolicy)."""
     import gymnasium as gym
 
     import robobrain.envs as envs
@@ -258,7 +259,11 @@ def test_sb3_trains_on_pixels_through_the_world_model_features(model):
         def observation(self, observation):
             return observation["pixels"]
 
-    env = Pixels(envs.make_env("robobrain/Push-v0", image_size=32, max_episode_steps=8))
+    return Pixels(envs.make_env("robobrain/Push-v0", image_size=image_size, max_episode_steps=8))
+
+
+def test_sb3_trains_on_pixels_through_the_world_model_features(model):
+    env = pixels_only_push()
     kwargs = {
         "features_extractor_class": WorldModelFeatures,
         "features_extractor_kwargs": {"world_model": model},
@@ -281,6 +286,41 @@ def test_sb3_trains_on_pixels_through_the_world_model_features(model):
     assert any(not torch.equal(learned[k], frozen[k]) for k in frozen if k.startswith("encoder."))
     for k, v in model.state_dict().items():
         assert torch.equal(v, frozen[k]), k
+    env.close()
+
+
+def test_features_from_a_checkpoint_path_keep_the_model_out_of_the_sb3_zip(model, tmp_path):
+    """A path in ``features_extractor_kwargs`` is pickled into the zip as a path (a model object is
+    pickled whole, on its device); loading the zip reads the checkpoint again."""
+    from robobrain.checkpoint import save_checkpoint
+    from robobrain.config import to_dict
+
+    save_checkpoint(tmp_path / "wm", 1, model, {"world_model": to_dict(model.cfg)})
+    env = pixels_only_push()
+    zips = {}
+    for name, wm in (("object", model), ("path", str(tmp_path / "wm"))):
+        kwargs = {
+            "features_extractor_class": WorldModelFeatures,
+            "features_extractor_kwargs": {"world_model": wm},
+        }
+        sac = SAC(
+            "CnnPolicy", env, buffer_size=64, batch_size=8, learning_starts=4, policy_kwargs=kwargs, seed=0
+        )
+        sac.set_logger(Logger(folder=None, output_formats=[]))
+        sac.learn(8)
+        sac.save(tmp_path / f"{name}.zip")
+        zips[name] = (tmp_path / f"{name}.zip").stat().st_size
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert zips["object"] - zips["path"] > weights / 2  # the weights (zip-compressed, random floats)
+    obs = env.reset(seed=0)[0]
+    loaded = SAC.load(tmp_path / "path.zip", device="cpu")
+    np.testing.assert_array_equal(
+        loaded.predict(obs, deterministic=True)[0], sac.predict(obs, deterministic=True)[0]
+    )
+    assert torch.equal(loaded.actor.features_extractor.wm.encoder.net[0].weight, model.encoder.net[0].weight)
+    (tmp_path / "wm").rename(tmp_path / "moved")
+    with pytest.raises(CheckpointError):
+        SAC.load(tmp_path / "path.zip", device="cpu")
     env.close()
 
 

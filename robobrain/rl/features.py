@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -33,12 +34,20 @@ class WorldModelFeatures(BaseFeaturesExtractor):
     def __init__(
         self,
         observation_space: gym.Space,
-        world_model: WorldModel,
+        world_model: WorldModel | str | os.PathLike[str],
         freeze: bool = True,
         normalized_images: bool = True,
     ) -> None:
-        """``normalized_images``: float frames arrive divided by 255 (SB3's ``normalize_images``
+        """``world_model``: the model, or the path of its checkpoint (or run directory), loaded on the
+        CPU and moved with the policy. SB3 pickles ``policy_kwargs`` into its zip, so a model object
+        is stored there whole, its weights on the device they were on (a CUDA-trained zip then needs
+        CUDA to load); a path is stored as a path and read again when the zip is loaded.
+        ``normalized_images``: float frames arrive divided by 255 (SB3's ``normalize_images``
         default); uint8 frames are taken as they are either way."""
+        if not isinstance(world_model, WorldModel):
+            from robobrain.training.wm_trainer import load_world_model  # (the loop imports robobrain.rl)
+
+            world_model = load_world_model(world_model, "cpu")
         super().__init__(observation_space, world_model.cfg.feat_dim)
         self.normalized_images = normalized_images
         if freeze:
