@@ -211,10 +211,15 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
 
 def move_toward(pos: np.ndarray, target: np.ndarray, step: float, gain: float = 1.0) -> np.ndarray:
-    """Velocity action (in [-1, 1]) that moves ``pos`` toward ``target``, in its direction: a move
-    too long for one step is scaled down as a whole (clipping each axis bent a long push toward 45°).
+    """Velocity action (in [-1, 1]) that moves ``pos`` toward ``target``.
+
+    A horizontal move too long for one step is scaled down as a whole, keeping its direction on the
+    table (clipping each axis bent a long push toward 45°); the vertical move is clipped on its own,
+    so a climb or descent does not slow the horizontal alignment (scaling all three together cost
+    PickPlace's expert 2.5 points under noise 0.3, see bench/RESULTS.md).
 
     pos, target: [N, 3]; step: metres moved per unit action in one control step. Returns [N, 3].
     """
     action = gain * (target - pos) / step
-    return action / np.maximum(np.abs(action).max(axis=-1, keepdims=True), 1.0)
+    xy = action[..., :2] / np.maximum(np.abs(action[..., :2]).max(axis=-1, keepdims=True), 1.0)
+    return np.concatenate([xy, np.clip(action[..., 2:], -1.0, 1.0)], axis=-1)

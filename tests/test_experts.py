@@ -44,8 +44,9 @@ def test_push_expert_survives_the_seed_episodes_exploration_noise(tmp_path):
 def test_move_toward_keeps_the_direction_of_a_long_move():
     from robobrain.envs.base import move_toward
 
-    pos = np.zeros((2, 3))
-    target = np.array([[0.3, -1.0, 0.0], [0.001, 0.0, -0.002]])
+    pos = np.zeros((3, 3))
+    target = np.array([[0.3, -1.0, 0.0], [0.001, 0.0, -0.002], [0.2, 0.1, -0.5]])
     action = move_toward(pos, target, step=0.01)
     np.testing.assert_allclose(action[0], [0.3, -1.0, 0.0])  # scaled as a whole, not clipped per axis
     np.testing.assert_allclose(action[1], [0.1, 0.0, -0.2])  # short moves as before
+    np.testing.assert_allclose(action[2], [1.0, 0.5, -1.0])  # the vertical move apart from the rest
