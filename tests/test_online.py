@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.save_util import load_from_zip_file
 
 from robobrain.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from robobrain.cli import VALUE_ERRORS_PROPAGATE, main, run_image_size
@@ -64,6 +65,10 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     for name in ("learning_curve.png", "final_eval.json", "eval/final/eval_info.json", "config.json"):
         assert (tmp_path / name).exists(), name
     assert list((tmp_path / "eval/final/videos").glob("*.mp4"))
+    # Evaluated once at the budget: the final evaluation is the last row's.
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["final", "step_0000020", "step_0000080"]
+    final = json.loads((tmp_path / "final_eval.json").read_text())
+    assert final["mean_return"] == pytest.approx(float(rows[-1][col["eval_return"]]))
     ckpt = latest_checkpoint(tmp_path)
     assert (ckpt / "sb3/model.zip").exists() and (ckpt / "sb3/replay_buffer.npz").exists()
     # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic.
@@ -74,6 +79,27 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
               "--guide", guide, "--video-episodes", "0", "--out", str(out), "--no-progress"])  # fmt: skip
         info = json.loads((out / "eval_info.json").read_text())
         assert (info["guide"], info["guide_resolved"]) == (guide, resolved)
+
+
+def test_evaluating_changes_neither_the_training_nor_the_final_evaluation(tmp_path):
+    """Each evaluation forks torch's global generator and seeds it (an SB3 guide's prior samples draw
+    from it): evaluating every iteration or twice as rarely trains the same weights, and the final
+    evaluation of those weights gives the same numbers."""
+    often, rarely = tmp_path / "often", tmp_path / "rarely"
+    main([*run_args(often, 80), "--eval-every", "0", "--eval-episodes", "2"])
+    main([*run_args(rarely, 80), "--eval-every", "40", "--eval-episodes", "2"])
+    assert len(list((often / "eval").iterdir())) == 4 and len(list((rarely / "eval").iterdir())) == 3
+    a, b = (load_checkpoint(d, with_training_state=False) for d in (often, rarely))
+    for k, v in a.model_state.items():
+        assert torch.equal(v, b.model_state[k]), k
+    zips = [latest_checkpoint(d) / "sb3" / "model.zip" for d in (often, rarely)]
+    sb3 = [load_from_zip_file(z)[1]["policy"] for z in zips]
+    for k, v in sb3[0].items():
+        assert torch.equal(v, sb3[1][k]), k  # (SB3 samples its batches and actions from the global RNGs)
+    finals = [json.loads((d / "final_eval.json").read_text()) for d in (often, rarely)]
+    assert {k: v for k, v in finals[0].items() if "latency" not in k} == {
+        k: v for k, v in finals[1].items() if "latency" not in k
+    }
 
 
 def _run_cli(args: list[str]) -> subprocess.Popen:

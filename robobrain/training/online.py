@@ -337,6 +337,7 @@ class OnlineLoop:
         self.device = torch.device(cfg.device)
         self.store = EpisodeStore(self.run_dir / "episodes")
         self.state = LoopState()
+        self._final_report: dict[str, Any] | None = None
         preset = get_preset(cfg.preset)
         self.tcfg = preset.train
         self.wm_cfg = preset.world_model
@@ -507,6 +508,19 @@ class OnlineLoop:
         return self.f.make_planner(self.model, mpc, self._guide())
 
     def evaluate(self, final: bool = False) -> dict[str, Any]:
+        """The planner without noise on fixed seeds (``final``: into ``eval/final``, one video).
+
+        Under a forked, seeded torch generator: an SB3 guide's prior samples draw from torch's
+        global one, so without this the same weights scored differently with each RNG history, and
+        evaluating moved the training stream on.
+        """
+        cuda = [] if self.device.type != "cuda" else [torch.cuda.current_device()]
+        cuda = cuda if self.device.index is None else [self.device.index]
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.cfg.seed + 1_000_000)
+            return self._evaluate(final)
+
+    def _evaluate(self, final: bool) -> dict[str, Any]:
         envs = self.f.make_eval_envs(min(self.cfg.num_envs, self.cfg.eval_episodes))
         try:
             out = self.run_dir / "eval" / ("final" if final else f"step_{self.state.env_steps:07d}")
@@ -647,7 +661,8 @@ class OnlineLoop:
         finally:
             bar.close()
             logger.close()
-        report = self.evaluate(final=True)
+        # (A run resumed at its budget has not evaluated in this call: it re-runs the final evaluation.)
+        report = self._final_report if self._final_report is not None else self.evaluate(final=True)
         atomic_write_json(self.run_dir / "final_eval.json", report["summary"])
         return report
 
@@ -662,7 +677,12 @@ class OnlineLoop:
             **metrics,
         }
         if st.last_eval < 0 or st.env_steps - st.last_eval >= cfg.eval_every or st.env_steps >= cfg.env_steps:
-            summary = self.evaluate()["summary"]
+            # At the budget this is the final evaluation (eval/final, its video, final_eval.json):
+            # the same weights are not evaluated twice.
+            report = self.evaluate(final=st.env_steps >= cfg.env_steps)
+            if st.env_steps >= cfg.env_steps:
+                self._final_report = report
+            summary = report["summary"]
             row.update(eval_success=summary["success_rate"], eval_return=summary["mean_return"])
             st.last_eval = st.env_steps
         # wall_s before the checkpoint, so a resumed run keeps this iteration's time (writing the
