@@ -92,7 +92,9 @@ class OnlineConfig:
     episode_steps: int | None = None
     """Override the env's time limit (default: the registered one)."""
     seed_episodes: int = 20
-    """Episodes collected before the first world-model fit (may be 0 with ``seed_data``)."""
+    """Episodes collected before the first world-model fit (may be 0 with ``seed_data``); each
+    collection (scripted, random) is rounded up to whole rounds of ``num_envs`` episodes, since every
+    env steps until the last needed episode ends (the extra ones are kept, not thrown away)."""
     seed_data: str | None = None
     """An EpisodeStore of offline episodes of the same task (e.g. from ``robobrain collect``) that
     the world model trains on beside the run's own. Read, never copied into the run; its steps do
@@ -398,7 +400,7 @@ class OnlineLoop:
         seed = self.cfg.seed + 10_007 * self.state.iteration + seed_offset
         meta = {"env_id": self.cfg.env, "policy": kind, "iteration": self.state.iteration}
         result = collect_episodes(
-            self.envs, policy, self.store, episodes, seed=seed, meta=meta, progress=False
+            self.envs, policy, self.store, episodes, seed=seed, meta=meta, progress=False, whole_step=True
         )
         self.state.env_steps += result.env_steps
         self.state.episodes += len(result.names)
@@ -514,8 +516,9 @@ class OnlineLoop:
         global one, so without this the same weights scored differently with each RNG history, and
         evaluating moved the training stream on.
         """
-        cuda = [] if self.device.type != "cuda" else [torch.cuda.current_device()]
-        cuda = cuda if self.device.index is None else [self.device.index]
+        cuda = []
+        if self.device.type == "cuda":
+            cuda = [torch.cuda.current_device() if self.device.index is None else self.device.index]
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.cfg.seed + 1_000_000)
             return self._evaluate(final)
