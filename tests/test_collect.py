@@ -137,6 +137,19 @@ def test_collect_is_reproducible(tmp_path):
         np.testing.assert_array_equal(a.action, b.action)
 
 
+def test_whole_step_keeps_the_episodes_that_end_with_the_last_one(tmp_path):
+    """3 episodes over 2 envs: the fourth env episode is simulated either way; whole_step keeps it, so
+    the steps counted are those of the stored episodes."""
+    for whole_step, kept in ((False, 3), (True, 4)):
+        vec = envs.make_vector_env("robobrain/Reach-v0", 2, image_size=8, max_episode_steps=5)
+        store = EpisodeStore(tmp_path / str(whole_step))
+        result = collect_episodes(vec, RandomPolicy(3, seed=0), store, 3, seed=0, progress=False,
+                                  whole_step=whole_step)  # fmt: skip
+        vec.close()
+        assert len(result.names) == kept and result.env_steps == 20
+        assert sum(len(ep.action) for ep in store.load_all()) == 5 * kept
+
+
 def test_collect_refuses_same_step_autoreset(tmp_path):
     vec = gym.vector.SyncVectorEnv(
         [lambda: envs.make_env("robobrain/Reach-v0", 8)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP

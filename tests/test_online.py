@@ -205,8 +205,12 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     with pytest.raises(ValueError, match="unknown stable-baselines3 algorithm 'FOO'"):
         SB3Config(algo="FOO")
     with caplog.at_level("WARNING", logger="robobrain.training.online"):
-        main(run_args(tmp_path / "seedonly", 10))
+        main([*run_args(tmp_path / "seedonly", 10), "--seed-episodes", "3"])
     assert "the planner never acts" in caplog.text
+    # 3 seed episodes over 2 envs: the fourth, simulated alongside the third, is kept, not discarded.
+    seeded = EpisodeStore(tmp_path / "seedonly" / "episodes").load_all()
+    state = load_checkpoint(latest_checkpoint(tmp_path / "seedonly")).state["loop"]
+    assert len(seeded) == state["episodes"] == 4 and state["env_steps"] == sum(len(e.action) for e in seeded)
     with pytest.raises(ValueError, match="windows of 8 observations"):  # before collecting anything
         main([*run_args(tmp_path / "short", 20), "--episode-steps", "6"])
     short = tmp_path / "short" / "episodes"

@@ -67,8 +67,14 @@ def collect_episodes(
     seed: int | None = None,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
+    whole_step: bool = False,
 ) -> CollectResult:
     """Run ``policy`` in ``envs`` until ``num_episodes`` episodes have ended; store each.
+
+    ``whole_step``: also store the episodes that end on the step the last one needed ends, so more
+    than ``num_episodes`` may come back (the online loop: with episodes of one length, no env's
+    steps are thrown away when ``num_episodes`` is not a multiple of the env count). Steps of an
+    episode cut off unfinished are counted in ``env_steps`` either way: they were simulated.
 
     ``envs`` must auto-reset in Gymnasium's NEXT_STEP mode (as :func:`robobrain.envs.make_vector_env`
     makes them): the step after an episode ends returns the reset observation and is not a
@@ -109,7 +115,8 @@ def collect_episodes(
                     obs["pixels"][i],
                     obs["state"][i],
                 )
-                if done[i] and len(names) < num_episodes:
+                # (The loop stops after this step once enough have ended: whole_step keeps them all.)
+                if done[i] and (whole_step or len(names) < num_episodes):
                     ep_meta = {**base_meta, "sim_unstable": _info_flag(info, "sim_unstable", i)}
                     names.append(store.add(builders[i].finish(bool(terminated[i]), ep_meta)))
                     bar.update(1)
