@@ -195,8 +195,34 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
         raise CheckpointError(f"{pointer}: names no checkpoint directory ({name!r})")
     path = root / name
     if not restore_set_aside(path):
-        raise CheckpointError(f"{pointer} names {name}, which does not exist")
+        raise CheckpointError(f"{pointer} names {name}, which does not exist{recovery_hint(path)}")
     return path
+
+
+def recovery_hint(checkpoint: Path) -> str:
+    """How to go on from the run's newest other checkpoint instead of ``checkpoint`` (missing or
+    corrupt): an addition to an error message, empty when the run has no other one. Nothing falls
+    back by itself: resuming an online run from an older checkpoint drops the episodes stored after it."""
+    root = checkpoint.parent
+    others = sorted(p.name for p in root.glob("step_*") if p.is_dir() and p.name != checkpoint.name)
+    if not others:
+        return ""
+    return (
+        f"; the run's other checkpoints: {', '.join(others[-3:])}. To go on from one (what followed it is "
+        f'redone), write {{"checkpoint": "{others[-1]}"}} into {root / LATEST}'
+    )
+
+
+def load_latest(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
+    """:func:`load_checkpoint` of the run's newest checkpoint (None when it has none); a corrupt one's
+    error says how to go on from an older one."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None
+    try:
+        return load_checkpoint(latest)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}{recovery_hint(latest)}") from e
 
 
 def _remove_set_aside(final: Path, ignore_errors: bool = False) -> None:

@@ -5,9 +5,11 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from robobrain.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    load_latest,
     restore_set_aside,
     save_checkpoint,
     set_cuda_rng_states,
@@ -464,6 +467,23 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "opt" / "checkpoints" / "latest").write_text('{"checkpoint": 5}')
     with pytest.raises(CheckpointError, match="names no checkpoint directory"):
         latest_checkpoint(tmp_path / "opt")
+
+
+def test_a_corrupt_or_missing_latest_checkpoint_says_how_to_go_on_from_an_older_one(tmp_path):
+    model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
+    save_checkpoint(tmp_path, 1, model, config)
+    newest = save_checkpoint(tmp_path, 2, model, config)
+    (newest / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: .*other checkpoints: step_0000001") as e:
+        load_latest(tmp_path)
+    hint = re.search(r"write (\{.*\}) into (\S+)$", str(e.value))
+    assert hint is not None
+    Path(hint[2]).write_text(hint[1])  # as the message says
+    assert load_latest(tmp_path).path.name == "step_0000001"
+    Path(hint[2]).write_text('{"checkpoint": "step_0000002"}')
+    shutil.rmtree(newest)
+    with pytest.raises(CheckpointError, match="does not exist; the run's other checkpoints: step_0000001"):
+        latest_checkpoint(tmp_path)
 
 
 def test_a_killed_writers_temporary_directory_goes_at_the_next_save(tmp_path):

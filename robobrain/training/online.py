@@ -33,8 +33,8 @@ from robobrain.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_trained_env,
-    latest_checkpoint,
     load_checkpoint,
+    load_latest,
     load_weights,
     set_cuda_rng_states,
 )
@@ -557,10 +557,10 @@ class OnlineLoop:
         )  # fmt: skip
 
     def _resume(self) -> bool:
-        latest = latest_checkpoint(self.run_dir)
-        if latest is None:
+        ckpt = load_latest(self.run_dir)
+        if ckpt is None:
             return False
-        ckpt = load_checkpoint(latest)
+        latest = ckpt.path
         _check_config(ckpt.config, self.config, latest / "config.json")
         ckpt.require("loop", "trainer", "rng")  # before the store is truncated to the checkpoint
         try:

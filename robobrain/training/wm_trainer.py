@@ -18,8 +18,8 @@ from robobrain.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
     check_trained_env,
-    latest_checkpoint,
     load_checkpoint,
+    load_latest,
     load_weights,
     save_checkpoint,
     set_cuda_rng_states,
@@ -311,9 +311,9 @@ def train_world_model(
     sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
     trainer = WorldModelTrainer(model, tcfg, sampler, device, total_steps=steps)
 
-    latest = latest_checkpoint(run_dir)
-    if latest is not None:
-        ckpt = load_checkpoint(latest)
+    ckpt = load_latest(run_dir)
+    if ckpt is not None:
+        latest = ckpt.path
         check_trained_env(ckpt.config, config["env_id"], latest)  # (before the configs: it says more)
         for key, cls in (("world_model", WorldModelConfig), ("train", WMTrainConfig)):
             # Through the dataclass, so a field added since the run started compares at its default.
