@@ -278,9 +278,14 @@ def run_eval(args: Eval) -> dict:
         raise ValueError(f"--episodes and --num-envs must be >= 1, got {args.episodes}, {args.num_envs}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0 (episode i is reset with seed + i), got {args.seed}")
+    if args.video_episodes < 0:
+        raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
     size = args.image_size
-    if size is None and args.policy.startswith(("mpc:", "bc:")):
-        size = int(read_config(args.policy.split(":", 1)[1])["world_model"]["image_size"])
+    if args.policy.startswith(("mpc:", "bc:")):
+        seen = int(read_config(args.policy.split(":", 1)[1])["world_model"]["image_size"])
+        if size is not None and size != seen:
+            raise ValueError(f"--image-size {size}: the world model of {args.policy} sees {seen} px frames")
+        size = seen
     # (no more envs than episodes: a slot that never starts an episode has no observation)
     envs = [
         make_env(args.env, 64 if size is None else size) for _ in range(min(args.num_envs, args.episodes))

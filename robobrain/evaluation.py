@@ -140,7 +140,7 @@ def evaluate_policy(
                     {
                         "episode": ep,
                         "seed": seed + ep,
-                        "success": bool(info.get("success", False)),
+                        "success": bool(info["success"]) if "success" in info else None,
                         "return": slot_return[i],
                         "length": slot_len[i],
                         "latency_ms": 1e3 * float(np.mean(slot_latency[i])),
@@ -156,7 +156,9 @@ def evaluate_policy(
     bar.close()
 
     results.sort(key=lambda r: r["episode"])
-    n_success = sum(r["success"] for r in results)
+    # An env without info["success"] (Pendulum, ...) has no success rate: null, not 0.
+    has_success = all(r["success"] is not None for r in results)
+    n_success = sum(bool(r["success"]) for r in results)
     lo, hi = wilson_interval(n_success, len(results))
     lat = np.array(latencies) * 1e3
     report = {
@@ -166,8 +168,8 @@ def evaluate_policy(
         "episodes": results,
         "summary": {
             "episodes": len(results),
-            "success_rate": n_success / max(len(results), 1),
-            "success_ci95": [lo, hi],
+            "success_rate": n_success / max(len(results), 1) if has_success else None,
+            "success_ci95": [lo, hi] if has_success else None,
             "mean_return": float(np.mean([r["return"] for r in results])),
             "mean_length": float(np.mean([r["length"] for r in results])),
             "latency_ms_p50": float(np.percentile(lat, 50)),

@@ -70,7 +70,10 @@ def test_eval_on_a_wrapped_gymnasium_env(tmp_path):
 
     envs = [make_env("Reacher-v5", 16, width=32, height=32) for _ in range(2)]
     report = evaluate_policy(RandomPolicy(2, seed=0), envs, 2, out_dir=tmp_path, progress=False)
-    assert report["summary"]["episodes"] == 2 and report["summary"]["success_rate"] == 0
+    s = report["summary"]
+    # Reacher has no info["success"]: no success rate (null in the json), not a rate of 0.
+    assert s["episodes"] == 2 and s["success_rate"] is None and s["success_ci95"] is None
+    assert [ep["success"] for ep in report["episodes"]] == [None, None]
 
 
 def test_mpc_eval_writes_real_and_imagined_video(tmp_path):
@@ -107,6 +110,11 @@ def test_clear_errors_for_bad_specs(tmp_path):
         load_policy("random", "CartPole-v1", gym.spaces.Discrete(2))
     with pytest.raises(ValueError, match=">= 1"):
         main(["eval", "--policy", "random", "--episodes", "0", "--out", str(tmp_path), "--no-progress"])
+    with pytest.raises(ValueError, match="--video-episodes must be >= 0"):
+        main(["eval", "--policy", "random", "--video-episodes", "-1", "--out", str(tmp_path / "v")])
+    with pytest.raises(ValueError, match=r"--image-size 16: the world model of mpc:\S+ sees 32 px frames"):
+        main(["eval", "--policy", f"mpc:{tmp_path / 'wm4'}", "--image-size", "16", "--out",
+              str(tmp_path / "v")])  # fmt: skip
     with pytest.raises(ValueError, match="RescaleAction"):  # the planner would use half of [-2, 2]
         load_policy(f"mpc:{tmp_path / 'wm4'}", "Pendulum-v1", gym.spaces.Box(-2, 2, (1,), np.float32))
     with pytest.raises(ValueError, match="robobrain task"):

@@ -686,7 +686,9 @@ class OnlineLoop:
             if st.env_steps >= cfg.env_steps:
                 self._final_report = report
             summary = report["summary"]
-            row.update(eval_success=summary["success_rate"], eval_return=summary["mean_return"])
+            success = summary["success_rate"]  # (None for an env without info["success"])
+            row["eval_success"] = float("nan") if success is None else success
+            row["eval_return"] = summary["mean_return"]
             st.last_eval = st.env_steps
         # wall_s before the checkpoint, so a resumed run keeps this iteration's time (writing the
         # checkpoint counts toward the next row's).
