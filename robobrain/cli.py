@@ -405,7 +405,7 @@ def run_eval_wm(args: EvalWM) -> dict:
         video_path=out / "prediction.mp4",
         state_layout=get_state_layout(episodes[0].meta.get("env_id")),
     )
-    report["checkpoint"] = str(ckpt.path)
+    report.update(checkpoint=str(ckpt.path), data=str(args.data), split=args.split)
     atomic_write_json(out / "report.json", report)
     print(json.dumps(report["summary"], indent=1))
     print(f"report: {out / 'report.json'}\nvideo: {out / 'prediction.mp4'}")

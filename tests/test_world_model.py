@@ -352,13 +352,16 @@ def test_save_load_identical_outputs(tmp_path, variant):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
-def test_resume_equals_uninterrupted_run(push_data, tmp_path):
+def test_resume_equals_uninterrupted_run(push_data, tmp_path, caplog):
     # A constant rate, so stopping at 6 by asking for 6 steps is the same as being stopped there
     # (with a schedule, --steps lays it out: test_killed_run_with_lr_schedule_resumes_exactly).
     preset = dataclasses.replace(DEBUG, train=dataclasses.replace(DEBUG.train, lr_decay=0.0))
     train_world_model(push_data, tmp_path / "straight", preset, steps=12, progress=False)
     train_world_model(push_data, tmp_path / "split", preset, steps=6, progress=False)
     train_world_model(push_data, tmp_path / "split", preset, steps=12, progress=False)  # resumes at 6
+    with caplog.at_level("WARNING", logger="robobrain.training.wm_trainer"):
+        assert train_world_model(push_data, tmp_path / "split", preset, steps=12, progress=False) == {}
+    assert "at step 12 already, --steps is 12: nothing to train" in caplog.text
     a = load_checkpoint(tmp_path / "straight")
     b = load_checkpoint(tmp_path / "split")
     assert a.state["step"] == b.state["step"] == 12
@@ -682,6 +685,7 @@ def test_train_and_eval_cli(push_data, tmp_path):
     )
     report = json.loads((run / "eval_wm" / "report.json").read_text())
     assert len(report["model"]["psnr"]) == 4 and report["windows"] == 16
+    assert (report["data"], report["split"]) == (str(push_data), "holdout")  # what it was measured on
     assert {"copy_last_frame", "shuffled_actions", "reward_corr", "success_acc"} <= set(report)
     # The model decodes Push's state: the report says how far each named part is from the truth.
     assert set(report["state_error"]) == {"filtered", "imagined@4"}

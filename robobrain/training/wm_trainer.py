@@ -338,6 +338,9 @@ def train_world_model(
     logger = MetricLogger(run_dir, "train_wm")
     logger.truncate_after(trainer.step)  # a resumed run re-does the steps after its checkpoint
     metrics: dict[str, float] = {}
+    if trainer.step >= steps:
+        log.warning("%s is at step %d already, --steps is %d: nothing to train (raise --steps to go on)",
+                    run_dir, trainer.step, steps)  # fmt: skip
     window: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     try:
