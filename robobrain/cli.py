@@ -420,6 +420,8 @@ def run_collect(args: Collect) -> list[str]:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0 (env i is first reset with seed + i), got {args.seed}")
     if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
         raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
     out = args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()

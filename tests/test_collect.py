@@ -196,6 +196,8 @@ def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_pat
     for noise in ("nan", "inf"):  # nan > 0 is False: it collected noiseless data recorded as NaN
         with pytest.raises(ValueError, match="noise_std must be finite"):
             main([*base, "--noise", noise, "--out", str(out)])
+    with pytest.raises(ValueError, match="--seed must be >= 0"):  # (numpy's error named no flag)
+        main([*base, "--seed", "-5", "--out", str(out)])
     assert not out.exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
