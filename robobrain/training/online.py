@@ -155,22 +155,26 @@ class OnlineConfig:
     resumed run may change it)."""
 
     def __post_init__(self) -> None:
+        def flag(name: str) -> str:  # (the field as `robobrain train` spells it)
+            return f"--{name.replace('_', '-')}"
+
         if self.seed_episodes < 0 or (self.seed_episodes == 0 and self.seed_data is None):
-            raise ValueError(f"seed_episodes must be > 0 without seed_data, got {self.seed_episodes}")
-        if self.own_data_repeat < 1:
-            raise ValueError(f"own_data_repeat must be >= 1, got {self.own_data_repeat}")
-        if self.explore_bonus < 0:
-            raise ValueError(f"explore_bonus must be >= 0, got {self.explore_bonus}")
+            raise ValueError(
+                f"seed_episodes must be > 0 without seed_data, got {self.seed_episodes} "
+                f"({flag('seed_episodes')}, {flag('seed_data')})"
+            )
         if self.ensemble is not None and self.ensemble < 0:
-            raise ValueError(f"ensemble must be >= 0, got {self.ensemble}")
+            raise ValueError(f"ensemble must be >= 0, got {self.ensemble} ({flag('ensemble')})")
         counts = {"env_steps": (self.env_steps, 0), "eval_episodes": (self.eval_episodes, 1),
                   "eval_every": (self.eval_every, 0), "checkpoint_every": (self.checkpoint_every, 0),
-                  "pretrain_steps": (self.pretrain_steps, 0),
+                  "pretrain_steps": (self.pretrain_steps, 0), "own_data_repeat": (self.own_data_repeat, 1),
+                  "explore_bonus": (self.explore_bonus, 0),
                   "train_ratio": (self.train_ratio, 0), "prior_samples": (self.prior_samples, 0),
-                  "num_envs": (self.num_envs, 1), "seed": (self.seed, 0)}  # fmt: skip
+                  "num_envs": (self.num_envs, 1), "seed": (self.seed, 0),
+                  "episode_steps": (1 if self.episode_steps is None else self.episode_steps, 1)}  # fmt: skip
         for name, (value, least) in counts.items():
             if not value >= least:  # (NaN too)
-                raise ValueError(f"{name} must be >= {least}, got {value}")
+                raise ValueError(f"{name} must be >= {least}, got {value} ({flag(name)})")
 
 
 class LoopState:
