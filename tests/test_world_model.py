@@ -858,7 +858,8 @@ def test_open_loop_loss_aligns_targets_and_trains_the_imagined_rewards(push_data
     # Trained on the same batches, the open-loop loss makes rewards imagined 7 steps ahead better on
     # average. At this tiny size the gain is small against the spread over seeds: with the scripted
     # data since 2026-12-06, seeds 0-7 gave an error ratio (open loop / none) of 0.61-1.27 per seed,
-    # 0.87 for the mean error (0.83 over seeds 0-3; with the earlier data, 3 seeds gave ~0.67).
+    # 0.87 for the mean error (0.83 over seeds 0-3; for the earlier data this comment said "by about
+    # a third", not re-measured).
     sampler = SequenceSampler(EpisodeStore(push_data).load_all(), DEBUG.train.seq_len, seed=0)
     batch = batch_to_torch(sampler.sample(8), "cpu")
     errors = {0: [], 7: []}

@@ -17,7 +17,7 @@ import torch
 
 from robobrain.planning.noise import powerlaw_noise
 from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult, ScoreFn
-from robobrain.world_model import Rollout, State, WorldModel
+from robobrain.world_model import Rollout, State, WorldModel, step_score
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def world_model_score_fn(
     :class:`robobrain.world_model.GraphedImagine` of the model (bf16 and CUDA graphs on a GPU)."""
 
     def returns(out: Rollout) -> torch.Tensor:
-        r = out.reward.float() + cfg.success_bonus * torch.sigmoid(out.success_logit.float())
+        r = step_score(out.reward.float(), out.success_logit.float(), cfg.success_bonus)
         if cfg.disagreement_penalty:
             if out.disagreement is None:
                 raise ValueError("disagreement_penalty needs a world model trained with an ensemble")

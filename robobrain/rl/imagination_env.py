@@ -16,7 +16,7 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 from robobrain.data import Episode
-from robobrain.world_model import State, WorldModel
+from robobrain.world_model import State, WorldModel, step_score
 from robobrain.world_model.rssm import cat_states
 
 
@@ -54,9 +54,7 @@ class WorldModelDynamics:
         state, _ = self.model.rssm.img_step(state, action, sample=self.sample)
         feat = state.feat
         success_logit = self.model.success_head(feat).squeeze(-1)
-        reward = self.model.reward_head(feat).squeeze(-1)
-        if self.success_bonus:
-            reward = reward + self.success_bonus * torch.sigmoid(success_logit)
+        reward = step_score(self.model.reward_head(feat).squeeze(-1), success_logit, self.success_bonus)
         return state, reward, success_logit
 
 

@@ -2,7 +2,7 @@
 
 from robobrain.world_model.fused import FusedImagine, fused_unsupported
 from robobrain.world_model.graphs import Bf16Imagine, GraphedImagine
-from robobrain.world_model.model import Rollout, WorldModel
+from robobrain.world_model.model import Rollout, WorldModel, step_score
 from robobrain.world_model.rssm import RSSM, State
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "State",
     "WorldModel",
     "fused_unsupported",
+    "step_score",
 ]

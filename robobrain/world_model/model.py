@@ -44,6 +44,15 @@ class Rollout(NamedTuple):
     pixels: torch.Tensor | None
 
 
+def step_score(reward: torch.Tensor, success_logit: torch.Tensor, success_bonus: float) -> torch.Tensor:
+    """What one imagined step is worth: predicted reward + ``success_bonus`` x predicted success
+    probability, elementwise (any shape). The MPC planner sums it over its horizon and the SB3 critic
+    learns it in imagination, so the critic's value continues the planner's sum past the horizon."""
+    if not success_bonus:
+        return reward
+    return reward + success_bonus * torch.sigmoid(success_logit)
+
+
 class WorldModel(nn.Module):
     """Action-conditioned video world model: conv encoder, RSSM dynamics, conv decoder, reward and
     success heads. The device follows the module (``.to(device)``); it computes in float32 (bf16
