@@ -212,6 +212,36 @@ def planner_settings(args: Eval) -> dict[str, Any]:
     return out
 
 
+# Eval flags that only a planner reads, with their defaults; those a planner without a learned
+# model (the oracle) cannot use either are in the second set.
+_PLANNER_FLAGS: dict[str, Any] = {
+    "optimizer": None, "horizon": None, "samples": None, "elites": None, "iterations": None,
+    "temperature": None, "time_budget": None, "success_bonus": 1.0, "discount": None,
+    "disagreement_penalty": 0.0, "guide": "auto", "prior_samples": None, "prior_std": None,
+    "compile": False, "compile_mode": "default", "fused": False,
+}  # fmt: skip
+_LEARNED_MODEL_FLAGS = {"disagreement_penalty", "guide", "prior_samples", "prior_std", "compile",
+                        "compile_mode", "fused"}  # fmt: skip
+
+
+def check_planner_flags(args: Eval) -> None:
+    """Refuse planner flags given to a policy that would ignore them (``--guide bc`` with ``scripted``
+    would otherwise be recorded as if it had been used; with ``oracle`` it would silently switch the
+    planner to the behaviour-prior settings, without a prior)."""
+    if args.policy.startswith("mpc:"):
+        return
+    usable = set(_PLANNER_FLAGS) - _LEARNED_MODEL_FLAGS if args.policy == "oracle" else set()
+    given = [name for name, default in _PLANNER_FLAGS.items()
+             if name not in usable and getattr(args, name) != default]  # fmt: skip
+    if args.policy == "oracle" and args.guide == "none":
+        given.remove("guide")  # (the oracle plans unguided: asking for that is no mistake)
+    if given:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        who = "a world-model planner (mpc:)" if args.policy == "oracle" else "a planner (oracle, mpc:)"
+        them = "it" if len(given) == 1 else "them"
+        raise ValueError(f"{flags}: only {who} reads {them}, not --policy {args.policy}")
+
+
 @dataclass(frozen=True)
 class Train(OnlineConfig):
     """The main job: act with the planner, refit the world model, fine-tune the SB3 actor-critic in
@@ -280,6 +310,7 @@ def run_eval(args: Eval) -> dict:
         raise ValueError(f"--seed must be >= 0 (episode i is reset with seed + i), got {args.seed}")
     if args.video_episodes < 0:
         raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
+    check_planner_flags(args)
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
         seen = int(read_config(args.policy.split(":", 1)[1])["world_model"]["image_size"])
@@ -324,8 +355,9 @@ def run_eval(args: Eval) -> dict:
             compile=args.compile_mode if args.compile else False,
             fused=args.fused,
         )
-        meta = {"env_id": args.env, "policy": args.policy, "guide": args.guide}
+        meta: dict[str, Any] = {"env_id": args.env, "policy": args.policy}
         if args.policy.startswith(("mpc:", "oracle")):
+            meta["guide"] = args.guide
             guide_used = getattr(policy, "guide", None)
             meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None),
                                    low=optim.low, high=optim.high)  # fmt: skip

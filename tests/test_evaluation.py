@@ -267,6 +267,27 @@ def test_evaluate_policy_checks_its_arguments_before_any_episode(tmp_path):
         main(["eval", "--policy", "random", "--seed", "-1", "--out", str(tmp_path / "neg")])
 
 
+def test_eval_refuses_planner_flags_a_policy_would_ignore(tmp_path):
+    """--guide bc with the oracle once switched its planner to MPPI 64 x 1 without any prior; with
+    scripted, the unused guide was recorded in eval_info.json."""
+    base = ["eval", "--env", "robobrain/Reach-v0", "--episodes", "1", "--image-size", "16", "--no-progress"]
+    for policy, flags, named in [
+        ("oracle", ["--guide", "bc"], "--guide"),
+        ("oracle", ["--prior-samples", "4", "--fused"], "--prior-samples, --fused"),
+        ("scripted", ["--samples", "64", "--success-bonus", "2"], "--samples, --success-bonus"),
+        ("random", ["--guide", "none"], "--guide"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{named}: only a .*planner.* not --policy {policy}$"):
+            main([*base, "--policy", policy, *flags, "--out", str(tmp_path / "x")])
+    # What a planner reads is accepted; the oracle's unguided planning may be asked for by name.
+    main([*base, "--policy", "oracle", "--guide", "none", "--samples", "16", "--iterations", "1",
+          "--horizon", "3", "--out", str(tmp_path / "oracle")])  # fmt: skip
+    info = json.loads((tmp_path / "oracle" / "eval_info.json").read_text())
+    assert (info["guide"], info["planner"]["samples"]) == ("none", 16)
+    main([*base, "--policy", "scripted", "--out", str(tmp_path / "scripted")])
+    assert "guide" not in json.loads((tmp_path / "scripted" / "eval_info.json").read_text())
+
+
 def test_the_oracle_acts_for_the_envs_an_evaluation_runs():
     """evaluate_policy leaves envs beyond its episodes idle; the oracle holding them refused to act."""
     envs = [gym.make("robobrain/Reach-v0", image_size=8) for _ in range(3)]
