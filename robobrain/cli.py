@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
+from robobrain.data.store import no_empty_dirs_on_failure
 from robobrain.training.online import OnlineConfig
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class EvalWM:
     max_windows: int = 256
     """Windows evaluated at most."""
     out: Path | None = None
-    """Report directory (default: <run>/eval_wm for a run's checkpoint, else <checkpoint>/eval_wm)."""
+    """Report directory (default: <run>/eval_wm/<checkpoint>_<data>_<split> for a run's checkpoint,
+    e.g. runs/wm/eval_wm/step_0004000_push_holdout, else <checkpoint>/eval_wm/<data>_<split>)."""
     device: str = "cpu"
 
 
@@ -405,6 +407,16 @@ def run_train_wm(args: TrainWM) -> dict:
     return metrics
 
 
+def eval_wm_out(checkpoint: Path, data: Path, split: str) -> Path:
+    """Where ``eval-wm`` reports by default: one folder per checkpoint, data and split (evaluating the
+    held-out episodes and then all of them kept only the last report), under <run>/eval_wm for a run's
+    checkpoint, else under <checkpoint>/eval_wm."""
+    measured = f"{Path(data).resolve().name}_{split}"
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent / "eval_wm" / f"{checkpoint.name}_{measured}"
+    return checkpoint / "eval_wm" / measured
+
+
 def run_eval_wm(args: EvalWM) -> dict:
     from robobrain.checkpoint import check_trained_env, load_checkpoint
     from robobrain.data import EpisodeStore
@@ -424,24 +436,28 @@ def run_eval_wm(args: EvalWM) -> dict:
     else:
         episodes, _ = split_episodes(store, 0.0)  # (raises on a store with no readable episode)
     check_trained_env(ckpt.config, episodes[0].meta.get("env_id"), ckpt.path)
-    # A run's checkpoint reports beside the run's checkpoints folder, a lone checkpoint inside itself.
-    run = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path
-    out = args.out or run / "eval_wm"
-    out.mkdir(parents=True, exist_ok=True)
-    report = evaluate_world_model(
-        model,
-        episodes,
-        args.context,
-        args.horizon,
-        args.max_windows,
-        video_path=out / "prediction.mp4",
-        state_layout=get_state_layout(episodes[0].meta.get("env_id")),
-    )
+    out = args.out or eval_wm_out(ckpt.path, args.data, args.split)
+    with no_empty_dirs_on_failure(out):
+        out.mkdir(parents=True, exist_ok=True)
+        report = evaluate_world_model(
+            model,
+            episodes,
+            args.context,
+            args.horizon,
+            args.max_windows,
+            video_path=out / "prediction.mp4",
+            state_layout=get_state_layout(episodes[0].meta.get("env_id")),
+        )
     report.update(checkpoint=str(ckpt.path), data=str(args.data), split=args.split)
     atomic_write_json(out / "report.json", report)
     print(json.dumps(report["summary"], indent=1))
     print(f"report: {out / 'report.json'}\nvideo: {out / 'prediction.mp4'}")
     return report
+
+
+def collect_out(args: Collect) -> Path:
+    """``--out``, else data/<task>, e.g. data/push for robobrain/Push-v0."""
+    return args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
 
 
 def run_collect(args: Collect) -> list[str]:
@@ -456,7 +472,7 @@ def run_collect(args: Collect) -> list[str]:
         raise ValueError(f"--seed must be >= 0 (env i is first reset with seed + i), got {args.seed}")
     if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
         raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
-    out = args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
+    out = collect_out(args)
     # (The store is created only once the env and the policy are built: a mistyped --env or
     # --policy leaves no empty directory behind.)
     if out.exists() and not out.is_dir():
@@ -640,7 +656,10 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({type(args).__name__: asdict(args)}, default=str))
             if getattr(args, "device", None) is not None:
                 args = replace(args, device=resolve_device(args.device))
-            run(args)
+            # (a refused or failed command leaves no empty output folder behind)
+            out = collect_out(args) if isinstance(args, Collect) else getattr(args, "out", None)
+            with no_empty_dirs_on_failure(out, getattr(args, "run_dir", None)):
+                run(args)
             return
     raise AssertionError(f"unhandled command {args!r}")
 

@@ -265,12 +265,13 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
     assert len(EpisodeStore(offline)) == 4
     with pytest.raises(ValueError, match="no such directory"):
         main([*run_args(tmp_path / "other", 20), "--seed-data", str(tmp_path / "missing")])
+    assert not (tmp_path / "other").exists()  # (a refused run leaves no empty run directory behind)
     with pytest.raises(ValueError if VALUE_ERRORS_PROPAGATE else SystemExit):  # (when the flags are read)
         main([*run_args(tmp_path / "other", 20), "--seed-episodes", "0"])
     # Sizes are checked before the seed episodes: they were collected, then the run failed.
     with pytest.raises(CheckpointError, match="sees 32 px frames, the run's envs render 16 px"):
         main([*run_args(tmp_path / "small", 20), "--image-size", "16", "--init-world-model", str(wm)])
-    assert len(EpisodeStore(tmp_path / "small" / "episodes")) == 0
+    assert not (tmp_path / "small").exists()  # (nor an empty store)
     with pytest.raises(ValueError, match=r"episodes of \[32\] px, the run's envs render 16 px"):
         main([*run_args(tmp_path / "small", 20), "--image-size", "16", "--seed-data", str(offline)])
     # Without --image-size the envs render what the offline model or data sees (the preset's 64 px did).

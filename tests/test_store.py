@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from robobrain.data import CorruptEpisodeError, Episode, EpisodeStore, SequenceSampler
+from robobrain.data.store import no_empty_dirs_on_failure
 
 
 def make_episode(steps: int, tag: int = 0, size: int = 8) -> Episode:
@@ -380,3 +381,26 @@ def test_a_file_in_the_way_of_a_store_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
         EpisodeStore(tmp_path / "file")
+
+
+def test_a_new_store_stays_an_empty_directory_until_its_first_episode(tmp_path):
+    store = EpisodeStore(tmp_path / "new")
+    assert list((tmp_path / "new").iterdir()) == []
+    store.add(make_episode(3))
+    assert json.loads((tmp_path / "new" / "manifest.json").read_text())["episodes"]
+
+
+def test_a_failed_command_leaves_no_empty_folder_and_removes_no_file(tmp_path):
+    (tmp_path / "old").mkdir()
+    with pytest.raises(RuntimeError):
+        out = tmp_path / "a" / "b" / "out"
+        with no_empty_dirs_on_failure(out, tmp_path / "old", tmp_path / "kept", None):
+            (out / "episodes" / "deep").mkdir(parents=True)
+            (tmp_path / "kept" / "sub").mkdir(parents=True)
+            (tmp_path / "kept" / "sub" / "log.csv").write_text("step\n")
+            raise RuntimeError("refused")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "old"]  # (a/ was made for out/)
+    assert (tmp_path / "kept" / "sub" / "log.csv").read_text() == "step\n"
+    with no_empty_dirs_on_failure(tmp_path / "fine"):  # (a block that succeeds keeps what it made)
+        (tmp_path / "fine").mkdir()
+    assert (tmp_path / "fine").is_dir()

@@ -683,7 +683,8 @@ def test_train_and_eval_cli(push_data, tmp_path):
             "16",
         ]
     )
-    report = json.loads((run / "eval_wm" / "report.json").read_text())
+    measured = run / "eval_wm" / f"{load_checkpoint(run).path.name}_{push_data.name}_holdout"
+    report = json.loads((measured / "report.json").read_text())
     assert len(report["model"]["psnr"]) == 4 and report["windows"] == 16
     assert (report["data"], report["split"]) == (str(push_data), "holdout")  # what it was measured on
     assert {"copy_last_frame", "shuffled_actions", "reward_corr", "success_acc"} <= set(report)
@@ -691,9 +692,18 @@ def test_train_and_eval_cli(push_data, tmp_path):
     assert set(report["state_error"]) == {"filtered", "imagined@4"}
     assert {"gripper_pos", "goal", "block_pos"} <= set(report["state_error"]["filtered"])
     assert all(np.isfinite(v) and v >= 0 for v in report["state_error"]["imagined@4"].values())
-    assert (run / "eval_wm" / "prediction.mp4").stat().st_size > 1000
+    assert (measured / "prediction.mp4").stat().st_size > 1000
     assert report["shuffled_from_other_episodes"] == (1.0 if report["episodes"] > 1 else 0.0)
     assert len(report["copy_last_frame"]["exact_share"]) == 4
+    # Another split reports beside it (it once replaced the report above); a refused one leaves nothing.
+    main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--split", "all", "--horizon", "2",
+          "--max-windows", "4"])  # fmt: skip
+    assert (measured / "report.json").exists()
+    assert (measured.parent / measured.name.replace("_holdout", "_all") / "report.json").exists()
+    with pytest.raises(ValueError, match="no episode is long enough"):
+        main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--horizon", "999",
+              "--out", str(tmp_path / "long" / "eval")])  # fmt: skip
+    assert not (tmp_path / "long").exists()
 
     # The checkpoint names the env of its data; using it on another env's data or env is refused.
     assert load_checkpoint(run).config["env_id"] == "robobrain/Push-v0"
@@ -725,7 +735,7 @@ def test_train_and_eval_cli(push_data, tmp_path):
     load_checkpoint(run).path.rename(lone)
     main(["eval-wm", "--checkpoint", str(lone), "--data", str(push_data), "--horizon", "2",
           "--max-windows", "4"])  # fmt: skip
-    assert (lone / "eval_wm" / "report.json").exists()
+    assert (lone / "eval_wm" / f"{push_data.name}_holdout" / "report.json").exists()
 
 
 def test_eval_wm_report_is_strict_json_and_counts_exact_copy_last_windows():

@@ -22,6 +22,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,39 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     _atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+@contextmanager
+def no_empty_dirs_on_failure(*paths: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Run the block; if it raises, remove the directories among ``paths`` (and the parents made for
+    them) that did not exist before it and that it left empty (or holding only empty directories).
+    A command refused after it made its output folder leaves nothing behind; a file is never
+    removed, so nothing written is lost."""
+    new: list[Path] = []
+    for p in (Path(p) for p in paths if p is not None):
+        top = None  # the highest of p and its parents that does not exist yet
+        for q in (p, *p.parents):
+            if q.exists() or q.is_symlink():
+                break
+            top = q
+        if top is not None:
+            new.append(top)
+    try:
+        yield
+    except BaseException:
+        for top in new:
+            _remove_empty_tree(top)
+        raise
+
+
+def _remove_empty_tree(top: Path) -> None:
+    if top.is_symlink() or not top.is_dir():
+        return
+    for sub, _, _ in sorted(os.walk(top), key=lambda w: -len(Path(w[0]).parts)):  # deepest first
+        try:
+            os.rmdir(sub)  # (refused for a directory that holds anything)
+        except OSError:
+            pass
 
 
 class EpisodeStore:
@@ -436,7 +470,8 @@ class EpisodeStore:
             if episode is not None:
                 manifest[name] = self._summary(episode)
         self._manifest = manifest
-        if fresh or stats is None or len(manifest) != len(saved_episodes):
+        changed = fresh or stats is None or len(manifest) != len(saved_episodes)
+        if changed and (names or path.exists()):  # (a new, empty store stays an empty directory)
             try:
                 self._write_manifest()
             except OSError as e:  # a read-only store reads fine; the manifest is a cache
