@@ -122,6 +122,15 @@ def test_no_transition_crosses_a_reset(tmp_path):
         assert jumps <= ACTION_STEP * 1.5, f"gripper teleported by {jumps:.3f} m inside an episode"
         starts.add(ep.state[0].tobytes())
     assert len(starts) == 7
+    # Each episode names its env and reset: its start can be found again.
+    env = gym.make("robobrain/Reach-v0", image_size=8)
+    for _, ep in store.episodes():
+        obs, _ = env.reset(seed=ep.meta["env_index"])  # (collected with seed 0: env i got seed i)
+        for _ in range(ep.meta["reset_index"]):
+            obs, _ = env.reset()
+        np.testing.assert_array_equal(obs["state"], ep.state[0])
+    assert {ep.meta["reset_index"] for _, ep in store.episodes()} == {0, 1, 2}  # (7 over 3 envs)
+    env.close()
 
 
 def test_collect_is_reproducible(tmp_path):

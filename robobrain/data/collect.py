@@ -81,6 +81,11 @@ def collect_episodes(
     transition, so it starts a new episode instead of being appended to the old one.
     Non-finite rewards or state observations stop collection with a ``FloatingPointError`` naming
     the env and step (nothing of that episode is stored).
+
+    Each episode's meta gets ``env_index`` (i: the vector env's i-th env, first reset with
+    ``seed + i``) and ``reset_index`` (k: the k-th reset of that env after it, 0 for the seeded one):
+    an episode of a robobrain task starts where ``env.reset(seed=seed + i)`` and k plain resets after
+    it leave that env (its tasks draw from the env's generator at reset only).
     """
     mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode != gym.vector.AutoresetMode.NEXT_STEP:
@@ -90,6 +95,7 @@ def collect_episodes(
     policy.reset(n)
     builders = [EpisodeBuilder(obs["pixels"][i], obs["state"][i]) for i in range(n)]
     resetting = np.zeros(n, dtype=bool)
+    resets = np.zeros(n, dtype=int)  # per env: resets since the seeded one
     names: list[str] = []
     env_steps = 0
     base_meta = dict(meta or {})
@@ -106,6 +112,7 @@ def collect_episodes(
                     )
                 if resetting[i]:
                     builders[i] = EpisodeBuilder(obs["pixels"][i], obs["state"][i])
+                    resets[i] += 1
                     continue
                 env_steps += 1
                 builders[i].add(
@@ -117,7 +124,8 @@ def collect_episodes(
                 )
                 # (The loop stops after this step once enough have ended: whole_step keeps them all.)
                 if done[i] and (whole_step or len(names) < num_episodes):
-                    ep_meta = {**base_meta, "sim_unstable": _info_flag(info, "sim_unstable", i)}
+                    ep_meta = {**base_meta, "sim_unstable": _info_flag(info, "sim_unstable", i),
+                               "env_index": i, "reset_index": int(resets[i])}  # fmt: skip
                     names.append(store.add(builders[i].finish(bool(terminated[i]), ep_meta)))
                     bar.update(1)
             if resetting.any():  # these envs just returned their reset observation: a new episode
