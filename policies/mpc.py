@@ -119,9 +119,10 @@ class WorldModelMPCPolicy:
             else functools.partial(self.model.imagine, disagreement=wants)
         )
         self.graphed_plan: GraphedPlan | None = None
+        budget = self.cfg.optim.time_budget is not None  # (0.0 is a budget: one iteration)
         if fused:
             why = fused_unsupported(model.cfg, wants)
-            if self.device.type != "cuda" or not (fast and whole_plan) or self.cfg.optim.time_budget:
+            if self.device.type != "cuda" or not (fast and whole_plan) or budget:
                 why = why or "it runs in the whole-plan CUDA graph (CUDA, fast, whole_plan, no time budget)"
             if guide is not None:
                 why = why or "guided plans are not recorded whole"
@@ -129,7 +130,7 @@ class WorldModelMPCPolicy:
                 why = why or "it replaces the compiled twin (compile)"
             if why is not None:
                 raise ValueError(f"fused imagination cannot be used here: {why}")
-        if fast and whole_plan and self.device.type == "cuda" and self.cfg.optim.time_budget is None:
+        if fast and whole_plan and self.device.type == "cuda" and not budget:
             twin: Bf16Imagine | FusedImagine = (
                 FusedImagine(self.model)
                 if fused
@@ -225,7 +226,7 @@ class OracleMPCPolicy:
     def __init__(self, envs: Sequence[Any], action_dim: int, cfg: MPCConfig | None = None) -> None:
         self.envs = list(envs)
         self.cfg = cfg or MPCConfig()
-        self.oracle = OracleModel(success_bonus=self.cfg.success_bonus)
+        self.oracle = OracleModel(success_bonus=self.cfg.success_bonus, discount=self.cfg.discount)
         self.mpc = MPC(self.cfg, action_dim, "cpu")
         self.num_envs = len(self.envs)
 

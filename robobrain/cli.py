@@ -160,15 +160,17 @@ class Eval:
     temperature: float | None = None
     """MPPI: softmax temperature over the elites' scores (default: 0.5; 4 with --guide bc)."""
     time_budget: float | None = None
-    """MPC wall-clock limit per decision (s)."""
+    """MPC wall-clock limit on each decision's optimizer iterations (s; at least one runs). What comes
+    before them is not counted: the filter's update and a guide's prior rollouts."""
     disagreement_penalty: float = 0.0
     """mpc: subtract this times the ensemble's disagreement from each imagined reward (needs a world
     model trained with an ensemble): keeps plans where the model is trustworthy."""
     success_bonus: float = 1.0
     """mpc: added to each imagined step's reward times the predicted success probability."""
     discount: float | None = None
-    """mpc: discount of the imagined rewards; the guide's value weighs discount^H (default: a
-    `robobrain train` run's own --mpc.discount, the one its critic was trained with; else 1)."""
+    """mpc, oracle: discount of the imagined (oracle: simulated) rewards; the guide's value weighs
+    discount^H (default: a `robobrain train` run's own --mpc.discount, the one its critic was trained
+    with; else 1)."""
     guide: Literal["auto", "both", "prior", "value", "bc", "none"] = "auto"
     """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
     the run has one); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`

@@ -177,6 +177,35 @@ def test_cem_finds_a_quadratic_optimum_on_cuda():
     torch.testing.assert_close(best, target.expand(4, 3, 2), atol=0.05, rtol=0)
 
 
+@torch.no_grad()
+def test_the_time_budget_counts_the_gpus_work_not_its_kernel_launches():
+    """Nothing in an unguided CUDA iteration waits for the GPU: the budget once read the clock after the
+    kernels were only launched, and every iteration ran."""
+    w = torch.randn(2048, 2048, device=CUDA)
+
+    def heavy(a: torch.Tensor) -> torch.Tensor:  # ~20 large matmuls per call, no host read-back
+        x = w
+        for _ in range(20):
+            x = torch.tanh(x @ w)
+        return -((a - x[0, 0]) ** 2).sum((-2, -1))
+
+    heavy(torch.zeros(1, 8, 3, 2, device=CUDA))
+    per_call = _cuda_seconds(lambda: heavy(torch.zeros(1, 8, 3, 2, device=CUDA)))
+    cem = CEM(OptimizerConfig(num_samples=8, num_elites=2, iterations=50, time_budget=5 * per_call))
+    result = cem.plan(heavy, torch.zeros(1, 3, 2, device=CUDA))
+    assert result.iterations <= 10  # (about 5 fit the budget; launches alone fill the queue ~3x later)
+
+
+def _cuda_seconds(fn) -> float:
+    import time
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 @pytest.mark.parametrize(
     "kw",
     [

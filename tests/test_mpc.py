@@ -26,7 +26,7 @@ def test_oracle_scores_equal_stepping_the_env(task_id):
         env.step(env.action_space.sample())
     a = envs[0].action_space.shape[0]
     actions = torch.rand(2, 6, 4, a, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    scores = OracleModel(success_bonus=0.5).score_fn(envs)(actions)
+    scores = OracleModel(success_bonus=0.5, discount=0.9).score_fn(envs)(actions)
     for b, env in enumerate(envs):
         raw = env.unwrapped
         saved = (raw.data.qpos.copy(), raw.data.qvel.copy(), raw.data.act.copy(), raw.data.time)
@@ -35,8 +35,24 @@ def test_oracle_scores_equal_stepping_the_env(task_id):
             total = 0.0
             for t in range(4):
                 _, r, _, _, info = env.step(actions[b, n, t].numpy())
-                total += r + 0.5 * info["success"]
+                total += 0.9**t * (r + 0.5 * info["success"])  # (discounted as imagined steps are)
             assert scores[b, n].item() == pytest.approx(total, abs=1e-4)
+
+
+def test_mpc_config_refuses_what_would_plan_nan_or_nothing():
+    """NaN coloured noise became NaN actions; a NaN success bonus scored every plan -inf, so the planner
+    returned its zero warm start forever; too short a coloured sequence failed after the seed data."""
+    for bad, match in [
+        ({"exploration_beta": float("nan")}, "exploration_beta must be finite and >= 0"),
+        ({"exploration_beta": float("inf")}, "exploration_beta"),
+        ({"exploration_beta": -1.0}, "exploration_beta"),
+        ({"exploration_beta": 1.0, "exploration_length": 1}, "exploration_length >= 2"),
+        ({"success_bonus": float("nan")}, "success_bonus must be finite"),
+        ({"disagreement_penalty": float("-inf")}, "disagreement_penalty must be finite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            MPCConfig(**bad)
+    MPCConfig(exploration_beta=1.0, exploration_length=2, disagreement_penalty=-0.5)  # (a bonus is fine)
 
 
 def test_oracle_refuses_what_env_step_refuses():

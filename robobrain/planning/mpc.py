@@ -8,6 +8,7 @@ and adds exploration noise for data collection.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -49,6 +50,13 @@ class MPCConfig:
             raise ValueError(f"exploration_std must be >= 0, got {self.exploration_std}")
         if not 0 < self.discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        if not 0 <= self.exploration_beta < math.inf:  # (NaN coloured noise became NaN actions)
+            raise ValueError(f"exploration_beta must be finite and >= 0, got {self.exploration_beta}")
+        if self.exploration_beta > 0 and self.exploration_length < 2:
+            raise ValueError(f"coloured noise needs exploration_length >= 2, got {self.exploration_length}")
+        for name in ("success_bonus", "disagreement_penalty"):  # (NaN scored every plan -inf: zeros)
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
 
 
 def check_action_bounds(low: Any, high: Any, cfg: MPCConfig) -> None:

@@ -22,12 +22,13 @@ from robobrain.planning.optimizers import ScoreFn
 class OracleModel:
     """Scores action sequences [B, N, H, A] for B envs by simulating them; returns [B, N].
 
-    score = sum over the horizon of the task reward after each action (+ ``success_bonus`` for each
-    step in success).
+    score = sum over the horizon of discount^t times the task reward after action t (+ ``success_bonus``
+    when in success), as the world-model planner scores imagined steps.
     """
 
-    def __init__(self, success_bonus: float = 0.0, nthread: int = 2) -> None:
+    def __init__(self, success_bonus: float = 0.0, nthread: int = 2, discount: float = 1.0) -> None:
         self.success_bonus = success_bonus
+        self.discount = discount
         self.nthread = max(1, nthread)
         self._datas: dict[int, list[mujoco.MjData]] = {}
 
@@ -86,4 +87,4 @@ class OracleModel:
         reward = sum(raw.reward_terms(task_state).values())
         reward = reward + self.success_bonus * raw.success(task_state)
         reward = np.where(np.isfinite(reward), reward, -np.inf)
-        return reward.sum(axis=1)
+        return (reward * self.discount ** np.arange(reward.shape[1])).sum(axis=1)
