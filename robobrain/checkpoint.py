@@ -169,10 +169,17 @@ def _fsync_tree(path: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+def _step_of(path: Path) -> tuple[int, str]:
+    """The step a ``step_*`` checkpoint was written at, for sorting: by name, step_10000000 came
+    before step_9999500 (the width grows past 10 million), and pruning removed the newest."""
+    digits = path.name.removeprefix("step_")
+    return (int(digits) if digits.isdigit() else -1, path.name)
+
+
 def _prune(root: Path, keep: int, protect: str) -> None:
     """Remove all but the ``keep`` newest checkpoints, and the temporary directories of writers that
     were killed (see :func:`~robobrain.data.store.abandoned_temporary`)."""
-    olds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    olds = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")), key=_step_of)
     for p in olds[:-keep] if keep > 0 else []:
         if p.name != protect:
             shutil.rmtree(p, ignore_errors=True)
@@ -204,7 +211,7 @@ def recovery_hint(checkpoint: Path) -> str:
     corrupt): an addition to an error message, empty when the run has no other one. Nothing falls
     back by itself: resuming an online run from an older checkpoint drops the episodes stored after it."""
     root = checkpoint.parent
-    others = sorted(p.name for p in root.glob("step_*") if p.is_dir() and p.name != checkpoint.name)
+    others = [p.name for p in sorted(root.glob("step_*"), key=_step_of) if p.is_dir() and p != checkpoint]
     if not others:
         return ""
     return (

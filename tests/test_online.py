@@ -4,6 +4,7 @@ transition across an episode boundary, refuses non-finite data."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,6 +224,34 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
         main(run_args(tmp_path, 60))
 
 
+def test_resume_trains_with_the_runs_own_settings_and_size(tmp_path, caplog):
+    """The training settings come from the checkpoint (a preset changed since would have changed a
+    resumed run silently); --image-size may be left out on resume, another one is refused."""
+    main([*run_args(tmp_path, 20), "--image-size", "16"])
+    cfg_file = latest_checkpoint(tmp_path) / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["train"]["batch_size"] = 3  # as if the debug preset's had been 3 when the run started
+    cfg_file.write_text(json.dumps(cfg))
+    with caplog.at_level("WARNING", logger="robobrain.training.online"):
+        main(run_args(tmp_path, 40))  # (no --image-size: the run's own)
+    assert "trains with the settings it started with" in caplog.text and "'batch_size': (3, " in caplog.text
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path))
+    assert ckpt.config["train"]["batch_size"] == 3 and ckpt.state["loop"]["env_steps"] == 40
+    with pytest.raises(CheckpointError, match="sees 16 px frames, its envs now render 32 px"):
+        main([*run_args(tmp_path, 60), "--image-size", "32"])
+
+
+def test_the_first_rows_training_figures_cover_every_seed_episode(tmp_path):
+    """With scripted and random seed episodes, the first row's train_return was the random ones' alone."""
+    main([*run_args(tmp_path, 40), "--scripted-fraction", "0.5"])
+    episodes = EpisodeStore(tmp_path / "episodes").load_all()
+    assert sorted(ep.meta["policy"] for ep in episodes) == ["random", "random", "scripted", "scripted"]
+    header, first = (line.split(",") for line in (tmp_path / "train.csv").read_text().splitlines()[:2])
+    row = dict(zip(header, first, strict=True))
+    assert float(row["train_return"]) == pytest.approx(np.mean([ep.reward.sum() for ep in episodes]))
+    assert float(row["train_success"]) == pytest.approx(np.mean([ep.success[-1] for ep in episodes]))
+
+
 def test_run_with_proprioception(tmp_path):
     """--proprio: the world model reads the gripper's state beside the pixels through the whole loop
     (fitting, SAC in imagination from encoded real states, planning, evaluation)."""
@@ -234,7 +263,7 @@ def test_run_with_proprioception(tmp_path):
     assert report["summary"]["episodes"] == 1
 
 
-def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
+def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplog):
     """--seed-data trains on an offline store beside the run's own episodes (never copied into the
     run, never counted as the run's env steps); --init-world-model starts from an offline checkpoint."""
     offline, wm, run = tmp_path / "offline", tmp_path / "wm", tmp_path / "run"
@@ -248,6 +277,10 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
     seeded = [*run_args(run, 0), "--seed-data", str(offline), "--init-world-model", str(wm),
               "--seed-episodes", "0", "--pretrain-steps", "0", "--own-data-repeat", "3"]  # fmt: skip
     main(seeded)  # no env step, no update: the run's first checkpoint is the offline model
+    # A run killed before its first checkpoint starts over, and none of its rows stay (step 0's did).
+    shutil.rmtree(run / "checkpoints")
+    main(seeded)
+    assert [line.split(",")[0] for line in (run / "train.csv").read_text().splitlines()[1:]] == ["0"]
     init, first = load_checkpoint(latest_checkpoint(wm)), load_checkpoint(latest_checkpoint(run))
     assert first.config["world_model"] == init.config["world_model"]
     for name, tensor in init.model_state.items():
@@ -255,14 +288,20 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path):
     assert len(EpisodeStore(run / "episodes")) == 0
 
     seeded[seeded.index("--env-steps") + 1] = "40"
-    main(seeded)  # extends (resumes) the run: the offline data is read again, not copied
+    vec = make_vector_env("robobrain/Push-v0", 1, image_size=32, max_episode_steps=10)
+    collect_episodes(vec, RandomPolicy(3, seed=1), EpisodeStore(offline), 1, seed=50, meta=meta,
+                     progress=False)  # fmt: skip
+    vec.close()
+    with caplog.at_level("WARNING", logger="robobrain.training.online"):
+        main(seeded)  # extends (resumes) the run: the offline data is read again, not copied
+    assert "holds other episodes than when" in caplog.text and "(4 then, 5 now)" in caplog.text
     assert episodes_by_iteration(run) == {1: 2, 2: 2}
     rows = [line.split(",") for line in (run / "train.csv").read_text().splitlines()]
     walls = [float(r[rows[0].index("wall_s")]) for r in rows[1:]]
     # The checkpoint holds the wall clock of the row it ends, so the resumed run loses no time.
     assert first.state["loop"]["wall_s"] == pytest.approx(walls[0]) and walls == sorted(walls)
     assert load_checkpoint(latest_checkpoint(run)).state["loop"]["env_steps"] == 40
-    assert len(EpisodeStore(offline)) == 4
+    assert len(EpisodeStore(offline)) == 5
     with pytest.raises(ValueError, match="no such directory"):
         main([*run_args(tmp_path / "other", 20), "--seed-data", str(tmp_path / "missing")])
     assert not (tmp_path / "other").exists()  # (a refused run leaves no empty run directory behind)
@@ -293,6 +332,16 @@ def test_flags_out_of_range_are_refused_when_read():
         flag = "--" + name.replace("_", "-")
         with pytest.raises(ValueError, match=f"{name} must be >= .*\\({flag}\\)"):  # the flag named too
             OnlineConfig(**{name: value})
+    with pytest.raises(ValueError, match=r"scripted_fraction must be in \[0, 1\], got 1.5 \(--scripted"):
+        OnlineConfig(scripted_fraction=1.5)
+    with pytest.raises(ValueError, match=r"power of two >= 16, got 24 \(--image-size\)"):  # (it failed
+        OnlineConfig(image_size=24)  # after the seed episodes, when the world model was built)
+    # SB3's sizes failed at the first fine-tuning round, after a checkpoint that then refused the fix.
+    for name, value, match in (("start_states", 0, ">= 1"), ("num_envs", 0, ">= 1"), ("gamma", 1.5, "in"),
+                               ("buffer_size", 8, ">= 16"), ("learning_rate", float("nan"), "> 0"),
+                               ("net_arch", (), "layer widths")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name} must be {match}.*--sb3.{name.replace('_', '-')}"):
+            SB3Config(**{name: value})
     from robobrain.rl.behaviour_prior import BehaviourPriorConfig
 
     with pytest.raises(ValueError, match="steps must be >= 1"):  # (an AssertionError after fitting nothing)

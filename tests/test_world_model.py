@@ -489,6 +489,18 @@ def test_a_corrupt_or_missing_latest_checkpoint_says_how_to_go_on_from_an_older_
         latest_checkpoint(tmp_path)
 
 
+def test_checkpoints_past_ten_million_steps_are_pruned_by_step_not_name(tmp_path):
+    """step_10000000 sorts before step_9999500 by name: pruning kept the old ones and removed the new."""
+    model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
+    for step in (9_999_000, 9_999_500, 10_000_000, 10_000_500, 10_001_000):
+        newest = save_checkpoint(tmp_path, step, model, config)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert names == ["step_10000500", "step_10001000"]
+    (newest / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(CheckpointError, match=r"other checkpoints: step_10000500\. .*step_10000500"):
+        load_latest(tmp_path)
+
+
 def test_a_killed_writers_temporary_directory_goes_at_the_next_save(tmp_path):
     model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
     save_checkpoint(tmp_path, 1, model, config)

@@ -7,6 +7,7 @@ with ``allow_pickle=False`` (SB3's own ``save_replay_buffer`` pickles the buffer
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,13 +68,31 @@ class SB3Config:
     collect (SAC and PPO sample their own)."""
 
     def __post_init__(self) -> None:  # (checked when the flags are read, not after the seed data)
-        if not self.action_noise >= 0:
-            raise ValueError(f"action_noise must be >= 0, got {self.action_noise}")
+        # A bad value found at the first fine-tuning round would come after a checkpoint, whose config
+        # then refuses the corrected flag: the run could neither go on nor be fixed.
+        least = {"steps_per_iteration": 1, "num_envs": 1, "horizon": 1, "start_states": 1, "batch_size": 1,
+                 "buffer_size": self.num_envs, "learning_starts": 0, "gradient_steps": 0}  # fmt: skip
+        for name, low in least.items():
+            if not getattr(self, name) >= low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)} (--sb3.{_flag(name)})")
+        for name, ok, need in (
+            ("action_noise", self.action_noise >= 0, ">= 0"),
+            ("learning_rate", 0 < self.learning_rate < math.inf, "> 0 and finite"),
+            ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+        ):
+            if not ok:  # (NaN fails each)
+                raise ValueError(f"{name} must be {need}, got {getattr(self, name)} (--sb3.{_flag(name)})")
+        if not self.net_arch or min(self.net_arch) < 1:
+            raise ValueError(f"net_arch must be layer widths >= 1, got {self.net_arch} (--sb3.net-arch)")
         if self.algo.upper() not in SB3_ALGORITHMS:
             raise ValueError(
                 f"unknown stable-baselines3 algorithm {self.algo!r}: one with an actor and a critic, "
                 f"{', '.join(SB3_ALGORITHMS)}"
             )
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def _algo_class(name: str) -> type:

@@ -62,6 +62,7 @@ from robobrain.training.wm_trainer import (
     model_config_from_checkpoint,
     sized_config,
     state_stats,
+    train_config_from_checkpoint,
 )
 from robobrain.world_model import WorldModel
 
@@ -175,6 +176,12 @@ class OnlineConfig:
         for name, (value, least) in counts.items():
             if not value >= least:  # (NaN too)
                 raise ValueError(f"{name} must be >= {least}, got {value} ({flag(name)})")
+        size = self.image_size
+        if size is not None and (size < 16 or size & (size - 1)):  # (the image encoder's strides)
+            raise ValueError(f"image_size must be a power of two >= 16, got {size} ({flag('image_size')})")
+        if not 0 <= self.scripted_fraction <= 1:
+            raise ValueError(f"scripted_fraction must be in [0, 1], got {self.scripted_fraction} "
+                             f"({flag('scripted_fraction')})")  # fmt: skip
 
 
 class LoopState:
@@ -278,6 +285,13 @@ def _set_generator_states(policy: Any, states: dict[str, list[int]], reseed: int
         mpc.noise_gen.set_state(torch.tensor(states["noise"], dtype=torch.uint8))
 
 
+def _fingerprint(names: list[str]) -> dict[str, Any]:
+    """Which offline episodes a run trained on: their number and a hash of their file names."""
+    import hashlib
+
+    return {"episodes": len(names), "sha1": hashlib.sha1("\n".join(names).encode()).hexdigest()}
+
+
 #: Settings a resumed run may change: its env-step budget, and the device it runs on.
 RESUMABLE_CHANGES = ("env_steps", "device")
 
@@ -299,13 +313,17 @@ def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> No
     An option the checkpoint lacks was added to robobrain after the run started: it is resumed with
     the value given now (the default unless passed), with a warning, since the run's first part
     went without it. An option the checkpoint has but robobrain no longer knows is ignored, with a
-    warning. Any option both know must be equal.
+    warning. Any option both know must be equal; ``image_size`` left out on either side means the
+    run's own (the size its world model sees, which the envs must render).
     """
     now = json.loads(json.dumps(now))  # as it was stored (tuples become lists)
     a, b = (
         {k: v for k, v in _flatten(c).items() if k.split(".")[0] not in RESUMABLE_CHANGES}
         for c in (saved.get("online", {}), now["online"])
     )
+    if a.get("image_size") is None or b.get("image_size") is None:  # (left out: the run's own size;
+        a.pop("image_size", None)  # _resume checks what the envs render against the world model)
+        b.pop("image_size", None)
     diff = {k: (a[k], v) for k, v in b.items() if k in a and a[k] != v}
     if diff:
         raise CheckpointError(
@@ -392,11 +410,14 @@ class OnlineLoop:
     def _seed_data(self) -> None:
         cfg = self.cfg
         n_scripted = round(cfg.seed_episodes * cfg.scripted_fraction)
+        episodes: list[Episode] = []
         for kind, n in (("scripted", n_scripted), ("random", cfg.seed_episodes - n_scripted)):
             if n <= 0:
                 continue
             policy = self.f.make_seed_policy(kind, self.envs.single_action_space, cfg.seed)
-            self._collect(policy, n, kind, seed_offset=7_919 if kind == "scripted" else 0)
+            episodes += self._collect(policy, n, kind, seed_offset=7_919 if kind == "scripted" else 0)
+        if episodes:  # (the first row's train_success / train_return: over the scripted ones too)
+            self._record_training_episodes(episodes)
 
     def _collect(self, policy: Policy, episodes: int, kind: str, seed_offset: int = 0) -> list[Episode]:
         """``seed_offset`` keeps two collections of one iteration (scripted and random seed
@@ -410,9 +431,12 @@ class OnlineLoop:
         self.state.episodes += len(result.names)
         eps = [self.store.load(n) for n in result.names]
         self._episodes.extend(eps)
+        self._record_training_episodes(eps)
+        return eps
+
+    def _record_training_episodes(self, eps: list[Episode]) -> None:
         self.state.last_success = float(np.mean([ep.success[-1] for ep in eps]))
         self.state.last_return = float(np.mean([ep.reward.sum() for ep in eps]))
-        return eps
 
     def _train_episodes(self) -> list[Episode]:
         """What the world model trains on: the offline episodes, then the run's own (repeated)."""
@@ -421,12 +445,15 @@ class OnlineLoop:
     def _load_offline(self) -> None:
         """The ``seed_data`` episodes (none without it); they must come from the run's env."""
         self._offline = []
+        self._offline_names: list[str] = []
         if self.cfg.seed_data is None:
             return
         where = f"--seed-data {self.cfg.seed_data}"
         if not Path(self.cfg.seed_data).is_dir():
             raise ValueError(f"{where}: no such directory")
-        self._offline = EpisodeStore(self.cfg.seed_data).load_all()
+        store = EpisodeStore(self.cfg.seed_data)
+        self._offline = store.load_all()
+        self._offline_names = sorted(store.manifest)
         if not self._offline:
             raise ValueError(f"{where}: no readable episodes there")
         envs = sorted({str(ep.meta.get("env_id")) for ep in self._offline})
@@ -549,6 +576,7 @@ class OnlineLoop:
             "trainer": {**self.trainer.training_state(), "step": self.trainer.step},
             "rng": _rng_state(),
             "planner": _generator_states(self.planner),
+            "offline": _fingerprint(self._offline_names),
         }
 
         def write_sb3(tmp: Path) -> None:
@@ -582,6 +610,24 @@ class OnlineLoop:
                 f"{self.state.episodes} (skipped: {self.store.skipped})"
             )
         self.wm_cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
+        rendered = self.envs.single_observation_space["pixels"].shape[0]
+        if self.wm_cfg.image_size != rendered:
+            raise CheckpointError(
+                f"{latest}: the run's world model sees {self.wm_cfg.image_size} px frames, its envs now "
+                f"render {rendered} px (--image-size): leave it out to resume"
+            )
+        # The run goes on with the training settings it started with (the world model's sizes too),
+        # whatever the preset's are in this robobrain.
+        if "train" in ckpt.config:
+            saved = train_config_from_checkpoint(ckpt.config, latest)
+            now = to_dict(self.tcfg)
+            diff = {k: (v, now.get(k)) for k, v in to_dict(saved).items() if now.get(k) != v}
+            if diff:
+                log.warning(
+                    "%s trains with the settings it started with; the %s preset's now differ "
+                    "(the run's vs the preset's): %s", latest, self.cfg.preset, diff,
+                )  # fmt: skip
+            self.tcfg = saved
         self._build_model(ckpt)
         assert self.model is not None and self.trainer is not None
         self.trainer.restore(trainer_step, ckpt.state["trainer"], ckpt.optimizer_state)
@@ -600,6 +646,13 @@ class OnlineLoop:
             )  # fmt: skip
         _set_generator_states(self.planner, ckpt.state.get("planner", {}), reseed=reseed)
         _set_rng_state(ckpt.state["rng"])
+        saved_offline = ckpt.state.get("offline")  # (older checkpoints lack it)
+        if saved_offline is not None and saved_offline != _fingerprint(self._offline_names):
+            log.warning(
+                "--seed-data %s holds other episodes than when %s was written (%d then, %d now): the "
+                "world model goes on training on today's", self.cfg.seed_data, latest,
+                saved_offline.get("episodes", -1), len(self._offline_names),
+            )  # fmt: skip
         log.info("resumed from %s at %d env steps", latest, self.state.env_steps)
         return True
 
@@ -612,7 +665,8 @@ class OnlineLoop:
         resumed = self._resume()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         logger = MetricLogger(self.run_dir, "train", step_key="env_steps")
-        logger.truncate_after(self.state.env_steps)
+        # (a run killed before its first checkpoint starts over: none of its rows stay, step 0's neither)
+        logger.truncate_after(self.state.env_steps if resumed else -1)
         if not resumed:  # (a run killed before its first checkpoint starts over)
             init = None
             if cfg.init_world_model is not None:  # (checked before the seed episodes are collected)
