@@ -7,6 +7,7 @@ with seed ``seed + i``, so the same command gives the same json (latency aside).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -18,6 +19,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from robobrain.data.store import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -99,8 +102,9 @@ def evaluate_policy(
         obs_slots[i] = obs
         slot_episode[i], slot_return[i], slot_len[i], slot_latency[i] = ep, 0.0, 0, []
         active[i] = True
-        if ep < video_episodes:
-            frames[ep] = []
+        if ep < video_episodes:  # (from the reset frame; no imagined one beside it yet)
+            first = obs["pixels"]
+            frames[ep] = [np.concatenate([first, np.zeros_like(first)], axis=1) if has_imagination else first]
 
     for i in range(min(k, episodes)):
         start(i)
@@ -144,6 +148,8 @@ def evaluate_policy(
                         "return": slot_return[i],
                         "length": slot_len[i],
                         "latency_ms": 1e3 * float(np.mean(slot_latency[i])),
+                        # (a robobrain task ends an episode whose physics blew up, truncated)
+                        "sim_unstable": bool(info.get("sim_unstable", False)),
                     }
                 )
                 bar.update(1)
@@ -174,8 +180,14 @@ def evaluate_policy(
             "mean_length": float(np.mean([r["length"] for r in results])),
             "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p95": float(np.percentile(lat, 95)),
+            "sim_unstable_episodes": sum(r["sim_unstable"] for r in results),
         },
     }
+    if report["summary"]["sim_unstable_episodes"]:
+        log.warning(
+            "%d of %d episodes ended because the simulation blew up (sim_unstable in the report)",
+            report["summary"]["sim_unstable_episodes"], len(results),
+        )  # fmt: skip
     if drift:
         report["hallucination"] = {
             "checks": len(drift),

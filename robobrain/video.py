@@ -11,17 +11,24 @@ from robobrain.data.store import fsync_dir
 
 
 def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 20, scale: int = 4) -> Path:
-    """Write uint8 frames [T, H, W, 3] as an mp4, upscaled ``scale`` times (nearest neighbour).
+    """Write uint8 frames [T, H, W, 3] (T >= 1) as an mp4, upscaled ``scale`` times (nearest
+    neighbour); an odd side gets one more row or column, repeated from the edge (H.264's 4:2:0 needs
+    even sides: ffmpeg refused odd ones and left an empty file that no error reported).
 
     Written to a temporary name and renamed, so a crash never leaves a truncated video behind.
     """
     import imageio.v2 as imageio
 
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"expected uint8 frames [T >= 1, H, W, 3], got {frames.dtype} {frames.shape}")
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    odd = (0, frames.shape[1] % 2), (0, frames.shape[2] % 2)
+    if any(pad for _, pad in odd):
+        frames = np.pad(frames, ((0, 0), *odd, (0, 0)), mode="edge")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # (two writers never share a temporary)
@@ -31,6 +38,8 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 20,
                 w.append_data(frame)
         with open(tmp, "rb") as f:  # on disk before the rename, as the store's and checkpoints' writes
             os.fsync(f.fileno())
+        if tmp.stat().st_size == 0:  # (imageio-ffmpeg does not check how ffmpeg exited)
+            raise OSError(f"ffmpeg wrote nothing for {path} ({frames.shape} frames); nothing was replaced")
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:

@@ -86,7 +86,11 @@ def test_mpc_eval_writes_real_and_imagined_video(tmp_path):
 
     frames = imageio.mimread(next((tmp_path / "ev" / "videos").glob("*.mp4")))
     assert frames[0].shape[1] == 2 * frames[0].shape[0]  # real | imagined, side by side
-    drift = json.loads((tmp_path / "ev" / "eval_info.json").read_text())["hallucination"]
+    info = json.loads((tmp_path / "ev" / "eval_info.json").read_text())
+    assert len(frames) == info["episodes"][0]["length"] + 1  # from the reset frame on
+    side = frames[0].shape[0]
+    assert frames[0][:, side:].max() < 16 < frames[0][:, :side].max()  # nothing imagined before acting
+    drift = info["hallucination"]
     assert (
         drift["checks"] == 5 and len(drift["psnr_per_step"]) == len(drift["reward_abs_error_per_step"]) == 3
     )
@@ -295,3 +299,44 @@ def test_the_oracle_acts_for_the_envs_an_evaluation_runs():
     policy = load_policy("oracle", "robobrain/Reach-v0", envs[0].action_space, envs=envs, mpc=mpc)
     report = evaluate_policy(policy, envs, 2, progress=False)
     assert report["num_envs"] == 2 and report["summary"]["episodes"] == 2
+
+
+def test_videos_of_odd_sized_frames_are_written_and_empty_ones_refused(tmp_path):
+    """ffmpeg refuses odd sides for H.264 and once left a 0-byte mp4 that no error reported."""
+    import imageio.v2 as imageio
+
+    from robobrain.video import write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (5, 9, 9, 3), dtype=np.uint8)
+    for scale in (1, 3):
+        path = write_video(tmp_path / f"odd{scale}.mp4", frames, scale=scale)
+        with imageio.get_reader(path) as reader:
+            read = [f for f in reader]
+        side = 9 * scale + 1  # one more row and column, repeated from the edge
+        assert len(read) == 5 and read[0].shape == (side, side, 3)
+    with pytest.raises(ValueError, match="T >= 1"):
+        write_video(tmp_path / "empty.mp4", np.zeros((0, 16, 16, 3), np.uint8))
+    assert not (tmp_path / "empty.mp4").exists()
+
+
+class BlowUpPolicy(RandomPolicy):
+    """Random actions; before its third action the physics of its env blows up."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(3, seed=0)
+        self.env, self.calls = env, 0
+
+    def act(self, obs):
+        self.calls += 1
+        if self.calls == 3:
+            self.env.unwrapped.data.qvel[:] = 1e30
+        return super().act(obs)
+
+
+def test_an_episode_whose_physics_blew_up_is_marked_in_the_report():
+    """It was scored as an ordinary short failure, skewing mean return and length unseen."""
+    env = gym.make("robobrain/Reach-v0", image_size=8)
+    report = evaluate_policy(BlowUpPolicy(env), [env], 2, progress=False)
+    first, second = report["episodes"]
+    assert (first["sim_unstable"], first["length"]) == (True, 3) and second["sim_unstable"] is False
+    assert report["summary"]["sim_unstable_episodes"] == 1
