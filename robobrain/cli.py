@@ -283,12 +283,15 @@ def run_train(args: Train) -> dict:
     import dataclasses
 
     from robobrain.policies.online import online_factories
-    from robobrain.training.curves import LearningCurveCallback
+    from robobrain.training.curves import LearningCurveCallback, plot_learning_curve
     from robobrain.training.online import train_online
 
     cfg = OnlineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OnlineConfig)})
     factories = online_factories(cfg.env, run_image_size(cfg, args.run_dir), cfg.device, cfg.episode_steps)
     report = train_online(cfg, args.run_dir, factories, [LearningCurveCallback()], progress=args.progress)
+    csv_path, png = args.run_dir / "train.csv", args.run_dir / "learning_curve.png"
+    if csv_path.exists() and (not png.exists() or png.stat().st_mtime < csv_path.stat().st_mtime):
+        plot_learning_curve(csv_path, png)  # (a run killed after its last row, before the drawing)
     print(json.dumps(report["summary"], indent=1))
     final = args.run_dir / "eval" / "final"
     print(

@@ -90,6 +90,10 @@ class WorldModelConfig:
     """The bins span symlog(reward) in [-limit, limit] (5: rewards up to about +-147)."""
     ensemble: int = 0
     """Extra prior heads whose disagreement estimates uncertainty (0 = none)."""
+    ensemble_free_nats: float = 1.0
+    """KL of an ensemble head to the posterior below this many nats is not penalised (as ``free_nats``
+    for the prior). 0 made disagreement no better a novelty signal on Push (bench/RESULTS.md,
+    twenty-eighth session), so it stays at the prior's 1."""
     unimix: float = 0.01
     """Uniform mixture in the categorical distributions (DreamerV3)."""
     free_nats: float = 1.0

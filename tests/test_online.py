@@ -237,6 +237,11 @@ def test_resume_trains_with_the_runs_own_settings_and_size(tmp_path, caplog):
     assert "trains with the settings it started with" in caplog.text and "'batch_size': (3, " in caplog.text
     ckpt = load_checkpoint(latest_checkpoint(tmp_path))
     assert ckpt.config["train"]["batch_size"] == 3 and ckpt.state["loop"]["env_steps"] == 40
+    # Killed after its last row but before the drawing: the same command again redraws the curve.
+    png = tmp_path / "learning_curve.png"
+    os.utime(png, (0, 0))
+    main(run_args(tmp_path, 40))
+    assert png.stat().st_mtime > 0
     with pytest.raises(CheckpointError, match="sees 16 px frames, its envs now render 32 px"):
         main([*run_args(tmp_path, 60), "--image-size", "32"])
 

@@ -91,6 +91,21 @@ def test_shapes():
     assert fed == [False]
 
 
+def test_ensemble_free_nats_sets_where_the_heads_stop_learning():
+    """At initialisation every head is within 1 nat of the posterior: clamped like the prior's KL
+    (the default) they get no gradient; with ``ensemble_free_nats=0`` they do."""
+    grads = {}
+    for value in (1.0, 0.0):
+        cfg = dataclasses.replace(DEBUG.world_model, ensemble=2, ensemble_free_nats=value)
+        torch.manual_seed(0)
+        model = WorldModel(cfg)
+        model.loss(fake_batch(cfg))[0].backward()
+        grads[value] = sum(
+            float(p.grad.abs().sum()) for p in model.rssm.ensemble.parameters() if p.grad is not None
+        )
+    assert grads[1.0] == 0.0 < grads[0.0]
+
+
 def test_reference_refiner_needs_the_frame_and_copies_it_where_its_mask_is_shut():
     cfg = dataclasses.replace(DEBUG.world_model, reference_frame=True)
     model = WorldModel(cfg)

@@ -389,7 +389,8 @@ class WorldModel(nn.Module):
             # On stopped features, as Plan2Explore trains its ensemble: the heads measure what the
             # latent does not predict, rather than shaping the latent to agree with them.
             ens_lp = self.rssm.ensemble_log_probs(posts.deter.detach())
-            ens_loss = categorical_kl(post_lp.detach().unsqueeze(0), ens_lp).clamp(min=cfg.free_nats).mean()
+            ens_kl = categorical_kl(post_lp.detach().unsqueeze(0), ens_lp)
+            ens_loss = ens_kl.clamp(min=cfg.ensemble_free_nats).mean()
             total = total + cfg.kl_dyn * ens_loss
             metrics["ensemble_kl"] = ens_loss.item()
         metrics["loss"] = total.item()
