@@ -102,7 +102,8 @@ class OnlineConfig:
     not count toward ``env_steps``."""
     init_world_model: str | None = None
     """A world-model checkpoint (or run directory) to start from instead of a fresh model; its
-    sizes replace the preset's. With ``seed_data``, the loop fine-tunes an offline model on the
+    sizes replace the preset's (the training settings -- batch, windows, learning rate -- stay the
+    preset's). With ``seed_data``, the loop fine-tunes an offline model on the
     states its own planner visits -- where the offline model's errors are (bench/RESULTS.md, Push)."""
     own_data_repeat: int = 1
     """Each of the run's own episodes is sampled this many times as often as an offline one: a few
