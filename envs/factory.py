@@ -20,6 +20,19 @@ def is_robobrain_task(env_id: str) -> bool:
     return env_id.startswith("robobrain/")
 
 
+def _close_env_ids(env_id: str, n: int = 3) -> list[str]:
+    """Registered ids like ``env_id``, best first; a robobrain task is compared by its name without
+    the namespace (``Push-v0`` suggested Pusher-v5 before robobrain/Push-v0), case aside."""
+    query = env_id.removeprefix("robobrain/").lower()
+    scored = []
+    for e in gym.registry:
+        name = e.removeprefix("robobrain/") if is_robobrain_task(e) else e
+        score = difflib.SequenceMatcher(None, query, name.lower()).ratio()
+        if score >= 0.6:
+            scored.append((-score, e))
+    return [e for _, e in sorted(scored)[:n]]
+
+
 def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
     """One env with the robobrain observation dict ``{"pixels", "state"}``.
 
@@ -27,7 +40,7 @@ def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
     ``rgb_array`` is wrapped in :class:`PixelObservation`.
     """
     if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+        close = _close_env_ids(env_id)
         hint = f"did you mean {' or '.join(close)}?" if close else "is the package registering it imported?"
         raise ValueError(f"unknown env id {env_id!r}; {hint}")
     if kwargs.get("render_mode", "rgb_array") != "rgb_array":

@@ -130,7 +130,11 @@ class WorldModelMPCPolicy:
                 why = why or "it replaces the compiled twin (compile)"
             if why is not None:
                 raise ValueError(f"fused imagination cannot be used here: {why}")
-        if fast and whole_plan and self.device.type == "cuda" and not budget:
+        whole = fast and whole_plan and self.device.type == "cuda" and not budget
+        if compile and not (whole and guide is None):  # (it was silently unused)
+            why = "CUDA, fast, whole_plan, unguided, no time budget"
+            raise ValueError(f"compile applies to the whole-plan CUDA graph only ({why})")
+        if whole:
             twin: Bf16Imagine | FusedImagine = (
                 FusedImagine(self.model)
                 if fused

@@ -653,6 +653,18 @@ def _parse(argv: list[str]) -> Any:
         return parse()
 
 
+def check_output_dir(path: Path | None, flag: str) -> None:
+    """Refuse an output directory that a file stands in the way of (it, or a folder above it)."""
+    if path is None:
+        return
+    for q in (path, *path.parents):
+        if q.exists():
+            if not q.is_dir():
+                where = "is a file" if q == path else f"cannot be made: {q} is a file"
+                raise ValueError(f"{flag} {path} {where}, not a directory")
+            return
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors propagate (tests and callers from Python see them as they are)."""
     args = _parse(sys.argv[1:] if argv is None else argv)
@@ -663,6 +675,8 @@ def main(argv: list[str] | None = None) -> None:
                 args = replace(args, device=resolve_device(args.device))
             # (a refused or failed command leaves no empty output folder behind)
             out = collect_out(args) if isinstance(args, Collect) else getattr(args, "out", None)
+            for flag, path in (("--out", out), ("--run-dir", getattr(args, "run_dir", None))):
+                check_output_dir(path, flag)
             with no_empty_dirs_on_failure(out, getattr(args, "run_dir", None)):
                 run(args)
             return

@@ -242,3 +242,20 @@ def test_a_diverged_training_or_a_missing_render_extra_ends_in_one_line(capsys, 
             cli.entry(["train-wm"])
         assert exit_.value.code == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"robobrain train-wm: error: {error}"]
+
+
+def test_an_output_folder_that_a_file_stands_in_the_way_of_is_a_clear_error(tmp_path):
+    """train-wm, train, demo and eval-wm once ended in a raw FileExistsError traceback."""
+    (tmp_path / "afile").write_text("x")
+    for command, flag, path in [
+        ("train-wm", "--run-dir", "afile"),
+        ("train", "--run-dir", "afile"),
+        ("demo", "--run-dir", "afile/sub"),
+        ("eval-wm", "--out", "afile/sub"),
+        ("eval", "--out", "afile"),
+    ]:
+        with pytest.raises(
+            ValueError, match=f"^{flag} {tmp_path / path} (is a file|cannot be made: .*afile is a file)"
+        ):
+            main([command, flag, str(tmp_path / path)])
+    assert (tmp_path / "afile").read_text() == "x"

@@ -202,3 +202,14 @@ def test_goal_and_its_success_zone_are_visible(task_id):
         green.append(int(((px[..., 1] > px[..., 0] + 40) & (px[..., 1] > px[..., 2] + 40)).sum()))
     assert np.median(green) >= 40, green
     env.close()
+
+
+def test_an_unknown_env_id_suggests_ours_by_name_first():
+    """``Push-v0`` suggested Pusher-v5 (MuJoCo's) and not robobrain/Push-v0."""
+    from robobrain.envs import make_env
+
+    cases = [("Push-v0", "robobrain/Push-v0"), ("push", "robobrain/Push-v0"),
+             ("robobrain/Rech-v0", "robobrain/Reach-v0"), ("CartPoel-v1", "CartPole-v1")]  # fmt: skip
+    for typo, first in cases:
+        with pytest.raises(ValueError, match=f"^unknown env id '{typo}'; did you mean {first} "):
+            make_env(typo)

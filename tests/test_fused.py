@@ -166,3 +166,6 @@ def test_fused_planning_is_refused_where_it_cannot_run():
         WorldModelMPCPolicy(model, MPCConfig(), "cpu", fused=True)
     with pytest.raises(ValueError, match="fused imagination cannot be used here"):
         WorldModelMPCPolicy(model, MPCConfig(), "cpu", fused=True, compile=True)
+    # --compile alike: on the CPU (or guided, or with a time budget) it compiled nothing, silently.
+    with pytest.raises(ValueError, match="compile applies to the whole-plan CUDA graph only"):
+        WorldModelMPCPolicy(model, MPCConfig(), "cpu", compile=True)

@@ -310,6 +310,11 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplo
     with pytest.raises(ValueError, match="no such directory"):
         main([*run_args(tmp_path / "other", 20), "--seed-data", str(tmp_path / "missing")])
     assert not (tmp_path / "other").exists()  # (a refused run leaves no empty run directory behind)
+    # A train-wm run is not a train run: refused in one line (all its options were "new" options),
+    # with nothing written into it.
+    with pytest.raises(CheckpointError, match=r"is not a `robobrain train` run .* --init-world-model"):
+        main(run_args(wm, 20))
+    assert not (wm / "episodes").exists()
     with pytest.raises(ValueError if VALUE_ERRORS_PROPAGATE else SystemExit):  # (when the flags are read)
         main([*run_args(tmp_path / "other", 20), "--seed-episodes", "0"])
     # Sizes are checked before the seed episodes: they were collected, then the run failed.

@@ -33,9 +33,11 @@ from robobrain.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_trained_env,
+    latest_checkpoint,
     load_checkpoint,
     load_latest,
     load_weights,
+    read_config,
     set_cuda_rng_states,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
@@ -360,6 +362,7 @@ class OnlineLoop:
         self.callbacks = list(callbacks)
         self.progress = progress
         self.device = torch.device(cfg.device)
+        self._refuse_another_kind_of_run()
         self.store = EpisodeStore(self.run_dir / "episodes")
         self.state = LoopState()
         self._final_report: dict[str, Any] | None = None
@@ -394,6 +397,21 @@ class OnlineLoop:
         self.sb3: Any = None
         self.planner: Any = None
         self.config: dict[str, Any] = {"online": to_dict(cfg)}
+
+    def _refuse_another_kind_of_run(self) -> None:
+        """A run directory whose checkpoints are not an online run's (a ``train-wm`` run: both default
+        under runs/) is refused before anything is written into it."""
+        try:
+            latest = latest_checkpoint(self.run_dir)
+            config = read_config(latest) if latest is not None else None
+        except CheckpointError:
+            return  # (a corrupt latest checkpoint: resuming says what to do about it)
+        if config is not None and "online" not in config:
+            raise CheckpointError(
+                f"{self.run_dir} is not a `robobrain train` run (its checkpoints hold no online config: "
+                "a train-wm run?); to start from its world model, pass it as --init-world-model with "
+                "another --run-dir"
+            )
 
     def _check_episode_length(self) -> None:
         """Refuse, before collecting anything, a preset whose training windows (``seq_len``
