@@ -36,6 +36,14 @@ def _algorithm_of(path: str | os.PathLike[str]) -> str:
     raise ValueError(f"{path}: unsupported SB3 policy module {module!r}; pass sb3:ALGO:PATH")
 
 
+def _image_shapes(shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """An image space's shape as SB3 stores it (channel-first after VecTransposeImage) and
+    channel-last [S, S, C], the env's layout (predict transposes it back)."""
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+        return (shape, (*shape[1:], shape[0]))
+    return (shape,)
+
+
 class SB3Policy:
     """Acts with ``model.predict(deterministic=True)``. The model may have been trained on the whole
     observation dict, on ``obs["state"]`` or on ``obs["pixels"]``: the matching part is passed."""
@@ -82,15 +90,31 @@ class SB3Policy:
             missing = set(self.space.spaces) - set(obs)
             if missing:
                 raise ValueError(f"the SB3 model needs observation keys {sorted(missing)}")
+            pixels = self.space.spaces.get("pixels")
+            if pixels is not None and "pixels" in obs:
+                self._check_frame_size(_image_shapes(tuple(pixels.shape or ())), np.asarray(obs["pixels"]))
             return {key: obs[key] for key in self.space.spaces}
         for key in ("state", "pixels"):
             if key in obs and np.asarray(obs[key]).shape[1:] in self._shapes:
                 return np.asarray(obs[key])
+        if "pixels" in obs and len(self._shapes) == 2:  # an image model given other frames
+            self._check_frame_size(self._shapes, np.asarray(obs["pixels"]))
         shapes = {key: np.asarray(v).shape[1:] for key, v in obs.items()}
         raise ValueError(
             f"the SB3 model observes {self.space.shape}; the env gives {shapes} (an actor that "
             "`robobrain train` fine-tuned observes world-model latents: --policy mpc:RUN --guide prior)"
         )
+
+    @staticmethod
+    def _check_frame_size(shapes: tuple[tuple[int, ...], ...], pixels: np.ndarray) -> None:
+        """Frames [N, S, S, 3] of another size than the model's: say which (SB3's own error names a
+        channel-first shape the env never had)."""
+        if pixels.shape[1:] not in shapes:
+            side = shapes[-1][0]
+            raise ValueError(
+                f"the SB3 model sees {side} px frames, the env gives {pixels.shape[1]} px: pass "
+                f"--image-size {side} (robobrain eval), or make the env with image_size={side}"
+            )
 
     def act(self, obs: Observation) -> np.ndarray:
         actions, _ = self.model.predict(self._select(obs), deterministic=True)

@@ -406,7 +406,7 @@ def run_train_wm(args: TrainWM) -> dict:
     preset = get_preset(args.preset, **overrides)
     preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
     metrics = train_world_model(
-        args.data, args.run_dir, preset, args.steps, args.device, args.progress, args.max_minutes
+        args.data, args.run_dir, preset, args.steps, args.device, args.progress, args.max_minutes, args.preset
     )
     print(f"world model in {args.run_dir}: {json.dumps(metrics)}")
     return metrics
@@ -477,6 +477,12 @@ def run_collect(args: Collect) -> list[str]:
         raise ValueError(f"--seed must be >= 0 (env i is first reset with seed + i), got {args.seed}")
     if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
         raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
+    size = args.image_size
+    if size < 16 or size & (size - 1):
+        log.warning(
+            "--image-size %d: world models train on powers of two >= 16 (the image encoder's strides); "
+            "these episodes cannot train one", size,
+        )  # fmt: skip
     out = collect_out(args)
     # (The store is created only once the env and the policy are built: a mistyped --env or
     # --policy leaves no empty directory behind.)

@@ -197,8 +197,17 @@ def test_sb3_pixel_policy_takes_channel_last_frames(tmp_path):
     actions = policy.act({"pixels": frames, "state": np.zeros((2, 10), np.float32)})
     expected, _ = model.predict(frames.transpose(0, 3, 1, 2), deterministic=True)
     np.testing.assert_allclose(actions, expected, atol=1e-6)
-    with pytest.raises(ValueError, match="observes"):
+    # Frames of another size: which size the model sees (SB3 named a channel-first shape).
+    with pytest.raises(
+        ValueError, match="the SB3 model sees 36 px frames, the env gives 32 px: pass --image-size 36"
+    ):
         policy.act({"pixels": frames[:, :32, :32], "state": np.zeros((2, 10), np.float32)})
+    with pytest.raises(ValueError, match="observes"):  # (no pixels to give it at all)
+        policy.act({"state": np.zeros((2, 10), np.float32)})
+    SAC("MultiInputPolicy", env, buffer_size=10, seed=0, device="cpu").save(tmp_path / "dict.zip")
+    on_dict = load_policy(f"sb3:{tmp_path / 'dict.zip'}", "robobrain/Reach-v0", env.action_space)
+    with pytest.raises(ValueError, match="sees 36 px frames, the env gives 32 px"):
+        on_dict.act({"pixels": frames[:, :32, :32], "state": np.zeros((2, 10), np.float32)})
 
 
 def test_eval_planner_defaults_fill_only_the_unset_flags():

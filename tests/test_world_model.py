@@ -425,11 +425,21 @@ def test_killed_run_with_lr_schedule_resumes_exactly(push_data, tmp_path, monkey
     assert steps["killed"] == steps["straight"] == list(range(1, 13))
 
 
-def test_resume_with_another_config_is_refused(push_data, tmp_path):
-    train_world_model(push_data, tmp_path, DEBUG, steps=2, progress=False)
+def test_resume_with_another_config_is_refused(push_data, tmp_path, caplog):
+    train_world_model(push_data, tmp_path, DEBUG, steps=2, progress=False, preset_name="debug")
     other = dataclasses.replace(DEBUG, world_model=dataclasses.replace(DEBUG.world_model, deter=16))
-    with pytest.raises(CheckpointError, match=r"config\.json"):
+    with pytest.raises(CheckpointError, match=r"config\.json.*--preset, --open-loop-horizon"):
         train_world_model(push_data, tmp_path, other, steps=4, progress=False)
+    # The preset is named as the flag (its sizes were listed one by one, and config.json had no name).
+    with pytest.raises(CheckpointError, match=r"with --preset debug, not cpu; .* pass --preset debug"):
+        train_world_model(push_data, tmp_path, other, steps=4, progress=False, preset_name="cpu")
+    # Other data goes on training the same model: said, not silent.
+    moved = push_data.parent / f"{push_data.name}-moved"
+    shutil.copytree(push_data, moved)
+    with caplog.at_level("WARNING", logger="robobrain.training.wm_trainer"):
+        train_world_model(moved, tmp_path, DEBUG, steps=3, progress=False, preset_name="debug")
+    assert f"was trained on {push_data} until now; it goes on with {moved}" in caplog.text
+    shutil.rmtree(moved)
     # A run continued on another env's data names the envs (not the state sizes that differ).
     config_file = latest_checkpoint(tmp_path) / "config.json"
     saved = config_file.read_text()

@@ -147,8 +147,9 @@ class OnlineConfig:
     imagined step to a plan's score (Plan2Explore-style optimism: seek what the model cannot predict
     yet). Evaluation plans with the task's reward alone."""
     eval_every: int = 2000
-    """Evaluate (no exploration noise) at the first iteration end after this many env steps since
-    the last evaluation (0: every iteration), and at the end."""
+    """Evaluate (no exploration noise) after the first iteration (the baseline: the seed data and
+    the pretrained model), at the first iteration end after this many env steps since the last
+    evaluation (0: every iteration), and at the end (re-running a finished run evaluates it again)."""
     eval_episodes: int = 4
     checkpoint_every: int = 500
     """Checkpoint at the first iteration end after this many env steps since the last one (0: every

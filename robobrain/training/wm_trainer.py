@@ -287,9 +287,11 @@ def train_world_model(
     device: torch.device | str = "cpu",
     progress: bool = True,
     max_minutes: float | None = None,
+    preset_name: str | None = None,
 ) -> dict[str, float]:
     """Train (or resume training) until ``steps`` gradient steps, or until ``max_minutes`` of wall
-    clock in this call (then it checkpoints and returns); returns the last metrics.
+    clock in this call (then it checkpoints and returns); returns the last metrics. ``preset_name``
+    (``robobrain train-wm --preset``) is recorded, and named when a resume's configs differ.
 
     Re-running with the same run directory resumes from ``checkpoints/latest``: weights, optimizer,
     sampler and torch RNG states and counters are restored, so the result equals an uninterrupted run.
@@ -303,6 +305,8 @@ def train_world_model(
     cfg = sized_config(cfg, train_eps[0])
     config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(data_dir),
               "env_id": train_eps[0].meta.get("env_id")}  # fmt: skip
+    if preset_name is not None:
+        config["preset"] = preset_name
 
     torch.manual_seed(tcfg.seed)
     model = WorldModel(cfg).to(device)
@@ -315,6 +319,18 @@ def train_world_model(
     if ckpt is not None:
         latest = ckpt.path
         check_trained_env(ckpt.config, config["env_id"], latest)  # (before the configs: it says more)
+        was = ckpt.config.get("preset")
+        if was is not None and preset_name is not None and was != preset_name:
+            raise CheckpointError(
+                f"{latest / 'config.json'}: the run was started with --preset {was}, not {preset_name}; "
+                f"to resume it, pass --preset {was}; for another preset, use a new --run-dir"
+            )
+        data_was = ckpt.config.get("data")
+        if data_was is not None and Path(data_was).resolve() != Path(data_dir).resolve():
+            log.warning(
+                "%s was trained on %s until now; it goes on with %s (for a model of that data alone, "
+                "use a new --run-dir)", run_dir, data_was, data_dir,
+            )  # fmt: skip
         for key, cls in (("world_model", WorldModelConfig), ("train", WMTrainConfig)):
             # Through the dataclass, so a field added since the run started compares at its default.
             try:
@@ -326,7 +342,8 @@ def train_world_model(
                 raise CheckpointError(
                     f"{latest / 'config.json'}: the run was started with another {key} config "
                     f"(checkpoint vs now: {diff}); to resume it, pass the flags it was started "
-                    f"with (its config.json); for another config, use a new --run-dir"
+                    f"with (--preset, --open-loop-horizon, --proprio, --keypoints, --seed set these; "
+                    f"its config.json); for another config, use a new --run-dir"
                 )
         load_weights(model, ckpt)
         state = ckpt.require("step", "sampler_rng", "torch_rng")
