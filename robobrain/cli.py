@@ -304,7 +304,6 @@ def run_train(args: Train) -> dict:
 def run_eval(args: Eval) -> dict:
     import torch
 
-    from robobrain.checkpoint import read_config
     from robobrain.envs import make_env
     from robobrain.evaluation import evaluate_policy
     from robobrain.planning import MPCConfig, OptimizerConfig
@@ -320,7 +319,7 @@ def run_eval(args: Eval) -> dict:
     check_planner_flags(args)
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
-        seen = int(read_config(args.policy.split(":", 1)[1])["world_model"]["image_size"])
+        seen = world_model_image_size(args.policy.split(":", 1)[1])
         if size is not None and size != seen:
             raise ValueError(f"--image-size {size}: the world model of {args.policy} sees {seen} px frames")
         size = seen
@@ -380,6 +379,19 @@ def run_eval(args: Eval) -> dict:
     return report
 
 
+def world_model_image_size(path: str) -> int:
+    """The frame size of the world model at ``path`` (a checkpoint or run); a folder that holds no
+    world model (e.g. the behaviour_prior folder train-prior prints) is a clear error."""
+    from robobrain.checkpoint import read_config, resolve_checkpoint
+    from robobrain.training.wm_trainer import model_config_from_checkpoint
+
+    if Path(path).name == "behaviour_prior":
+        raise ValueError(
+            f"{path}: a behaviour prior; pass the world-model checkpoint above it, {Path(path).parent}"
+        )
+    return model_config_from_checkpoint(read_config(path), resolve_checkpoint(path)).image_size
+
+
 def describe_guide(guide: object) -> str:
     """What a planner's guide does, as ``--guide`` names it: what ``auto`` resolved to."""
     from robobrain.rl import BehaviourPriorGuide
@@ -398,6 +410,8 @@ def run_train_wm(args: TrainWM) -> dict:
     from robobrain.config import get_preset
     from robobrain.training.wm_trainer import train_world_model
 
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     overrides: dict = {} if args.open_loop_horizon is None else {"open_loop_horizon": args.open_loop_horizon}
     if args.proprio:
         overrides["use_proprio"] = True
@@ -417,6 +431,7 @@ def eval_wm_out(checkpoint: Path, data: Path, split: str) -> Path:
     held-out episodes and then all of them kept only the last report), under <run>/eval_wm for a run's
     checkpoint, else under <checkpoint>/eval_wm."""
     measured = f"{Path(data).resolve().name}_{split}"
+    checkpoint = checkpoint.resolve()  # (given as ".", a symlink or ../step_N: still the run's)
     if checkpoint.parent.name == "checkpoints":
         return checkpoint.parent.parent / "eval_wm" / f"{checkpoint.name}_{measured}"
     return checkpoint / "eval_wm" / measured
@@ -453,7 +468,7 @@ def run_eval_wm(args: EvalWM) -> dict:
             video_path=out / "prediction.mp4",
             state_layout=get_state_layout(episodes[0].meta.get("env_id")),
         )
-    report.update(checkpoint=str(ckpt.path), data=str(args.data), split=args.split)
+    report.update(checkpoint=str(ckpt.path.resolve()), data=str(Path(args.data).resolve()), split=args.split)
     atomic_write_json(out / "report.json", report)
     print(json.dumps(report["summary"], indent=1))
     print(f"report: {out / 'report.json'}\nvideo: {out / 'prediction.mp4'}")
@@ -566,6 +581,8 @@ def run_train_prior(args: TrainPrior) -> dict:
     from robobrain.rl.behaviour_prior import BehaviourPriorConfig, fit_behaviour_prior, save_behaviour_prior
     from robobrain.training.wm_trainer import load_world_model, split_episodes, train_config_from_checkpoint
 
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     model = load_world_model(args.checkpoint, args.device)
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
     holdout = train_config_from_checkpoint(ckpt.config, ckpt.path).holdout_fraction
@@ -664,6 +681,8 @@ def check_output_dir(path: Path | None, flag: str) -> None:
     if path is None:
         return
     for q in (path, *path.parents):
+        if q.is_symlink() and not q.exists():
+            raise ValueError(f"{flag} {path}: {q} is a symlink to nothing ({os.readlink(q)})")
         if q.exists():
             if not q.is_dir():
                 where = "is a file" if q == path else f"cannot be made: {q} is a file"
@@ -724,8 +743,10 @@ def entry(argv: list[str] | None = None) -> None:
     from robobrain.checkpoint import CheckpointError
     from robobrain.training.wm_trainer import NonFiniteLossError
 
+    # (and the file system's refusals: a folder without write permission, a full or read-only disk)
     expected = (ValueError, FileNotFoundError, CheckpointError, DependencyNotInstalled, NonFiniteLossError,
-                FloatingPointError)  # fmt: skip
+                FloatingPointError, PermissionError, FileExistsError, NotADirectoryError,
+                IsADirectoryError)  # fmt: skip
     _show_logs()
     try:
         main(argv)

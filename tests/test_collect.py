@@ -259,3 +259,6 @@ def test_an_output_folder_that_a_file_stands_in_the_way_of_is_a_clear_error(tmp_
         ):
             main([command, flag, str(tmp_path / path)])
     assert (tmp_path / "afile").read_text() == "x"
+    (tmp_path / "gone").symlink_to(tmp_path / "unmounted")  # e.g. a scratch disk not mounted
+    with pytest.raises(ValueError, match="gone is a symlink to nothing"):
+        main(["train-wm", "--run-dir", str(tmp_path / "gone" / "wm")])

@@ -268,7 +268,7 @@ def test_run_with_proprioception(tmp_path):
     assert report["summary"]["episodes"] == 1
 
 
-def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplog):
+def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplog, monkeypatch):
     """--seed-data trains on an offline store beside the run's own episodes (never copied into the
     run, never counted as the run's env steps); --init-world-model starts from an offline checkpoint."""
     offline, wm, run = tmp_path / "offline", tmp_path / "wm", tmp_path / "run"
@@ -297,6 +297,9 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplo
     collect_episodes(vec, RandomPolicy(3, seed=1), EpisodeStore(offline), 1, seed=50, meta=meta,
                      progress=False)  # fmt: skip
     vec.close()
+    # The same store spelled relative to another directory is the same store (it was "another config").
+    monkeypatch.chdir(tmp_path)
+    seeded[seeded.index("--seed-data") + 1] = "offline"
     with caplog.at_level("WARNING", logger="robobrain.training.online"):
         main(seeded)  # extends (resumes) the run: the offline data is read again, not copied
     assert "holds other episodes than when" in caplog.text and "(4 then, 5 now)" in caplog.text

@@ -758,6 +758,12 @@ def test_train_and_eval_cli(push_data, tmp_path):
     ):
         with pytest.raises(ValueError, match="trained on robobrain/Push-v0 episodes, not on robobrain/Reach"):
             main(args)
+    # The folder train-prior prints is not a world model: one line (a KeyError traceback before).
+    prior_dir = str(load_checkpoint(run).path / "behaviour_prior")
+    with pytest.raises(ValueError, match="a behaviour prior; pass the world-model checkpoint above it"):
+        main(["eval", "--policy", f"bc:{prior_dir}", "--out", never])
+    with pytest.raises(ValueError, match="--seed must be >= 0"):  # (numpy's message named no flag)
+        main(["train-wm", "--data", str(push_data), "--run-dir", never, "--seed", "-1"])
     assert not (tmp_path / "never").exists() and not (load_checkpoint(run).path / "behaviour_prior").exists()
     # A mistyped or empty store: a clear error, and nothing created.
     with pytest.raises(FileNotFoundError, match="no such episode store"):
@@ -766,6 +772,19 @@ def test_train_and_eval_cli(push_data, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no readable episodes"):
         main(["eval-wm", "--checkpoint", str(run), "--data", str(tmp_path / "empty"), "--split", "all"])
+    # A run's checkpoint given as "." from inside it reports with the run (not inside the checkpoint,
+    # which pruning deletes).
+    ckpt_dir = load_checkpoint(run).path
+    cwd = os.getcwd()
+    os.chdir(ckpt_dir)
+    try:
+        main(["eval-wm", "--checkpoint", ".", "--data", str(push_data), "--split", "all", "--horizon", "2",
+              "--max-windows", "4"])  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    assert not (ckpt_dir / "eval_wm").exists()
+    dot = json.loads((run / "eval_wm" / f"{ckpt_dir.name}_{push_data.name}_all" / "report.json").read_text())
+    assert dot["checkpoint"] == str(ckpt_dir.resolve())
     # A lone checkpoint (not in a run's checkpoints folder) reports inside itself.
     lone = tmp_path / "models" / "pushwm"
     lone.parent.mkdir()

@@ -289,6 +289,17 @@ def _set_generator_states(policy: Any, states: dict[str, list[int]], reseed: int
         mpc.noise_gen.set_state(torch.tensor(states["noise"], dtype=torch.uint8))
 
 
+PATH_OPTIONS = ("seed_data", "init_world_model")
+"""Options that name files: recorded absolute, so a resume from another directory, or the same store
+spelled another way, compares what they point at (a relative path in an older checkpoint is read
+from where the run is resumed)."""
+
+
+def _resolved_paths(online: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(Path(v).resolve()) if k in PATH_OPTIONS and isinstance(v, str) else v
+            for k, v in online.items()}  # fmt: skip
+
+
 def _fingerprint(names: list[str]) -> dict[str, Any]:
     """Which offline episodes a run trained on: their number and a hash of their file names."""
     import hashlib
@@ -322,7 +333,7 @@ def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> No
     """
     now = json.loads(json.dumps(now))  # as it was stored (tuples become lists)
     a, b = (
-        {k: v for k, v in _flatten(c).items() if k.split(".")[0] not in RESUMABLE_CHANGES}
+        {k: v for k, v in _flatten(_resolved_paths(c)).items() if k.split(".")[0] not in RESUMABLE_CHANGES}
         for c in (saved.get("online", {}), now["online"])
     )
     if a.get("image_size") is None or b.get("image_size") is None:  # (left out: the run's own size;
@@ -397,7 +408,7 @@ class OnlineLoop:
         self.trainer: WorldModelTrainer | None = None
         self.sb3: Any = None
         self.planner: Any = None
-        self.config: dict[str, Any] = {"online": to_dict(cfg)}
+        self.config: dict[str, Any] = {"online": _resolved_paths(to_dict(cfg))}
 
     def _refuse_another_kind_of_run(self) -> None:
         """A run directory whose checkpoints are not an online run's (a ``train-wm`` run: both default
@@ -683,22 +694,23 @@ class OnlineLoop:
         self._load_offline()
         self._clock = time.perf_counter()
         resumed = self._resume()
+        init = None
+        if not resumed and cfg.init_world_model is not None:
+            # (checked before the seed episodes are collected, and before the logs are opened)
+            init = load_checkpoint(cfg.init_world_model, with_training_state=False)
+            check_trained_env(init.config, cfg.env, init.path)
+            self.wm_cfg = model_config_from_checkpoint(init.config, init.path)
+            rendered = self.envs.single_observation_space["pixels"].shape[0]
+            if self.wm_cfg.image_size != rendered:
+                raise CheckpointError(
+                    f"{init.path}: the world model sees {self.wm_cfg.image_size} px frames, the "
+                    f"run's envs render {rendered} px (--image-size)"
+                )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         logger = MetricLogger(self.run_dir, "train", step_key="env_steps")
         # (a run killed before its first checkpoint starts over: none of its rows stay, step 0's neither)
         logger.truncate_after(self.state.env_steps if resumed else -1)
         if not resumed:  # (a run killed before its first checkpoint starts over)
-            init = None
-            if cfg.init_world_model is not None:  # (checked before the seed episodes are collected)
-                init = load_checkpoint(cfg.init_world_model, with_training_state=False)
-                check_trained_env(init.config, cfg.env, init.path)
-                self.wm_cfg = model_config_from_checkpoint(init.config, init.path)
-                rendered = self.envs.single_observation_space["pixels"].shape[0]
-                if self.wm_cfg.image_size != rendered:
-                    raise CheckpointError(
-                        f"{init.path}: the world model sees {self.wm_cfg.image_size} px frames, the "
-                        f"run's envs render {rendered} px (--image-size)"
-                    )
             self.store.truncate(0)
             self._seed_data()
             if self.state.env_steps >= cfg.env_steps:

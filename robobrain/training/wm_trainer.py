@@ -303,7 +303,7 @@ def train_world_model(
     store = EpisodeStore(data_dir, create=False)
     train_eps, _ = split_episodes(store, tcfg.holdout_fraction)
     cfg = sized_config(cfg, train_eps[0])
-    config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(data_dir),
+    config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(Path(data_dir).resolve()),
               "env_id": train_eps[0].meta.get("env_id")}  # fmt: skip
     if preset_name is not None:
         config["preset"] = preset_name
@@ -326,6 +326,7 @@ def train_world_model(
                 f"to resume it, pass --preset {was}; for another preset, use a new --run-dir"
             )
         data_was = ckpt.config.get("data")
+        # (recorded absolute; an older run's relative path is read from where it is resumed)
         if data_was is not None and Path(data_was).resolve() != Path(data_dir).resolve():
             log.warning(
                 "%s was trained on %s until now; it goes on with %s (for a model of that data alone, "
