@@ -64,6 +64,11 @@ class LatentFilter:
         env_state = obs.get("state") if isinstance(obs, dict) else None
         env_state = None if env_state is None else torch.as_tensor(env_state, device=self.device)
         goal = self.model.goal(env_state)
+        reads_proprio = self.model.cfg.proprio_dim and env_state is not None
+        proprio = self.model.proprio(env_state) if reads_proprio else None
+        for name, x in (("goal", goal), ("proprioception", proprio)):  # (as observe refuses them: a NaN
+            if x is not None and not torch.isfinite(x).all():  # goal scored every plan -inf, acting 0)
+                raise ValueError(f"obs['state']: the {name} it holds contains NaN or inf")
         frames = torch.from_numpy(pixels).to(self.device)
         embed = self.model.embed(frames, env_state)
         self.state = self.state._replace(goal=goal)

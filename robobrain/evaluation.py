@@ -74,6 +74,11 @@ def evaluate_policy(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if isinstance(envs, gym.vector.VectorEnv):
+        raise ValueError(
+            "evaluate_policy takes a list of single envs (it resets each episode with its own seed), "
+            "not a vector env: e.g. [robobrain.envs.make_env(env_id) for _ in range(k)]"
+        )
     envs = list(envs)[:episodes]  # a slot that would never start an episode has no observation
     out = None if out_dir is None else prepare_out_dir(out_dir)  # before the episodes, not after them
     k = len(envs)
@@ -99,6 +104,12 @@ def evaluate_policy(
         ep = next_episode
         next_episode += 1
         obs, _ = envs[i].reset(seed=seed + ep)
+        if not (isinstance(obs, dict) and "pixels" in obs):
+            kind = type(obs).__name__
+            raise ValueError(
+                f"env {i} observes a {kind}, not robobrain's dict of pixels and state: make it with "
+                "robobrain.envs.make_env (or wrap it in robobrain.envs.PixelObservation)"
+            )
         obs_slots[i] = obs
         slot_episode[i], slot_return[i], slot_len[i], slot_latency[i] = ep, 0.0, 0, []
         active[i] = True

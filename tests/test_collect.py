@@ -130,6 +130,8 @@ def test_no_transition_crosses_a_reset(tmp_path):
             obs, _ = env.reset()
         np.testing.assert_array_equal(obs["state"], ep.state[0])
     assert {ep.meta["reset_index"] for _, ep in store.episodes()} == {0, 1, 2}  # (7 over 3 envs)
+    # Collected without meta, they still name their env (a world model reads its goal layout from it).
+    assert {ep.meta["env_id"] for _, ep in store.episodes()} == {"robobrain/Reach-v0"}
     env.close()
 
 

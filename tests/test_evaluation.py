@@ -278,6 +278,15 @@ def test_evaluate_policy_checks_its_arguments_before_any_episode(tmp_path):
     assert policy.decoded == report["episodes"][0]["length"]
     with pytest.raises(ValueError, match="--seed must be >= 0"):
         main(["eval", "--policy", "random", "--seed", "-1", "--out", str(tmp_path / "neg")])
+    # A vector env, or an env observing no pixel dict: what to pass instead (a TypeError, an IndexError).
+    from robobrain.envs import make_vector_env
+
+    vec = make_vector_env("robobrain/Reach-v0", 2, image_size=8)
+    with pytest.raises(ValueError, match=r"a list of single envs .* not a vector env"):
+        evaluate_policy(policy, vec, 1, progress=False)
+    vec.close()
+    with pytest.raises(ValueError, match=r"observes a ndarray, not robobrain.s dict .*make_env"):
+        evaluate_policy(RandomPolicy(1, seed=0), [gym.make("Pendulum-v1")], 1, progress=False)
 
 
 def test_eval_refuses_planner_flags_a_policy_would_ignore(tmp_path):

@@ -8,6 +8,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecCheckNan
 
 from robobrain.config import get_preset
+from robobrain.planning import MPCConfig
 from robobrain.rl import ImaginationVecEnv, WorldModelDynamics, encode_start_states
 from robobrain.world_model import State, WorldModel
 from tests.test_store import make_episode
@@ -89,6 +90,8 @@ def test_world_model_start_states_and_step():
     episodes = [make_episode(6, tag=i, size=32) for i in range(2)]
     starts = encode_start_states(model, episodes)
     assert starts.deter.shape == (12, cfg.deter)
+    # Rewarded by default as the default planner scores a step (the bonus was 0 here, 1 there).
+    assert WorldModelDynamics(model).success_bonus == MPCConfig().success_bonus
     env = ImaginationVecEnv(WorldModelDynamics(model), starts, num_envs=3, horizon=4)
     obs = env.reset()
     assert obs.shape == (3, cfg.feat_dim)

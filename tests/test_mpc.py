@@ -216,6 +216,10 @@ def test_goal_conditioned_mpc_policy_reads_the_goal_from_the_state():
     assert torch.all(policy.state.deter[0] == 0) and policy.state.goal is None  # re-read at the next act
     with pytest.raises(ValueError, match="goal-conditioned"):
         policy.act({"pixels": np.zeros((2, 32, 32, 3), np.uint8)})
+    # A NaN goal is refused as observe refuses it (every plan scored -inf and the policy acted 0).
+    state[1, 8] = np.nan
+    with pytest.raises(ValueError, match=r"obs\['state'\]: the goal it holds contains NaN or inf"):
+        policy.act({"pixels": np.zeros((2, 32, 32, 3), np.uint8), "state": state})
 
 
 def test_replay_in_simulator_leaves_the_env_untouched(task_id):

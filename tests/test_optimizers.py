@@ -170,3 +170,17 @@ def test_given_noise_replaces_the_generator(cls):
     torch.testing.assert_close(a.best, target, atol=0.1, rtol=0)  # it still optimizes
     with pytest.raises(ValueError, match="noise must be"):
         make(cls, **kw).plan(quadratic(target), torch.zeros(2, 4, 3), noise=noise[:9])
+
+
+def test_numpy_means_are_taken_and_a_per_problem_std_is_refused():
+    """A numpy init_mean raised AttributeError; a [B] std meant per problem was broadcast along the
+    action dimension when B == A."""
+    import numpy as np
+
+    opt = make(CEM, iterations=2)
+    target = torch.zeros(3, 4, 3)
+    best = opt.optimize(quadratic(target), np.zeros((3, 4, 3), np.float32))
+    assert best.shape == (3, 4, 3)
+    with pytest.raises(ValueError, match=re.escape("init_std must be a scalar or [B, H, A], got [3]")):
+        opt.plan(quadratic(target), torch.zeros(3, 4, 3), init_std=torch.tensor([0.01, 0.5, 2.0]))
+    opt.plan(quadratic(target), torch.zeros(3, 4, 3), init_std=torch.full((3, 4, 3), 0.2))

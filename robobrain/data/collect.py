@@ -59,6 +59,15 @@ def _info_flag(info: dict[str, Any], key: str, i: int) -> bool:
     return bool(info[key][i])
 
 
+def _env_id(envs: gym.vector.VectorEnv) -> str | None:
+    """The registered id of the vector env's envs (``envs.spec`` is None for a vector env)."""
+    try:
+        spec = envs.get_attr("spec")[0]
+    except Exception:  # (an env without a spec, or a vector env that cannot get attributes)
+        return None
+    return getattr(spec, "id", None)
+
+
 def collect_episodes(
     envs: gym.vector.VectorEnv,
     policy: Policy,
@@ -82,6 +91,8 @@ def collect_episodes(
     Non-finite rewards or state observations stop collection with a ``FloatingPointError`` naming
     the env and step (nothing of that episode is stored).
 
+    ``meta`` without ``env_id`` gets the envs' registered id (the trainer reads the goal layout from
+    it; without it, a world model of a robobrain task trained without its goal input).
     Each episode's meta gets ``env_index`` (i: the vector env's i-th env, first reset with
     ``seed + i``) and ``reset_index`` (k: the k-th reset of that env after it, 0 for the seeded one):
     an episode of a robobrain task starts where ``env.reset(seed=seed + i)`` and k plain resets after
@@ -99,6 +110,8 @@ def collect_episodes(
     names: list[str] = []
     env_steps = 0
     base_meta = dict(meta or {})
+    if "env_id" not in base_meta:  # (a world model learns its goal input only from named episodes)
+        base_meta["env_id"] = _env_id(envs)
     with tqdm(total=num_episodes, desc="collect", unit="ep", disable=not progress) as bar:
         while len(names) < num_episodes:
             action = np.asarray(policy.act(obs), dtype=np.float32)

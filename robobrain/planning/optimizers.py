@@ -103,13 +103,19 @@ class _SamplingOptimizer:
         prior_samples: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
     ) -> PlanResult:
-        """Optimize from ``init_mean`` [B, H, A]; ``prior_samples`` [B, P, H, A] (e.g. from a policy)
+        """Optimize from ``init_mean`` [B, H, A] (``init_std``: a scalar or [B, H, A]; default
+        ``cfg.init_std``); ``prior_samples`` [B, P, H, A] (e.g. from a policy)
         join every iteration's candidates. ``noise`` [iterations, B, N, H, A]: standard-normal draws
         to sample the candidates with instead of drawing them from the generator (a CUDA graph that
         records this call reads its noise from a buffer filled before each replay)."""
         cfg = self.cfg
+        init_mean = torch.as_tensor(init_mean)  # (numpy too)
         if init_mean.ndim != 3:
             raise ValueError(f"init_mean must be [B, H, A], got {list(init_mean.shape)}")
+        std_shape = None if init_std is None else list(torch.as_tensor(init_std).shape)
+        if std_shape is not None and len(std_shape) not in (0, 3):
+            # (a [B] std meant per problem was applied per action dimension when B == A)
+            raise ValueError(f"init_std must be a scalar or [B, H, A], got {std_shape}")
         # (Not while a CUDA graph records this call: the check reads the tensor back to the host;
         # GraphedPlan checks its input before every replay instead.)
         if not (init_mean.is_cuda and torch.cuda.is_current_stream_capturing()):

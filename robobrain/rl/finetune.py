@@ -110,7 +110,7 @@ def imagination_env(
     episodes: Sequence[Episode],
     cfg: SB3Config,
     seed: int,
-    success_bonus: float = 0.0,
+    success_bonus: float = 1.0,
 ) -> ImaginationVecEnv:
     """Imagination envs starting from latents of the newest ``episodes`` (most recent first); the
     planner's ``success_bonus`` joins the imagined reward (:class:`WorldModelDynamics`)."""

@@ -36,10 +36,11 @@ class LatentModel(Protocol):
 class WorldModelDynamics:
     """The WorldModel as a ``LatentModel`` (mode or sampled latent transitions). The reward is the
     reward head's plus ``success_bonus`` times the predicted success probability: what the MPC
-    planner sums per imagined step (``MPCConfig.success_bonus``), so that a critic trained here values
-    the same score past the planner's horizon."""
+    planner sums per imagined step (``MPCConfig.success_bonus``, whose default 1 is this one's too:
+    it was 0, so a critic trained as the README shows valued another sum than the default planner's),
+    so that a critic trained here values the same score past the planner's horizon."""
 
-    def __init__(self, model: WorldModel, sample: bool = True, success_bonus: float = 0.0) -> None:
+    def __init__(self, model: WorldModel, sample: bool = True, success_bonus: float = 1.0) -> None:
         self.model = model.eval()
         self.sample = sample
         self.success_bonus = success_bonus

@@ -82,7 +82,8 @@ def sized_config(cfg: WorldModelConfig, episode: Episode) -> WorldModelConfig:
         warnings.warn(
             "the data's episodes name no env_id in their meta, so the goal's place in the state is "
             "unknown: the world model is trained without goal conditioning (collect with "
-            "`robobrain collect`, which records it)",
+            "`robobrain collect` or collect_episodes on registered envs, which record it, or pass "
+            "meta={'env_id': ...})",
             stacklevel=2,
         )
     layout = get_state_layout(env_id) or {}
