@@ -5,6 +5,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from robobrain.checkpoint import CheckpointError, save_checkpoint
 from robobrain.cli import main
@@ -12,6 +13,7 @@ from robobrain.config import get_preset, to_dict
 from robobrain.evaluation import evaluate_policy, wilson_interval
 from robobrain.planning import MPCConfig, OptimizerConfig
 from robobrain.policies import RandomPolicy, SB3Policy, load_guide, load_policy
+from robobrain.training.wm_trainer import load_world_model
 from robobrain.world_model import WorldModel
 
 
@@ -133,6 +135,9 @@ def test_clear_errors_for_bad_specs(tmp_path):
             load_policy(f"sb3:{path}", "robobrain/Push-v0", space)
     with pytest.raises(ValueError, match="needs the path"):
         load_policy("sb3:", "robobrain/Push-v0", space)
+    if not torch.cuda.is_available():  # (a bare AssertionError, after reading the checkpoint)
+        with pytest.raises(ValueError, match=r"device cuda: this torch .* sees no CUDA device"):
+            load_world_model(tmp_path / "wm4", "cuda")
     with pytest.raises(ValueError, match="unknown guide mode 'vaule'"):
         load_guide(str(tmp_path / "wm4"), "vaule")  # type: ignore[arg-type]
     # The behaviour prior and SB3 guides act in [-1, 1]: other planner bounds are refused.

@@ -160,6 +160,8 @@ def train_config_from_checkpoint(config: dict[str, Any], where: str | os.PathLik
 
 def load_world_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> WorldModel:
     """A trained WorldModel from a checkpoint or run directory, in eval mode."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # (torch: AssertionError)
+        raise ValueError(f"device {device}: this torch ({torch.__version__}) sees no CUDA device")
     ckpt = load_checkpoint(path, with_training_state=False)
     cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
     try:
