@@ -366,7 +366,7 @@ def test_goal_conditioned_features_and_imagination_env_carry_the_goal():
 def test_imagined_reward_is_the_planners_step_score(model):
     """The critic's reward includes the success bonus the planner adds per imagined step, so that its
     value past the horizon counts the same score (not the reward head alone)."""
-    plain = imagination_env(model, episodes(), SB3, seed=0)
+    plain = imagination_env(model, episodes(), SB3, seed=0, success_bonus=0.0)
     bonus = imagination_env(model, episodes(), SB3, seed=0, success_bonus=2.0)
     plain.reset()
     bonus.reset()
