@@ -242,7 +242,7 @@ def test_resume_trains_with_the_runs_own_settings_and_size(tmp_path, caplog):
     os.utime(png, (0, 0))
     main(run_args(tmp_path, 40))
     assert png.stat().st_mtime > 0
-    with pytest.raises(CheckpointError, match="sees 16 px frames, its envs now render 32 px"):
+    with pytest.raises(CheckpointError, match="sees 16 px frames, the run's envs render 32 px"):
         main([*run_args(tmp_path, 60), "--image-size", "32"])
 
 

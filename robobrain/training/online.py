@@ -619,6 +619,16 @@ class OnlineLoop:
             extra=write_sb3,
         )  # fmt: skip
 
+    def _adopt_world_model_sizes(self, ckpt: Checkpoint, what: str, hint: str = "") -> None:
+        """Take the world-model config of ``ckpt``, whose frames must be those the envs render."""
+        self.wm_cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
+        rendered = self.envs.single_observation_space["pixels"].shape[0]
+        if self.wm_cfg.image_size != rendered:
+            raise CheckpointError(
+                f"{ckpt.path}: {what} sees {self.wm_cfg.image_size} px frames, the run's envs render "
+                f"{rendered} px (--image-size{hint})"
+            )
+
     def _resume(self) -> bool:
         ckpt = load_latest(self.run_dir)
         if ckpt is None:
@@ -640,13 +650,7 @@ class OnlineLoop:
                 f"{self.store.root}: {len(self._episodes)} readable episodes, the checkpoint expects "
                 f"{self.state.episodes} (skipped: {self.store.skipped})"
             )
-        self.wm_cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
-        rendered = self.envs.single_observation_space["pixels"].shape[0]
-        if self.wm_cfg.image_size != rendered:
-            raise CheckpointError(
-                f"{latest}: the run's world model sees {self.wm_cfg.image_size} px frames, its envs now "
-                f"render {rendered} px (--image-size): leave it out to resume"
-            )
+        self._adopt_world_model_sizes(ckpt, "the run's world model", "; leave it out to resume")
         # The run goes on with the training settings it started with (the world model's sizes too),
         # whatever the preset's are in this robobrain.
         if "train" in ckpt.config:
@@ -699,13 +703,7 @@ class OnlineLoop:
             # (checked before the seed episodes are collected, and before the logs are opened)
             init = load_checkpoint(cfg.init_world_model, with_training_state=False)
             check_trained_env(init.config, cfg.env, init.path)
-            self.wm_cfg = model_config_from_checkpoint(init.config, init.path)
-            rendered = self.envs.single_observation_space["pixels"].shape[0]
-            if self.wm_cfg.image_size != rendered:
-                raise CheckpointError(
-                    f"{init.path}: the world model sees {self.wm_cfg.image_size} px frames, the "
-                    f"run's envs render {rendered} px (--image-size)"
-                )
+            self._adopt_world_model_sizes(init, "the world model")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         logger = MetricLogger(self.run_dir, "train", step_key="env_steps")
         # (a run killed before its first checkpoint starts over: none of its rows stay, step 0's neither)
