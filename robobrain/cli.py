@@ -312,8 +312,6 @@ def run_eval(args: Eval) -> dict:
 
     if args.episodes < 1 or args.num_envs < 1:
         raise ValueError(f"--episodes and --num-envs must be >= 1, got {args.episodes}, {args.num_envs}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0 (episode i is reset with seed + i), got {args.seed}")
     if args.video_episodes < 0:
         raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
     check_planner_flags(args)
@@ -410,8 +408,6 @@ def run_train_wm(args: TrainWM) -> dict:
     from robobrain.config import get_preset
     from robobrain.training.wm_trainer import train_world_model
 
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     overrides: dict = {} if args.open_loop_horizon is None else {"open_loop_horizon": args.open_loop_horizon}
     if args.proprio:
         overrides["use_proprio"] = True
@@ -488,16 +484,14 @@ def run_collect(args: Collect) -> list[str]:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
-    if args.seed is not None and args.seed < 0:
-        raise ValueError(f"--seed must be >= 0 (env i is first reset with seed + i), got {args.seed}")
     if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
         raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
-    size = args.image_size
-    if size < 16 or size & (size - 1):
-        log.warning(
-            "--image-size %d: world models train on powers of two >= 16 (the image encoder's strides); "
-            "these episodes cannot train one", size,
-        )  # fmt: skip
+    from robobrain.world_model.networks import num_conv_layers
+
+    try:
+        num_conv_layers(args.image_size)
+    except ValueError as e:
+        log.warning("--image-size: no world model can train on these episodes (%s)", e)
     out = collect_out(args)
     # (The store is created only once the env and the policy are built: a mistyped --env or
     # --policy leaves no empty directory behind.)
@@ -581,8 +575,6 @@ def run_train_prior(args: TrainPrior) -> dict:
     from robobrain.rl.behaviour_prior import BehaviourPriorConfig, fit_behaviour_prior, save_behaviour_prior
     from robobrain.training.wm_trainer import load_world_model, split_episodes, train_config_from_checkpoint
 
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     model = load_world_model(args.checkpoint, args.device)
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
     holdout = train_config_from_checkpoint(ckpt.config, ckpt.path).holdout_fraction
@@ -696,6 +688,9 @@ def main(argv: list[str] | None = None) -> None:
     for cls, run in COMMANDS.values():
         if type(args) is cls:  # not isinstance: Demo is a Train
             print(json.dumps({type(args).__name__: asdict(args)}, default=str))
+            seed = getattr(args, "seed", None)
+            if seed is not None and seed < 0:  # (numpy's own error names no flag; train's is its config's)
+                raise ValueError(f"--seed must be >= 0, got {seed}")
             if getattr(args, "device", None) is not None:
                 args = replace(args, device=resolve_device(args.device))
             # (a refused or failed command leaves no empty output folder behind)

@@ -217,6 +217,13 @@ def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_pat
     with caplog.at_level("WARNING", logger="robobrain.cli"):  # env 1 of this one replays env 0 of that
         main([*base, "--episodes", "2", "--num-envs", "2", "--seed", "4", "--out", str(out)])
     assert "seeded in [5, 7); this collection's are seeded in [4, 6)" in caplog.text
+    with caplog.at_level("WARNING", logger="robobrain.cli"):  # stored, but no world model trains on it
+        small = ["collect", "--env", "robobrain/Reach-v0", "--image-size", "20", "--no-progress"]
+        main([*small, "--episodes", "1", "--num-envs", "1", "--out", str(tmp_path / "d20")])
+    assert (
+        "no world model can train on these episodes (image_size must be a power of two >= 16, got 20)"
+        in caplog.text
+    )
     eps = EpisodeStore(out).load_all()
     assert eps[0].meta["num_envs"] == 2
     before = EpisodeStore(out).names()

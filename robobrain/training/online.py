@@ -67,6 +67,7 @@ from robobrain.training.wm_trainer import (
     train_config_from_checkpoint,
 )
 from robobrain.world_model import WorldModel
+from robobrain.world_model.networks import num_conv_layers
 
 if TYPE_CHECKING:
     from robobrain.policies import Policy
@@ -180,9 +181,11 @@ class OnlineConfig:
         for name, (value, least) in counts.items():
             if not value >= least:  # (NaN too)
                 raise ValueError(f"{name} must be >= {least}, got {value} ({flag(name)})")
-        size = self.image_size
-        if size is not None and (size < 16 or size & (size - 1)):  # (the image encoder's strides)
-            raise ValueError(f"image_size must be a power of two >= 16, got {size} ({flag('image_size')})")
+        if self.image_size is not None:  # (refused when the world model was built, after the seed data)
+            try:
+                num_conv_layers(self.image_size)
+            except ValueError as e:
+                raise ValueError(f"{e} ({flag('image_size')})") from None
         if not 0 <= self.scripted_fraction <= 1:
             raise ValueError(f"scripted_fraction must be in [0, 1], got {self.scripted_fraction} "
                              f"({flag('scripted_fraction')})")  # fmt: skip
@@ -462,7 +465,6 @@ class OnlineLoop:
         self.state.episodes += len(result.names)
         eps = [self.store.load(n) for n in result.names]
         self._episodes.extend(eps)
-        self._record_training_episodes(eps)
         return eps
 
     def _record_training_episodes(self, eps: list[Episode]) -> None:
@@ -730,7 +732,7 @@ class OnlineLoop:
                 t0 = time.perf_counter()
                 before = self.state.env_steps
                 self.planner = self._make_planner(explore=True) if self.planner is None else self.planner
-                self._collect(self.planner, cfg.num_envs, "mpc")
+                self._record_training_episodes(self._collect(self.planner, cfg.num_envs, "mpc"))
                 collect_s = time.perf_counter() - t0
                 self.state.wm_updates_owed += (self.state.env_steps - before) * cfg.train_ratio
                 updates = int(self.state.wm_updates_owed)
