@@ -196,8 +196,9 @@ def test_bad_inputs_raise():
         model.imagine(state, torch.zeros(2, 4, cfg.action_dim))
     with pytest.raises(ValueError, match="T=0"):
         model.imagine(state, torch.zeros(3, 0, cfg.action_dim))
-    with pytest.raises(ValueError, match="floating-point"):
-        model.imagine(state, torch.zeros(3, 4, cfg.action_dim, dtype=torch.long))
+    for verb in (lambda a: model.imagine(state, a), lambda a: model.observe(batch["pixels"], a)):
+        with pytest.raises(ValueError, match="floating-point"):  # observe used to cast them
+            verb(batch["action"].long())
     with pytest.raises(ValueError, match=r"state\.stoch must be"):
         model.imagine(state._replace(stoch=state.stoch[:, :-1]), torch.zeros(3, 4, cfg.action_dim))
     with pytest.raises(ValueError, match=r"actions must be \[B, H"):  # (an IndexError)

@@ -237,8 +237,6 @@ class WorldModel(nn.Module):
         self._check_actions(actions, actions.shape[0], finite=finite)
         if actions.shape[1] < 1:
             raise ValueError("actions must hold at least one step, got T=0")
-        if not actions.is_floating_point():
-            raise ValueError(f"actions must be a floating-point tensor, got {actions.dtype}")
         b, cfg = actions.shape[0], self.cfg
         if state.deter.shape[0] != b:
             raise ValueError(f"state has batch {state.deter.shape[0]} but actions have {b}")
@@ -592,5 +590,7 @@ class WorldModel(nn.Module):
             raise ValueError(f"actions must be [B={batch}, T, A={a}], got {list(actions.shape)}")
         if steps is not None and actions.shape[1] != steps:
             raise ValueError(f"actions must have T={steps} steps like the pixels, got {actions.shape[1]}")
+        if not actions.is_floating_point():
+            raise ValueError(f"actions must be a floating-point tensor, got {actions.dtype}")
         if finite and not torch.isfinite(actions).all():
             raise ValueError("actions contain NaN or inf")
