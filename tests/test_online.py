@@ -24,7 +24,7 @@ from robobrain.data.collect import collect_episodes
 from robobrain.envs import make_vector_env
 from robobrain.policies import RandomPolicy
 from robobrain.rl.finetune import SB3Config
-from robobrain.training.online import LoopState, OnlineConfig, _rng_state, _set_rng_state
+from robobrain.training.online import LoopState, OnlineConfig, _check_config, _rng_state, _set_rng_state
 
 TINY = (
     "train --preset debug --env robobrain/Push-v0 --num-envs 2 --episode-steps 10 --seed-episodes 2 "
@@ -222,6 +222,18 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     state_file.write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="malformed loop or trainer state"):  # (a KeyError)
         main(run_args(tmp_path, 60))
+
+
+def test_resume_compares_elites_left_out_as_the_number_they_stand_for(tmp_path):
+    """num_elites left out is an eighth of num_samples; runs made before that stored the number."""
+
+    def online(elites):
+        return {"online": {"mpc": {"optim": {"num_samples": 256, "num_elites": elites}}}}
+
+    _check_config(online(32), online(None), tmp_path)  # the same planner: resumes
+    _check_config(online(None), online(32), tmp_path)
+    with pytest.raises(CheckpointError, match="another config"):
+        _check_config(online(None), online(16), tmp_path)
 
 
 def test_resume_trains_with_the_runs_own_settings_and_size(tmp_path, caplog):

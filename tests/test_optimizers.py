@@ -127,6 +127,8 @@ def test_prior_samples_are_used():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="needs 0 < num_elites <= num_samples"):
         CEM(OptimizerConfig(num_samples=4, num_elites=8))
+    # left out, the elites are an eighth of the samples: fewer samples need no second setting
+    assert [OptimizerConfig(num_samples=n).elites for n in (512, 256, 16, 4)] == [64, 32, 2, 1]
     for cls in OPTIMIZERS:
         with pytest.raises(ValueError, match="iterations >= 1"):
             cls(OptimizerConfig(iterations=0))

@@ -25,8 +25,10 @@ class OptimizerConfig:
 
     num_samples: int = 512
     """Candidates N per problem and iteration."""
-    num_elites: int = 64
-    """Top candidates the distribution is refitted to (MPPI: weighted by temperature)."""
+    num_elites: int | None = None
+    """Top candidates the distribution is refitted to (MPPI: weighted by temperature); None: an
+    eighth of ``num_samples``, at least 1 (TD-MPC2's 64 of 512), so that fewer samples need no
+    second flag."""
     iterations: int = 6
     """Refits per call, at most."""
     time_budget: float | None = None
@@ -44,7 +46,7 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:  # when the flags are read, not at the first plan
         checks = [
-            (0 < self.num_elites <= self.num_samples, "0 < num_elites <= num_samples"),
+            (0 < self.elites <= self.num_samples, "0 < num_elites <= num_samples"),
             (self.iterations >= 1, "iterations >= 1 (at least one always runs)"),
             (self.time_budget is None or self.time_budget >= 0, "time_budget >= 0 or None"),
             (self.init_std > 0, "init_std > 0 (0 never moves the mean)"),
@@ -55,6 +57,11 @@ class OptimizerConfig:
         for ok, need in checks:
             if not ok:  # (NaN fails every one of them)
                 raise ValueError(f"the optimizer needs {need}, got {self}")
+
+    @property
+    def elites(self) -> int:
+        """``num_elites``, or for None an eighth of ``num_samples`` (at least 1)."""
+        return max(1, self.num_samples // 8) if self.num_elites is None else self.num_elites
 
 
 class PlanResult(NamedTuple):
@@ -183,7 +190,7 @@ class _SamplingOptimizer:
         """Refit mean/std [B, H, A] to the elites, weighted by ``_weights``; momentum; std floor.
         Problems whose elites all scored non-finite keep their distribution."""
         cfg = self.cfg
-        elites, top = _elites(samples, scores, cfg.num_elites)
+        elites, top = _elites(samples, scores, cfg.elites)
         valid = torch.isfinite(top)  # [B, k]
         elites = torch.where(valid[..., None, None], elites, torch.zeros_like(elites))  # 0 * NaN is NaN
         w = self._weights(top, valid)[..., None, None]

@@ -129,7 +129,7 @@ class OnlineConfig:
             horizon=12,
             exploration_std=0.3,
             discount=0.99,
-            optim=OptimizerConfig(num_samples=256, num_elites=32, iterations=4),
+            optim=OptimizerConfig(num_samples=256, iterations=4),
         )
     )
     """The planner acting in the env (exploration noise included; evaluation runs it without)."""
@@ -339,6 +339,9 @@ def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> No
         {k: v for k, v in _flatten(_resolved_paths(c)).items() if k.split(".")[0] not in RESUMABLE_CHANGES}
         for c in (saved.get("online", {}), now["online"])
     )
+    for flat in (a, b):  # num_elites None is an eighth of num_samples (runs before it was stored 32)
+        for k in [k for k, v in flat.items() if k.endswith("num_elites") and v is None]:
+            flat[k] = OptimizerConfig(num_samples=flat[k.replace("num_elites", "num_samples")]).elites
     if a.get("image_size") is None or b.get("image_size") is None:  # (left out: the run's own size;
         a.pop("image_size", None)  # _resume checks what the envs render against the world model)
         b.pop("image_size", None)
