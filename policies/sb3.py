@@ -36,6 +36,44 @@ def _algorithm_of(path: str | os.PathLike[str]) -> str:
     raise ValueError(f"{path}: unsupported SB3 policy module {module!r}; pass sb3:ALGO:PATH")
 
 
+def _parse_spec(spec: str) -> tuple[str | None, str]:
+    """``PATH`` or ``ALGO:PATH`` -> (ALGO or None, the zip's path, ``.zip`` added as SB3's load does)."""
+    name, _, rest = spec.partition(":")
+    named = name.upper() in ALGORITHMS and bool(rest)
+    path = rest if named else spec
+    if not path:
+        raise ValueError("sb3: needs the path of an SB3 model zip (sb3:PATH or sb3:ALGO:PATH)")
+    if not os.path.isfile(path) and os.path.isfile(path + ".zip"):
+        path += ".zip"
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such SB3 model zip (nor {path}.zip)")
+    return (name.upper() if named else None), path
+
+
+def frame_size(spec: str) -> int | None:
+    """The side S of the frames the SB3 model of ``spec`` (as :meth:`SB3Policy.load` takes it) was
+    trained on: its observation space, or that space's ``pixels``, is an image; None when it sees no
+    frames (e.g. ``obs["state"]``). Reads the zip's observation space alone (not the networks)."""
+    from stable_baselines3.common.save_util import json_to_data
+
+    _, path = _parse_spec(spec)
+    try:
+        with zipfile.ZipFile(path) as z:
+            space = json_to_data(json.dumps({"space": json.loads(z.read("data"))["observation_space"]}))
+        space = space["space"]
+    except Exception as e:  # (a damaged zip: BadZipFile, KeyError, pickle errors, ...)
+        raise ValueError(
+            f"{path}: cannot read the SB3 model's observation space ({type(e).__name__}: {e})"
+        ) from e
+    if isinstance(space, gym.spaces.Dict):
+        space = space.spaces.get("pixels")
+    shape = tuple(getattr(space, "shape", None) or ())
+    if len(shape) != 3 or getattr(space, "dtype", None) != np.uint8:
+        return None
+    side = _image_shapes(shape)[-1]
+    return side[0] if side[0] == side[1] else None
+
+
 def _image_shapes(shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """An image space's shape as SB3 stores it (channel-first after VecTransposeImage) and
     channel-last [S, S, C], the env's layout (predict transposes it back)."""
@@ -65,16 +103,8 @@ class SB3Policy:
         """``spec``: ``PATH`` (algorithm detected) or ``ALGO:PATH`` with ALGO one of ALGORITHMS."""
         import stable_baselines3
 
-        name, _, rest = spec.partition(":")
-        named = name.upper() in ALGORITHMS and bool(rest)
-        path = rest if named else spec
-        if not path:
-            raise ValueError("sb3: needs the path of an SB3 model zip (sb3:PATH or sb3:ALGO:PATH)")
-        if not os.path.isfile(path) and os.path.isfile(path + ".zip"):
-            path += ".zip"  # (as SB3's own load does)
-        if not os.path.isfile(path):
-            raise ValueError(f"{path}: no such SB3 model zip (nor {path}.zip)")
-        algo_name = name.upper() if named else _algorithm_of(path)
+        named, path = _parse_spec(spec)
+        algo_name = named or _algorithm_of(path)
         try:
             model = getattr(stable_baselines3, algo_name).load(path, device=device)
         except Exception as e:  # a damaged zip: BadZipFile, zlib.error, pickle errors, ...

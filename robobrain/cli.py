@@ -141,7 +141,8 @@ class Eval:
     out: Path = Path("runs/eval")
     """Output directory (eval_info.json, videos/)."""
     image_size: int | None = None
-    """Pixel size (default: the world model's for mpc:, else 64)."""
+    """Pixel size (default: the world model's for mpc:/bc:, the frames an sb3: model was trained on,
+    else 64)."""
     video_episodes: int = 2
     """Episodes recorded as mp4 (real | imagined for mpc:)."""
     device: str = "cpu"
@@ -321,6 +322,10 @@ def run_eval(args: Eval) -> dict:
         if size is not None and size != seen:
             raise ValueError(f"--image-size {size}: the world model of {args.policy} sees {seen} px frames")
         size = seen
+    elif args.policy.startswith("sb3:") and size is None:
+        from robobrain.policies.sb3 import frame_size
+
+        size = frame_size(args.policy[4:])
     # (no more envs than episodes: a slot that never starts an episode has no observation)
     envs = [
         make_env(args.env, 64 if size is None else size) for _ in range(min(args.num_envs, args.episodes))

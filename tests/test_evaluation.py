@@ -190,7 +190,9 @@ def test_sb3_zips_name_their_algorithm_without_unpickling(tmp_path):
 
 def test_sb3_pixel_policy_takes_channel_last_frames(tmp_path):
     """SB3 trains CnnPolicy channel-first (VecTransposeImage); the env gives [N, H, W, 3] frames."""
-    from stable_baselines3 import SAC
+    from stable_baselines3 import PPO, SAC
+
+    from robobrain.policies.sb3 import frame_size
 
     env = gym.make("robobrain/Reach-v0", image_size=36)  # NatureCNN needs >= 36 px
     pixel_env = gym.wrappers.TransformObservation(env, lambda o: o["pixels"], env.observation_space["pixels"])
@@ -213,6 +215,30 @@ def test_sb3_pixel_policy_takes_channel_last_frames(tmp_path):
     on_dict = load_policy(f"sb3:{tmp_path / 'dict.zip'}", "robobrain/Reach-v0", env.action_space)
     with pytest.raises(ValueError, match="sees 36 px frames, the env gives 32 px"):
         on_dict.act({"pixels": frames[:, :32, :32], "state": np.zeros((2, 10), np.float32)})
+    # `robobrain eval` renders the frames the model was trained on unless --image-size says otherwise.
+    state_only = gym.wrappers.TransformObservation(env, lambda o: o["state"], env.observation_space["state"])
+    PPO("MlpPolicy", state_only, n_steps=16, batch_size=16, device="cpu").save(tmp_path / "ppo.zip")
+    assert [frame_size(str(tmp_path / z)) for z in ("sac.zip", "dict", "ppo.zip")] == [36, 36, None]
+    report = main(
+        [
+            "eval",
+            "--policy",
+            f"sb3:{tmp_path / 'sac'}",
+            "--env",
+            "robobrain/Reach-v0",
+            "--episodes",
+            "1",
+            "--video-episodes",
+            "0",
+            "--out",
+            str(tmp_path / "e"),
+            "--no-progress",
+        ]
+    )
+    assert json.loads((tmp_path / "e" / "eval_info.json").read_text())["summary"]["episodes"] == 1
+    (tmp_path / "bad.zip").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="cannot read the SB3 model's observation space"):
+        frame_size(str(tmp_path / "bad.zip"))
 
 
 def test_eval_planner_defaults_fill_only_the_unset_flags():
