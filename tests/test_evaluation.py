@@ -219,7 +219,7 @@ def test_sb3_pixel_policy_takes_channel_last_frames(tmp_path):
     state_only = gym.wrappers.TransformObservation(env, lambda o: o["state"], env.observation_space["state"])
     PPO("MlpPolicy", state_only, n_steps=16, batch_size=16, device="cpu").save(tmp_path / "ppo.zip")
     assert [frame_size(str(tmp_path / z)) for z in ("sac.zip", "dict", "ppo.zip")] == [36, 36, None]
-    report = main(
+    main(
         [
             "eval",
             "--policy",

@@ -35,6 +35,8 @@ from robobrain.training.wm_trainer import (
     WorldModelTrainer,
     batch_to_torch,
     load_world_model,
+    split_episodes,
+    state_stats,
     train_world_model,
 )
 from robobrain.world_model import WorldModel
@@ -196,6 +198,14 @@ def test_bad_inputs_raise():
         model.imagine(state, torch.zeros(2, 4, cfg.action_dim))
     with pytest.raises(ValueError, match="T=0"):
         model.imagine(state, torch.zeros(3, 0, cfg.action_dim))
+    with pytest.raises(ValueError, match=r"pixels must be uint8\[\.\.\., 32, 32, 3\]"):  # (it encoded them)
+        model.embed(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
+    for verb in (model.decode, WorldModel(dataclasses.replace(cfg, state_dim=10)).decode_state):
+        with pytest.raises(ValueError, match=f"features must be \\[..., F={cfg.feat_dim}\\]"):
+            verb(torch.zeros(2, cfg.feat_dim + 1))
+    as_numpy = state._replace(deter=state.deter.detach().double().numpy())  # taken as the actions are
+    torch.testing.assert_close(model.imagine(as_numpy, batch["action"][:, :2]).reward,
+                               model.imagine(state, batch["action"][:, :2]).reward)  # fmt: skip
     for verb in (lambda a: model.imagine(state, a), lambda a: model.observe(batch["pixels"], a)):
         with pytest.raises(ValueError, match="floating-point"):  # observe used to cast them
             verb(batch["action"].long())
@@ -205,11 +215,12 @@ def test_bad_inputs_raise():
         model.imagine(state, torch.tensor(0.0))
     twice = model.imagine(state, torch.zeros(3, 4, cfg.action_dim, dtype=torch.float64))  # (as numpy's)
     assert twice.reward.dtype == torch.float32
-    from robobrain.world_model import GraphedImagine
+    from robobrain.world_model import Bf16Imagine, GraphedImagine
 
     graphed = GraphedImagine(model)  # on the CPU: imagine, numpy and float64 actions included
     for actions in (np.zeros((3, 4, cfg.action_dim)), torch.zeros(3, 4, cfg.action_dim, dtype=torch.float64)):
         torch.testing.assert_close(graphed(state, actions).reward, twice.reward)
+        assert Bf16Imagine(model)(state, actions).reward.shape == (3, 4)  # (numpy was an AttributeError)
     for part in ("deter", "stoch"):  # they came back as NaN rewards
         nan = state._replace(**{part: getattr(state, part) * float("nan")})
         with pytest.raises(ValueError, match=r"state \(deter or stoch\) contains NaN"):
@@ -241,9 +252,12 @@ def test_bad_inputs_raise():
         WorldModelTrainer(model, DEBUG.train, SequenceSampler([make_episode(10)], 1), "cpu")
     from robobrain.world_model.networks import ScalarHead
 
-    for limit in (0.0, -5.0):  # equal bins divided 0 by 0; descending ones bucketized wrongly
-        with pytest.raises(ValueError, match="limit must be > 0"):
+    for limit in (0.0, -5.0, 100.0):  # equal bins divided 0 by 0; descending ones bucketized wrongly;
+        with pytest.raises(ValueError, match=r"limit must be in \(0, 88\]"):  # symexp(100) is inf
             ScalarHead(8, 8, bins=41, limit=limit)
+    for field, value in (("ensemble", -1), ("unimix", 1.0), ("unimix", -0.5), ("open_loop_horizon", -2)):
+        with pytest.raises(ValueError, match=f"{field} must be"):  # (deep torch errors, or accepted)
+            WorldModel(dataclasses.replace(cfg, **{field: value}))
 
 
 def test_failed_state_stats_leave_the_model_unchanged():
@@ -812,6 +826,11 @@ def test_eval_wm_report_is_strict_json_and_counts_exact_copy_last_windows():
     assert report["copy_last_frame"]["exact_share"] == [1.0, 1.0, 1.0]
     assert report["copy_last_frame"]["psnr"] == pytest.approx([100.0] * 3)
     json.loads(json.dumps(report, allow_nan=False))
+    broken = WorldModel(cfg)
+    with torch.no_grad():
+        broken.success_head[-1].bias.fill_(float("nan"))  # it scored success_acc 1 on data without success
+    with pytest.raises(ValueError, match=r"predicts NaN or inf \(success_logit\)"):
+        evaluate_world_model(broken, still, context=2, horizon=3, max_windows=8)
 
 
 def test_time_budget_checkpoints_and_resumes(push_data, tmp_path):
@@ -1017,6 +1036,8 @@ def test_proprioception_joins_the_observation_embedding():
     torch.testing.assert_close(model.embed(batch["pixels"][:, -1], moved_block[:, -1]), embed)
     with pytest.raises(ValueError, match=r"env_state \[B, T, n\]"):
         model.observe(batch["pixels"], batch["action"], env_state=env_state[:, -1])
+    with pytest.raises(ValueError, match=r"must have the pixels' B, T = \[2, 6\]"):  # (read its last row)
+        model.observe(batch["pixels"], batch["action"], env_state=env_state[:, :2])
     with pytest.raises(ValueError, match="proprioception"):
         model.embed(batch["pixels"][:, -1], None)
     batch["state"] = env_state
@@ -1041,6 +1062,17 @@ def test_proprio_model_checkpoints_and_plans(tmp_path):
     }
     assert policy.act(obs).shape == (2, 3)
     assert policy.state is not None and policy.state.deter.shape == (2, model.cfg.deter)
+
+
+def test_a_model_reading_only_proprioception_is_given_its_stats(push_data, tmp_path):
+    """No state head and no goal: the proprioception is still standardised (it went in raw)."""
+    preset = get_preset("debug", state_weight=0.0, use_goal=False, use_proprio=True)
+    train_world_model(push_data, tmp_path, preset, steps=1, progress=False)
+    model = load_world_model(tmp_path)
+    assert (model.cfg.state_dim, model.cfg.goal_dim, model.cfg.proprio_dim) == (0, 0, 7)
+    train_eps, _ = split_episodes(EpisodeStore(push_data, create=False), preset.train.holdout_fraction)
+    mean, _ = state_stats(train_eps, "cpu")
+    torch.testing.assert_close(model.proprio_mean, mean[:7])
 
 
 def test_sized_config_finds_the_proprioception_of_the_data_env():

@@ -524,7 +524,7 @@ class OnlineLoop:
         self.model = WorldModel(cfg).to(self.device)
         if weights is not None:
             load_weights(self.model, weights)
-        elif cfg.state_dim or cfg.goal_dim:
+        elif self.model.uses_state_stats:
             self.model.set_state_stats(*state_stats(episodes, self.device))
         sampler = SequenceSampler(episodes, self.tcfg.seq_len, seed=self.cfg.seed)
         self.trainer = WorldModelTrainer(self.model, self.tcfg, sampler, self.device)

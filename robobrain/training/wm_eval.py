@@ -138,6 +138,9 @@ def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarr
     result = {"pixels": torch.cat(frames), "reward": torch.cat(rewards), "success_logit": torch.cat(success)}
     if states:
         result |= {"state_post": torch.cat(post_states), "state": torch.cat(states)}
+    bad = [k for k, v in result.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # (NaN predictions scored as a plausible report: reward_corr 0, success_acc 1)
+        raise ValueError(f"the world model predicts NaN or inf ({', '.join(bad)}): are its weights finite?")
     return result
 
 

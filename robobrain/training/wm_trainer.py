@@ -313,7 +313,7 @@ def train_world_model(
 
     torch.manual_seed(tcfg.seed)
     model = WorldModel(cfg).to(device)
-    if cfg.state_dim or cfg.goal_dim:
+    if model.uses_state_stats:
         model.set_state_stats(*state_stats(train_eps, device))
     sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
     trainer = WorldModelTrainer(model, tcfg, sampler, device, total_steps=steps)

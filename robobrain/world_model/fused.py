@@ -226,7 +226,7 @@ class FusedImagine:
     @torch.no_grad()
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
         model, cfg = self.model, self.model.cfg
-        model.check_imagine_inputs(state, actions)
+        state, actions = model.imagine_inputs(state, actions)
         m, t, _ = actions.shape
         d, hd, sc = cfg.deter, cfg.hidden, cfg.stoch * cfg.classes
         dt, dev = self.dtype, actions.device

@@ -123,8 +123,7 @@ class GraphedImagine:
         self._cache: GraphCache[_Graph] = GraphCache(max_graphs)
 
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
-        actions = self.model.as_input(actions)  # (numpy, float64, another device: as imagine takes them)
-        self.model.check_imagine_inputs(state, actions)
+        state, actions = self.model.imagine_inputs(state, actions)  # (numpy, float64, another device)
         if actions.device.type != "cuda" or not (self.amp or self.graphs):
             return self.model.imagine_unchecked(state, actions, disagreement=self.disagreement)
         if not self.graphs:
@@ -221,7 +220,7 @@ class Bf16Imagine:
         return out.feat[..., : self.model.cfg.feat_dim], out.reward, out.success_logit, out.disagreement
 
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
-        self.model.check_imagine_inputs(state, actions)
+        state, actions = self.model.imagine_inputs(state, actions)
         with torch.no_grad():
             feat, reward, success, disagreement = self._rollout(state.deter, state.stoch, state.goal, actions)
         return Rollout(feat, reward, success, disagreement, pixels=None)

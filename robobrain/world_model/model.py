@@ -62,6 +62,12 @@ class WorldModel(nn.Module):
         super().__init__()
         if cfg.decoded_frames < 0:
             raise ValueError(f"decoded_frames must be >= 0 (0 = every frame), got {cfg.decoded_frames}")
+        if not cfg.ensemble >= 0:
+            raise ValueError(f"ensemble must be >= 0 (0: no ensemble), got {cfg.ensemble}")
+        if not cfg.open_loop_horizon >= 0:
+            raise ValueError(f"open_loop_horizon must be >= 0 (0: off), got {cfg.open_loop_horizon}")
+        if not 0 <= cfg.unimix < 1:  # (1 is a uniform latent: it holds nothing)
+            raise ValueError(f"unimix must be in [0, 1), got {cfg.unimix}")
         self.cfg = cfg
         self.encoder = Encoder(cfg.image_size, cfg.cnn_depth, cfg.keypoints)
         self.rssm = RSSM(cfg, self.encoder.embed_dim + cfg.proprio_dim)
@@ -84,9 +90,16 @@ class WorldModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def uses_state_stats(self) -> bool:
+        """Whether :meth:`set_state_stats` matters: the model decodes the state, or reads its goal or
+        proprioception."""
+        return bool(self.cfg.state_dim or self.cfg.goal_dim or self.cfg.proprio_dim)
+
     def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-dimension mean / std [n] of the env's state vectors in the training data; they
-        standardise the state targets (when ``state_dim``) and the goal input (when ``goal_dim``).
+        standardise the state targets (when ``state_dim``), the goal input (when ``goal_dim``) and the
+        proprioception (when ``proprio_dim``).
         The std is floored at ``STATE_STD_FLOOR`` so that dimensions that barely vary in the data
         the stats came from (a block's velocity in random seed data) do not dominate the loss once
         they start to vary."""
@@ -154,6 +167,7 @@ class WorldModel(nn.Module):
     def embed(self, pixels: torch.Tensor, env_state: torch.Tensor | None = None) -> torch.Tensor:
         """Observation embedding [..., E] of frames uint8[..., S, S, 3]: the conv encoder's, followed
         by the standardised proprioception of ``env_state`` [..., n] for a model with ``proprio_dim``."""
+        self._check_pixels(pixels, "...")
         x = pixels_to_float(pixels)
         out = self.encoder(x.reshape(-1, *x.shape[-3:])).reshape(*pixels.shape[:-3], -1)
         proprio = self.proprio(env_state)
@@ -163,6 +177,7 @@ class WorldModel(nn.Module):
         """Latent features [..., F] -> predicted env state [..., state_dim] (needs ``state_dim``)."""
         if self.state_head is None:
             raise ValueError("this world model has no state head (state_dim=0)")
+        self._check_feat(feat)
         return self.state_head(feat) * self.state_std + self.state_mean
 
     # --- verbs -------------------------------------------------------------------------------
@@ -190,6 +205,11 @@ class WorldModel(nn.Module):
                 raise ValueError("this world model reads proprioception: pass env_state [B, T, n]")
             proprio = self.proprio(env_state)
         if env_state is not None and env_state.ndim == 3:
+            if env_state.shape[:2] != pixels.shape[:2]:
+                raise ValueError(
+                    f"env_state [B, T, n] must have the pixels' B, T = {list(pixels.shape[:2])}, got "
+                    f"{list(env_state.shape)}"
+                )
             env_state = env_state[:, -1]
         goal = self.goal(env_state)
         for name, x in (("goal", goal), ("proprioception", proprio)):
@@ -216,8 +236,8 @@ class WorldModel(nn.Module):
         2 CPU cores it costs about twice the rest of a K=4 ensemble model's rollout).
         ``actions`` and ``reference`` may be numpy arrays (moved to the model's device).
         """
-        actions, reference = self.as_input(actions), self.as_input(reference)
-        self.check_imagine_inputs(state, actions, finite=True)
+        state, actions = self.imagine_inputs(state, actions, finite=True)
+        reference = self.as_input(reference)
         return self.imagine_unchecked(state, actions, sample, decode, reference, disagreement)
 
     def as_input(self, x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
@@ -228,6 +248,16 @@ class WorldModel(nn.Module):
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
         float32 = t.dtype == torch.float64 or (isinstance(x, np.ndarray) and t.is_floating_point())
         return t.to(self.device, torch.float32 if float32 else None)
+
+    def imagine_inputs(
+        self, state: State, actions: torch.Tensor | np.ndarray, finite: bool = False
+    ) -> tuple[State, torch.Tensor]:
+        """``state`` and ``actions`` as :meth:`imagine` takes them (:meth:`as_input`: numpy or float64,
+        or on another device), checked by :meth:`check_imagine_inputs`."""
+        state = State(*(self.as_input(x) for x in state))
+        actions = self.as_input(actions)
+        self.check_imagine_inputs(state, actions, finite=finite)
+        return state, actions
 
     def check_imagine_inputs(self, state: State, actions: torch.Tensor, finite: bool = False) -> None:
         """The checks of :meth:`imagine`: shapes, and with ``finite`` that no action, start state or
@@ -305,6 +335,7 @@ class WorldModel(nn.Module):
         needed by -- and only read by -- a model with ``cfg.reference_frame``; a numpy array is
         moved to the model's device."""
         reference = self.as_input(reference)
+        self._check_feat(feat)
         if self.refiner is None:
             return float_to_pixels(self._decode_float(feat))
         lead = feat.shape[:-1]
@@ -492,16 +523,7 @@ class WorldModel(nn.Module):
         """Posterior states [B, T, ...] and post / prior log-probs [B, T, S, C]; ``goal``:
         standardised [B, G] (see :meth:`goal`) for a goal-conditioned model; ``proprio``: standardised
         [B, T, P] (see :meth:`proprio`) for a model with proprioception."""
-        cfg = self.cfg
-        if (
-            pixels.dtype != torch.uint8
-            or pixels.ndim != 5
-            or pixels.shape[2:] != (cfg.image_size, cfg.image_size, 3)
-        ):
-            raise ValueError(
-                f"pixels must be uint8[B, T, {cfg.image_size}, {cfg.image_size}, 3], "
-                f"got {pixels.dtype}{list(pixels.shape)}"
-            )
+        self._check_pixels(pixels, "B, T", ndim=5)
         b, t = pixels.shape[:2]
         if t < 1:
             raise ValueError("pixels must hold at least one frame, got T=0")
@@ -573,6 +595,18 @@ class WorldModel(nn.Module):
         ref = pixels_to_float(reference).unsqueeze(1).expand(-1, lead[1:].numel(), -1, -1, -1)
         out = self.refiner(hidden.reshape(-1, *hidden.shape[-3:]), ref.reshape(-1, 3, s, s))
         return out.view(*lead, 3, s, s)
+
+    def _check_pixels(self, pixels: torch.Tensor, lead: str, ndim: int | None = None) -> None:
+        """Frames uint8[*lead, S, S, 3] at the model's size S (``ndim``: their number of dims, if fixed)."""
+        s = self.cfg.image_size
+        wrong_ndim = ndim is not None and pixels.ndim != ndim
+        if pixels.dtype != torch.uint8 or wrong_ndim or pixels.shape[-3:] != (s, s, 3):
+            got = f"{pixels.dtype}{list(pixels.shape)}"
+            raise ValueError(f"pixels must be uint8[{lead}, {s}, {s}, 3], got {got}")
+
+    def _check_feat(self, feat: torch.Tensor) -> None:
+        if feat.ndim < 1 or feat.shape[-1] != self.cfg.feat_dim:
+            raise ValueError(f"features must be [..., F={self.cfg.feat_dim}], got {list(feat.shape)}")
 
     def _check_goal(self, goal: torch.Tensor | None, batch: int) -> None:
         g = self.cfg.goal_dim

@@ -175,8 +175,11 @@ class ScalarHead(MLP):
     def __init__(self, inp: int, hidden: int, bins: int = 0, limit: float = 5.0) -> None:
         if bins == 1 or bins < 0:
             raise ValueError(f"bins must be 0 (regression) or >= 2, got {bins}")
-        if bins and not limit > 0:
-            raise ValueError(f"the two-hot bins span [-limit, limit]: limit must be > 0, got {limit}")
+        if bins and not 0 < limit <= 88:  # (symexp(88.7) overflows float32)
+            raise ValueError(
+                f"the two-hot bins span [-limit, limit] in symlog space: limit must be in (0, 88], "
+                f"got {limit}"
+            )
         super().__init__(inp, bins or 1, hidden, layers=2)
         self.num_bins, self.limit = bins, limit
         if bins:  # start at a prediction of 0 (uniform over symmetric bins), as DreamerV3 does
