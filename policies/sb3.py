@@ -147,5 +147,13 @@ class SB3Policy:
             )
 
     def act(self, obs: Observation) -> np.ndarray:
-        actions, _ = self.model.predict(self._select(obs), deterministic=True)
+        selected = self._select(obs)
+        parts = selected.items() if isinstance(selected, dict) else [(None, selected)]
+        for key, value in parts:  # (SB3 failed inside torch.distributions: "Expected parameter loc")
+            value = np.asarray(value)
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ValueError(
+                    f"SB3Policy: {'its observation' if key is None else f'obs[{key!r}]'} holds NaN or inf"
+                )
+        actions, _ = self.model.predict(selected, deterministic=True)
         return np.asarray(actions, dtype=np.float32)

@@ -163,11 +163,13 @@ class Eval:
     time_budget: float | None = None
     """MPC wall-clock limit on each decision's optimizer iterations (s; at least one runs). What comes
     before them is not counted: the filter's update and a guide's prior rollouts."""
-    disagreement_penalty: float = 0.0
+    disagreement_penalty: float | None = None
     """mpc: subtract this times the ensemble's disagreement from each imagined reward (needs a world
-    model trained with an ensemble): keeps plans where the model is trustworthy."""
-    success_bonus: float = 1.0
-    """mpc: added to each imagined step's reward times the predicted success probability."""
+    model trained with an ensemble): keeps plans where the model is trustworthy (default: a `robobrain
+    train` run's own --mpc.disagreement-penalty; else 0)."""
+    success_bonus: float | None = None
+    """mpc: added to each imagined step's reward times the predicted success probability (default: a
+    `robobrain train` run's own --mpc.success-bonus, the one its critic learned; else 1)."""
     discount: float | None = None
     """mpc, oracle: discount of the imagined (oracle: simulated) rewards; the guide's value weighs
     discount^H (default: a `robobrain train` run's own --mpc.discount, the one its critic was trained
@@ -221,8 +223,8 @@ def planner_settings(args: Eval) -> dict[str, Any]:
 # model (the oracle) cannot use either are in the second set.
 _PLANNER_FLAGS: dict[str, Any] = {
     "optimizer": None, "horizon": None, "samples": None, "elites": None, "iterations": None,
-    "temperature": None, "time_budget": None, "success_bonus": 1.0, "discount": None,
-    "disagreement_penalty": 0.0, "guide": "auto", "prior_samples": None, "prior_std": None,
+    "temperature": None, "time_budget": None, "success_bonus": None, "discount": None,
+    "disagreement_penalty": None, "guide": "auto", "prior_samples": None, "prior_std": None,
     "compile": False, "compile_mode": "default", "fused": False,
 }  # fmt: skip
 _LEARNED_MODEL_FLAGS = {"disagreement_penalty", "guide", "prior_samples", "prior_std", "compile",
@@ -344,9 +346,9 @@ def run_eval(args: Eval) -> dict:
         optimizer=planner["optimizer"],
         optim=optim,
         seed=args.seed,
-        disagreement_penalty=args.disagreement_penalty,
-        success_bonus=args.success_bonus,
-        discount=eval_discount(args),
+        disagreement_penalty=run_planner_setting(args, "disagreement_penalty", 0.0),
+        success_bonus=run_planner_setting(args, "success_bonus", 1.0),
+        discount=run_planner_setting(args, "discount", 1.0),
     )
     torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator
     try:
@@ -369,7 +371,9 @@ def run_eval(args: Eval) -> dict:
             meta["guide"] = args.guide
             guide_used = getattr(policy, "guide", None)
             meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None),
-                                   low=optim.low, high=optim.high)  # fmt: skip
+                                   low=optim.low, high=optim.high, discount=mpc.discount,
+                                   success_bonus=mpc.success_bonus,
+                                   disagreement_penalty=mpc.disagreement_penalty)  # fmt: skip
             meta["guide_resolved"] = describe_guide(guide_used)
         report = evaluate_policy(
             policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
@@ -562,16 +566,18 @@ class Demo(Train):
     run_dir: Path = Path("runs/demo")
 
 
-def eval_discount(args: Eval) -> float:
-    """``--discount``, else the planner discount of the ``robobrain train`` run behind ``mpc:``."""
+def run_planner_setting(args: Eval, name: str, default: float) -> float:
+    """The flag ``name`` (discount, success_bonus, disagreement_penalty), else the ``--mpc.<name>`` of
+    the ``robobrain train`` run behind ``mpc:`` (what its planner scored and its critic learned), else
+    ``default``."""
     from robobrain.checkpoint import read_config
 
-    if args.discount is not None:
-        return args.discount
+    if getattr(args, name) is not None:
+        return float(getattr(args, name))
     if not args.policy.startswith("mpc:"):
-        return 1.0
+        return default
     run = read_config(args.policy.split(":", 1)[1]).get("online", {})
-    return float(run.get("mpc", {}).get("discount", 1.0))
+    return float(run.get("mpc", {}).get(name, default))
 
 
 def run_train_prior(args: TrainPrior) -> dict:

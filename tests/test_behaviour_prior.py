@@ -110,6 +110,9 @@ def test_guide_samples_around_the_prior_in_imagination(model):
     torch.testing.assert_close(noiseless[:, 1], noiseless[:, 0])
     with pytest.raises(ValueError, match="num_prior"):
         BehaviourPriorGuide(prior, num_prior=0)
+    for std in (float("nan"), float("inf")):  # (NaN prior actions were blamed on a diverged prior)
+        with pytest.raises(ValueError, match="finite noise_std"):
+            BehaviourPriorGuide(prior, noise_std=std)
 
 
 def test_saved_prior_loads_only_with_its_world_model(model, tmp_path, monkeypatch):

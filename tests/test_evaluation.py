@@ -173,6 +173,9 @@ def test_sb3_policy_round_trip(tmp_path):
     assert actions.shape == (3, 3)
     expected, _ = model.predict(obs["state"], deterministic=True)
     np.testing.assert_allclose(actions, expected, atol=1e-6)
+    obs["state"][1, 2] = np.nan
+    with pytest.raises(ValueError, match="SB3Policy: its observation holds NaN"):
+        policy.act(obs)
     with pytest.raises(ValueError, match=r"acts in \[-1.0, 1.0\], the env's actions are in \[-2.0, 2.0\]"):
         load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "robobrain/Reach-v0", gym.spaces.Box(-2, 2, (3,)))
 
@@ -257,17 +260,21 @@ def test_eval_planner_defaults_fill_only_the_unset_flags():
 
 
 def test_eval_plans_with_the_discount_its_run_planned_and_its_critic_learned_with(monkeypatch):
-    """The SB3 critic of a `robobrain train` run is trained with the run's discount; `eval` of that run
-    weighs it (and the imagined rewards) the same way, not with MPCConfig's default of 1."""
+    """The SB3 critic of a `robobrain train` run is trained with the run's discount and success bonus;
+    `eval` of that run weighs it (and the imagined rewards) the same way, not with MPCConfig's defaults
+    (the bonus stayed 1 whatever the run's)."""
     import robobrain.checkpoint
-    from robobrain.cli import Eval, eval_discount
+    from robobrain.cli import Eval, run_planner_setting
 
-    configs = {"runs/push": {"online": {"mpc": {"discount": 0.97}}}, "runs/wm": {"world_model": {}}}
+    run = {"discount": 0.97, "success_bonus": 5.0, "disagreement_penalty": 0.5}
+    configs = {"runs/push": {"online": {"mpc": run}}, "runs/wm": {"world_model": {}}}
     monkeypatch.setattr(robobrain.checkpoint, "read_config", lambda path: configs[str(path)])
-    assert eval_discount(Eval(policy="mpc:runs/push")) == 0.97
-    assert eval_discount(Eval(policy="mpc:runs/push", discount=0.9)) == 0.9
-    assert eval_discount(Eval(policy="mpc:runs/wm")) == 1.0  # train-wm: no planner of its own
-    assert eval_discount(Eval(policy="oracle")) == 1.0
+    for name, default in (("discount", 1.0), ("success_bonus", 1.0), ("disagreement_penalty", 0.0)):
+        assert run_planner_setting(Eval(policy="mpc:runs/push"), name, default) == run[name]
+        flag = Eval(policy="mpc:runs/push", **{name: 0.25})
+        assert run_planner_setting(flag, name, default) == 0.25
+        assert run_planner_setting(Eval(policy="mpc:runs/wm"), name, default) == default  # (train-wm)
+    assert run_planner_setting(Eval(policy="oracle"), "discount", 1.0) == 1.0
 
 
 def test_eval_on_a_classic_control_env_plans_in_its_action_bounds(tmp_path):
@@ -337,6 +344,7 @@ def test_eval_refuses_planner_flags_a_policy_would_ignore(tmp_path):
           "--horizon", "3", "--out", str(tmp_path / "oracle")])  # fmt: skip
     info = json.loads((tmp_path / "oracle" / "eval_info.json").read_text())
     assert (info["guide"], info["planner"]["samples"]) == ("none", 16)
+    assert (info["planner"]["discount"], info["planner"]["success_bonus"]) == (1.0, 1.0)  # (as resolved)
     main([*base, "--policy", "scripted", "--out", str(tmp_path / "scripted")])
     assert "guide" not in json.loads((tmp_path / "scripted" / "eval_info.json").read_text())
 

@@ -97,3 +97,31 @@ def test_world_model_start_states_and_step():
     assert obs.shape == (3, cfg.feat_dim)
     obs, reward, _, _ = env.step(np.zeros((3, cfg.action_dim), np.float32))
     assert obs.shape == (3, cfg.feat_dim) and np.isfinite(reward).all()
+
+
+def test_bad_banks_sizes_and_dynamics_are_refused_up_front():
+    """Each of these used to pass and fail later (NaN observations at reset, a numpy 'high <= 0', an
+    IndexError) or not at all (a horizon of 0 ended every step; [N, 1] rewards broadcast dones to [N, N])."""
+    nan_bank = point_starts(4)
+    nan_bank.deter[1] = float("nan")
+    for bank, kw, match in ((nan_bank, {}, "NaN or inf"), (point_starts(0), {}, "empty"),
+                            (point_starts(), {"horizon": 0}, "horizon >= 1"),
+                            (point_starts(), {"num_envs": 0}, "num_envs >= 1")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            ImaginationVecEnv(PointLatent(), bank, **kw)
+
+    class ColumnRewards(PointLatent):
+        def step(self, state, action):
+            state, reward, success = super().step(state, action)
+            return state, reward[:, None], success[:, None]
+
+    env = ImaginationVecEnv(ColumnRewards(), point_starts(), num_envs=2)
+    env.reset()
+    with pytest.raises(ValueError, match=r"reward and success logit \[N=2\], got \[2, 1\]"):
+        env.step(np.zeros((2, 1), np.float32))
+    model = WorldModel(get_preset("debug").world_model)
+    empty = make_episode(0, size=32)
+    with pytest.raises(ValueError, match="no episode with a step"):  # (an IndexError; torch.cat of [])
+        encode_start_states(model, [empty])
+    starts = encode_start_states(model, [empty, make_episode(5, size=32)])  # the empty one is skipped
+    assert len(starts.deter) == 5

@@ -361,6 +361,12 @@ def test_flags_out_of_range_are_refused_when_read():
         OnlineConfig(scripted_fraction=1.5)
     with pytest.raises(ValueError, match=r"power of two >= 16, got 24 \(--image-size\)"):  # (it failed
         OnlineConfig(image_size=24)  # after the seed episodes, when the world model was built)
+    # The critic's value continues the planner's discounted sum only if both discount alike.
+    with pytest.raises(
+        ValueError, match=r"gamma 0.9, .* discounts by 0.99: .*--sb3.gamma\) or pass --no-use-value"
+    ):
+        OnlineConfig(sb3=SB3Config(gamma=0.9))
+    OnlineConfig(sb3=SB3Config(gamma=0.9), use_value=False)  # (the actor's prior alone)
     # SB3's sizes failed at the first fine-tuning round, after a checkpoint that then refused the fix.
     for name, value, match in (("start_states", 0, ">= 1"), ("num_envs", 0, ">= 1"), ("gamma", 1.5, "in"),
                                ("buffer_size", 8, ">= 16"), ("learning_rate", float("nan"), "> 0"),
@@ -469,3 +475,18 @@ def test_rng_state_round_trips_every_global_stream_through_json():
     random.seed(0), np.random.seed(0), torch.manual_seed(0)  # noqa: NPY002
     _set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(()).item()) == first  # noqa: NPY002
+
+
+def test_the_guide_waits_for_sb3s_first_gradient_step():
+    """SB3 trains once num_timesteps > learning_starts: at exactly learning_starts its actor and
+    critic are the random initial ones, and guided the planner for a whole iteration."""
+    from types import SimpleNamespace
+
+    from robobrain.training.online import OnlineLoop
+
+    cfg = OnlineConfig()
+    policy = SimpleNamespace(actor=None, critic=None)  # (what ActorCriticGuide reads of a SAC)
+    for steps, ready in ((cfg.sb3.learning_starts, False), (cfg.sb3.learning_starts + 1, True)):
+        sb3 = SimpleNamespace(num_timesteps=steps, policy=policy)
+        loop = SimpleNamespace(cfg=cfg, sb3=sb3, _uses_sb3=lambda: True)
+        assert (OnlineLoop._guide(loop) is not None) == ready  # type: ignore[arg-type]

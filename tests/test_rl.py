@@ -83,6 +83,9 @@ def test_guide_prior_and_value(model, algo):
     assert guide.value(state.feat.bfloat16()).dtype == torch.float32  # (bf16 features on CUDA)
     torch.testing.assert_close(guide.value(state.feat), value)  # V(s) of the mean action, not a sample
     assert ActorCriticGuide(sb3, num_prior=0).prior_rollout(model, state, 4) is None
+    for bad in ({"num_prior": -1}, {"noise_std": float("nan")}):
+        with pytest.raises(ValueError, match="need num_prior >= 0 and a finite noise_std"):
+            ActorCriticGuide(sb3, **bad)
 
 
 def test_score_adds_the_discounted_terminal_value(model):

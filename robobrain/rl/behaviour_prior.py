@@ -108,8 +108,8 @@ class BehaviourPriorGuide:
     def __init__(
         self, prior: BehaviourPrior, num_prior: int = 255, noise_std: float = 0.1, seed: int = 0
     ) -> None:
-        if num_prior < 1 or noise_std < 0:
-            raise ValueError(f"need num_prior >= 1 and noise_std >= 0, got {num_prior}, {noise_std}")
+        if num_prior < 1 or not 0 <= noise_std < float("inf"):  # (NaN fails both)
+            raise ValueError(f"need num_prior >= 1 and a finite noise_std >= 0, got {num_prior}, {noise_std}")
         self.prior = prior.eval()
         self.num_prior = num_prior
         self.noise_std = noise_std

@@ -67,6 +67,8 @@ class ActorCriticGuide:
         self, sb3_model: Any, num_prior: int = 16, use_value: bool = True, noise_std: float = 0.2
     ) -> None:
         """``noise_std``: noise on a deterministic actor's prior samples (SAC / PPO sample their own)."""
+        if num_prior < 0 or not 0 <= noise_std < float("inf"):  # (NaN fails both)
+            raise ValueError(f"need num_prior >= 0 and a finite noise_std >= 0, got {num_prior}, {noise_std}")
         self.sb3 = sb3_model
         self.noise_std = noise_std
         self.num_prior = num_prior

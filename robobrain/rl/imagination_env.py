@@ -61,10 +61,11 @@ class WorldModelDynamics:
 
 @torch.no_grad()
 def encode_start_states(model: WorldModel, episodes: Sequence[Episode], max_states: int = 4096) -> State:
-    """Posterior latent states at every step of real episodes (the reset distribution): [M, ...]."""
+    """Posterior latent states at every step of real episodes (the reset distribution): [M, ...].
+    Episodes without a step are skipped; none with one is an error."""
     dev = model.device
     states: list[State] = []
-    for ep in episodes:
+    for ep in (ep for ep in episodes if len(ep.action)):
         pixels = torch.from_numpy(ep.pixels[:-1][None]).to(dev)
         prev = np.concatenate([np.zeros_like(ep.action[:1]), ep.action[:-1]])
         env_state = torch.from_numpy(ep.state[:-1][None]).to(dev)
@@ -79,6 +80,8 @@ def encode_start_states(model: WorldModel, episodes: Sequence[Episode], max_stat
         states.append(posts.index(0))
         if sum(len(s.deter) for s in states) >= max_states:
             break
+    if not states:
+        raise ValueError("encode_start_states: no episode with a step to start imagination from")
     return cat_states(states).index(slice(0, max_states))
 
 
@@ -93,9 +96,17 @@ class ImaginationVecEnv(VecEnv):
         start_states: State,
         num_envs: int = 16,
         horizon: int = 15,
-        success_terminates: bool = True,
+        success_terminates: bool = False,
         seed: int = 0,
     ) -> None:
+        if num_envs < 1 or horizon < 1:
+            raise ValueError(
+                f"ImaginationVecEnv: need num_envs >= 1 and horizon >= 1, got {num_envs}, {horizon}"
+            )
+        if len(start_states.deter) < 1:
+            raise ValueError("ImaginationVecEnv: the bank of start states is empty")
+        if not all(torch.isfinite(x).all() for x in start_states if x is not None):
+            raise ValueError("ImaginationVecEnv: the start states hold NaN or inf")
         obs_space = gym.spaces.Box(-np.inf, np.inf, (dynamics.feat_dim,), np.float32)
         act_space = gym.spaces.Box(-1.0, 1.0, (dynamics.action_dim,), np.float32)
         super().__init__(num_envs, obs_space, act_space)
@@ -144,6 +155,12 @@ class ImaginationVecEnv(VecEnv):
         self.state, reward, success_logit = self.dynamics.step(self.state, action)
         self.t += 1
         obs = self._obs()
+        n = self.num_envs
+        if tuple(reward.shape) != (n,) or tuple(success_logit.shape) != (n,):  # ([N, 1] broadcast dones)
+            raise ValueError(
+                f"ImaginationVecEnv: the dynamics' step must return reward and success logit [N={n}], got "
+                f"{list(reward.shape)} and {list(success_logit.shape)}"
+            )
         reward_np = reward.float().cpu().numpy()
         if not np.all(np.isfinite(reward_np)) or not np.all(np.isfinite(obs)):
             raise FloatingPointError("ImaginationVecEnv: the model produced non-finite rewards or latents")

@@ -186,6 +186,12 @@ class OnlineConfig:
                 num_conv_layers(self.image_size)
             except ValueError as e:
                 raise ValueError(f"{e} ({flag('image_size')})") from None
+        if self.use_value and self.mpc.discount != self.sb3.gamma:  # (the critic's sum is the planner's)
+            raise ValueError(
+                f"the planner adds the SB3 critic's value, learned with gamma {self.sb3.gamma}, to imagined "
+                f"rewards it discounts by {self.mpc.discount}: make them equal (--mpc.discount, "
+                "--sb3.gamma) or pass --no-use-value"
+            )
         if not 0 <= self.scripted_fraction <= 1:
             raise ValueError(f"scripted_fraction must be in [0, 1], got {self.scripted_fraction} "
                              f"({flag('scripted_fraction')})")  # fmt: skip
@@ -561,7 +567,8 @@ class OnlineLoop:
 
     def _guide(self) -> ActorCriticGuide | None:
         cfg = self.cfg
-        ready = self.sb3 is not None and self.sb3.num_timesteps >= cfg.sb3.learning_starts
+        # (SB3's off-policy learn takes its first gradient step once num_timesteps > learning_starts)
+        ready = self.sb3 is not None and self.sb3.num_timesteps > cfg.sb3.learning_starts
         if not ready or not self._uses_sb3():
             return None
         return ActorCriticGuide(self.sb3, num_prior=cfg.prior_samples, use_value=cfg.use_value)
