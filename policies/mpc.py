@@ -110,6 +110,13 @@ class WorldModelMPCPolicy:
                 "disagreement_penalty needs a world model trained with an ensemble (ensemble > 0); "
                 "this one has none"
             )
+        num_prior = getattr(guide, "num_prior", 0)
+        if num_prior > self.cfg.optim.num_samples - 1:  # (the rest were rolled out for nothing)
+            raise ValueError(
+                f"the guide proposes {num_prior} prior samples per iteration; the planner keeps at most "
+                f"num_samples - 1 = {self.cfg.optim.num_samples - 1} (its mean is the other candidate): "
+                "lower the prior samples or raise the samples"
+            )
         self.filter = LatentFilter(model, device)
         self.model = self.filter.model
         self.guide = guide

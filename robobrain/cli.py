@@ -101,7 +101,8 @@ class EvalWM:
     """Windows evaluated at most."""
     out: Path | None = None
     """Report directory (default: <run>/eval_wm/<checkpoint>_<data>_<split> for a run's checkpoint,
-    e.g. runs/wm/eval_wm/step_0004000_push_holdout, else <checkpoint>/eval_wm/<data>_<split>)."""
+    e.g. runs/wm/eval_wm/step_0004000_push_holdout, else <checkpoint>/eval_wm/<data>_<split>; one
+    that holds the report on another store of the same name is refused)."""
     device: str = "cpu"
 
 
@@ -235,6 +236,8 @@ def check_planner_flags(args: Eval) -> None:
     """Refuse planner flags given to a policy that would ignore them (``--guide bc`` with ``scripted``
     would otherwise be recorded as if it had been used; with ``oracle`` it would silently switch the
     planner to the behaviour-prior settings, without a prior)."""
+    if args.compile_mode != "default" and not args.compile:
+        raise ValueError(f"--compile-mode {args.compile_mode}: only with --compile")
     if args.policy.startswith("mpc:"):
         return
     usable = set(_PLANNER_FLAGS) - _LEARNED_MODEL_FLAGS if args.policy == "oracle" else set()
@@ -244,7 +247,8 @@ def check_planner_flags(args: Eval) -> None:
         given.remove("guide")  # (the oracle plans unguided: asking for that is no mistake)
     if given:
         flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
-        who = "a world-model planner (mpc:)" if args.policy == "oracle" else "a planner (oracle, mpc:)"
+        learned = args.policy == "oracle" or set(given) <= _LEARNED_MODEL_FLAGS
+        who = "a world-model planner (mpc:)" if learned else "a planner (oracle, mpc:)"
         them = "it" if len(given) == 1 else "them"
         raise ValueError(f"{flags}: only {who} reads {them}, not --policy {args.policy}")
 
@@ -350,7 +354,6 @@ def run_eval(args: Eval) -> dict:
         success_bonus=run_planner_setting(args, "success_bonus", 1.0),
         discount=run_planner_setting(args, "discount", 1.0),
     )
-    torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator
     try:
         policy = load_policy(
             args.policy,
@@ -366,6 +369,9 @@ def run_eval(args: Eval) -> dict:
             compile=args.compile_mode if args.compile else False,
             fused=args.fused,
         )
+        # An SB3 guide's prior samples use torch's global generator, which SB3's load reseeds with
+        # the training run's seed: seeded after it, or every --seed drew the same samples.
+        torch.manual_seed(args.seed)
         meta: dict[str, Any] = {"env_id": args.env, "policy": args.policy}
         if args.policy.startswith(("mpc:", "oracle")):
             meta["guide"] = args.guide
@@ -373,7 +379,10 @@ def run_eval(args: Eval) -> dict:
             meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None),
                                    low=optim.low, high=optim.high, discount=mpc.discount,
                                    success_bonus=mpc.success_bonus,
-                                   disagreement_penalty=mpc.disagreement_penalty)  # fmt: skip
+                                   disagreement_penalty=mpc.disagreement_penalty,
+                                   time_budget=args.time_budget,
+                                   compile=args.compile_mode if args.compile else False,
+                                   fused=args.fused)  # fmt: skip
             meta["guide_resolved"] = describe_guide(guide_used)
         report = evaluate_policy(
             policy, envs, args.episodes, args.seed, args.out, args.video_episodes, args.progress, meta
@@ -462,6 +471,17 @@ def run_eval_wm(args: EvalWM) -> dict:
         episodes, _ = split_episodes(store, 0.0)  # (raises on a store with no readable episode)
     check_trained_env(ckpt.config, episodes[0].meta.get("env_id"), ckpt.path)
     out = args.out or eval_wm_out(ckpt.path, args.data, args.split)
+    data = str(Path(args.data).resolve())
+    if args.out is None and (out / "report.json").is_file():  # (the default names the store's folder)
+        try:
+            before = json.loads((out / "report.json").read_text()).get("data")
+        except (ValueError, AttributeError):  # (unreadable: replaced like any report of its own)
+            before = None
+        if before is not None and before != data:
+            raise ValueError(
+                f"{out} holds the report on {before}, another store of the same name as {args.data}: "
+                "pass --out"
+            )
     with no_empty_dirs_on_failure(out):
         out.mkdir(parents=True, exist_ok=True)
         report = evaluate_world_model(
@@ -473,7 +493,7 @@ def run_eval_wm(args: EvalWM) -> dict:
             video_path=out / "prediction.mp4",
             state_layout=get_state_layout(episodes[0].meta.get("env_id")),
         )
-    report.update(checkpoint=str(ckpt.path.resolve()), data=str(Path(args.data).resolve()), split=args.split)
+    report.update(checkpoint=str(ckpt.path.resolve()), data=data, split=args.split)
     atomic_write_json(out / "report.json", report)
     print(json.dumps(report["summary"], indent=1))
     print(f"report: {out / 'report.json'}\nvideo: {out / 'prediction.mp4'}")

@@ -183,6 +183,8 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
     mpc = MPCConfig(
         horizon=3, optimizer="mppi", optim=OptimizerConfig(num_samples=8, num_elites=4, iterations=1)
     )
+    with pytest.raises(ValueError, match=r"proposes 8 prior samples .* at most num_samples - 1 = 7"):
+        load_policy(f"mpc:{tmp_path / 'wm'}", "robobrain/Push-v0", space, mpc=mpc, guide="bc", num_prior=8)
     policy = load_policy(f"mpc:{tmp_path / 'wm'}", "robobrain/Push-v0", space, mpc=mpc, guide="bc")
     assert isinstance(policy, WorldModelMPCPolicy) and isinstance(policy.guide, BehaviourPriorGuide)
     assert policy.guide.num_prior == 8 - 1 and policy.guide.noise_std == 0.1  # all candidates but the mean
@@ -197,7 +199,9 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
     assert info["guide_resolved"] == "bc"
     assert planner == {"optimizer": "mppi", "horizon": 14, "elites": 4, "iterations": 2,
                        "temperature": 4.0, "prior_std": 0.1, "samples": 8, "prior_samples": 7,
-                       "low": -1.0, "high": 1.0}  # fmt: skip
+                       "low": -1.0, "high": 1.0, "discount": 1.0, "success_bonus": 1.0,
+                       "disagreement_penalty": 0.0, "time_budget": None, "compile": False,
+                       "fused": False}  # fmt: skip
     # The prior alone (no planning): its mean action on the filtered state.
     alone = load_policy(f"bc:{tmp_path / 'wm'}", "robobrain/Push-v0", space)
     assert isinstance(alone, BehaviourPriorPolicy)

@@ -77,7 +77,8 @@ def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path, monkeyp
     import robobrain.cli as cli
 
     if cli.VALUE_ERRORS_PROPAGATE:  # a config's check when the flags are read: one line, not tyro's box
-        for flags, line in ((["--mpc.optim.num-samples", "16"], "the optimizer needs 0 < num_elites <= "),
+        for flags, line in ((["--mpc.optim.num-samples", "16", "--mpc.optim.num-elites", "32"],
+                             "the optimizer needs 0 < num_elites <= "),
                             (["--num-envs", "abc"], "--num-envs: invalid literal for int()")):  # fmt: skip
             with pytest.raises(SystemExit) as exit_:
                 entry(["train", "--run-dir", str(tmp_path / "run"), *flags])

@@ -339,6 +339,20 @@ def test_eval_refuses_planner_flags_a_policy_would_ignore(tmp_path):
     ]:
         with pytest.raises(ValueError, match=f"^{named}: only a .*planner.* not --policy {policy}$"):
             main([*base, "--policy", policy, *flags, "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match=r"^--prior-std: only a world-model planner \(mpc:\) reads it"):
+        main([*base, "--policy", "scripted", "--prior-std", "0.2", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match=r"--compile-mode max-autotune-no-cudagraphs: only with --compile"):
+        main(
+            [
+                *base,
+                "--policy",
+                "random",
+                "--compile-mode",
+                "max-autotune-no-cudagraphs",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
     # What a planner reads is accepted; the oracle's unguided planning may be asked for by name.
     main([*base, "--policy", "oracle", "--guide", "none", "--samples", "16", "--iterations", "1",
           "--horizon", "3", "--out", str(tmp_path / "oracle")])  # fmt: skip

@@ -76,10 +76,14 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     for guide, resolved in (("auto", "both"), ("none", "none")):
         out = tmp_path / f"eval_{guide}"
         main(["eval", "--policy", f"mpc:{tmp_path}", "--env", "robobrain/Push-v0", "--episodes", "1",
-              "--num-envs", "1", "--samples", "16", "--elites", "4", "--iterations", "1", "--horizon", "4",
-              "--guide", guide, "--video-episodes", "0", "--out", str(out), "--no-progress"])  # fmt: skip
+              "--num-envs", "1", "--samples", "32", "--elites", "4", "--iterations", "1", "--horizon", "4",
+              "--guide", guide, "--video-episodes", "0", "--out", str(out), "--no-progress",
+              "--seed", "7"])  # fmt: skip
         info = json.loads((out / "eval_info.json").read_text())
         assert (info["guide"], info["guide_resolved"]) == (guide, resolved)
+        # The guide's prior samples draw from torch's generator: seeded with --seed after SB3's load,
+        # which seeds it with the run's own seed (every --seed drew the same samples).
+        assert torch.initial_seed() == 7
 
 
 def test_evaluating_changes_neither_the_training_nor_the_final_evaluation(tmp_path):
@@ -367,6 +371,11 @@ def test_flags_out_of_range_are_refused_when_read():
     ):
         OnlineConfig(sb3=SB3Config(gamma=0.9))
     OnlineConfig(sb3=SB3Config(gamma=0.9), use_value=False)  # (the actor's prior alone)
+    # The planner keeps num_samples - 1 prior samples; more were rolled out and thrown away.
+    with pytest.raises(
+        ValueError, match=r"prior_samples 256 must be below num_samples 256 \(--prior-samples"
+    ):
+        OnlineConfig(prior_samples=256)
     # SB3's sizes failed at the first fine-tuning round, after a checkpoint that then refused the fix.
     for name, value, match in (("start_states", 0, ">= 1"), ("num_envs", 0, ">= 1"), ("gamma", 1.5, "in"),
                                ("buffer_size", 8, ">= 16"), ("learning_rate", float("nan"), "> 0"),

@@ -752,6 +752,11 @@ def test_train_and_eval_cli(push_data, tmp_path):
           "--max-windows", "4"])  # fmt: skip
     assert (measured / "report.json").exists()
     assert (measured.parent / measured.name.replace("_holdout", "_all") / "report.json").exists()
+    namesake = tmp_path / "elsewhere" / push_data.name  # another store of the same name: not replaced
+    shutil.copytree(push_data, namesake)
+    with pytest.raises(ValueError, match=f"holds the report on {push_data}, another store .* pass --out"):
+        main(["eval-wm", "--checkpoint", str(run), "--data", str(namesake), "--horizon", "4"])
+    assert json.loads((measured / "report.json").read_text())["data"] == str(push_data)
     with pytest.raises(ValueError, match="no episode is long enough"):
         main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--horizon", "999",
               "--out", str(tmp_path / "long" / "eval")])  # fmt: skip

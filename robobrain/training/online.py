@@ -186,6 +186,11 @@ class OnlineConfig:
                 num_conv_layers(self.image_size)
             except ValueError as e:
                 raise ValueError(f"{e} ({flag('image_size')})") from None
+        if self.prior_samples > self.mpc.optim.num_samples - 1:  # (its mean is the other candidate)
+            raise ValueError(
+                f"prior_samples {self.prior_samples} must be below num_samples {self.mpc.optim.num_samples} "
+                f"({flag('prior_samples')}, --mpc.optim.num-samples)"
+            )
         if self.use_value and self.mpc.discount != self.sb3.gamma:  # (the critic's sum is the planner's)
             raise ValueError(
                 f"the planner adds the SB3 critic's value, learned with gamma {self.sb3.gamma}, to imagined "
