@@ -34,6 +34,7 @@ _UNSTABLE_WARNINGS = (
 MAX_ABS_QPOS_QVEL = 1e3
 """Beyond this (metres, radians, per second) the simulation has diverged even if MuJoCo has not
 warned yet: its own bound (1e10) is checked only at the start of the next step."""
+_ROLLBACK_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
 class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
@@ -90,6 +91,9 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.action_dim,), np.float32)
         self._renderer: mujoco.Renderer | None = None
         self._frame: np.ndarray | None = None
+        # What a rolled-back step restores: everything mj_step integrates from (qpos, qvel, act, time,
+        # ctrl, the solver's warm start, ...).
+        self._saved = np.empty(mujoco.mj_stateSize(self.model, _ROLLBACK_STATE))
 
     # --- to be supplied by a task ----------------------------------------------------------
     def _sample_episode(self, rng: np.random.Generator) -> None:
@@ -143,7 +147,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = self._check_action(action)
-        saved = (self.data.qpos.copy(), self.data.qvel.copy(), self.data.act.copy(), self.data.time)
+        mujoco.mj_getState(self.model, self.data, self._saved, _ROLLBACK_STATE)
         self.data.ctrl[:] = self.action_to_ctrl(action)
         for w in _UNSTABLE_WARNINGS:  # MuJoCo's auto-reset sets a fired warning back to 1, so count afresh
             self.data.warning[w].number = 0
@@ -151,8 +155,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
         unstable = self._became_unstable()
         if unstable:
-            self.data.qpos[:], self.data.qvel[:], self.data.act[:], self.data.time = saved
-            self.data.ctrl[:3] = 0.0
+            mujoco.mj_setState(self.model, self.data, self._saved, _ROLLBACK_STATE)
             mujoco.mj_forward(self.model, self.data)
         else:
             # mj_step leaves body, geom and camera poses as they were before its last substep's
@@ -173,6 +176,11 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if self._frame is None:
             self._frame = self._render_pixels()
         return self._frame.copy()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For copy.deepcopy and pickle: all but the renderer (a GL context), which the copy makes
+        afresh at its first frame. MjModel and MjData pickle themselves."""
+        return {**self.__dict__, "_renderer": None}
 
     def close(self) -> None:
         if self._renderer is not None:

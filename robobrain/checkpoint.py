@@ -31,7 +31,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robobrain.data.store import abandoned_temporary, atomic_write_json, fsync_dir, process_running
+from robobrain.data.store import (
+    TEMPORARY_NAME,
+    abandoned_temporary,
+    atomic_write_json,
+    fsync_dir,
+    process_running,
+)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -177,15 +183,20 @@ def _step_of(path: Path) -> tuple[int, str]:
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
-    """Remove all but the ``keep`` newest checkpoints, and the temporary directories of writers that
-    were killed (see :func:`~robobrain.data.store.abandoned_temporary`)."""
+    """Remove all but the ``keep`` newest checkpoints, and the temporaries of writers that were killed
+    (see :func:`~robobrain.data.store.abandoned_temporary`): a checkpoint's directory, whose name
+    ends with the pid, and the ``latest`` pointer's file, named as the store's temporaries."""
     olds = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")), key=_step_of)
     for p in olds[:-keep] if keep > 0 else []:
         if p.name != protect:
             shutil.rmtree(p, ignore_errors=True)
     for tmp in root.glob(".tmp-*"):
-        if tmp.is_dir() and abandoned_temporary(tmp, tmp.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(tmp, ignore_errors=True)
+        file = TEMPORARY_NAME.match(tmp.name) if not tmp.is_dir() else None
+        if abandoned_temporary(tmp, file.group(1) if file else tmp.name.rsplit("-", 1)[-1]):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:

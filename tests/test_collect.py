@@ -149,6 +149,18 @@ def test_collect_is_reproducible(tmp_path):
         np.testing.assert_array_equal(a.action, b.action)
 
 
+def test_the_stored_actions_are_those_the_env_ran(tmp_path):
+    """A policy asking for more than the action space (the env clips): the store holds the clipped
+    actions (it held 2.98 where 1.0 ran, a wrong action-to-motion pairing for a world model)."""
+    vec = envs.make_vector_env("robobrain/Reach-v0", 2, image_size=8, max_episode_steps=5)
+    store = EpisodeStore(tmp_path)
+    wide = RandomPolicy(3, seed=0, low=np.full(3, -3.0), high=np.full(3, 3.0))
+    collect_episodes(vec, wide, store, 2, seed=0, progress=False)
+    vec.close()
+    actions = np.concatenate([ep.action for ep in store.load_all()])
+    assert np.abs(actions).max() == 1.0 and (np.abs(actions) == 1.0).mean() > 0.3
+
+
 def test_whole_step_keeps_the_episodes_that_end_with_the_last_one(tmp_path):
     """3 episodes over 2 envs: the fourth env episode is simulated either way; whole_step keeps it, so
     the steps counted are those of the stored episodes."""

@@ -161,8 +161,13 @@ def test_unstable_simulation_is_truncated_without_teleport(small_env):
     obs, *_ = small_env.step(np.zeros(small_env.action_space.shape, np.float32))
     raw = small_env.unwrapped
     raw.data.qvel[:] = 1e30  # blow the physics up
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION  # (ctrl and the solver's warm start too: they stayed)
+    before, after = (np.empty(mujoco.mj_stateSize(raw.model, spec)) for _ in range(2))
+    mujoco.mj_getState(raw.model, raw.data, before, spec)
     zero = np.zeros(small_env.action_space.shape, np.float32)
-    obs_bad, reward, terminated, truncated, info = small_env.step(zero)
+    obs_bad, reward, terminated, truncated, info = small_env.step(np.ones(small_env.action_space.shape))
+    mujoco.mj_getState(raw.model, raw.data, after, spec)
+    np.testing.assert_array_equal(after, before)
     assert info["sim_unstable"] is True
     assert truncated and not terminated
     assert np.all(np.isfinite(obs_bad["state"])) and np.isfinite(reward)
@@ -178,6 +183,23 @@ def test_unstable_simulation_is_truncated_without_teleport(small_env):
         bad, _, _, truncated, info = small_env.step(zero)
         assert info["sim_unstable"] is True and truncated, qvel
         np.testing.assert_allclose(bad["state"][:3], good["state"][:3], atol=1e-6)
+
+
+def test_a_reset_env_copies_and_pickles(task_id):
+    """Its renderer (a GL context) is left behind and made afresh: deepcopy and pickle failed."""
+    import copy
+    import pickle
+
+    env = gym.make(task_id, image_size=16).unwrapped
+    env.reset(seed=3)
+    action = np.full(env.action_space.shape, 0.5, np.float32)
+    twins = (copy.deepcopy(env), pickle.loads(pickle.dumps(env)))
+    expected, *_ = env.step(action)
+    for twin in twins:
+        obs, *_ = twin.step(action)
+        np.testing.assert_array_equal(obs["state"], expected["state"])
+        np.testing.assert_array_equal(obs["pixels"], expected["pixels"])
+    env.close()
 
 
 def test_success_flag_matches_threshold(task_id):

@@ -73,6 +73,30 @@ def test_truncated_and_garbage_files_are_reported_and_skipped(tmp_path, caplog):
         reopened.load(names[2])
 
 
+def test_a_read_error_of_the_disk_is_raised_never_recorded_as_corruption(tmp_path, monkeypatch):
+    """EIO or too many open files said "not an .npz archive (truncated or overwritten)" of an intact
+    file, and the manifest kept it skipped while it was unchanged."""
+    store = EpisodeStore(tmp_path)
+    names = [store.add(make_episode(6, tag=i)) for i in range(2)]
+    (tmp_path / "manifest.json").unlink()  # (a reader that must read the files)
+    real = np.load
+
+    def failing(path, *args, **kwargs):
+        if str(path).endswith(names[1]):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        EpisodeStore(tmp_path)
+    monkeypatch.undo()
+    again = EpisodeStore(tmp_path)
+    assert sorted(again.manifest) == names and not again.skipped
+    # A file removed after the listing (another process's truncate) is passed over, not recorded.
+    monkeypatch.setattr(EpisodeStore, "names", lambda self: [*names, "episode_000002.npz"])
+    assert [name for name, _ in again.episodes()] == names and not again.skipped
+
+
 def test_a_known_corrupt_file_does_not_make_every_open_reread_the_store(tmp_path, monkeypatch):
     store = EpisodeStore(tmp_path)
     names = [store.add(make_episode(6, tag=i)) for i in range(3)]

@@ -555,8 +555,12 @@ def test_a_killed_writers_temporary_directory_goes_at_the_next_save(tmp_path):
             for p in (path, path / "model.safetensors"):
                 os.utime(p, (old, old))
     os.utime(fresh, (old, old))  # (the directory is old, a file in it is not)
+    pointer = tmp_path / "checkpoints" / ".tmp-999999999-0123456789ab-latest"  # `latest` half written
+    pointer.write_text("{")
+    os.utime(pointer, (old, old))
     save_checkpoint(tmp_path, 2, model, config)
     assert not dead.exists() and live.exists() and fresh.exists()
+    assert not pointer.exists()  # (a file: only directories were looked at)
 
 
 def test_resaving_a_step_never_leaves_latest_dangling(tmp_path):

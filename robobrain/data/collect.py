@@ -112,10 +112,14 @@ def collect_episodes(
     base_meta = dict(meta or {})
     if "env_id" not in base_meta:  # (a world model learns its goal input only from named episodes)
         base_meta["env_id"] = _env_id(envs)
+    space = envs.single_action_space
+    bounds = (space.low, space.high) if isinstance(space, gym.spaces.Box) else None
     with tqdm(total=num_episodes, desc="collect", unit="ep", disable=not progress) as bar:
         while len(names) < num_episodes:
             action = np.asarray(policy.act(obs), dtype=np.float32)
             obs, reward, terminated, truncated, info = envs.step(action)
+            if bounds is not None:  # what the env ran (it clips), not what the policy asked for
+                action = np.clip(action, *bounds).astype(np.float32)
             done = terminated | truncated
             for i in range(n):
                 if not (np.isfinite(reward[i]) and np.all(np.isfinite(obs["state"][i]))):

@@ -33,7 +33,14 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^episode_(\d{6,})\.npz$")
-_TEMPORARY = re.compile(r"^\.tmp-(\d+)-")
+TEMPORARY_NAME = re.compile(r"^\.tmp-(\d+)-")
+
+
+# Read errors of the disk or the machine, not of a file's content: they propagate (a damaged zip's own
+# errors, EINVAL from a seek to a bad offset among them, make the file corrupt).
+_NOT_THE_FILES_FAULT = frozenset({errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EACCES,
+                                  errno.EPERM, errno.EAGAIN, errno.EINTR, errno.ESTALE, errno.ETIMEDOUT,
+                                  errno.ENOENT})  # fmt: skip
 
 
 class CorruptEpisodeError(ValueError):
@@ -320,8 +327,6 @@ class EpisodeStore:
     def load(self, name: str) -> Episode:
         """Load and validate one episode; ``CorruptEpisodeError`` names the file if it is bad."""
         path = self.root / name
-        if path.is_file() and not zipfile.is_zipfile(path):  # (numpy would call it pickled data)
-            raise CorruptEpisodeError(f"{path}: not an .npz archive (truncated or overwritten)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 episode = Episode(
@@ -334,7 +339,13 @@ class EpisodeStore:
                     meta=json.loads(str(z["meta"])),
                 )
             episode.validate()
+        except MemoryError:
+            raise
         except Exception as e:  # a damaged zip raises BadZipFile, zlib.error, NotImplementedError, ...
+            if isinstance(e, OSError) and e.errno in _NOT_THE_FILES_FAULT:  # never recorded as corrupt
+                raise  # (a damaged zip's seek raises EINVAL; a vanished file, FileNotFoundError)
+            if not zipfile.is_zipfile(path):  # (numpy calls such a file pickled data)
+                raise CorruptEpisodeError(f"{path}: not an .npz archive (truncated or overwritten)") from e
             raise CorruptEpisodeError(f"{path}: {type(e).__name__}: {e}") from e
         return episode
 
@@ -357,6 +368,8 @@ class EpisodeStore:
                     f"{self.root / name}: {_FOREIGN} (env_id, pixels, state and action shapes per "
                     f"step) {self._layout_of(episode)} than the store's {stored}"
                 )
+        except FileNotFoundError:  # (removed since it was listed, e.g. by another process's truncate)
+            return None
         except CorruptEpisodeError as e:
             if name not in self.skipped:
                 log.warning("skipping episode %s", e)
@@ -408,7 +421,7 @@ class EpisodeStore:
     def _remove_dead_temporaries(self) -> None:
         """Remove the half-written files of writers that were killed (see :func:`abandoned_temporary`)."""
         for tmp in self.root.glob(".tmp-*"):
-            match = _TEMPORARY.match(tmp.name)
+            match = TEMPORARY_NAME.match(tmp.name)
             if match and abandoned_temporary(tmp, match.group(1)):
                 try:
                     tmp.unlink(missing_ok=True)
