@@ -138,7 +138,10 @@ class Eval:
     """Episodes; episode i is seeded with seed + i."""
     num_envs: int = 4
     """Envs run side by side; the policy acts for all of them in one batched call."""
-    seed: int = 0
+    seed: int = 1_000_000
+    """Episode i starts from reset(seed=seed + i). The default is the one `robobrain train` evaluates
+    with, away from the seeds that `collect` and `train` start their episodes from by default (0:
+    evaluation started where the demonstrations were collected)."""
     out: Path = Path("runs/eval")
     """Output directory (eval_info.json, videos/)."""
     image_size: int | None = None
@@ -461,6 +464,11 @@ def run_eval_wm(args: EvalWM) -> dict:
 
     model = load_world_model(args.checkpoint, args.device)
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
+    if args.split == "holdout" and "online" in ckpt.config:  # (its train config names the preset's 0.1)
+        raise ValueError(
+            f"{ckpt.path}: the world model of a `robobrain train` run trains on every episode of its "
+            "--seed-data and its own, none held out: pass --split all, with a store it never saw"
+        )
     store = EpisodeStore(args.data, create=False)
     if args.split == "holdout":
         holdout = train_config_from_checkpoint(ckpt.config, ckpt.path).holdout_fraction
@@ -601,13 +609,15 @@ def run_planner_setting(args: Eval, name: str, default: float) -> float:
 
 
 def run_train_prior(args: TrainPrior) -> dict:
-    from robobrain.checkpoint import check_trained_env, load_checkpoint
+    from robobrain.checkpoint import check_trained_env, load_checkpoint, resolve_checkpoint
     from robobrain.data import EpisodeStore
     from robobrain.rl.behaviour_prior import BehaviourPriorConfig, fit_behaviour_prior, save_behaviour_prior
     from robobrain.training.wm_trainer import load_world_model, split_episodes, train_config_from_checkpoint
 
-    model = load_world_model(args.checkpoint, args.device)
-    ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
+    # Resolved once: a run training beside it may move its `latest` between two reads.
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model = load_world_model(checkpoint, args.device)
+    ckpt = load_checkpoint(checkpoint, with_training_state=False)
     holdout = train_config_from_checkpoint(ckpt.config, ckpt.path).holdout_fraction
     train, val = [], []
     for root in args.data:

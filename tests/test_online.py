@@ -84,6 +84,12 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
         # The guide's prior samples draw from torch's generator: seeded with --seed after SB3's load,
         # which seeds it with the run's own seed (every --seed drew the same samples).
         assert torch.initial_seed() == 7
+    # Its world model trained on every episode: eval-wm's held-out split (recomputed with the preset's
+    # fraction) would have reported trained-on episodes as held out.
+    with pytest.raises(ValueError, match="none held out: pass --split all"):
+        main(["eval-wm", "--checkpoint", str(tmp_path), "--data", str(tmp_path / "episodes")])
+    main(["eval-wm", "--checkpoint", str(tmp_path), "--data", str(tmp_path / "episodes"), "--split", "all",
+          "--context", "2", "--horizon", "2", "--max-windows", "4"])  # fmt: skip
 
 
 def test_evaluating_changes_neither_the_training_nor_the_final_evaluation(tmp_path):
@@ -340,6 +346,16 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplo
     with pytest.raises(CheckpointError, match="sees 32 px frames, the run's envs render 16 px"):
         main([*run_args(tmp_path / "small", 20), "--image-size", "16", "--init-world-model", str(wm)])
     assert not (tmp_path / "small").exists()  # (nor an empty store)
+    # What the run asks of its world model, the init model must have (it was dropped without a word;
+    # --explore-bonus failed after the seed episodes and pretraining).
+    for flags, match in (
+        (["--proprio"], "has proprio False, not the True --proprio"),
+        (["--ensemble", "4"], "has ensemble 0, not the 4 --ensemble"),
+        (["--explore-bonus", "1"], "has no ensemble, which --explore-bonus needs"),
+    ):
+        with pytest.raises(CheckpointError, match=match):
+            main([*run_args(tmp_path / "asks", 20), "--init-world-model", str(wm), *flags])
+        assert not (tmp_path / "asks").exists()
     with pytest.raises(ValueError, match=r"episodes of \[32\] px, the run's envs render 16 px"):
         main([*run_args(tmp_path / "small", 20), "--image-size", "16", "--seed-data", str(offline)])
     # Without --image-size the envs render what the offline model or data sees (the preset's 64 px did).

@@ -849,6 +849,17 @@ def test_time_budget_checkpoints_and_resumes(push_data, tmp_path):
     assert load_checkpoint(tmp_path).state["step"] == 3
 
 
+def test_a_time_budget_stop_logs_the_steps_since_the_last_row(push_data, tmp_path, monkeypatch):
+    """They were dropped: the resumed run's first row averaged only the steps after the stop."""
+    import robobrain.training.wm_trainer as wm_trainer
+
+    clock = iter(range(0, 10_000, 25))  # seconds: the 1-minute budget runs out at the third check
+    monkeypatch.setattr(wm_trainer.time, "monotonic", lambda: next(clock))
+    train_world_model(push_data, tmp_path, DEBUG, steps=50, progress=False, max_minutes=1.0)
+    rows = list(csv.DictReader((tmp_path / "train_wm.csv").open()))
+    assert load_checkpoint(tmp_path).state["step"] == 2 and [r["step"] for r in rows] == ["2"]
+
+
 def goal_model(seed=0):
     """A debug model conditioned on state[7:10] (the robobrain tasks' goal), stats set."""
     torch.manual_seed(seed)

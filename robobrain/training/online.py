@@ -637,8 +637,21 @@ class OnlineLoop:
         )  # fmt: skip
 
     def _adopt_world_model_sizes(self, ckpt: Checkpoint, what: str, hint: str = "") -> None:
-        """Take the world-model config of ``ckpt``, whose frames must be those the envs render."""
+        """Take the world-model config of ``ckpt``, whose frames must be those the envs render and
+        whose inputs and ensemble are those the run's flags ask for (they were silently dropped)."""
         self.wm_cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
+        cfg, wm = self.cfg, self.wm_cfg
+        asked = {"--proprio": (cfg.proprio, wm.use_proprio or wm.proprio_dim > 0, cfg.proprio),
+                 "--keypoints": (cfg.keypoints, wm.keypoints, bool(cfg.keypoints)),
+                 "--ensemble": (cfg.ensemble, wm.ensemble, cfg.ensemble is not None)}  # fmt: skip
+        for flag, (want, has, given) in asked.items():
+            if given and want != has:
+                raise CheckpointError(
+                    f"{ckpt.path}: {what} has {flag.lstrip('-')} {has}, not the {want} {flag} asks for; "
+                    f"leave {flag} out to take its own"
+                )
+        if cfg.explore_bonus and not wm.ensemble:
+            raise CheckpointError(f"{ckpt.path}: {what} has no ensemble, which --explore-bonus needs")
         rendered = self.envs.single_observation_space["pixels"].shape[0]
         if self.wm_cfg.image_size != rendered:
             raise CheckpointError(

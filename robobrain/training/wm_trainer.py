@@ -364,12 +364,24 @@ def train_world_model(
                     run_dir, trainer.step, steps)  # fmt: skip
     window: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+
+    def log_window() -> None:
+        nonlocal metrics, window
+        if window:
+            metrics = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
+        metrics["nonfinite_total"] = trainer.nonfinite_total
+        logger.log(trainer.step, metrics)
+        bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.1f}")
+        window = []
+
     try:
         with tqdm(total=steps, initial=trainer.step, desc="train-wm", disable=not progress) as bar:
             while trainer.step < steps:
                 out_of_time = deadline is not None and time.monotonic() >= deadline
                 if out_of_time:
                     log.info("time budget of %.1f min reached at step %d", max_minutes, trainer.step)
+                    if window:  # (the steps since the last row: a resumed run logs only those after)
+                        log_window()
                     save_checkpoint(
                         run_dir, trainer.step, model, config, trainer.optimizer, trainer.training_state()
                     )
@@ -379,12 +391,7 @@ def train_world_model(
                 if out is not None:
                     window.append(out)
                 if trainer.step % tcfg.log_every == 0 or trainer.step == steps:
-                    if window:
-                        metrics = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
-                    metrics["nonfinite_total"] = trainer.nonfinite_total
-                    logger.log(trainer.step, metrics)
-                    bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.1f}")
-                    window = []
+                    log_window()
                 if trainer.step % tcfg.checkpoint_every == 0 or trainer.step == steps:
                     save_checkpoint(
                         run_dir, trainer.step, model, config, trainer.optimizer, trainer.training_state()
