@@ -2,7 +2,7 @@
 
 Layout of a run directory::
 
-    run/checkpoints/step_000500/model.safetensors
+    run/checkpoints/step_0000500/model.safetensors
                                /config.json
                                /training_state/optimizer.safetensors   (tensors of the optimizer state)
                                /training_state/state.json              (step, counters, RNG states, ...)

@@ -92,7 +92,8 @@ class EvalWM:
     data: Path = Path("data/push")
     """EpisodeStore directory."""
     split: Literal["holdout", "all"] = "holdout"
-    """holdout: the episodes training left out (same rule as train-wm); all: every episode."""
+    """holdout: the episodes training left out (same rule as train-wm; refused for a `robobrain train`
+    run, whose world model holds none out: pass all); all: every episode."""
     context: int = 5
     """Context frames filtered before predicting."""
     horizon: int = 10
@@ -110,7 +111,8 @@ class EvalWM:
 class TrainPrior:
     """Clone the data's successful episodes into an action prior on a world model's latent state
     (MBOP-style), saved beside the checkpoint for `robobrain eval --guide bc`. Trains on the episodes
-    the world model trained on and validates on those it held out."""
+    the world model trained on and validates on those it held out (of a `robobrain train` run, which
+    holds none out, on a tenth it trained on: the prior's own split, not the world model's)."""
 
     checkpoint: Path = Path("runs/wm")
     """World-model checkpoint directory or run directory (its latest checkpoint)."""
@@ -172,7 +174,8 @@ class Eval:
     model trained with an ensemble): keeps plans where the model is trustworthy (default: a `robobrain
     train` run's own --mpc.disagreement-penalty; else 0)."""
     success_bonus: float | None = None
-    """mpc: added to each imagined step's reward times the predicted success probability (default: a
+    """mpc, oracle: added to each imagined (oracle: simulated) step's reward times the predicted success
+    probability (oracle: the true success flag) (default: a
     `robobrain train` run's own --mpc.success-bonus, the one its critic learned; else 1)."""
     discount: float | None = None
     """mpc, oracle: discount of the imagined (oracle: simulated) rewards; the guide's value weighs

@@ -36,7 +36,8 @@ class MPCConfig:
     exploration_length: int = 50
     """Steps per coloured-noise sequence (the robobrain tasks' episode length)."""
     success_bonus: float = 1.0
-    """World-model scoring: bonus per step times the predicted success probability."""
+    """Scoring (world model and oracle): bonus per step times the predicted success probability (the
+    oracle's true success flag)."""
     disagreement_penalty: float = 0.0
     """World-model scoring: penalty times the ensemble disagreement (needs an ensemble); negative,
     a bonus for it (exploration, as ``robobrain train --explore-bonus`` uses while collecting)."""

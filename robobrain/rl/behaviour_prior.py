@@ -197,7 +197,8 @@ def fit_behaviour_prior(
     """Clone the actions of ``train`` episodes (filtered per ``cfg.successful_only``); keep the weights
     with the lowest action error on ``val`` (same filter); the fit runs on ``device``. Returns (prior,
     on the CPU, report): the report gives the validation MSE of the prior's mean and of the constant
-    mean action of the training set."""
+    mean action of the training set. (The former is that of the weights kept, which the same
+    validation episodes chose: slightly optimistic; no third split is held out for it.)"""
     cfg = cfg or BehaviourPriorConfig()
     train, val = select_episodes(train, cfg.successful_only), select_episodes(val, cfg.successful_only)
     if not train or not val:

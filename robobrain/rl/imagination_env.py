@@ -1,7 +1,8 @@
 """ImaginationVecEnv: stable-baselines3 trains any algorithm inside the world model.
 
 ``reset`` draws start states from a bank of latent states encoded from real episodes; ``step`` runs one
-batched imagination step for all envs; rewards come from the reward head, episodes end on predicted
+batched imagination step for all envs; rewards are the planner's step score (reward head +
+``success_bonus`` x predicted success probability), episodes end on predicted
 success (optional) or after ``horizon`` steps. Observations are the latent features [N, F].
 """
 
