@@ -458,15 +458,16 @@ def eval_wm_out(checkpoint: Path, data: Path, split: str) -> Path:
 
 
 def run_eval_wm(args: EvalWM) -> dict:
-    from robobrain.checkpoint import check_trained_env, load_checkpoint
+    from robobrain.checkpoint import check_trained_env, load_checkpoint, resolve_checkpoint
     from robobrain.data import EpisodeStore
     from robobrain.data.store import atomic_write_json
     from robobrain.envs import get_state_layout
     from robobrain.training.wm_eval import evaluate_world_model
     from robobrain.training.wm_trainer import load_world_model, split_episodes, train_config_from_checkpoint
 
-    model = load_world_model(args.checkpoint, args.device)
-    ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
+    checkpoint = resolve_checkpoint(args.checkpoint)  # (once: a run beside it may move its `latest`)
+    model = load_world_model(checkpoint, args.device)
+    ckpt = load_checkpoint(checkpoint, with_training_state=False)
     if args.split == "holdout" and "online" in ckpt.config:  # (its train config names the preset's 0.1)
         raise ValueError(
             f"{ckpt.path}: the world model of a `robobrain train` run trains on every episode of its "

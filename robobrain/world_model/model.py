@@ -53,6 +53,11 @@ def step_score(reward: torch.Tensor, success_logit: torch.Tensor, success_bonus:
     return reward + success_bonus * torch.sigmoid(success_logit)
 
 
+def _taken_as_is(x: object, device: torch.device) -> bool:
+    """Whether :meth:`WorldModel.as_input` would return ``x`` unchanged."""
+    return x is None or (isinstance(x, torch.Tensor) and x.device == device and x.dtype != torch.float64)
+
+
 class WorldModel(nn.Module):
     """Action-conditioned video world model: conv encoder, RSSM dynamics, conv decoder, reward and
     success heads. The device follows the module (``.to(device)``); it computes in float32 (bf16
@@ -254,8 +259,10 @@ class WorldModel(nn.Module):
     ) -> tuple[State, torch.Tensor]:
         """``state`` and ``actions`` as :meth:`imagine` takes them (:meth:`as_input`: numpy or float64,
         or on another device), checked by :meth:`check_imagine_inputs`."""
-        state = State(*(self.as_input(x) for x in state))
-        actions = self.as_input(actions)
+        dev = self.device
+        if not all(_taken_as_is(x, dev) for x in (*state, actions)):  # (the usual case: nothing to move)
+            state = State(*(self.as_input(x) for x in state))
+            actions = self.as_input(actions)
         self.check_imagine_inputs(state, actions, finite=finite)
         return state, actions
 
