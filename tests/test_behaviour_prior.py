@@ -82,6 +82,10 @@ def test_behaviour_prior_learns_the_actions_of_successful_episodes(model, device
     # Held-out columns: well below the constant mean action's error (1.0x for a prior that learned
     # nothing; ~0.2x here, from random-weight features of a bar between two training positions).
     assert report["val_mse"] < 0.4 * report["val_mse_mean_action"]
+    # ... and the prior returned is the one reported (not only the report's own numbers).
+    vx, vy = latent_dataset(model, val, "cpu")
+    with torch.no_grad():
+        assert (prior(vx) - vy).square().mean().item() == pytest.approx(report["val_mse"], rel=1e-3)
     with pytest.raises(ValueError, match="ended in success"):
         fit_behaviour_prior(model, [bar_episode(0, success=False)], val, cfg)
 

@@ -204,9 +204,19 @@ def test_a_reset_env_copies_and_pickles(task_id):
 
 def test_success_flag_matches_threshold(task_id):
     env = gym.make(task_id, image_size=32)
-    _, info = env.reset(seed=0)
+    obs, info = env.reset(seed=0)
     assert info["success"] is False  # starts are drawn away from the goal
     env.close()
+    # Success is "within 5 cm of the goal" (of the gripper for Reach, of the block otherwise): 4.9 cm
+    # succeeds, 5.1 cm does not (no start comes that close, so a looser threshold passed the above).
+    raw = env.unwrapped
+    layout = raw.state_layout
+    moved = layout["block_pos"] if "block_pos" in layout else layout["gripper_pos"]
+    states = np.repeat(obs["state"][None], 2, axis=0)
+    states[:, moved] = states[:, layout["goal"]]
+    states[:, moved.start] += [0.049, 0.051]
+    assert raw.success(states).tolist() == [True, False]
+    assert raw.reward_terms(states)["reward_success"].tolist() == [1.0, 0.0]
 
 
 def test_goal_and_its_success_zone_are_visible(task_id):

@@ -58,13 +58,16 @@ def test_eval_cli_is_reproducible_with_per_episode_seeds(tmp_path):
 def test_episode_seed_fixes_the_episode():
     """Episode i gets seed + i whatever the number of parallel envs."""
 
-    def run(k):
+    def run(k, seed=3, episodes=4):
         envs = [gym.make("robobrain/Reach-v0", image_size=8) for _ in range(k)]
-        report = evaluate_policy(load_policy("scripted", "robobrain/Reach-v0", envs[0].action_space), envs, 4,
-                                 seed=3, progress=False)  # fmt: skip
+        report = evaluate_policy(load_policy("scripted", "robobrain/Reach-v0", envs[0].action_space), envs,
+                                 episodes, seed=seed, progress=False)  # fmt: skip
         return [(ep["seed"], round(ep["return"], 5)) for ep in report["episodes"]]
 
-    assert run(1) == run(3) == run(6)  # more envs than episodes: the spare ones stay idle
+    one = run(1)
+    assert one == run(3) == run(6)  # more envs than episodes: the spare ones stay idle
+    # The env is reset with the seed the report names (every episode from seed 3 passed too).
+    assert len({r for _, r in one}) == 4 and run(1, seed=5, episodes=1) == [one[2]]
 
 
 def test_eval_on_a_wrapped_gymnasium_env(tmp_path):

@@ -123,7 +123,9 @@ def test_exploration_noise_is_bounded_and_seeded():
 
 def test_world_model_score_fn_matches_imagination():
     torch.manual_seed(0)
-    cfg = dataclasses.replace(get_preset("debug").world_model, ensemble=2)
+    # A squared-error reward head: the two-hot one starts at exactly 0, and a score without the
+    # predicted rewards matched.
+    cfg = dataclasses.replace(get_preset("debug").world_model, ensemble=2, reward_bins=0)
     model = WorldModel(cfg).eval()
     state = model.rssm.initial(2, "cpu")
     mpc_cfg = dataclasses.replace(SMALL, success_bonus=0.7, disagreement_penalty=0.3, discount=0.9)
@@ -131,6 +133,7 @@ def test_world_model_score_fn_matches_imagination():
     scores = world_model_score_fn(model, state, mpc_cfg)(actions)
     with torch.no_grad():
         out = model.imagine(state.index(slice(1, 2)), actions[1, 2:3])
+    assert out.reward.abs().mean() > 0.02
     r = out.reward + 0.7 * torch.sigmoid(out.success_logit) - 0.3 * out.disagreement
     expected = (r * 0.9 ** torch.arange(5)).sum()
     assert scores.shape == (2, 3)

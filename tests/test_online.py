@@ -57,6 +57,7 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     assert steps == [20, 40, 60, 80, 100, 120]  # 2 seed episodes, then 2 envs x 10 steps per iteration
     wm_loss = [float(r[col["wm_loss"]]) for r in rows]
     assert wm_loss[-1] < 0.5 * wm_loss[0], wm_loss  # the world model learns from the loop's data
+    assert [int(float(r[col["wm_episodes"]])) for r in rows] == [2, 4, 6, 8, 10, 12]  # all of it
     assert all(float(r[col["sb3_n_updates"]]) > 0 for r in rows[1:])  # SB3 fine-tunes every iteration
     assert rows[0][col["eval_success"]] != ""  # evaluated after the seed data and every 60 steps
     # The collected episodes' mean return: what the exploring agent gets while success is still 0.

@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import pickle
 import re
@@ -179,6 +180,19 @@ def test_two_hot_reward_head_fits_a_jump_that_squared_error_smooths():
     assert ((head(feat).squeeze(-1) - target).square().mean()).item() < 0.02 * first
     mse_head = ScalarHead(4, 8)  # bins=0: plain regression, loss = squared error
     torch.testing.assert_close(mse_head.loss(feat, target), (mse_head(feat).squeeze(-1) - target).square())
+    # The two-hot loss itself (a squared-error loss in its place fitted the jump as well): uniform
+    # logits cost log(41) whatever the target; a target on bin k costs -log p_k, one halfway between
+    # bins k and k+1 half of each (bins 0.25 apart in symlog space on [-5, 5]).
+    fresh = ScalarHead(4, 8, bins=41)
+    torch.testing.assert_close(
+        fresh.loss(feat[:3], torch.tensor([0.0, 2.0, -40.0])), torch.full((3,), math.log(41))
+    )
+    with torch.no_grad():
+        fresh[-1].bias.copy_(torch.randn(41))  # (weights zero: these logits for any input)
+    logp = fresh[-1].bias.log_softmax(-1)
+    on_bin, halfway = symexp(torch.tensor([2.5, 2.625]))  # bin 30, and between 30 and 31
+    got = fresh.loss(feat[:2], torch.stack([on_bin, halfway]))
+    torch.testing.assert_close(got, -torch.stack([logp[30], 0.5 * (logp[30] + logp[31])]))
 
 
 def test_bad_inputs_raise():
@@ -276,7 +290,9 @@ def test_failed_state_stats_leave_the_model_unchanged():
 
 def test_batched_imagine_equals_step_by_step_loop():
     torch.manual_seed(0)
-    cfg = dataclasses.replace(DEBUG.world_model, ensemble=2)
+    # A squared-error reward head: the two-hot one starts at exactly 0 everywhere, so rewards read in
+    # another step's order matched.
+    cfg = dataclasses.replace(DEBUG.world_model, ensemble=2, reward_bins=0)
     model = WorldModel(cfg).eval()
     batch = fake_batch(cfg, b=2)
     with torch.no_grad():
@@ -284,6 +300,7 @@ def test_batched_imagine_equals_step_by_step_loop():
         n, h = 64, 7
         actions = torch.rand(2 * n, h, cfg.action_dim) * 2 - 1
         batched = model.imagine(state.repeat_interleave(n), actions)
+        assert batched.reward.abs().mean() > 0.02 and batched.reward.std(1).mean() > 1e-3
         for i in [0, 5, n + 3, 2 * n - 1]:
             s = state.index(slice(i // n, i // n + 1))
             rewards = []
@@ -359,6 +376,16 @@ def test_loss_halves_on_a_fixed_batch(push_data, variant):
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+    # The frames come from each window's own latent, not from the mean frame (which alone halves the
+    # loss: a model blind to its pixels passed the line above). One shared reference frame, so that
+    # only the latent tells the windows apart.
+    with torch.no_grad():
+        post = model.posteriors(batch, sample=False)
+        shared = batch["pixels"][:1, 0].expand(len(batch["pixels"]), -1, -1, -1)
+        decoded = model.decode(post.feat, reference=shared).float()
+    own = (decoded - batch["pixels"].float()).square().mean()
+    swapped = (decoded - batch["pixels"].roll(1, 0).float()).square().mean()
+    assert own < 0.85 * swapped, (own, swapped)
 
 
 @pytest.mark.parametrize("variant", [{}, {"reward_bins": 21, "reference_frame": True}, {"keypoints": 4}])

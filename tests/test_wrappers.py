@@ -60,8 +60,9 @@ def test_resize_is_an_area_average():
     np.testing.assert_allclose(small, np.rint(expected), atol=1)
     flat = np.full((50, 70, 3), 77, np.uint8)
     np.testing.assert_array_equal(resize_image(flat, 32), 77)
-    with pytest.raises(ValueError):
-        resize_image(np.zeros((8, 8)), 4)
+    for shape in ((8, 8), (8, 8, 4)):  # (an RGBA frame came out with 4 channels without the check)
+        with pytest.raises(ValueError, match=r"RGB image \[H, W, 3\]"):
+            resize_image(np.zeros(shape, np.uint8), 4)
     with pytest.raises(ValueError, match="uint8"):  # a float frame in [0, 1] came out black
         resize_image(np.ones((8, 8, 3), np.float32), 4)
     same = resize_image(flat[:32, :32], 32)

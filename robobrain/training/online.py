@@ -548,7 +548,10 @@ class OnlineLoop:
         window = [m for m in (self.trainer.train_step() for _ in range(updates)) if m is not None]
         if not window:
             return {}
-        return {f"wm_{k}": float(np.mean([m[k] for m in window])) for k in window[-1]}
+        metrics = {f"wm_{k}": float(np.mean([m[k] for m in window])) for k in window[-1]}
+        # The distinct episodes the world model draws its windows from (offline and the run's own).
+        metrics["wm_episodes"] = len({id(ep) for ep in self.trainer.sampler.episodes})
+        return metrics
 
     def _uses_sb3(self) -> bool:
         return self.cfg.prior_samples > 0 or self.cfg.use_value
