@@ -284,3 +284,24 @@ def test_an_output_folder_that_a_file_stands_in_the_way_of_is_a_clear_error(tmp_
     (tmp_path / "gone").symlink_to(tmp_path / "unmounted")  # e.g. a scratch disk not mounted
     with pytest.raises(ValueError, match="gone is a symlink to nothing"):
         main(["train-wm", "--run-dir", str(tmp_path / "gone" / "wm")])
+
+
+def test_every_stored_episode_replays_exactly_in_its_env(tmp_path):
+    """Frames, states, rewards and success flags belong to the step they are stored with (frames a
+    step late passed every other collection test): replayed from its env_index / reset_index."""
+    vec = envs.make_vector_env("robobrain/Push-v0", 2, image_size=8, max_episode_steps=5)
+    store = EpisodeStore(tmp_path)
+    collect_episodes(vec, RandomPolicy(3, seed=0), store, 5, seed=0, progress=False)
+    vec.close()
+    env = gym.make("robobrain/Push-v0", image_size=8)
+    for _, ep in store.episodes():
+        obs, _ = env.reset(seed=ep.meta["env_index"])
+        for _ in range(ep.meta["reset_index"]):
+            obs, _ = env.reset()
+        np.testing.assert_array_equal(obs["pixels"], ep.pixels[0])
+        for t, action in enumerate(ep.action):
+            obs, reward, _, _, info = env.step(action)
+            np.testing.assert_array_equal(obs["pixels"], ep.pixels[t + 1])
+            np.testing.assert_array_equal(obs["state"], ep.state[t + 1])
+            assert (np.float32(reward), bool(info["success"])) == (ep.reward[t], ep.success[t])
+    env.close()

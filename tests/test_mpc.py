@@ -358,3 +358,33 @@ def test_mpc_coloured_exploration_follows_each_envs_sequence_until_its_reset():
     torch.testing.assert_close(second[[0, 2]], mpc._noise[[0, 2], 1])  # envs 0, 2 go on with theirs
     assert torch.equal(second[1], mpc._noise[1, 0])  # env 1 restarted with a fresh sequence
     assert not torch.equal(first[1], second[1])
+
+
+def test_the_filter_sees_the_executed_actions_and_a_masked_reset_touches_its_envs_only():
+    """The policy's latent state is observe() of the frames and the actions executed before them
+    (exploration noise included), restarted where an episode restarted; the other envs keep their
+    warm start. Resetting every env's plan, keeping the old episode's last action, or feeding the
+    filter the plan before noise all passed the other tests."""
+    torch.manual_seed(0)
+    model = WorldModel(get_preset("debug").world_model).eval()
+    mpc = MPCConfig(
+        horizon=5, exploration_std=0.5, optim=OptimizerConfig(num_samples=32, num_elites=4, iterations=2)
+    )
+    policy = WorldModelMPCPolicy(model, mpc)
+    policy.reset(3)
+    rng = np.random.default_rng(0)
+    frames, actions = [], []
+    for t in range(5):
+        if t == 3:
+            plan = policy.mpc.plan.clone()
+            policy.reset(3, mask=np.array([False, True, False]))
+            assert torch.all(policy.mpc.plan[1] == 0) and torch.equal(policy.mpc.plan[[0, 2]], plan[[0, 2]])
+        pixels = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+        frames.append(pixels)
+        actions.append(policy.act({"pixels": pixels}))
+    pixels, taken = np.stack(frames, 1), torch.from_numpy(np.stack(actions, 1))
+    before = torch.cat([torch.zeros_like(taken[:, :1]), taken[:, :-1]], 1)  # the action before each frame
+    with torch.no_grad():
+        for i, start in ((0, 0), (1, 3), (2, 0)):
+            want = model.observe(pixels[i : i + 1, start:], before[i : i + 1, start:])
+            torch.testing.assert_close(policy.state.deter[i], want.deter[0])

@@ -186,3 +186,32 @@ def test_numpy_means_are_taken_and_a_per_problem_std_is_refused():
     with pytest.raises(ValueError, match=re.escape("init_std must be a scalar or [B, H, A], got [3]")):
         opt.plan(quadratic(target), torch.zeros(3, 4, 3), init_std=torch.tensor([0.01, 0.5, 2.0]))
     opt.plan(quadratic(target), torch.zeros(3, 4, 3), init_std=torch.full((3, 4, 3), 0.2))
+
+
+@pytest.mark.parametrize("min_std", [0.05, 0.3])
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_one_refit_is_the_documented_formula(cls, min_std):
+    """Elites' weights (CEM equal, MPPI softmax over score / temperature), momentum on mean and std, the
+    std floor: each could be dropped with every other test passing."""
+    cfg = OptimizerConfig(num_samples=6, num_elites=3, iterations=1, init_std=0.5, min_std=min_std,
+                          momentum=0.25, temperature=0.5)  # fmt: skip
+    noise = torch.tensor([0.0, 1.0, -0.4, 0.2, 0.6, -1.0]).view(1, 1, 6, 1, 1)  # [iterations, B, N, H, A]
+    result = cls(cfg).plan(lambda a: -((a - 0.3) ** 2).sum((-2, -1)), torch.full((1, 1, 1), 0.1), noise=noise)
+    x = (0.1 + 0.5 * noise.flatten()).clamp(-1, 1)
+    x[0] = 0.1  # the current mean is always a candidate
+    top, idx = (-((x - 0.3) ** 2)).topk(3)
+    w = torch.full((3,), 1 / 3) if cls is CEM else torch.softmax((top - top[0]) / 0.5, 0)
+    mean = (w * x[idx]).sum()
+    std = (w * (x[idx] - mean) ** 2).sum().sqrt()
+    torch.testing.assert_close(result.mean.flatten(), (0.25 * 0.1 + 0.75 * mean).view(1))
+    torch.testing.assert_close(result.std.flatten(), (0.25 * 0.5 + 0.75 * std).clamp(min=min_std).view(1))
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_the_warm_start_mean_competes(cls):
+    """Started at the optimum, the plan stays there: the mean is one of the candidates."""
+    target = torch.rand(2, 4, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    optimizer = cls(OptimizerConfig(num_samples=16, num_elites=2, iterations=1, momentum=0.0),
+                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    result = optimizer.plan(lambda a: -((a - target.unsqueeze(1)) ** 2).sum((-2, -1)), target)
+    assert torch.equal(result.score, torch.zeros(2))

@@ -402,3 +402,31 @@ def test_deterministic_actors_keep_exploring(model, algo):
     assert quiet.action_noise is not None and np.all(quiet.action_noise() == 0)
     with pytest.raises(ValueError, match="action_noise"):
         SB3Config(action_noise=-1.0)
+
+
+def test_a_wrapped_replay_buffer_comes_back_whole(model, tmp_path):
+    """pos, full and every field (a buffer restored as not full sampled only [0, pos); rewards and
+    dones left at zero passed the test above, whose buffer never wraps)."""
+    from robobrain.rl.finetune import BUFFER_FIELDS
+
+    env = imagination_env(model, episodes(), SB3, seed=0)
+    sb3 = make_sb3_model(SB3, env, seed=0, device="cpu")
+    finetune(sb3, env, 160)  # 20 rows of 8 envs in a 16-row buffer: it wraps
+    assert sb3.replay_buffer.full
+    save_sb3(sb3, tmp_path / "sb3")
+    again = load_sb3(SB3, tmp_path / "sb3", env, "cpu").replay_buffer
+    assert (again.pos, again.full) == (sb3.replay_buffer.pos, True)
+    for name in BUFFER_FIELDS:
+        np.testing.assert_array_equal(getattr(again, name), getattr(sb3.replay_buffer, name), err_msg=name)
+
+
+def test_the_guides_value_is_the_smaller_twin_q_of_the_mean_action(model):
+    """The min over the twin critics (the max, optimistic, passed every other guide test)."""
+    env = imagination_env(model, episodes(), SB3, seed=0)
+    sac = make_sb3_model(SB3, env, seed=0, device="cpu")
+    with torch.no_grad():  # the twins disagree, in both directions
+        sac.policy.critic.q_networks[0][-1].bias.fill_(1.0)
+        sac.policy.critic.q_networks[1][-1].bias.fill_(-1.0)
+        feat = torch.randn(6, model.cfg.feat_dim)
+        q1, q2 = sac.policy.critic(feat, sac.policy.actor(feat, deterministic=True))
+    torch.testing.assert_close(ActorCriticGuide(sac).value(feat), torch.minimum(q1, q2).squeeze(1))

@@ -568,6 +568,21 @@ def test_checkpoints_past_ten_million_steps_are_pruned_by_step_not_name(tmp_path
         load_latest(tmp_path)
 
 
+def test_a_save_that_dies_midway_leaves_latest_on_the_previous_checkpoint(tmp_path):
+    """The pointer moves only once the new checkpoint is complete (moved first, it passed every other
+    checkpoint test)."""
+    model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
+    save_checkpoint(tmp_path, 1, model, config)
+
+    def dies(directory):
+        raise KeyboardInterrupt  # killed while the SB3 model was being written
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 2, model, config, extra=dies)
+    assert latest_checkpoint(tmp_path).name == "step_0000001" and load_latest(tmp_path).state["step"] == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_0000001"]
+
+
 def test_a_killed_writers_temporary_directory_goes_at_the_next_save(tmp_path):
     model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
     save_checkpoint(tmp_path, 1, model, config)
