@@ -150,6 +150,19 @@ def test_killed_run_resumes_without_losing_or_repeating_episodes(tmp_path):
     assert {**a.state["loop"], "wall_s": 0} == {**b.state["loop"], "wall_s": 0}
     for name, tensor in b.model_state.items():
         torch.testing.assert_close(a.model_state[name], tensor, msg=name)
+    from stable_baselines3.common.save_util import load_from_zip_file  # the SB3 model and its buffer too
+
+    sb3_a, sb3_b = (load_from_zip_file(c.path / "sb3" / "model.zip")[1] for c in (a, b))
+    assert len(sb3_b["policy"]) > 10  # actor and critics' weights
+    for name, tensor in sb3_b["policy"].items():
+        torch.testing.assert_close(sb3_a["policy"][name], tensor, msg=name)
+    with (
+        np.load(a.path / "sb3" / "replay_buffer.npz") as buf_a,
+        np.load(b.path / "sb3" / "replay_buffer.npz") as buf_b,
+    ):
+        assert sorted(buf_a) == sorted(buf_b)
+        for name in buf_b:
+            np.testing.assert_array_equal(buf_a[name], buf_b[name], err_msg=name)
     eps_a = EpisodeStore(killed / "episodes").load_all()
     eps_b = EpisodeStore(straight / "episodes").load_all()
     for x, y in zip(eps_a, eps_b, strict=True):

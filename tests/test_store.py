@@ -119,7 +119,8 @@ def test_every_single_byte_flip_is_reported_or_harmless(tmp_path):
     ValueError: with each byte of an episode file flipped in turn, the store either reads a valid
     episode or names the file."""
     store = EpisodeStore(tmp_path / "store")
-    name = store.add(make_episode(6))
+    episode = make_episode(6)
+    name = store.add(episode)
     path = tmp_path / "store" / name
     original = path.read_bytes()
     outcomes = set()
@@ -128,8 +129,10 @@ def test_every_single_byte_flip_is_reported_or_harmless(tmp_path):
         damaged[offset] ^= 0xFF
         path.write_bytes(bytes(damaged))
         try:
-            store.load(name)
+            read = store.load(name)
             outcomes.add("read")
+            for field in ("pixels", "state", "action", "reward", "success"):  # harmless: the same data
+                np.testing.assert_array_equal(getattr(read, field), getattr(episode, field), err_msg=field)
         except CorruptEpisodeError as e:
             outcomes.add("reported")
             assert name in str(e)
