@@ -82,6 +82,9 @@ def test_oracle_mpc_solves_reach():
         steps = [env.step(a) for env, a in zip(envs, actions, strict=True)]
         obs = [s[0] for s in steps]
     assert all(s[4]["success"] for s in steps)
+    plan = policy.mpc.plan.clone()
+    policy.reset(2, mask=np.array([True, False]))  # env 0 starts a new episode; env 1 keeps its plan
+    assert torch.all(policy.mpc.plan[0] == 0) and torch.equal(policy.mpc.plan[1], plan[1])
 
 
 def test_mpc_warm_start_and_masked_reset():

@@ -124,6 +124,21 @@ def test_prior_samples_are_used():
     torch.testing.assert_close(result.best, target)
 
 
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_prior_samples_join_every_iteration(cls):
+    """As the docstring says: at every iteration, not only the first (one iteration above shows none)."""
+    target = torch.full((1, 3, 2), 0.9)
+    prior = torch.rand(1, 4, 3, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    seen = []
+
+    def score(actions):
+        seen.append(actions.clone())
+        return quadratic(target)(actions)
+
+    make(cls, iterations=3).plan(score, torch.zeros(1, 3, 2), prior_samples=prior)
+    assert len(seen) == 3 and all(torch.equal(a[:, 1:5], prior) for a in seen)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="needs 0 < num_elites <= num_samples"):
         CEM(OptimizerConfig(num_samples=4, num_elites=8))
