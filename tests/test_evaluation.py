@@ -414,3 +414,102 @@ def test_an_episode_whose_physics_blew_up_is_marked_in_the_report():
     first, second = report["episodes"]
     assert (first["sim_unstable"], first["length"]) == (True, 3) and second["sim_unstable"] is False
     assert report["summary"]["sim_unstable_episodes"] == 1
+
+
+def test_success_rate_counts_the_successful_episodes():
+    """The expert's episodes all succeed, a motionless policy's none, and the interval is Wilson's of
+    those counts (a report that always said 0 % passed: random policies succeed 0 % on Reach too)."""
+
+    class Still(RandomPolicy):
+        def act(self, obs):
+            return np.zeros((len(obs["state"]), self.action_dim), np.float32)
+
+    envs = [gym.make("robobrain/Reach-v0", image_size=8) for _ in range(2)]
+    expert = load_policy("scripted", "robobrain/Reach-v0", envs[0].action_space, seed=0)
+    for policy, succeeded in ((expert, True), (Still(3, seed=0), False)):
+        report = evaluate_policy(policy, envs, 4, seed=0, progress=False)
+        assert [ep["success"] for ep in report["episodes"]] == [succeeded] * 4
+        summary = report["summary"]
+        assert summary["success_rate"] == float(succeeded)
+        assert summary["success_ci95"] == pytest.approx(list(wilson_interval(4 * succeeded, 4)))
+
+
+def test_hallucination_figures_have_known_values_and_signs():
+    """Against a fake planner whose imagination is the real replay with known errors: PSNR per step,
+    reward bias (imagined minus real: a flipped sign hid an optimistic model), decoded-state error."""
+    from types import SimpleNamespace
+
+    from robobrain.hallucination import hallucination_check, replay_in_simulator
+
+    env = gym.make("robobrain/Push-v0", image_size=16)
+    env.reset(seed=2)
+    plan = np.random.default_rng(0).uniform(-1, 1, (3, 3)).astype(np.float32)
+    real = replay_in_simulator(env, plan)  # (leaves the env as it was)
+    frames = real.frames.copy()
+    frames[1] = 255 - frames[1]  # step 1 imagined badly, steps 0 and 2 exactly
+    offset = np.array([0.5, -0.25, 1.0], np.float32)  # optimistic, pessimistic, optimistic
+    decoded = real.state.copy()
+    block = env.unwrapped.state_layout["block_pos"]
+    decoded[:, block.start : block.start + 2] += [0.03, 0.04]  # 5 cm off
+    rollout = SimpleNamespace(pixels=torch.from_numpy(frames)[None],
+                              reward=torch.from_numpy(real.reward + offset)[None],
+                              feat=torch.from_numpy(decoded)[None])  # fmt: skip
+    model = SimpleNamespace(state_head=object(), decode_state=lambda feat: feat)
+    policy = SimpleNamespace(imagine_plan=lambda: rollout, planned_actions=lambda: plan[None], model=model)
+    out = hallucination_check(policy, [env], 0)
+    mse = np.mean((real.frames[1] / 255 - frames[1] / 255) ** 2)
+    assert out["psnr"] == pytest.approx([100.0, 10 * np.log10(1 / mse), 100.0], abs=1e-3)
+    assert out["reward_bias"] == pytest.approx(offset.tolist(), abs=1e-5)
+    assert out["reward_abs_error"] == pytest.approx(np.abs(offset).tolist(), abs=1e-5)
+    assert out["state_error"]["block_pos"] == pytest.approx([0.05] * 3, abs=1e-6)
+    assert out["state_error"]["gripper_pos"] == pytest.approx([0.0] * 3, abs=1e-6)
+    env.close()
+
+
+def test_videos_pair_each_episode_with_its_own_imagination(tmp_path):
+    """Real frames of the seed the file names, beside that env's imagined frames (every episode was
+    shown env 0's, which a one-env test cannot tell)."""
+    import imageio.v2 as imageio
+
+    shades = (60, 180)  # what env 0 and env 1 "imagine"
+
+    class Imagining(RandomPolicy):
+        def imagined_frames(self):
+            return np.stack([np.full((1, 8, 8, 3), s, np.uint8) for s in shades])
+
+    envs = [gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=5) for _ in range(2)]
+    evaluate_policy(Imagining(3, seed=0), envs, 2, seed=4, out_dir=tmp_path, video_episodes=2, progress=False)
+    for ep in (0, 1):
+        frames = np.stack(imageio.mimread(tmp_path / "videos" / f"episode_{ep:03d}_seed{4 + ep}.mp4"))
+        assert frames.shape == (6, 32, 64, 3)  # reset frame + 5 steps, x4, real | imagined
+        first, _ = gym.make("robobrain/Reach-v0", image_size=8).reset(seed=4 + ep)
+        real = first["pixels"].repeat(4, 0).repeat(4, 1).astype(int)
+        assert np.abs(frames[0, :, :32].astype(int) - real).mean() < 8
+        assert frames[0, :, 32:].max() < 16  # nothing imagined before the first action
+        assert np.abs(frames[1:, :, 32:].astype(int) - shades[ep]).mean() < 8, ep  # (H.264 bleeds a little)
+
+
+def test_latency_times_the_policy_alone_and_its_percentiles_are_those():
+    """p95 is a 95th percentile (p50 in its place passed) and the env's step time is not counted.
+    Sleeps only lengthen calls: the bounds hold on a loaded machine."""
+    import time
+
+    class SometimesSlow(RandomPolicy):  # every 4th decision takes 60 ms, the others next to nothing
+        calls = 0
+
+        def act(self, obs):
+            self.calls += 1
+            if self.calls % 4 == 0:
+                time.sleep(0.06)
+            return super().act(obs)
+
+    class SlowStep(gym.Wrapper):
+        def step(self, action):
+            time.sleep(0.1)  # the simulator's time, not the policy's
+            return super().step(action)
+
+    env = SlowStep(gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=40))
+    report = evaluate_policy(SometimesSlow(3, seed=0), [env], 1, progress=False)
+    summary, mean = report["summary"], report["episodes"][0]["latency_ms"]
+    assert summary["latency_ms_p95"] >= 60 and summary["latency_ms_p50"] < 50, summary
+    assert 15 <= mean < 60, mean  # 10 of 40 decisions at 60 ms; with the env's 100 ms it was > 100

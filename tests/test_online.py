@@ -529,3 +529,38 @@ def test_the_guide_waits_for_sb3s_first_gradient_step():
         sb3 = SimpleNamespace(num_timesteps=steps, policy=policy)
         loop = SimpleNamespace(cfg=cfg, sb3=sb3, _uses_sb3=lambda: True)
         assert (OnlineLoop._guide(loop) is not None) == ready  # type: ignore[arg-type]
+
+
+def test_the_learning_curve_draws_what_train_csv_holds(tmp_path, monkeypatch):
+    """Each series against env steps, blank and NaN cells skipped, success and return in their own
+    panel (only the PNG's existence was checked: a figure with nothing plotted passed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robobrain.training.curves import plot_learning_curve
+
+    (tmp_path / "train.csv").write_text(
+        "env_steps,train_success,train_return,eval_success,eval_return,wm_loss\n"
+        "20,0.0,-5.0,0.25,-4.0,1.0\n40,0.5,-3.0,,,0.5\n60,nan,-2.0,0.75,-1.5,0.2\n"
+    )
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)  # keep the figure to read its lines back
+    out = plot_learning_curve(tmp_path / "train.csv", tmp_path / "curve.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = closed
+    series = {
+        (ax.get_title(), line.get_label()): (list(line.get_xdata()), list(line.get_ydata()))
+        for ax in fig.axes
+        for line in ax.get_lines()
+    }
+    assert series == {
+        ("success", "evaluation"): ([20.0, 60.0], [0.25, 0.75]),
+        ("success", "training episodes"): ([20.0, 40.0], [0.0, 0.5]),
+        ("return", "evaluation"): ([20.0, 60.0], [-4.0, -1.5]),
+        ("return", "training episodes"): ([20.0, 40.0, 60.0], [-5.0, -3.0, -2.0]),
+    }
+    assert fig.axes[0].get_ylim() == (-0.05, 1.05)
+    image = plt.imread(out)
+    assert np.unique(image.reshape(-1, image.shape[-1]), axis=0).shape[0] > 10  # not a blank canvas

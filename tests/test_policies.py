@@ -97,3 +97,26 @@ def test_load_policy_errors():
         make_env("robobrain/Push-v0", render_mode="human")
     assert make_env("robobrain/Reach-v0", 8, render_mode="rgb_array").render_mode == "rgb_array"
     assert load_policy("scripted", "robobrain/Push-v0", space).act(obs_batch(2)).shape == (2, 3)
+
+
+def test_the_random_policy_spans_the_envs_action_box():
+    """Per dimension (Pendulum acts in [-2, 2]: a [-1, 1] baseline used half its torque range)."""
+    obs = {"pixels": np.zeros((2000, 8, 8, 3), np.uint8), "state": np.zeros((2000, 3), np.float32)}
+    space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 0.5], np.float32))
+    actions = load_policy("random", "Pendulum-v1", space, seed=0).act(obs)
+    assert np.all(actions >= space.low) and np.all(actions <= space.high)
+    np.testing.assert_allclose(actions.min(axis=0), space.low, atol=0.02)
+    np.testing.assert_allclose(actions.max(axis=0), space.high, atol=0.02)
+
+
+def test_scripted_noise_is_seeded_and_has_the_std_asked_for():
+    """Collected data is reproducible (unseeded noise, or half of it, passed the other tests)."""
+    obs = {"pixels": np.zeros((4000, 8, 8, 3), np.uint8), "state": np.zeros((4000, 20), np.float32)}
+
+    def still(state):
+        return np.zeros((len(state), 3))
+
+    a, b, c = (ScriptedPolicy(still, noise_std=0.2, seed=s).act(obs) for s in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert abs(a.mean()) < 0.01 and abs(a.std() - 0.2) < 0.01  # (at 0.2 the clip at 1 never bites)

@@ -67,3 +67,23 @@ def test_resize_is_an_area_average():
         resize_image(np.ones((8, 8, 3), np.float32), 4)
     same = resize_image(flat[:32, :32], 32)
     assert not np.shares_memory(same, flat)  # a renderer may reuse its buffer for the next frame
+
+
+def test_the_wrapped_state_is_the_inner_observation():
+    """At reset and every step (zeros of the right shape passed every other wrapper test)."""
+    env = envs.make_env("Reacher-v5", image_size=16, width=32, height=32)
+    plain = gym.make("Reacher-v5")  # same dynamics, no rendering: the same observations for one seed
+    obs, _ = env.reset(seed=0)
+    ref, _ = plain.reset(seed=0)
+    np.testing.assert_allclose(obs["state"], ref.astype(np.float32))
+    rng = np.random.default_rng(0)
+    states = [obs["state"].copy()]
+    for _ in range(5):
+        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        obs, *_ = env.step(action)
+        ref, *_ = plain.step(action)
+        np.testing.assert_allclose(obs["state"], ref.astype(np.float32))
+        states.append(obs["state"].copy())
+    assert len({s.tobytes() for s in states}) == len(states)  # it follows the simulation
+    env.close()
+    plain.close()
