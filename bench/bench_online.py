@@ -190,7 +190,9 @@ def main() -> None:
         space = envs.make_env(args.env, image_size=size).action_space
         for guide in guides:
             torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator
-            policy = load_policy(f"mpc:{args.run}", args.env, space, mpc=mpc, guide=guide)
+            # (the run's own prior-sample count; load_policy's default is 16)
+            policy = load_policy(f"mpc:{args.run}", args.env, space, mpc=mpc, guide=guide,
+                                 num_prior=cfg["online"].get("prior_samples"))  # fmt: skip
             t = time.perf_counter()
             summary = evaluate(policy, args.env, args.episodes, size, 2, args.seed)
             rows.append(

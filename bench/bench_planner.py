@@ -49,7 +49,9 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=int, default=128)
-    parser.add_argument("--elites", type=int, default=32)
+    parser.add_argument(
+        "--elites", type=int, default=None, help="default: robobrain eval's (32 of 128, a quarter of fewer)"
+    )
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--horizon", type=int, default=12)
     parser.add_argument("--optimizer", choices=("cem", "mppi"), default="cem")
@@ -76,6 +78,12 @@ def main() -> None:
             args.prior_samples = max(1, args.samples - 1)
         if not 1 <= args.prior_samples <= args.samples - 1:  # the optimizer keeps at most that many
             parser.error(f"--prior-samples must be in [1, --samples - 1 = {args.samples - 1}]")
+    if args.elites is None:  # (a fixed 32 failed below 32 samples)
+        from robobrain.cli import Eval, planner_settings
+
+        args.elites = planner_settings(Eval(policy="mpc:-", samples=args.samples))["elites"]
+    if not 1 <= args.elites <= args.samples:
+        parser.error(f"--elites must be in [1, --samples = {args.samples}]")
     device = checked_device(parser, args.device)
     sizes = {k: v for k, v in (("stoch", args.stoch), ("classes", args.classes)) if v is not None}
     cfg = get_preset(args.preset, state_dim=10, goal_start=7, goal_dim=3, **sizes).world_model
@@ -111,14 +119,23 @@ def main() -> None:
             "pixels": rng.integers(0, 256, (n_envs, cfg.image_size, cfg.image_size, 3), dtype=np.uint8),
             "state": rng.uniform(-0.2, 0.2, (n_envs, 10)).astype(np.float32),
         }
-        goal = torch.zeros(n_envs * args.samples, cfg.goal_dim, device=device)
-        state = model.rssm.initial(n_envs * args.samples, device, goal)
-        actions = torch.rand(n_envs * args.samples, args.horizon, cfg.action_dim, device=device) * 2 - 1
+        # The peer: the imagination the plan needs, bare. A guided plan imagines its N - P other
+        # candidates per iteration and rolls the P prior ones out once (the prior's own rollout).
+        imagined = args.samples - (args.prior_samples if prior is not None else 0)
+        goal = torch.zeros(n_envs * imagined, cfg.goal_dim, device=device)
+        state = model.rssm.initial(n_envs * imagined, device, goal)
+        actions = torch.rand(n_envs * imagined, args.horizon, cfg.action_dim, device=device) * 2 - 1
+        starts = model.rssm.initial(n_envs, device, torch.zeros(n_envs, cfg.goal_dim, device=device))
+        peer_guide = None if prior is None else BehaviourPriorGuide(prior, args.prior_samples)
 
-        def bare(state: State = state, actions: torch.Tensor = actions) -> None:
+        def bare(
+            state: State = state, actions: torch.Tensor = actions, starts: State = starts, guide=peer_guide
+        ) -> None:
             with torch.no_grad():
+                if guide is not None:
+                    guide.prior_rollout(model, starts, args.horizon, disagreement=False)
                 for _ in range(args.iterations):
-                    model.imagine(state, actions)
+                    model.imagine(state, actions, disagreement=False)
             sync()
 
         peer_times = timed(bare, args.repeats)  # timed again after the variants (a shared machine drifts)
@@ -147,9 +164,9 @@ def main() -> None:
           f"{args.iterations} iterations, H={args.horizon}{guided}")  # fmt: skip
     print(f"# {describe(device)}")
     tail = "p95 ms" if args.repeats >= 20 else f"max ms (of {args.repeats})"
-    print(f"| envs | imagine | p50 ms | {tail} | bare imagine ms (fp32) | planner / bare | vs first row |")
+    print(f"| envs | imagine | p50 ms | {tail} | bare imagine ms (fp32) | planner / bare | vs fewest envs |")
     print("|---|---|---|---|---|---|---|")
-    first = {name: p50 for n, name, p50, _, _ in reversed(rows)}  # each variant's fewest envs
+    first = {name: p50 for _, name, p50, _, _ in sorted(rows, key=lambda r: -r[0])}  # each variant's fewest
     for n_envs, name, p50, p95, peer in rows:
         print(
             f"| {n_envs} | {name} | {p50:.2f} | {p95:.2f} | {peer:.2f} | {p50 / peer:.2f} | "

@@ -91,7 +91,7 @@ step wm_cpu_16384 60 $py $bw --device cuda --preset cpu --batch 16384 --seconds 
 step wm_gpu_1024 90 $py $bw --device cuda --preset gpu --batch 1024 --seconds 2
 step planner_cpu 360 $py $bp --preset cpu
 step planner_gpu 180 $py $bp --preset gpu
-step planner_cpu_bc 90 $py $bp --preset cpu --optimizer mppi --guide bc
+step planner_cpu_bc 90 $py $bp --preset cpu --optimizer mppi --guide bc --prior-samples 255
 step planner_modes 420 $py $bp --preset cpu --compile-modes default max-autotune-no-cudagraphs
 step planner_fused 300 $py $bp --preset cpu --only compiled fused
 step profile_imagine 240 $py bench/profile_imagine.py --preset cpu --batch 16384

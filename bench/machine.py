@@ -39,3 +39,9 @@ def checked_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
     except ValueError as e:
         parser.error(str(e))
     return torch.device(name)
+
+
+if __name__ == "__main__":  # `python bench/machine.py [--device cuda]`: the header line RESULTS cites
+    cli = argparse.ArgumentParser(description=__doc__)
+    cli.add_argument("--device", default="cpu")
+    print(describe(checked_device(cli, cli.parse_args().device)))

@@ -83,6 +83,8 @@ def main() -> None:
     args = parser.parse_args()
 
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
+    if "online" in ckpt.config:  # (as eval-wm: its "held-out" episodes would be trained-on ones)
+        parser.error(f"{ckpt.path}: a `robobrain train` run's world model holds no episode out")
     tcfg = from_dict(WMTrainConfig, ckpt.config.get("train", {}))
     train_eps, held = split_episodes(EpisodeStore(args.data), tcfg.holdout_fraction)
     windows = make_windows(held, context=5, horizon=10, max_windows=256)
