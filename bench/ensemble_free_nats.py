@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import checked_device, describe  # bench/machine.py (the script's folder is on sys.path)
 
 from robobrain.config import get_preset
 from robobrain.data import EpisodeStore
@@ -74,8 +75,9 @@ def main() -> None:
     ap.add_argument("--values", type=float, nargs="+", default=[1.0, 0.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-policy", choices=["scripted", "random"], default="random")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    device = checked_device(ap, args.device)
     base = get_preset(args.preset)
     size = base.world_model.image_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,16 +91,16 @@ def main() -> None:
             preset = get_preset(args.preset, ensemble=4, ensemble_free_nats=value)
             preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
             t0 = time.perf_counter()
-            train_world_model(root / "train", root / f"wm{value}", preset, args.steps, "cpu", progress=False)
+            train_world_model(root / "train", root / f"wm{value}", preset, args.steps, device, progress=False)
             minutes = (time.perf_counter() - t0) / 60
-            model = load_world_model(root / f"wm{value}")
+            model = load_world_model(root / f"wm{value}", device)
             d_in, d_out = disagreement(model, familiar), disagreement(model, unfamiliar)
             rows.append(
                 (value, d_in.mean(), d_out.mean(), d_out.mean() / d_in.mean(), auroc(d_in, d_out), minutes)
             )
     what = f"{args.steps} steps, {args.train_episodes} {args.train_policy} Push episodes, seed {args.seed}"
-    print(f"{args.preset} preset, {what}")
-    print("| ensemble_free_nats | disagreement familiar | unfamiliar | ratio | AUROC | train min |")
+    print(f"{args.preset} preset, {what}; {describe(device)}")
+    print("| free nats | disagreement familiar | unfamiliar | unfamiliar / familiar | AUROC | train min |")
     print("|---|---|---|---|---|---|")
     for value, a, b, r, auc, m in rows:
         print(f"| {value} | {a:.4f} | {b:.4f} | {r:.2f} | {auc:.3f} | {m:.1f} |")
