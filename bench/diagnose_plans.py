@@ -7,8 +7,9 @@ The learned planner (``mpc:R``, unguided, the ``robobrain train`` budget: CEM 25
 acts for whole episodes. Every ``--every`` steps the oracle planner (the same controller planning in
 copies of the simulator) plans from the same state, and each of the two plans is scored twice: by
 the world model from the learned planner's filtered latent (imagined return, as the planner scores
-it, undiscounted here) and by the simulator (true return of those actions from the true state,
-success bonus 1, no discount -- the oracle's own score). Then, per check:
+it) and by the simulator (true return of those actions from the true state, success bonus 1). Both
+planners plan and both scores discount as the learned one plans (0.99, train's), so that a plan
+better only undiscounted is not counted an optimizer error. Then, per check:
 
 - **model error**: the model ranks its own plan above the oracle's, the simulator the other way;
 - **optimizer error**: the model itself ranks the oracle's plan higher -- the optimizer missed it;
@@ -21,10 +22,10 @@ Also printed: the median error of the gripper and block positions decoded from t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
+from machine import checked_device  # bench/machine.py (the script's folder is on sys.path)
 
 from robobrain.envs import make_env
 from robobrain.planning import MPCConfig, OptimizerConfig
@@ -42,17 +43,18 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=4)
     parser.add_argument("--every", type=int, default=10, help="check every this many steps")
     parser.add_argument("--seed", type=int, default=5000, help="episode i starts from seed + i")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = checked_device(parser, args.device)
 
     torch.manual_seed(0)
-    model = load_world_model(args.checkpoint)
+    model = load_world_model(args.checkpoint, device)
     optim = OptimizerConfig(num_samples=256, num_elites=32, iterations=4)
     cfg = MPCConfig(horizon=12, discount=0.99, optim=optim)
     env = make_env(args.env, image_size=model.cfg.image_size)
-    learned = WorldModelMPCPolicy(model, cfg)
-    oracle = OracleMPCPolicy([env], model.cfg.action_dim, dataclasses.replace(cfg, discount=1.0))
-    truth = OracleModel(success_bonus=cfg.success_bonus)
-    undiscounted = dataclasses.replace(cfg, discount=1.0)  # imagined and true returns alike
+    learned = WorldModelMPCPolicy(model, cfg, device)
+    oracle = OracleMPCPolicy([env], model.cfg.action_dim, cfg)
+    truth = OracleModel(success_bonus=cfg.success_bonus, discount=cfg.discount)
     layout = getattr(env.unwrapped, "state_layout", {})
     parts = [p for p in ("gripper_pos", "block_pos") if p in layout and model.state_head is not None]
 
@@ -71,8 +73,9 @@ def main() -> None:
                 mine = torch.from_numpy(learned.planned_actions())[0]
                 plans = torch.stack([mine, oracle.mpc.last.best.cpu()[0]])
                 with torch.no_grad():
-                    imagined = world_model_score_fn(model, learned.plan_state, undiscounted)(plans[None])[0]
-                    decoded = model.decode_state(learned.plan_state.feat)[0].numpy()
+                    score = world_model_score_fn(model, learned.plan_state, cfg)
+                    imagined = score(plans[None].to(device))[0].cpu()
+                    decoded = model.decode_state(learned.plan_state.feat)[0].cpu().numpy()
                 true = truth.score_fn([env])(plans[None])[0]
                 rows.append([*imagined.tolist(), *true.tolist()])
                 for p in parts:
