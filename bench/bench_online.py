@@ -222,7 +222,12 @@ def main() -> None:
     print(
         f"\n{args.env}, {args.env_steps} env steps, {args.episodes} evaluation episodes (seeds {args.seed}+)"
     )
-    print(f"SAC peers trained on {describe(sac_device)}")
+    print(f"SAC peers trained on {describe(sac_device)}, in this run")
+    if args.run is not None:  # (trained earlier, in another process: its wall clock is not this run's)
+        run_device = str(cfg["online"].get("device", "cpu"))
+        print(f"robobrain's run {args.run} trained earlier, on {run_device} (machine not recorded)")
+        if run_device.split(":")[0] != sac_device.split(":")[0]:
+            print("WARNING: they trained on different kinds of device: compare wall clocks with care")
     print("| agent | success (95 % Wilson) | mean return | train wall clock | eval wall clock |")
     print("|---|---|---|---|---|")
     for name, s, wall, ev in rows:
