@@ -22,7 +22,8 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,38 @@ LATEST = "latest"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not fit the model it is loaded into."""
+
+
+class RunInUseError(RuntimeError):
+    """Another process is training in the run directory."""
+
+
+@contextmanager
+def exclusive_run(run_dir: str | os.PathLike[str], command: str) -> Iterator[Path]:
+    """Hold the run directory (created if missing) for one process: a second ``train`` or ``train-wm``
+    on it, e.g. the same command started again while the first still runs, would resume from the
+    first one's checkpoint and truncate what it wrote since. An advisory ``flock`` on the directory
+    itself: no file is left behind, and the kernel releases it when the process ends, however it ends.
+    Where ``fcntl`` is missing (Windows) nothing is locked."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield run_dir
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUseError(
+                f"{run_dir}: another process is training in this run directory (`robobrain {command}`?); "
+                "wait for it to end or stop it (it checkpoints), then run again to resume"
+            ) from None
+        yield run_dir
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 @dataclass

@@ -780,13 +780,13 @@ def entry(argv: list[str] | None = None) -> None:
     traceback."""
     from gymnasium.error import DependencyNotInstalled
 
-    from robobrain.checkpoint import CheckpointError
+    from robobrain.checkpoint import CheckpointError, RunInUseError
     from robobrain.training.wm_trainer import NonFiniteLossError
 
     # (and the file system's refusals: a folder without write permission, a full or read-only disk)
     expected = (ValueError, FileNotFoundError, CheckpointError, DependencyNotInstalled, NonFiniteLossError,
                 FloatingPointError, PermissionError, FileExistsError, NotADirectoryError,
-                IsADirectoryError)  # fmt: skip
+                IsADirectoryError, RunInUseError)  # fmt: skip
     _show_logs()
     try:
         main(argv)

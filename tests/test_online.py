@@ -564,3 +564,22 @@ def test_the_learning_curve_draws_what_train_csv_holds(tmp_path, monkeypatch):
     assert fig.axes[0].get_ylim() == (-0.05, 1.05)
     image = plt.imread(out)
     assert np.unique(image.reshape(-1, image.shape[-1]), axis=0).shape[0] > 10  # not a blank canvas
+
+
+def test_a_run_directory_in_use_is_refused_before_anything_is_written(tmp_path):
+    """The same command started again while the first still ran resumed from the first's checkpoint
+    and truncated the episodes it had written since. (A killed holder releases it: the killed-run
+    test above restarts in its directory.)"""
+    from robobrain.checkpoint import RunInUseError, exclusive_run
+    from robobrain.config import get_preset
+    from robobrain.training.wm_trainer import train_world_model
+
+    run = tmp_path / "run"
+    with exclusive_run(run, "train"):  # (another process; a second open of the directory conflicts too)
+        with pytest.raises(RunInUseError, match="another process is training in this run directory"):
+            main(run_args(run, 20))
+        with pytest.raises(RunInUseError):
+            train_world_model(tmp_path / "no-data", run, get_preset("debug"), steps=1, progress=False)
+        assert list(run.iterdir()) == []
+    main(run_args(run, 20))  # released
+    assert load_checkpoint(latest_checkpoint(run)).state["loop"]["env_steps"] == 20

@@ -33,6 +33,7 @@ from robobrain.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_trained_env,
+    exclusive_run,
     latest_checkpoint,
     load_checkpoint,
     load_latest,
@@ -834,10 +835,9 @@ def train_online(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the online loop in ``run_dir``; returns the final evaluation report."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    loop = OnlineLoop(cfg, run_dir, factories, callbacks, progress)
-    try:
-        return loop.run()
-    finally:
-        loop.envs.close()
+    with exclusive_run(run_dir, "train") as held:
+        loop = OnlineLoop(cfg, held, factories, callbacks, progress)
+        try:
+            return loop.run()
+        finally:
+            loop.envs.close()

@@ -18,6 +18,7 @@ from robobrain.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
     check_trained_env,
+    exclusive_run,
     load_checkpoint,
     load_latest,
     load_weights,
@@ -301,7 +302,20 @@ def train_world_model(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    run_dir = Path(run_dir)
+    with exclusive_run(run_dir, "train-wm") as held:
+        return _train_world_model(data_dir, held, preset, steps, device, progress, max_minutes, preset_name)
+
+
+def _train_world_model(
+    data_dir: str | os.PathLike[str],
+    run_dir: Path,
+    preset: PresetConfig,
+    steps: int,
+    device: torch.device | str,
+    progress: bool,
+    max_minutes: float | None,
+    preset_name: str | None,
+) -> dict[str, float]:
     cfg, tcfg = preset.world_model, preset.train
     store = EpisodeStore(data_dir, create=False)
     train_eps, _ = split_episodes(store, tcfg.holdout_fraction)
