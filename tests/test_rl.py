@@ -57,6 +57,9 @@ def test_features_extractor_gives_the_single_frame_latent(model):
     torch.testing.assert_close(ext(frames.permute(0, 3, 1, 2).float() / 255.0), expected)  # as SB3 does
     raw = WorldModelFeatures(pixel_space, model, normalized_images=False)
     torch.testing.assert_close(raw(frames.permute(0, 3, 1, 2).float()), expected)
+    # A policy with normalize_images=False hands over [0, 255] floats: they all read as white before.
+    with pytest.raises(ValueError, match=r"not divided by 255 .* normalized_images=False"):
+        WorldModelFeatures(pixel_space, model)(frames.permute(0, 3, 1, 2).float())
     assert not list(ext.parameters())  # frozen by default: SB3 sees no world-model weights
     own = WorldModel(model.cfg)
     WorldModelFeatures(pixel_space, own).to("meta")  # as SB3 moves its policy to its device
@@ -301,7 +304,12 @@ def test_features_from_a_checkpoint_path_keep_the_model_out_of_the_sb3_zip(model
     save_checkpoint(tmp_path / "wm", 1, model, {"world_model": to_dict(model.cfg)})
     env = pixels_only_push()
     zips = {}
-    for name, wm in (("object", model), ("path", str(tmp_path / "wm"))):
+    with pytest.raises(
+        ValueError, match=r"is a run directory: pass its checkpoint itself, e\.g\. .*step_0000001"
+    ):
+        WorldModelFeatures(pixels_only_push().observation_space, str(tmp_path / "wm"))  # (it moves on)
+    checkpoint = str(tmp_path / "wm" / "checkpoints" / "step_0000001")
+    for name, wm in (("object", model), ("path", checkpoint)):
         kwargs = {
             "features_extractor_class": WorldModelFeatures,
             "features_extractor_kwargs": {"world_model": wm},
@@ -321,7 +329,7 @@ def test_features_from_a_checkpoint_path_keep_the_model_out_of_the_sb3_zip(model
         loaded.predict(obs, deterministic=True)[0], sac.predict(obs, deterministic=True)[0]
     )
     assert torch.equal(loaded.actor.features_extractor.wm.encoder.net[0].weight, model.encoder.net[0].weight)
-    (tmp_path / "wm").rename(tmp_path / "moved")
+    (tmp_path / "wm").rename(tmp_path / "moved")  # (the checkpoint it names is gone)
     with pytest.raises(CheckpointError):
         SAC.load(tmp_path / "path.zip", device="cpu")
     env.close()

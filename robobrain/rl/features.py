@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -12,6 +14,8 @@ import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from robobrain.world_model import WorldModel
+
+log = logging.getLogger(__name__)
 
 
 class WorldModelFeatures(BaseFeaturesExtractor):
@@ -38,18 +42,29 @@ class WorldModelFeatures(BaseFeaturesExtractor):
         freeze: bool = True,
         normalized_images: bool = True,
     ) -> None:
-        """``world_model``: the model, or the path of its checkpoint (or run directory), loaded on the
-        CPU and moved with the policy. SB3 pickles ``policy_kwargs`` into its zip, so a model object
-        is stored there whole, its weights on the device they were on (a CUDA-trained zip then needs
-        CUDA to load); a path is stored as a path and read again when the zip is loaded.
+        """``world_model``: the model, or the path of its checkpoint, loaded on the CPU and moved with
+        the policy. SB3 pickles ``policy_kwargs`` into its zip, so a model object is stored there
+        whole, its weights on the device they were on (a CUDA-trained zip then needs CUDA to load); a
+        path is stored as a path and read again when the zip is loaded -- so a checkpoint, never a run
+        directory, whose latest checkpoint moves on as the run trains (refused).
         ``normalized_images``: float frames arrive divided by 255 (SB3's ``normalize_images``
-        default); uint8 frames are taken as they are either way."""
+        default; with ``normalize_images=False`` pass False); uint8 frames are taken as they are
+        either way. The first float frames that are not black are checked against it."""
         if not isinstance(world_model, WorldModel):
+            from robobrain.checkpoint import resolve_checkpoint
             from robobrain.training.wm_trainer import load_world_model  # (the loop imports robobrain.rl)
 
-            world_model = load_world_model(world_model, "cpu")
+            checkpoint = resolve_checkpoint(world_model)
+            if checkpoint.resolve() != Path(world_model).resolve():
+                raise ValueError(
+                    f"world_model={str(world_model)!r} is a run directory: pass its checkpoint itself, "
+                    f"e.g. {checkpoint} (SB3 stores the path in its zip and reads it again at load; a "
+                    "run's latest checkpoint changes as the run trains on)"
+                )
+            world_model = load_world_model(checkpoint, "cpu")
         super().__init__(observation_space, world_model.cfg.feat_dim)
         self.normalized_images = normalized_images
+        self._range_checked = False
         if freeze:
             # Not registered as a submodule: SB3's optimizers, target-network (Polyak) updates and
             # state dicts never see the world model's weights; _apply moves it with the policy.
@@ -91,6 +106,8 @@ class WorldModelFeatures(BaseFeaturesExtractor):
         if obs.shape[-1] != 3:  # SB3's VecTransposeImage makes frames channels-first
             obs = obs.movedim(-3, -1)
         if obs.dtype != torch.uint8:
+            if not self._range_checked:
+                self._check_range(obs)
             scale = 255.0 if self.normalized_images else 1.0
             obs = (obs.float() * scale).round().clamp(0, 255).to(torch.uint8)
         wm = self.wm
@@ -106,6 +123,22 @@ class WorldModelFeatures(BaseFeaturesExtractor):
         if hasattr(self, "_frozen"):
             self._frozen[0]._apply(fn, *args, **kwargs)
         return self
+
+    def _check_range(self, obs: torch.Tensor) -> None:
+        """Float frames in [0, 255] read as [0, 1] all saturated to white (SB3 skips its division by
+        255 with ``normalize_images=False`` and says so to its own extractors only)."""
+        top = float(obs.max())  # (once: a policy preprocesses every batch alike)
+        if self.normalized_images and top > 1.0 + 1e-6:
+            raise ValueError(
+                f"WorldModelFeatures: float frames up to {top:g} arrive, not divided by 255 (the policy's "
+                "normalize_images=False?): pass features_extractor_kwargs normalized_images=False"
+            )
+        if not self.normalized_images and 0 < top <= 1.0:
+            log.warning(
+                "WorldModelFeatures: float frames all within [0, 1] arrive, read as pixel values 0-1 of "
+                "255 (normalized_images=False): divided by 255 already? Then pass normalized_images=True"
+            )
+        self._range_checked = top > 0  # (a black batch tells nothing)
 
     @property
     def wm(self) -> WorldModel:
