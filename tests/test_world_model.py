@@ -497,6 +497,24 @@ def test_resume_with_another_config_is_refused(push_data, tmp_path, caplog):
         train_world_model(push_data, tmp_path, DEBUG, steps=4, progress=False)
 
 
+def test_a_run_of_an_older_robobrain_resumes_with_its_own_settings(push_data, tmp_path, caplog):
+    """Its config lacks lr_decay (added later; the run trained without decay): it went on refused,
+    naming flags none of which sets lr_decay. The same named preset's other values are the run's."""
+    train_world_model(push_data, tmp_path, DEBUG, steps=2, progress=False, preset_name="debug")
+    config_file = latest_checkpoint(tmp_path) / "config.json"
+    old = json.loads(config_file.read_text())
+    del old["train"]["lr_decay"]
+    config_file.write_text(json.dumps(old))
+    with caplog.at_level("WARNING", logger="robobrain.training.wm_trainer"):
+        train_world_model(push_data, tmp_path, DEBUG, steps=3, progress=False, preset_name="debug")
+    assert "trains on with the train settings it started with" in caplog.text and "'lr_decay'" in caplog.text
+    assert load_checkpoint(tmp_path).config["train"]["lr_decay"] == 0.0
+    assert load_checkpoint(tmp_path).state["step"] == 3
+    with pytest.raises(CheckpointError, match="another train config"):  # a flag's field: refused
+        seeded = dataclasses.replace(DEBUG, train=dataclasses.replace(DEBUG.train, seed=7))
+        train_world_model(push_data, tmp_path, seeded, steps=4, progress=False, preset_name="debug")
+
+
 def test_corrupt_checkpoints_give_clear_errors(tmp_path):
     model = WorldModel(DEBUG.world_model)
     config = {"world_model": to_dict(DEBUG.world_model)}

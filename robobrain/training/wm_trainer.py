@@ -283,6 +283,11 @@ class WorldModelTrainer:
             self.optimizer.load_state_dict(optimizer_state)
 
 
+#: The config fields `robobrain train-wm` sets by flags: a resume with others is refused. The rest come
+#: from the preset, whose values may change between robobrain versions: a run goes on with its own.
+_FLAG_FIELDS = {"world_model": {"open_loop_horizon", "use_proprio", "keypoints"}, "train": {"seed"}}
+
+
 def train_world_model(
     data_dir: str | os.PathLike[str],
     run_dir: str | os.PathLike[str],
@@ -325,15 +330,8 @@ def _train_world_model(
     if preset_name is not None:
         config["preset"] = preset_name
 
-    torch.manual_seed(tcfg.seed)
-    model = WorldModel(cfg).to(device)
-    if model.uses_state_stats:
-        model.set_state_stats(*state_stats(train_eps, device))
-    sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
-    trainer = WorldModelTrainer(model, tcfg, sampler, device, total_steps=steps)
-
     ckpt = load_latest(run_dir)
-    if ckpt is not None:
+    if ckpt is not None:  # (checked, and its settings adopted, before the model is built from them)
         latest = ckpt.path
         check_trained_env(ckpt.config, config["env_id"], latest)  # (before the configs: it says more)
         was = ckpt.config.get("preset")
@@ -350,19 +348,44 @@ def _train_world_model(
                 "use a new --run-dir)", run_dir, data_was, data_dir,
             )  # fmt: skip
         for key, cls in (("world_model", WorldModelConfig), ("train", WMTrainConfig)):
-            # Through the dataclass, so a field added since the run started compares at its default.
+            # Through the dataclass, so a field added since the run started takes the default that
+            # keeps the behaviour the run had (e.g. lr_decay 0).
             try:
                 saved = to_dict(from_dict(cls, ckpt.config.get(key, {})))
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, AttributeError) as e:
                 raise CheckpointError(f"{latest / 'config.json'}: not a {key} config ({e})") from e
-            if saved != config[key]:
-                diff = {k: (saved.get(k), v) for k, v in config[key].items() if saved.get(k) != v}
+            diff = {k: (saved.get(k), v) for k, v in config[key].items() if saved.get(k) != v}
+            # The same named preset from another robobrain: what no flag sets goes on as the run had it.
+            drift = preset_name is not None and was == preset_name
+            if diff and (not drift or any(k in _FLAG_FIELDS[key] for k in diff)):
                 raise CheckpointError(
                     f"{latest / 'config.json'}: the run was started with another {key} config "
                     f"(checkpoint vs now: {diff}); to resume it, pass the flags it was started "
                     f"with (--preset, --open-loop-horizon, --proprio, --keypoints, --seed set these; "
                     f"its config.json); for another config, use a new --run-dir"
                 )
+            if diff:  # the preset's values in this robobrain, or fields added since the run started
+                log.warning(
+                    "%s trains on with the %s settings it started with; the preset's now differ (the "
+                    "run's vs the preset's): %s", latest, key, diff,
+                )  # fmt: skip
+                config[key] = saved
+        cfg, resumed_tcfg = (
+            from_dict(WorldModelConfig, config["world_model"]),
+            from_dict(WMTrainConfig, config["train"]),
+        )
+        if resumed_tcfg.holdout_fraction != tcfg.holdout_fraction:
+            train_eps, _ = split_episodes(store, resumed_tcfg.holdout_fraction)
+        tcfg = resumed_tcfg
+
+    torch.manual_seed(tcfg.seed)
+    model = WorldModel(cfg).to(device)
+    if model.uses_state_stats:
+        model.set_state_stats(*state_stats(train_eps, device))
+    sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
+    trainer = WorldModelTrainer(model, tcfg, sampler, device, total_steps=steps)
+
+    if ckpt is not None:
         load_weights(model, ckpt)
         state = ckpt.require("step", "sampler_rng", "torch_rng")
         trainer.restore(int(state["step"]), state, ckpt.optimizer_state)
