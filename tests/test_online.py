@@ -248,6 +248,17 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
         main(run_args(tmp_path, 60))
 
 
+def test_path_options_are_recorded_absolute_whatever_type_they_come_as():
+    """A Path from the Python API failed config.json's write, after the seed episodes were collected."""
+    from robobrain.training.online import _resolved_paths
+
+    for given in ("rel", Path("rel")):
+        assert _resolved_paths({"seed_data": given, "env": "x"}) == {
+            "seed_data": str(Path("rel").resolve()),
+            "env": "x",
+        }
+
+
 def test_resume_compares_elites_left_out_as_the_number_they_stand_for(tmp_path):
     """num_elites left out is an eighth of num_samples; runs made before that stored the number."""
 

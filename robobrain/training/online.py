@@ -311,7 +311,9 @@ from where the run is resumed)."""
 
 
 def _resolved_paths(online: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(Path(v).resolve()) if k in PATH_OPTIONS and isinstance(v, str) else v
+    """The path options absolute, as strings (a ``Path`` from the Python API too: it failed the write
+    of config.json, after the seed episodes)."""
+    return {k: str(Path(v).resolve()) if k in PATH_OPTIONS and isinstance(v, str | os.PathLike) else v
             for k, v in online.items()}  # fmt: skip
 
 
