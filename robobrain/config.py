@@ -195,11 +195,17 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass; unknown keys are an error, missing keys take defaults."""
+    """Rebuild a (nested) config dataclass; unknown keys are an error, missing keys take defaults (those
+    that keep what a config saved before the field existed meant), an absent ``ensemble_free_nats``
+    the saved ``free_nats`` (the ensemble heads' clamp before it had its own field)."""
+    if not isinstance(data, dict):  # (a list's .items() was an AttributeError its callers let through)
+        raise TypeError(f"a {cls.__name__} is a JSON object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)} (saved by a newer robobrain?)")
+    if cls is WorldModelConfig and "ensemble_free_nats" not in data and "free_nats" in data:
+        data = {**data, "ensemble_free_nats": data["free_nats"]}  # (saved before it: the heads' clamp)
     kwargs = {}
     for name, value in data.items():
         ftype = fields[name].type

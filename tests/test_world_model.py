@@ -109,6 +109,23 @@ def test_ensemble_free_nats_sets_where_the_heads_stop_learning():
     assert grads[1.0] == 0.0 < grads[0.0]
 
 
+def test_a_saved_config_loads_as_it_was_meant_or_says_why_not():
+    """A config saved before ensemble_free_nats existed clamped the heads at its free_nats: it still
+    does (it got the new field's default). Not an object, or a field this robobrain does not know:
+    a CheckpointError that says so."""
+    from robobrain.config import WorldModelConfig as Config
+    from robobrain.config import from_dict
+
+    assert from_dict(Config, {"free_nats": 0.5, "ensemble": 4}).ensemble_free_nats == 0.5
+    assert from_dict(Config, {"free_nats": 0.5, "ensemble_free_nats": 2.0}).ensemble_free_nats == 2.0
+    from robobrain.training.wm_trainer import model_config_from_checkpoint
+
+    with pytest.raises(CheckpointError, match=r"config .*a WorldModelConfig is a JSON object"):
+        model_config_from_checkpoint({"world_model": []})  # (an AttributeError)
+    with pytest.raises(CheckpointError, match=r"fields: \['new'\] \(saved by a newer robobrain"):
+        model_config_from_checkpoint({"world_model": {"new": 1}})
+
+
 def test_reference_refiner_needs_the_frame_and_copies_it_where_its_mask_is_shut():
     cfg = dataclasses.replace(DEBUG.world_model, reference_frame=True)
     model = WorldModel(cfg)
