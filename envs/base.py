@@ -61,7 +61,11 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     success_threshold: ClassVar[float] = 0.05
 
     def __init__(self, image_size: int = 64, render_mode: str | None = None, camera: str = "front") -> None:
-        if not isinstance(image_size, int | np.integer) or not 8 <= image_size <= 480:
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, int | np.integer)
+            or not 8 <= image_size <= 480
+        ):
             raise ValueError(f"image_size must be an int in [8, 480], got {image_size!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -39,6 +40,9 @@ def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
     robobrain tasks produce it themselves; any other registered env that can render
     ``rgb_array`` is wrapped in :class:`PixelObservation`.
     """
+    if ":" in env_id:  # "module:Env-v0": the module registers the env (as gym.make reads such an id)
+        module, _, env_id = env_id.partition(":")
+        importlib.import_module(module)
     if env_id not in gym.registry:
         close = _close_env_ids(env_id)
         hint = f"did you mean {' or '.join(close)}?" if close else "is the package registering it imported?"

@@ -45,7 +45,7 @@ class PixelObservation(
     """
 
     def __init__(self, env: gym.Env, image_size: int = 64) -> None:
-        if not isinstance(image_size, int | np.integer) or image_size < 1:
+        if isinstance(image_size, bool) or not isinstance(image_size, int | np.integer) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         gym.utils.RecordConstructorArgs.__init__(self, image_size=image_size)
         super().__init__(env)

@@ -117,8 +117,9 @@ def test_image_size(task_id):
         env = gym.make(task_id, image_size=size)
         assert env.reset(seed=0)[0]["pixels"].shape == (size, size, 3)
         env.close()
-    with pytest.raises(ValueError, match="image_size"):
-        gym.make(task_id, image_size=0)
+    for bad in (0, True):
+        with pytest.raises(ValueError, match="image_size"):
+            gym.make(task_id, image_size=bad)
 
 
 def test_wrong_action_shape_raises(small_env):

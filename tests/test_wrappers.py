@@ -27,9 +27,13 @@ def test_wrapped_gymnasium_env(env_id):
 def test_wrapper_needs_rgb_rendering():
     with pytest.raises(ValueError, match="rgb_array"):
         PixelObservation(gym.make("Reacher-v5"), image_size=32)
-    for size in (0, 4.7, -3):
+    for size in (0, 4.7, -3, True):  # (True, an int to Python, made 1x1 frames)
         with pytest.raises(ValueError, match="positive int"):
             envs.make_env("Reacher-v5", image_size=size)
+    # "module:Env-v0" ids, as gym.make reads them: the module registers the env (it was refused).
+    reacher = envs.make_env("gymnasium.envs:Reacher-v5", image_size=16)
+    assert reacher.observation_space["pixels"].shape == (16, 16, 3)
+    reacher.close()
 
 
 def test_wrapped_env_passes_gymnasiums_checker_and_is_recreated_from_its_spec():
