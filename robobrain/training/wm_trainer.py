@@ -355,8 +355,9 @@ def _train_world_model(
             except (TypeError, ValueError, AttributeError) as e:
                 raise CheckpointError(f"{latest / 'config.json'}: not a {key} config ({e})") from e
             diff = {k: (saved.get(k), v) for k, v in config[key].items() if saved.get(k) != v}
-            # The same named preset from another robobrain: what no flag sets goes on as the run had it.
-            drift = preset_name is not None and was == preset_name
+            # Resumed by `train-wm --preset P` (another P than the run's was refused above; a run from
+            # before the name was recorded has none): what no flag sets goes on as the run had it.
+            drift = preset_name is not None
             if diff and (not drift or any(k in _FLAG_FIELDS[key] for k in diff)):
                 raise CheckpointError(
                     f"{latest / 'config.json'}: the run was started with another {key} config "
