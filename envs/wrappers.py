@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=32)
@@ -54,6 +57,7 @@ class PixelObservation(
                 f"PixelObservation needs an env made with render_mode='rgb_array', got {env.render_mode!r}"
             )
         self.image_size = int(image_size)
+        self._said_aspect = False
         self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}  # its frames are the pixels
         n_state = gym.spaces.flatdim(env.observation_space)
         self.observation_space = gym.spaces.Dict(
@@ -67,8 +71,17 @@ class PixelObservation(
         frame = self.env.render()
         if frame is None:
             raise RuntimeError("env.render() returned None; it must return an RGB array")
+        frame = np.asarray(frame)
+        if frame.ndim == 3 and frame.shape[0] != frame.shape[1] and not self._said_aspect:
+            self._said_aspect = True  # (once per env)
+            name = self.env.spec.id if self.env.spec is not None else type(self.env.unwrapped).__name__
+            log.warning(
+                "%s renders %dx%d frames: resized to %dx%d, not cropped, so their aspect changes (make "
+                "the env with equal width and height where it takes them)",
+                name, frame.shape[1], frame.shape[0], self.image_size, self.image_size,
+            )  # fmt: skip
         state = gym.spaces.flatten(self.env.observation_space, observation)
         return {
-            "pixels": resize_image(np.asarray(frame), self.image_size),
+            "pixels": resize_image(frame, self.image_size),
             "state": np.asarray(state, dtype=np.float32).copy(),
         }

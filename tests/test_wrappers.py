@@ -91,3 +91,14 @@ def test_the_wrapped_state_is_the_inner_observation():
     assert len({s.tobytes() for s in states}) == len(states)  # it follows the simulation
     env.close()
     plain.close()
+
+
+def test_a_non_square_render_is_said_once(caplog):
+    """Frames are resized to square, not cropped: an env rendering 48x32 changes aspect (it did in
+    silence)."""
+    env = envs.make_env("Reacher-v5", image_size=16, width=48, height=32)
+    with caplog.at_level("WARNING", logger="robobrain.envs.wrappers"):
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+    assert caplog.text.count("renders 48x32 frames: resized to 16x16, not cropped") == 1
+    env.close()
