@@ -194,6 +194,13 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+_SCALAR_TYPES = {
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+}
+
+
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a (nested) config dataclass; unknown keys are an error, missing keys take defaults (those
     that keep what a config saved before the field existed meant), an absent ``ensemble_free_nats``
@@ -209,6 +216,11 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for name, value in data.items():
         ftype = fields[name].type
+        check = _SCALAR_TYPES.get(str(ftype))
+        if check is not None and not check(value):  # (a string "false" for a bool built a refiner)
+            raise TypeError(f"{cls.__name__}.{name} must be a JSON {ftype}, got {value!r}")
+        if str(ftype) == "float":
+            value = float(value)
         sub = {"WorldModelConfig": WorldModelConfig, "WMTrainConfig": WMTrainConfig}.get(str(ftype))
         kwargs[name] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
     return cls(**kwargs)

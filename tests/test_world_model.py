@@ -124,6 +124,16 @@ def test_a_saved_config_loads_as_it_was_meant_or_says_why_not():
         model_config_from_checkpoint({"world_model": []})  # (an AttributeError)
     with pytest.raises(CheckpointError, match=r"fields: \['new'\] \(saved by a newer robobrain"):
         model_config_from_checkpoint({"world_model": {"new": 1}})
+    # Each field of its JSON type (a string "false" for a bool built a refiner; 64.0 passed as a size).
+    for field, value in (
+        ("reference_frame", "false"),
+        ("image_size", 64.0),
+        ("free_nats", "1"),
+        ("ensemble", True),
+    ):
+        with pytest.raises(CheckpointError, match=f"WorldModelConfig.{field} must be a JSON"):
+            model_config_from_checkpoint({"world_model": {field: value}})
+    assert model_config_from_checkpoint({"world_model": {"free_nats": 1}}).free_nats == 1.0
 
 
 def test_reference_refiner_needs_the_frame_and_copies_it_where_its_mask_is_shut():
@@ -556,7 +566,7 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
         load_world_model(tmp_path / "missing")
     for bad in ({"deter": "32"}, {"image_size": 48}):  # named by path (a traceback; a bare message)
         save_checkpoint(tmp_path / "bad", 1, model, {"world_model": {**to_dict(DEBUG.world_model), **bad}})
-        with pytest.raises(CheckpointError, match=r"step_0000001/config\.json: a world-model"):
+        with pytest.raises(CheckpointError, match=r"step_0000001/config\.json: (not )?a world-model"):
             load_world_model(tmp_path / "bad")
     # Valid JSON of the wrong structure names its file too.
     adam = torch.optim.AdamW(model.parameters())
