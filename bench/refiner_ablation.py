@@ -24,7 +24,12 @@ from robobrain.checkpoint import load_checkpoint
 from robobrain.config import WMTrainConfig, from_dict
 from robobrain.data import EpisodeStore, SequenceSampler
 from robobrain.training.wm_eval import make_windows, predict, psnr
-from robobrain.training.wm_trainer import batch_to_torch, load_world_model, lr_schedule, split_episodes
+from robobrain.training.wm_trainer import (
+    batch_to_torch,
+    lr_schedule,
+    split_episodes,
+    world_model_from_checkpoint,
+)
 from robobrain.world_model import WorldModel
 from robobrain.world_model.networks import ReferenceRefiner
 
@@ -88,7 +93,7 @@ def main() -> None:
     tcfg = from_dict(WMTrainConfig, ckpt.config.get("train", {}))
     train_eps, held = split_episodes(EpisodeStore(args.data), tcfg.holdout_fraction)
     windows = make_windows(held, context=5, horizon=10, max_windows=256)
-    model = load_world_model(args.checkpoint, args.device)
+    model = world_model_from_checkpoint(ckpt, args.device)  # (the checkpoint read above, once)
     if model.refiner is None:
         raise SystemExit(f"{args.checkpoint}: this world model has no reference refiner")
 

@@ -14,6 +14,7 @@ import mujoco
 import numpy as np
 
 from robobrain.envs.physics import FINGER_OPEN, STATE_BASE, Scene
+from robobrain.envs.wrappers import is_int
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -61,11 +62,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     success_threshold: ClassVar[float] = 0.05
 
     def __init__(self, image_size: int = 64, render_mode: str | None = None, camera: str = "front") -> None:
-        if (
-            isinstance(image_size, bool)
-            or not isinstance(image_size, int | np.integer)
-            or not 8 <= image_size <= 480
-        ):
+        if not is_int(image_size) or not 8 <= image_size <= 480:
             raise ValueError(f"image_size must be an int in [8, 480], got {image_size!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")

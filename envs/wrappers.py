@@ -12,6 +12,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def is_int(x: object) -> bool:
+    """A Python or numpy integer, not a bool (``True`` is an int to Python: it made 1x1 frames)."""
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
 @lru_cache(maxsize=32)
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     """Box-filter resampling matrix [n_out, n_in]: each output pixel averages the input it covers."""
@@ -48,7 +53,7 @@ class PixelObservation(
     """
 
     def __init__(self, env: gym.Env, image_size: int = 64) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int | np.integer) or image_size < 1:
+        if not is_int(image_size) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         gym.utils.RecordConstructorArgs.__init__(self, image_size=image_size)
         super().__init__(env)

@@ -458,16 +458,19 @@ def eval_wm_out(checkpoint: Path, data: Path, split: str) -> Path:
 
 
 def run_eval_wm(args: EvalWM) -> dict:
-    from robobrain.checkpoint import check_trained_env, load_checkpoint, resolve_checkpoint
+    from robobrain.checkpoint import check_trained_env, load_checkpoint
     from robobrain.data import EpisodeStore
     from robobrain.data.store import atomic_write_json
     from robobrain.envs import get_state_layout
     from robobrain.training.wm_eval import evaluate_world_model
-    from robobrain.training.wm_trainer import load_world_model, split_episodes, train_config_from_checkpoint
+    from robobrain.training.wm_trainer import (
+        split_episodes,
+        train_config_from_checkpoint,
+        world_model_from_checkpoint,
+    )
 
-    checkpoint = resolve_checkpoint(args.checkpoint)  # (once: a run beside it may move its `latest`)
-    model = load_world_model(checkpoint, args.device)
-    ckpt = load_checkpoint(checkpoint, with_training_state=False)
+    ckpt = load_checkpoint(args.checkpoint, with_training_state=False)  # (read once: a run beside it
+    model = world_model_from_checkpoint(ckpt, args.device)  # may move its `latest` between two reads)
     if args.split == "holdout" and "online" in ckpt.config:  # (its train config names the preset's 0.1)
         raise ValueError(
             f"{ckpt.path}: the world model of a `robobrain train` run trains on every episode of its "
@@ -613,15 +616,17 @@ def run_planner_setting(args: Eval, name: str, default: float) -> float:
 
 
 def run_train_prior(args: TrainPrior) -> dict:
-    from robobrain.checkpoint import check_trained_env, load_checkpoint, resolve_checkpoint
+    from robobrain.checkpoint import check_trained_env, load_checkpoint
     from robobrain.data import EpisodeStore
     from robobrain.rl.behaviour_prior import BehaviourPriorConfig, fit_behaviour_prior, save_behaviour_prior
-    from robobrain.training.wm_trainer import load_world_model, split_episodes, train_config_from_checkpoint
+    from robobrain.training.wm_trainer import (
+        split_episodes,
+        train_config_from_checkpoint,
+        world_model_from_checkpoint,
+    )
 
-    # Resolved once: a run training beside it may move its `latest` between two reads.
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    model = load_world_model(checkpoint, args.device)
-    ckpt = load_checkpoint(checkpoint, with_training_state=False)
+    ckpt = load_checkpoint(args.checkpoint, with_training_state=False)  # (read once: a run beside it
+    model = world_model_from_checkpoint(ckpt, args.device)  # may move its `latest` between two reads)
     holdout = train_config_from_checkpoint(ckpt.config, ckpt.path).holdout_fraction
     train, val = [], []
     for root in args.data:

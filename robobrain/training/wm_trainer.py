@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from robobrain.checkpoint import (
     CONFIG_FILE,
+    Checkpoint,
     CheckpointError,
     check_trained_env,
     exclusive_run,
@@ -155,15 +156,20 @@ def train_config_from_checkpoint(config: dict[str, Any], where: str | os.PathLik
     """The training config a checkpoint's ``config.json`` records (the defaults where it has none)."""
     try:
         return from_dict(WMTrainConfig, config.get("train", {}))
-    except (AttributeError, TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # (from_dict: a TypeError for what is no JSON object)
         raise CheckpointError(f"{Path(where) / CONFIG_FILE}: not a training config ({e})") from e
 
 
 def load_world_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> WorldModel:
     """A trained WorldModel from a checkpoint or run directory, in eval mode."""
+    return world_model_from_checkpoint(load_checkpoint(path, with_training_state=False), device)
+
+
+def world_model_from_checkpoint(ckpt: Checkpoint, device: torch.device | str = "cpu") -> WorldModel:
+    """The WorldModel of a checkpoint already read (a caller that needs its config too reads it once:
+    the weights once, and a run's ``latest`` resolved once), in eval mode."""
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # (torch: AssertionError)
         raise ValueError(f"device {device}: this torch ({torch.__version__}) sees no CUDA device")
-    ckpt = load_checkpoint(path, with_training_state=False)
     cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
     try:
         model = WorldModel(cfg)
@@ -352,7 +358,7 @@ def _train_world_model(
             # keeps the behaviour the run had (e.g. lr_decay 0).
             try:
                 saved = to_dict(from_dict(cls, ckpt.config.get(key, {})))
-            except (TypeError, ValueError, AttributeError) as e:
+            except (TypeError, ValueError) as e:
                 raise CheckpointError(f"{latest / 'config.json'}: not a {key} config ({e})") from e
             diff = {k: (saved.get(k), v) for k, v in config[key].items() if saved.get(k) != v}
             # Resumed by `train-wm --preset P` (another P than the run's was refused above; a run from
