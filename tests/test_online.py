@@ -24,7 +24,8 @@ from robobrain.data.collect import collect_episodes
 from robobrain.envs import make_vector_env
 from robobrain.policies import RandomPolicy
 from robobrain.rl.finetune import SB3Config
-from robobrain.training.online import LoopState, OnlineConfig, _check_config, _rng_state, _set_rng_state
+from robobrain.training.online import LoopState, OnlineConfig
+from robobrain.training.resume import check_config, rng_state, set_rng_state
 
 TINY = (
     "train --preset debug --env robobrain/Push-v0 --num-envs 2 --episode-steps 10 --seed-episodes 2 "
@@ -250,10 +251,10 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
 
 def test_path_options_are_recorded_absolute_whatever_type_they_come_as():
     """A Path from the Python API failed config.json's write, after the seed episodes were collected."""
-    from robobrain.training.online import _resolved_paths
+    from robobrain.training.resume import resolved_paths
 
     for given in ("rel", Path("rel")):
-        assert _resolved_paths({"seed_data": given, "env": "x"}) == {
+        assert resolved_paths({"seed_data": given, "env": "x"}) == {
             "seed_data": str(Path("rel").resolve()),
             "env": "x",
         }
@@ -265,10 +266,10 @@ def test_resume_compares_elites_left_out_as_the_number_they_stand_for(tmp_path):
     def online(elites):
         return {"online": {"mpc": {"optim": {"num_samples": 256, "num_elites": elites}}}}
 
-    _check_config(online(32), online(None), tmp_path)  # the same planner: resumes
-    _check_config(online(None), online(32), tmp_path)
+    check_config(online(32), online(None), tmp_path)  # the same planner: resumes
+    check_config(online(None), online(32), tmp_path)
     with pytest.raises(CheckpointError, match="another config"):
-        _check_config(online(None), online(16), tmp_path)
+        check_config(online(None), online(16), tmp_path)
 
 
 def test_resume_trains_with_the_runs_own_settings_and_size(tmp_path, caplog):
@@ -520,10 +521,10 @@ def test_exploration_bonus_plans_for_disagreement_while_collecting_only(tmp_path
 
 def test_rng_state_round_trips_every_global_stream_through_json():
     """SB3's load reseeds Python's, numpy's and torch's global RNGs; the loop's checkpoint restores all."""
-    state = json.loads(json.dumps(_rng_state()))
+    state = json.loads(json.dumps(rng_state()))
     first = (random.random(), np.random.rand(), torch.rand(()).item())  # noqa: NPY002
     random.seed(0), np.random.seed(0), torch.manual_seed(0)  # noqa: NPY002
-    _set_rng_state(state)
+    set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(()).item()) == first  # noqa: NPY002
 
 

@@ -14,10 +14,8 @@ deleted and their iteration is re-run, so no episode is lost or stored twice.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +37,6 @@ from robobrain.checkpoint import (
     load_latest,
     load_weights,
     read_config,
-    set_cuda_rng_states,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
 from robobrain.config import get_preset, to_dict
@@ -60,6 +57,15 @@ from robobrain.rl import (
     save_sb3,
 )
 from robobrain.training.logging import MetricLogger
+from robobrain.training.resume import (
+    check_config,
+    fingerprint,
+    generator_states,
+    resolved_paths,
+    rng_state,
+    set_generator_states,
+    set_rng_state,
+)
 from robobrain.training.wm_trainer import (
     WorldModelTrainer,
     model_config_from_checkpoint,
@@ -253,130 +259,6 @@ class LoopFactories:
     """(world model, MPC config, guide or None) -> the world-model MPC policy."""
 
 
-# --- pieces of one iteration ---------------------------------------------------------------------------
-# SB3 samples its replay buffer with numpy's legacy global RNG, and its ``load`` reseeds the global
-# RNGs (Python's, numpy's, torch's), so the loop saves and restores them all.
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    version, internal, gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state().tolist(),
-        "numpy_global": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "python": [version, list(internal), gauss],
-    }
-    if torch.cuda.is_initialized():  # (a CPU run on a GPU host starts no CUDA context for this)
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    kind, keys, pos, has_gauss, cached = state["numpy_global"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002
-    if "python" in state:  # (checkpoints older than it lack it)
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        set_cuda_rng_states(state["cuda"])
-
-
-def _generator_states(policy: Any) -> dict[str, list[int]]:
-    mpc = getattr(policy, "mpc", None)
-    if mpc is None:
-        return {}
-    return {
-        "optimizer": mpc.optimizer.generator.get_state().tolist(),
-        "noise": mpc.noise_gen.get_state().tolist(),
-    }
-
-
-def _set_generator_states(policy: Any, states: dict[str, list[int]], reseed: int | None = None) -> None:
-    """Restore the planner's generators from ``states``; with ``reseed``, seed them with it instead
-    (a run resumed on another kind of device: a CPU generator's state does not fit a CUDA one)."""
-    mpc = getattr(policy, "mpc", None)
-    if mpc is None:
-        return
-    if reseed is not None:
-        mpc.optimizer.generator.manual_seed(reseed)
-        mpc.noise_gen.manual_seed(reseed + 1)
-    elif states:
-        mpc.optimizer.generator.set_state(torch.tensor(states["optimizer"], dtype=torch.uint8))
-        mpc.noise_gen.set_state(torch.tensor(states["noise"], dtype=torch.uint8))
-
-
-PATH_OPTIONS = ("seed_data", "init_world_model")
-"""Options that name files: recorded absolute, so a resume from another directory, or the same store
-spelled another way, compares what they point at (a relative path in an older checkpoint is read
-from where the run is resumed)."""
-
-
-def _resolved_paths(online: dict[str, Any]) -> dict[str, Any]:
-    """The path options absolute, as strings (a ``Path`` from the Python API too: it failed the write
-    of config.json, after the seed episodes)."""
-    return {k: str(Path(v).resolve()) if k in PATH_OPTIONS and isinstance(v, str | os.PathLike) else v
-            for k, v in online.items()}  # fmt: skip
-
-
-def _fingerprint(names: list[str]) -> dict[str, Any]:
-    """Which offline episodes a run trained on: their number and a hash of their file names."""
-    import hashlib
-
-    return {"episodes": len(names), "sha1": hashlib.sha1("\n".join(names).encode()).hexdigest()}
-
-
-#: Settings a resumed run may change: its env-step budget, and the device it runs on.
-RESUMABLE_CHANGES = ("env_steps", "device")
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"mpc": {"horizon": 8}}`` -> ``{"mpc.horizon": 8}`` (the CLI's dotted flag names)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> None:
-    """A resumed run must have the same config, except :data:`RESUMABLE_CHANGES`.
-
-    An option the checkpoint lacks was added to robobrain after the run started: it is resumed with
-    the value given now (the default unless passed), with a warning, since the run's first part
-    went without it. An option the checkpoint has but robobrain no longer knows is ignored, with a
-    warning. Any option both know must be equal; ``image_size`` left out on either side means the
-    run's own (the size its world model sees, which the envs must render).
-    """
-    now = json.loads(json.dumps(now))  # as it was stored (tuples become lists)
-    a, b = (
-        {k: v for k, v in _flatten(_resolved_paths(c)).items() if k.split(".")[0] not in RESUMABLE_CHANGES}
-        for c in (saved.get("online", {}), now["online"])
-    )
-    for flat in (a, b):  # num_elites None is an eighth of num_samples (runs before it was stored 32)
-        for k in [k for k, v in flat.items() if k.endswith("num_elites") and v is None]:
-            flat[k] = OptimizerConfig(num_samples=flat[k.replace("num_elites", "num_samples")]).elites
-    if a.get("image_size") is None or b.get("image_size") is None:  # (left out: the run's own size;
-        a.pop("image_size", None)  # _resume checks what the envs render against the world model)
-        b.pop("image_size", None)
-    diff = {k: (a[k], v) for k, v in b.items() if k in a and a[k] != v}
-    if diff:
-        raise CheckpointError(
-            f"{where}: the run was started with another config (checkpoint vs now: {diff}); to resume "
-            "it, pass the flags it was started with (its config.json); for another config, use a new "
-            "--run-dir"
-        )
-    added = {k: v for k, v in b.items() if k not in a}
-    if added:
-        log.warning(
-            "%s predates the options %s: the run goes on with these values, its first part went "
-            "without them", where, added,
-        )  # fmt: skip
-    removed = sorted(set(a) - set(b))
-    if removed:
-        log.warning("%s has options this robobrain no longer knows, ignored: %s", where, removed)
-
-
 class OnlineLoop:
     """Holds the loop's parts; :meth:`run` drives them. Prefer :func:`train_online`."""
 
@@ -428,7 +310,7 @@ class OnlineLoop:
         self.trainer: WorldModelTrainer | None = None
         self.sb3: Any = None
         self.planner: Any = None
-        self.config: dict[str, Any] = {"online": _resolved_paths(to_dict(cfg))}
+        self.config: dict[str, Any] = {"online": resolved_paths(to_dict(cfg))}
 
     def _refuse_another_kind_of_run(self) -> None:
         """A run directory whose checkpoints are not an online run's (a ``train-wm`` run: both default
@@ -628,9 +510,9 @@ class OnlineLoop:
         state = {
             "loop": self.state.to_dict(),
             "trainer": {**self.trainer.training_state(), "step": self.trainer.step},
-            "rng": _rng_state(),
-            "planner": _generator_states(self.planner),
-            "offline": _fingerprint(self._offline_names),
+            "rng": rng_state(),
+            "planner": generator_states(self.planner),
+            "offline": fingerprint(self._offline_names),
         }
 
         def write_sb3(tmp: Path) -> None:
@@ -670,7 +552,7 @@ class OnlineLoop:
         if ckpt is None:
             return False
         latest = ckpt.path
-        _check_config(ckpt.config, self.config, latest / "config.json")
+        check_config(ckpt.config, self.config, latest / "config.json")
         ckpt.require("loop", "trainer", "rng")  # before the store is truncated to the checkpoint
         try:
             self.state.load(ckpt.state["loop"])
@@ -715,10 +597,10 @@ class OnlineLoop:
                 "afresh, so the run goes on differently from one that never changed device",
                 self.device, saved_device,
             )  # fmt: skip
-        _set_generator_states(self.planner, ckpt.state.get("planner", {}), reseed=reseed)
-        _set_rng_state(ckpt.state["rng"])
+        set_generator_states(self.planner, ckpt.state.get("planner", {}), reseed=reseed)
+        set_rng_state(ckpt.state["rng"])
         saved_offline = ckpt.state.get("offline")  # (older checkpoints lack it)
-        if saved_offline is not None and saved_offline != _fingerprint(self._offline_names):
+        if saved_offline is not None and saved_offline != fingerprint(self._offline_names):
             log.warning(
                 "--seed-data %s holds other episodes than when %s was written (%d then, %d now): the "
                 "world model goes on training on today's", self.cfg.seed_data, latest,
@@ -777,9 +659,9 @@ class OnlineLoop:
                 metrics["iteration_s"] = time.perf_counter() - t0
                 # A new planner sees the refitted model and the fine-tuned guide; its generators
                 # carry over so the run stays one seeded stream.
-                gens = _generator_states(self.planner)
+                gens = generator_states(self.planner)
                 self.planner = self._make_planner(explore=True)
-                _set_generator_states(self.planner, gens)
+                set_generator_states(self.planner, gens)
                 self._after_iteration(metrics, logger)
                 bar.update(self.state.env_steps - before)
                 bar.set_postfix(
