@@ -3,9 +3,13 @@
     python bench/bench_envs.py [--seconds 3] [--image-size 64]
 
 Rows: each robobrain task (single env; vector env of 2, sync and async), the raw loop on the
-same scene (``mujoco.Renderer`` + ``mj_step(nstep=frame_skip)``, no Python env around it), and
+same scene (``mujoco.Renderer`` + ``mj_step(nstep=frame_skip)`` + the ``mj_kinematics`` and
+``mj_camlight`` each env step makes before its frame, no Python env around it), and
 Gymnasium's ``Pusher-v5`` rendering at the same size. The ratio column is steps/s divided by the
 raw loop's, so it survives the machine's run-to-run noise better than the absolute numbers.
+A single env's reset is timed inside the step that ended its episode (not counted as a step); a
+vector env's autoreset step (Gymnasium's NEXT_STEP mode: a reset, no physics) counts as ``num_envs``
+steps, as SB3's step counter does.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ def bench_raw(size: int, seconds: float) -> float:
     def step() -> int:
         data.ctrl[:3] = rng.uniform(-0.5, 0.5, 3)
         mujoco.mj_step(model, data, nstep=ManipulationEnv.frame_skip)
+        # as the env's step: poses brought to the final qpos, so the frame shows the state
+        mujoco.mj_kinematics(model, data)
+        mujoco.mj_camlight(model, data)
         renderer.update_scene(data, camera="front")
         renderer.render()
         return 1
