@@ -256,6 +256,10 @@ def test_bad_inputs_raise():
         model.imagine(state, torch.tensor(0.0))
     twice = model.imagine(state, torch.zeros(3, 4, cfg.action_dim, dtype=torch.float64))  # (as numpy's)
     assert twice.reward.dtype == torch.float32
+    for half in (torch.bfloat16, torch.float16):  # outside autocast: torch's matmul refused the dtype
+        halves = state._replace(deter=state.deter.to(half), stoch=state.stoch.to(half))
+        out = model.imagine(halves, torch.zeros(3, 4, cfg.action_dim, dtype=half))
+        assert out.reward.dtype == torch.float32 and torch.isfinite(out.reward).all()
     from robobrain.world_model import Bf16Imagine, GraphedImagine
 
     graphed = GraphedImagine(model)  # on the CPU: imagine, numpy and float64 actions included

@@ -55,7 +55,11 @@ def step_score(reward: torch.Tensor, success_logit: torch.Tensor, success_bonus:
 
 def _taken_as_is(x: object, device: torch.device) -> bool:
     """Whether :meth:`WorldModel.as_input` would return ``x`` unchanged."""
-    return x is None or (isinstance(x, torch.Tensor) and x.device == device and x.dtype != torch.float64)
+    return x is None or (
+        isinstance(x, torch.Tensor)
+        and x.device == device
+        and (x.dtype == torch.float32 or not x.is_floating_point())
+    )
 
 
 class WorldModel(nn.Module):
@@ -247,12 +251,12 @@ class WorldModel(nn.Module):
 
     def as_input(self, x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
         """An input as the model takes it: a tensor on the model's device (a numpy array, or a tensor
-        elsewhere, e.g. CPU candidates for a CUDA model, is moved there), float64 as float32."""
+        elsewhere, e.g. CPU candidates for a CUDA model, is moved there), any float dtype as float32 (the
+        model's: a bf16 state or action outside autocast failed inside torch's matmul)."""
         if x is None:
             return None
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-        float32 = t.dtype == torch.float64 or (isinstance(x, np.ndarray) and t.is_floating_point())
-        return t.to(self.device, torch.float32 if float32 else None)
+        return t.to(self.device, torch.float32 if t.is_floating_point() else None)
 
     def imagine_inputs(
         self, state: State, actions: torch.Tensor | np.ndarray, finite: bool = False
