@@ -218,3 +218,45 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
     for spec in ("bc", "mpc"):
         with pytest.raises(CheckpointError, match="train-prior"):
             load_policy(f"{spec}:{tmp_path / 'bare'}", "robobrain/Push-v0", space, guide="bc")
+
+
+# --- from a mutation audit (session 30): properties a broken implementation passed -----------------
+def test_nll_is_the_gaussian_one_its_std_minimises():
+    """The learned std is the maximum-likelihood one: at std = RMS residual the NLL's gradient in
+    log_std is zero (without the log-std term the NLL would push the std up for ever)."""
+    torch.manual_seed(0)
+    prior = BehaviourPrior(5, 2, hidden=8, layers=1)
+    feat, action = torch.randn(64, 5), torch.rand(64, 2) * 2 - 1
+    with torch.no_grad():
+        rms = (action - prior(feat)).square().mean(0).sqrt()
+        prior.log_std.copy_(rms.log())
+    prior.nll(feat, action).backward()
+    torch.testing.assert_close(prior.log_std.grad, torch.zeros(2), atol=1e-5, rtol=0)
+
+
+def test_only_episodes_that_end_in_success_are_cloned():
+    """Success at the last step, not anywhere: an episode that reached the goal and left it is not
+    cloned."""
+    left = bar_episode(4)
+    left.success[:] = False
+    left.success[3] = True
+    kept = bar_episode(8)
+    assert select_episodes([left, kept], successful_only=True) == [kept]
+
+
+def test_fit_is_seeded_reports_the_training_mean_baseline_and_evaluates_its_last_step(model):
+    """Two fits with one seed give the same prior (whatever torch's global RNG did in between); the
+    mean-action baseline is the *training* set's mean action; a run shorter than eval_every still
+    evaluates (its last step) and returns a prior."""
+    train = [bar_episode(c) for c in (0, 4, 8)]
+    val = [bar_episode(24)]
+    cfg = BehaviourPriorConfig(hidden=16, layers=1, steps=7, eval_every=100, batch_size=8)
+    a, report = fit_behaviour_prior(model, train, val, cfg)
+    torch.rand(3)  # move the global RNG on
+    b, _ = fit_behaviour_prior(model, train, val, cfg)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    assert report["best_step"] == 7
+    train_mean = np.concatenate([ep.action for ep in train]).mean(0)
+    expected = float(((train_mean - val[0].action) ** 2).mean())
+    assert report["val_mse_mean_action"] == pytest.approx(expected, rel=1e-5)

@@ -8,7 +8,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import robobrain.envs as envs
-from robobrain.envs.physics import STATE_BASE
+from robobrain.envs.physics import FINGER_OPEN, STATE_BASE
 
 
 def rollout(env, seed: int, steps: int = 15):
@@ -246,3 +246,129 @@ def test_an_unknown_env_id_suggests_ours_by_name_first():
     for typo, first in cases:
         with pytest.raises(ValueError, match=f"^unknown env id '{typo}'; did you mean {first} "):
             make_env(typo)
+
+
+# --- from a mutation audit (session 30): properties a broken implementation passed -----------------
+def test_gripper_command_maps_linearly_onto_the_finger_opening():
+    """-1 closed, +1 open, 0 half open (the experts only ever send +-1, so a mapping that is right at
+    the ends only -- e.g. ``action * FINGER_OPEN`` -- passed every other test)."""
+    from robobrain.envs.pick_place import PickPlaceEnv
+
+    actions = np.zeros((5, 4))
+    actions[:, 3] = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    ctrl = PickPlaceEnv.action_to_ctrl(actions)
+    expected = np.array([0.0, 0.25, 0.5, 0.75, 1.0]) * FINGER_OPEN
+    np.testing.assert_allclose(ctrl[:, 3], expected)
+    np.testing.assert_allclose(ctrl[:, 4], expected)
+
+
+def _pick_state(grip, block, finger, goal=(0.1, 0.1, 0.025)):
+    from robobrain.envs.physics import STATE_BASE, STATE_BLOCK
+
+    s = np.zeros(20, np.float32)
+    s[STATE_BASE["gripper_pos"]] = grip
+    s[STATE_BASE["finger"]] = finger
+    s[STATE_BASE["goal"]] = goal
+    s[STATE_BLOCK["block_pos"]] = block
+    s[STATE_BLOCK["block_quat"]] = (1, 0, 0, 0)
+    return s
+
+
+def test_block_grasped_needs_the_block_between_closed_fingers():
+    """Held: block centred between the fingers *and* the fingers pressing on it (closed to the
+    block's half size). Open fingers around it, or closed fingers above it, do not hold it."""
+    from robobrain.envs.physics import BLOCK_HALF_SIZE, block_grasped
+    from robobrain.envs.pick_place import PickPlaceEnv
+
+    b = np.array([0.0, 0.0, 0.025])
+    states = np.stack([
+        _pick_state(b, b, BLOCK_HALF_SIZE),               # pressing on it: held
+        _pick_state(b, b, FINGER_OPEN),                   # open around it: not held
+        _pick_state(b + np.array([0, 0, 0.08]), b, BLOCK_HALF_SIZE),  # closed 8 cm above it: not held
+        _pick_state(b + np.array([0.05, 0, 0]), b, BLOCK_HALF_SIZE),  # beside it: not held
+    ])  # fmt: skip
+    assert block_grasped(states).tolist() == [True, False, False, False]
+    np.testing.assert_allclose(PickPlaceEnv.reward_terms(states)["reward_grasp"], [0.25, 0, 0, 0])
+
+
+@pytest.mark.parametrize("task", ["Reach", "Push", "PickPlace"])
+def test_reward_terms_have_their_documented_signs_and_scales(task):
+    """Each term is the documented function of the distances: a flipped sign or a wrong distance kept
+    ``reward == sum(terms)`` true, which is all test_envs checked."""
+    from robobrain.envs.physics import STATE_BASE
+
+    env_cls = gym.spec(f"robobrain/{task}-v0").entry_point
+    env_cls = gym.envs.registration.load_env_creator(env_cls) if isinstance(env_cls, str) else env_cls
+    grip, block, goal = np.array([0.0, 0.0, 0.1]), np.array([0.0, 0.3, 0.025]), np.array([0.4, 0.3, 0.025])
+    if task == "Reach":
+        s = np.zeros(10, np.float32)
+        s[STATE_BASE["gripper_pos"]], s[STATE_BASE["goal"]] = grip, goal
+        terms = env_cls.reward_terms(s)
+        assert float(terms["reward_dist"]) == pytest.approx(-np.linalg.norm(grip - goal), abs=1e-6)
+        return
+    s = _pick_state(grip, block, FINGER_OPEN, goal)[:20]
+    terms = env_cls.reward_terms(s)
+    assert float(terms["reward_reach"]) == pytest.approx(-0.5 * np.linalg.norm(grip - block), abs=1e-6)
+    assert float(terms["reward_place"]) == pytest.approx(-0.4, abs=1e-6)
+    assert float(terms["reward_success"]) == 0.0
+
+
+def test_state_reports_the_blocks_linear_velocity():
+    """``block_vel`` is the free joint's linear velocity (qvel[0:3] of it), not its angular one."""
+    env = gym.make("robobrain/Push-v0", image_size=8)
+    env.reset(seed=0)
+    raw = env.unwrapped
+    dof = raw.model.jnt_dofadr[raw.model.joint("block").id]
+    raw.data.qvel[dof : dof + 3] = (0.1, -0.2, 0.3)
+    raw.data.qvel[dof + 3 : dof + 6] = (4.0, 5.0, 6.0)
+    np.testing.assert_allclose(raw.state()[raw.state_layout["block_vel"]], [0.1, -0.2, 0.3], rtol=1e-6)
+    env.close()
+
+
+@pytest.mark.parametrize("goal_in_air_prob", [0.0, 0.5])
+def test_block_goal_and_start_draws_keep_their_documented_ranges(goal_in_air_prob):
+    """Block in +-15 cm, goal 10-25 cm from it and inside +-18 cm, gripper start >= 10 cm from the
+    block; goals on the table at the block's height, or (PickPlace) in the air 6-20 cm about half the time."""
+    from robobrain.envs.physics import BLOCK_HALF_SIZE
+    from robobrain.envs.push import sample_block_and_goal
+
+    rng = np.random.default_rng(0)
+    draws = [sample_block_and_goal(rng, goal_in_air_prob, 0.2) for _ in range(400)]
+    start, block, goal = (np.array(x) for x in zip(*draws, strict=True))
+    assert np.all(np.abs(block[:, :2]) <= 0.15) and np.all(block[:, 2] == BLOCK_HALF_SIZE)
+    d = np.linalg.norm(goal[:, :2] - block[:, :2], axis=1)
+    assert np.all((d >= 0.10) & (d <= 0.25))
+    assert np.all(np.abs(goal[:, :2]) <= 0.18)
+    assert np.all(np.linalg.norm(start[:, :2] - block[:, :2], axis=1) >= 0.10)
+    assert np.all((start[:, 2] >= 0.09) & (start[:, 2] <= 0.15))
+    in_air = goal[:, 2] != BLOCK_HALF_SIZE
+    assert np.all((goal[in_air, 2] >= 0.06) & (goal[in_air, 2] <= 0.2))
+    assert in_air.mean() == pytest.approx(goal_in_air_prob, abs=0.08)
+
+
+def test_pick_place_uses_half_its_goals_in_the_air_and_starts_open():
+    """The env (not only the sampler) draws air goals for PickPlace, and its episodes start with the
+    fingers open; Push and Reach start closed."""
+    from robobrain.envs.physics import BLOCK_HALF_SIZE, STATE_BASE
+
+    env = gym.make("robobrain/PickPlace-v0", image_size=8)
+    air = []
+    for seed in range(40):
+        obs, _ = env.reset(seed=seed)
+        assert obs["state"][STATE_BASE["finger"]][0] == pytest.approx(FINGER_OPEN, abs=1e-6)
+        air.append(obs["state"][STATE_BASE["goal"]][2] > BLOCK_HALF_SIZE + 1e-6)
+    env.close()
+    assert 0.25 <= np.mean(air) <= 0.75
+    for task in ("Push", "Reach"):
+        env = gym.make(f"robobrain/{task}-v0", image_size=8)
+        assert env.reset(seed=0)[0]["state"][STATE_BASE["finger"]][0] == pytest.approx(0.0, abs=1e-6)
+        env.close()
+
+
+def test_reach_starts_at_least_10_cm_from_its_goal():
+    from robobrain.envs.physics import gripper_to_goal
+
+    env = gym.make("robobrain/Reach-v0", image_size=8)
+    d = [float(gripper_to_goal(env.reset(seed=s)[0]["state"])) for s in range(60)]
+    env.close()
+    assert min(d) >= 0.10

@@ -125,3 +125,77 @@ def test_bad_banks_sizes_and_dynamics_are_refused_up_front():
         encode_start_states(model, [empty])
     starts = encode_start_states(model, [empty, make_episode(5, size=32)])  # the empty one is skipped
     assert len(starts.deter) == 5
+
+
+# --- from a mutation audit (session 30): properties a broken implementation passed -----------------
+def bank(*xs: float) -> State:
+    x = torch.tensor(xs, dtype=torch.float32)[:, None]
+    return State(x, torch.zeros(len(xs), 1, 1))
+
+
+def test_every_episode_lasts_horizon_steps_and_restarts_from_the_bank():
+    """Episodes go on after the first auto-reset: its clock restarts (done every horizon steps, not
+    every step after the first horizon) and the finished envs' states are fresh draws."""
+    env = ImaginationVecEnv(PointLatent(), bank(-1.0), num_envs=2, horizon=3)
+    obs = env.reset()
+    np.testing.assert_allclose(obs, -1.0)
+    dones, firsts, terminal = [], [], []
+    for _ in range(9):
+        obs, _, done, infos = env.step(np.ones((2, 1), np.float32))
+        dones.append(done.tolist())
+        firsts.append(obs[:, 0].tolist())
+        terminal.append([info.get("terminal_observation") for info in infos])
+    assert [d[0] for d in dones] == [False, False, True] * 3
+    for t in (2, 5, 8):  # a done step returns the fresh start and keeps the last state in the infos
+        np.testing.assert_allclose(firsts[t], [-1.0, -1.0])
+        np.testing.assert_allclose([o[0] for o in terminal[t]], [-0.7, -0.7], atol=1e-6)
+    np.testing.assert_allclose(firsts[0], [-0.9, -0.9], atol=1e-6)
+
+
+def test_a_finished_env_restarts_alone():
+    """Only the envs that are done get a fresh start; the others go on from where they were."""
+    env = ImaginationVecEnv(PointLatent(), bank(0.48), num_envs=2, horizon=50, success_terminates=True)
+    env.reset()
+    # Env 0 stays on the goal (success: terminates), env 1 moves away from it (no success).
+    obs, _, done, infos = env.step(np.array([[0.0], [-1.0]], np.float32))
+    assert done.tolist() == [True, False]
+    np.testing.assert_allclose(obs[:, 0], [0.48, 0.38], atol=1e-6)
+    assert infos[0]["success"] and not infos[1]["success"]
+    assert infos[0]["TimeLimit.truncated"] is False
+
+
+def test_termination_at_the_horizon_is_not_a_time_limit():
+    """Success on the last step of the horizon: the episode terminated (SB3 must not bootstrap), so
+    TimeLimit.truncated is False although the clock also ran out."""
+    env = ImaginationVecEnv(PointLatent(), bank(0.3), num_envs=1, horizon=2, success_terminates=True)
+    env.reset()
+    _, _, done, _ = env.step(np.ones((1, 1), np.float32))  # 0.4: not yet within 5 cm of 0.5
+    assert not done[0]
+    _, _, done, infos = env.step(np.ones((1, 1), np.float32))  # 0.5: success on the horizon's step
+    assert done[0] and infos[0]["success"] and infos[0]["TimeLimit.truncated"] is False
+
+
+def test_out_of_range_actions_are_clipped_before_the_model_sees_them():
+    a = ImaginationVecEnv(PointLatent(), bank(-1.0), num_envs=1, horizon=5)
+    b = ImaginationVecEnv(PointLatent(), bank(-1.0), num_envs=1, horizon=5)
+    a.reset(), b.reset()
+    big, _, _, _ = a.step(np.full((1, 1), 5.0, np.float32))
+    one, _, _, _ = b.step(np.ones((1, 1), np.float32))
+    np.testing.assert_array_equal(big, one)
+
+
+def test_start_states_are_the_posteriors_the_planner_filters():
+    """The bank holds the posterior after each frame, filtered with the action *before* it (zero at
+    the start), as ``WorldModel.observe`` does."""
+    torch.manual_seed(0)
+    model = WorldModel(get_preset("debug", action_dim=3).world_model).eval()
+    ep = make_episode(6, tag=3, size=32)
+    ep.action[:] = np.random.default_rng(0).uniform(-1, 1, ep.action.shape).astype(np.float32)
+    starts = encode_start_states(model, [ep])
+    prev = np.concatenate([np.zeros((1, 3), np.float32), ep.action[:-1]])
+    with torch.no_grad():
+        for t in (0, 3, 5):
+            s = model.observe(
+                torch.from_numpy(ep.pixels[None, : t + 1]), torch.from_numpy(prev[None, : t + 1])
+            )
+            torch.testing.assert_close(starts.feat[t], s.feat[0], rtol=1e-4, atol=1e-5)

@@ -19,9 +19,11 @@ from robobrain.rl import (
     ActorCriticGuide,
     BehaviourPrior,
     BehaviourPriorGuide,
+    ImaginationVecEnv,
     NonFiniteSB3Error,
     SB3Config,
     WorldModelFeatures,
+    encode_start_states,
     finetune,
     imagination_env,
     load_sb3,
@@ -30,6 +32,7 @@ from robobrain.rl import (
 )
 from robobrain.training.logging import MetricLogger
 from robobrain.world_model import WorldModel
+from tests.test_imagination_env import PointLatent, point_starts
 from tests.test_store import make_episode
 
 SB3 = SB3Config(steps_per_iteration=64, num_envs=8, horizon=5, start_states=32, batch_size=16,
@@ -438,3 +441,44 @@ def test_the_guides_value_is_the_smaller_twin_q_of_the_mean_action(model):
         feat = torch.randn(6, model.cfg.feat_dim)
         q1, q2 = sac.policy.critic(feat, sac.policy.actor(feat, deterministic=True))
     torch.testing.assert_close(ActorCriticGuide(sac).value(feat), torch.minimum(q1, q2).squeeze(1))
+
+
+# --- from a mutation audit (session 30): properties a broken implementation passed -----------------
+def toy_env(num_envs=8):
+    return ImaginationVecEnv(PointLatent(), point_starts(), num_envs=num_envs, horizon=5)
+
+
+def test_ppo_rollout_is_rounded_up_to_whole_env_steps():
+    """steps_per_iteration 65 over 8 envs: 9 steps of the VecEnv (72 transitions), not 8 (64 < 65)."""
+    cfg = SB3Config(algo="PPO", steps_per_iteration=65, num_envs=8, batch_size=8, net_arch=(8,))
+    ppo = make_sb3_model(cfg, toy_env(), seed=0, device="cpu")
+    assert ppo.n_steps == 9
+
+
+def test_gamma_one_is_accepted():
+    assert SB3Config(gamma=1.0).gamma == 1.0
+    with pytest.raises(ValueError, match="gamma"):
+        SB3Config(gamma=1.01)
+
+
+@pytest.mark.parametrize("algo", ["SAC", "PPO"])
+def test_the_seed_fixes_the_initial_weights(algo):
+    cfg = SB3Config(
+        algo=algo, steps_per_iteration=16, num_envs=8, batch_size=8, buffer_size=64, net_arch=(8,)
+    )
+    torch.manual_seed(1)
+    a = make_sb3_model(cfg, toy_env(), seed=3, device="cpu")
+    torch.manual_seed(2)
+    b = make_sb3_model(cfg, toy_env(), seed=3, device="cpu")
+    for (name, p), q in zip(a.policy.named_parameters(), b.policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_imagination_starts_from_the_newest_episodes():
+    """``episodes`` oldest first: a bank smaller than them all is filled from the newest."""
+    torch.manual_seed(0)
+    model = WorldModel(get_preset("debug", action_dim=3).world_model).eval()
+    old, new = make_episode(6, tag=10, size=32), make_episode(6, tag=200, size=32)
+    env = imagination_env(model, [old, new], SB3Config(start_states=4, num_envs=2, buffer_size=2), seed=0)
+    expected = encode_start_states(model, [new], max_states=4)
+    torch.testing.assert_close(env.bank.deter, expected.deter)

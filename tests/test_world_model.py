@@ -31,6 +31,8 @@ from robobrain.data.collect import collect_episodes
 from robobrain.envs import make_vector_env
 from robobrain.planning import MPCConfig, OptimizerConfig
 from robobrain.policies import load_policy
+from robobrain.training import wm_eval
+from robobrain.training.wm_eval import evaluate_world_model, make_windows, ssim
 from robobrain.training.wm_trainer import (
     NonFiniteLossError,
     WorldModelTrainer,
@@ -41,6 +43,7 @@ from robobrain.training.wm_trainer import (
     train_world_model,
 )
 from robobrain.world_model import WorldModel
+from tests.test_store import make_episode
 
 DEBUG = get_preset("debug")
 
@@ -1234,3 +1237,78 @@ def test_eval_wm_reads_proprioception_from_the_context_states():
     report = evaluate_world_model(model, episodes, context=3, horizon=4, max_windows=8)
     assert len(report["model"]["psnr"]) == 4
     assert np.isfinite(report["model"]["psnr"]).all()
+
+
+# --- from a mutation audit (session 30): properties a broken implementation passed -----------------
+class _Model:
+    def eval(self):
+        return self
+
+
+def _episodes():
+    eps = [make_episode(14, tag=i, size=16) for i in range(3)]
+    for ep in eps:
+        ep.pixels[..., 1] = 0
+        ep.pixels[:, 0, 0, 1] = np.arange(len(ep.pixels))  # one pixel changes per step, the rest is still
+        ep.success[:] = False
+        ep.success[2:5] = True  # success inside episodes, early: the windows' last steps never see it
+    return eps
+
+
+def _fake_predict(err_per_step):
+    """An oracle predictor: the true future, off by ``err_per_step[k]`` grey levels at step k; exact
+    rewards, success logits +-3 of the truth, decoded states = the true ones."""
+
+    def predict(model, w, actions, batch=64):
+        fut = torch.from_numpy(w["future"]).int()
+        k = torch.tensor(err_per_step).view(1, -1, 1, 1, 1)
+        succ = torch.from_numpy(w["success"])
+        off = torch.tensor([1.0, -1.0]).repeat(w["reward"].shape[1])[: w["reward"].shape[1]]  # |err| = 1
+        return {
+            "pixels": (fut + k).clamp(0, 255).to(torch.uint8),
+            "reward": torch.from_numpy(w["reward"]).float() + off,
+            "success_logit": torch.where(succ, 3.0, -3.0),
+            "state_post": torch.from_numpy(w["ctx_state"]).float(),
+            "state": torch.from_numpy(w["future_state"]).float(),
+        }
+
+    return predict
+
+
+def test_report_numbers_of_a_known_predictor(monkeypatch):
+    """Horizon 4, error growing with the step: per-step PSNR falls, the summary reads the last step,
+    the reward MAE is |+-1| = 1, success accuracy 1, decoded states exact (filtered at the *last*
+    context frame, imagined at the *last* predicted step)."""
+    monkeypatch.setattr(wm_eval, "predict", _fake_predict([0, 2, 4, 8]))
+    eps = _episodes()
+    report = evaluate_world_model(_Model(), eps, context=3, horizon=4, max_windows=50,
+                                  state_layout={"tag": slice(0, 1), "t": slice(1, 2)})  # fmt: skip
+    psnr = report["model"]["psnr"]
+    assert psnr[0] == pytest.approx(100.0) and psnr[1] > psnr[2] > psnr[3]
+    assert report["summary"]["psnr@4"] == psnr[3]
+    assert report["summary"]["ssim@4"] == report["model"]["ssim"][3]
+    assert report["reward_mae"] == pytest.approx(1.0)
+    assert report["success_acc"] == 1.0
+    w = make_windows(eps, 3, 4, 50)
+    assert report["success_rate_in_data"] == pytest.approx(float(w["success"].mean()))
+    assert 0 < report["success_rate_in_data"] < 1
+    for part in ("filtered", "imagined@4"):
+        assert report["state_error"][part] == {"tag": 0.0, "t": 0.0}, part
+    # One pixel of 16x16 changes per step: copy-last is never exact.
+    assert report["copy_last_frame"]["exact_share"] == [0.0] * 4
+
+
+def test_ssim_of_flat_images_and_mirror_symmetry():
+    """Flat images: SSIM is the luminance term; black against grey b it is C1 / (b^2 + C1) with
+    C1 = 0.01^2 (the standard constants); mirroring both images leaves SSIM as it is (a centred window)."""
+    b = 10 / 255
+    x = torch.zeros((1, 16, 16, 3), dtype=torch.uint8)
+    y = torch.full((1, 16, 16, 3), 10, dtype=torch.uint8)
+    c1 = 0.01**2
+    assert float(ssim(x, y)[0]) == pytest.approx(c1 / (b * b + c1), rel=1e-3)
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (2, 24, 24, 3), generator=g, dtype=torch.uint8)
+    grad = torch.arange(24).repeat(24, 1)[None, ..., None].expand(2, 24, 24, 3) * 10
+    noisy = (img.int() + grad).clamp(0, 255).to(torch.uint8)
+    flip = lambda z: z.flip(-2)  # noqa: E731
+    torch.testing.assert_close(ssim(flip(noisy), flip(img)), ssim(noisy, img), rtol=1e-5, atol=1e-6)
