@@ -120,9 +120,16 @@ class SB3Policy:
             missing = set(self.space.spaces) - set(obs)
             if missing:
                 raise ValueError(f"the SB3 model needs observation keys {sorted(missing)}")
-            pixels = self.space.spaces.get("pixels")
-            if pixels is not None and "pixels" in obs:
-                self._check_frame_size(_image_shapes(tuple(pixels.shape or ())), np.asarray(obs["pixels"]))
+            for key, space in self.space.spaces.items():
+                shapes = _image_shapes(tuple(space.shape or ()))
+                got = np.asarray(obs[key]).shape[1:]
+                if key == "pixels":
+                    self._check_frame_size(shapes, np.asarray(obs[key]))
+                elif got not in shapes:  # (SB3 failed at its reshape: "cannot reshape array of size 10")
+                    raise ValueError(
+                        f"the SB3 model observes obs[{key!r}] of shape {space.shape}, the env gives {got}: "
+                        "was it trained on another task?"
+                    )
             return {key: obs[key] for key in self.space.spaces}
         for key in ("state", "pixels"):
             if key in obs and np.asarray(obs[key]).shape[1:] in self._shapes:

@@ -221,6 +221,8 @@ def test_sb3_pixel_policy_takes_channel_last_frames(tmp_path):
     on_dict = load_policy(f"sb3:{tmp_path / 'dict.zip'}", "robobrain/Reach-v0", env.action_space)
     with pytest.raises(ValueError, match="sees 36 px frames, the env gives 32 px"):
         on_dict.act({"pixels": frames[:, :32, :32], "state": np.zeros((2, 10), np.float32)})
+    with pytest.raises(ValueError, match=r"observes obs\['state'\] of shape \(10,\), the env gives \(20,\)"):
+        on_dict.act({"pixels": frames, "state": np.zeros((2, 20), np.float32)})  # (Push: a reshape error)
     # `robobrain eval` renders the frames the model was trained on unless --image-size says otherwise.
     state_only = gym.wrappers.TransformObservation(env, lambda o: o["state"], env.observation_space["state"])
     PPO("MlpPolicy", state_only, n_steps=16, batch_size=16, device="cpu").save(tmp_path / "ppo.zip")
