@@ -366,6 +366,10 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplo
     with pytest.raises(CheckpointError, match=r"is not a `robobrain train` run .* --init-world-model"):
         main(run_args(wm, 20))
     assert not (wm / "episodes").exists()
+    before = latest_checkpoint(run)  # and the other way round (it failed at the trainer's state, after a
+    with pytest.raises(CheckpointError, match="is a `robobrain train` run, not a train-wm one"):  # warning)
+        main(["train-wm", "--data", str(offline), "--preset", "debug", "--steps", "1", "--run-dir", str(run)])
+    assert latest_checkpoint(run) == before
     with pytest.raises(ValueError if VALUE_ERRORS_PROPAGATE else SystemExit):  # (when the flags are read)
         main([*run_args(tmp_path / "other", 20), "--seed-episodes", "0"])
     # Sizes are checked before the seed episodes: they were collected, then the run failed.

@@ -339,6 +339,11 @@ def _train_world_model(
     ckpt = load_latest(run_dir)
     if ckpt is not None:  # (checked, and its settings adopted, before the model is built from them)
         latest = ckpt.path
+        if "online" in ckpt.config:  # (it failed at the state: "no sampler_rng, torch_rng")
+            raise CheckpointError(
+                f"{run_dir} is a `robobrain train` run, not a train-wm one; re-run `robobrain train` to "
+                "go on with it, or pass another --run-dir"
+            )
         check_trained_env(ckpt.config, config["env_id"], latest)  # (before the configs: it says more)
         was = ckpt.config.get("preset")
         if was is not None and preset_name is not None and was != preset_name:
