@@ -781,8 +781,8 @@ def _show_logs() -> None:
 def entry(argv: list[str] | None = None) -> None:
     """The ``robobrain`` command: a user's error (a bad flag value, a missing or mismatched checkpoint
     or store, an env's missing extra such as pygame) or a training that diverged (its message says
-    what was kept) ends in one line on stderr and exit status 2; ``ROBOBRAIN_DEBUG=1`` shows the
-    traceback."""
+    what was kept) ends in one line on stderr and exit status 2; Ctrl-C in one line and status 130
+    (the shell's for SIGINT); ``ROBOBRAIN_DEBUG=1`` shows the traceback."""
     from gymnasium.error import DependencyNotInstalled
 
     from robobrain.checkpoint import CheckpointError, RunInUseError
@@ -793,15 +793,23 @@ def entry(argv: list[str] | None = None) -> None:
                 FloatingPointError, PermissionError, FileExistsError, NotADirectoryError,
                 IsADirectoryError, RunInUseError)  # fmt: skip
     _show_logs()
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args[:1] if a in COMMANDS), None)
+    prog = " ".join(["robobrain", *([command] if command else [])])
     try:
         main(argv)
     except expected as e:
         if os.environ.get("ROBOBRAIN_DEBUG"):
             raise
-        args = sys.argv[1:] if argv is None else argv
-        prog = " ".join(["robobrain", *(a for a in args[:1] if a in COMMANDS)])
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # (Ctrl-C: one line, not the traceback of wherever the loop was)
+        if os.environ.get("ROBOBRAIN_DEBUG"):
+            raise
+        resumes = command in ("train", "train-wm", "demo")
+        hint = "; the same command resumes from the run's last checkpoint" if resumes else ""
+        print(f"\n{prog}: interrupted{hint}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -265,6 +265,17 @@ def test_a_diverged_training_or_a_missing_render_extra_ends_in_one_line(capsys, 
         assert exit_.value.code == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"robobrain train-wm: error: {error}"]
 
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)  # Ctrl-C: one line (a traceback of ~50 before)
+    for command, hint in (("train-wm", "; the same command resumes from the run's last checkpoint"),
+                          ("eval", "")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            cli.entry([command])
+        assert exit_.value.code == 130
+        assert capsys.readouterr().err.strip().splitlines() == [f"robobrain {command}: interrupted{hint}"]
+
 
 def test_an_output_folder_that_a_file_stands_in_the_way_of_is_a_clear_error(tmp_path):
     """train-wm, train, demo and eval-wm once ended in a raw FileExistsError traceback."""
