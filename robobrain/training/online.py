@@ -45,7 +45,7 @@ from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
 from robobrain.evaluation import evaluate_policy
 from robobrain.planning import MPCConfig, OptimizerConfig
-from robobrain.planning.mpc import check_action_bounds, check_unit_bounds
+from robobrain.planning.mpc import check_action_bounds, check_unit_bounds, uniform_bounds
 from robobrain.rl import (
     ActorCriticGuide,
     ImaginationVecEnv,
@@ -299,7 +299,17 @@ class OnlineLoop:
         self.envs = factories.make_envs(cfg.num_envs)
         space = self.envs.single_action_space
         try:
-            check_action_bounds(space.low, space.high, cfg.mpc)
+            try:
+                check_action_bounds(space.low, space.high, cfg.mpc)
+            except ValueError as e:
+                bounds = uniform_bounds(space)
+                if not bounds:
+                    raise
+                sb3 = cfg.prior_samples > 0 or cfg.use_value  # (the SB3 actor-critic acts in [-1, 1])
+                raise ValueError(
+                    f"{e}, or plan in the env's range: --mpc.optim.low {bounds['low']:g} --mpc.optim.high "
+                    f"{bounds['high']:g}" + (" --prior-samples 0 --no-use-value" if sb3 else "")
+                ) from None
             if cfg.prior_samples > 0 or cfg.use_value:  # (see _uses_sb3)
                 check_unit_bounds(cfg.mpc, "the SB3 actor-critic fine-tuned in the world model")
             self._check_episode_length()
