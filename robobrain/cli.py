@@ -134,8 +134,9 @@ class Eval:
     policy: str = "scripted"
     """random | scripted | oracle | mpc:CHECKPOINT | bc:CHECKPOINT (the behaviour prior of
     `robobrain train-prior`, no planning) | sb3:ZIP"""
-    env: str = "robobrain/Push-v0"
-    """Gymnasium id (robobrain task or any env that renders rgb_array)."""
+    env: str | None = None
+    """Gymnasium id (robobrain task or any env that renders rgb_array); default: the env an mpc:/bc:
+    checkpoint's world model was trained on, else robobrain/Push-v0."""
     episodes: int = 10
     """Episodes; episode i is seeded with seed + i."""
     num_envs: int = 4
@@ -328,6 +329,7 @@ def run_eval(args: Eval) -> dict:
     if args.video_episodes < 0:
         raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
     check_planner_flags(args)
+    args = replace(args, env=args.env or eval_env(args.policy))
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
         seen = world_model_image_size(args.policy.split(":", 1)[1])
@@ -399,6 +401,20 @@ def run_eval(args: Eval) -> dict:
     print(json.dumps(report["summary"], indent=1))
     print(f"report: {args.out / 'eval_info.json'}")
     return report
+
+
+def eval_env(policy: str) -> str:
+    """``eval``'s env when ``--env`` is left out: the one an mpc:/bc: checkpoint's world model was
+    trained on (a Reach model was refused on the default Push), else robobrain/Push-v0."""
+    from robobrain.checkpoint import CheckpointError, read_config, trained_env
+
+    kind, _, path = policy.partition(":")
+    if kind in ("mpc", "bc") and path:
+        try:
+            return trained_env(read_config(path)) or "robobrain/Push-v0"
+        except (CheckpointError, FileNotFoundError, NotADirectoryError):
+            pass  # (load_policy says what is wrong with it)
+    return "robobrain/Push-v0"
 
 
 def world_model_image_size(path: str) -> int:

@@ -225,8 +225,11 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     with pytest.raises(ValueError, match=r"SB3 actor-critic .* acts in \[-1, 1\]"):
         main([*run_args(tmp_path / "wide", 20), "--env", "InvertedPendulum-v5", "--mpc.optim.low", "-3",
               "--mpc.optim.high", "3"])  # fmt: skip
-    with pytest.raises(ValueError, match=r"RescaleAction, or plan in the env's range: --mpc\.optim\.low -3 "
-                       r"--mpc\.optim\.high 3 --prior-samples 0 --no-use-value$"):  # (CLI flags)
+    with pytest.raises(
+        ValueError,
+        match=r"RescaleAction, or plan in the env's range: --mpc\.optim\.low -3 "
+        r"--mpc\.optim\.high 3 --prior-samples 0 --no-use-value$",
+    ):  # (CLI flags)
         main([*run_args(tmp_path / "wide", 20), "--env", "InvertedPendulum-v5"])
     with pytest.raises(ValueError if VALUE_ERRORS_PROPAGATE else SystemExit):  # before any work
         main([*run_args(tmp_path / "foo", 20), "--sb3.algo", "FOO"])
