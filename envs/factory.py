@@ -125,5 +125,7 @@ def get_expert(env_id: str) -> Expert:
     """The scripted expert shipped with a robobrain task."""
     expert = getattr(_env_class(env_id), "expert", None)
     if expert is None:
-        raise ValueError(f"{env_id!r} ships no scripted expert")
+        raise ValueError(
+            f"{env_id!r} ships no scripted expert (the robobrain tasks do; --policy random acts on any env)"
+        )
     return expert

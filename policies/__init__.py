@@ -52,6 +52,17 @@ def load_guide(
     return ActorCriticGuide(sb3, num_prior=0 if mode == "value" else prior, use_value=mode != "prior")
 
 
+def checkpoint_spec(spec: str) -> tuple[str, str]:
+    """``mpc:PATH`` / ``bc:PATH`` -> (kind, PATH); an empty PATH is refused (it read the current
+    directory: ".: no checkpoint there")."""
+    kind, _, path = spec.partition(":")
+    if not path:
+        raise ValueError(
+            f"{spec} needs a checkpoint's path ({kind}:CHECKPOINT, a checkpoint or a run directory)"
+        )
+    return kind, path
+
+
 def load_policy(
     spec: str,
     env_id: str,
@@ -106,7 +117,7 @@ def load_policy(
         from robobrain.checkpoint import check_trained_env, read_config
         from robobrain.training.wm_trainer import load_world_model
 
-        kind, path = spec.split(":", 1)
+        kind, path = checkpoint_spec(spec)
         check_trained_env(read_config(path), env_id, path)
         model = load_world_model(path, device)
         if model.cfg.action_dim != action_dim:
@@ -152,6 +163,7 @@ __all__ = [
     "ScriptedPolicy",
     "WorldModelMPCPolicy",
     "batch_size",
+    "checkpoint_spec",
     "load_guide",
     "load_policy",
 ]

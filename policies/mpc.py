@@ -145,7 +145,10 @@ class WorldModelMPCPolicy:
         whole = fast and whole_plan and self.device.type == "cuda" and not budget
         if compile and not (whole and guide is None):  # (it was silently unused)
             why = "CUDA, fast, whole_plan, unguided, no time budget"
-            raise ValueError(f"compile applies to the whole-plan CUDA graph only ({why})")
+            raise ValueError(
+                f"compile applies to the whole-plan CUDA graph only ({why}: robobrain eval --device cuda, "
+                "--guide none, no --time-budget)"
+            )
         if whole:
             twin: Bf16Imagine | FusedImagine = (
                 FusedImagine(self.model)

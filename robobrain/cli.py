@@ -322,13 +322,15 @@ def run_eval(args: Eval) -> dict:
     from robobrain.evaluation import evaluate_policy
     from robobrain.planning import MPCConfig, OptimizerConfig
     from robobrain.planning.mpc import uniform_bounds
-    from robobrain.policies import load_policy
+    from robobrain.policies import checkpoint_spec, load_policy
 
     if args.episodes < 1 or args.num_envs < 1:
         raise ValueError(f"--episodes and --num-envs must be >= 1, got {args.episodes}, {args.num_envs}")
     if args.video_episodes < 0:
         raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
     check_planner_flags(args)
+    if args.policy.startswith(("mpc:", "bc:")):
+        checkpoint_spec(args.policy)  # (before the checkpoint is read for its env and frame size)
     args = replace(args, env=args.env or eval_env(args.policy))
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
@@ -546,12 +548,16 @@ def run_collect(args: Collect) -> list[str]:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if (args.decoy_goal_prob or args.noise) and args.policy != "scripted":
         raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
+    if not 0 <= args.noise < float("inf"):  # (NaN too; the policy's own error named its noise_std)
+        raise ValueError(f"--noise must be finite and >= 0, got {args.noise}")
+    from robobrain.envs.wrappers import is_int
     from robobrain.world_model.networks import num_conv_layers
 
     try:
         num_conv_layers(args.image_size)
     except ValueError as e:
-        log.warning("--image-size: no world model can train on these episodes (%s)", e)
+        if is_int(args.image_size) and 8 <= args.image_size <= 480:  # (else the env refuses it itself)
+            log.warning("--image-size: no world model can train on these episodes (%s)", e)
     out = collect_out(args)
     # (The store is created only once the env and the policy are built: a mistyped --env or
     # --policy leaves no empty directory behind.)
@@ -690,8 +696,10 @@ def check_device(name: str) -> None:
 
     try:
         device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r}: {e}") from e
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name!r}: expected cpu, cuda, cuda:N or auto (or another torch device type)"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

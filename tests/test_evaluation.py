@@ -123,10 +123,26 @@ def test_eval_runs_an_mpc_checkpoint_on_the_env_its_world_model_was_trained_on(t
     assert eval_env(f"bc:{tmp_path / 'reach'}") == "robobrain/Reach-v0"
 
 
-def test_clear_errors_for_bad_specs(tmp_path):
+def test_clear_errors_for_bad_specs(tmp_path, caplog):
     space = gym.spaces.Box(-1, 1, (3,), np.float32)
     with pytest.raises(ValueError, match="unknown policy spec"):
         load_policy("mpc", "robobrain/Push-v0", space)
+    # What a user mistypes says what to pass (these said ".: no checkpoint there", named noise_std,
+    # listed torch's twenty device types, or warned of a "math domain error" before the real error).
+    for spec in ("mpc:", "bc:"):
+        with pytest.raises(ValueError, match=f"^{spec} needs a checkpoint's path"):
+            load_policy(spec, "robobrain/Push-v0", space)
+        with pytest.raises(ValueError, match=f"^{spec} needs a checkpoint's path"):
+            main(["eval", "--policy", spec, "--out", str(tmp_path / "v")])
+    with pytest.raises(ValueError, match=r"ships no scripted expert .* --policy random acts on any env"):
+        load_policy("scripted", "Pendulum-v1", gym.spaces.Box(-2, 2, (1,), np.float32))
+    with pytest.raises(ValueError, match=r"^--device 'cud': expected cpu, cuda, cuda:N or auto"):
+        main(["eval", "--policy", "random", "--device", "cud", "--out", str(tmp_path / "v")])
+    with pytest.raises(ValueError, match=r"^--noise must be finite and >= 0, got -0\.5"):
+        main(["collect", "--noise", "-0.5", "--out", str(tmp_path / "v")])
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match=r"image_size must be an int in \[8"):
+        main(["collect", "--image-size", "0", "--out", str(tmp_path / "v")])
+    assert "math domain error" not in caplog.text and not (tmp_path / "v").exists()
     with pytest.raises(CheckpointError, match="does not exist"):
         load_policy(f"mpc:{tmp_path / 'nothing'}", "robobrain/Push-v0", space)
     cfg = get_preset("debug", action_dim=4).world_model
