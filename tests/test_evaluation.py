@@ -1,6 +1,7 @@
 """The evaluation script: reproducible reports, Wilson intervals, videos, clear errors."""
 
 import json
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -549,3 +550,145 @@ def test_latency_times_the_policy_alone_and_its_percentiles_are_those():
     summary, mean = report["summary"], report["episodes"][0]["latency_ms"]
     assert summary["latency_ms_p95"] >= 60 and summary["latency_ms_p50"] < 50, summary
     assert 15 <= mean < 60, mean  # 10 of 40 decisions at 60 ms; with the env's 100 ms it was > 100
+
+
+# --- from a second mutation audit (session 30) ------------------------------------------------------
+def test_on_policy_zips_name_ppo_and_a2c(tmp_path):
+    from stable_baselines3 import A2C, PPO
+
+    from robobrain.policies.sb3 import _algorithm_of
+
+    env = gym.make("Pendulum-v1")
+    PPO("MlpPolicy", env, n_steps=16, batch_size=16, device="cpu").save(tmp_path / "ppo.zip")
+    A2C("MlpPolicy", env, n_steps=4, device="cpu").save(tmp_path / "a2c.zip")
+    assert _algorithm_of(tmp_path / "ppo.zip") == "PPO"
+    assert _algorithm_of(tmp_path / "a2c.zip") == "A2C"
+
+
+def test_a_td3_without_policy_delay_is_still_td3(tmp_path):
+    """DDPG is TD3 with policy_delay 1 *and* no target noise: one of them alone is a TD3."""
+    from stable_baselines3 import TD3
+
+    from robobrain.policies.sb3 import _algorithm_of
+
+    env = gym.make("Pendulum-v1")
+    TD3("MlpPolicy", env, buffer_size=10, policy_delay=1, device="cpu").save(tmp_path / "td3.zip")
+    assert _algorithm_of(tmp_path / "td3.zip") == "TD3"
+
+
+class _WideFrames(gym.Env):
+    observation_space = gym.spaces.Box(0, 255, (36, 48, 3), np.uint8)
+    action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def test_frame_size_of_non_square_frames_is_none(tmp_path):
+    """A model trained on 36x48 frames has no single side to render at."""
+    from stable_baselines3 import PPO
+
+    from robobrain.policies.sb3 import frame_size
+
+    model = PPO("MlpPolicy", _WideFrames(), n_steps=16, batch_size=16, device="cpu")
+    assert tuple(model.observation_space.shape) == (3, 36, 48)  # (SB3 stores it channel-first)
+    model.save(tmp_path / "wide.zip")
+    assert frame_size(str(tmp_path / "wide.zip")) is None
+
+
+# --- from a second mutation audit (session 30) ------------------------------------------------------
+def test_each_episodes_latency_is_its_own_decisions():
+    """Episode records time their own decisions, not the evaluation's mean over all of them."""
+
+    class SlowLater(RandomPolicy):
+        calls = 0
+
+        def act(self, obs):
+            self.calls += 1
+            if self.calls > 3:  # the second episode's decisions
+                time.sleep(0.05)
+            return super().act(obs)
+
+    env = gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=3)
+    report = evaluate_policy(SlowLater(3, seed=0), [env], 2, progress=False)
+    first, second = (ep["latency_ms"] for ep in report["episodes"])
+    assert first < 20 and second >= 50, (first, second)
+
+
+class EndsBySeed(gym.Wrapper):
+    """Episode of ``lengths[seed]`` steps (truncated), so episodes run side by side end out of order."""
+
+    def __init__(self, env, lengths):
+        super().__init__(env)
+        self.lengths, self.left = lengths, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.left = self.lengths[seed]
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, _, info = self.env.step(action)
+        self.left -= 1
+        return obs, reward, terminated, self.left <= 0, info
+
+
+def test_episodes_are_reported_in_episode_order_however_they_finish():
+    envs = [EndsBySeed(gym.make("robobrain/Reach-v0", image_size=8), {0: 4, 1: 1, 2: 1}) for _ in range(2)]
+    report = evaluate_policy(RandomPolicy(3, seed=0), envs, 3, progress=False)
+    assert [ep["episode"] for ep in report["episodes"]] == [0, 1, 2]
+    assert [ep["length"] for ep in report["episodes"]] == [4, 1, 1]
+    assert [ep["seed"] for ep in report["episodes"]] == [0, 1, 2]
+
+
+def test_a_restarted_env_resets_only_its_own_slot_of_the_policy():
+    """When env 1 starts its next episode, env 0 is mid-episode: its plan/latent must be kept."""
+
+    class Recording(RandomPolicy):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.resets = []
+
+        def reset(self, num_envs, mask=None):
+            self.resets.append(None if mask is None else [bool(m) for m in mask])
+            return super().reset(num_envs, mask)
+
+    envs = [EndsBySeed(gym.make("robobrain/Reach-v0", image_size=8), {0: 3, 1: 1, 2: 1}) for _ in range(2)]
+    policy = Recording(3, seed=0)
+    evaluate_policy(policy, envs, 3, progress=False)
+    assert policy.resets == [None, [False, True]]
+
+
+def test_hallucination_checks_start_at_the_first_decision():
+    """Every ``hallucination_every`` decisions, from the first one (an episode shorter than the
+    period is still checked once)."""
+    from types import SimpleNamespace
+
+    class Planner(RandomPolicy):
+        calls = 0
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.checked: list[int] = []
+
+        def act(self, obs):
+            self.calls += 1
+            return super().act(obs)
+
+        def imagine_plan(self):
+            self.checked.append(self.calls)
+            return SimpleNamespace(
+                pixels=torch.zeros(1, 2, 8, 8, 3, dtype=torch.uint8), reward=torch.zeros(1, 2)
+            )
+
+        def planned_actions(self):
+            return np.zeros((1, 2, 3), np.float32)
+
+    env = gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=7)
+    policy = Planner(3, seed=0)
+    report = evaluate_policy(policy, [env], 1, progress=False, hallucination_every=3)
+    assert policy.checked == [1, 4, 7]
+    assert report["hallucination"]["checks"] == 3

@@ -391,3 +391,20 @@ def test_the_filter_sees_the_executed_actions_and_a_masked_reset_touches_its_env
         for i, start in ((0, 0), (1, 3), (2, 0)):
             want = model.observe(pixels[i : i + 1, start:], before[i : i + 1, start:])
             torch.testing.assert_close(policy.state.deter[i], want.deter[0])
+
+
+# --- from a second mutation audit (session 30) ------------------------------------------------------
+def test_the_seed_also_seeds_the_exploration_noise():
+    """cfg.seed fixes the exploration noise too: other seeds draw other noise (a constant seed for
+    the noise generator made every run explore alike)."""
+
+    def noise(seed, beta):
+        cfg = dataclasses.replace(SMALL, exploration_std=0.01, exploration_beta=beta, seed=seed)
+        mpc = MPC(cfg, action_dim=2)
+        mpc.reset(3)
+        action = mpc.act(lambda a: -(a**2).sum((-2, -1)))  # optimum 0: no clamping at the bounds
+        return action - mpc.last.best[:, 0]
+
+    for beta in (0.0, 1.0):
+        torch.testing.assert_close(noise(0, beta), noise(0, beta))
+        assert not torch.allclose(noise(0, beta), noise(1, beta)), beta

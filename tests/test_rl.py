@@ -4,6 +4,7 @@ with a pickle-free replay buffer, and the small pieces the online loop relies on
 import dataclasses
 import tempfile
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -482,3 +483,14 @@ def test_imagination_starts_from_the_newest_episodes():
     env = imagination_env(model, [old, new], SB3Config(start_states=4, num_envs=2, buffer_size=2), seed=0)
     expected = encode_start_states(model, [new], max_states=4)
     torch.testing.assert_close(env.bank.deter, expected.deter)
+
+
+# --- from a second mutation audit (session 30) ------------------------------------------------------
+def test_a_black_first_batch_does_not_end_the_range_check(model):
+    """All-black float frames tell nothing about the scale: the check must still catch the first
+    [0, 255] batch that follows (marking the range checked after a black batch let it through)."""
+    ext = WorldModelFeatures(gym.spaces.Box(0, 255, (32, 32, 3), np.uint8), model)
+    ext(torch.zeros(2, 3, 32, 32))  # black: nothing to tell
+    frames = torch.randint(1, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="not divided by 255"):
+        ext(frames.permute(0, 3, 1, 2).float())

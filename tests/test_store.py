@@ -462,3 +462,15 @@ def test_a_file_rewritten_at_the_same_size_is_read_again(tmp_path):
     path.write_bytes(bytes(data))
     reopened = EpisodeStore(tmp_path)
     assert sorted(reopened.manifest) == [names[0]] and names[1] in reopened.skipped
+
+
+# --- from a second mutation audit (session 30) ------------------------------------------------------
+def test_the_seed_fixes_the_sampled_windows():
+    episodes = [make_episode(20, tag=i) for i in range(3)]
+
+    def draw(seed):
+        batch = SequenceSampler(episodes, seq_len=4, seed=seed).sample(16)
+        return batch.state  # (tag, t) of every observation: which episode and start
+
+    np.testing.assert_array_equal(draw(3), draw(3))
+    assert not np.array_equal(draw(3), draw(4))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from robobrain import checkpoint as ck
 from robobrain.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -24,6 +25,7 @@ from robobrain.checkpoint import (
     restore_set_aside,
     save_checkpoint,
     set_cuda_rng_states,
+    write_directory_atomically,
 )
 from robobrain.config import get_preset, to_dict
 from robobrain.data import EpisodeStore
@@ -1312,3 +1314,29 @@ def test_ssim_of_flat_images_and_mirror_symmetry():
     noisy = (img.int() + grad).clamp(0, 255).to(torch.uint8)
     flip = lambda z: z.flip(-2)  # noqa: E731
     torch.testing.assert_close(ssim(flip(noisy), flip(img)), ssim(noisy, img), rtol=1e-5, atol=1e-6)
+
+
+# --- from a second mutation audit (session 30) ------------------------------------------------------
+def test_the_recovery_hint_points_at_the_newest_other_checkpoint(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, {}, keep=3)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_0000003")
+    with pytest.raises(CheckpointError, match=r'write \{"checkpoint": "step_0000002"\}'):
+        latest_checkpoint(tmp_path)
+
+
+def test_a_resave_whose_rename_fails_keeps_the_old_copy(tmp_path, monkeypatch):
+    final = tmp_path / "ckpt"
+    write_directory_atomically(final, lambda d: (d / "f").write_text("old"))
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src).rsplit("/", 1)[-1].startswith(".tmp-"):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_directory_atomically(final, lambda d: (d / "f").write_text("new"))
+    assert (final / "f").read_text() == "old"
