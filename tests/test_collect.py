@@ -217,8 +217,8 @@ def test_policy_resets_when_the_reset_observation_arrives(tmp_path):
 def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_path, caplog):
     out = tmp_path / "data"
     base = ["collect", "--env", "robobrain/Reach-v0", "--image-size", "16", "--no-progress"]
-    for noise in ("nan", "inf"):  # nan > 0 is False: it collected noiseless data recorded as NaN
-        with pytest.raises(ValueError, match="noise_std must be finite"):
+    for noise in ("nan", "inf", "-0.5"):  # nan > 0 is False: it collected noiseless data recorded as NaN
+        with pytest.raises(ValueError, match=r"^--noise must be finite and >= 0"):  # (as the flag)
             main([*base, "--noise", noise, "--out", str(out)])
     with pytest.raises(ValueError, match="--seed must be >= 0"):  # (numpy's error named no flag)
         main([*base, "--seed", "-5", "--out", str(out)])

@@ -128,8 +128,8 @@ def test_clear_errors_for_bad_specs(tmp_path, caplog):
     space = gym.spaces.Box(-1, 1, (3,), np.float32)
     with pytest.raises(ValueError, match="unknown policy spec"):
         load_policy("mpc", "robobrain/Push-v0", space)
-    # What a user mistypes says what to pass (these said ".: no checkpoint there", named noise_std,
-    # listed torch's twenty device types, or warned of a "math domain error" before the real error).
+    # What a user mistypes says what to pass (these said ".: no checkpoint there", listed torch's
+    # twenty device types, or warned of a "math domain error" before the real error).
     for spec in ("mpc:", "bc:"):
         with pytest.raises(ValueError, match=f"^{spec} needs a checkpoint's path"):
             load_policy(spec, "robobrain/Push-v0", space)
@@ -139,8 +139,6 @@ def test_clear_errors_for_bad_specs(tmp_path, caplog):
         load_policy("scripted", "Pendulum-v1", gym.spaces.Box(-2, 2, (1,), np.float32))
     with pytest.raises(ValueError, match=r"^--device 'cud': expected cpu, cuda, cuda:N or auto"):
         main(["eval", "--policy", "random", "--device", "cud", "--out", str(tmp_path / "v")])
-    with pytest.raises(ValueError, match=r"^--noise must be finite and >= 0, got -0\.5"):
-        main(["collect", "--noise", "-0.5", "--out", str(tmp_path / "v")])
     with caplog.at_level("WARNING"), pytest.raises(ValueError, match=r"image_size must be an int in \[8"):
         main(["collect", "--image-size", "0", "--out", str(tmp_path / "v")])
     assert "math domain error" not in caplog.text and not (tmp_path / "v").exists()
