@@ -599,11 +599,11 @@ def run_collect(args: Collect) -> list[str]:
         ).names
     finally:
         vec.close()
-    success = np.mean([store.manifest[n]["success"] for n in names])
-    print(
-        f"stored {len(names)} episodes (seed {seed}) in {out} (success {success:.2f}; "
-        f"{len(store.manifest)} readable episodes in the store)"
-    )
+    entries = [store.manifest[n] for n in names]
+    reported = [e["success"] for e in entries if e["meta"].get("reports_success", True)]
+    success = f"success {np.mean(reported):.2f}" if reported else "the env reports no success"
+    readable = f"{len(store.manifest)} readable episodes in the store"
+    print(f"stored {len(names)} episodes (seed {seed}) in {out} ({success}; {readable})")
     return names
 
 

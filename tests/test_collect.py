@@ -161,6 +161,19 @@ def test_the_stored_actions_are_those_the_env_ran(tmp_path):
     assert np.abs(actions).max() == 1.0 and (np.abs(actions) == 1.0).mean() > 0.3
 
 
+def test_episodes_say_whether_their_env_reports_success(tmp_path, capsys):
+    """Pendulum has no info["success"]: its flags are False by default, so summaries must leave them
+    out (collect printed "success 0.00", train.csv's train_success 0.0 beside eval's null)."""
+    base = ["--episodes", "1", "--num-envs", "1", "--image-size", "8", "--no-progress"]
+    main(["collect", "--env", "Pendulum-v1", "--policy", "random", *base, "--out", str(tmp_path / "p")])
+    assert "(the env reports no success;" in capsys.readouterr().out
+    reach = ["collect", "--env", "robobrain/Reach-v0", "--policy", "scripted"]
+    main([*reach, *base, "--out", str(tmp_path / "r")])
+    assert "(success 1.00;" in capsys.readouterr().out
+    reports = [EpisodeStore(tmp_path / d).load_all()[0].meta["reports_success"] for d in "pr"]
+    assert reports == [False, True]
+
+
 def test_whole_step_keeps_the_episodes_that_end_with_the_last_one(tmp_path):
     """3 episodes over 2 envs: the fourth env episode is simulated either way; whole_step keeps it, so
     the steps counted are those of the stored episodes."""

@@ -605,3 +605,20 @@ def test_a_run_directory_in_use_is_refused_before_anything_is_written(tmp_path):
         assert list(run.iterdir()) == []
     main(run_args(run, 20))  # released
     assert load_checkpoint(latest_checkpoint(run)).state["loop"]["env_steps"] == 20
+
+
+def test_train_success_is_nan_for_an_env_that_reports_none():
+    """As eval's null success_rate (train.csv had train_success 0.0 beside eval_success NaN)."""
+    from types import SimpleNamespace
+
+    from robobrain.training.online import OnlineLoop
+    from tests.test_store import make_episode
+
+    quiet, succeeded, failed = make_episode(3), make_episode(3), make_episode(3)
+    quiet.meta["reports_success"] = False
+    failed.success[:] = False
+    loop = SimpleNamespace(state=LoopState())
+    OnlineLoop._record_training_episodes(loop, [quiet])
+    assert np.isnan(loop.state.last_success)
+    OnlineLoop._record_training_episodes(loop, [quiet, succeeded, failed])  # (older episodes: reported)
+    assert loop.state.last_success == 0.5

@@ -53,10 +53,13 @@ class CollectResult(NamedTuple):
     env_steps: int
 
 
+def _reports(info: dict[str, Any], key: str, i: int) -> bool:
+    """Whether env ``i`` of a vector env's step returned ``info[key]`` (Gymnasium's ``_key`` mask)."""
+    return key in info and bool(info.get(f"_{key}", np.ones(i + 1, bool))[i])
+
+
 def _info_flag(info: dict[str, Any], key: str, i: int) -> bool:
-    if key not in info or not info.get(f"_{key}", np.ones(i + 1, bool))[i]:
-        return False
-    return bool(info[key][i])
+    return bool(info[key][i]) if _reports(info, key, i) else False
 
 
 def _env_id(envs: gym.vector.VectorEnv) -> str | None:
@@ -142,7 +145,8 @@ def collect_episodes(
                 # (The loop stops after this step once enough have ended: whole_step keeps them all.)
                 if done[i] and (whole_step or len(names) < num_episodes):
                     ep_meta = {**base_meta, "sim_unstable": _info_flag(info, "sim_unstable", i),
-                               "env_index": i, "reset_index": int(resets[i])}  # fmt: skip
+                               "env_index": i, "reset_index": int(resets[i]),
+                               "reports_success": _reports(info, "success", i)}  # fmt: skip
                     names.append(store.add(builders[i].finish(bool(terminated[i]), ep_meta)))
                     bar.update(1)
             if resetting.any():  # these envs just returned their reset observation: a new episode

@@ -377,7 +377,8 @@ class OnlineLoop:
         return eps
 
     def _record_training_episodes(self, eps: list[Episode]) -> None:
-        self.state.last_success = float(np.mean([ep.success[-1] for ep in eps]))
+        reported = [ep.success[-1] for ep in eps if ep.meta.get("reports_success", True)]  # (older: yes)
+        self.state.last_success = float(np.mean(reported)) if reported else float("nan")  # (as eval's)
         self.state.last_return = float(np.mean([ep.reward.sum() for ep in eps]))
 
     def _train_episodes(self) -> list[Episode]:
