@@ -23,6 +23,22 @@ class Policy(Protocol):
     def act(self, obs: Observation) -> np.ndarray: ...
 
 
+_LEAST_DIMS = {"pixels": 4, "state": 2}
+"""The dims of a batched observation's parts: pixels [N, H, W, 3], state [N, n]."""
+
+
 def batch_size(obs: Observation) -> int:
-    """N, the number of environments in a batched observation."""
-    return len(next(iter(obs.values())))
+    """N, the number of environments in a batched observation. One env's observation as a single
+    env returns it (pixels [H, W, 3]) is refused: it was read as H envs, or failed deep inside."""
+    sizes = {}
+    for key, value in obs.items():
+        shape = np.shape(value)
+        if len(shape) < _LEAST_DIMS.get(key, 1):
+            raise ValueError(
+                f"policies act on batched observations, got obs[{key!r}] of shape {tuple(shape)}: for one "
+                "env, add the batch axis ({k: v[None] for k, v in obs.items()})"
+            )
+        sizes[key] = shape[0]
+    if not sizes or len(set(sizes.values())) > 1:
+        raise ValueError(f"a batched observation's parts must share their first dim N, got {sizes}")
+    return next(iter(sizes.values()))

@@ -37,6 +37,8 @@ class LatentFilter:
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         """Start new episodes in all envs, or only where ``mask`` [N] is True."""
+        if mask is not None and np.shape(mask) != (num_envs,):  # (torch's broadcasting error, as MPC's)
+            raise ValueError(f"mask must be a bool [{num_envs}] array, got shape {list(np.shape(mask))}")
         init = self.model.rssm.initial(num_envs, self.device)
         zeros = torch.zeros(num_envs, self.model.cfg.action_dim, device=self.device)
         if mask is None or self.state is None or self.state.deter.shape[0] != num_envs:

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from robobrain.config import SB3_ALGORITHMS
-from robobrain.policies.base import Observation
+from robobrain.policies.base import Observation, batch_size
 
 ALGORITHMS = SB3_ALGORITHMS
 
@@ -154,6 +154,7 @@ class SB3Policy:
             )
 
     def act(self, obs: Observation) -> np.ndarray:
+        batch_size(obs)  # (one env's frames [S, S, 3] were reported as frames of another size)
         selected = self._select(obs)
         parts = selected.items() if isinstance(selected, dict) else [(None, selected)]
         for key, value in parts:  # (SB3 failed inside torch.distributions: "Expected parameter loc")

@@ -86,6 +86,7 @@ class ScriptedPolicy:
     def act(self, obs: Observation) -> np.ndarray:
         if "state" not in obs:
             raise ValueError("ScriptedPolicy needs obs['state']")
+        batch_size(obs)  # (one env's state [n] failed inside the expert)
         state = np.asarray(obs["state"])
         if self.decoy_goal_prob > 0:
             if self.decoy is None or len(self.decoy) != len(state):

@@ -120,3 +120,31 @@ def test_scripted_noise_is_seeded_and_has_the_std_asked_for():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert abs(a.mean()) < 0.01 and abs(a.std() - 0.2) < 0.01  # (at 0.2 the clip at 1 never bites)
+
+
+def test_one_envs_unbatched_observation_is_refused_by_every_policy(tmp_path):
+    """The likeliest mistake: ``env.reset()[0]`` (pixels [S, S, 3], state [n]) given to ``act``. Random
+    read the image height as N, scripted failed inside its expert, sb3 named a frame size mismatch of
+    16 vs 16 px; a world-model policy's wrong-length reset mask failed inside torch."""
+    from stable_baselines3 import PPO
+
+    from robobrain.checkpoint import save_checkpoint
+    from robobrain.config import get_preset, to_dict
+    from robobrain.world_model import WorldModel
+
+    env = make_env("robobrain/Reach-v0", image_size=16)
+    obs, _ = env.reset(seed=0)
+    state_only = gym.wrappers.TransformObservation(env, lambda o: o["state"], env.observation_space["state"])
+    PPO("MlpPolicy", state_only, n_steps=16, batch_size=16, device="cpu").save(tmp_path / "ppo.zip")
+    cfg = get_preset("debug", action_dim=3, image_size=16).world_model
+    save_checkpoint(tmp_path / "wm", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
+    for spec in ("random", "scripted", f"sb3:{tmp_path / 'ppo.zip'}", f"mpc:{tmp_path / 'wm'}"):
+        policy = load_policy(spec, "robobrain/Reach-v0", env.action_space, seed=0, envs=[env])
+        with pytest.raises(ValueError, match=r"observations, got obs\['pixels'\] of shape \(16, 16, "):
+            policy.act(obs)
+        assert policy.act({k: v[None] for k, v in obs.items()}).shape == (1, 3)
+    with pytest.raises(ValueError, match=r"share their first dim N, got \{'pixels': 2, 'state': 1\}"):
+        RandomPolicy(3).act({"pixels": np.zeros((2, 16, 16, 3), np.uint8), "state": np.zeros((1, 10))})
+    with pytest.raises(ValueError, match=r"mask must be a bool \[1\] array, got shape \[3\]"):
+        policy.reset(1, np.ones(3, bool))
+    env.close()
