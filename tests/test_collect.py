@@ -329,3 +329,13 @@ def test_every_stored_episode_replays_exactly_in_its_env(tmp_path):
             np.testing.assert_array_equal(obs["state"], ep.state[t + 1])
             assert (np.float32(reward), bool(info["success"])) == (ep.reward[t], ep.success[t])
     env.close()
+
+
+def test_collect_refuses_an_action_space_episodes_cannot_hold(tmp_path):
+    """CartPole's Discrete(2): a policy's actions went in as float32 and gymnasium's own assertion
+    came out of the env's step; now refused before the first reset."""
+    vec = envs.make_vector_env("CartPole-v1", 1, image_size=8)
+    with pytest.raises(ValueError, match=r"stores 1-D Box actions \[T, A\], got Discrete\(2\)"):
+        collect_episodes(vec, RandomPolicy(1, seed=0), EpisodeStore(tmp_path / "s"), 1, progress=False)
+    vec.close()
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())

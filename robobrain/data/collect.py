@@ -104,6 +104,9 @@ def collect_episodes(
     mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode != gym.vector.AutoresetMode.NEXT_STEP:
         raise ValueError(f"collect_episodes needs a NEXT_STEP auto-resetting vector env, got {mode}")
+    space = envs.single_action_space
+    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):  # (it failed in the env's step)
+        raise ValueError(f"collect_episodes stores 1-D Box actions [T, A], got {space}")
     n = envs.num_envs
     obs, _ = envs.reset(seed=seed)
     policy.reset(n)
@@ -115,14 +118,12 @@ def collect_episodes(
     base_meta = dict(meta or {})
     if "env_id" not in base_meta:  # (a world model learns its goal input only from named episodes)
         base_meta["env_id"] = _env_id(envs)
-    space = envs.single_action_space
-    bounds = (space.low, space.high) if isinstance(space, gym.spaces.Box) else None
+    bounds = (space.low, space.high)
     with tqdm(total=num_episodes, desc="collect", unit="ep", disable=not progress) as bar:
         while len(names) < num_episodes:
             action = np.asarray(policy.act(obs), dtype=np.float32)
             obs, reward, terminated, truncated, info = envs.step(action)
-            if bounds is not None:  # what the env ran (it clips), not what the policy asked for
-                action = np.clip(action, *bounds).astype(np.float32)
+            action = np.clip(action, *bounds).astype(np.float32)  # what the env ran (it clips)
             done = terminated | truncated
             for i in range(n):
                 if not (np.isfinite(reward[i]) and np.all(np.isfinite(obs["state"][i]))):
