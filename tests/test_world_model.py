@@ -247,8 +247,12 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"pixels must be uint8\[\.\.\., 32, 32, 3\]"):  # (it encoded them)
         model.embed(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
     for verb in (model.decode, WorldModel(dataclasses.replace(cfg, state_dim=10)).decode_state):
-        with pytest.raises(ValueError, match=f"features must be \\[..., F={cfg.feat_dim}\\]"):
+        with pytest.raises(ValueError, match=f"features must be \\[.*..., F={cfg.feat_dim}\\]"):
             verb(torch.zeros(2, cfg.feat_dim + 1))
+    with pytest.raises(ValueError, match=r"features must be \[B, \.\.\., F="):  # (inside unflatten)
+        model.decode(torch.zeros(cfg.feat_dim))
+    reference = np.zeros((2, 32, 32, 3), np.uint8)
+    assert model.decode(np.zeros((2, cfg.feat_dim)), reference).shape == (2, 32, 32, 3)  # (numpy: in linear)
     as_numpy = state._replace(deter=state.deter.detach().double().numpy())  # taken as the actions are
     torch.testing.assert_close(model.imagine(as_numpy, batch["action"][:, :2]).reward,
                                model.imagine(state, batch["action"][:, :2]).reward)  # fmt: skip

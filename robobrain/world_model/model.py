@@ -182,10 +182,12 @@ class WorldModel(nn.Module):
         proprio = self.proprio(env_state)
         return out if proprio is None else torch.cat([out, proprio], -1)
 
-    def decode_state(self, feat: torch.Tensor) -> torch.Tensor:
-        """Latent features [..., F] -> predicted env state [..., state_dim] (needs ``state_dim``)."""
+    def decode_state(self, feat: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Latent features [..., F] -> predicted env state [..., state_dim] (needs ``state_dim``; numpy
+        features are moved to the model's device)."""
         if self.state_head is None:
             raise ValueError("this world model has no state head (state_dim=0)")
+        feat = self.as_input(feat)
         self._check_feat(feat)
         return self.state_head(feat) * self.state_std + self.state_mean
 
@@ -339,14 +341,16 @@ class WorldModel(nn.Module):
             pixels=self.decode(feat, reference) if decode else None,
         )
 
-    def decode(self, feat: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, feat: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray | None = None
+    ) -> torch.Tensor:
         """Latent features [B, ..., F] -> predicted frames uint8[B, ..., S, S, 3].
 
         reference: uint8[B, S, S, 3], a real frame of each feature's episode (the last one observed),
         needed by -- and only read by -- a model with ``cfg.reference_frame``; a numpy array is
-        moved to the model's device."""
-        reference = self.as_input(reference)
-        self._check_feat(feat)
+        moved to the model's device, as are numpy features."""
+        feat, reference = self.as_input(feat), self.as_input(reference)
+        self._check_feat(feat, least_dims=2)  # ([F] failed inside unflatten)
         if self.refiner is None:
             return float_to_pixels(self._decode_float(feat))
         lead = feat.shape[:-1]
@@ -615,9 +619,10 @@ class WorldModel(nn.Module):
             got = f"{pixels.dtype}{list(pixels.shape)}"
             raise ValueError(f"pixels must be uint8[{lead}, {s}, {s}, 3], got {got}")
 
-    def _check_feat(self, feat: torch.Tensor) -> None:
-        if feat.ndim < 1 or feat.shape[-1] != self.cfg.feat_dim:
-            raise ValueError(f"features must be [..., F={self.cfg.feat_dim}], got {list(feat.shape)}")
+    def _check_feat(self, feat: torch.Tensor, least_dims: int = 1) -> None:
+        if feat.ndim < least_dims or feat.shape[-1] != self.cfg.feat_dim:
+            lead = "B, ..." if least_dims > 1 else "..."
+            raise ValueError(f"features must be [{lead}, F={self.cfg.feat_dim}], got {list(feat.shape)}")
 
     def _check_goal(self, goal: torch.Tensor | None, batch: int) -> None:
         g = self.cfg.goal_dim
