@@ -212,6 +212,15 @@ def test_sampler_windows_never_cross_episodes():
         if t0 + 3 == len(ep):
             last_seen.add(int(tags[b, 0]))
     assert last_seen == {0, 1, 2}  # the final observation (and the last transition) is trained on
+    # Bad arguments in one line (numpy's "need at least one array to stack", or a silent empty window).
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            sampler.sample(bad)
+    assert sampler.gather(np.array([1]), np.array([10 - 4 + 1])).pixels.shape == (1, 4, 8, 8, 3)  # the last
+    with pytest.raises(ValueError, match=r"start 8 of episode 1 \(10 steps\): .* start in \[0, 7\]"):
+        sampler.gather(np.array([1]), np.array([8]))
+    with pytest.raises(ValueError, match="ep_idx and starts must be"):
+        sampler.gather(np.array([1, 2]), np.array([0]))
     with pytest.raises(ValueError, match="no episode"):
         SequenceSampler(episodes, seq_len=12)
 

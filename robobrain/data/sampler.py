@@ -69,15 +69,27 @@ class SequenceSampler:
         return int(self._cum[-1])
 
     def sample(self, batch_size: int) -> SequenceBatch:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")  # (numpy's, from stack)
         flat = self.rng.integers(0, self.num_windows, size=batch_size)
         ep_idx = np.searchsorted(self._cum, flat, side="right")
         starts = flat - np.concatenate([[0], self._cum[:-1]])[ep_idx]
         return self.gather(ep_idx, starts)
 
     def gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
-        """Windows at explicit (episode index, start step) pairs."""
-        win = [slice(s, s + self.seq_len) for s in starts]
+        """Windows at explicit (episode index, start step) pairs: ``ep_idx`` and ``starts`` [B], B >= 1,
+        each start in [0, T - L + 1] for its episode of T steps (a window past it came back empty)."""
+        ep_idx, starts = np.atleast_1d(ep_idx), np.atleast_1d(starts)
+        if len(ep_idx) != len(starts) or len(starts) == 0:
+            raise ValueError(f"ep_idx and starts must be [B >= 1] alike, got {len(ep_idx)} and {len(starts)}")
         eps = [self.episodes[i] for i in ep_idx]
+        for i, ep, s in zip(ep_idx, eps, starts, strict=True):
+            if not 0 <= s <= len(ep) - self.seq_len + 1:
+                raise ValueError(
+                    f"start {s} of episode {i} ({len(ep)} steps): windows of {self.seq_len} observations "
+                    f"start in [0, {len(ep) - self.seq_len + 1}]"
+                )
+        win = [slice(s, s + self.seq_len) for s in starts]
 
         def steps(name: str) -> np.ndarray:
             """Per-step arrays [B, L, ...]; a window ending on the final observation is padded by one."""
