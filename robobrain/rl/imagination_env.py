@@ -39,7 +39,9 @@ class WorldModelDynamics:
     reward head's plus ``success_bonus`` times the predicted success probability: what the MPC
     planner sums per imagined step (``MPCConfig.success_bonus``, whose default 1 is this one's too:
     it was 0, so a critic trained as the README shows valued another sum than the default planner's),
-    so that a critic trained here values the same score past the planner's horizon."""
+    so that a critic trained here values the same score past the planner's horizon. ``sample=True``
+    draws the latents from torch's global generator (SB3's ``seed`` seeds it; seed it yourself to
+    repeat rollouts outside SB3)."""
 
     def __init__(self, model: WorldModel, sample: bool = True, success_bonus: float = 1.0) -> None:
         self.model = model.eval()
