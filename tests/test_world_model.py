@@ -269,6 +269,11 @@ def test_bad_inputs_raise():
         halves = state._replace(deter=state.deter.to(half), stoch=state.stoch.to(half))
         out = model.imagine(halves, torch.zeros(3, 4, cfg.action_dim, dtype=half))
         assert out.reward.dtype == torch.float32 and torch.isfinite(out.reward).all()
+    import copy
+
+    bf16_copy = copy.deepcopy(model).to(torch.bfloat16)  # (profile_imagine's pure-bf16 row): its dtype
+    out = bf16_copy.imagine(state, torch.zeros(3, 4, cfg.action_dim))  # (float32 inputs)
+    assert out.feat.dtype == torch.bfloat16 and torch.isfinite(out.reward).all()
     from robobrain.world_model import Bf16Imagine, GraphedImagine
 
     graphed = GraphedImagine(model)  # on the CPU: imagine, numpy and float64 actions included

@@ -53,12 +53,12 @@ def step_score(reward: torch.Tensor, success_logit: torch.Tensor, success_bonus:
     return reward + success_bonus * torch.sigmoid(success_logit)
 
 
-def _taken_as_is(x: object, device: torch.device) -> bool:
-    """Whether :meth:`WorldModel.as_input` would return ``x`` unchanged."""
+def _taken_as_is(x: object, param: torch.Tensor) -> bool:
+    """Whether :meth:`WorldModel.as_input` would return ``x`` unchanged (``param``: one of the model's)."""
     return x is None or (
         isinstance(x, torch.Tensor)
-        and x.device == device
-        and (x.dtype == torch.float32 or not x.is_floating_point())
+        and x.device == param.device
+        and (x.dtype == param.dtype or not x.is_floating_point())
     )
 
 
@@ -253,20 +253,22 @@ class WorldModel(nn.Module):
 
     def as_input(self, x: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
         """An input as the model takes it: a tensor on the model's device (a numpy array, or a tensor
-        elsewhere, e.g. CPU candidates for a CUDA model, is moved there), any float dtype as float32 (the
-        model's: a bf16 state or action outside autocast failed inside torch's matmul)."""
+        elsewhere, e.g. CPU candidates for a CUDA model, is moved there), floats in the dtype of the
+        model's weights (float32; bf16 for a bf16 copy): a bf16 state given to a float32 model outside
+        autocast failed inside torch's matmul, as float64 did."""
         if x is None:
             return None
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-        return t.to(self.device, torch.float32 if t.is_floating_point() else None)
+        param = next(self.parameters())
+        return t.to(param.device, param.dtype if t.is_floating_point() else None)
 
     def imagine_inputs(
         self, state: State, actions: torch.Tensor | np.ndarray, finite: bool = False
     ) -> tuple[State, torch.Tensor]:
-        """``state`` and ``actions`` as :meth:`imagine` takes them (:meth:`as_input`: numpy or float64,
-        or on another device), checked by :meth:`check_imagine_inputs`."""
-        dev = self.device
-        if not all(_taken_as_is(x, dev) for x in (*state, actions)):  # (the usual case: nothing to move)
+        """``state`` and ``actions`` as :meth:`imagine` takes them (:meth:`as_input`: numpy, another
+        float dtype, or on another device), checked by :meth:`check_imagine_inputs`."""
+        param = next(self.parameters())
+        if not all(_taken_as_is(x, param) for x in (*state, actions)):  # (the usual case: nothing to move)
             state = State(*(self.as_input(x) for x in state))
             actions = self.as_input(actions)
         self.check_imagine_inputs(state, actions, finite=finite)
