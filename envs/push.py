@@ -18,8 +18,15 @@ from robobrain.envs.physics import (
 BLOCK_RANGE = 0.15
 """Block x, y drawn uniformly in [-BLOCK_RANGE, BLOCK_RANGE]."""
 GOAL_RANGE = 0.18
+"""Goal x, y (and the gripper's start x, y) within [-GOAL_RANGE, GOAL_RANGE]."""
 GOAL_DISTANCE = (0.10, 0.25)
+"""Goal x, y distance from the block, uniform in this range."""
 MIN_GRIPPER_DISTANCE = 0.10
+"""The gripper starts at least this far from the block (x, y)."""
+START_HEIGHT = (0.09, 0.15)
+"""The gripper's start height, uniform in this range."""
+MIN_AIR_GOAL_HEIGHT = 0.06
+"""A goal in the air (PickPlace) is drawn between this height and ``max_goal_height``."""
 TRAVEL_HEIGHT = 0.10
 """Grip-point height at which the fingers clear the block."""
 PUSH_HEIGHT = 0.035
@@ -42,13 +49,13 @@ def sample_block_and_goal(
             break
     goal_z = BLOCK_HALF_SIZE
     if rng.uniform() < goal_in_air_prob:
-        goal_z = rng.uniform(0.06, max_goal_height)
+        goal_z = rng.uniform(MIN_AIR_GOAL_HEIGHT, max_goal_height)
     goal = np.array([*goal_xy, goal_z])
     while True:
         start_xy = rng.uniform(-GOAL_RANGE, GOAL_RANGE, 2)
         if np.linalg.norm(start_xy - block[:2]) >= MIN_GRIPPER_DISTANCE:
             break
-    start = np.array([*start_xy, rng.uniform(0.09, 0.15)])
+    start = np.array([*start_xy, rng.uniform(*START_HEIGHT)])
     return start, block, goal
 
 

@@ -326,23 +326,23 @@ def test_state_reports_the_blocks_linear_velocity():
 
 
 @pytest.mark.parametrize("goal_in_air_prob", [0.0, 0.5])
-def test_block_goal_and_start_draws_keep_their_documented_ranges(goal_in_air_prob):
+def test_block_goal_and_start_draws_keep_their_ranges(goal_in_air_prob):
     """Block in +-15 cm, goal 10-25 cm from it and inside +-18 cm, gripper start >= 10 cm from the
     block; goals on the table at the block's height, or (PickPlace) in the air 6-20 cm about half the time."""
+    from robobrain.envs import push
     from robobrain.envs.physics import BLOCK_HALF_SIZE
-    from robobrain.envs.push import sample_block_and_goal
 
     rng = np.random.default_rng(0)
-    draws = [sample_block_and_goal(rng, goal_in_air_prob, 0.2) for _ in range(400)]
+    draws = [push.sample_block_and_goal(rng, goal_in_air_prob, 0.2) for _ in range(400)]
     start, block, goal = (np.array(x) for x in zip(*draws, strict=True))
-    assert np.all(np.abs(block[:, :2]) <= 0.15) and np.all(block[:, 2] == BLOCK_HALF_SIZE)
+    assert np.all(np.abs(block[:, :2]) <= push.BLOCK_RANGE) and np.all(block[:, 2] == BLOCK_HALF_SIZE)
     d = np.linalg.norm(goal[:, :2] - block[:, :2], axis=1)
-    assert np.all((d >= 0.10) & (d <= 0.25))
-    assert np.all(np.abs(goal[:, :2]) <= 0.18)
-    assert np.all(np.linalg.norm(start[:, :2] - block[:, :2], axis=1) >= 0.10)
-    assert np.all((start[:, 2] >= 0.09) & (start[:, 2] <= 0.15))
+    assert np.all((d >= push.GOAL_DISTANCE[0]) & (d <= push.GOAL_DISTANCE[1]))
+    assert np.all(np.abs(goal[:, :2]) <= push.GOAL_RANGE)
+    assert np.all(np.linalg.norm(start[:, :2] - block[:, :2], axis=1) >= push.MIN_GRIPPER_DISTANCE)
+    assert np.all((start[:, 2] >= push.START_HEIGHT[0]) & (start[:, 2] <= push.START_HEIGHT[1]))
     in_air = goal[:, 2] != BLOCK_HALF_SIZE
-    assert np.all((goal[in_air, 2] >= 0.06) & (goal[in_air, 2] <= 0.2))
+    assert np.all((goal[in_air, 2] >= push.MIN_AIR_GOAL_HEIGHT) & (goal[in_air, 2] <= 0.2))
     assert in_air.mean() == pytest.approx(goal_in_air_prob, abs=0.08)
 
 
