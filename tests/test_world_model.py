@@ -1307,6 +1307,12 @@ def test_report_numbers_of_a_known_predictor(monkeypatch):
         assert report["state_error"][part] == {"tag": 0.0, "t": 0.0}, part
     # One pixel of 16x16 changes per step: copy-last is never exact.
     assert report["copy_last_frame"]["exact_share"] == [0.0] * 4
+    for ep in eps:  # an env without info["success"] (Pendulum): null, as eval's success_rate
+        ep.meta["reports_success"] = False
+    quiet = evaluate_world_model(_Model(), eps, context=3, horizon=4, max_windows=50,
+                                 state_layout={"tag": slice(0, 1), "t": slice(1, 2)})  # fmt: skip
+    assert quiet["success_acc"] is None and quiet["success_rate_in_data"] is None
+    assert quiet["summary"]["success_acc"] is None
 
 
 def test_ssim_of_flat_images_and_mirror_symmetry():

@@ -202,7 +202,12 @@ def evaluate_world_model(
     pred_r = pred["reward"].flatten()
     corr = reward_correlation(pred_r, true_r)
     corr_or_none = corr if math.isfinite(corr) else None  # (strict JSON has no NaN)
-    success_acc = float(((pred["success_logit"] > 0) == torch.from_numpy(w["success"])).float().mean())
+    success_acc: float | None = float(
+        ((pred["success_logit"] > 0) == torch.from_numpy(w["success"])).float().mean()
+    )
+    success_rate: float | None = float(w["success"].mean())
+    if not any(ep.meta.get("reports_success", True) for ep in episodes):  # (flags all False: eval's null)
+        success_acc = success_rate = None
     report: dict[str, Any] = {
         "windows": n,
         "episodes": len(episodes),
@@ -218,7 +223,7 @@ def evaluate_world_model(
         "reward_corr": corr_or_none,
         "reward_mae": float((pred_r - true_r).abs().mean()),
         "success_acc": success_acc,
-        "success_rate_in_data": float(w["success"].mean()),
+        "success_rate_in_data": success_rate,
     }
     k = horizon - 1
     report["summary"] = {
