@@ -231,6 +231,8 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
         r"--mpc\.optim\.high 3 --prior-samples 0 --no-use-value$",
     ):  # (CLI flags)
         main([*run_args(tmp_path / "wide", 20), "--env", "InvertedPendulum-v5"])
+    with pytest.raises(ValueError, match=r"acts in \[-1, 1\]: leave --mpc.optim.low/high \(-0.5, 1.0\)"):
+        main([*run_args(tmp_path / "wide", 20), "--mpc.optim.low", "-0.5"])  # (not a wrapper, nor SB3 flags)
     with pytest.raises(ValueError if VALUE_ERRORS_PROPAGATE else SystemExit):  # before any work
         main([*run_args(tmp_path / "foo", 20), "--sb3.algo", "FOO"])
     assert not (tmp_path / "foo").exists()

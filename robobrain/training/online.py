@@ -305,6 +305,11 @@ class OnlineLoop:
                 bounds = uniform_bounds(space)
                 if not bounds:
                     raise
+                if (bounds["low"], bounds["high"]) == (-1.0, 1.0):  # (no wrapper or SB3 flags to suggest)
+                    raise ValueError(
+                        f"the env acts in [-1, 1]: leave --mpc.optim.low/high ({cfg.mpc.optim.low}, "
+                        f"{cfg.mpc.optim.high}) at their defaults"
+                    ) from None
                 sb3 = cfg.prior_samples > 0 or cfg.use_value  # (the SB3 actor-critic acts in [-1, 1])
                 raise ValueError(
                     f"{e}, or plan in the env's range: --mpc.optim.low {bounds['low']:g} --mpc.optim.high "
