@@ -330,8 +330,8 @@ def run_eval(args: Eval) -> dict:
         raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
     check_planner_flags(args)
     if args.policy.startswith(("mpc:", "bc:")):
-        checkpoint_spec(args.policy)  # (before the checkpoint is read for its env and frame size)
-    args = replace(args, env=args.env or eval_env(args.policy))
+        checkpoint_spec(args.policy)  # (before the checkpoint is read for its frame size)
+    args = replace(args, env=args.env or eval_env(args.policy))  # (main resolved it already)
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
         seen = world_model_image_size(args.policy.split(":", 1)[1])
@@ -550,14 +550,6 @@ def run_collect(args: Collect) -> list[str]:
         raise ValueError("--noise and --decoy-goal-prob apply to --policy scripted only")
     if not 0 <= args.noise < float("inf"):  # (NaN too; the policy's own error named its noise_std)
         raise ValueError(f"--noise must be finite and >= 0, got {args.noise}")
-    from robobrain.envs.wrappers import is_int
-    from robobrain.world_model.networks import num_conv_layers
-
-    try:
-        num_conv_layers(args.image_size)
-    except ValueError as e:
-        if is_int(args.image_size) and 8 <= args.image_size <= 480:  # (else the env refuses it itself)
-            log.warning("--image-size: no world model can train on these episodes (%s)", e)
     out = collect_out(args)
     # (The store is created only once the env and the policy are built: a mistyped --env or
     # --policy leaves no empty directory behind.)
@@ -584,6 +576,12 @@ def run_collect(args: Collect) -> list[str]:
         )  # fmt: skip
     vec = envs.make_vector_env(args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode)
     try:
+        from robobrain.world_model.networks import num_conv_layers
+
+        try:  # (once the envs took the size: a size no env takes is their error alone)
+            num_conv_layers(args.image_size)
+        except ValueError as e:
+            log.warning("--image-size: no world model can train on these episodes (%s)", e)
         kwargs = (
             {"noise_std": args.noise, "decoy_goal_prob": args.decoy_goal_prob}
             if args.policy == "scripted"
@@ -759,6 +757,8 @@ def check_output_dir(path: Path | None, flag: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors propagate (tests and callers from Python see them as they are)."""
     args = _parse(sys.argv[1:] if argv is None else argv)
+    if isinstance(args, Eval) and args.env is None:  # (resolved before the command line is echoed)
+        args = replace(args, env=eval_env(args.policy))
     for cls, run in COMMANDS.values():
         if type(args) is cls:  # not isinstance: Demo is a Train
             print(json.dumps({type(args).__name__: asdict(args)}, default=str))
@@ -831,9 +831,22 @@ def entry(argv: list[str] | None = None) -> None:
         if os.environ.get("ROBOBRAIN_DEBUG"):
             raise
         resumes = command in ("train", "train-wm", "demo")
-        hint = "; the same command resumes from the run's last checkpoint" if resumes else ""
+        hint = (
+            "; the same command resumes the run from its last checkpoint, if it wrote one" if resumes else ""
+        )
         print(f"\n{prog}: interrupted{hint}", file=sys.stderr)
-        raise SystemExit(130) from None
+        _die_by_sigint()
+
+
+def _die_by_sigint() -> None:
+    """End as an uncaught KeyboardInterrupt ends Python: killed by SIGINT, so that a calling shell
+    sees the interrupt and stops its script or loop too (an exit status of 130 does not stop it)."""
+    import signal
+
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    raise SystemExit(130)  # (where the signal does not end the process)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def test_mpc_eval_writes_real_and_imagined_video(tmp_path):
     assert all(len(v) == 3 and all(np.isfinite(v)) and min(v) >= 0 for v in state_error.values())
 
 
-def test_eval_runs_an_mpc_checkpoint_on_the_env_its_world_model_was_trained_on(tmp_path):
+def test_eval_runs_an_mpc_checkpoint_on_the_env_its_world_model_was_trained_on(tmp_path, capsys):
     """Without --env: the checkpoint's env (a Reach model was refused on the default Push), Push for
     other policies and for checkpoints that record none."""
     from robobrain.cli import eval_env
@@ -118,6 +118,8 @@ def test_eval_runs_an_mpc_checkpoint_on_the_env_its_world_model_was_trained_on(t
           "16", "--elites", "4", "--iterations", "1", "--horizon", "2", "--video-episodes", "0", "--out",
           str(tmp_path / "ev"), "--no-progress"])  # fmt: skip
     assert json.loads((tmp_path / "ev" / "eval_info.json").read_text())["env_id"] == "robobrain/Reach-v0"
+    echoed = json.loads(capsys.readouterr().out.splitlines()[0])  # (the command line as run: it said null)
+    assert echoed["Eval"]["env"] == "robobrain/Reach-v0"
     save_checkpoint(tmp_path / "old", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
     for spec in (f"mpc:{tmp_path / 'old'}", f"mpc:{tmp_path / 'missing'}", "scripted", f"sb3:{tmp_path}"):
         assert eval_env(spec) == "robobrain/Push-v0"
