@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import multiprocessing
-import signal
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -74,19 +72,8 @@ def make_vector_env(
     if mode == "sync":
         return CheckedSyncVectorEnv(fns, autoreset_mode=autoreset)
     if mode == "async":
-        worker_fns = [partial(_worker_env, env_id, image_size, **kwargs) for _ in range(num_envs)]
-        return CheckedAsyncVectorEnv(worker_fns, autoreset_mode=autoreset)
+        return CheckedAsyncVectorEnv(fns, autoreset_mode=autoreset)
     raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
-
-
-def _worker_env(env_id: str, image_size: int, **kwargs: Any) -> gym.Env:
-    """:func:`make_env` for an async vector env's worker process, which then ignores SIGINT: Ctrl-C
-    reaches the whole process group, and each worker printed a KeyboardInterrupt traceback while the
-    parent stopped and closed them anyway. (AsyncVectorEnv also calls it in the parent, for the
-    spaces: there it leaves SIGINT as it is.)"""
-    if multiprocessing.parent_process() is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return make_env(env_id, image_size, **kwargs)
 
 
 def check_batch_actions(actions: Any, space: gym.Space, num_envs: int) -> None:

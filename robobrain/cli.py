@@ -805,8 +805,10 @@ def _show_logs() -> None:
 def entry(argv: list[str] | None = None) -> None:
     """The ``robobrain`` command: a user's error (a bad flag value, a missing or mismatched checkpoint
     or store, an env's missing extra such as pygame) or a training that diverged (its message says
-    what was kept) ends in one line on stderr and exit status 2; Ctrl-C in one line and status 130
-    (the shell's for SIGINT); ``ROBOBRAIN_DEBUG=1`` shows the traceback."""
+    what was kept) ends in one line on stderr and exit status 2; ``ROBOBRAIN_DEBUG=1`` shows the
+    traceback. Ctrl-C ends in one line too, then the KeyboardInterrupt goes on: the ``robobrain``
+    command (``argv`` None) then ends as Python does, killed by SIGINT after its shutdown (so a calling
+    shell's loop stops too) without the traceback; a Python caller gets the KeyboardInterrupt."""
     from gymnasium.error import DependencyNotInstalled
 
     from robobrain.checkpoint import CheckpointError, RunInUseError
@@ -835,18 +837,19 @@ def entry(argv: list[str] | None = None) -> None:
             "; the same command resumes the run from its last checkpoint, if it wrote one" if resumes else ""
         )
         print(f"\n{prog}: interrupted{hint}", file=sys.stderr)
-        _die_by_sigint()
+        if argv is None:  # the command itself: no traceback when Python ends on it
+            sys.excepthook = _quiet_on_interrupt(sys.excepthook)
+        raise
 
 
-def _die_by_sigint() -> None:
-    """End as an uncaught KeyboardInterrupt ends Python: killed by SIGINT, so that a calling shell
-    sees the interrupt and stops its script or loop too (an exit status of 130 does not stop it)."""
-    import signal
+def _quiet_on_interrupt(hook: Any) -> Any:
+    """``sys.excepthook`` that prints nothing for a KeyboardInterrupt (its line was printed)."""
 
-    sys.stderr.flush()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
-    raise SystemExit(130)  # (where the signal does not end the process)
+    def quiet(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not issubclass(kind, KeyboardInterrupt):
+            hook(kind, value, tb)
+
+    return quiet
 
 
 if __name__ == "__main__":
