@@ -74,7 +74,7 @@ class SequenceSampler:
         flat = self.rng.integers(0, self.num_windows, size=batch_size)
         ep_idx = np.searchsorted(self._cum, flat, side="right")
         starts = flat - np.concatenate([[0], self._cum[:-1]])[ep_idx]
-        return self.gather(ep_idx, starts)
+        return self._gather(ep_idx, starts)  # (valid by construction)
 
     def gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
         """Windows at explicit (episode index, start step) pairs: ``ep_idx`` and ``starts`` [B], B >= 1,
@@ -89,6 +89,10 @@ class SequenceSampler:
                     f"start {s} of episode {i} ({len(ep)} steps): windows of {self.seq_len} observations "
                     f"start in [0, {len(ep) - self.seq_len + 1}]"
                 )
+        return self._gather(ep_idx, starts)
+
+    def _gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
+        eps = [self.episodes[i] for i in ep_idx]
         win = [slice(s, s + self.seq_len) for s in starts]
 
         def steps(name: str) -> np.ndarray:

@@ -259,15 +259,20 @@ class WorldModel(nn.Module):
         if x is None:
             return None
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-        param = next(self.parameters())
+        param = self._input_param()
         return t.to(param.device, param.dtype if t.is_floating_point() else None)
+
+    def _input_param(self) -> torch.Tensor:
+        """A weight of the dynamics, whose dtype the inputs take (the RSSM reads states and actions;
+        the encoder's first weight is what ``self.parameters()`` yields first)."""
+        return next(self.rssm.parameters())
 
     def imagine_inputs(
         self, state: State, actions: torch.Tensor | np.ndarray, finite: bool = False
     ) -> tuple[State, torch.Tensor]:
         """``state`` and ``actions`` as :meth:`imagine` takes them (:meth:`as_input`: numpy, another
         float dtype, or on another device), checked by :meth:`check_imagine_inputs`."""
-        param = next(self.parameters())
+        param = self._input_param()
         if not all(_taken_as_is(x, param) for x in (*state, actions)):  # (the usual case: nothing to move)
             state = State(*(self.as_input(x) for x in state))
             actions = self.as_input(actions)
