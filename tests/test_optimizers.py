@@ -230,3 +230,60 @@ def test_the_warm_start_mean_competes(cls):
                     generator=torch.Generator().manual_seed(0))  # fmt: skip
     result = optimizer.plan(lambda a: -((a - target.unsqueeze(1)) ** 2).sum((-2, -1)), target)
     assert torch.equal(result.score, torch.zeros(2))
+
+
+# --- from a mutation audit (session 30): refits with invalid elites, prior samples out of bounds ---
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_a_refit_weighs_only_the_finite_elites(cls):
+    """Three elites, one of them scored NaN: the refit is over the two finite ones alone (CEM: 1/2
+    each, not 1/3; MPPI: softmax over the two, shifted by the best)."""
+    cfg = OptimizerConfig(num_samples=6, num_elites=3, iterations=1, init_std=0.5, min_std=0.0,
+                          momentum=0.0, temperature=0.5)  # fmt: skip
+    noise = torch.tensor([0.0, 1.0, -0.4, 0.2, 0.6, -1.0]).view(1, 1, 6, 1, 1)
+    x = (0.1 + 0.5 * noise.flatten()).clamp(-1, 1)
+    x[0] = 0.1
+    finite = torch.tensor([False, True, False, False, True, False])
+
+    def score(a):
+        s = -((a - 0.3) ** 2).sum((-2, -1))
+        return torch.where(finite.view(1, 6), s, torch.full_like(s, float("nan")))
+
+    result = cls(cfg).plan(score, torch.full((1, 1, 1), 0.1), noise=noise)
+    xs = x[finite]
+    s = -((xs - 0.3) ** 2)
+    w = torch.full((2,), 0.5) if cls is CEM else torch.softmax((s - s.max()) / 0.5, 0)
+    mean = (w * xs).sum()
+    torch.testing.assert_close(result.mean.flatten(), mean.view(1))
+    torch.testing.assert_close(result.std.flatten(), (w * (xs - mean) ** 2).sum().sqrt().view(1))
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_all_invalid_scores_keep_the_std_too(cls):
+    init = torch.full((2, 3, 2), 0.25)
+    cfg = OptimizerConfig(num_samples=16, num_elites=4, iterations=3, init_std=0.4, min_std=0.05)
+    result = cls(cfg, generator=torch.Generator().manual_seed(0)).plan(
+        lambda a: torch.full(a.shape[:2], float("nan")), init
+    )
+    torch.testing.assert_close(result.std, torch.full_like(init, 0.4))
+    torch.testing.assert_close(result.mean, init)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_prior_samples_outside_the_bounds_are_clamped(cls):
+    cfg = OptimizerConfig(num_samples=8, num_elites=2, iterations=2)
+    prior = torch.full((1, 2, 3, 2), 3.0)
+    result = cls(cfg, generator=torch.Generator().manual_seed(0)).plan(
+        lambda a: a.sum((-2, -1)), torch.zeros(1, 3, 2), prior_samples=prior
+    )
+    for t in (result.best, result.mean):
+        assert t.min() >= -1 and t.max() <= 1
+    assert torch.isfinite(result.score).all() and result.score.max() <= 6.0 + 1e-5
+
+
+def test_mppi_plans_the_final_weighted_mean_not_the_best_sample():
+    cfg = OptimizerConfig(num_samples=32, num_elites=8, iterations=2)
+    target = torch.full((2, 3, 2), 0.4)
+    result = MPPI(cfg, generator=torch.Generator().manual_seed(0)).plan(
+        lambda a: -((a - target.unsqueeze(1)) ** 2).sum((-2, -1)), torch.zeros(2, 3, 2)
+    )
+    torch.testing.assert_close(result.best, result.mean.clamp(-1, 1), rtol=0, atol=0)

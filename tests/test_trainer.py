@@ -1,0 +1,144 @@
+"""WorldModelTrainer's lr per update, non-finite bookkeeping, gradient clipping."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from robobrain.config import get_preset
+from robobrain.data import SequenceSampler
+from robobrain.training.wm_trainer import NonFiniteLossError, WorldModelTrainer
+from robobrain.world_model import WorldModel
+from tests.test_store import make_episode
+
+DEBUG = get_preset("debug")
+
+
+def _trainer(total_steps=None, **train):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(DEBUG.train, batch_size=2, seq_len=4, **train)
+    model = WorldModel(DEBUG.world_model)
+    sampler = SequenceSampler([make_episode(8, tag=i, size=32) for i in range(2)], cfg.seq_len, seed=0)
+    return WorldModelTrainer(model, cfg, sampler, "cpu", total_steps=total_steps)
+
+
+def test_each_update_runs_at_the_rate_scheduled_for_its_start_step():
+    trainer = _trainer(total_steps=4, lr=1.0, lr_decay=0.5)
+    lrs = [trainer.train_step()["lr"] for _ in range(4)]
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.5])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def _poison(model):
+    bias = model.reward_head[-1].bias
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias.fill_(float("nan"))
+    return lambda: bias.data.copy_(saved)
+
+
+def test_a_finite_step_resets_the_consecutive_non_finite_count():
+    trainer = _trainer(max_nonfinite=2)
+    heal = _poison(trainer.model)
+    assert trainer.train_step() is None
+    heal()
+    assert trainer.train_step() is not None
+    _poison(trainer.model)
+    assert trainer.train_step() is None  # one in a row again, not two: no error
+    assert trainer.nonfinite_total == 2
+    with pytest.raises(NonFiniteLossError):
+        trainer.train_step()
+
+
+def test_restore_carries_the_consecutive_non_finite_count():
+    trainer = _trainer(max_nonfinite=2)
+    _poison(trainer.model)
+    assert trainer.train_step() is None
+    state = trainer.training_state()
+    other = _trainer(max_nonfinite=2)
+    other.restore(trainer.step, state, None)
+    assert other.training_state()["nonfinite_run"] == 1 and other.nonfinite_total == 1
+    _poison(other.model)
+    with pytest.raises(NonFiniteLossError):  # the second in a row across the resume
+        other.train_step()
+
+
+def test_a_finite_loss_with_non_finite_gradients_is_skipped():
+    trainer = _trainer()
+    assert trainer.train_step() is not None
+    p = trainer.model.reward_head[-1].weight
+    p.register_hook(lambda g: g * float("nan"))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.train_step() is None and trainer.nonfinite_total == 1
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_gradients_are_clipped_to_grad_clip():
+    trainer = _trainer(grad_clip=1e-3)
+    metrics = trainer.train_step()
+    assert metrics["grad_norm"] > 1e-2  # (the norm before clipping)
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) <= 1e-3 * 1.01
+
+
+@pytest.mark.parametrize(("n", "fraction", "held"), [(4, 0.5, [1, 3]), (14, 0.15, [6, 13]), (10, 0.1, [9])])
+def test_the_holdout_is_the_last_of_every_period_of_round_one_over_f(tmp_path, n, fraction, held):
+    from robobrain.data import EpisodeStore
+    from robobrain.training.wm_trainer import split_episodes
+
+    store = EpisodeStore(tmp_path)
+    for i in range(n):
+        store.add(make_episode(3, tag=i))
+    train, test = split_episodes(store, fraction)
+    assert [int(ep.state[0, 0]) for ep in test] == held
+    assert sorted(int(ep.state[0, 0]) for ep in train + test) == list(range(n))
+
+
+def test_the_last_step_is_logged_when_it_is_no_multiple_of_log_every(tmp_path):
+    import csv
+    import warnings
+
+    from robobrain.data import EpisodeStore
+    from robobrain.training.wm_trainer import train_world_model
+
+    store = EpisodeStore(tmp_path / "data")
+    for i in range(3):
+        store.add(make_episode(10, tag=i, size=32))
+    train = dataclasses.replace(
+        DEBUG.train, batch_size=2, log_every=5, checkpoint_every=50, holdout_fraction=0.0
+    )
+    preset = dataclasses.replace(DEBUG, train=train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_world_model(tmp_path / "data", tmp_path / "run", preset, steps=7, progress=False)
+    with open(tmp_path / "run" / "train_wm.csv") as f:
+        assert [int(float(r["step"])) for r in csv.DictReader(f)] == [5, 7]
+
+
+def test_a_resume_trains_on_the_runs_own_holdout_split(tmp_path):
+    """Resumed with --preset whose holdout_fraction has changed since, the run goes on with its own
+    (recorded) fraction -- and with the training episodes that fraction leaves, as if never stopped."""
+    import warnings
+
+    from robobrain.checkpoint import load_checkpoint
+    from robobrain.data import EpisodeStore
+    from robobrain.training.wm_trainer import train_world_model
+
+    store = EpisodeStore(tmp_path / "data")
+    for i in range(4):
+        store.add(make_episode(10, tag=i, size=32))
+    train = dataclasses.replace(DEBUG.train, batch_size=2, lr_decay=0.0, holdout_fraction=0.5,
+                                checkpoint_every=2, log_every=1)  # fmt: skip
+    run_preset = dataclasses.replace(DEBUG, train=train)
+    drifted = dataclasses.replace(DEBUG, train=dataclasses.replace(train, holdout_fraction=0.25))
+    kw = {"progress": False, "preset_name": "debug"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_world_model(tmp_path / "data", tmp_path / "straight", run_preset, steps=4, **kw)
+        train_world_model(tmp_path / "data", tmp_path / "split", run_preset, steps=2, **kw)
+        train_world_model(tmp_path / "data", tmp_path / "split", drifted, steps=4, **kw)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert b.config["train"]["holdout_fraction"] == 0.5
+    for k, v in a.model_state.items():
+        torch.testing.assert_close(v, b.model_state[k], rtol=0, atol=0, msg=k)
