@@ -13,8 +13,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from robobrain.config import is_int
 from robobrain.envs.physics import FINGER_OPEN, STATE_BASE, Scene
-from robobrain.envs.wrappers import is_int
 
 ASSETS = Path(__file__).parent / "assets"
 

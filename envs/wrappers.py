@@ -9,12 +9,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from robobrain.config import is_int
+
 log = logging.getLogger(__name__)
-
-
-def is_int(x: object) -> bool:
-    """A Python or numpy integer, not a bool (``True`` is an int to Python: it made 1x1 frames)."""
-    return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
 @lru_cache(maxsize=32)

@@ -329,12 +329,11 @@ def run_eval(args: Eval) -> dict:
     if args.video_episodes < 0:
         raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
     check_planner_flags(args)
-    if args.policy.startswith(("mpc:", "bc:")):
-        checkpoint_spec(args.policy)  # (before the checkpoint is read for its frame size)
     args = replace(args, env=args.env or eval_env(args.policy))  # (main resolved it already)
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
-        seen = world_model_image_size(args.policy.split(":", 1)[1])
+        _, path = checkpoint_spec(args.policy)
+        seen = world_model_image_size(path)
         if size is not None and size != seen:
             raise ValueError(f"--image-size {size}: the world model of {args.policy} sees {seen} px frames")
         size = seen
@@ -355,14 +354,15 @@ def run_eval(args: Eval) -> dict:
         time_budget=args.time_budget,
         **uniform_bounds(envs[0].action_space),  # e.g. [-3, 3]: the bounds `train --mpc.optim.low` set
     )
+    run = train_run_config(args.policy)  # (read once)
     mpc = MPCConfig(
         horizon=planner["horizon"],
         optimizer=planner["optimizer"],
         optim=optim,
         seed=args.seed,
-        disagreement_penalty=run_planner_setting(args, "disagreement_penalty", 0.0),
-        success_bonus=run_planner_setting(args, "success_bonus", 1.0),
-        discount=run_planner_setting(args, "discount", 1.0),
+        disagreement_penalty=run_planner_setting(args, run, "disagreement_penalty", 0.0),
+        success_bonus=run_planner_setting(args, run, "success_bonus", 1.0),
+        discount=run_planner_setting(args, run, "discount", 1.0),
     )
     try:
         policy = load_policy(
@@ -621,17 +621,19 @@ class Demo(Train):
     run_dir: Path = Path("runs/demo")
 
 
-def run_planner_setting(args: Eval, name: str, default: float) -> float:
-    """The flag ``name`` (discount, success_bonus, disagreement_penalty), else the ``--mpc.<name>`` of
-    the ``robobrain train`` run behind ``mpc:`` (what its planner scored and its critic learned), else
-    ``default``."""
+def train_run_config(policy: str) -> dict[str, Any]:
+    """The ``online`` config of the ``robobrain train`` run behind ``mpc:`` ({} for anything else)."""
     from robobrain.checkpoint import read_config
 
+    return read_config(policy.split(":", 1)[1]).get("online", {}) if policy.startswith("mpc:") else {}
+
+
+def run_planner_setting(args: Eval, run: dict[str, Any], name: str, default: float) -> float:
+    """The flag ``name`` (discount, success_bonus, disagreement_penalty), else the ``--mpc.<name>`` of
+    the ``robobrain train`` run behind ``mpc:`` (``run``: its config's ``online`` part, read once; what
+    its planner scored and its critic learned), else ``default``."""
     if getattr(args, name) is not None:
         return float(getattr(args, name))
-    if not args.policy.startswith("mpc:"):
-        return default
-    run = read_config(args.policy.split(":", 1)[1]).get("online", {})
     return float(run.get("mpc", {}).get(name, default))
 
 

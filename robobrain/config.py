@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+import numpy as np
+
 SB3_ALGORITHMS = ("SAC", "TD3", "DDPG", "PPO", "A2C")
 """The stable-baselines3 algorithms with an actor and a critic: fine-tuned in imagination, guiding
 the planner, and loaded by ``sb3:ALGO:PATH``."""
@@ -194,9 +196,14 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def is_int(x: object) -> bool:
+    """A Python or numpy integer, not a bool (``True`` is an int to Python: it made 1x1 frames)."""
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
 _SCALAR_TYPES = {
     "bool": lambda v: isinstance(v, bool),
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "int": is_int,
     "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
 }
 

@@ -304,17 +304,20 @@ def test_eval_plans_with_the_discount_its_run_planned_and_its_critic_learned_wit
     `eval` of that run weighs it (and the imagined rewards) the same way, not with MPCConfig's defaults
     (the bonus stayed 1 whatever the run's)."""
     import robobrain.checkpoint
-    from robobrain.cli import Eval, run_planner_setting
+    from robobrain.cli import Eval, run_planner_setting, train_run_config
+
+    def setting(args, name, default):  # (as run_eval reads it: the run's config once)
+        return run_planner_setting(args, train_run_config(args.policy), name, default)
 
     run = {"discount": 0.97, "success_bonus": 5.0, "disagreement_penalty": 0.5}
     configs = {"runs/push": {"online": {"mpc": run}}, "runs/wm": {"world_model": {}}}
     monkeypatch.setattr(robobrain.checkpoint, "read_config", lambda path: configs[str(path)])
     for name, default in (("discount", 1.0), ("success_bonus", 1.0), ("disagreement_penalty", 0.0)):
-        assert run_planner_setting(Eval(policy="mpc:runs/push"), name, default) == run[name]
+        assert setting(Eval(policy="mpc:runs/push"), name, default) == run[name]
         flag = Eval(policy="mpc:runs/push", **{name: 0.25})
-        assert run_planner_setting(flag, name, default) == 0.25
-        assert run_planner_setting(Eval(policy="mpc:runs/wm"), name, default) == default  # (train-wm)
-    assert run_planner_setting(Eval(policy="oracle"), "discount", 1.0) == 1.0
+        assert setting(flag, name, default) == 0.25
+        assert setting(Eval(policy="mpc:runs/wm"), name, default) == default  # (train-wm)
+    assert setting(Eval(policy="oracle"), "discount", 1.0) == 1.0
 
 
 def test_eval_on_a_classic_control_env_plans_in_its_action_bounds(tmp_path):

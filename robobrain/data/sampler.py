@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from robobrain.config import is_int
 from robobrain.data.store import Episode
 
 
@@ -69,7 +70,7 @@ class SequenceSampler:
         return int(self._cum[-1])
 
     def sample(self, batch_size: int) -> SequenceBatch:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")  # (numpy's, from stack)
         flat = self.rng.integers(0, self.num_windows, size=batch_size)
         ep_idx = np.searchsorted(self._cum, flat, side="right")
