@@ -54,9 +54,11 @@ def train_sac(
     out: Path,
     device: str = "auto",
     checkpoint_every: int = 5000,
+    episode_steps: int | None = None,
 ) -> tuple[Path, float]:
     """Trains (or finishes) one SAC peer; returns its zip and training wall clock (read back when a
-    finished peer of the same env, observation key, steps, image size and seed is found in ``out``).
+    finished peer of the same env, observation key, steps, image size, seed and episode length is
+    found in ``out``). ``episode_steps``: the env's time limit (None: its own).
 
     Every ``checkpoint_every`` steps the model, its replay buffer and the wall clock so far go to
     ``out/sac_TAG.ckpt/`` (written beside it, then renamed), so a killed run re-started with the same
@@ -67,6 +69,8 @@ def train_sac(
     from stable_baselines3.common.callbacks import BaseCallback
 
     tag = f"{key}_{env_id.split('/')[-1]}_{steps}steps_{image_size}px_seed{seed}"  # what the peer was
+    if episode_steps is not None:
+        tag += f"_{episode_steps}stepepisodes"
     path = out / f"sac_{tag}.zip"
     if path.exists():
         print(f"sac_{tag}: trained before, reused", flush=True)
@@ -74,7 +78,7 @@ def train_sac(
     ckpt, tmp, old = (out / f"sac_{tag}.{s}" for s in ("ckpt", "ckpt.tmp", "ckpt.old"))
     if not ckpt.exists() and old.exists():  # killed between the two renames below
         old.rename(ckpt)
-    env = SelectKey(envs.make_env(env_id, image_size=image_size), key)
+    env = SelectKey(envs.make_env(env_id, image_size=image_size, **time_limit(episode_steps)), key)
     policy = "CnnPolicy" if key == "pixels" else "MlpPolicy"
     if ckpt.exists():
         model = SAC.load(ckpt / "model.zip", env=env, device=device)
@@ -118,8 +122,17 @@ def train_sac(
     return path, wall
 
 
-def evaluate(policy, env_id: str, episodes: int, image_size: int, num_envs: int, seed: int) -> dict:
-    eval_envs = [envs.make_env(env_id, image_size=image_size) for _ in range(num_envs)]
+def time_limit(episode_steps: int | None) -> dict[str, int]:
+    """``make_env``'s keyword for an episode length (None: the env keeps its own time limit)."""
+    return {} if episode_steps is None else {"max_episode_steps": episode_steps}
+
+
+def evaluate(
+    policy, env_id: str, episodes: int, image_size: int, num_envs: int, seed: int, episode_steps: int | None
+) -> dict:
+    """``policy``'s evaluation summary, ``episode_steps`` long episodes (None: the env's own)."""
+    kw = time_limit(episode_steps)
+    eval_envs = [envs.make_env(env_id, image_size=image_size, **kw) for _ in range(num_envs)]
     try:
         return evaluate_policy(policy, eval_envs, episodes, seed=seed, video_episodes=0, progress=False)[
             "summary"
@@ -127,6 +140,12 @@ def evaluate(policy, env_id: str, episodes: int, image_size: int, num_envs: int,
     finally:
         for e in eval_envs:
             e.close()
+
+
+def progress(name: str, summary: dict, train_wall: float, eval_wall: float) -> None:
+    """One row's line, as it is measured (the table comes at the end)."""
+    print(f"{name}: success {summary['success_rate']:.0%}, mean return {summary['mean_return']:.1f}, "
+          f"evaluated in {eval_wall:.0f} s", flush=True)  # fmt: skip
 
 
 def _last_row(run: Path) -> dict[str, str]:
@@ -161,11 +180,13 @@ def main() -> None:
     if args.device != "auto":
         checked_device(parser, args.device)
     rows = []
+    episode_steps = None  # (the env's own time limit, unless the run set another)
     if args.run is not None:
         from robobrain.checkpoint import load_checkpoint
 
         cfg = load_checkpoint(args.run, with_training_state=False).config
         size = cfg["world_model"]["image_size"]
+        episode_steps = cfg["online"].get("episode_steps")  # (its evaluations' and the peers' length)
     sac_size = args.image_size or (size if args.run is not None else 64)
     if "pixels" not in args.skip and sac_size < 36:  # (before any work)
         parser.error(
@@ -194,11 +215,11 @@ def main() -> None:
             policy = load_policy(f"mpc:{args.run}", args.env, space, mpc=mpc, guide=guide,
                                  num_prior=cfg["online"].get("prior_samples"))  # fmt: skip
             t = time.perf_counter()
-            summary = evaluate(policy, args.env, args.episodes, size, 2, args.seed)
+            summary = evaluate(policy, args.env, args.episodes, size, 2, args.seed, episode_steps)
             rows.append(
                 (f"robobrain MPC, guide={guide}", summary, run_wall_clock(args.run), time.perf_counter() - t)
             )
-            print(rows[-1], flush=True)
+            progress(*rows[-1])
     for key in ("state", "pixels"):
         if key in args.skip:
             continue
@@ -211,16 +232,19 @@ def main() -> None:
             args.out,
             args.device,
             args.checkpoint_every,
+            episode_steps,
         )
         policy = SB3Policy.load(str(path))
         t = time.perf_counter()
-        summary = evaluate(policy, args.env, args.episodes, sac_size, 2, args.seed)
+        summary = evaluate(policy, args.env, args.episodes, sac_size, 2, args.seed, episode_steps)
         rows.append((f"SB3 SAC from {key}", summary, wall, time.perf_counter() - t))
-        print(rows[-1], flush=True)
+        progress(*rows[-1])
 
     sac_device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    length = "" if episode_steps is None else f" of {episode_steps} steps (the run's --episode-steps)"
     print(
-        f"\n{args.env}, {args.env_steps} env steps, {args.episodes} evaluation episodes (seeds {args.seed}+)"
+        f"\n{args.env}, {args.env_steps} env steps, {args.episodes} evaluation episodes{length} "
+        f"(seeds {args.seed}+)"
     )
     print(f"SAC peers trained on {describe(sac_device)}, in this run")
     if args.run is not None:  # (trained earlier, in another process: its wall clock is not this run's)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
+from robobrain.config import is_int
 from robobrain.data.store import no_empty_dirs_on_failure
 from robobrain.training.online import OnlineConfig
 
@@ -42,6 +43,9 @@ class Collect:
     """Gymnasium vector env: in-process or one subprocess per env."""
     image_size: int = 64
     """Side of the square pixel observation."""
+    episode_steps: int | None = None
+    """Steps per episode: overrides the env's time limit (default: the env's own, 50 for the
+    robobrain tasks)."""
     noise: float = 0.0
     """Std of Gaussian noise added to scripted actions."""
     decoy_goal_prob: float = 0.0
@@ -150,6 +154,9 @@ class Eval:
     image_size: int | None = None
     """Pixel size (default: the world model's for mpc:/bc:, the frames an sb3: model was trained on,
     else 64)."""
+    episode_steps: int | None = None
+    """Steps per episode: overrides the env's time limit (default: a `robobrain train` run's own
+    --episode-steps, the length its evaluations ran; else the env's own, 50 for the robobrain tasks)."""
     video_episodes: int = 2
     """Episodes recorded as mp4 (real | imagined for mpc:)."""
     device: str = "cpu"
@@ -330,6 +337,9 @@ def run_eval(args: Eval) -> dict:
         raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
     check_planner_flags(args)
     args = replace(args, env=args.env or eval_env(args.policy))  # (main resolved it already)
+    run = train_run_config(args.policy)  # (read once)
+    steps = args.episode_steps if args.episode_steps is not None else run.get("episode_steps")
+    time_limit = time_limit_kwargs(steps)
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
         _, path = checkpoint_spec(args.policy)
@@ -343,7 +353,8 @@ def run_eval(args: Eval) -> dict:
         size = frame_size(args.policy[4:])
     # (no more envs than episodes: a slot that never starts an episode has no observation)
     envs = [
-        make_env(args.env, 64 if size is None else size) for _ in range(min(args.num_envs, args.episodes))
+        make_env(args.env, 64 if size is None else size, **time_limit)
+        for _ in range(min(args.num_envs, args.episodes))
     ]
     planner = planner_settings(args)
     optim = OptimizerConfig(
@@ -354,7 +365,6 @@ def run_eval(args: Eval) -> dict:
         time_budget=args.time_budget,
         **uniform_bounds(envs[0].action_space),  # e.g. [-3, 3]: the bounds `train --mpc.optim.low` set
     )
-    run = train_run_config(args.policy)  # (read once)
     mpc = MPCConfig(
         horizon=planner["horizon"],
         optimizer=planner["optimizer"],
@@ -382,7 +392,7 @@ def run_eval(args: Eval) -> dict:
         # An SB3 guide's prior samples use torch's global generator, which SB3's load reseeds with
         # the training run's seed: seeded after it, or every --seed drew the same samples.
         torch.manual_seed(args.seed)
-        meta: dict[str, Any] = {"env_id": args.env, "policy": args.policy}
+        meta: dict[str, Any] = {"env_id": args.env, "policy": args.policy, "episode_steps": steps}
         if args.policy.startswith(("mpc:", "oracle")):
             meta["guide"] = args.guide
             guide_used = getattr(policy, "guide", None)
@@ -574,7 +584,10 @@ def run_collect(args: Collect) -> list[str]:
             "[%d, %d): their starts repeat", out, ", ".join(f"[{a}, {b})" for a, b in overlap), seed,
             seed + args.num_envs,
         )  # fmt: skip
-    vec = envs.make_vector_env(args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode)
+    time_limit = time_limit_kwargs(args.episode_steps)
+    vec = envs.make_vector_env(
+        args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode, **time_limit
+    )
     try:
         from robobrain.world_model.networks import num_conv_layers
 
@@ -591,7 +604,8 @@ def run_collect(args: Collect) -> list[str]:
         vec.reset(seed=seed)  # (an env that cannot render, e.g. without pygame, fails before the store)
         store = EpisodeStore(out)
         meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": seed,
-                "num_envs": args.num_envs, "decoy_goal_prob": args.decoy_goal_prob}  # fmt: skip
+                "num_envs": args.num_envs, "decoy_goal_prob": args.decoy_goal_prob,
+                "episode_steps": args.episode_steps}  # fmt: skip
         names = collect_episodes(
             vec, policy, store, args.episodes, seed=seed, meta=meta, progress=args.progress
         ).names
@@ -619,6 +633,15 @@ class Demo(Train):
     pretrain_steps: int = 300
     eval_every: int = 1000
     run_dir: Path = Path("runs/demo")
+
+
+def time_limit_kwargs(episode_steps: int | None) -> dict[str, int]:
+    """``make_env``'s keyword for ``--episode-steps`` (None: none, the env keeps its own time limit)."""
+    if episode_steps is None:
+        return {}
+    if not is_int(episode_steps) or episode_steps < 1:
+        raise ValueError(f"--episode-steps must be an int >= 1, got {episode_steps!r}")
+    return {"max_episode_steps": int(episode_steps)}
 
 
 def train_run_config(policy: str) -> dict[str, Any]:

@@ -235,7 +235,12 @@ def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_pat
             main([*base, "--noise", noise, "--out", str(out)])
     with pytest.raises(ValueError, match="--seed must be >= 0"):  # (numpy's error named no flag)
         main([*base, "--seed", "-5", "--out", str(out)])
+    with pytest.raises(ValueError, match="--episode-steps must be an int >= 1, got 0"):
+        main([*base, "--episode-steps", "0", "--out", str(out)])
     assert not out.exists()
+    short = tmp_path / "short"  # episodes of another length than the env's time limit
+    main([*base, "--episodes", "2", "--num-envs", "2", "--episode-steps", "7", "--out", str(short)])
+    assert [(len(ep), ep.meta["episode_steps"]) for ep in EpisodeStore(short).load_all()] == [(7, 7)] * 2
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
         main([*base, "--out", str(tmp_path / "file")])

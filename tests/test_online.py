@@ -74,15 +74,18 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     assert final["mean_return"] == pytest.approx(float(rows[-1][col["eval_return"]]))
     ckpt = latest_checkpoint(tmp_path)
     assert (ckpt / "sb3/model.zip").exists() and (ckpt / "sb3/replay_buffer.npz").exists()
-    # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic.
-    for guide, resolved in (("auto", "both"), ("none", "none")):
+    # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic;
+    # its episodes are as long as the run's own evaluations' (--episode-steps 10), unless told.
+    for guide, resolved, length in (("auto", "both", []), ("none", "none", ["--episode-steps", "3"])):
         out = tmp_path / f"eval_{guide}"
         main(["eval", "--policy", f"mpc:{tmp_path}", "--env", "robobrain/Push-v0", "--episodes", "1",
               "--num-envs", "1", "--samples", "32", "--elites", "4", "--iterations", "1", "--horizon", "4",
               "--guide", guide, "--video-episodes", "0", "--out", str(out), "--no-progress",
-              "--seed", "7"])  # fmt: skip
+              "--seed", "7", *length])  # fmt: skip
         info = json.loads((out / "eval_info.json").read_text())
         assert (info["guide"], info["guide_resolved"]) == (guide, resolved)
+        steps = 3 if length else 10
+        assert info["episode_steps"] == steps and [e["length"] for e in info["episodes"]] == [steps]
         # The guide's prior samples draw from torch's generator: seeded with --seed after SB3's load,
         # which seeds it with the run's own seed (every --seed drew the same samples).
         assert torch.initial_seed() == 7

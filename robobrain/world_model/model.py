@@ -64,8 +64,10 @@ def _taken_as_is(x: object, param: torch.Tensor) -> bool:
 
 class WorldModel(nn.Module):
     """Action-conditioned video world model: conv encoder, RSSM dynamics, conv decoder, reward and
-    success heads. The device follows the module (``.to(device)``); it computes in float32 (bf16
-    under autocast), other dtypes are not supported."""
+    success heads. The device follows the module (``.to(device)``). It trains in float32; for
+    imagination it also runs under bf16 autocast or as a whole-bf16 copy (``.to(torch.bfloat16)``,
+    as :class:`~robobrain.world_model.graphs.Bf16Imagine` makes), and its inputs take the dtype of
+    its weights (:meth:`as_input`)."""
 
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
