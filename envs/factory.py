@@ -22,11 +22,14 @@ def is_robobrain_task(env_id: str) -> bool:
 
 
 def _close_env_ids(env_id: str, n: int = 3) -> list[str]:
-    """Registered ids like ``env_id``, best first; a robobrain task is compared by its name without
-    the namespace (``Push-v0`` suggested Pusher-v5 before robobrain/Push-v0), case aside."""
+    """Registered ids like ``env_id`` that can be made, best first; a robobrain task is compared by
+    its name without the namespace (``Push-v0`` suggested Pusher-v5 before robobrain/Push-v0), case
+    aside."""
     query = env_id.removeprefix("robobrain/").lower()
     scored = []
-    for e in gym.registry:
+    for e, spec in gym.registry.items():
+        if getattr(spec.entry_point, "__name__", "") == "_raise_mujoco_py_error":
+            continue  # (Gymnasium's mujoco-py v2/v3 ids: registered, but making one only raises)
         name = e.removeprefix("robobrain/") if is_robobrain_task(e) else e
         score = difflib.SequenceMatcher(None, query, name.lower()).ratio()
         if score >= 0.6:
@@ -34,15 +37,29 @@ def _close_env_ids(env_id: str, n: int = 3) -> list[str]:
     return [e for _, e in sorted(scored)[:n]]
 
 
+def registered_id(env_id: str) -> str:
+    """The registry id of ``env_id``: for ``"module:Env-v0"`` (as ``gym.make`` reads such an id),
+    the module, which registers the env, is imported first and ``"Env-v0"`` returned."""
+    if ":" not in env_id:
+        return env_id
+    module, _, env_id = env_id.partition(":")
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise ValueError(
+            f"env id {module}:{env_id}: cannot import {module!r} to register it ({e}); is it on PYTHONPATH?"
+        ) from e
+    return env_id
+
+
 def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
     """One env with the robobrain observation dict ``{"pixels", "state"}``.
 
     robobrain tasks produce it themselves; any other registered env that can render
-    ``rgb_array`` is wrapped in :class:`PixelObservation`.
+    ``rgb_array`` is wrapped in :class:`PixelObservation`. ``env_id`` may name the module that
+    registers it: ``"module:Env-v0"``.
     """
-    if ":" in env_id:  # "module:Env-v0": the module registers the env (as gym.make reads such an id)
-        module, _, env_id = env_id.partition(":")
-        importlib.import_module(module)
+    env_id = registered_id(env_id)
     if env_id not in gym.registry:
         close = _close_env_ids(env_id)
         hint = f"did you mean {' or '.join(close)}?" if close else "is the package registering it imported?"
@@ -52,7 +69,11 @@ def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
     kwargs.pop("render_mode", None)
     if is_robobrain_task(env_id):
         return gym.make(env_id, image_size=image_size, render_mode="rgb_array", **kwargs)
-    return PixelObservation(gym.make(env_id, render_mode="rgb_array", **kwargs), image_size)
+    try:
+        env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+    except ImportError as e:  # e.g. Gymnasium's mujoco-py v2/v3 envs, registered but gone
+        raise ValueError(f"{env_id} cannot be made here: {e}") from e
+    return PixelObservation(env, image_size)
 
 
 def make_vector_env(
@@ -107,6 +128,7 @@ class CheckedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
 
 
 def _env_class(env_id: str) -> Any:
+    env_id = registered_id(env_id)
     if env_id not in gym.registry:
         raise ValueError(f"unknown env id {env_id!r}")
     entry = gym.spec(env_id).entry_point
@@ -114,8 +136,9 @@ def _env_class(env_id: str) -> Any:
 
 
 def get_state_layout(env_id: str | None) -> dict[str, slice] | None:
-    """Name -> slice of the parts of a robobrain task's state vector; None for other envs."""
-    if env_id is None or env_id not in gym.registry:
+    """Name -> slice of the parts of a robobrain task's state vector (or of another env's whose class
+    declares ``state_layout``); None for other envs."""
+    if env_id is None or registered_id(env_id) not in gym.registry:
         return None
     layout = getattr(_env_class(env_id), "state_layout", None)
     return dict(layout) if layout is not None else None

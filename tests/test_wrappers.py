@@ -1,5 +1,7 @@
 """The pixel wrapper gives third-party envs the robobrain observation dict."""
 
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -34,6 +36,31 @@ def test_wrapper_needs_rgb_rendering():
     reacher = envs.make_env("gymnasium.envs:Reacher-v5", image_size=16)
     assert reacher.observation_space["pixels"].shape == (16, 16, 3)
     reacher.close()
+
+
+def test_module_ids_register_their_env_wherever_an_id_is_read(tmp_path, monkeypatch):
+    """``"module:Env-v0"``: the state layout of a user's goal env was None (never imported), so a
+    world model on its data was not goal-conditioned; a module that cannot be imported, or one of
+    Gymnasium's mujoco-py ids (registered, but making one raises ImportError), is a ValueError."""
+    (tmp_path / "my_goal_env.py").write_text(
+        "import gymnasium as gym\n"
+        "class GoalEnv(gym.Env):\n"
+        "    state_layout = {'pos': slice(0, 2), 'goal': slice(2, 4)}\n"
+        "gym.register('MyGoal-v0', entry_point=GoalEnv)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_goal_env", raising=False)
+    try:
+        assert envs.get_state_layout("my_goal_env:MyGoal-v0") == {"pos": slice(0, 2), "goal": slice(2, 4)}
+    finally:
+        gym.registry.pop("MyGoal-v0", None)
+    with pytest.raises(ValueError, match="cannot import 'no_such_module' to register it"):
+        envs.make_env("no_such_module:Foo-v0")
+    with pytest.raises(ValueError, match=r"^Reacher-v2 cannot be made here: The mujoco v2 and v3"):
+        envs.make_env("Reacher-v2")
+    with pytest.raises(ValueError, match="did you mean") as e:  # (only ids that can be made)
+        envs.make_env("Reacher")
+    assert "-v2" not in str(e.value) and "-v3" not in str(e.value)
 
 
 def test_wrapped_env_passes_gymnasiums_checker_and_is_recreated_from_its_spec():

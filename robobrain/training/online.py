@@ -43,6 +43,7 @@ from robobrain.config import get_preset, to_dict
 from robobrain.data import Episode, EpisodeStore, SequenceSampler
 from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
+from robobrain.envs.factory import registered_id
 from robobrain.evaluation import evaluate_policy
 from robobrain.planning import MPCConfig, OptimizerConfig
 from robobrain.planning.mpc import check_action_bounds, check_unit_bounds, uniform_bounds
@@ -346,8 +347,9 @@ class OnlineLoop:
         """Refuse, before collecting anything, a preset whose training windows (``seq_len``
         observations) are longer than the env's episodes."""
         steps = self.cfg.episode_steps
-        if steps is None and self.cfg.env in gym.registry:
-            steps = gym.spec(self.cfg.env).max_episode_steps
+        env_id = registered_id(self.cfg.env)  # ("module:Env-v0" imports its module)
+        if steps is None and env_id in gym.registry:
+            steps = gym.spec(env_id).max_episode_steps
         if steps is not None and steps + 1 < self.tcfg.seq_len:
             raise ValueError(
                 f"the {self.cfg.preset} preset trains on windows of {self.tcfg.seq_len} observations, but "
