@@ -194,8 +194,8 @@ class Eval:
     the run has one); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`
     (its defaults are the planner settings of the Push rows in bench/RESULTS.md)."""
     prior_samples: int | None = None
-    """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, all
-    the candidates but one from a behaviour prior)."""
+    """mpc: candidates per iteration drawn from the guide's prior (default: a `robobrain train` run's
+    own --prior-samples from its SB3 actor; all the candidates but one from a behaviour prior)."""
     prior_std: float | None = None
     """mpc --guide bc: std of the Gaussian noise around the behaviour prior's actions (default: 0.1)."""
     compile: bool = False
@@ -374,6 +374,9 @@ def run_eval(args: Eval) -> dict:
         success_bonus=run_planner_setting(args, run, "success_bonus", 1.0),
         discount=run_planner_setting(args, run, "discount", 1.0),
     )
+    num_prior = args.prior_samples  # (an SB3 guide's: its run's own, unless told; bc: load_policy's)
+    if num_prior is None and args.guide != "bc":
+        num_prior = run.get("prior_samples")
     try:
         policy = load_policy(
             args.policy,
@@ -384,7 +387,7 @@ def run_eval(args: Eval) -> dict:
             mpc=mpc,
             device=args.device,
             guide=args.guide,
-            num_prior=args.prior_samples,
+            num_prior=num_prior,
             prior_std=planner["prior_std"],
             compile=args.compile_mode if args.compile else False,
             fused=args.fused,
@@ -647,8 +650,9 @@ def time_limit_kwargs(episode_steps: int | None) -> dict[str, int]:
 def train_run_config(policy: str) -> dict[str, Any]:
     """The ``online`` config of the ``robobrain train`` run behind ``mpc:`` ({} for anything else)."""
     from robobrain.checkpoint import read_config
+    from robobrain.policies import checkpoint_spec
 
-    return read_config(policy.split(":", 1)[1]).get("online", {}) if policy.startswith("mpc:") else {}
+    return read_config(checkpoint_spec(policy)[1]).get("online", {}) if policy.startswith("mpc:") else {}
 
 
 def run_planner_setting(args: Eval, run: dict[str, Any], name: str, default: float) -> float:

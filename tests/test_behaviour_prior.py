@@ -260,3 +260,20 @@ def test_fit_is_seeded_reports_the_training_mean_baseline_and_evaluates_its_last
     train_mean = np.concatenate([ep.action for ep in train]).mean(0)
     expected = float(((train_mean - val[0].action) ** 2).mean())
     assert report["val_mse_mean_action"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_fit_refuses_data_it_would_clone_wrongly(model):
+    """Pendulum's [-2, 2] torques were cloned by a tanh prior in [-1, 1], unsaid (its planner then
+    refused it); an env that reports no success had its "no episode ended in success" error."""
+    cfg = BehaviourPriorConfig(hidden=16, layers=1, steps=2, batch_size=8)
+    wide = [bar_episode(c) for c in (0, 8)]
+    wide[0].action[:] *= 2.0
+    with pytest.raises(ValueError, match=r"acts in \[-1, 1\], but these episodes' actions reach \[-1\.6"):
+        fit_behaviour_prior(model, wide[:1], wide[1:], cfg)
+    silent = [bar_episode(c) for c in (0, 8)]
+    for ep in silent:
+        ep.meta["reports_success"] = False
+    with pytest.raises(ValueError, match=r"env reports no success .* pass --all-episodes"):
+        fit_behaviour_prior(model, silent[:1], silent[1:], cfg)
+    fit_behaviour_prior(model, silent[:1], silent[1:], BehaviourPriorConfig(hidden=16, layers=1, steps=2,
+                        batch_size=8, successful_only=False))  # fmt: skip

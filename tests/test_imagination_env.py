@@ -184,6 +184,22 @@ def test_out_of_range_actions_are_clipped_before_the_model_sees_them():
     np.testing.assert_array_equal(big, one)
 
 
+def test_sb3_acts_in_the_action_space_of_the_models_data():
+    """A model trained on Pendulum's [-2, 2] torques: SB3 acted in [-1, 1] (half the range), unsaid."""
+    import gymnasium as gym
+
+    space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    env = ImaginationVecEnv(PointLatent(), bank(-1.0), num_envs=1, horizon=5, action_space=space)
+    assert env.action_space == space
+    env.reset()
+    x, _, _, _ = env.step(np.full((1, 1), 5.0, np.float32))  # clipped to 2, not 1: x = -1 + 0.1 * 2
+    np.testing.assert_allclose(x, [[-0.8]], rtol=1e-6)
+    wrong = gym.spaces.Box(-2.0, 2.0, (2,)), gym.spaces.Box(-np.inf, np.inf, (1,)), gym.spaces.Discrete(3)
+    for bad in wrong:
+        with pytest.raises(ValueError, match="action_space must be a bounded Box of shape"):
+            ImaginationVecEnv(PointLatent(), bank(-1.0), num_envs=1, horizon=5, action_space=bad)
+
+
 def test_start_states_are_the_posteriors_the_planner_filters():
     """The bank holds the posterior after each frame, filtered with the action *before* it (zero at
     the start), as ``WorldModel.observe`` does."""

@@ -10,7 +10,7 @@ import torch
 
 from robobrain.config import get_preset
 from robobrain.planning import MPC, GraphedPlan, MPCConfig, OptimizerConfig, world_model_score_fn
-from robobrain.planning.mpc import make_optimizer
+from robobrain.planning.mpc import check_action_bounds, make_optimizer
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies import OracleMPCPolicy, WorldModelMPCPolicy
 from robobrain.rl import BehaviourPrior, BehaviourPriorGuide
@@ -408,3 +408,14 @@ def test_the_seed_also_seeds_the_exploration_noise():
     for beta in (0.0, 1.0):
         torch.testing.assert_close(noise(0, beta), noise(0, beta))
         assert not torch.allclose(noise(0, beta), noise(1, beta)), beta
+
+
+def test_the_bounds_error_says_the_envs_own_bounds():
+    """Bounds per dimension of [-1, 1] x [0, 5] were said as "[-1.0, 5.0]", the planner's own range
+    with --mpc.optim.low -1 --mpc.optim.high 5, so the error contradicted itself."""
+    wide = MPCConfig(optim=OptimizerConfig(low=-1.0, high=5.0))
+    with pytest.raises(ValueError, match=r"low \[-1\.0, 0\.0\], high \[1\.0, 5\.0\] \(not one range"):
+        check_action_bounds([-1.0, 0.0], [1.0, 5.0], wide)
+    with pytest.raises(ValueError, match=r"1\.0\] but the env's actions are in \[-2\.0, 2\.0\];"):
+        check_action_bounds([-2.0], [2.0], MPCConfig())
+    check_action_bounds([-1.0, -1.0], [1.0, 1.0], MPCConfig())  # the planner's own range: fine

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -74,8 +75,9 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     assert final["mean_return"] == pytest.approx(float(rows[-1][col["eval_return"]]))
     ckpt = latest_checkpoint(tmp_path)
     assert (ckpt / "sb3/model.zip").exists() and (ckpt / "sb3/replay_buffer.npz").exists()
-    # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic;
-    # its episodes are as long as the run's own evaluations' (--episode-steps 10), unless told.
+    # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic
+    # with the run's own prior samples (--prior-samples 4, not load_policy's 16); its episodes are as
+    # long as the run's own evaluations' (--episode-steps 10), unless told.
     for guide, resolved, length in (("auto", "both", []), ("none", "none", ["--episode-steps", "3"])):
         out = tmp_path / f"eval_{guide}"
         main(["eval", "--policy", f"mpc:{tmp_path}", "--env", "robobrain/Push-v0", "--episodes", "1",
@@ -86,6 +88,7 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
         assert (info["guide"], info["guide_resolved"]) == (guide, resolved)
         steps = 3 if length else 10
         assert info["episode_steps"] == steps and [e["length"] for e in info["episodes"]] == [steps]
+        assert info["planner"]["prior_samples"] == (4 if guide == "auto" else None)  # the run's own
         # The guide's prior samples draw from torch's generator: seeded with --seed after SB3's load,
         # which seeds it with the run's own seed (every --seed drew the same samples).
         assert torch.initial_seed() == 7
@@ -591,6 +594,15 @@ def test_the_learning_curve_draws_what_train_csv_holds(tmp_path, monkeypatch):
     assert fig.axes[0].get_ylim() == (-0.05, 1.05)
     image = plt.imread(out)
     assert np.unique(image.reshape(-1, image.shape[-1]), axis=0).shape[0] > 10  # not a blank canvas
+    # An env that reports no success (Pendulum): its panel says so, and matplotlib warns of nothing.
+    (tmp_path / "train.csv").write_text(
+        "env_steps,train_success,train_return,eval_success,eval_return\n20,nan,-5.0,nan,-4.0\n"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_learning_curve(tmp_path / "train.csv", tmp_path / "curve.png")
+    success_panel = closed[-1].axes[0]
+    assert not success_panel.lines and [t.get_text() for t in success_panel.texts] == ["no success reported"]
 
 
 def test_a_run_directory_in_use_is_refused_before_anything_is_written(tmp_path):

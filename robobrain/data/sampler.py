@@ -61,8 +61,11 @@ class SequenceSampler:
             lengths = sorted({len(ep) for ep in self.episodes})
             raise ValueError(
                 f"no episode has {seq_len} observations ({seq_len - 1} steps); episode lengths in steps: "
-                f"{lengths or 'no episodes'}"
+                f"{lengths or 'no episodes'} (an env whose episodes end early, e.g. on a fall, needs more "
+                "of them, or windows of fewer steps: the train config's seq_len)"
             )
+        self.num_unused = int((counts == 0).sum())
+        """Episodes shorter than a window: never sampled."""
         self._cum = np.cumsum(counts)
 
     @property

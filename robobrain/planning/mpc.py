@@ -65,9 +65,15 @@ def check_action_bounds(low: Any, high: Any, cfg: MPCConfig) -> None:
     (e.g. Pendulum's [-2, 2]) would silently get only part of its range -- refuse it instead."""
     low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
     if not (np.all(low == cfg.optim.low) and np.all(high == cfg.optim.high)):
+        uniform = np.all(low == low.flat[0]) and np.all(high == high.flat[0])
+        env = (
+            f"[{low.flat[0]}, {high.flat[0]}]"
+            if uniform
+            else f"low {low.tolist()}, high {high.tolist()} (not one range for every dimension)"
+        )
         raise ValueError(
             f"the planner acts in [{cfg.optim.low}, {cfg.optim.high}] but the env's actions are in "
-            f"[{low.min()}, {high.max()}]; wrap the env in gymnasium.wrappers.RescaleAction"
+            f"{env}; wrap the env in gymnasium.wrappers.RescaleAction"
         )
 
 

@@ -200,6 +200,11 @@ def fit_behaviour_prior(
     mean action of the training set. (The former is that of the weights kept, which the same
     validation episodes chose: slightly optimistic; no third split is held out for it.)"""
     cfg = cfg or BehaviourPriorConfig()
+    if cfg.successful_only and not any(ep.meta.get("reports_success", True) for ep in [*train, *val]):
+        raise ValueError(
+            "behaviour cloning of successful episodes: these episodes' env reports no success "
+            "(info['success']); pass --all-episodes (successful_only=False) to clone them all"
+        )
     train, val = select_episodes(train, cfg.successful_only), select_episodes(val, cfg.successful_only)
     if not train or not val:
         raise ValueError(
@@ -207,6 +212,13 @@ def fit_behaviour_prior(
             f"{' that ended in success' if cfg.successful_only else ''}: got {len(train)} and {len(val)} "
             "(more episodes, e.g. scripted ones with less noise in another --data store"
             f"{', or --all-episodes' if cfg.successful_only else ''})"
+        )
+    low = min(float(ep.action.min(initial=0.0)) for ep in train + val)
+    high = max(float(ep.action.max(initial=0.0)) for ep in train + val)
+    if low < -1.0 or high > 1.0:  # (its tanh would clone a squashed copy of them)
+        raise ValueError(
+            f"the behaviour prior acts in [-1, 1], but these episodes' actions reach [{low:g}, {high:g}]: "
+            "collect them in the env wrapped in gymnasium.wrappers.RescaleAction(env, -1, 1)"
         )
     # (the latents come back on the CPU; the fit runs on ``device`` too)
     x, y = (t.to(device) for t in latent_dataset(model, train, device))

@@ -101,7 +101,10 @@ class ImaginationVecEnv(VecEnv):
         horizon: int = 15,
         success_terminates: bool = False,
         seed: int = 0,
+        action_space: gym.spaces.Box | None = None,
     ) -> None:
+        """``action_space``: the actions of the env whose data the model was trained on, which SB3
+        then acts in (default ``Box(-1, 1, (A,))``; Pendulum's is ``Box(-2, 2, (1,))``)."""
         if num_envs < 1 or horizon < 1:
             raise ValueError(
                 f"ImaginationVecEnv: need num_envs >= 1 and horizon >= 1, got {num_envs}, {horizon}"
@@ -112,6 +115,14 @@ class ImaginationVecEnv(VecEnv):
             raise ValueError("ImaginationVecEnv: the start states hold NaN or inf")
         obs_space = gym.spaces.Box(-np.inf, np.inf, (dynamics.feat_dim,), np.float32)
         act_space = gym.spaces.Box(-1.0, 1.0, (dynamics.action_dim,), np.float32)
+        if action_space is not None:
+            ok = isinstance(action_space, gym.spaces.Box) and action_space.shape == act_space.shape
+            if not ok or not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+                raise ValueError(
+                    f"ImaginationVecEnv: action_space must be a bounded Box of shape {act_space.shape} "
+                    f"(the model's actions), got {action_space}"
+                )
+            act_space = gym.spaces.Box(action_space.low, action_space.high, act_space.shape, np.float32)
         super().__init__(num_envs, obs_space, act_space)
         self.dynamics = dynamics
         self.bank = start_states
@@ -149,7 +160,7 @@ class ImaginationVecEnv(VecEnv):
         actions = actions.reshape(want)
         if not np.all(np.isfinite(actions)):
             raise ValueError("ImaginationVecEnv: actions contain NaN or inf")
-        self._actions = np.clip(actions, -1.0, 1.0)
+        self._actions = np.clip(actions, self.action_space.low, self.action_space.high)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         if self._actions is None:

@@ -41,7 +41,10 @@ def plot_learning_curve(csv_path: str | os.PathLike[str], png_path: str | os.Pat
             xs, ys = _column(rows, "env_steps", key)
             if xs:
                 ax.plot(xs, ys, style, label=label)
-        ax.legend(loc="upper left", fontsize=8)
+        if ax.lines:
+            ax.legend(loc="upper left", fontsize=8)
+        else:  # (an env that reports no success: its column is NaN; matplotlib warned of no artists)
+            ax.text(0.5, 0.5, f"no {what} reported", ha="center", va="center", transform=ax.transAxes)
     ax_s.set(xlabel="env steps", ylabel="success rate", ylim=(-0.05, 1.05), title="success")
     ax_r.set(xlabel="env steps", ylabel="mean return", title="return")
     for ax in (ax_s, ax_r):

@@ -395,6 +395,11 @@ def _train_world_model(
     if model.uses_state_stats:
         model.set_state_stats(*state_stats(train_eps, device))
     sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
+    if sampler.num_unused:
+        log.warning(
+            "%d of the %d training episodes are shorter than a training window (%d observations): "
+            "they are left out", sampler.num_unused, len(train_eps), tcfg.seq_len,
+        )  # fmt: skip
     trainer = WorldModelTrainer(model, tcfg, sampler, device, total_steps=steps)
 
     if ckpt is not None:
