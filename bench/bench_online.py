@@ -78,7 +78,7 @@ def train_sac(
     ckpt, tmp, old = (out / f"sac_{tag}.{s}" for s in ("ckpt", "ckpt.tmp", "ckpt.old"))
     if not ckpt.exists() and old.exists():  # killed between the two renames below
         old.rename(ckpt)
-    env = SelectKey(envs.make_env(env_id, image_size=image_size, **time_limit(episode_steps)), key)
+    env = SelectKey(envs.make_env(env_id, image_size=image_size, max_episode_steps=episode_steps), key)
     policy = "CnnPolicy" if key == "pixels" else "MlpPolicy"
     if ckpt.exists():
         model = SAC.load(ckpt / "model.zip", env=env, device=device)
@@ -122,17 +122,13 @@ def train_sac(
     return path, wall
 
 
-def time_limit(episode_steps: int | None) -> dict[str, int]:
-    """``make_env``'s keyword for an episode length (None: the env keeps its own time limit)."""
-    return {} if episode_steps is None else {"max_episode_steps": episode_steps}
-
-
 def evaluate(
     policy, env_id: str, episodes: int, image_size: int, num_envs: int, seed: int, episode_steps: int | None
 ) -> dict:
     """``policy``'s evaluation summary, ``episode_steps`` long episodes (None: the env's own)."""
-    kw = time_limit(episode_steps)
-    eval_envs = [envs.make_env(env_id, image_size=image_size, **kw) for _ in range(num_envs)]
+    eval_envs = [
+        envs.make_env(env_id, image_size=image_size, max_episode_steps=episode_steps) for _ in range(num_envs)
+    ]
     try:
         return evaluate_policy(policy, eval_envs, episodes, seed=seed, video_episodes=0, progress=False)[
             "summary"

@@ -338,8 +338,9 @@ def run_eval(args: Eval) -> dict:
     check_planner_flags(args)
     args = replace(args, env=args.env or eval_env(args.policy))  # (main resolved it already)
     run = train_run_config(args.policy)  # (read once)
-    steps = args.episode_steps if args.episode_steps is not None else run.get("episode_steps")
-    time_limit = time_limit_kwargs(steps)
+    steps = checked_episode_steps(
+        args.episode_steps if args.episode_steps is not None else run.get("episode_steps")
+    )
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
         _, path = checkpoint_spec(args.policy)
@@ -353,7 +354,7 @@ def run_eval(args: Eval) -> dict:
         size = frame_size(args.policy[4:])
     # (no more envs than episodes: a slot that never starts an episode has no observation)
     envs = [
-        make_env(args.env, 64 if size is None else size, **time_limit)
+        make_env(args.env, 64 if size is None else size, max_episode_steps=steps)
         for _ in range(min(args.num_envs, args.episodes))
     ]
     planner = planner_settings(args)
@@ -587,9 +588,9 @@ def run_collect(args: Collect) -> list[str]:
             "[%d, %d): their starts repeat", out, ", ".join(f"[{a}, {b})" for a, b in overlap), seed,
             seed + args.num_envs,
         )  # fmt: skip
-    time_limit = time_limit_kwargs(args.episode_steps)
+    steps = checked_episode_steps(args.episode_steps)  # (None: the env's own time limit)
     vec = envs.make_vector_env(
-        args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode, **time_limit
+        args.env, args.num_envs, image_size=args.image_size, mode=args.vector_mode, max_episode_steps=steps
     )
     try:
         from robobrain.world_model.networks import num_conv_layers
@@ -638,13 +639,12 @@ class Demo(Train):
     run_dir: Path = Path("runs/demo")
 
 
-def time_limit_kwargs(episode_steps: int | None) -> dict[str, int]:
-    """``make_env``'s keyword for ``--episode-steps`` (None: none, the env keeps its own time limit)."""
-    if episode_steps is None:
-        return {}
-    if not is_int(episode_steps) or episode_steps < 1:
+def checked_episode_steps(episode_steps: int | None) -> int | None:
+    """``--episode-steps``, refused unless an int >= 1 or None (``make_env``'s ``max_episode_steps``:
+    None keeps the env's own time limit)."""
+    if episode_steps is not None and (not is_int(episode_steps) or episode_steps < 1):
         raise ValueError(f"--episode-steps must be an int >= 1, got {episode_steps!r}")
-    return {"max_episode_steps": int(episode_steps)}
+    return episode_steps
 
 
 def train_run_config(policy: str) -> dict[str, Any]:
