@@ -233,10 +233,17 @@ def _prune(root: Path, keep: int, protect: str) -> None:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint of a run, or None when the run has none."""
+    """The newest complete checkpoint of a run, or None when the run has none. Checkpoints without
+    the pointer to the newest (deleted, or the run killed while saving its first) are an error: a run
+    that took them for none started over, and an online one emptied its episode store."""
     root = Path(run_dir) / "checkpoints"
     pointer = root / LATEST
     if not pointer.exists():
+        if any(p.is_dir() for p in root.glob("step_*")):
+            raise CheckpointError(
+                f"{root} holds checkpoints but no {LATEST} pointer{recovery_hint(pointer)}; to start the "
+                f"run over instead, remove {root}"
+            )
         return None
     try:
         name = json.loads(pointer.read_text())["checkpoint"]

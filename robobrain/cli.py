@@ -6,6 +6,7 @@ robobrain demo
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -843,18 +844,21 @@ def entry(argv: list[str] | None = None) -> None:
     from robobrain.checkpoint import CheckpointError, RunInUseError
     from robobrain.training.wm_trainer import NonFiniteLossError
 
-    # (and the file system's refusals: a folder without write permission, a full or read-only disk)
+    # (and the file system's refusals: a folder without write permission, a full or read-only disk;
+    # the last two are plain OSErrors, told apart by their errno)
     expected = (ValueError, FileNotFoundError, CheckpointError, DependencyNotInstalled, NonFiniteLossError,
                 FloatingPointError, PermissionError, FileExistsError, NotADirectoryError,
                 IsADirectoryError, RunInUseError)  # fmt: skip
+    disk_errnos = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
     _show_logs()
     args = sys.argv[1:] if argv is None else argv
     command = next((a for a in args[:1] if a in COMMANDS), None)
     prog = " ".join(["robobrain", *([command] if command else [])])
     try:
         main(argv)
-    except expected as e:
-        if os.environ.get("ROBOBRAIN_DEBUG"):
+    except Exception as e:
+        users = isinstance(e, expected) or (isinstance(e, OSError) and e.errno in disk_errnos)
+        if not users or os.environ.get("ROBOBRAIN_DEBUG"):
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -266,13 +266,17 @@ def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_pat
 
 
 def test_a_diverged_training_or_a_missing_render_extra_ends_in_one_line(capsys, monkeypatch):
+    import errno
+
     from gymnasium.error import DependencyNotInstalled
 
     import robobrain.cli as cli
     from robobrain.training.wm_trainer import NonFiniteLossError
 
     for error in (NonFiniteLossError("the loss is NaN; the last checkpoint is kept"),
-                  DependencyNotInstalled("pygame is not installed")):  # fmt: skip
+                  DependencyNotInstalled("pygame is not installed"),
+                  OSError(errno.ENOSPC, "No space left on device", "runs/x"),  # (a traceback before)
+                  OSError(errno.EROFS, "Read-only file system", "runs/x")):  # fmt: skip
 
         def fail(argv=None, error=error):
             raise error
@@ -282,6 +286,9 @@ def test_a_diverged_training_or_a_missing_render_extra_ends_in_one_line(capsys, 
             cli.entry(["train-wm"])
         assert exit_.value.code == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"robobrain train-wm: error: {error}"]
+    monkeypatch.setattr(cli, "main", lambda argv=None: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError, match="I/O error"):  # (not a user's to mend: its traceback)
+        cli.entry(["train-wm"])
 
     def interrupted(argv=None):
         raise KeyboardInterrupt

@@ -178,6 +178,32 @@ def test_file_with_missing_or_poisoned_fields_is_skipped(tmp_path):
     assert "pickle" in reopened.skipped["episode_000003.npz"].lower()
 
 
+def test_an_array_header_that_declares_more_than_the_file_holds_is_skipped(tmp_path):
+    """A pixels header claiming 4e10 frames: numpy's allocation raised a MemoryError (the machine's
+    error, re-raised on purpose), which stopped every command reading the store."""
+    import io
+    import zipfile
+
+    store = EpisodeStore(tmp_path)
+    good = store.add(make_episode(4))
+    ep = make_episode(4)
+    arrays = {"pixels": ep.pixels, "state": ep.state, "action": ep.action, "reward": ep.reward,
+              "success": ep.success, "terminated": np.array(False), "meta": np.array("{}")}  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "episode_000001.npz", "w") as z:
+        for key, value in arrays.items():
+            buf = io.BytesIO()
+            if key == "pixels":  # a valid header of a huge shape, then the real (small) data
+                header = {"descr": "|u1", "fortran_order": False, "shape": (40_000_000_000, 8, 8, 3)}
+                np.lib.format.write_array_header_1_0(buf, header)
+                buf.write(value.tobytes())
+            else:
+                np.lib.format.write_array(buf, value)
+            z.writestr(f"{key}.npy", buf.getvalue())
+    reopened = EpisodeStore(tmp_path)
+    assert [n for n, _ in reopened.episodes()] == [good]
+    assert "pixels.npy declares shape (40000000000, 8, 8, 3)" in reopened.skipped["episode_000001.npz"]
+
+
 def test_manifest_is_rebuilt_when_missing_or_corrupt(tmp_path):
     store = EpisodeStore(tmp_path)
     names = [store.add(make_episode(3 + i)) for i in range(3)]

@@ -617,6 +617,15 @@ def test_a_corrupt_or_missing_latest_checkpoint_says_how_to_go_on_from_an_older_
     shutil.rmtree(newest)
     with pytest.raises(CheckpointError, match="does not exist; the run's other checkpoints: step_0000001"):
         latest_checkpoint(tmp_path)
+    # No pointer at all beside checkpoints: the run was taken for a new one (an online run then emptied
+    # its episode store, train-wm pruned the trained checkpoints); now refused, with the same way on.
+    Path(hint[2]).unlink()
+    with pytest.raises(CheckpointError, match="holds checkpoints but no latest pointer") as e:
+        load_latest(tmp_path)
+    hint = re.search(r"write (\{.*\}) into (\S+); to start the run over instead, remove", str(e.value))
+    assert hint is not None
+    Path(hint[2]).write_text(hint[1])
+    assert load_latest(tmp_path).path.name == "step_0000001"
 
 
 def test_checkpoints_past_ten_million_steps_are_pruned_by_step_not_name(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -229,6 +230,27 @@ def _remove_empty_tree(top: Path) -> None:
             pass
 
 
+def _check_declared_sizes(archive: zipfile.ZipFile) -> None:
+    """Refuse an array whose .npy header declares more data than its archive member holds: numpy
+    would allocate what it declares first (a damaged header of 4e10 frames raised a MemoryError,
+    which is the machine's error, not the file's, and stopped every reader of the store)."""
+    from numpy.lib import format as npy
+
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    for info in archive.infolist():
+        with archive.open(info) as f:
+            read = readers.get(npy.read_magic(f))
+            if read is None:  # (a newer .npy version: numpy's own checks)
+                continue
+            shape, _, dtype = read(f)
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > info.file_size - f.tell():
+                raise ValueError(
+                    f"{info.filename} declares shape {shape} of {dtype} ({declared:,} bytes), but holds "
+                    f"{info.file_size - f.tell():,}"
+                )
+
+
 class EpisodeStore:
     """A directory of episodes. Several writers may add to one store at once (each episode file
     claims a free name); each one's manifest may then miss the others' episodes until the next
@@ -329,6 +351,7 @@ class EpisodeStore:
         path = self.root / name
         try:
             with np.load(path, allow_pickle=False) as z:
+                _check_declared_sizes(z.zip)
                 episode = Episode(
                     pixels=z["pixels"],
                     state=z["state"],
