@@ -380,7 +380,8 @@ def load_checkpoint(path: str | os.PathLike[str], with_training_state: bool = Tr
 
 
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
-    """Load weights strictly; a missing, unexpected or wrong-shape tensor names the file."""
+    """Load weights strictly; a missing, unexpected, wrong-shape or non-finite tensor names the file
+    (NaN weights loaded: a resume skipped every step as non-finite, eval blamed the observations)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(ckpt.model_state))
     unexpected = sorted(set(ckpt.model_state) - set(expected))
@@ -394,7 +395,26 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             f"{ckpt.path / MODEL_FILE} does not fit the model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
         )
+    bad = [k for k, v in ckpt.model_state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{ckpt.path / MODEL_FILE}: NaN or inf in {', '.join(bad[:5])}{recovery_hint(ckpt.path)}"
+        )
     model.load_state_dict(ckpt.model_state)
+
+
+@contextmanager
+def restoring(checkpoint: Path) -> Iterator[None]:
+    """Training state that loaded but does not fit what restores it (an optimizer tensor of another
+    shape, a malformed RNG state): a CheckpointError naming the checkpoint, with the way on from an
+    older one, instead of a traceback from torch or numpy (some only at the first step)."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        why = f"{type(e).__name__}: {e}"
+        raise CheckpointError(
+            f"{checkpoint}: its training state does not fit ({why}){recovery_hint(checkpoint)}"
+        ) from e
 
 
 def set_cuda_rng_states(states: list[list[int]]) -> None:

@@ -257,9 +257,16 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     assert not short.exists() or len(EpisodeStore(short)) == 0
     state_file = latest_checkpoint(tmp_path) / "training_state" / "state.json"
     state = json.loads(state_file.read_text())
+    rng, iteration = state["rng"], state["loop"]["iteration"]
     del state["loop"]["iteration"]
     state_file.write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="malformed loop or trainer state"):  # (a KeyError)
+        main(run_args(tmp_path, 60))
+    state = json.loads(state_file.read_text())
+    state["loop"]["iteration"] = iteration
+    state["rng"] = {k: v for k, v in rng.items() if k != "torch"}  # (a KeyError traceback, once set)
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"its training state does not fit \(KeyError: 'torch'\)"):
         main(run_args(tmp_path, 60))
 
 

@@ -185,6 +185,20 @@ def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path, monke
     buffer.write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match=r"replay_buffer\.npz"):
         load_sb3(SB3, tmp_path / "sb3", env, "cpu")
+    # A buffer that reads but cannot be right: its position past the end (an IndexError at the first
+    # add, a run later), a NaN reward (blamed on the learning rate after the first update).
+    fields = {k: getattr(sb3.replay_buffer, k) for k in ("observations", "actions", "rewards", "dones",
+                                                          "timeouts", "next_observations")}  # fmt: skip
+    pos = sb3.replay_buffer.pos
+    for extra, said in (({"pos": np.array(10**9)}, "pos 1000000000 outside"),
+                        ({"rewards": np.where(np.arange(len(fields["rewards"]))[:, None] == pos - 1, np.nan,
+                                              fields["rewards"])}, "rewards holds NaN")):  # fmt: skip
+        np.savez(buffer, **{"pos": np.array(pos), "full": np.array(False), **fields, **extra})
+        with pytest.raises(CheckpointError, match=f"replay_buffer\\.npz: unreadable replay buffer .*{said}"):
+            load_sb3(SB3, tmp_path / "sb3", env, "cpu")
+    (tmp_path / "sb3" / "model.zip").unlink()  # (SB3's own error named model.zip.zip)
+    with pytest.raises(CheckpointError, match=r"model\.zip: missing$"):
+        load_sb3(SB3, tmp_path / "sb3", env, "cpu")
     ppo = make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": "PPO"}), env, 0, "cpu")
     assert isinstance(ppo, PPO)
     for round_ in (1, 2):  # one rollout per round (it ran 2.5x the budget)

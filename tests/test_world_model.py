@@ -473,6 +473,41 @@ def test_resume_equals_uninterrupted_run(push_data, tmp_path, caplog):
     assert rows[0].startswith("step,") and len(rows) > 2
 
 
+def test_a_resume_from_training_state_that_does_not_fit_names_the_checkpoint(push_data, tmp_path):
+    """Training state that loads but cannot be right: an optimizer tensor of another shape (torch's
+    error at the first step), a malformed RNG state, NaN weights (every step skipped as non-finite,
+    and a new NaN checkpoint written)."""
+    from safetensors.torch import load_file, save_file
+
+    preset = dataclasses.replace(DEBUG, train=dataclasses.replace(DEBUG.train, lr_decay=0.0))
+    train_world_model(push_data, tmp_path / "run", preset, steps=2, progress=False)
+    ckpt = load_checkpoint(tmp_path / "run").path
+    state_dir = ckpt / "training_state"
+    pristine = {p: p.read_bytes() for p in (*state_dir.iterdir(), ckpt / "model.safetensors")}
+    optim = load_file(state_dir / "optimizer.safetensors")
+    first = next(k for k, v in optim.items() if v.dim() >= 1 and v.numel() > 1)
+    save_file({**optim, first: optim[first][:1].clone()}, state_dir / "optimizer.safetensors")
+    with pytest.raises(CheckpointError, match=r"step_0000002: its training state does not fit .*optimizer"):
+        train_world_model(push_data, tmp_path / "run", preset, steps=4, progress=False)
+    for p, data in pristine.items():
+        p.write_bytes(data)
+    state = json.loads((state_dir / "state.json").read_text())
+    (state_dir / "state.json").write_text(json.dumps({**state, "sampler_rng": {"state": 1}}))
+    with pytest.raises(CheckpointError, match="its training state does not fit"):
+        train_world_model(push_data, tmp_path / "run", preset, steps=4, progress=False)
+    for p, data in pristine.items():
+        p.write_bytes(data)
+    weights = load_file(ckpt / "model.safetensors")
+    name = next(iter(weights))
+    save_file({**weights, name: weights[name] * float("nan")}, ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: NaN or inf in {re.escape(name)}"):
+        train_world_model(push_data, tmp_path / "run", preset, steps=4, progress=False)
+    for p, data in pristine.items():
+        p.write_bytes(data)
+    train_world_model(push_data, tmp_path / "run", preset, steps=4, progress=False)  # untouched: goes on
+    assert load_checkpoint(tmp_path / "run").state["step"] == 4
+
+
 def test_lr_schedule_decays_over_the_last_share_of_the_run():
     cfg = dataclasses.replace(DEBUG.train, lr=1.0, lr_decay=0.5)
     model = WorldModel(DEBUG.world_model)

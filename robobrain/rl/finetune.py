@@ -211,6 +211,8 @@ def load_sb3(
 ) -> Any:
     """The SB3 model (and its replay buffer) saved by :func:`save_sb3`."""
     d = Path(directory)
+    if not (d / "model.zip").is_file():  # (SB3 then looked for model.zip.zip, and said so)
+        raise CheckpointError(f"{d / 'model.zip'}: missing")
     try:
         model = _algo_class(cfg.algo).load(d / "model.zip", env=env, device=device)
     except Exception as e:  # SB3's zip reader: BadZipFile, zlib.error, pickle errors, ...
@@ -235,6 +237,12 @@ def load_sb3(
                         raise ValueError(f"{name} has shape {arr.shape}, expected {getattr(buf, name).shape}")
                     getattr(buf, name)[...] = arr
                 buf.pos, buf.full = int(z["pos"]), bool(z["full"])
+            if not 0 <= buf.pos < buf.buffer_size:  # (an IndexError at the first add, a run later)
+                raise ValueError(f"pos {buf.pos} outside the buffer's [0, {buf.buffer_size})")
+            stored = buf.buffer_size if buf.full else buf.pos
+            for name in BUFFER_FIELDS:  # (a NaN reward was blamed on the learning rate, a run later)
+                if not np.isfinite(getattr(buf, name)[:stored]).all():
+                    raise ValueError(f"{name} holds NaN or inf")
         except Exception as e:  # a damaged zip raises BadZipFile, zlib.error, ... besides these
             raise CheckpointError(f"{path}: unreadable replay buffer ({type(e).__name__}: {e})") from e
     return model

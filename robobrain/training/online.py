@@ -37,6 +37,7 @@ from robobrain.checkpoint import (
     load_latest,
     load_weights,
     read_config,
+    restoring,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
 from robobrain.config import get_preset, to_dict
@@ -601,7 +602,8 @@ class OnlineLoop:
             self.tcfg = saved
         self._build_model(ckpt)
         assert self.model is not None and self.trainer is not None
-        self.trainer.restore(trainer_step, ckpt.state["trainer"], ckpt.optimizer_state)
+        with restoring(latest):
+            self.trainer.restore(trainer_step, ckpt.state["trainer"], ckpt.optimizer_state)
         if (latest / SB3_DIR).is_dir():
             env = self._imagination_env(self.cfg.seed)
             self.sb3 = load_sb3(self.cfg.sb3, latest / SB3_DIR, env, self.device)
@@ -615,8 +617,9 @@ class OnlineLoop:
                 "afresh, so the run goes on differently from one that never changed device",
                 self.device, saved_device,
             )  # fmt: skip
-        set_generator_states(self.planner, ckpt.state.get("planner", {}), reseed=reseed)
-        set_rng_state(ckpt.state["rng"])
+        with restoring(latest):
+            set_generator_states(self.planner, ckpt.state.get("planner", {}), reseed=reseed)
+            set_rng_state(ckpt.state["rng"])
         saved_offline = ckpt.state.get("offline")  # (older checkpoints lack it)
         if saved_offline is not None and saved_offline != fingerprint(self._offline_names):
             log.warning(

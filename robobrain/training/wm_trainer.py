@@ -23,6 +23,7 @@ from robobrain.checkpoint import (
     load_checkpoint,
     load_latest,
     load_weights,
+    restoring,
     save_checkpoint,
     set_cuda_rng_states,
 )
@@ -287,6 +288,13 @@ class WorldModelTrainer:
             set_cuda_rng_states(state["cuda_rng"])
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
+            for param, saved in self.optimizer.state.items():  # (torch checks none: the first step failed)
+                for name, value in saved.items():
+                    if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                        raise ValueError(
+                            f"optimizer {name} of shape {list(value.shape)} for a parameter of shape "
+                            f"{list(param.shape)}"
+                        )
 
 
 #: The config fields `robobrain train-wm` sets by flags: a resume with others is refused. The rest come
@@ -405,7 +413,8 @@ def _train_world_model(
     if ckpt is not None:
         load_weights(model, ckpt)
         state = ckpt.require("step", "sampler_rng", "torch_rng")
-        trainer.restore(int(state["step"]), state, ckpt.optimizer_state)
+        with restoring(ckpt.path):
+            trainer.restore(int(state["step"]), state, ckpt.optimizer_state)
         log.info("resumed from %s at step %d", latest, trainer.step)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config)
