@@ -238,6 +238,8 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     that took them for none started over, and an online one emptied its episode store."""
     root = Path(run_dir) / "checkpoints"
     pointer = root / LATEST
+    if root.exists() and not root.is_dir():  # (its first save failed, after the training before it)
+        raise CheckpointError(f"{root}: not a directory (a run keeps its checkpoints there)")
     if not pointer.exists():
         if any(p.is_dir() for p in root.glob("step_*")):
             raise CheckpointError(

@@ -661,6 +661,10 @@ def test_a_corrupt_or_missing_latest_checkpoint_says_how_to_go_on_from_an_older_
     assert hint is not None
     Path(hint[2]).write_text(hint[1])
     assert load_latest(tmp_path).path.name == "step_0000001"
+    (tmp_path / "file_run").mkdir()
+    (tmp_path / "file_run" / "checkpoints").write_text("x")  # (refused only at the first save)
+    with pytest.raises(CheckpointError, match=r"checkpoints: not a directory"):
+        latest_checkpoint(tmp_path / "file_run")
 
 
 def test_checkpoints_past_ten_million_steps_are_pruned_by_step_not_name(tmp_path):
