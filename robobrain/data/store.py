@@ -230,25 +230,26 @@ def _remove_empty_tree(top: Path) -> None:
             pass
 
 
-def _check_declared_sizes(archive: zipfile.ZipFile) -> None:
-    """Refuse an array whose .npy header declares more data than its archive member holds: numpy
-    would allocate what it declares first (a damaged header of 4e10 frames raised a MemoryError,
-    which is the machine's error, not the file's, and stopped every reader of the store)."""
+def _overstated_array(archive: zipfile.ZipFile) -> str | None:
+    """Which .npy member's header declares more data than the member holds, if any: numpy allocates
+    what it declares first, so such a file (a damaged header of 4e10 frames) raised a MemoryError,
+    which the store re-raises as the machine's error, and stopped every reader of the store."""
     from numpy.lib import format as npy
 
     readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
     for info in archive.infolist():
-        with archive.open(info) as f:
-            read = readers.get(npy.read_magic(f))
-            if read is None:  # (a newer .npy version: numpy's own checks)
-                continue
-            shape, _, dtype = read(f)
-            declared = math.prod(shape) * dtype.itemsize
-            if declared > info.file_size - f.tell():
-                raise ValueError(
-                    f"{info.filename} declares shape {shape} of {dtype} ({declared:,} bytes), but holds "
-                    f"{info.file_size - f.tell():,}"
-                )
+        try:
+            with archive.open(info) as f:
+                read = readers.get(npy.read_magic(f))
+                if read is None:  # (a newer .npy version: numpy's own checks)
+                    continue
+                shape, _, dtype = read(f)
+                declared, held = math.prod(shape) * dtype.itemsize, info.file_size - f.tell()
+        except (ValueError, OSError, zipfile.BadZipFile):  # (another fault of the member: not this one)
+            continue
+        if declared > held:
+            return f"{info.filename} declares shape {shape} of {dtype} ({declared:,} bytes), but holds {held:,}"
+    return None
 
 
 class EpisodeStore:
@@ -351,7 +352,6 @@ class EpisodeStore:
         path = self.root / name
         try:
             with np.load(path, allow_pickle=False) as z:
-                _check_declared_sizes(z.zip)
                 episode = Episode(
                     pixels=z["pixels"],
                     state=z["state"],
@@ -362,7 +362,11 @@ class EpisodeStore:
                     meta=json.loads(str(z["meta"])),
                 )
             episode.validate()
-        except MemoryError:
+        except MemoryError as e:  # the machine's, unless the file declares more than it holds
+            with zipfile.ZipFile(path) as archive:
+                overstated = _overstated_array(archive)
+            if overstated is not None:
+                raise CorruptEpisodeError(f"{path}: {overstated}") from e
             raise
         except Exception as e:  # a damaged zip raises BadZipFile, zlib.error, NotImplementedError, ...
             if isinstance(e, OSError) and e.errno in _NOT_THE_FILES_FAULT:  # never recorded as corrupt
