@@ -248,7 +248,7 @@ def _overstated_array(archive: zipfile.ZipFile) -> str | None:
         except (ValueError, OSError, zipfile.BadZipFile):  # (another fault of the member: not this one)
             continue
         if declared > held:
-            return f"{info.filename} declares shape {shape} of {dtype} ({declared:,} bytes), but holds {held:,}"
+            return f"{info.filename} declares shape {shape} of {dtype} ({declared:,} bytes), holds {held:,}"
     return None
 
 
