@@ -138,9 +138,17 @@ def evaluate(
             e.close()
 
 
+def success_text(summary: dict) -> str:
+    """The success rate and its 95 % Wilson interval; n/a for an env that reports no success."""
+    if summary["success_rate"] is None:
+        return "n/a"
+    lo, hi = summary["success_ci95"]
+    return f"{100 * summary['success_rate']:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
 def progress(name: str, summary: dict, train_wall: float, eval_wall: float) -> None:
     """One row's line, as it is measured (the table comes at the end)."""
-    print(f"{name}: success {summary['success_rate']:.0%}, mean return {summary['mean_return']:.1f}, "
+    print(f"{name}: success {success_text(summary)}, mean return {summary['mean_return']:.1f}, "
           f"evaluated in {eval_wall:.0f} s", flush=True)  # fmt: skip
 
 
@@ -251,9 +259,8 @@ def main() -> None:
     print("| agent | success (95 % Wilson) | mean return | train wall clock | eval wall clock |")
     print("|---|---|---|---|---|")
     for name, s, wall, ev in rows:
-        lo, hi = s["success_ci95"]
-        print(f"| {name} | {100 * s['success_rate']:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}] | "
-              f"{s['mean_return']:.1f} | {wall / 60:.1f} min | {ev / 60:.1f} min |")  # fmt: skip
+        print(f"| {name} | {success_text(s)} | {s['mean_return']:.1f} | {wall / 60:.1f} min | "
+              f"{ev / 60:.1f} min |")  # fmt: skip
     atomic_write_json(args.out / "table.json", [(n, s, w, e) for n, s, w, e in rows])
 
 

@@ -46,6 +46,8 @@ def registered_id(env_id: str) -> str:
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(f"{e.name}.")):
+            raise  # (the module was found: one of its own imports is missing, its traceback says which)
         raise ValueError(
             f"env id {module}:{env_id}: cannot import {module!r} to register it ({e}); is it on PYTHONPATH?"
         ) from e

@@ -20,8 +20,6 @@ def online_factories(
     overrides the env's time limit."""
     import robobrain.envs as envs
 
-    kw = {} if episode_steps is None else {"max_episode_steps": episode_steps}
-
     def make_seed_policy(kind: str, space: gym.spaces.Box, seed: int) -> RandomPolicy | ScriptedPolicy:
         if kind == "scripted":
             return ScriptedPolicy(envs.get_expert(env_id), noise_std=0.3, seed=seed)
@@ -33,8 +31,10 @@ def online_factories(
         return WorldModelMPCPolicy(model, cfg, device, guide=guide)
 
     return LoopFactories(
-        make_envs=lambda n: envs.make_vector_env(env_id, n, image_size=image_size, **kw),
-        make_eval_envs=lambda n: [envs.make_env(env_id, image_size=image_size, **kw) for _ in range(n)],
+        make_envs=lambda n: envs.make_vector_env(env_id, n, image_size, max_episode_steps=episode_steps),
+        make_eval_envs=lambda n: [
+            envs.make_env(env_id, image_size, max_episode_steps=episode_steps) for _ in range(n)
+        ],
         make_seed_policy=make_seed_policy,
         make_planner=make_planner,
     )

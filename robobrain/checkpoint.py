@@ -241,10 +241,12 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     if root.exists() and not root.is_dir():  # (its first save failed, after the training before it)
         raise CheckpointError(f"{root}: not a directory (a run keeps its checkpoints there)")
     if not pointer.exists():
-        if any(p.is_dir() for p in root.glob("step_*")):
+        steps = [p.name for p in sorted(root.glob("step_*"), key=_step_of) if p.is_dir()]
+        if steps:
             raise CheckpointError(
-                f"{root} holds checkpoints but no {LATEST} pointer{recovery_hint(pointer)}; to start the "
-                f"run over instead, remove {root}"
+                f"{root} holds checkpoints ({', '.join(steps[-3:])}) but no {LATEST} pointer (deleted, or "
+                f'the run was killed saving its first): to go on from the newest, write {{"checkpoint": '
+                f'"{steps[-1]}"}} into {pointer}; to start the run over, remove {root}'
             )
         return None
     try:
@@ -405,6 +407,12 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     model.load_state_dict(ckpt.model_state)
 
 
+#: Errors of the machine, not of a checkpoint (AcceleratorError: torch >= 2.8's CUDA errors).
+_DEVICE_ERRORS = tuple(
+    getattr(torch, name) for name in ("OutOfMemoryError", "AcceleratorError") if hasattr(torch, name)
+)
+
+
 @contextmanager
 def restoring(checkpoint: Path) -> Iterator[None]:
     """Training state that loaded but does not fit what restores it (an optimizer tensor of another
@@ -413,6 +421,8 @@ def restoring(checkpoint: Path) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        if isinstance(e, _DEVICE_ERRORS):  # (the machine's: an older checkpoint would fail alike)
+            raise
         why = f"{type(e).__name__}: {e}"
         raise CheckpointError(
             f"{checkpoint}: its training state does not fit ({why}){recovery_hint(checkpoint)}"

@@ -195,8 +195,8 @@ class Eval:
     the run has one); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`
     (its defaults are the planner settings of the Push rows in bench/RESULTS.md)."""
     prior_samples: int | None = None
-    """mpc: candidates per iteration drawn from the guide's prior (default: a `robobrain train` run's
-    own --prior-samples from its SB3 actor; all the candidates but one from a behaviour prior)."""
+    """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, all
+    the candidates but one from a behaviour prior)."""
     prior_std: float | None = None
     """mpc --guide bc: std of the Gaussian noise around the behaviour prior's actions (default: 0.1)."""
     compile: bool = False
@@ -338,10 +338,6 @@ def run_eval(args: Eval) -> dict:
         raise ValueError(f"--video-episodes must be >= 0, got {args.video_episodes}")
     check_planner_flags(args)
     args = replace(args, env=args.env or eval_env(args.policy))  # (main resolved it already)
-    run = train_run_config(args.policy)  # (read once)
-    steps = checked_episode_steps(
-        args.episode_steps if args.episode_steps is not None else run.get("episode_steps")
-    )
     size = args.image_size
     if args.policy.startswith(("mpc:", "bc:")):
         _, path = checkpoint_spec(args.policy)
@@ -353,6 +349,10 @@ def run_eval(args: Eval) -> dict:
         from robobrain.policies.sb3 import frame_size
 
         size = frame_size(args.policy[4:])
+    run = train_run_config(args.policy)  # (read once; after the size's clearer errors on the path)
+    steps = checked_episode_steps(
+        args.episode_steps if args.episode_steps is not None else run.get("episode_steps")
+    )
     # (no more envs than episodes: a slot that never starts an episode has no observation)
     envs = [
         make_env(args.env, 64 if size is None else size, max_episode_steps=steps)
@@ -376,9 +376,6 @@ def run_eval(args: Eval) -> dict:
         success_bonus=run_planner_setting(args, run, "success_bonus", 1.0),
         discount=run_planner_setting(args, run, "discount", 1.0),
     )
-    num_prior = args.prior_samples  # (an SB3 guide's: its run's own, unless told; bc: load_policy's)
-    if num_prior is None and args.guide != "bc":
-        num_prior = run.get("prior_samples")
     try:
         policy = load_policy(
             args.policy,
@@ -389,7 +386,7 @@ def run_eval(args: Eval) -> dict:
             mpc=mpc,
             device=args.device,
             guide=args.guide,
-            num_prior=num_prior,
+            num_prior=args.prior_samples,
             prior_std=planner["prior_std"],
             compile=args.compile_mode if args.compile else False,
             fused=args.fused,
@@ -549,8 +546,10 @@ def run_eval_wm(args: EvalWM) -> dict:
 
 
 def collect_out(args: Collect) -> Path:
-    """``--out``, else data/<task>, e.g. data/push for robobrain/Push-v0."""
-    return args.out or Path("data") / args.env.split("/")[-1].split("-v")[0].lower()
+    """``--out``, else data/<task>, e.g. data/push for robobrain/Push-v0 (and for my_envs:Push-v0:
+    the module that registers an env is no part of the folder's name)."""
+    name = args.env.rpartition(":")[2].split("/")[-1].split("-v")[0].lower()
+    return args.out or Path("data") / name
 
 
 def run_collect(args: Collect) -> list[str]:
@@ -649,11 +648,14 @@ def checked_episode_steps(episode_steps: int | None) -> int | None:
 
 
 def train_run_config(policy: str) -> dict[str, Any]:
-    """The ``online`` config of the ``robobrain train`` run behind ``mpc:`` ({} for anything else)."""
+    """The ``online`` config of the ``robobrain train`` run behind ``mpc:`` or ``bc:`` ({} for
+    anything else, or a checkpoint of ``train-wm``)."""
     from robobrain.checkpoint import read_config
     from robobrain.policies import checkpoint_spec
 
-    return read_config(checkpoint_spec(policy)[1]).get("online", {}) if policy.startswith("mpc:") else {}
+    if not policy.startswith(("mpc:", "bc:")):
+        return {}
+    return read_config(checkpoint_spec(policy)[1]).get("online", {})
 
 
 def run_planner_setting(args: Eval, run: dict[str, Any], name: str, default: float) -> float:

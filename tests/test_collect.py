@@ -1,5 +1,7 @@
 """Collection through vector envs and the CLI: complete episodes, no transition across a reset."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -107,6 +109,9 @@ def test_collect_cli_default_directory_is_per_task(tmp_path, monkeypatch):
     main(["collect", "--env", "robobrain/Reach-v0", "--episodes", "1", "--num-envs", "1",
           "--image-size", "16", "--no-progress"])  # fmt: skip
     assert len(EpisodeStore(tmp_path / "data" / "reach")) == 1
+    from robobrain.cli import Collect, collect_out
+
+    assert collect_out(Collect(env="my_pkg.envs:Pendulum-v1")) == Path("data/pendulum")  # (not "my_pkg...")
 
 
 def test_no_transition_crosses_a_reset(tmp_path):

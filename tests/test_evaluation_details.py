@@ -376,9 +376,10 @@ def test_eval_plans_with_its_time_budget_and_seed(tmp_path, monkeypatch):
     assert seen["mpc"].optim.time_budget == 0.05 and seen["mpc"].seed == 7 and seen["seed"] == 7
 
 
-def test_eval_gives_a_behaviour_prior_guide_its_own_prior_samples_not_the_sb3_runs(tmp_path, monkeypatch):
-    """`--guide bc` on a `robobrain train` run: the run's --prior-samples were its SB3 actor's;
-    the behaviour prior takes load_policy's default (all candidates but one) unless told."""
+def test_eval_passes_prior_samples_only_when_told(tmp_path, monkeypatch):
+    """Left out, --prior-samples is load_policy's per-guide default (16 from an SB3 actor, all the
+    candidates but one from a behaviour prior), not a train run's own: a run of 200 prior samples
+    made a plain eval (128 samples) fail, and one of 0 turned `--guide prior` into no guide."""
     import robobrain.checkpoint
     import robobrain.cli as cli
 
@@ -387,7 +388,7 @@ def test_eval_gives_a_behaviour_prior_guide_its_own_prior_samples_not_the_sb3_ru
     seen = _capture_load_policy(monkeypatch)
     base = dict(policy="mpc:runs/push", env="robobrain/Reach-v0", episodes=1, num_envs=1,
                 out=tmp_path / "e", progress=False)  # fmt: skip
-    cases = (({"guide": "auto"}, 4), ({"guide": "bc"}, None), ({"guide": "bc", "prior_samples": 5}, 5))
+    cases = (({"guide": "auto"}, None), ({"guide": "bc"}, None), ({"guide": "bc", "prior_samples": 5}, 5))
     for extra, expected in cases:
         seen.clear()
         with pytest.raises(_Built):
@@ -436,3 +437,22 @@ def test_collect_warns_of_overlapping_seeds_only(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="robobrain.cli"):
         main([*base, "--seed", "6", "--out", out])
     assert "seeded in [5, 7), [7, 9); this collection's are seeded in [6, 8)" in caplog.text
+
+
+def test_eval_of_a_train_run_plays_episodes_of_the_runs_length(tmp_path, monkeypatch):
+    """mpc: and bc: of a `robobrain train` run of --episode-steps 7 evaluate 7-step episodes (bc:
+    played the env's 50), unless --episode-steps says otherwise; other policies keep the env's."""
+    import robobrain.checkpoint
+    import robobrain.cli as cli
+
+    monkeypatch.setattr(robobrain.checkpoint, "read_config", lambda path: {"online": {"episode_steps": 7}})
+    monkeypatch.setattr(cli, "world_model_image_size", lambda path: 8)
+    seen = _capture_load_policy(monkeypatch)
+    base = dict(env="robobrain/Reach-v0", episodes=1, num_envs=1, out=tmp_path / "e", progress=False)
+    cases = (({"policy": "mpc:runs/reach"}, 7), ({"policy": "bc:runs/reach"}, 7),
+             ({"policy": "bc:runs/reach", "episode_steps": 3}, 3), ({"policy": "random"}, 50))  # fmt: skip
+    for extra, expected in cases:
+        seen.clear()
+        with pytest.raises(_Built):
+            cli.run_eval(cli.Eval(**base, **extra))
+        assert seen["envs"][0].spec.max_episode_steps == expected, extra

@@ -75,9 +75,8 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     assert final["mean_return"] == pytest.approx(float(rows[-1][col["eval_return"]]))
     ckpt = latest_checkpoint(tmp_path)
     assert (ckpt / "sb3/model.zip").exists() and (ckpt / "sb3/replay_buffer.npz").exists()
-    # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic
-    # with the run's own prior samples (--prior-samples 4, not load_policy's 16); its episodes are as
-    # long as the run's own evaluations' (--episode-steps 10), unless told.
+    # The run's checkpoint is a policy for the evaluation script, guided by its SB3 actor-critic; its
+    # episodes are as long as the run's own evaluations' (--episode-steps 10), unless told.
     for guide, resolved, length in (("auto", "both", []), ("none", "none", ["--episode-steps", "3"])):
         out = tmp_path / f"eval_{guide}"
         main(["eval", "--policy", f"mpc:{tmp_path}", "--env", "robobrain/Push-v0", "--episodes", "1",
@@ -88,7 +87,7 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
         assert (info["guide"], info["guide_resolved"]) == (guide, resolved)
         steps = 3 if length else 10
         assert info["episode_steps"] == steps and [e["length"] for e in info["episodes"]] == [steps]
-        assert info["planner"]["prior_samples"] == (4 if guide == "auto" else None)  # the run's own
+        assert info["planner"]["prior_samples"] == (16 if guide == "auto" else None)  # load_policy's
         # The guide's prior samples draw from torch's generator: seeded with --seed after SB3's load,
         # which seeds it with the run's own seed (every --seed drew the same samples).
         assert torch.initial_seed() == 7
@@ -260,7 +259,7 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     rng, iteration = state["rng"], state["loop"]["iteration"]
     del state["loop"]["iteration"]
     state_file.write_text(json.dumps(state))
-    with pytest.raises(CheckpointError, match="malformed loop or trainer state"):  # (a KeyError)
+    with pytest.raises(CheckpointError, match=r"training state does not fit \(KeyError: .loop state has no"):
         main(run_args(tmp_path, 60))
     state = json.loads(state_file.read_text())
     state["loop"]["iteration"] = iteration
@@ -562,8 +561,9 @@ def test_the_guide_waits_for_sb3s_first_gradient_step():
 
     cfg = OnlineConfig()
     policy = SimpleNamespace(actor=None, critic=None)  # (what ActorCriticGuide reads of a SAC)
+    space = gym.spaces.Box(-1.0, 1.0, (3,))
     for steps, ready in ((cfg.sb3.learning_starts, False), (cfg.sb3.learning_starts + 1, True)):
-        sb3 = SimpleNamespace(num_timesteps=steps, policy=policy)
+        sb3 = SimpleNamespace(num_timesteps=steps, policy=policy, action_space=space)
         loop = SimpleNamespace(cfg=cfg, sb3=sb3, _uses_sb3=lambda: True)
         assert (OnlineLoop._guide(loop) is not None) == ready  # type: ignore[arg-type]
 

@@ -93,6 +93,11 @@ def test_guide_prior_and_value(model, algo):
     for bad in ({"num_prior": -1}, {"noise_std": float("nan")}):
         with pytest.raises(ValueError, match="need num_prior >= 0 and a finite noise_std"):
             ActorCriticGuide(sb3, **bad)
+    # An SB3 model of another action range: its tanh output was read as [-1, 1] actions, unscaled.
+    wide = imagination_env(model, episodes(), SB3, seed=0)
+    wide.action_space = gym.spaces.Box(-2.0, 2.0, (3,), np.float32)
+    with pytest.raises(ValueError, match=r"acts in Box\(-2\.0, 2\.0.*the guide in \[-1, 1\]"):
+        ActorCriticGuide(make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": algo}), wide, 0, "cpu"))
 
 
 def test_score_adds_the_discounted_terminal_value(model):

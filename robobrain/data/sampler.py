@@ -62,7 +62,7 @@ class SequenceSampler:
             raise ValueError(
                 f"no episode has {seq_len} observations ({seq_len - 1} steps); episode lengths in steps: "
                 f"{lengths or 'no episodes'} (an env whose episodes end early, e.g. on a fall, needs more "
-                "of them, or windows of fewer steps: the train config's seq_len)"
+                "of them, or shorter training windows: a preset of a smaller seq_len)"
             )
         self.num_unused = int((counts == 0).sum())
         """Episodes shorter than a window: never sampled."""

@@ -573,11 +573,9 @@ class OnlineLoop:
         latest = ckpt.path
         check_config(ckpt.config, self.config, latest / "config.json")
         ckpt.require("loop", "trainer", "rng")  # before the store is truncated to the checkpoint
-        try:
+        with restoring(latest):
             self.state.load(ckpt.state["loop"])
             trainer_step = int(ckpt.state["trainer"]["step"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{latest}: a malformed loop or trainer state ({e!r})") from e
         dropped = self.store.truncate(self.state.episodes)
         if dropped:
             log.info("dropped %d episodes written after the last checkpoint", len(dropped))
