@@ -13,23 +13,7 @@ from robobrain.cli import main
 from robobrain.data import EpisodeStore
 from robobrain.evaluation import evaluate_policy
 from robobrain.policies import RandomPolicy
-
-
-class _EndsBySeed(gym.Wrapper):
-    """Episode of ``lengths[seed]`` steps (truncated), so episodes run side by side end out of order."""
-
-    def __init__(self, env, lengths):
-        super().__init__(env)
-        self.lengths, self.left = lengths, 0
-
-    def reset(self, *, seed=None, options=None):
-        self.left = self.lengths[seed]
-        return self.env.reset(seed=seed, options=options)
-
-    def step(self, action):
-        obs, reward, terminated, _, info = self.env.step(action)
-        self.left -= 1
-        return obs, reward, terminated, self.left <= 0, info
+from tests.test_evaluation import EndsBySeed
 
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -52,7 +36,7 @@ def test_an_episode_the_env_terminates_ends_there():
 
 
 def test_mean_length_is_the_mean_of_the_episode_lengths():
-    envs = [_EndsBySeed(gym.make("robobrain/Reach-v0", image_size=8), {0: 4, 1: 1, 2: 1}) for _ in range(2)]
+    envs = [EndsBySeed(gym.make("robobrain/Reach-v0", image_size=8), {0: 4, 1: 1, 2: 1}) for _ in range(2)]
     report = evaluate_policy(RandomPolicy(3, seed=0), envs, 3, progress=False)
     assert report["summary"]["mean_length"] == pytest.approx(2.0)
 
@@ -89,7 +73,7 @@ def test_a_recorded_episode_keeps_its_imagination_while_env_0_plays_an_unrecorde
     frames no longer stacked)."""
     import imageio.v2 as imageio
 
-    envs = [_EndsBySeed(gym.make("robobrain/Reach-v0", image_size=8), {0: 1, 1: 4, 2: 3}) for _ in range(2)]
+    envs = [EndsBySeed(gym.make("robobrain/Reach-v0", image_size=8), {0: 1, 1: 4, 2: 3}) for _ in range(2)]
     evaluate_policy(_imagining((60, 180), 8), envs, 3, out_dir=tmp_path, video_episodes=2, progress=False)
     frames = np.stack(imageio.mimread(tmp_path / "videos" / "episode_001_seed1.mp4"))
     assert frames.shape == (5, 32, 64, 3)  # reset frame + 4 steps, real | imagined
@@ -148,7 +132,7 @@ def test_hallucination_figures_are_averaged_over_the_checks():
 
 def test_no_hallucination_check_on_env_0_once_its_episodes_are_over():
     """Env 1 plays on after env 0's last episode: env 0's stale plan is not replayed."""
-    envs = [_EndsBySeed(gym.make("robobrain/Reach-v0", image_size=8), {0: 1, 1: 5}) for _ in range(2)]
+    envs = [EndsBySeed(gym.make("robobrain/Reach-v0", image_size=8), {0: 1, 1: 5}) for _ in range(2)]
     policy = _ReplayingPlanner(envs)
     report = evaluate_policy(policy, envs, 2, progress=False, hallucination_every=1)
     assert policy.checks == 1 and report["hallucination"]["checks"] == 1
