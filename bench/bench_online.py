@@ -215,9 +215,11 @@ def main() -> None:
         space = envs.make_env(args.env, image_size=size).action_space
         for guide in guides:
             torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator
-            # (the run's own prior-sample count; load_policy's default is 16)
+            # (the run's own prior-sample count; load_policy's default, 16, for a run of none, whose
+            # "prior" row would otherwise plan unguided)
+            num_prior = cfg["online"].get("prior_samples") or None
             policy = load_policy(f"mpc:{args.run}", args.env, space, mpc=mpc, guide=guide,
-                                 num_prior=cfg["online"].get("prior_samples"))  # fmt: skip
+                                 num_prior=num_prior)  # fmt: skip
             t = time.perf_counter()
             summary = evaluate(policy, args.env, args.episodes, size, 2, args.seed, episode_steps)
             rows.append(

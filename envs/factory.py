@@ -43,6 +43,10 @@ def registered_id(env_id: str) -> str:
     if ":" not in env_id:
         return env_id
     module, _, env_id = env_id.partition(":")
+    if not module or module.startswith("."):  # (importlib's "Empty module name", or a TypeError)
+        raise ValueError(
+            f"env id {module}:{env_id}: name the module that registers it, e.g. my_pkg.envs:{env_id}"
+        )
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as e:

@@ -132,6 +132,8 @@ def load_policy(
             return BehaviourPriorPolicy(model, load_behaviour_prior(path, device), device)
         if guide == "bc" and num_prior is None:  # all candidates but the mean are prior rollouts
             num_prior = max(1, mpc.optim.num_samples - 1)
+        elif num_prior is None:  # an SB3 actor's 16, or as many as fewer samples leave (16 of 16 failed)
+            num_prior = min(16, mpc.optim.num_samples - 1)
         planner_guide = load_guide(path, guide, device, num_prior, prior_std, mpc.seed)
         if planner_guide is not None:
             check_unit_bounds(mpc, f"the planner's guide ({type(planner_guide).__name__})")

@@ -407,9 +407,11 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     model.load_state_dict(ckpt.model_state)
 
 
-#: Errors of the machine, not of a checkpoint (AcceleratorError: torch >= 2.8's CUDA errors).
-_DEVICE_ERRORS = tuple(
-    getattr(torch, name) for name in ("OutOfMemoryError", "AcceleratorError") if hasattr(torch, name)
+#: Errors of the machine, not of a checkpoint (AcceleratorError: torch >= 2.8's CUDA errors; before
+#: it, a RuntimeError whose message begins "CUDA error").
+_DEVICE_ERRORS = (
+    torch.cuda.OutOfMemoryError,
+    *(getattr(torch, name) for name in ("OutOfMemoryError", "AcceleratorError") if hasattr(torch, name)),
 )
 
 
@@ -421,8 +423,8 @@ def restoring(checkpoint: Path) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        if isinstance(e, _DEVICE_ERRORS):  # (the machine's: an older checkpoint would fail alike)
-            raise
+        if isinstance(e, _DEVICE_ERRORS) or str(e).startswith("CUDA error"):  # (the machine's: an older
+            raise  # checkpoint would fail alike)
         why = f"{type(e).__name__}: {e}"
         raise CheckpointError(
             f"{checkpoint}: its training state does not fit ({why}){recovery_hint(checkpoint)}"

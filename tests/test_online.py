@@ -91,6 +91,11 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
         # The guide's prior samples draw from torch's generator: seeded with --seed after SB3's load,
         # which seeds it with the run's own seed (every --seed drew the same samples).
         assert torch.initial_seed() == 7
+    out = tmp_path / "eval_few"  # fewer samples than the default 16 prior ones leave room for: all but one
+    main(["eval", "--policy", f"mpc:{tmp_path}", "--episodes", "1", "--num-envs", "1", "--samples", "8",
+          "--elites", "2", "--iterations", "1", "--horizon", "4", "--video-episodes", "0", "--out", str(out),
+          "--no-progress"])  # fmt: skip
+    assert json.loads((out / "eval_info.json").read_text())["planner"]["prior_samples"] == 7
     # Its world model trained on every episode: eval-wm's held-out split (recomputed with the preset's
     # fraction) would have reported trained-on episodes as held out.
     with pytest.raises(ValueError, match="none held out: pass --split all"):
@@ -203,6 +208,13 @@ def test_loop_state_loads_checkpoints_older_than_a_counter():
     del saved["episodes"]
     with pytest.raises(KeyError, match="episodes"):
         LoopState().load(saved)
+    # Each counter of its type: "episodes": true truncated the store to one episode, a null or a
+    # string failed later in a traceback. A float counter may come as an int (JSON's 3 for 3.0).
+    for bad in ({"episodes": True}, {"episodes": None}, {"iteration": "4"}, {"wall_s": "x"}):
+        with pytest.raises(TypeError, match=f"loop state '{next(iter(bad))}' is"):
+            LoopState().load({**state.to_dict(), **bad})
+    state.load({**state.to_dict(), "wall_s": 3})
+    assert state.wall_s == 3
 
 
 def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, caplog):

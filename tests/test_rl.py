@@ -3,6 +3,7 @@ with a pickle-free replay buffer, and the small pieces the online loop relies on
 
 import dataclasses
 import tempfile
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -98,6 +99,8 @@ def test_guide_prior_and_value(model, algo):
     wide.action_space = gym.spaces.Box(-2.0, 2.0, (3,), np.float32)
     with pytest.raises(ValueError, match=r"acts in Box\(-2\.0, 2\.0.*the guide in \[-1, 1\]"):
         ActorCriticGuide(make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": algo}), wide, 0, "cpu"))
+    with pytest.raises(ValueError, match=r"acts in Discrete\(3\)"):  # (an AttributeError on .low)
+        ActorCriticGuide(types.SimpleNamespace(action_space=gym.spaces.Discrete(3), policy=sb3.policy))
 
 
 def test_score_adds_the_discounted_terminal_value(model):
@@ -241,7 +244,6 @@ def test_metric_logger_widens_and_truncates(tmp_path):
 def test_metric_logger_purges_tensorboard_past_a_resumed_step(tmp_path, monkeypatch):
     """TensorBoard kept the killed run's rows that the CSV dropped (a fake writer: no tensorboard here)."""
     import sys
-    import types
 
     writers = []
 

@@ -57,6 +57,9 @@ def test_module_ids_register_their_env_wherever_an_id_is_read(tmp_path, monkeypa
         gym.registry.pop("MyGoal-v0", None)
     with pytest.raises(ValueError, match="cannot import 'no_such_module' to register it"):
         envs.make_env("no_such_module:Foo-v0")
+    for nameless in (":Foo-v0", ".rel:Foo-v0"):  # ("Empty module name", a TypeError traceback)
+        with pytest.raises(ValueError, match="name the module that registers it"):
+            envs.make_env(nameless)
     (tmp_path / "needs_a_dep.py").write_text("import not_installed_dep\n")
     with pytest.raises(ModuleNotFoundError, match="not_installed_dep"):  # (found, but its own import is
         envs.make_env("needs_a_dep:Foo-v0")  # missing: not "is it on PYTHONPATH?", and its traceback)

@@ -234,11 +234,21 @@ class LoopState:
     """Counters a checkpoint written before they existed lacks; they keep their initial value."""
 
     def load(self, d: dict[str, Any]) -> None:
-        for k in vars(self):
-            if k in d:
-                setattr(self, k, d[k])
-            elif k not in self.ADDED_LATER:
-                raise KeyError(f"loop state has no {k!r}")
+        """Counters from a checkpoint's ``d``, each of its initial value's type (JSON's null, a string
+        or a bool there failed later, in a traceback; ``"episodes": true`` truncated the store to one
+        episode); a float counter may come as an int."""
+        for k, initial in vars(self).items():
+            if k not in d:
+                if k not in self.ADDED_LATER:
+                    raise KeyError(f"loop state has no {k!r}")
+                continue
+            value = d[k]
+            kinds = (int, float) if isinstance(initial, float) else (int,)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise TypeError(
+                    f"loop state {k!r} is {value!r}, not {'a number' if len(kinds) > 1 else 'an int'}"
+                )
+            setattr(self, k, value)
 
 
 class Callback(Protocol):
