@@ -88,7 +88,8 @@ def load_policy(
     ``robobrain train`` run only): how the run's SB3 actor-critic helps the planner --
     ``auto``/``both`` (prior samples and terminal value), ``prior``, ``value`` or ``none``; ``bc``: the
     behaviour prior fitted by ``robobrain train-prior`` (see :func:`load_guide` for ``num_prior`` and
-    ``prior_std``; here ``num_prior`` for ``bc`` defaults to all of ``mpc``'s candidates but one).
+    ``prior_std``; here ``num_prior`` for ``bc`` defaults to all of ``mpc``'s candidates but one, for
+    an SB3 actor to 16 or all but one of fewer).
     ``compile`` (``mpc:`` on CUDA, unguided): ``torch.compile`` the bf16 imagination of the planner's
     whole-plan CUDA graph (a string: ``torch.compile``'s mode; see :class:`WorldModelMPCPolicy`; needs
     Triton and a C compiler). ``fused`` (``mpc:`` on CUDA, unguided): imagine in that graph with one

@@ -195,8 +195,8 @@ class Eval:
     the run has one); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`
     (its defaults are the planner settings of the Push rows in bench/RESULTS.md)."""
     prior_samples: int | None = None
-    """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, all
-    the candidates but one from a behaviour prior)."""
+    """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, or
+    all but one of fewer --samples; all the candidates but one from a behaviour prior)."""
     prior_std: float | None = None
     """mpc --guide bc: std of the Gaussian noise around the behaviour prior's actions (default: 0.1)."""
     compile: bool = False
