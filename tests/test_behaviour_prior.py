@@ -164,6 +164,9 @@ def test_saved_prior_loads_only_with_its_world_model(model, tmp_path, monkeypatc
     save_file(WorldModel(cfg).state_dict(), str(ckpt / "model.safetensors"))  # the model was retrained
     with pytest.raises(CheckpointError, match="other world-model weights"):
         load_behaviour_prior(tmp_path / "wm")
+    (ckpt / "model.safetensors").unlink()  # (a raw FileNotFoundError from the fingerprint before)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing"):
+        load_behaviour_prior(tmp_path / "wm")
 
 
 def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):

@@ -267,9 +267,12 @@ def weights_fingerprint(checkpoint: str | Path) -> str:
     """sha256 of a world-model checkpoint's ``model.safetensors``."""
     path = resolve_checkpoint(checkpoint) / MODEL_FILE
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError as e:  # (a checkpoint of training state only, or its weights removed)
+        raise CheckpointError(f"{path}: missing") from e
     return digest.hexdigest()
 
 
