@@ -554,7 +554,7 @@ def collect_out(args: Collect) -> Path:
 
 def run_collect(args: Collect) -> list[str]:
     import robobrain.envs as envs
-    from robobrain.data import EpisodeStore
+    from robobrain.data import EpisodeStore, reports_success
     from robobrain.data.collect import collect_episodes
     from robobrain.policies import load_policy
 
@@ -616,7 +616,7 @@ def run_collect(args: Collect) -> list[str]:
     finally:
         vec.close()
     entries = [store.manifest[n] for n in names]
-    reported = [e["success"] for e in entries if e["meta"].get("reports_success", True)]
+    reported = [e["success"] for e in entries if reports_success(e["meta"])]
     success = f"success {np.mean(reported):.2f}" if reported else "the env reports no success"
     readable = f"{len(store.manifest)} readable episodes in the store"
     print(f"stored {len(names)} episodes (seed {seed}) in {out} ({success}; {readable})")

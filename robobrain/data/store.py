@@ -48,6 +48,12 @@ class CorruptEpisodeError(ValueError):
     """An episode file could not be read or failed validation."""
 
 
+def reports_success(meta: dict[str, Any]) -> bool:
+    """Whether an episode's env reported ``info["success"]`` (its ``meta``; episodes collected before
+    the flag was recorded came from envs that did)."""
+    return bool(meta.get("reports_success", True))
+
+
 @dataclass(frozen=True)
 class Episode:
     """One episode of T steps.

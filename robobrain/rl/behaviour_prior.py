@@ -38,7 +38,7 @@ from robobrain.checkpoint import (
     save_weights,
     write_directory_atomically,
 )
-from robobrain.data.store import Episode
+from robobrain.data.store import Episode, reports_success
 from robobrain.planning.mpc import PriorRollout
 from robobrain.rl.guide import roll_out_prior
 from robobrain.world_model import State, WorldModel
@@ -200,7 +200,7 @@ def fit_behaviour_prior(
     mean action of the training set. (The former is that of the weights kept, which the same
     validation episodes chose: slightly optimistic; no third split is held out for it.)"""
     cfg = cfg or BehaviourPriorConfig()
-    if cfg.successful_only and not any(ep.meta.get("reports_success", True) for ep in [*train, *val]):
+    if cfg.successful_only and not any(reports_success(ep.meta) for ep in [*train, *val]):
         raise ValueError(
             "behaviour cloning of successful episodes: these episodes' env reports no success "
             "(info['success']); pass --all-episodes (successful_only=False) to clone them all"

@@ -7,11 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import gymnasium as gym
-import numpy as np
 import torch
 
-from robobrain.planning.mpc import PriorRollout
+from robobrain.planning.mpc import PriorRollout, uniform_bounds
 from robobrain.world_model import State, WorldModel
 from robobrain.world_model.rssm import stack_states
 
@@ -72,8 +70,7 @@ class ActorCriticGuide:
         if num_prior < 0 or not 0 <= noise_std < float("inf"):  # (NaN fails both)
             raise ValueError(f"need num_prior >= 0 and a finite noise_std >= 0, got {num_prior}, {noise_std}")
         space = sb3_model.action_space
-        unit = isinstance(space, gym.spaces.Box) and np.all(space.low == -1.0) and np.all(space.high == 1.0)
-        if not unit:  # (SAC's tanh is not rescaled here)
+        if uniform_bounds(space) != {"low": -1.0, "high": 1.0}:  # (SAC's tanh is not rescaled here)
             raise ValueError(
                 f"ActorCriticGuide: the SB3 model acts in {space}, the guide in [-1, 1]: train it in an "
                 "ImaginationVecEnv of the default action space, on episodes of an env wrapped in "

@@ -41,7 +41,7 @@ from robobrain.checkpoint import (
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
 from robobrain.config import get_preset, to_dict
-from robobrain.data import Episode, EpisodeStore, SequenceSampler
+from robobrain.data import Episode, EpisodeStore, SequenceSampler, reports_success
 from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
 from robobrain.envs.factory import registered_id
@@ -395,7 +395,7 @@ class OnlineLoop:
         return eps
 
     def _record_training_episodes(self, eps: list[Episode]) -> None:
-        reported = [ep.success[-1] for ep in eps if ep.meta.get("reports_success", True)]  # (older: yes)
+        reported = [ep.success[-1] for ep in eps if reports_success(ep.meta)]
         self.state.last_success = float(np.mean(reported)) if reported else float("nan")  # (as eval's)
         self.state.last_return = float(np.mean([ep.reward.sum() for ep in eps]))
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robobrain.data import Episode
+from robobrain.data import Episode, reports_success
 from robobrain.world_model import WorldModel
 
 
@@ -206,7 +206,7 @@ def evaluate_world_model(
         ((pred["success_logit"] > 0) == torch.from_numpy(w["success"])).float().mean()
     )
     success_rate: float | None = float(w["success"].mean())
-    if not any(ep.meta.get("reports_success", True) for ep in episodes):  # (flags all False: eval's null)
+    if not any(reports_success(ep.meta) for ep in episodes):  # (flags all False: eval's null)
         success_acc = success_rate = None
     report: dict[str, Any] = {
         "windows": n,
