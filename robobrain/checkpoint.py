@@ -17,6 +17,7 @@ entries). A bad file gives a ``CheckpointError`` naming it.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -176,6 +177,7 @@ def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Pa
     one, never a half-written one). Returns ``final``."""
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_temporaries(root, f".tmp-{glob.escape(final.name)}-*")  # (killed earlier writes)
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}-{os.getpid()}"  # (one per write)
     tmp.mkdir()
     try:
@@ -222,8 +224,24 @@ def _prune(root: Path, keep: int, protect: str) -> None:
     olds = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")), key=_step_of)
     for p in olds[:-keep] if keep > 0 else []:
         if p.name != protect:
-            shutil.rmtree(p, ignore_errors=True)
-    for tmp in root.glob(".tmp-*"):
+            _remove_directory(p)
+    _remove_abandoned_temporaries(root, ".tmp-*")
+
+
+def _remove_directory(path: Path) -> None:
+    """Remove ``path`` whole: it is renamed to a temporary first (a process killed while deleting it
+    left a half checkpoint under its step name, which the recovery hints offer to go on from)."""
+    doomed = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:12]}-{os.getpid()}"
+    try:
+        os.replace(path, doomed)
+    except OSError:
+        return  # (gone already, or not ours to move: left as it was)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _remove_abandoned_temporaries(root: Path, pattern: str) -> None:
+    """Remove the temporaries under ``root`` matching ``pattern`` that writers left when killed."""
+    for tmp in root.glob(pattern):
         file = TEMPORARY_NAME.match(tmp.name) if not tmp.is_dir() else None
         if abandoned_temporary(tmp, file.group(1) if file else tmp.name.rsplit("-", 1)[-1]):
             if tmp.is_dir():

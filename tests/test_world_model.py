@@ -721,6 +721,45 @@ def test_a_killed_writers_temporary_directory_goes_at_the_next_save(tmp_path):
     assert not pointer.exists()  # (a file: only directories were looked at)
 
 
+def test_a_prune_killed_midway_leaves_no_half_checkpoint_under_a_step_name(tmp_path, monkeypatch):
+    """Deleting in place, a kill left step_0000001 without its weights: the recovery hints offered it."""
+    model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
+    save_checkpoint(tmp_path, 1, model, config, keep=1)
+
+    def killed(path, ignore_errors=False):
+        next(Path(path).glob("*.safetensors")).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 2, model, config, keep=1)
+    monkeypatch.undo()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0000002"]
+    (leftover,) = root.glob(".tmp-step_0000001-*")
+    old = time.time() - 3600
+    for p in (leftover, *leftover.rglob("*")):
+        os.utime(p, (old, old))
+    save_checkpoint(tmp_path, 3, model, config, keep=1)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000003"]
+
+
+def test_a_killed_resave_of_a_directory_leaves_no_temporary_for_good(tmp_path):
+    """A behaviour prior's directory lives beside a checkpoint, where no prune passes: the temporaries
+    of killed writes of it piled up."""
+    final, old = tmp_path / "behaviour_prior", time.time() - 3600
+    dead = tmp_path / ".tmp-behaviour_prior-0123456789ab-999999999"
+    live = tmp_path / ".tmp-behaviour_prior-0123456789ab-1"  # (pid 1 runs: a write in progress)
+    other = tmp_path / ".tmp-step_0000001-0123456789ab-999999999"  # (another directory's: not looked at)
+    for path in (dead, live, other):
+        path.mkdir()
+        (path / "f").write_text("half")
+        for p in (path, path / "f"):
+            os.utime(p, (old, old))
+    write_directory_atomically(final, lambda d: (d / "f").write_text("new"))
+    assert (final / "f").read_text() == "new" and not dead.exists() and live.exists() and other.exists()
+
+
 def test_resaving_a_step_never_leaves_latest_dangling(tmp_path):
     model = WorldModel(DEBUG.world_model)
     config = {"world_model": to_dict(DEBUG.world_model)}
