@@ -85,6 +85,9 @@ class TrainWM:
     the world model beside the pixels (``WorldModelConfig.use_proprio``)."""
     keypoints: int = 0
     """Spatial-softmax keypoints added to the image encoder (``WorldModelConfig.keypoints``; 0 = none)."""
+    termination: bool = True
+    """Learn a termination head when episodes of the data ended in a terminal state (a fall, not a
+    time limit; ``WorldModelConfig.use_termination``)."""
     progress: bool = True
 
 
@@ -467,6 +470,8 @@ def run_train_wm(args: TrainWM) -> dict:
         overrides["use_proprio"] = True
     if args.keypoints:
         overrides["keypoints"] = args.keypoints
+    if not args.termination:
+        overrides["use_termination"] = False
     preset = get_preset(args.preset, **overrides)
     preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
     metrics = train_world_model(

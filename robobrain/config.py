@@ -77,6 +77,13 @@ class WorldModelConfig:
     value > 0 also adds a 3x3 conv to its reference path (``networks.ReferenceRefiner``; 0 = its
     single-layer form). Read only with ``reference_frame``. One layer lifted held-out Push
     PSNR@10 by ~0.3 dB at equal refiner training (bench/RESULTS.md); planning never runs it."""
+    use_termination: bool = True
+    """Learn a termination head when the training data holds episodes that ended in a terminal state
+    (a fall: ``terminated`` from the env, not a time limit; sets ``termination`` at training time)."""
+    termination: bool = False
+    """Predict, after each action, whether the episode ends there (DreamerV3's continue head, as a
+    logit). The planner weights each imagined step's score by the probability that the episode is
+    still running, and SB3's imagined episodes end where it is predicted. Set from the data."""
     decoded_frames: int = 0
     """Frames per training window the decoder reconstructs (a random draw among frames 1..L-1 of each
     window; 0, or any value >= L-1, decodes all L). Every frame is still encoded and filtered and
@@ -107,6 +114,7 @@ class WorldModelConfig:
     recon_weight: float = 1.0
     reward_weight: float = 1.0
     success_weight: float = 1.0
+    termination_weight: float = 1.0
     state_weight: float = 20.0
     """Weight of the auxiliary state-decoding loss (MSE on the standardised state; needs state_dim).
     At 1.0 it was ~1 % of the summed pixel loss and the latent never held the goal; 20 cut

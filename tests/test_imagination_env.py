@@ -117,7 +117,7 @@ def test_bad_banks_sizes_and_dynamics_are_refused_up_front():
 
     env = ImaginationVecEnv(ColumnRewards(), point_starts(), num_envs=2)
     env.reset()
-    with pytest.raises(ValueError, match=r"reward and success logit \[N=2\], got \[2, 1\]"):
+    with pytest.raises(ValueError, match=r"\(and termination logit\) \[N=2\], got \[2, 1\], \[2, 1\]"):
         env.step(np.zeros((2, 1), np.float32))
     model = WorldModel(get_preset("debug").world_model)
     empty = make_episode(0, size=32)

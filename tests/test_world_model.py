@@ -1115,16 +1115,16 @@ def test_sized_config_finds_the_goal_of_the_data_env():
     short = make_episode(5, size=32)  # 2-D states
     short.meta["env_id"] = "robobrain/Reach-v0"
     with pytest.raises(ValueError, match="state vectors have 2"):
-        sized_config(DEBUG.world_model, short)
+        sized_config(DEBUG.world_model, [short])
     ep = dataclasses.replace(short, state=np.zeros((6, 10), np.float32))
-    cfg = sized_config(DEBUG.world_model, ep)
+    cfg = sized_config(DEBUG.world_model, [ep])
     assert (cfg.goal_start, cfg.goal_dim) == (7, 3)
-    assert sized_config(dataclasses.replace(DEBUG.world_model, use_goal=False), ep).goal_dim == 0
+    assert sized_config(dataclasses.replace(DEBUG.world_model, use_goal=False), [ep]).goal_dim == 0
     ep.meta["env_id"] = "Pendulum-v1"  # no state layout, no goal
-    assert sized_config(DEBUG.world_model, ep).goal_dim == 0
+    assert sized_config(DEBUG.world_model, [ep]).goal_dim == 0
     del ep.meta["env_id"]  # unknown provenance: trained unconditioned, but not silently
     with pytest.warns(UserWarning, match="no env_id"):
-        assert sized_config(DEBUG.world_model, ep).goal_dim == 0
+        assert sized_config(DEBUG.world_model, [ep]).goal_dim == 0
 
 
 def _open_loop_reward_error(model, batch):
@@ -1298,12 +1298,12 @@ def test_sized_config_finds_the_proprioception_of_the_data_env():
 
     ep = dataclasses.replace(make_episode(5, size=32), state=np.zeros((6, 20), np.float32))
     ep.meta["env_id"] = "robobrain/Push-v0"
-    cfg = sized_config(dataclasses.replace(DEBUG.world_model, use_proprio=True), ep)
+    cfg = sized_config(dataclasses.replace(DEBUG.world_model, use_proprio=True), [ep])
     assert (cfg.proprio_start, cfg.proprio_dim) == (0, 7)  # gripper pos + vel + finger, not the block
-    assert sized_config(DEBUG.world_model, ep).proprio_dim == 0  # off by default
+    assert sized_config(DEBUG.world_model, [ep]).proprio_dim == 0  # off by default
     ep.meta["env_id"] = "Pendulum-v1"
     with pytest.warns(UserWarning, match="without proprioception"):
-        assert sized_config(dataclasses.replace(DEBUG.world_model, use_proprio=True), ep).proprio_dim == 0
+        assert sized_config(dataclasses.replace(DEBUG.world_model, use_proprio=True), [ep]).proprio_dim == 0
     with pytest.raises(ValueError, match="not contiguous"):
         proprio_slice({"gripper_pos": slice(0, 3), "finger": slice(6, 7)})
 

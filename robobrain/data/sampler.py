@@ -19,9 +19,12 @@ class SequenceBatch(NamedTuple):
     action: float32[B, L, A] -- a_t taken after o_t
     reward: float32[B, L] -- reward for a_t
     success: bool[B, L] -- success after a_t
+    terminal: bool[B, L] -- the episode ended in a terminal state after a_t (its last action, when
+        the env terminated it; never after a time limit)
 
-    Nothing in a window follows its last action, so the loss never reads the last action, reward or
-    success; in a window that ends on the episode's final observation they are zero padding.
+    Nothing in a window follows its last action, so the loss never reads the last action, reward,
+    success or terminal flag; in a window that ends on the episode's final observation they are zero
+    padding.
     """
 
     pixels: np.ndarray
@@ -29,6 +32,7 @@ class SequenceBatch(NamedTuple):
     action: np.ndarray
     reward: np.ndarray
     success: np.ndarray
+    terminal: np.ndarray
 
 
 class SequenceSampler:
@@ -115,4 +119,14 @@ class SequenceSampler:
             action=steps("action"),
             reward=steps("reward"),
             success=steps("success"),
+            terminal=np.stack([_terminal(ep, s, self.seq_len) for ep, s in zip(eps, starts, strict=True)]),
         )
+
+
+def _terminal(episode: Episode, start: int, seq_len: int) -> np.ndarray:
+    """bool[L]: whether the episode ended in a terminal state after each action of the window."""
+    out = np.zeros(seq_len, dtype=bool)
+    last = len(episode) - 1 - start  # (the index of the episode's last action in the window)
+    if episode.terminated and last < seq_len:
+        out[last] = True
+    return out

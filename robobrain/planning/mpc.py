@@ -18,7 +18,7 @@ import torch
 
 from robobrain.planning.noise import powerlaw_noise
 from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult, ScoreFn
-from robobrain.world_model import Rollout, State, WorldModel, step_score
+from robobrain.world_model import Rollout, State, WorldModel, step_score, still_running
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,9 @@ def world_model_score_fn(
 ) -> ScoreFn:
     """Score candidates [B, N, H, A] from latent ``state`` [B] by imagination: discounted predicted
     reward + success bonus, minus the ensemble-disagreement penalty, plus ``discount^H`` times
-    ``value_fn(feat [M, F]) -> [M]`` of the last imagined state when given. Returns [B, N].
+    ``value_fn(feat [M, F]) -> [M]`` of the last imagined state when given; with a termination head,
+    each step's score and the value are weighted by the probability that the episode is still running
+    there (:func:`~robobrain.world_model.still_running`). Returns [B, N].
 
     ``prior``: when candidates 1..P are exactly ``prior.actions`` (where the optimizers put prior
     samples), their scores come from ``prior.rollout`` and only the other candidates are imagined.
@@ -212,6 +214,9 @@ def world_model_score_fn(
                 raise ValueError("disagreement_penalty needs a world model trained with an ensemble")
             r = r - cfg.disagreement_penalty * out.disagreement.float()
         h = r.shape[1]
+        running = None if out.terminal_logit is None else still_running(out.terminal_logit)  # [M, H + 1]
+        if running is not None:  # (a step after a predicted end of the episode is worth nothing)
+            r = r * running[:, :-1]
         if cfg.discount != 1.0:
             r = r * cfg.discount ** torch.arange(h, device=r.device, dtype=r.dtype)
         total = r.sum(-1)
@@ -219,7 +224,7 @@ def world_model_score_fn(
             value = value_fn(out.feat[:, -1])
             if value.shape != total.shape:
                 raise ValueError(f"value_fn must return [M={total.shape[0]}] values, got {list(value.shape)}")
-            total = total + cfg.discount**h * value.float()
+            total = total + cfg.discount**h * value.float() * (1.0 if running is None else running[:, -1])
         return total
 
     roll = model.imagine if imagine is None else imagine

@@ -3,7 +3,8 @@
 ``reset`` draws start states from a bank of latent states encoded from real episodes; ``step`` runs one
 batched imagination step for all envs; rewards are the planner's step score (reward head +
 ``success_bonus`` x predicted success probability), episodes end on predicted
-success (optional) or after ``horizon`` steps. Observations are the latent features [N, F].
+success (optional), where a model with a termination head predicts the episode's end, or after
+``horizon`` steps. Observations are the latent features [N, F].
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ from robobrain.world_model.rssm import cat_states
 
 
 class LatentModel(Protocol):
-    """What the env needs from a model: a feature map, one imagined step, reward and success heads."""
+    """What the env needs from a model: a feature map, one imagined step, reward and success heads
+    (and optionally a termination head)."""
 
     feat_dim: int
     action_dim: int
 
     def features(self, state: State) -> torch.Tensor: ...
 
-    def step(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor]:
-        """(next state, reward [N], success logit [N])."""
+    def step(self, state: State, action: torch.Tensor) -> tuple[torch.Tensor | State | None, ...]:
+        """(next state, reward [N], success logit [N]), and optionally a fourth: the logit [N] that
+        the episode ended after the action (None or left out: imagined episodes end at the horizon)."""
         ...
 
 
@@ -54,12 +57,15 @@ class WorldModelDynamics:
         return state.feat
 
     @torch.no_grad()
-    def step(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor]:
+    def step(
+        self, state: State, action: torch.Tensor
+    ) -> tuple[State, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         state, _ = self.model.rssm.img_step(state, action, sample=self.sample)
         feat = state.feat
         success_logit = self.model.success_head(feat).squeeze(-1)
         reward = step_score(self.model.reward_head(feat).squeeze(-1), success_logit, self.success_bonus)
-        return state, reward, success_logit
+        head = self.model.termination_head
+        return state, reward, success_logit, None if head is None else head(feat).squeeze(-1)
 
 
 @torch.no_grad()
@@ -166,14 +172,16 @@ class ImaginationVecEnv(VecEnv):
         if self._actions is None:
             raise RuntimeError("step_async must be called before step_wait")
         action = torch.from_numpy(self._actions).to(self.device)
-        self.state, reward, success_logit = self.dynamics.step(self.state, action)
+        self.state, reward, success_logit, *rest = self.dynamics.step(self.state, action)
+        terminal_logit = rest[0] if rest else None
         self.t += 1
         obs = self._obs()
         n = self.num_envs
-        if tuple(reward.shape) != (n,) or tuple(success_logit.shape) != (n,):  # ([N, 1] broadcast dones)
+        shapes = [tuple(x.shape) for x in (reward, success_logit, terminal_logit) if x is not None]
+        if any(shape != (n,) for shape in shapes):  # ([N, 1] broadcast dones)
             raise ValueError(
-                f"ImaginationVecEnv: the dynamics' step must return reward and success logit [N={n}], got "
-                f"{list(reward.shape)} and {list(success_logit.shape)}"
+                f"ImaginationVecEnv: the dynamics' step must return reward, success logit (and termination "
+                f"logit) [N={n}], got {', '.join(str(list(shape)) for shape in shapes)}"
             )
         reward_np = reward.float().cpu().numpy()
         if not np.all(np.isfinite(reward_np)) or not np.all(np.isfinite(obs)):
@@ -181,6 +189,8 @@ class ImaginationVecEnv(VecEnv):
         success = (success_logit > 0).cpu().numpy()
         truncated = self.t >= self.horizon
         terminated = success & self.success_terminates
+        if terminal_logit is not None:  # (the episode ends where the model predicts its end)
+            terminated = terminated | (terminal_logit > 0).cpu().numpy()
         dones = terminated | truncated
         infos: list[dict[str, Any]] = [{"success": bool(s)} for s in success]
         if dones.any():

@@ -434,7 +434,9 @@ class OnlineLoop:
         """A world model of ``self.wm_cfg`` sized to the data: fresh, or with the ``weights`` of a
         checkpoint whose config ``self.wm_cfg`` is (their state statistics come with them)."""
         episodes = self._train_episodes()
-        cfg = sized_config(self.wm_cfg, episodes[0])
+        cfg = sized_config(self.wm_cfg, episodes)
+        if weights is not None:  # (its episodes came to end in falls after it was sized: it goes on without)
+            cfg = dataclasses.replace(cfg, termination=self.wm_cfg.termination)
         if weights is not None and cfg != self.wm_cfg:
             differ = {
                 f.name: (getattr(self.wm_cfg, f.name), getattr(cfg, f.name))

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +72,20 @@ def batch_to_torch(batch: SequenceBatch, device: torch.device | str) -> dict[str
         "action": torch.from_numpy(batch.action).to(device),
         "reward": torch.from_numpy(batch.reward).to(device),
         "success": torch.from_numpy(batch.success).to(device),
+        "terminal": torch.from_numpy(batch.terminal).to(device),
     }
 
 
-def sized_config(cfg: WorldModelConfig, episode: Episode) -> WorldModelConfig:
+def sized_config(cfg: WorldModelConfig, episodes: Sequence[Episode]) -> WorldModelConfig:
     """``cfg`` with action_dim, image_size, state_dim (when state decoding is on) and the goal's place
     in the state vector (when ``use_goal`` and the data's env names a ``goal`` in its state layout)
-    taken from the data."""
+    taken from the data (the first of ``episodes``, all of one env), and a termination head (when
+    ``use_termination``) if any of them ended in a terminal state."""
     from robobrain.envs import get_state_layout
 
+    if not episodes:
+        raise ValueError("no episodes to size the world model by")
+    episode = episodes[0]
     env_id = episode.meta.get("env_id")
     if cfg.use_goal and env_id is None:
         warnings.warn(
@@ -111,6 +117,7 @@ def sized_config(cfg: WorldModelConfig, episode: Episode) -> WorldModelConfig:
         "goal_dim": goal.stop - goal.start if goal is not None else 0,
         "proprio_start": proprio.start if proprio is not None else 0,
         "proprio_dim": proprio.stop - proprio.start if proprio is not None else 0,
+        "termination": cfg.termination or (cfg.use_termination and any(ep.terminated for ep in episodes)),
     }
     if any(getattr(cfg, k) != v for k, v in sized.items()):
         log.info("world model sized to the data: %s", sized)
@@ -338,7 +345,7 @@ def _train_world_model(
     cfg, tcfg = preset.world_model, preset.train
     store = EpisodeStore(data_dir, create=False)
     train_eps, _ = split_episodes(store, tcfg.holdout_fraction)
-    cfg = sized_config(cfg, train_eps[0])
+    cfg = sized_config(cfg, train_eps)
     config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(Path(data_dir).resolve()),
               "env_id": train_eps[0].meta.get("env_id")}  # fmt: skip
     if preset_name is not None:

@@ -2,7 +2,7 @@
 
 from robobrain.world_model.fused import FusedImagine, fused_unsupported
 from robobrain.world_model.graphs import Bf16Imagine, GraphedImagine
-from robobrain.world_model.model import Rollout, WorldModel, step_score
+from robobrain.world_model.model import Rollout, WorldModel, step_score, still_running
 from robobrain.world_model.rssm import RSSM, State
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "WorldModel",
     "fused_unsupported",
     "step_score",
+    "still_running",
 ]

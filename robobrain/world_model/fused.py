@@ -80,6 +80,8 @@ def block_fits(bk: int, deter: int, hidden: int, stoch_classes: int) -> bool:
 
 def fused_unsupported(cfg: WorldModelConfig, disagreement: bool = False) -> str | None:
     """Why :class:`FusedImagine` cannot roll out this model (None when it can)."""
+    if cfg.termination:
+        return "the fused kernel does not compute the termination head"
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
     if disagreement and cfg.ensemble:

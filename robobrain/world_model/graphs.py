@@ -170,8 +170,9 @@ class Bf16Imagine:
     fuses the LayerNorms, activations and the mode's max/one-hot into few kernels (one compilation
     per input shape, at the first call with it); a string is ``torch.compile``'s ``mode`` (e.g.
     ``"max-autotune-no-cudagraphs"``: inductor benchmarks GEMM kernels for these shapes, slower to
-    compile). Outputs are bf16 (``feat``, ``success_logit``, and ``reward`` unless a two-hot head
-    decodes it in float32); callers cast what they sum. Works on any device; meant for CUDA.
+    compile). Outputs are bf16 (``feat``, ``success_logit``, ``terminal_logit``, and ``reward``
+    unless a two-hot head decodes it in float32); callers cast what they sum. Works on any device;
+    meant for CUDA.
     """
 
     def __init__(self, model: WorldModel, compile: bool | str = False, disagreement: bool = True) -> None:
@@ -187,12 +188,13 @@ class Bf16Imagine:
         self.pad_goal = -cfg.feat_dim % 8 if cfg.goal_dim else 0
         if self.pad_action:
             self.twin.rssm.inp[0] = _widened(self.twin.rssm.inp[0], self.pad_action)
+        heads = ("reward_head", "success_head") + (("termination_head",) if cfg.termination else ())
         if self.pad_goal:
-            self.twin.reward_head[0] = _widened(self.twin.reward_head[0], self.pad_goal)
-            self.twin.success_head[0] = _widened(self.twin.success_head[0], self.pad_goal)
+            for name in heads:
+                getattr(self.twin, name)[0] = _widened(getattr(self.twin, name)[0], self.pad_goal)
         self._pairs = [
             (dst, src)
-            for name in ("rssm", "reward_head", "success_head")
+            for name in ("rssm", *heads)
             for dst, src in zip(
                 getattr(self.twin, name).parameters(), getattr(model, name).parameters(), strict=True
             )
@@ -210,20 +212,23 @@ class Bf16Imagine:
 
     def _run(
         self, deter: torch.Tensor, stoch: torch.Tensor, goal: torch.Tensor | None, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         bf = torch.bfloat16
         actions = F.pad(actions.to(bf), (0, self.pad_action))
         goal = None if goal is None else F.pad(goal.to(bf), (0, self.pad_goal))
         out = self.twin.imagine_unchecked(
             State(deter.to(bf), stoch.to(bf), goal), actions, disagreement=self.disagreement
         )
-        return out.feat[..., : self.model.cfg.feat_dim], out.reward, out.success_logit, out.disagreement
+        feat = out.feat[..., : self.model.cfg.feat_dim]
+        return feat, out.reward, out.success_logit, out.disagreement, out.terminal_logit
 
     def __call__(self, state: State, actions: torch.Tensor) -> Rollout:
         state, actions = self.model.imagine_inputs(state, actions)
         with torch.no_grad():
-            feat, reward, success, disagreement = self._rollout(state.deter, state.stoch, state.goal, actions)
-        return Rollout(feat, reward, success, disagreement, pixels=None)
+            feat, reward, success, disagreement, terminal = self._rollout(
+                state.deter, state.stoch, state.goal, actions
+            )
+        return Rollout(feat, reward, success, disagreement, pixels=None, terminal_logit=terminal)
 
 
 def _widened(linear: nn.Linear, extra: int) -> nn.Linear:

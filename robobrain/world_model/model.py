@@ -35,6 +35,8 @@ class Rollout(NamedTuple):
     success_logit: [B, H] -- predicted success (logit) after each action
     disagreement: [B, H] or None -- ensemble variance (uncertainty), when the model has an ensemble
     pixels: uint8[B, H, S, S, 3] or None -- decoded frames, when asked for
+    terminal_logit: [B, H] or None -- predicted end of the episode (logit) after each action, when
+        the model has a termination head (``cfg.termination``)
     """
 
     feat: torch.Tensor
@@ -42,6 +44,14 @@ class Rollout(NamedTuple):
     success_logit: torch.Tensor
     disagreement: torch.Tensor | None
     pixels: torch.Tensor | None
+    terminal_logit: torch.Tensor | None = None
+
+
+def still_running(terminal_logit: torch.Tensor) -> torch.Tensor:
+    """[B, H + 1]: the probability that an imagined episode is still running before each of H steps
+    (1 before the first) and after the last, from the termination head's logits [B, H]."""
+    alive = torch.sigmoid(-terminal_logit.float())
+    return torch.cat([torch.ones_like(alive[:, :1]), alive], 1).cumprod(1)
 
 
 def step_score(reward: torch.Tensor, success_logit: torch.Tensor, success_bonus: float) -> torch.Tensor:
@@ -87,6 +97,7 @@ class WorldModel(nn.Module):
         self.reward_head = ScalarHead(cfg.feat_dim, cfg.hidden, cfg.reward_bins, cfg.reward_limit)
         self.success_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2)
         self.state_head = MLP(cfg.feat_dim, cfg.state_dim, cfg.hidden, layers=2) if cfg.state_dim else None
+        self.termination_head = MLP(cfg.feat_dim, 1, cfg.hidden, layers=2) if cfg.termination else None
         # Standardisation of the decoded state, set from the training data (set_state_stats), saved
         # with the weights.
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
@@ -335,9 +346,9 @@ class WorldModel(nn.Module):
         reference: torch.Tensor | None = None,
         disagreement: bool = True,
     ) -> Rollout:
-        """Read rewards, success logits (and ensemble disagreement unless ``disagreement=False``,
-        frames) off imagined states [B, H, ...], e.g. ones a policy prior rolled out itself;
-        :meth:`imagine` ends with this."""
+        """Read rewards, success logits, termination logits (with a termination head; and ensemble
+        disagreement unless ``disagreement=False``, frames) off imagined states [B, H, ...], e.g.
+        ones a policy prior rolled out itself; :meth:`imagine` ends with this."""
         feat = states.feat
         spread = None
         if self.cfg.ensemble and disagreement:
@@ -348,6 +359,7 @@ class WorldModel(nn.Module):
             success_logit=self.success_head(feat).squeeze(-1),
             disagreement=spread,
             pixels=self.decode(feat, reference) if decode else None,
+            terminal_logit=None if self.termination_head is None else self.termination_head(feat).squeeze(-1),
         )
 
     def decode(
@@ -370,15 +382,18 @@ class WorldModel(nn.Module):
         """Training loss on a batch of windows (see ``robobrain.data.SequenceBatch``).
 
         batch: pixels uint8[B, L, S, S, 3], action [B, L, A] (taken *after* each frame),
-        reward [B, L], success [B, L], and optionally state [B, L, n] (decoded when ``state_dim``).
-        Frame t+1 is predicted from frame t and action t; the reward and success heads on the state
-        of frame t+1 predict reward[t] and success[t].
+        reward [B, L], success [B, L], terminal [B, L] (read with a termination head), and optionally
+        state [B, L, n] (decoded when ``state_dim``). Frame t+1 is predicted from frame t and action
+        t; the reward, success and termination heads on the state of frame t+1 predict reward[t],
+        success[t] and terminal[t].
         """
         pixels, action = batch["pixels"], batch["action"].float()
         b, seq = pixels.shape[:2]
         if seq < 2:  # the reward and success heads learn from the transitions between frames
             raise ValueError(f"training windows need at least 2 frames, got {seq}")
-        for key in ("reward", "success"):
+        if self.termination_head is not None and "terminal" not in batch:
+            raise ValueError("this world model predicts terminations: the batch needs 'terminal' [B, L]")
+        for key in ("reward", "success", "terminal")[: 2 + (self.termination_head is not None)]:
             if list(batch[key].shape) != [b, seq]:
                 raise ValueError(f"batch[{key!r}] must be [B, L] = {[b, seq]}, got {list(batch[key].shape)}")
         posts, post_lp, prior_lp = self._filter_batch(batch, sample=True)
@@ -403,6 +418,11 @@ class WorldModel(nn.Module):
         success_logit = self.success_head(feat[:, 1:]).squeeze(-1)
         success_target = batch["success"][:, :-1].float()
         success_loss = F.binary_cross_entropy_with_logits(success_logit, success_target)
+        terminal_loss = None
+        if self.termination_head is not None:
+            terminal_logit = self.termination_head(feat[:, 1:]).squeeze(-1)
+            terminal_target = batch["terminal"][:, :-1].float()
+            terminal_loss = F.binary_cross_entropy_with_logits(terminal_logit, terminal_target)
 
         state_loss = None
         if self.state_head is not None and "state" in batch:
@@ -422,6 +442,8 @@ class WorldModel(nn.Module):
         )
         if state_loss is not None:
             total = total + cfg.state_weight * state_loss
+        if terminal_loss is not None:
+            total = total + cfg.termination_weight * terminal_loss
         if refined_loss is not None:
             total = total + cfg.recon_weight * refined_loss
         metrics = {
@@ -432,6 +454,8 @@ class WorldModel(nn.Module):
         }
         if state_loss is not None:
             metrics["state"] = state_loss.item()
+        if terminal_loss is not None:
+            metrics["terminal"] = terminal_loss.item()
         if refined_loss is not None:
             metrics["recon_refined"] = refined_loss.item()
         if cfg.open_loop_horizon > 0 and pixels.shape[1] > 1:
@@ -492,7 +516,8 @@ class WorldModel(nn.Module):
         posts: posterior states [B, L, ...]; post_lp: [B, L, S, C]; action: [B, L, A]. From the
         posterior at frame s (s < L-1) the prior imagines frames s+1 .. s+K under the real actions,
         following its mode as the planner does (straight-through gradients). The heads on frame s+j
-        are trained on reward[s+j-1], success[s+j-1] and state[s+j]; the prior on s+j by KL to the
+        are trained on reward[s+j-1], success[s+j-1], terminal[s+j-1] (with a termination head) and
+        state[s+j]; the prior on s+j by KL to the
         (stopped) posterior there. Steps past the window's last frame are masked out.
         """
         cfg = self.cfg
@@ -529,6 +554,13 @@ class WorldModel(nn.Module):
         kl_loss = masked_mean(kl.clamp(min=cfg.free_nats))
         total = cfg.reward_weight * reward + cfg.success_weight * success + cfg.kl_dyn * kl_loss
         metrics = {"ol_reward": reward.item(), "ol_kl": masked_mean(kl).item()}
+        if self.termination_head is not None:
+            terminal_logit = self.termination_head(feat).squeeze(-1)
+            target = batch["terminal"][:, frame - 1].float()
+            bce = F.binary_cross_entropy_with_logits(terminal_logit, target, reduction="none")
+            terminal = masked_mean(bce)
+            total = total + cfg.termination_weight * terminal
+            metrics["ol_terminal"] = terminal.item()
         if self.state_head is not None and "state" in batch:
             target = (batch["state"][:, frame].float() - self.state_mean) / self.state_std
             state_loss = masked_mean((self.state_head(feat) - target).square().mean(-1))
