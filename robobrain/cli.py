@@ -735,6 +735,14 @@ def check_device(name: str) -> None:
         raise ValueError(
             f"--device {name!r}: expected cpu, cuda, cuda:N or auto (or another torch device type)"
         ) from None
+    if device.type == "meta":
+        raise ValueError(f"--device {name}: a meta device holds no data to train or plan with")
+    if device.type not in ("cpu", "cuda"):  # (mps, xpu, ...: torch fails at the first tensor otherwise)
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__  # (torch's lists every backend)
+            raise ValueError(f"--device {name}: this torch ({torch.__version__}) cannot use it: {why}") from e
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

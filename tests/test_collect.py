@@ -96,6 +96,10 @@ def test_the_command_reports_a_users_error_in_one_line(capsys, tmp_path, monkeyp
                   str(tmp_path / "out")])  # fmt: skip
     with pytest.raises(ValueError, match="--device 'banana'"):
         main(["eval", "--policy", "random", "--device", "banana", "--out", str(tmp_path / "out")])
+    # Device types torch parses but cannot use here (a traceback at the first tensor, or from .item()).
+    for device, why in (("mps", "cannot use it: Could not run"), ("meta", "holds no data")):
+        with pytest.raises(ValueError, match=f"--device {device}: .*{why}"):
+            main(["train-wm", "--data", str(tmp_path), "--device", device, "--run-dir", str(tmp_path / "o")])
     assert not (tmp_path / "out").exists()
     # auto (SB3's convention): cuda when torch sees one, else cpu
     main(["eval", "--policy", "random", "--device", "auto", "--episodes", "1", "--num-envs", "1",

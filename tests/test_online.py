@@ -658,3 +658,20 @@ def test_train_success_is_nan_for_an_env_that_reports_none():
     assert np.isnan(loop.state.last_success)
     OnlineLoop._record_training_episodes(loop, [quiet, succeeded, failed])  # (older episodes: reported)
     assert loop.state.last_success == 0.5
+
+
+def test_a_diverging_world_model_says_what_the_run_kept(tmp_path, monkeypatch):
+    from robobrain.policies.online import online_factories
+    from robobrain.training.online import OnlineConfig, OnlineLoop
+    from robobrain.training.wm_trainer import NonFiniteLossError
+    from robobrain.world_model import WorldModel
+
+    real = WorldModel.loss
+    monkeypatch.setattr(WorldModel, "loss", lambda self, batch: (real(self, batch)[0] * float("nan"), {}))
+    cfg = OnlineConfig(
+        preset="debug", env_steps=20, num_envs=2, episode_steps=10, seed_episodes=2, pretrain_steps=40,
+        prior_samples=0, use_value=False, eval_every=1000, eval_episodes=1,
+    )  # fmt: skip
+    loop = OnlineLoop(cfg, tmp_path, online_factories(cfg.env, 32, "cpu", 10), progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite .*\. Kept: no checkpoint of the run"):
+        loop.run()

@@ -163,3 +163,110 @@ def test_episodes_shorter_than_a_window_are_named_when_left_out(tmp_path, caplog
     assert SequenceSampler([make_episode(10), make_episode(3)], 6).num_unused == 1
     with pytest.raises(ValueError, match=r"lengths in steps: \[3\] \(an env whose episodes end early"):
         SequenceSampler([make_episode(3)], 6)
+
+
+def test_a_divergence_logs_no_losses_for_its_skipped_steps_and_names_what_was_kept(tmp_path, monkeypatch):
+    """A log row whose steps were all skipped repeated the row before it (a plausible loss for steps
+    that never trained); the error said nothing of the checkpoint left."""
+    import csv
+    import math
+    import warnings
+
+    from robobrain.data import EpisodeStore
+    from robobrain.training.wm_trainer import train_world_model
+
+    store = EpisodeStore(tmp_path / "data")
+    for i in range(3):
+        store.add(make_episode(10, tag=i, size=32))
+    train = dataclasses.replace(DEBUG.train, batch_size=2, log_every=2, checkpoint_every=4, max_nonfinite=3,
+                                holdout_fraction=0.0)  # fmt: skip
+    real, calls = WorldModel.loss, []
+
+    def diverging(self, batch):
+        calls.append(1)
+        loss, metrics = real(self, batch)
+        return (loss * float("nan"), metrics) if len(calls) > 5 else (loss, metrics)
+
+    monkeypatch.setattr(WorldModel, "loss", diverging)
+    with warnings.catch_warnings(), pytest.raises(NonFiniteLossError) as e:
+        warnings.simplefilter("ignore")
+        train_world_model(tmp_path / "data", tmp_path / "run", dataclasses.replace(DEBUG, train=train),
+                          steps=20, progress=False)  # fmt: skip
+    assert str(e.value).endswith(
+        f"Kept: the run's checkpoint before it, {tmp_path / 'run' / 'checkpoints' / 'step_0000004'} "
+        "(a resume repeats the same steps)"
+    )
+    with open(tmp_path / "run" / "train_wm.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(float(r["step"])) for r in rows] == [2, 4, 6]  # (step 6: one trained, one skipped)
+    assert math.isfinite(float(rows[2]["loss"])) and rows[2]["nonfinite_total"] == "1"
+    with pytest.raises(ValueError, match="max_minutes must be >= 0, got nan"):
+        train_world_model(tmp_path / "data", tmp_path / "other", DEBUG, steps=5, max_minutes=float("nan"))
+    with pytest.raises(ValueError, match="max_minutes must be >= 0, got -1"):
+        train_world_model(tmp_path / "data", tmp_path / "other", DEBUG, steps=5, max_minutes=-1)
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_window_of_only_skipped_steps_logs_nan_losses(tmp_path, monkeypatch):
+    import csv
+    import math
+    import warnings
+
+    from robobrain.data import EpisodeStore
+    from robobrain.training.wm_trainer import train_world_model
+
+    store = EpisodeStore(tmp_path / "data")
+    for i in range(3):
+        store.add(make_episode(10, tag=i, size=32))
+    train = dataclasses.replace(DEBUG.train, batch_size=2, log_every=2, max_nonfinite=5, holdout_fraction=0.0)
+    real, calls = WorldModel.loss, []
+
+    def sick(self, batch):  # (steps 3 and 4 non-finite, then well again)
+        calls.append(1)
+        loss, metrics = real(self, batch)
+        return (loss * float("nan"), metrics) if len(calls) in (3, 4) else (loss, metrics)
+
+    monkeypatch.setattr(WorldModel, "loss", sick)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_world_model(tmp_path / "data", tmp_path / "run", dataclasses.replace(DEBUG, train=train),
+                          steps=6, progress=False)  # fmt: skip
+    with open(tmp_path / "run" / "train_wm.csv") as f:
+        rows = {int(float(r["step"])): r for r in csv.DictReader(f)}
+    assert math.isnan(float(rows[4]["loss"])) and math.isnan(float(rows[4]["recon"]))
+    assert math.isfinite(float(rows[2]["loss"])) and math.isfinite(float(rows[6]["loss"]))
+    assert rows[4]["nonfinite_total"] == "2"
+
+
+def test_a_resume_on_data_of_another_kind_is_refused_before_the_run_is_touched(tmp_path):
+    """Frames of another size were taken for the preset's drift: a warning blaming the preset, the
+    run's config.json rewritten, then a pixel-shape error at the first step."""
+    import warnings
+
+    from robobrain.checkpoint import CheckpointError, load_checkpoint
+    from robobrain.data import EpisodeStore
+    from robobrain.training.wm_trainer import train_world_model
+
+    for name, size in (("data", 32), ("small", 16)):
+        store = EpisodeStore(tmp_path / name)
+        for i in range(3):
+            store.add(make_episode(10, tag=i, size=size))
+    train = dataclasses.replace(DEBUG.train, batch_size=2, checkpoint_every=2, holdout_fraction=0.0)
+    preset = dataclasses.replace(DEBUG, train=train)
+    kw = {"progress": False, "preset_name": "debug"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_world_model(tmp_path / "data", tmp_path / "run", preset, steps=2, **kw)
+        config = (tmp_path / "run" / "config.json").read_text()
+        kind = r"small: its episodes are not of the kind .* \{'image_size': \(32, 16\)\}"
+        with pytest.raises(CheckpointError, match=kind):
+            train_world_model(tmp_path / "small", tmp_path / "run", preset, steps=4, **kw)
+        assert (tmp_path / "run" / "config.json").read_text() == config
+        # Episodes that end in a fall, added since: the run goes on without the head it started without.
+        fall = dataclasses.replace(make_episode(10, tag=9, size=32), terminated=True)
+        EpisodeStore(tmp_path / "data").add(fall)
+        train_world_model(tmp_path / "data", tmp_path / "run", preset, steps=4, **kw)
+        train_world_model(tmp_path / "data", tmp_path / "fresh", preset, steps=2, **kw)
+    assert load_checkpoint(tmp_path / "run").state["step"] == 4
+    assert not load_checkpoint(tmp_path / "run").config["world_model"]["termination"]
+    assert load_checkpoint(tmp_path / "fresh").config["world_model"]["termination"]

@@ -69,11 +69,13 @@ from robobrain.training.resume import (
     set_rng_state,
 )
 from robobrain.training.wm_trainer import (
+    NonFiniteLossError,
     WorldModelTrainer,
     model_config_from_checkpoint,
     sized_config,
     state_stats,
     train_config_from_checkpoint,
+    with_kept_checkpoint,
 )
 from robobrain.world_model import WorldModel
 from robobrain.world_model.networks import num_conv_layers
@@ -461,7 +463,10 @@ class OnlineLoop:
     def _fit_world_model(self, updates: int) -> dict[str, float]:
         assert self.trainer is not None
         self.trainer.sampler.set_episodes(self._train_episodes())
-        window = [m for m in (self.trainer.train_step() for _ in range(updates)) if m is not None]
+        try:
+            window = [m for m in (self.trainer.train_step() for _ in range(updates)) if m is not None]
+        except NonFiniteLossError as e:
+            raise with_kept_checkpoint(e, self.run_dir) from None
         if not window:
             return {}
         metrics = {f"wm_{k}": float(np.mean([m[k] for m in window])) for k in window[-1]}

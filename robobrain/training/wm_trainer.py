@@ -21,6 +21,7 @@ from robobrain.checkpoint import (
     CheckpointError,
     check_trained_env,
     exclusive_run,
+    latest_checkpoint,
     load_checkpoint,
     load_latest,
     load_weights,
@@ -39,6 +40,13 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Training produced non-finite losses or gradients too many times in a row."""
+
+
+def with_kept_checkpoint(error: NonFiniteLossError, run_dir: Path) -> NonFiniteLossError:
+    """``error``, saying which checkpoint of the run at ``run_dir`` is left (what followed it is lost)."""
+    kept = latest_checkpoint(run_dir)
+    note = f"the run's checkpoint before it, {kept}" if kept else "no checkpoint of the run"
+    return NonFiniteLossError(f"{error}. Kept: {note} (a resume repeats the same steps)")
 
 
 def split_episodes(store: EpisodeStore, holdout_fraction: float) -> tuple[list[Episode], list[Episode]]:
@@ -109,7 +117,7 @@ def sized_config(cfg: WorldModelConfig, episodes: Sequence[Episode]) -> WorldMod
             "model is trained on pixels without proprioception",
             stacklevel=2,
         )
-    sized = {
+    sized = {  # (SIZED_FIELDS)
         "action_dim": episode.action.shape[-1],
         "image_size": episode.pixels.shape[1],
         "state_dim": episode.state.shape[-1] if cfg.state_weight > 0 else 0,
@@ -124,6 +132,12 @@ def sized_config(cfg: WorldModelConfig, episodes: Sequence[Episode]) -> WorldMod
         cfg = dataclasses.replace(cfg, **sized)
     return cfg
 
+
+SIZED_FIELDS = (
+    "action_dim", "image_size", "state_dim", "goal_start", "goal_dim", "proprio_start", "proprio_dim"
+)  # fmt: skip
+"""The world-model settings :func:`sized_config` takes from the data (``termination`` aside: a model
+goes on with or without its head)."""
 
 PROPRIO_KEYS = ("gripper_pos", "gripper_vel", "finger")
 """The parts of a robobrain state layout that are the robot's own state (proprioception)."""
@@ -328,6 +342,8 @@ def train_world_model(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if max_minutes is not None and not max_minutes >= 0:  # (NaN never ran out; < 0 saved an untrained model)
+        raise ValueError(f"max_minutes must be >= 0, got {max_minutes}")
     with exclusive_run(run_dir, "train-wm") as held:
         return _train_world_model(data_dir, held, preset, steps, device, progress, max_minutes, preset_name)
 
@@ -380,6 +396,8 @@ def _train_world_model(
                 saved = to_dict(from_dict(cls, ckpt.config.get(key, {})))
             except (TypeError, ValueError) as e:
                 raise CheckpointError(f"{latest / 'config.json'}: not a {key} config ({e})") from e
+            if key == "world_model":  # (a head is kept, or not, as the run started: see online's)
+                config[key]["termination"] = saved["termination"]
             diff = {k: (saved.get(k), v) for k, v in config[key].items() if saved.get(k) != v}
             # Resumed by `train-wm --preset P` (another P than the run's was refused above; a run from
             # before the name was recorded has none): what no flag sets goes on as the run had it.
@@ -390,6 +408,13 @@ def _train_world_model(
                     f"(checkpoint vs now: {diff}); to resume it, pass the flags it was started "
                     f"with (--preset, --open-loop-horizon, --proprio, --keypoints, --seed set these; "
                     f"its config.json); for another config, use a new --run-dir"
+                )
+            data_diff = {k: d for k, d in diff.items() if k in SIZED_FIELDS}
+            if key == "world_model" and data_diff:  # (it was taken for the preset's drift, and failed later)
+                raise CheckpointError(
+                    f"{data_dir}: its episodes are not of the kind {run_dir} trained on (the run's vs the "
+                    f"data's: {data_diff}); to go on, pass data like it; for a model of this data, use a "
+                    "new --run-dir"
                 )
             if diff:  # the preset's values in this robobrain, or fields added since the run started
                 log.warning(
@@ -437,8 +462,9 @@ def _train_world_model(
 
     def log_window() -> None:
         nonlocal metrics, window
-        if window:
-            metrics = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
+        # (a window whose every step was skipped as non-finite has no losses: NaN, not the last row's)
+        keys = window[-1] if window else [k for k in metrics if k != "nonfinite_total"]
+        metrics = {k: float(np.mean([m[k] for m in window])) if window else float("nan") for k in keys}
         metrics["nonfinite_total"] = trainer.nonfinite_total
         logger.log(trainer.step, metrics)
         bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.1f}")
@@ -466,6 +492,8 @@ def _train_world_model(
                     save_checkpoint(
                         run_dir, trainer.step, model, config, trainer.optimizer, trainer.training_state()
                     )
+    except NonFiniteLossError as e:
+        raise with_kept_checkpoint(e, run_dir) from None
     finally:
         logger.close()
     return metrics
