@@ -362,13 +362,18 @@ def run_eval(args: Eval) -> dict:
         for _ in range(min(args.num_envs, args.episodes))
     ]
     planner = planner_settings(args)
+    bounds = uniform_bounds(envs[0].action_space)  # e.g. [-3, 3]: the bounds `train --mpc.optim.low` set
+    # The search's noise defaults are set for [-1, 1]: they widen with the range (Pendulum's [-2, 2]).
+    scale = (bounds["high"] - bounds["low"]) / 2 if bounds else 1.0
     optim = OptimizerConfig(
         num_samples=planner["samples"],
         num_elites=planner["elites"],
         iterations=planner["iterations"],
         temperature=planner["temperature"],
         time_budget=args.time_budget,
-        **uniform_bounds(envs[0].action_space),  # e.g. [-3, 3]: the bounds `train --mpc.optim.low` set
+        init_std=OptimizerConfig.init_std * scale,
+        min_std=OptimizerConfig.min_std * scale,
+        **bounds,
     )
     mpc = MPCConfig(
         horizon=planner["horizon"],
@@ -402,7 +407,8 @@ def run_eval(args: Eval) -> dict:
             meta["guide"] = args.guide
             guide_used = getattr(policy, "guide", None)
             meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None),
-                                   low=optim.low, high=optim.high, discount=mpc.discount,
+                                   low=optim.low, high=optim.high, init_std=optim.init_std,
+                                   min_std=optim.min_std, discount=mpc.discount,
                                    success_bonus=mpc.success_bonus,
                                    disagreement_penalty=mpc.disagreement_penalty,
                                    time_budget=args.time_budget,

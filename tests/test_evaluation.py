@@ -332,6 +332,8 @@ def test_eval_on_a_classic_control_env_plans_in_its_action_bounds(tmp_path):
           "--horizon", "2", "--out", str(tmp_path / "mpc")])  # fmt: skip
     report = json.loads((tmp_path / "mpc" / "eval_info.json").read_text())
     assert (report["planner"]["low"], report["planner"]["high"]) == (-2.0, 2.0)
+    # The search's noise widens with the range (the defaults', set for [-1, 1], were half as wide here).
+    assert (report["planner"]["init_std"], report["planner"]["min_std"]) == (1.0, 0.1)
     assert report["summary"]["episodes"] == 1 and report["episodes"][0]["length"] == 200
 
 
