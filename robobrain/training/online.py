@@ -187,7 +187,7 @@ class OnlineConfig:
                   "pretrain_steps": (self.pretrain_steps, 0), "own_data_repeat": (self.own_data_repeat, 1),
                   "explore_bonus": (self.explore_bonus, 0),
                   "train_ratio": (self.train_ratio, 0), "prior_samples": (self.prior_samples, 0),
-                  "num_envs": (self.num_envs, 1), "seed": (self.seed, 0),
+                  "num_envs": (self.num_envs, 1), "seed": (self.seed, 0), "keypoints": (self.keypoints, 0),
                   "episode_steps": (1 if self.episode_steps is None else self.episode_steps, 1)}  # fmt: skip
         for name, (value, least) in counts.items():
             if not value >= least:  # (NaN too)
