@@ -207,8 +207,8 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
     assert planner == {"optimizer": "mppi", "horizon": 14, "elites": 4, "iterations": 2,
                        "temperature": 4.0, "prior_std": 0.1, "samples": 8, "prior_samples": 7,
                        "low": -1.0, "high": 1.0, "init_std": 0.5, "min_std": 0.05,
-                       "discount": 1.0, "success_bonus": 1.0, "disagreement_penalty": 0.0, "time_budget": None, "compile": False,
-                       "fused": False}  # fmt: skip
+                       "discount": 1.0, "success_bonus": 1.0, "disagreement_penalty": 0.0,
+                       "time_budget": None, "compile": False, "fused": False}  # fmt: skip
     # The prior alone (no planning): its mean action on the filtered state.
     alone = load_policy(f"bc:{tmp_path / 'wm'}", "robobrain/Push-v0", space)
     assert isinstance(alone, BehaviourPriorPolicy)

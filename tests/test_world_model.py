@@ -1292,6 +1292,17 @@ def test_a_model_reading_only_proprioception_is_given_its_stats(push_data, tmp_p
     torch.testing.assert_close(model.proprio_mean, mean[:7])
 
 
+def test_state_stats_of_large_finite_states_are_finite():
+    """float32 squares overflow above ~1e19: the stats are summed in float64."""
+    eps = [
+        dataclasses.replace(make_episode(3), state=np.full((4, 10), sign * 1e20, np.float32))
+        for sign in (1, -1)
+    ]
+    mean, std = state_stats(eps, "cpu")
+    assert torch.isfinite(mean).all() and torch.isfinite(std).all()
+    torch.testing.assert_close(std, torch.full((10,), 1e20))
+
+
 def test_sized_config_finds_the_proprioception_of_the_data_env():
     from robobrain.training.wm_trainer import proprio_slice, sized_config
     from tests.test_store import make_episode

@@ -155,8 +155,9 @@ def proprio_slice(layout: dict[str, slice]) -> slice | None:
 
 
 def state_stats(episodes: list[Episode], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and std [n] of the state vectors of ``episodes``."""
-    states = np.concatenate([ep.state for ep in episodes])
+    """Per-dimension mean and std [n] of the state vectors of ``episodes`` (summed in float64: the
+    squares of float32 states above ~1e19 overflow float32)."""
+    states = np.concatenate([ep.state for ep in episodes]).astype(np.float64)
     return (
         torch.as_tensor(states.mean(0), dtype=torch.float32, device=device),
         torch.as_tensor(states.std(0), dtype=torch.float32, device=device),
