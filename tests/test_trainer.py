@@ -270,3 +270,49 @@ def test_a_resume_on_data_of_another_kind_is_refused_before_the_run_is_touched(t
     assert load_checkpoint(tmp_path / "run").state["step"] == 4
     assert not load_checkpoint(tmp_path / "run").config["world_model"]["termination"]
     assert load_checkpoint(tmp_path / "fresh").config["world_model"]["termination"]
+
+
+def test_an_older_run_resumes_on_its_data_and_data_with_another_state_size_is_refused(tmp_path):
+    """A run whose config.json predates goal conditioning (no goal fields: goal_dim 0 by default)
+    sized the same data with a goal today: only what the data decides refuses a resume."""
+    import json
+    import warnings
+
+    import numpy as np
+
+    from robobrain.checkpoint import CheckpointError, load_checkpoint
+    from robobrain.data import EpisodeStore
+    from robobrain.envs import get_state_layout
+    from robobrain.training.wm_trainer import train_world_model
+
+    n = max(part.stop for part in get_state_layout("robobrain/Reach-v0").values())
+    for name, dim in (("data", n), ("wide", n + 2)):
+        store = EpisodeStore(tmp_path / name)
+        for i in range(3):
+            ep = make_episode(10, tag=i, size=32)
+            state = np.zeros((11, dim), np.float32) + ep.state[:, :1]
+            store.add(dataclasses.replace(ep, state=state, meta={"env_id": "robobrain/Reach-v0"}))
+    train = dataclasses.replace(DEBUG.train, batch_size=2, checkpoint_every=2, holdout_fraction=0.0)
+    old = dataclasses.replace(
+        DEBUG, train=train, world_model=dataclasses.replace(DEBUG.world_model, use_goal=False)
+    )
+    kw = {"progress": False, "preset_name": "debug"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_world_model(tmp_path / "data", tmp_path / "run", old, steps=2, **kw)
+        for path in [
+            tmp_path / "run" / "config.json",
+            *(tmp_path / "run").glob("checkpoints/step_*/config.json"),
+        ]:
+            config = json.loads(path.read_text())
+            for key in ("use_goal", "goal_start", "goal_dim"):
+                del config["world_model"][key]
+            path.write_text(json.dumps(config))
+        today = dataclasses.replace(DEBUG, train=train)
+        with pytest.raises(
+            CheckpointError, match=rf"wide: its episodes are not of the kind .*'state_dim': \({n}, {n + 2}\)"
+        ):
+            train_world_model(tmp_path / "wide", tmp_path / "run", today, steps=4, **kw)
+        train_world_model(tmp_path / "data", tmp_path / "run", today, steps=4, **kw)
+    resumed = load_checkpoint(tmp_path / "run")
+    assert resumed.state["step"] == 4 and resumed.config["world_model"]["goal_dim"] == 0

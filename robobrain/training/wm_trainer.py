@@ -117,7 +117,7 @@ def sized_config(cfg: WorldModelConfig, episodes: Sequence[Episode]) -> WorldMod
             "model is trained on pixels without proprioception",
             stacklevel=2,
         )
-    sized = {  # (SIZED_FIELDS)
+    sized = {
         "action_dim": episode.action.shape[-1],
         "image_size": episode.pixels.shape[1],
         "state_dim": episode.state.shape[-1] if cfg.state_weight > 0 else 0,
@@ -133,11 +133,22 @@ def sized_config(cfg: WorldModelConfig, episodes: Sequence[Episode]) -> WorldMod
     return cfg
 
 
-SIZED_FIELDS = (
-    "action_dim", "image_size", "state_dim", "goal_start", "goal_dim", "proprio_start", "proprio_dim"
-)  # fmt: skip
-"""The world-model settings :func:`sized_config` takes from the data (``termination`` aside: a model
-goes on with or without its head)."""
+def data_mismatch(cfg: WorldModelConfig, episode: Episode) -> dict[str, tuple[int, int]]:
+    """What of a model of ``cfg`` the ``episode``'s kind of data cannot feed, as {what: (the model's,
+    the data's)}: another action size or frame size, another state size where the model predicts
+    the state, a goal or proprioception slice past the end of the state vectors. Only the data
+    decides: which of the heads and inputs a model has is its settings' business."""
+    n = episode.state.shape[-1]
+    data = {"action_dim": episode.action.shape[-1], "image_size": episode.pixels.shape[1]}
+    if cfg.state_dim:
+        data["state_dim"] = n
+    diff = {k: (getattr(cfg, k), v) for k, v in data.items() if getattr(cfg, k) != v}
+    for part in ("goal", "proprio"):
+        stop = getattr(cfg, f"{part}_start") + getattr(cfg, f"{part}_dim")
+        if getattr(cfg, f"{part}_dim") and stop > n:
+            diff[f"{part} end in the state"] = (stop, n)
+    return diff
+
 
 PROPRIO_KEYS = ("gripper_pos", "gripper_vel", "finger")
 """The parts of a robobrain state layout that are the robot's own state (proprioception)."""
@@ -399,6 +410,13 @@ def _train_world_model(
                 raise CheckpointError(f"{latest / 'config.json'}: not a {key} config ({e})") from e
             if key == "world_model":  # (a head is kept, or not, as the run started: see online's)
                 config[key]["termination"] = saved["termination"]
+            data_diff = data_mismatch(from_dict(cls, saved), train_eps[0]) if key == "world_model" else {}
+            if data_diff:  # (it was taken for the preset's drift, and failed later)
+                raise CheckpointError(
+                    f"{data_dir}: its episodes are not of the kind {run_dir} trained on (the run's vs the "
+                    f"data's: {data_diff}); to go on, pass data like it; for a model of this data, use a "
+                    "new --run-dir"
+                )
             diff = {k: (saved.get(k), v) for k, v in config[key].items() if saved.get(k) != v}
             # Resumed by `train-wm --preset P` (another P than the run's was refused above; a run from
             # before the name was recorded has none): what no flag sets goes on as the run had it.
@@ -409,13 +427,6 @@ def _train_world_model(
                     f"(checkpoint vs now: {diff}); to resume it, pass the flags it was started "
                     f"with (--preset, --open-loop-horizon, --proprio, --keypoints, --seed set these; "
                     f"its config.json); for another config, use a new --run-dir"
-                )
-            data_diff = {k: d for k, d in diff.items() if k in SIZED_FIELDS}
-            if key == "world_model" and data_diff:  # (it was taken for the preset's drift, and failed later)
-                raise CheckpointError(
-                    f"{data_dir}: its episodes are not of the kind {run_dir} trained on (the run's vs the "
-                    f"data's: {data_diff}); to go on, pass data like it; for a model of this data, use a "
-                    "new --run-dir"
                 )
             if diff:  # the preset's values in this robobrain, or fields added since the run started
                 log.warning(
