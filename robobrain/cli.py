@@ -746,8 +746,9 @@ def check_device(name: str) -> None:
     if device.type not in ("cpu", "cuda"):  # (mps, xpu, ...: torch fails at the first tensor otherwise)
         try:
             torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as e:
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__  # (torch's lists every backend)
+        except Exception as e:  # (RuntimeError, AssertionError, NotImplementedError, ModuleNotFoundError)
+            why = str(e).split(". ")[0].splitlines()[0][:200] if str(e) else type(e).__name__  # (its first
+            # sentence: torch's own lists every backend and the operator's registrations)
             raise ValueError(f"--device {name}: this torch ({torch.__version__}) cannot use it: {why}") from e
     if device.type == "cuda":
         if not torch.cuda.is_available():
