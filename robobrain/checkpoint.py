@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -210,18 +211,27 @@ def _fsync_tree(path: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def _step_of(path: Path) -> tuple[int, str]:
-    """The step a ``step_*`` checkpoint was written at, for sorting: by name, step_10000000 came
-    before step_9999500 (the width grows past 10 million), and pruning removed the newest."""
-    digits = path.name.removeprefix("step_")
-    return (int(digits) if digits.isdigit() else -1, path.name)
+STEP_NAME = re.compile(r"step_(\d+)")
+"""A checkpoint directory's name: ``step_`` and the step it was written at."""
+
+
+def step_checkpoints(root: Path) -> list[Path]:
+    """The ``step_N`` checkpoint directories under ``root``, oldest first: by step (by name,
+    step_10000000 came before step_9999500, the width growing past 10 million, and pruning removed
+    the newest); another directory (``step_notes``, a ``.bak`` copy) is not one of them."""
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_NAME.fullmatch(p.name)) and p.is_dir()
+    ]
+    return [p for _, p in sorted(found)]
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
     """Remove all but the ``keep`` newest checkpoints, and the temporaries of writers that were killed
     (see :func:`~robobrain.data.store.abandoned_temporary`): a checkpoint's directory, whose name
     ends with the pid, and the ``latest`` pointer's file, named as the store's temporaries."""
-    olds = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")), key=_step_of)
+    olds = step_checkpoints(root)
     for p in olds[:-keep] if keep > 0 else []:
         if p.name != protect:
             _remove_directory(p)
@@ -259,7 +269,7 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     if root.exists() and not root.is_dir():  # (its first save failed, after the training before it)
         raise CheckpointError(f"{root}: not a directory (a run keeps its checkpoints there)")
     if not pointer.exists():
-        steps = [p.name for p in sorted(root.glob("step_*"), key=_step_of) if p.is_dir()]
+        steps = [p.name for p in step_checkpoints(root)]
         if steps:
             raise CheckpointError(
                 f"{root} holds checkpoints ({', '.join(steps[-3:])}) but no {LATEST} pointer (deleted, or "
@@ -284,7 +294,7 @@ def recovery_hint(checkpoint: Path) -> str:
     corrupt): an addition to an error message, empty when the run has no other one. Nothing falls
     back by itself: resuming an online run from an older checkpoint drops the episodes stored after it."""
     root = checkpoint.parent
-    others = [p.name for p in sorted(root.glob("step_*"), key=_step_of) if p.is_dir() and p != checkpoint]
+    others = [p.name for p in step_checkpoints(root) if p != checkpoint]
     if not others:
         return ""
     return (

@@ -677,8 +677,11 @@ def test_checkpoints_past_ten_million_steps_are_pruned_by_step_not_name(tmp_path
     model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
     for step in (9_999_000, 9_999_500, 10_000_000, 10_000_500, 10_001_000):
         newest = save_checkpoint(tmp_path, step, model, config)
+        if step == 9_999_000:  # a user's directories beside them are not checkpoints: never pruned
+            for name in ("step_notes", "step_0000100.bak"):
+                (tmp_path / "checkpoints" / name).mkdir()
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
-    assert names == ["step_10000500", "step_10001000"]
+    assert names == ["step_0000100.bak", "step_10000500", "step_10001000", "step_notes"]
     (newest / "model.safetensors").write_bytes(b"half")
     with pytest.raises(CheckpointError, match=r"other checkpoints: step_10000500\. .*step_10000500"):
         load_latest(tmp_path)
