@@ -2,6 +2,7 @@
 resume.py) that a mutation audit found unpinned: each test fails on a small code change that the rest
 of the suite let through (named in its docstring: M.. in online.py, R.. in resume.py)."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -242,6 +243,18 @@ def test_an_init_world_model_without_the_keypoints_asked_for_is_refused(monkeypa
         )
 
 
+def test_an_init_world_model_with_a_termination_head_is_refused_by_no_termination(monkeypatch):
+    wm = dataclasses.replace(get_preset("debug").world_model, termination=True)
+    monkeypatch.setattr(online, "model_config_from_checkpoint", lambda config, path: wm)
+    loop = SimpleNamespace(cfg=OnlineConfig(preset="debug", termination=False))
+    with pytest.raises(
+        CheckpointError, match="has termination True, not the False --no-termination asks for"
+    ):
+        OnlineLoop._adopt_world_model_sizes(
+            loop, SimpleNamespace(config={}, path=Path("wm")), "the world model"
+        )
+
+
 # --- tiny end-to-end runs (a few seconds each) ----------------------------------------------------
 def test_fractional_world_model_updates_add_up_across_iterations(tmp_path):
     """M16 (each iteration's int(steps x ratio), the carry never paid), M25 (the carry reset to 0):
@@ -346,3 +359,13 @@ def test_negative_keypoints_are_refused_when_read():
     """--keypoints -1 was accepted, and failed in SpatialSoftmax after the seed episodes were collected."""
     with pytest.raises(ValueError, match=r"keypoints must be >= 0, got -1 \(--keypoints\)"):
         OnlineConfig(keypoints=-1)
+
+
+def test_no_termination_trains_no_head_on_episodes_that_end_in_falls(tmp_path):
+    """InvertedPendulum's random episodes end when the pole falls: a head unless --no-termination."""
+    args = run_args(tmp_path, 30)
+    args[args.index("--env") + 1] = "InvertedPendulum-v5"
+    main([*args, "--image-size", "16", "--mpc.optim.low", "-3", "--mpc.optim.high", "3",
+          "--prior-samples", "0", "--no-use-value", "--no-termination"])  # fmt: skip
+    assert any(ep.terminated for _, ep in EpisodeStore(tmp_path / "episodes").episodes())
+    assert not load_checkpoint(latest_checkpoint(tmp_path)).config["world_model"]["termination"]

@@ -154,6 +154,10 @@ class OnlineConfig:
     ensemble: int | None = None
     """Prior heads of the world model's ensemble (default: the preset's; an ``init_world_model``
     keeps its own); ``explore_bonus`` needs some."""
+    termination: bool = True
+    """Learn a termination head when episodes of the data end in a terminal state (a fall, not a time
+    limit; ``WorldModelConfig.use_termination``); an ``init_world_model`` or a resumed run keeps the
+    head it has."""
     explore_bonus: float = 0.0
     """While collecting data only, the planner adds this times the ensemble's disagreement about each
     imagined step to a plan's score (Plan2Explore-style optimism: seek what the model cannot predict
@@ -305,6 +309,8 @@ class OnlineLoop:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, keypoints=cfg.keypoints)
         if cfg.ensemble is not None:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, ensemble=cfg.ensemble)
+        if not cfg.termination:
+            self.wm_cfg = dataclasses.replace(self.wm_cfg, use_termination=False)
         if cfg.explore_bonus and not self.wm_cfg.ensemble and cfg.init_world_model is None:
             raise ValueError(
                 f"explore_bonus needs a world model with an ensemble: the {cfg.preset} preset has none, "
@@ -567,12 +573,13 @@ class OnlineLoop:
         cfg, wm = self.cfg, self.wm_cfg
         asked = {"--proprio": (cfg.proprio, wm.use_proprio or wm.proprio_dim > 0, cfg.proprio),
                  "--keypoints": (cfg.keypoints, wm.keypoints, bool(cfg.keypoints)),
-                 "--ensemble": (cfg.ensemble, wm.ensemble, cfg.ensemble is not None)}  # fmt: skip
+                 "--ensemble": (cfg.ensemble, wm.ensemble, cfg.ensemble is not None),
+                 "--no-termination": (False, wm.termination, not cfg.termination)}  # fmt: skip
         for flag, (want, has, given) in asked.items():
             if given and want != has:
                 raise CheckpointError(
-                    f"{ckpt.path}: {what} has {flag.lstrip('-')} {has}, not the {want} {flag} asks for; "
-                    f"leave {flag} out to take its own"
+                    f"{ckpt.path}: {what} has {flag.lstrip('-').removeprefix('no-')} {has}, not the {want} "
+                    f"{flag} asks for; leave {flag} out to take its own"
                 )
         if cfg.explore_bonus and not wm.ensemble:
             raise CheckpointError(f"{ckpt.path}: {what} has no ensemble, which --explore-bonus needs")
