@@ -14,7 +14,7 @@ from robobrain.planning.mpc import check_action_bounds, make_optimizer
 from robobrain.planning.oracle import OracleModel
 from robobrain.policies import OracleMPCPolicy, WorldModelMPCPolicy
 from robobrain.rl import BehaviourPrior, BehaviourPriorGuide
-from robobrain.world_model import Bf16Imagine, State, WorldModel
+from robobrain.world_model import Bf16Imagine, Rollout, State, WorldModel
 
 SMALL = MPCConfig(horizon=5, optim=OptimizerConfig(num_samples=32, num_elites=4, iterations=2))
 
@@ -275,16 +275,25 @@ def test_graphed_plan_on_cpu_draws_all_iterations_noise_from_the_optimizer_gener
         GraphedPlan(make_optimizer(timed), lambda s: world_model_score_fn(model, s, SMALL))
 
 
-def test_bf16_twin_follows_the_float32_model_and_syncs_its_weights():
+def bf16_twin_and_rollouts(
+    **overrides: object,
+) -> tuple[WorldModel, Bf16Imagine, State, torch.Tensor, Rollout, Rollout]:
+    """A debug model with a goal (and the preset ``overrides``), its bf16 twin, 256 random start
+    states, random actions [256, 6, A], and the model's and the twin's rollouts of them."""
     torch.manual_seed(0)
-    cfg = get_preset("debug", state_dim=10, goal_start=7, goal_dim=3).world_model
+    cfg = get_preset("debug", state_dim=10, goal_start=7, goal_dim=3, **overrides).world_model
     model = WorldModel(cfg).eval()
     b, h = 256, 6
     state = model.rssm.initial(b, "cpu", torch.randn(b, 3))._replace(deter=torch.randn(b, cfg.deter))
     actions = torch.rand(b, h, cfg.action_dim) * 2 - 1
     twin = Bf16Imagine(model)
-    ref, got = model.imagine(state, actions), twin(state, actions)
-    assert got.feat.dtype == torch.bfloat16 and got.reward.shape == (b, h)
+    return model, twin, state, actions, model.imagine(state, actions), twin(state, actions)
+
+
+def test_bf16_twin_follows_the_float32_model_and_syncs_its_weights():
+    model, twin, state, actions, ref, got = bf16_twin_and_rollouts()
+    cfg = model.cfg
+    assert got.feat.dtype == torch.bfloat16 and got.reward.shape == actions.shape[:2]
     stoch = slice(cfg.deter, cfg.deter + cfg.stoch * cfg.classes)
     # bf16 can flip a near-tie of the categorical's mode; nearly all steps keep it.
     assert (got.feat[..., stoch].float() == ref.feat[..., stoch]).float().mean() > 0.9

@@ -16,7 +16,7 @@ from robobrain.planning.mpc import world_model_score_fn
 from robobrain.rl import ImaginationVecEnv
 from robobrain.rl.imagination_env import WorldModelDynamics
 from robobrain.training.wm_trainer import WorldModelTrainer, batch_to_torch, sized_config
-from robobrain.world_model import Bf16Imagine, Rollout, State, WorldModel, fused_unsupported, still_running
+from robobrain.world_model import Rollout, State, WorldModel, fused_unsupported, still_running
 from tests.test_store import make_episode
 
 DEBUG = get_preset("debug")
@@ -178,14 +178,9 @@ def test_imagined_episodes_end_where_the_model_predicts_their_end():
 
 
 def test_the_bf16_twin_predicts_terminations_as_the_model_does():
-    torch.manual_seed(0)
-    cfg = get_preset("debug", state_dim=10, goal_start=7, goal_dim=3, termination=True).world_model
-    model = WorldModel(cfg).eval()
-    b, h = 256, 6
-    state = model.rssm.initial(b, "cpu", torch.randn(b, 3))._replace(deter=torch.randn(b, cfg.deter))
-    actions = torch.rand(b, h, cfg.action_dim) * 2 - 1
-    twin = Bf16Imagine(model)
-    ref, got = model.imagine(state, actions), twin(state, actions)
+    from tests.test_mpc import bf16_twin_and_rollouts
+
+    model, twin, state, actions, ref, got = bf16_twin_and_rollouts(termination=True)
     assert twin.pad_goal == 5 and got.terminal_logit.dtype == torch.bfloat16
     first = (got.terminal_logit[:, 0].float() - ref.terminal_logit[:, 0]).abs().median()
     assert first < 0.05 * ref.terminal_logit[:, 0].abs().median()
