@@ -64,27 +64,6 @@ def test_windows_flag_the_last_action_of_a_terminated_episode_only():
     assert not sampler.gather(np.ones(8, int), starts).terminal.any()  # (a time limit is no end)
 
 
-def test_an_episode_that_ends_before_a_window_fills_runs_on_in_its_absorbing_state():
-    """A fall after 3 steps under windows of 6 observations: left out, it taught nothing of ends."""
-    ended, cut = dataclasses.replace(make_episode(3, tag=1), terminated=True), make_episode(3, tag=2)
-    ended.success[-1] = True
-    sampler = SequenceSampler([ended, cut, make_episode(10)], seq_len=6)
-    assert sampler.num_unused == 1 and sampler.num_windows == 1 + (10 - 6 + 2)  # (the cut one: none)
-    batch = sampler.gather(np.array([0]), np.array([0]))
-    np.testing.assert_array_equal(batch.pixels[0, :, 0, 0, 1], [0, 1, 2, 3, 3, 3])  # the end held
-    np.testing.assert_array_equal(batch.state[0, :, 1], [0, 1, 2, 3, 3, 3])
-    np.testing.assert_array_equal(batch.action[0, 3:], 0)
-    np.testing.assert_array_equal(batch.reward[0], [0, 1, 2, 0, 0, 0])
-    np.testing.assert_array_equal(batch.success[0], [False, False, True, True, True, True])
-    # terminal after its last action and each absorbing step the loss reads (not the window's last)
-    np.testing.assert_array_equal(batch.terminal[0], [False, False, True, True, True, False])
-    with pytest.raises(ValueError, match=r"start 1 of episode 0 \(3 steps\): .* start in \[0, 0\]"):
-        sampler.gather(np.array([0]), np.array([1]))
-    with pytest.raises(ValueError, match=r"start 0 of episode 1 \(3 steps\): .* do not fit in it"):
-        sampler.gather(np.array([1]), np.array([0]))
-    assert {int(t) for t in sampler.sample(64).pixels[:, 0, 0, 0, 0]} == {0, 1}  # (the cut one never)
-
-
 def test_the_data_decides_whether_the_model_learns_terminations():
     rng = np.random.default_rng(0)
     eps = [falling_episode(rng, steps=steps) for steps in (16, 16, 3, 3)]  # (3 steps never reach the top)
@@ -123,36 +102,6 @@ def test_the_termination_head_learns_where_episodes_end():
     assert target.sum() >= 20  # (enough terminal steps among the held-out windows)
     at_end, elsewhere = prob[target].mean().item(), prob[~target].mean().item()
     assert at_end > 0.5 and elsewhere < 0.1, (at_end, elsewhere)
-
-
-def test_the_head_learns_ends_from_episodes_all_shorter_than_a_window():
-    """Windows of 18 observations, longer than every falling-bar episode (16 steps at most): the
-    terminated ones, in their absorbing state, teach the head the step that reaches the top."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    train, held = [falling_episode(rng) for _ in range(48)], [falling_episode(rng) for _ in range(16)]
-    cfg = dataclasses.replace(DEBUG.world_model, action_dim=3, state_dim=0, termination=True)
-    tcfg = dataclasses.replace(DEBUG.train, batch_size=16, seq_len=18)
-    sampler = SequenceSampler(train, tcfg.seq_len, seed=0)
-    assert sampler.num_windows == sum(ep.terminated for ep in train) >= 24
-    model = WorldModel(cfg)
-    trainer = WorldModelTrainer(model, tcfg, sampler, "cpu")
-    losses = [trainer.train_step()["terminal"] for _ in range(100)]
-    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5])
-
-    ended = [ep for ep in held if ep.terminated]
-    batch = batch_to_torch(
-        SequenceSampler(ended, tcfg.seq_len).gather(np.arange(len(ended)), np.zeros(len(ended), int)), "cpu"
-    )
-    model.eval()
-    with torch.no_grad():
-        prob = torch.sigmoid(
-            model.termination_head(model.posteriors(batch, sample=False).feat[:, 1:]).squeeze(-1)
-        )
-    last = torch.tensor([len(ep) - 1 for ep in ended])  # (the real last action, before the absorbing steps)
-    at_end = prob[torch.arange(len(ended)), last]
-    before = torch.cat([prob[i, : last[i]] for i in range(len(ended))])
-    assert at_end.mean() > 0.5 and before.mean() < 0.1, (at_end.mean(), before.mean())
 
 
 def test_a_batch_without_terminal_flags_is_refused_by_a_model_that_predicts_them():

@@ -145,7 +145,7 @@ def test_a_resume_trains_on_the_runs_own_holdout_split(tmp_path):
 
 
 def test_episodes_shorter_than_a_window_are_named_when_left_out(tmp_path, caplog):
-    """Episodes cut short by a time limit: train-wm trained on 1 of 5, unsaid (falls: absorbing windows)."""
+    """Episodes of an env that ends early (InvertedPendulum's falls): train-wm trained on 1 of 5, unsaid."""
     import warnings
 
     from robobrain.data import EpisodeStore
@@ -161,7 +161,7 @@ def test_episodes_shorter_than_a_window_are_named_when_left_out(tmp_path, caplog
                           steps=1, progress=False)  # fmt: skip
     assert "1 of the 3 training episodes are shorter than a training window (6 observations)" in caplog.text
     assert SequenceSampler([make_episode(10), make_episode(3)], 6).num_unused == 1
-    with pytest.raises(ValueError, match=r"lengths in steps: \[3\], none ended in a terminal state"):
+    with pytest.raises(ValueError, match=r"lengths in steps: \[3\] \(an env whose episodes end early"):
         SequenceSampler([make_episode(3)], 6)
 
 

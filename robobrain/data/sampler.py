@@ -1,5 +1,4 @@
-"""Fixed-length windows from stored episodes, never crossing an episode boundary (one that ended in a
-terminal state may run on in its absorbing state)."""
+"""Fixed-length windows from stored episodes, never crossing an episode boundary."""
 
 from __future__ import annotations
 
@@ -25,9 +24,7 @@ class SequenceBatch(NamedTuple):
 
     Nothing in a window follows its last action, so the loss never reads the last action, reward,
     success or terminal flag; in a window that ends on the episode's final observation they are zero
-    padding. A window of an episode that ended in a terminal state may run past its final
-    observation (see :class:`SequenceSampler`): there the episode sits in an absorbing state -- the
-    final observation and state held, action 0, reward 0, success as it ended, terminal.
+    padding.
     """
 
     pixels: np.ndarray
@@ -42,11 +39,8 @@ class SequenceSampler:
     """Samples windows uniformly over all valid start positions of all episodes.
 
     An episode of T steps (T + 1 observations) offers ``T - L + 2`` windows of L observations, the
-    last ending on its final observation, so every transition is trained on. One with fewer than L
-    observations offers none -- unless it ended in a terminal state (a fall), after which nothing
-    changes: it offers one window from its start that runs on in the absorbing state after its end
-    (the absorbing-state padding of Kostrikov et al., 2019), so the short episodes that end in a fall,
-    all an early random policy collects on such an env, still teach the model how episodes end.
+    last ending on its final observation, so every transition is trained on; episodes with fewer
+    than L observations offer none.
     """
 
     def __init__(self, episodes: Sequence[Episode], seq_len: int, seed: int | None = None) -> None:
@@ -66,16 +60,16 @@ class SequenceSampler:
                 "train on one env's episodes"
             )
         seq_len = self.seq_len
-        counts = np.array([max(len(ep) - seq_len + 2, int(ep.terminated)) for ep in self.episodes], np.int64)
+        counts = np.array([max(len(ep) - seq_len + 2, 0) for ep in self.episodes], dtype=np.int64)
         if counts.sum() == 0:
             lengths = sorted({len(ep) for ep in self.episodes})
             raise ValueError(
                 f"no episode has {seq_len} observations ({seq_len - 1} steps); episode lengths in steps: "
-                f"{lengths or 'no episodes'}, none ended in a terminal state (episodes cut short by a time "
-                "limit: collect longer ones, or train on shorter windows: a preset of a smaller seq_len)"
+                f"{lengths or 'no episodes'} (an env whose episodes end early, e.g. on a fall, needs more "
+                "of them, or shorter training windows: a preset of a smaller seq_len)"
             )
         self.num_unused = int((counts == 0).sum())
-        """Episodes shorter than a window, cut by a time limit: never sampled."""
+        """Episodes shorter than a window: never sampled."""
         self._cum = np.cumsum(counts)
 
     @property
@@ -92,59 +86,47 @@ class SequenceSampler:
 
     def gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
         """Windows at explicit (episode index, start step) pairs: ``ep_idx`` and ``starts`` [B], B >= 1,
-        each start in [0, T - L + 1] for its episode of T steps (a window past it came back empty),
-        or 0 for a shorter one that ended in a terminal state."""
+        each start in [0, T - L + 1] for its episode of T steps (a window past it came back empty)."""
         ep_idx, starts = np.atleast_1d(ep_idx), np.atleast_1d(starts)
         if len(ep_idx) != len(starts) or len(starts) == 0:
             raise ValueError(f"ep_idx and starts must be [B >= 1] alike, got {len(ep_idx)} and {len(starts)}")
         eps = [self.episodes[i] for i in ep_idx]
         for i, ep, s in zip(ep_idx, eps, starts, strict=True):
-            last = max(len(ep) - self.seq_len + 1, 0 if ep.terminated else -1)
-            if not 0 <= s <= last:
+            if not 0 <= s <= len(ep) - self.seq_len + 1:
                 raise ValueError(
                     f"start {s} of episode {i} ({len(ep)} steps): windows of {self.seq_len} observations "
-                    + (f"start in [0, {last}]" if last >= 0 else "do not fit in it")
+                    f"start in [0, {len(ep) - self.seq_len + 1}]"
                 )
         return self._gather(ep_idx, starts)
 
     def _gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
         eps = [self.episodes[i] for i in ep_idx]
-        seq_len = self.seq_len
-        # Observation indices; past an episode's final observation (an absorbing state) it is held.
-        frames = [np.minimum(np.arange(s, s + seq_len), len(ep)) for ep, s in zip(eps, starts, strict=True)]
+        win = [slice(s, s + self.seq_len) for s in starts]
 
         def steps(name: str) -> np.ndarray:
-            """Per-step arrays [B, L, ...], padded past the episode's last action: zeros, or for success
-            the value the episode ended with when it ended in a terminal state."""
+            """Per-step arrays [B, L, ...]; a window ending on the final observation is padded by one."""
             out = []
-            for ep, s in zip(eps, starts, strict=True):
-                a = getattr(ep, name)[s : s + seq_len]
-                if len(a) < seq_len:
-                    fill = (
-                        a[-1:]
-                        if name == "success" and ep.terminated and len(a)
-                        else np.zeros((1, *a.shape[1:]), a.dtype)
-                    )
-                    a = np.concatenate([a, np.repeat(fill, seq_len - len(a), axis=0)])
+            for ep, w in zip(eps, win, strict=True):
+                a = getattr(ep, name)[w]
+                if len(a) < self.seq_len:
+                    a = np.concatenate([a, np.zeros((self.seq_len - len(a), *a.shape[1:]), a.dtype)])
                 out.append(a)
             return np.stack(out)
 
         return SequenceBatch(
-            pixels=np.stack([ep.pixels[f] for ep, f in zip(eps, frames, strict=True)]),
-            state=np.stack([ep.state[f] for ep, f in zip(eps, frames, strict=True)]),
+            pixels=np.stack([ep.pixels[w] for ep, w in zip(eps, win, strict=True)]),
+            state=np.stack([ep.state[w] for ep, w in zip(eps, win, strict=True)]),
             action=steps("action"),
             reward=steps("reward"),
             success=steps("success"),
-            terminal=np.stack([_terminal(ep, s, seq_len) for ep, s in zip(eps, starts, strict=True)]),
+            terminal=np.stack([_terminal(ep, s, self.seq_len) for ep, s in zip(eps, starts, strict=True)]),
         )
 
 
 def _terminal(episode: Episode, start: int, seq_len: int) -> np.ndarray:
-    """bool[L]: whether the episode ended in a terminal state after each action of the window (its
-    last action, and the absorbing steps after it that the loss reads: all but the window's last)."""
+    """bool[L]: whether the episode ended in a terminal state after each action of the window."""
     out = np.zeros(seq_len, dtype=bool)
     last = len(episode) - 1 - start  # (the index of the episode's last action in the window)
     if episode.terminated and last < seq_len:
         out[last] = True
-        out[last + 1 : seq_len - 1] = True
     return out

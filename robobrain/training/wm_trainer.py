@@ -449,8 +449,8 @@ def _train_world_model(
     sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
     if sampler.num_unused:
         log.warning(
-            "%d of the %d training episodes are shorter than a training window (%d observations), "
-            "cut by a time limit: they are left out", sampler.num_unused, len(train_eps), tcfg.seq_len,
+            "%d of the %d training episodes are shorter than a training window (%d observations): "
+            "they are left out", sampler.num_unused, len(train_eps), tcfg.seq_len,
         )  # fmt: skip
     trainer = WorldModelTrainer(model, tcfg, sampler, device, total_steps=steps)
 
