@@ -218,26 +218,30 @@ def test_manifest_is_rebuilt_when_missing_or_corrupt(tmp_path):
 def test_sampler_windows_never_cross_episodes():
     episodes = [make_episode(n, tag=i) for i, n in enumerate([3, 10, 7, 2])]
     sampler = SequenceSampler(episodes, seq_len=4, seed=0)
-    assert sampler.num_windows == (10 - 2) + (7 - 2) + (3 - 2)  # up to the final observation
+    # up to the final observation; the episode of 3 observations: one window, padded
+    assert sampler.num_windows == (10 - 2) + (7 - 2) + (3 - 2) + 1 and sampler.num_padded == 1
     batch = sampler.sample(256)
     assert batch.pixels.shape == (256, 4, 8, 8, 3) and batch.action.shape == (256, 4, 3)
     tags = batch.state[..., 0]
     steps = batch.state[..., 1]
     assert np.all(tags == tags[:, :1]), "a window mixes episodes"
-    assert np.all(np.diff(steps, axis=1) == 1), "a window is not contiguous"
-    assert set(np.unique(tags[:, 0])) == {0, 1, 2}  # fewer than 4 observations: no window
+    assert np.all((np.diff(steps, axis=1) == 1) | ~batch.valid[:, 1:]), "a window is not contiguous"
+    assert set(np.unique(tags[:, 0])) == {0, 1, 2, 3}
     last_seen = set()
     for b in range(len(tags)):
         ep = episodes[int(tags[b, 0])]
         t0 = int(steps[b, 0])
-        np.testing.assert_array_equal(batch.pixels[b], ep.pixels[t0 : t0 + 4])
+        frames = np.arange(t0, t0 + 4)
+        np.testing.assert_array_equal(batch.valid[b], frames <= len(ep))
+        np.testing.assert_array_equal(batch.pixels[b], ep.pixels[np.minimum(frames, len(ep))])  # (held)
         n = min(4, len(ep) - t0)  # the per-step arrays end one earlier than the observations
         np.testing.assert_array_equal(batch.action[b, :n], ep.action[t0 : t0 + n])
         np.testing.assert_array_equal(batch.reward[b, :n], ep.reward[t0 : t0 + n])
         assert np.all(batch.action[b, n:] == 0) and np.all(batch.reward[b, n:] == 0)
-        if t0 + 3 == len(ep):
+        if t0 + 3 >= len(ep):
             last_seen.add(int(tags[b, 0]))
-    assert last_seen == {0, 1, 2}  # the final observation (and the last transition) is trained on
+    assert last_seen == {0, 1, 2, 3}  # the final observation (and the last transition) is trained on
+    assert not batch.valid[tags[:, 0] == 3, 3].any() and batch.valid[tags[:, 0] != 3].all()
     # Bad arguments in one line (numpy's "need at least one array to stack", or a silent empty window).
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
@@ -245,10 +249,12 @@ def test_sampler_windows_never_cross_episodes():
     assert sampler.gather(np.array([1]), np.array([10 - 4 + 1])).pixels.shape == (1, 4, 8, 8, 3)  # the last
     with pytest.raises(ValueError, match=r"start 8 of episode 1 \(10 steps\): .* start in \[0, 7\]"):
         sampler.gather(np.array([1]), np.array([8]))
+    with pytest.raises(ValueError, match=r"start 1 of episode 3 \(2 steps\): .* start in \[0, 0\]"):
+        sampler.gather(np.array([3]), np.array([1]))
     with pytest.raises(ValueError, match="ep_idx and starts must be"):
         sampler.gather(np.array([1, 2]), np.array([0]))
-    with pytest.raises(ValueError, match="no episode"):
-        SequenceSampler(episodes, seq_len=12)
+    longer = SequenceSampler(episodes, seq_len=12)  # (no episode fills a window: each gives one, padded)
+    assert longer.num_windows == longer.num_padded == 4
 
 
 def test_holdout_split_is_fixed_by_episode_number(tmp_path):

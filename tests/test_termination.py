@@ -104,6 +104,64 @@ def test_the_termination_head_learns_where_episodes_end():
     assert at_end > 0.5 and elsewhere < 0.1, (at_end, elsewhere)
 
 
+@pytest.mark.parametrize("decoded_frames", [0, 3])
+def test_no_loss_term_reads_the_padding_past_a_short_episodes_end(decoded_frames):
+    """Windows of 8 on episodes of 3 steps: what fills the padding changes no loss term."""
+    eps = [dataclasses.replace(make_episode(3, tag=i, size=32), terminated=bool(i % 2)) for i in range(4)]
+    eps = [dataclasses.replace(ep, state=np.zeros((4, 10), np.float32) + ep.state[:, 1:]) for ep in eps]
+    cfg = dataclasses.replace(DEBUG.world_model, action_dim=3, state_dim=10, termination=True,
+                              open_loop_horizon=3, reference_frame=True, ensemble=2,
+                              decoded_frames=decoded_frames)  # fmt: skip
+    model = WorldModel(cfg)
+    batch = batch_to_torch(SequenceSampler(eps, 8).gather(np.arange(4), np.zeros(4, int)), "cpu")
+    assert batch["valid"][:, :4].all() and not batch["valid"][:, 4:].any()
+    junk = {k: v.clone() for k, v in batch.items()}
+    pad = ~batch["valid"]
+    junk["pixels"][pad] = 200
+    junk["state"][pad] = 5.0
+    for key in ("reward", "success", "terminal"):  # (read for the transition after a frame: from 3 on)
+        junk[key][:, 3:] = 1
+    losses = []
+    for b in (batch, junk, {**batch, "valid": torch.ones_like(batch["valid"])}):
+        torch.manual_seed(0)
+        losses.append(model.loss(b)[1])
+    assert losses[0] == losses[1]
+    assert losses[0]["recon"] != losses[2]["recon"] and losses[0]["kl"] != losses[2]["kl"]
+    with pytest.raises(ValueError, match="first frame must be one of its episode's"):
+        model.loss({**batch, "valid": torch.zeros_like(batch["valid"])})
+    with pytest.raises(ValueError, match=r"batch\['valid'\] must be \[B, L\]"):
+        model.loss({**batch, "valid": batch["valid"][:, :-1]})
+
+
+def test_the_head_learns_ends_from_episodes_all_shorter_than_a_window():
+    """Windows of 18 observations, longer than every falling-bar episode (16 steps at most): they were
+    all left out ("no episode has 18 observations"); padded and masked, the terminated ones teach
+    the head the step that reaches the top."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    train, held = [falling_episode(rng) for _ in range(48)], [falling_episode(rng) for _ in range(16)]
+    cfg = dataclasses.replace(DEBUG.world_model, action_dim=3, state_dim=0, termination=True)
+    tcfg = dataclasses.replace(DEBUG.train, batch_size=16, seq_len=18)
+    sampler = SequenceSampler(train, tcfg.seq_len, seed=0)
+    assert sampler.num_padded == len(train) and sum(ep.terminated for ep in train) >= 24
+    model = WorldModel(cfg)
+    trainer = WorldModelTrainer(model, tcfg, sampler, "cpu")
+    losses = [trainer.train_step()["terminal"] for _ in range(100)]
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5])
+
+    ended = [ep for ep in held if ep.terminated]
+    windows = SequenceSampler(ended, tcfg.seq_len).gather(np.arange(len(ended)), np.zeros(len(ended), int))
+    batch = batch_to_torch(windows, "cpu")
+    model.eval()
+    with torch.no_grad():
+        feat = model.posteriors(batch, sample=False).feat
+        prob = torch.sigmoid(model.termination_head(feat[:, 1:]).squeeze(-1))
+    last = [len(ep) - 1 for ep in ended]  # (the last action's index: the one that reached the top)
+    at_end = torch.stack([prob[i, t] for i, t in enumerate(last)])
+    before = torch.cat([prob[i, :t] for i, t in enumerate(last)])
+    assert at_end.mean() > 0.5 and before.mean() < 0.1, (at_end.mean(), before.mean())
+
+
 def test_a_batch_without_terminal_flags_is_refused_by_a_model_that_predicts_them():
     model = WorldModel(dataclasses.replace(DEBUG.world_model, termination=True))
     batch = batch_to_torch(SequenceSampler([make_episode(10, size=32)], 8, seed=0).sample(2), "cpu")

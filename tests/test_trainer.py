@@ -144,8 +144,9 @@ def test_a_resume_trains_on_the_runs_own_holdout_split(tmp_path):
         torch.testing.assert_close(v, b.model_state[k], rtol=0, atol=0, msg=k)
 
 
-def test_episodes_shorter_than_a_window_are_named_when_left_out(tmp_path, caplog):
-    """Episodes of an env that ends early (InvertedPendulum's falls): train-wm trained on 1 of 5, unsaid."""
+def test_episodes_shorter_than_a_window_are_trained_on_padded_and_said_so(tmp_path, caplog):
+    """Episodes of an env that ends early (InvertedPendulum's falls): left out, train-wm trained on 1
+    of 5, unsaid; now each is one padded window, masked, and the log says how many."""
     import warnings
 
     from robobrain.data import EpisodeStore
@@ -155,14 +156,14 @@ def test_episodes_shorter_than_a_window_are_named_when_left_out(tmp_path, caplog
     for i, steps in enumerate((10, 10, 3)):
         store.add(make_episode(steps, tag=i, size=32))
     train = dataclasses.replace(DEBUG.train, batch_size=2, seq_len=6, holdout_fraction=0.0)
-    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="robobrain.training.wm_trainer"):
+    with warnings.catch_warnings(), caplog.at_level("INFO", logger="robobrain.training.wm_trainer"):
         warnings.simplefilter("ignore")
         train_world_model(tmp_path / "data", tmp_path / "run", dataclasses.replace(DEBUG, train=train),
                           steps=1, progress=False)  # fmt: skip
     assert "1 of the 3 training episodes are shorter than a training window (6 observations)" in caplog.text
-    assert SequenceSampler([make_episode(10), make_episode(3)], 6).num_unused == 1
-    with pytest.raises(ValueError, match=r"lengths in steps: \[3\] \(an env whose episodes end early"):
-        SequenceSampler([make_episode(3)], 6)
+    assert SequenceSampler([make_episode(10), make_episode(3)], 6).num_padded == 1
+    with pytest.raises(ValueError, match="no episodes to sample windows from"):
+        SequenceSampler([], 6)
 
 
 def test_a_divergence_logs_no_losses_for_its_skipped_steps_and_names_what_was_kept(tmp_path, monkeypatch):

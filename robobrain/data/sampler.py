@@ -1,4 +1,5 @@
-"""Fixed-length windows from stored episodes, never crossing an episode boundary."""
+"""Fixed-length windows from stored episodes, never crossing an episode boundary (an episode shorter
+than a window gives one that is padded past its end, and masked)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ class SequenceBatch(NamedTuple):
     success: bool[B, L] -- success after a_t
     terminal: bool[B, L] -- the episode ended in a terminal state after a_t (its last action, when
         the env terminated it; never after a time limit)
+    valid: bool[B, L] -- o_t is one of the episode's observations, not padding past its final one
 
     Nothing in a window follows its last action, so the loss never reads the last action, reward,
     success or terminal flag; in a window that ends on the episode's final observation they are zero
-    padding.
+    padding. A window of an episode shorter than a window runs past its final observation: there
+    ``valid`` is False, the final observation and state are repeated and the rest is zeros, and the
+    loss reads none of it (nor the transitions into it).
     """
 
     pixels: np.ndarray
@@ -33,14 +37,17 @@ class SequenceBatch(NamedTuple):
     reward: np.ndarray
     success: np.ndarray
     terminal: np.ndarray
+    valid: np.ndarray
 
 
 class SequenceSampler:
     """Samples windows uniformly over all valid start positions of all episodes.
 
     An episode of T steps (T + 1 observations) offers ``T - L + 2`` windows of L observations, the
-    last ending on its final observation, so every transition is trained on; episodes with fewer
-    than L observations offer none.
+    last ending on its final observation, so every transition is trained on. One with fewer than L
+    observations offers one window from its start, padded past its end and masked (``valid``): an
+    env whose episodes end early on a fall (InvertedPendulum's random ones last ~6 steps) is trained
+    on whole, falls included, under the presets' windows.
     """
 
     def __init__(self, episodes: Sequence[Episode], seq_len: int, seed: int | None = None) -> None:
@@ -60,16 +67,11 @@ class SequenceSampler:
                 "train on one env's episodes"
             )
         seq_len = self.seq_len
-        counts = np.array([max(len(ep) - seq_len + 2, 0) for ep in self.episodes], dtype=np.int64)
-        if counts.sum() == 0:
-            lengths = sorted({len(ep) for ep in self.episodes})
-            raise ValueError(
-                f"no episode has {seq_len} observations ({seq_len - 1} steps); episode lengths in steps: "
-                f"{lengths or 'no episodes'} (an env whose episodes end early, e.g. on a fall, needs more "
-                "of them, or shorter training windows: a preset of a smaller seq_len)"
-            )
-        self.num_unused = int((counts == 0).sum())
-        """Episodes shorter than a window: never sampled."""
+        if not self.episodes:
+            raise ValueError("no episodes to sample windows from")
+        counts = np.array([max(len(ep) - seq_len + 2, 1) for ep in self.episodes], dtype=np.int64)
+        self.num_padded = int(sum(len(ep) + 1 < seq_len for ep in self.episodes))
+        """Episodes shorter than a window: sampled as one window from their start, padded and masked."""
         self._cum = np.cumsum(counts)
 
     @property
@@ -86,40 +88,45 @@ class SequenceSampler:
 
     def gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
         """Windows at explicit (episode index, start step) pairs: ``ep_idx`` and ``starts`` [B], B >= 1,
-        each start in [0, T - L + 1] for its episode of T steps (a window past it came back empty)."""
+        each start in [0, max(T - L + 1, 0)] for its episode of T steps (a window past it came back
+        empty)."""
         ep_idx, starts = np.atleast_1d(ep_idx), np.atleast_1d(starts)
         if len(ep_idx) != len(starts) or len(starts) == 0:
             raise ValueError(f"ep_idx and starts must be [B >= 1] alike, got {len(ep_idx)} and {len(starts)}")
         eps = [self.episodes[i] for i in ep_idx]
         for i, ep, s in zip(ep_idx, eps, starts, strict=True):
-            if not 0 <= s <= len(ep) - self.seq_len + 1:
+            if not 0 <= s <= max(len(ep) - self.seq_len + 1, 0):
                 raise ValueError(
                     f"start {s} of episode {i} ({len(ep)} steps): windows of {self.seq_len} observations "
-                    f"start in [0, {len(ep) - self.seq_len + 1}]"
+                    f"start in [0, {max(len(ep) - self.seq_len + 1, 0)}]"
                 )
         return self._gather(ep_idx, starts)
 
     def _gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
         eps = [self.episodes[i] for i in ep_idx]
-        win = [slice(s, s + self.seq_len) for s in starts]
+        seq_len = self.seq_len
+        # Observation indices; past a short episode's final observation it is repeated (masked).
+        frames = [np.arange(s, s + seq_len) for s in starts]
+        held = [np.minimum(f, len(ep)) for ep, f in zip(eps, frames, strict=True)]
 
         def steps(name: str) -> np.ndarray:
-            """Per-step arrays [B, L, ...]; a window ending on the final observation is padded by one."""
+            """Per-step arrays [B, L, ...]; zeros past the episode's last action."""
             out = []
-            for ep, w in zip(eps, win, strict=True):
-                a = getattr(ep, name)[w]
-                if len(a) < self.seq_len:
-                    a = np.concatenate([a, np.zeros((self.seq_len - len(a), *a.shape[1:]), a.dtype)])
+            for ep, s in zip(eps, starts, strict=True):
+                a = getattr(ep, name)[s : s + seq_len]
+                if len(a) < seq_len:
+                    a = np.concatenate([a, np.zeros((seq_len - len(a), *a.shape[1:]), a.dtype)])
                 out.append(a)
             return np.stack(out)
 
         return SequenceBatch(
-            pixels=np.stack([ep.pixels[w] for ep, w in zip(eps, win, strict=True)]),
-            state=np.stack([ep.state[w] for ep, w in zip(eps, win, strict=True)]),
+            pixels=np.stack([ep.pixels[f] for ep, f in zip(eps, held, strict=True)]),
+            state=np.stack([ep.state[f] for ep, f in zip(eps, held, strict=True)]),
             action=steps("action"),
             reward=steps("reward"),
             success=steps("success"),
-            terminal=np.stack([_terminal(ep, s, self.seq_len) for ep, s in zip(eps, starts, strict=True)]),
+            terminal=np.stack([_terminal(ep, s, seq_len) for ep, s in zip(eps, starts, strict=True)]),
+            valid=np.stack([f <= len(ep) for ep, f in zip(eps, frames, strict=True)]),
         )
 
 

@@ -81,6 +81,7 @@ def batch_to_torch(batch: SequenceBatch, device: torch.device | str) -> dict[str
         "reward": torch.from_numpy(batch.reward).to(device),
         "success": torch.from_numpy(batch.success).to(device),
         "terminal": torch.from_numpy(batch.terminal).to(device),
+        "valid": torch.from_numpy(batch.valid).to(device),
     }
 
 
@@ -447,10 +448,11 @@ def _train_world_model(
     if model.uses_state_stats:
         model.set_state_stats(*state_stats(train_eps, device))
     sampler = SequenceSampler(train_eps, tcfg.seq_len, seed=tcfg.seed)
-    if sampler.num_unused:
-        log.warning(
+    if sampler.num_padded:
+        log.info(
             "%d of the %d training episodes are shorter than a training window (%d observations): "
-            "they are left out", sampler.num_unused, len(train_eps), tcfg.seq_len,
+            "each is one window, padded past its end and masked",
+            sampler.num_padded, len(train_eps), tcfg.seq_len,
         )  # fmt: skip
     trainer = WorldModelTrainer(model, tcfg, sampler, device, total_steps=steps)
 

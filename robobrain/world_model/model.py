@@ -54,6 +54,11 @@ def still_running(terminal_logit: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones_like(alive[:, :1]), alive], 1).cumprod(1)
 
 
+def masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over the entries where ``weight`` [same shape] is 1 (0 where none is)."""
+    return (x * weight).sum() / weight.sum().clamp(min=1)
+
+
 def step_score(reward: torch.Tensor, success_logit: torch.Tensor, success_bonus: float) -> torch.Tensor:
     """What one imagined step is worth: predicted reward + ``success_bonus`` x predicted success
     probability, elementwise (any shape). The MPC planner sums it over its horizon and the SB3 critic
@@ -383,9 +388,10 @@ class WorldModel(nn.Module):
 
         batch: pixels uint8[B, L, S, S, 3], action [B, L, A] (taken *after* each frame),
         reward [B, L], success [B, L], terminal [B, L] (read with a termination head), and optionally
-        state [B, L, n] (decoded when ``state_dim``). Frame t+1 is predicted from frame t and action
-        t; the reward, success and termination heads on the state of frame t+1 predict reward[t],
-        success[t] and terminal[t].
+        state [B, L, n] (decoded when ``state_dim``) and valid bool[B, L] (False: padding past an
+        episode's end, which no loss term reads; default all True). Frame t+1 is predicted from frame
+        t and action t; the reward, success and termination heads on the state of frame t+1 predict
+        reward[t], success[t] and terminal[t].
         """
         pixels, action = batch["pixels"], batch["action"].float()
         b, seq = pixels.shape[:2]
@@ -393,9 +399,14 @@ class WorldModel(nn.Module):
             raise ValueError(f"training windows need at least 2 frames, got {seq}")
         if self.termination_head is not None and "terminal" not in batch:
             raise ValueError("this world model predicts terminations: the batch needs 'terminal' [B, L]")
-        for key in ("reward", "success", "terminal")[: 2 + (self.termination_head is not None)]:
+        keys = ("reward", "success", "terminal")[: 2 + (self.termination_head is not None)]
+        for key in (*keys, "valid") if "valid" in batch else keys:
             if list(batch[key].shape) != [b, seq]:
                 raise ValueError(f"batch[{key!r}] must be [B, L] = {[b, seq]}, got {list(batch[key].shape)}")
+        valid = batch["valid"].float() if "valid" in batch else pixels.new_ones((b, seq), dtype=torch.float32)
+        if not valid[:, 0].all():
+            raise ValueError("batch['valid']: every window's first frame must be one of its episode's")
+        moved = valid[:, 1:]  # [B, L-1]: the transition into frame t+1 is one of the episode's
         posts, post_lp, prior_lp = self._filter_batch(batch, sample=True)
         cfg = self.cfg
         feat = posts.feat
@@ -403,36 +414,38 @@ class WorldModel(nn.Module):
         if 0 < cfg.decoded_frames < seq - 1:
             frames = 1 + torch.rand(b, seq - 1, device=pixels.device).argsort(-1)[:, : cfg.decoded_frames]
             rows = torch.arange(b, device=pixels.device)[:, None]
-            dec_feat, dec_pixels = feat[rows, frames], pixels[rows, frames]
+            dec_feat, dec_pixels, dec_valid = feat[rows, frames], pixels[rows, frames], valid[rows, frames]
         else:
-            dec_feat, dec_pixels = feat, pixels
+            dec_feat, dec_pixels, dec_valid = feat, pixels, valid
         lead = dec_feat.shape[:2]
         hidden = self.decoder.hidden(dec_feat.flatten(0, 1))
         recon = self.decoder.to_image(hidden).unflatten(0, lead)
-        recon_loss = (recon - pixels_to_float(dec_pixels)).square().sum((-3, -2, -1)).mean()
+        recon_loss = masked_mean((recon - pixels_to_float(dec_pixels)).square().sum((-3, -2, -1)), dec_valid)
         refined_loss = None
         if self.refiner is not None and seq > 1:
-            refined_loss = self.refiner_loss(hidden.unflatten(0, lead).detach(), pixels, frames)
+            refined_loss = self.refiner_loss(hidden.unflatten(0, lead).detach(), pixels, frames, valid)
 
-        reward_loss = self.reward_head.loss(feat[:, 1:], batch["reward"][:, :-1]).mean()
+        reward_loss = masked_mean(self.reward_head.loss(feat[:, 1:], batch["reward"][:, :-1]), moved)
         success_logit = self.success_head(feat[:, 1:]).squeeze(-1)
         success_target = batch["success"][:, :-1].float()
-        success_loss = F.binary_cross_entropy_with_logits(success_logit, success_target)
+        success_bce = F.binary_cross_entropy_with_logits(success_logit, success_target, reduction="none")
+        success_loss = masked_mean(success_bce, moved)
         terminal_loss = None
         if self.termination_head is not None:
             terminal_logit = self.termination_head(feat[:, 1:]).squeeze(-1)
             terminal_target = batch["terminal"][:, :-1].float()
-            terminal_loss = F.binary_cross_entropy_with_logits(terminal_logit, terminal_target)
+            bce = F.binary_cross_entropy_with_logits(terminal_logit, terminal_target, reduction="none")
+            terminal_loss = masked_mean(bce, moved)
 
         state_loss = None
         if self.state_head is not None and "state" in batch:
             target_state = (batch["state"].float() - self.state_mean) / self.state_std
-            state_loss = F.mse_loss(self.state_head(feat), target_state)
+            state_loss = masked_mean((self.state_head(feat) - target_state).square().mean(-1), valid)
 
-        kl_dyn = categorical_kl(post_lp.detach(), prior_lp)
+        kl_dyn = categorical_kl(post_lp.detach(), prior_lp)  # [B, L]
         kl_rep = categorical_kl(post_lp, prior_lp.detach())
-        dyn_loss = kl_dyn.clamp(min=cfg.free_nats).mean()
-        rep_loss = kl_rep.clamp(min=cfg.free_nats).mean()
+        dyn_loss = masked_mean(kl_dyn.clamp(min=cfg.free_nats), valid)
+        rep_loss = masked_mean(kl_rep.clamp(min=cfg.free_nats), valid)
         total = (
             cfg.recon_weight * recon_loss
             + cfg.reward_weight * reward_loss
@@ -450,7 +463,7 @@ class WorldModel(nn.Module):
             "recon": recon_loss.item(),
             "reward": reward_loss.item(),
             "success": success_loss.item(),
-            "kl": kl_dyn.mean().item(),
+            "kl": masked_mean(kl_dyn, valid).item(),
         }
         if state_loss is not None:
             metrics["state"] = state_loss.item()
@@ -459,7 +472,7 @@ class WorldModel(nn.Module):
         if refined_loss is not None:
             metrics["recon_refined"] = refined_loss.item()
         if cfg.open_loop_horizon > 0 and pixels.shape[1] > 1:
-            ol_loss, ol_metrics = self._open_loop_loss(posts, post_lp, batch, action)
+            ol_loss, ol_metrics = self._open_loop_loss(posts, post_lp, batch, action, valid)
             total = total + cfg.open_loop_weight * ol_loss
             metrics.update(ol_metrics)
         if cfg.ensemble:
@@ -467,7 +480,7 @@ class WorldModel(nn.Module):
             # latent does not predict, rather than shaping the latent to agree with them.
             ens_lp = self.rssm.ensemble_log_probs(posts.deter.detach())
             ens_kl = categorical_kl(post_lp.detach().unsqueeze(0), ens_lp)
-            ens_loss = ens_kl.clamp(min=cfg.ensemble_free_nats).mean()
+            ens_loss = masked_mean(ens_kl.clamp(min=cfg.ensemble_free_nats), valid.expand_as(ens_kl))
             total = total + cfg.kl_dyn * ens_loss
             metrics["ensemble_kl"] = ens_loss.item()
         metrics["loss"] = total.item()
@@ -509,7 +522,12 @@ class WorldModel(nn.Module):
                              f"got {list(state.shape)}")  # fmt: skip
 
     def _open_loop_loss(
-        self, posts: State, post_lp: torch.Tensor, batch: dict[str, torch.Tensor], action: torch.Tensor
+        self,
+        posts: State,
+        post_lp: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        action: torch.Tensor,
+        valid: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Multi-step loss of the prior rolled forward from every frame of the window.
 
@@ -518,7 +536,8 @@ class WorldModel(nn.Module):
         following its mode as the planner does (straight-through gradients). The heads on frame s+j
         are trained on reward[s+j-1], success[s+j-1], terminal[s+j-1] (with a termination head) and
         state[s+j]; the prior on s+j by KL to the
-        (stopped) posterior there. Steps past the window's last frame are masked out.
+        (stopped) posterior there. Steps past the window's last frame, or onto padding past the
+        episode's end (``valid`` [B, L] 0), are masked out.
         """
         cfg = self.cfg
         b, seq = action.shape[:2]
@@ -538,32 +557,33 @@ class WorldModel(nn.Module):
         feat = torch.stack(feats, 1).unflatten(0, (b, starts))  # [B, starts, K, F]
         prior_lp = torch.stack(priors, 1).unflatten(0, (b, starts))  # [B, starts, K, S, C]
         frame = s_idx[:, None] + torch.arange(1, k + 1, device=device)[None]  # [starts, K]
-        mask = (frame <= seq - 1).to(feat.dtype).expand(b, -1, -1)  # [B, starts, K]
+        inside = (frame <= seq - 1).to(feat.dtype)  # [starts, K]
         frame = frame.clamp(max=seq - 1)
+        mask = inside * valid[:, frame].to(feat.dtype)  # [B, starts, K]
 
-        def masked_mean(x: torch.Tensor) -> torch.Tensor:
-            return (x * mask).sum() / mask.sum()
+        def masked(x: torch.Tensor) -> torch.Tensor:
+            return masked_mean(x, mask)
 
-        reward = masked_mean(self.reward_head.loss(feat, batch["reward"][:, frame - 1]))
-        success = masked_mean(
+        reward = masked(self.reward_head.loss(feat, batch["reward"][:, frame - 1]))
+        success = masked(
             F.binary_cross_entropy_with_logits(
                 self.success_head(feat).squeeze(-1), batch["success"][:, frame - 1].float(), reduction="none"
             )
         )
         kl = categorical_kl(post_lp[:, frame].detach(), prior_lp)
-        kl_loss = masked_mean(kl.clamp(min=cfg.free_nats))
+        kl_loss = masked(kl.clamp(min=cfg.free_nats))
         total = cfg.reward_weight * reward + cfg.success_weight * success + cfg.kl_dyn * kl_loss
-        metrics = {"ol_reward": reward.item(), "ol_kl": masked_mean(kl).item()}
+        metrics = {"ol_reward": reward.item(), "ol_kl": masked(kl).item()}
         if self.termination_head is not None:
             terminal_logit = self.termination_head(feat).squeeze(-1)
             target = batch["terminal"][:, frame - 1].float()
             bce = F.binary_cross_entropy_with_logits(terminal_logit, target, reduction="none")
-            terminal = masked_mean(bce)
+            terminal = masked(bce)
             total = total + cfg.termination_weight * terminal
             metrics["ol_terminal"] = terminal.item()
         if self.state_head is not None and "state" in batch:
             target = (batch["state"][:, frame].float() - self.state_mean) / self.state_std
-            state_loss = masked_mean((self.state_head(feat) - target).square().mean(-1))
+            state_loss = masked((self.state_head(feat) - target).square().mean(-1))
             total = total + cfg.state_weight * state_loss
             metrics["ol_state"] = state_loss.item()
         return total, metrics
@@ -607,7 +627,11 @@ class WorldModel(nn.Module):
         return stack_states(states), torch.stack(posts, 1), torch.stack(priors, 1)
 
     def refiner_loss(
-        self, hidden: torch.Tensor, pixels: torch.Tensor, frames: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        pixels: torch.Tensor,
+        frames: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The reference refiner's loss on training windows: ``REFINED_FRAMES`` random later frames of
         each window refined from its first frame, squared error summed per frame, averaged.
@@ -616,8 +640,9 @@ class WorldModel(nn.Module):
         (detached by the caller, so that only the refiner learns from it); pixels: uint8[B, L, S, S, 3];
         frames: long[B, K], the (already random, all >= 1) window frames ``hidden`` belongs to, whose
         first ``REFINED_FRAMES`` are refined; None when ``hidden`` holds all L frames (K = L), from
-        which ``REFINED_FRAMES`` are drawn. Refining all L frames would cost ~35 % more per training
-        step at 64 px.
+        which ``REFINED_FRAMES`` are drawn; valid: [B, L], 0 on padding past an episode's end (not
+        counted; default: every frame counts). Refining all L frames would cost ~35 % more per
+        training step at 64 px.
         """
         if self.refiner is None:
             raise ValueError("this world model has no reference refiner (cfg.reference_frame=False)")
@@ -631,7 +656,8 @@ class WorldModel(nn.Module):
                 raise ValueError(f"frames {list(frames.shape)} do not index hidden {list(hidden.shape[:2])}")
             t, picked = frames[:, :REFINED_FRAMES], hidden[:, :REFINED_FRAMES]
         refined = self._refine(picked, pixels[:, 0])
-        return (refined - pixels_to_float(pixels[rows, t])).square().sum((-3, -2, -1)).mean()
+        error = (refined - pixels_to_float(pixels[rows, t])).square().sum((-3, -2, -1))  # [B, REFINED_FRAMES]
+        return error.mean() if valid is None else masked_mean(error, valid[rows, t].to(error.dtype))
 
     def _decode_float(self, feat: torch.Tensor) -> torch.Tensor:
         lead = feat.shape[:-1]
