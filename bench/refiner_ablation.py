@@ -53,7 +53,7 @@ def train_refiner(model: WorldModel, sampler: SequenceSampler, tcfg: WMTrainConf
             posts = model.posteriors(batch, sample=True)
             lead = posts.feat.shape[:2]
             hidden = model.decoder.hidden(posts.feat.flatten(0, 1)).unflatten(0, lead)
-        loss = model.refiner_loss(hidden, pixels)
+        loss = model.refiner_loss(hidden, pixels, valid=batch["valid"])  # (not on short episodes' padding)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -7,11 +7,13 @@ pays 1 a step while the pole is up and ends the episode when it falls).
 Two world models are trained on the same stored episodes with the same seed and steps -- one with the
 termination head (``use_termination``, what ``train-wm`` does on such data), one without -- and each
 is evaluated by ``robobrain eval --policy mpc:RUN`` on the same env seeds, beside the random policy.
-Windows are ``--seq-len`` observations: random InvertedPendulum episodes last ~6 steps, shorter than
-the presets' windows. Prints mean return (± its standard error over the episodes), mean length and
-the decision latency of each row, then per world-model seed (``--model-seeds``: both variants are
-trained with each) the return of head minus no head, paired on the same env seeds. A run directory
-that already holds ``--steps`` steps is evaluated as it is (train_world_model resumes it).
+Windows are ``--seq-len`` observations (4 by default, what the RESULTS runs used when episodes shorter
+than a window were left out; random InvertedPendulum ones last ~6 steps; now they are padded and
+masked, so the preset's own ``--seq-len`` works too). Prints mean return (± its standard error over
+the episodes), mean length and the decision latency of each row, then per world-model seed
+(``--model-seeds``: both variants are trained with each) the return of head minus no head, paired on
+the same env seeds. A run directory that already holds ``--steps`` steps is evaluated as it is
+(train_world_model resumes it).
 """
 
 from __future__ import annotations

@@ -127,8 +127,11 @@ def test_no_loss_term_reads_the_padding_past_a_short_episodes_end(decoded_frames
         losses.append(model.loss(b)[1])
     assert losses[0] == losses[1]
     assert losses[0]["recon"] != losses[2]["recon"] and losses[0]["kl"] != losses[2]["kl"]
-    with pytest.raises(ValueError, match="first frame must be one of its episode's"):
-        model.loss({**batch, "valid": torch.zeros_like(batch["valid"])})
+    gap = batch["valid"].clone()
+    gap[:, 5] = True  # (a real frame after padding)
+    for bad in (torch.zeros_like(batch["valid"]), gap):
+        with pytest.raises(ValueError, match=r"batch\['valid'\] must be True from each window's first frame"):
+            model.loss({**batch, "valid": bad})
     with pytest.raises(ValueError, match=r"batch\['valid'\] must be \[B, L\]"):
         model.loss({**batch, "valid": batch["valid"][:, :-1]})
 

@@ -363,17 +363,21 @@ class OnlineLoop:
             )
 
     def _check_episode_length(self) -> None:
-        """Refuse, before collecting anything, a preset whose training windows (``seq_len``
-        observations) are longer than the env's episodes."""
+        """Warn, before collecting anything, of a preset whose training windows (``seq_len``
+        observations) are longer than the env's episodes: each is one window, padded and masked
+        (they were refused before short episodes were padded)."""
         steps = self.cfg.episode_steps
         env_id = registered_id(self.cfg.env)  # ("module:Env-v0" imports its module)
         if steps is None and env_id in gym.registry:
             steps = gym.spec(env_id).max_episode_steps
         if steps is not None and steps + 1 < self.tcfg.seq_len:
-            raise ValueError(
-                f"the {self.cfg.preset} preset trains on windows of {self.tcfg.seq_len} observations, but "
-                f"{self.cfg.env} episodes have {steps} steps ({steps + 1} observations)"
-            )
+            log.warning(
+                "the %s preset trains on windows of %d observations, but %s episodes have %d steps (%d "
+                "observations): each is one window, its last %d padding that the loss skips (a preset of "
+                "shorter windows, or a longer --episode-steps, wastes less)",
+                self.cfg.preset, self.tcfg.seq_len, self.cfg.env, steps, steps + 1,
+                self.tcfg.seq_len - steps - 1,
+            )  # fmt: skip
 
     # --- phases -----------------------------------------------------------------------------------
     def _seed_data(self) -> None:

@@ -404,15 +404,20 @@ class WorldModel(nn.Module):
             if list(batch[key].shape) != [b, seq]:
                 raise ValueError(f"batch[{key!r}] must be [B, L] = {[b, seq]}, got {list(batch[key].shape)}")
         valid = batch["valid"].float() if "valid" in batch else pixels.new_ones((b, seq), dtype=torch.float32)
-        if not valid[:, 0].all():
-            raise ValueError("batch['valid']: every window's first frame must be one of its episode's")
+        if not valid[:, 0].all() or (valid[:, 1:] > valid[:, :-1]).any():
+            raise ValueError(
+                "batch['valid'] must be True from each window's first frame up to its episode's end, then "
+                "False (padding)"
+            )
         moved = valid[:, 1:]  # [B, L-1]: the transition into frame t+1 is one of the episode's
         posts, post_lp, prior_lp = self._filter_batch(batch, sample=True)
         cfg = self.cfg
         feat = posts.feat
         frames = None  # decode every frame
         if 0 < cfg.decoded_frames < seq - 1:
-            frames = 1 + torch.rand(b, seq - 1, device=pixels.device).argsort(-1)[:, : cfg.decoded_frames]
+            # (a short episode's real frames first: padding is decoded only where too few are real)
+            draw = torch.rand(b, seq - 1, device=pixels.device) + 2 * (1 - valid[:, 1:])
+            frames = 1 + draw.argsort(-1)[:, : cfg.decoded_frames]
             rows = torch.arange(b, device=pixels.device)[:, None]
             dec_feat, dec_pixels, dec_valid = feat[rows, frames], pixels[rows, frames], valid[rows, frames]
         else:
