@@ -105,9 +105,13 @@ class SequenceSampler:
     def _gather(self, ep_idx: np.ndarray, starts: np.ndarray) -> SequenceBatch:
         eps = [self.episodes[i] for i in ep_idx]
         seq_len = self.seq_len
-        # Observation indices; past a short episode's final observation it is repeated (masked).
         frames = [np.arange(s, s + seq_len) for s in starts]
-        held = [np.minimum(f, len(ep)) for ep, f in zip(eps, frames, strict=True)]
+        # Observations read: a slice (no copy before the stack), or past a short episode's final
+        # observation that one repeated (masked).
+        held = [
+            slice(s, s + seq_len) if s + seq_len <= len(ep) + 1 else np.minimum(f, len(ep))
+            for ep, s, f in zip(eps, starts, frames, strict=True)
+        ]
 
         def steps(name: str) -> np.ndarray:
             """Per-step arrays [B, L, ...]; zeros past the episode's last action."""
