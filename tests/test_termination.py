@@ -121,11 +121,18 @@ def test_no_loss_term_reads_the_padding_past_a_short_episodes_end(decoded_frames
     junk["state"][pad] = 5.0
     for key in ("reward", "success", "terminal"):  # (read for the transition after a frame: from 3 on)
         junk[key][:, 3:] = 1
-    losses = []
+    losses, grads = [], []
     for b in (batch, junk, {**batch, "valid": torch.ones_like(batch["valid"])}):
         torch.manual_seed(0)
-        losses.append(model.loss(b)[1])
+        model.zero_grad()
+        total, metrics = model.loss(b)
+        total.backward()
+        losses.append(metrics)
+        grads.append([None if p.grad is None else p.grad.clone() for p in model.parameters()])
     assert losses[0] == losses[1]
+    assert all(
+        (g is None and h is None) or torch.equal(g, h) for g, h in zip(grads[0], grads[1], strict=True)
+    )
     assert losses[0]["recon"] != losses[2]["recon"] and losses[0]["kl"] != losses[2]["kl"]
     gap = batch["valid"].clone()
     gap[:, 5] = True  # (a real frame after padding)
