@@ -245,7 +245,8 @@ def test_resume_refuses_a_changed_config_but_its_budget_or_device(tmp_path, capl
     with pytest.raises(
         ValueError,
         match=r"RescaleAction, or plan in the env's range: --mpc\.optim\.low -3 "
-        r"--mpc\.optim\.high 3 --prior-samples 0 --no-use-value$",
+        r"--mpc\.optim\.high 3 --mpc\.optim\.init-std 1\.5 --mpc\.optim\.min-std 0\.15 "
+        r"--mpc\.exploration-std 0\.9 --prior-samples 0 --no-use-value$",
     ):  # (CLI flags)
         main([*run_args(tmp_path / "wide", 20), "--env", "InvertedPendulum-v5"])
     with pytest.raises(ValueError, match=r"acts in \[-1, 1\]: leave --mpc.optim.low/high \(-0.5, 1.0\)"):

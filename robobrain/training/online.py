@@ -331,9 +331,20 @@ class OnlineLoop:
                         f"{cfg.mpc.optim.high}) at their defaults"
                     ) from None
                 sb3 = cfg.prior_samples > 0 or cfg.use_value  # (the SB3 actor-critic acts in [-1, 1])
+                # The noise settings are in action units, set for [-1, 1]: widened with the range, as
+                # `robobrain eval` widens its own defaults, or the search covers a fraction of it.
+                scale = (bounds["high"] - bounds["low"]) / (cfg.mpc.optim.high - cfg.mpc.optim.low)
+                noise = (
+                    f" --mpc.optim.init-std {cfg.mpc.optim.init_std * scale:g} --mpc.optim.min-std "
+                    f"{cfg.mpc.optim.min_std * scale:g}"
+                ) + (
+                    f" --mpc.exploration-std {cfg.mpc.exploration_std * scale:g}"
+                    if cfg.mpc.exploration_std
+                    else ""
+                )
                 raise ValueError(
                     f"{e}, or plan in the env's range: --mpc.optim.low {bounds['low']:g} --mpc.optim.high "
-                    f"{bounds['high']:g}" + (" --prior-samples 0 --no-use-value" if sb3 else "")
+                    f"{bounds['high']:g}{noise}" + (" --prior-samples 0 --no-use-value" if sb3 else "")
                 ) from None
             if cfg.prior_samples > 0 or cfg.use_value:  # (see _uses_sb3)
                 check_unit_bounds(cfg.mpc, "the SB3 actor-critic fine-tuned in the world model")
