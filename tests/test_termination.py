@@ -15,6 +15,7 @@ from robobrain.planning import MPCConfig
 from robobrain.planning.mpc import world_model_score_fn
 from robobrain.rl import ImaginationVecEnv
 from robobrain.rl.imagination_env import WorldModelDynamics
+from robobrain.training.wm_eval import evaluate_world_model
 from robobrain.training.wm_trainer import WorldModelTrainer, batch_to_torch, sized_config
 from robobrain.world_model import Rollout, State, WorldModel, fused_unsupported, still_running
 from tests.test_store import make_episode
@@ -170,6 +171,11 @@ def test_the_head_learns_ends_from_episodes_all_shorter_than_a_window():
     at_end = torch.stack([prob[i, t] for i, t in enumerate(last)])
     before = torch.cat([prob[i, :t] for i, t in enumerate(last)])
     assert at_end.mean() > 0.5 and before.mean() < 0.1, (at_end.mean(), before.mean())
+    # eval-wm imagines these episodes open loop from 3 frames up to their ends (padded past them) and
+    # scores the predicted ends: before training every step looks like one (0.96 false alarms).
+    report = evaluate_world_model(model, held, context=3, horizon=16)["termination"]
+    assert report["true_ends"] == len(ended)
+    assert report["recall"] - report["false_alarms"] > 0.4, report
 
 
 def test_a_batch_without_terminal_flags_is_refused_by_a_model_that_predicts_them():

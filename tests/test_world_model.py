@@ -962,7 +962,7 @@ def test_train_and_eval_cli(push_data, tmp_path):
         main(["eval-wm", "--checkpoint", str(run), "--data", str(namesake), "--horizon", "4"])
     assert json.loads((measured / "report.json").read_text())["data"] == str(push_data)
     with pytest.raises(ValueError, match="no episode is long enough"):
-        main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--horizon", "999",
+        main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--context", "999",
               "--out", str(tmp_path / "long" / "eval")])  # fmt: skip
     assert not (tmp_path / "long").exists()
 
@@ -1419,6 +1419,62 @@ def test_report_numbers_of_a_known_predictor(monkeypatch):
                                  state_layout={"tag": slice(0, 1), "t": slice(1, 2)})  # fmt: skip
     assert quiet["success_acc"] is None and quiet["success_rate_in_data"] is None
     assert quiet["summary"]["success_acc"] is None
+
+
+def test_eval_windows_of_a_short_episode_are_padded_past_its_end():
+    """Context 3 + horizon 4 needs 6 steps: a 5-step episode (it fell) gives its window from the start
+    with 3 real future frames, the fourth padded; a 2-step one holds no context and gives none."""
+    long, fell, tiny = make_episode(8, tag=1), make_episode(5, tag=2), make_episode(2, tag=3)
+    fell = dataclasses.replace(fell, terminated=True)
+    assert len(make_windows([long, fell, tiny], 3, 4, 100)["actions"]) == 8 - 3 - 4 + 2  # (left out)
+    w = make_windows([long, fell, tiny], 3, 4, 100, pad_short=True)
+    assert w["episode"].tolist() == [0, 0, 0, 1]
+    assert w["valid"][:3].all() and w["valid"][3].tolist() == [True, True, True, False]
+    np.testing.assert_array_equal(w["future"][3][:, 0, 0, 1], [3, 4, 5, 5])  # (the final frame repeated)
+    np.testing.assert_allclose(w["actions"][3][:, 0], [0.02, 0.03, 0.04, 0.0])
+    np.testing.assert_array_equal(w["reward"][3], [2, 3, 4, 0])
+    np.testing.assert_array_equal(w["future_state"][3][:, 1], [3, 4, 5, 5])
+    assert w["terminal"][3].tolist() == [False, False, True, False]  # (its final frame: the fall)
+    assert not w["terminal"][:3].any()  # (a time limit is no end)
+    ended = make_windows([dataclasses.replace(long, terminated=True)], 3, 4, 100)["terminal"]
+    assert ended[-1].tolist() == [False, False, False, True] and not ended[:-1].any()
+    with pytest.raises(ValueError, match=r"no episode is long enough for context 3$"):
+        make_windows([tiny], 3, 4, 100, pad_short=True)
+
+
+def test_the_report_reads_no_padding_and_scores_predicted_ends(monkeypatch):
+    """Whatever a model predicts past a short episode's end changes no figure of the report; its
+    predicted ends are scored against the true ones."""
+    eps = [*_episodes(), dataclasses.replace(make_episode(4, tag=7, size=16), terminated=True)]
+    honest = _fake_predict([0, 2, 4, 8])
+
+    def ends(w):
+        return torch.where(torch.from_numpy(w["terminal"]), 3.0, -3.0)
+
+    def junk_past_the_end(model, w, actions, batch=64):
+        out = honest(model, w, actions, batch)
+        pad = ~torch.from_numpy(w["valid"])
+        out["pixels"][pad], out["reward"][pad], out["success_logit"][pad] = 255, 1e6, 3.0
+        out["state"][pad] = 1e6
+        return out | {"terminal_logit": ends(w).masked_fill(pad, 3.0)}
+
+    def always_ends(model, w, actions, batch=64):
+        return honest(model, w, actions, batch) | {"terminal_logit": torch.full(w["reward"].shape, 3.0)}
+
+    reports = []
+    for fake in (lambda m, w, a, batch=64: honest(m, w, a, batch) | {"terminal_logit": ends(w)},
+                 junk_past_the_end, always_ends):  # fmt: skip
+        monkeypatch.setattr(wm_eval, "predict", fake)
+        reports.append(evaluate_world_model(_Model(), eps, context=3, horizon=4, max_windows=50,
+                                            state_layout={"tag": slice(0, 1), "t": slice(1, 2)}))  # fmt: skip
+    clean, junk, always = reports
+    assert clean["windows_per_step"] == [3 * 9 + 1] * 2 + [3 * 9] * 2  # (the 4-step episode: 2 frames)
+    assert clean == junk
+    assert clean["reward_mae"] == pytest.approx(1.0) and clean["success_acc"] == 1.0
+    assert clean["state_error"]["imagined@4"] == {"tag": 0.0, "t": 0.0}
+    assert clean["termination"] == {"true_ends": 1, "recall": 1.0, "false_alarms": 0.0}
+    assert clean["summary"]["termination_recall"] == 1.0
+    assert always["termination"] == {"true_ends": 1, "recall": 1.0, "false_alarms": 1.0}
 
 
 def test_ssim_of_flat_images_and_mirror_symmetry():

@@ -57,44 +57,72 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def make_windows(
-    episodes: list[Episode], context: int, horizon: int, max_windows: int, seed: int = 0
+    episodes: list[Episode],
+    context: int,
+    horizon: int,
+    max_windows: int,
+    seed: int = 0,
+    pad_short: bool = False,
 ) -> dict[str, np.ndarray]:
     """Context + future windows from whole episodes.
 
     Returns ctx_pixels [N, C, S, S, 3], ctx_actions [N, C, A] (action *before* each context frame,
     zeros at an episode start), actions [N, K, A] (taken from the last context frame on),
     future [N, K, S, S, 3], reward [N, K], success [N, K], ctx_states [N, C, n] (env state at each
-    context frame), ctx_state [N, n] (the last of them), future_state [N, K, n], episode [N] (the
-    index of the window's episode in ``episodes``).
+    context frame), ctx_state [N, n] (the last of them), future_state [N, K, n], valid [N, K] (the
+    future frame exists), terminal [N, K] (the future frame is the final one of an episode the env
+    terminated: a fall, not a time limit), episode [N] (the index of the window's episode in
+    ``episodes``).
+
+    Every window of an episode with at least C + K observations lies inside it (valid all True). With
+    ``pad_short``, an episode too short for one (but holding the C context frames and a future one)
+    gives the window from its start, padded past its final observation as the training sampler pads
+    it: ``valid`` is False there, the final frame and state repeat, actions, rewards and success are
+    zero. A caller that reads the padding must mask it with ``valid``.
     """
     picks = []
     for e, ep in enumerate(episodes):
-        for t0 in range(0, len(ep) - context - horizon + 2):
-            picks.append((e, t0))
+        starts = range(0, len(ep) - context - horizon + 2)
+        if not starts and pad_short and len(ep) >= context:
+            starts = range(1)
+        picks += [(e, t0) for t0 in starts]
     if not picks:
-        raise ValueError(f"no episode is long enough for context {context} + horizon {horizon}")
+        shortest = "" if pad_short else f" + horizon {horizon}"
+        raise ValueError(f"no episode is long enough for context {context}{shortest}")
     rng = np.random.default_rng(seed)
     if len(picks) > max_windows:
         picks = [picks[i] for i in sorted(rng.choice(len(picks), max_windows, replace=False))]
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ctx_pixels", "ctx_actions", "actions", "future")}
-    out |= {"reward": [], "success": [], "ctx_states": [], "future_state": []}
+    keys = ("ctx_pixels", "ctx_actions", "actions", "future", "reward", "success", "ctx_states")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (*keys, "future_state", "valid", "terminal")}
     for e, t0 in picks:
         ep = episodes[e]
         last = t0 + context - 1
+        real = min(horizon, len(ep) - last)  # future frames that exist (all K but for a short episode)
+        fut = slice(last + 1, last + 1 + real)
         prev = np.concatenate([ep.action[t0 - 1 : t0] if t0 > 0 else np.zeros_like(ep.action[:1]),
                                ep.action[t0:last]])  # fmt: skip
         out["ctx_pixels"].append(ep.pixels[t0 : last + 1])
         out["ctx_actions"].append(prev)
-        out["actions"].append(ep.action[last : last + horizon])
-        out["future"].append(ep.pixels[last + 1 : last + 1 + horizon])
-        out["reward"].append(ep.reward[last : last + horizon])
-        out["success"].append(ep.success[last : last + horizon])
         out["ctx_states"].append(ep.state[t0 : last + 1])
-        out["future_state"].append(ep.state[last + 1 : last + 1 + horizon])
+        out["actions"].append(_pad(ep.action[last : last + real], horizon, "constant"))
+        out["reward"].append(_pad(ep.reward[last : last + real], horizon, "constant"))
+        out["success"].append(_pad(ep.success[last : last + real], horizon, "constant"))
+        out["future"].append(_pad(ep.pixels[fut], horizon, "edge"))
+        out["future_state"].append(_pad(ep.state[fut], horizon, "edge"))
+        out["valid"].append(np.arange(horizon) < real)
+        out["terminal"].append((np.arange(horizon) == real - 1) & (ep.terminated and last + real == len(ep)))
     windows = {k: np.stack(v) for k, v in out.items()}
     windows["ctx_state"] = windows["ctx_states"][:, -1]
     windows["episode"] = np.array([e for e, _ in picks], dtype=np.int64)
     return windows
+
+
+def _pad(x: np.ndarray, length: int, mode: str) -> np.ndarray:
+    """``x`` [T, ...] padded at its end to [length, ...] (``mode``: numpy's "constant" zeros or
+    "edge" repeats of the last row); unchanged (not copied) when already that long."""
+    if len(x) == length:
+        return x
+    return np.pad(x, [(0, length - len(x))] + [(0, 0)] * (x.ndim - 1), mode=mode)
 
 
 def other_episode_partners(episode: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -113,10 +141,11 @@ def other_episode_partners(episode: np.ndarray, seed: int = 0) -> np.ndarray:
 @torch.no_grad()
 def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarray, batch: int = 64) -> dict:
     """Open-loop predictions for every window with the given future actions [N, K, A]: pixels,
-    reward, success_logit and, when the model decodes the env state, state_post [N, n] (decoded from
-    the filtered state at the last context frame) and state [N, K, n] (decoded from the imagined ones)."""
+    reward, success_logit, terminal_logit (a model with a termination head) and, when the model
+    decodes the env state, state_post [N, n] (decoded from the filtered state at the last context
+    frame) and state [N, K, n] (decoded from the imagined ones)."""
     dev = model.device
-    frames, rewards, success, post_states, states = [], [], [], [], []
+    frames, rewards, success, terminal, post_states, states = [], [], [], [], [], []
     for i in range(0, len(actions), batch):
         sl = slice(i, i + batch)
         state = model.observe(
@@ -132,10 +161,14 @@ def predict(model: WorldModel, windows: dict[str, np.ndarray], actions: np.ndarr
         frames.append(out.pixels.cpu())
         rewards.append(out.reward.float().cpu())
         success.append(out.success_logit.float().cpu())
+        if out.terminal_logit is not None:
+            terminal.append(out.terminal_logit.float().cpu())
         if model.state_head is not None:
             post_states.append(model.decode_state(state.feat).float().cpu())
             states.append(model.decode_state(out.feat).float().cpu())
     result = {"pixels": torch.cat(frames), "reward": torch.cat(rewards), "success_logit": torch.cat(success)}
+    if terminal:
+        result["terminal_logit"] = torch.cat(terminal)
     if states:
         result |= {"state_post": torch.cat(post_states), "state": torch.cat(states)}
     bad = [k for k, v in result.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -164,6 +197,20 @@ def reward_correlation(pred: torch.Tensor, true: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([pred, true]))[0, 1])
 
 
+def termination_report(logit: torch.Tensor, terminal: torch.Tensor, valid: torch.Tensor) -> dict[str, Any]:
+    """How well predicted ends (logit > 0) match the true ones, over the frames that exist.
+    logit, terminal, valid: [N, K]. ``recall``: the share of true ends predicted (None without any
+    true end); ``false_alarms``: the share of other frames predicted as an end."""
+    predicted = (logit > 0)[valid]
+    truth = terminal[valid]
+    ends = int(truth.sum())
+    return {
+        "true_ends": ends,
+        "recall": float(predicted[truth].float().mean()) if ends else None,
+        "false_alarms": float(predicted[~truth].float().mean()) if (~truth).any() else None,
+    }
+
+
 def evaluate_world_model(
     model: WorldModel,
     episodes: list[Episode],
@@ -182,30 +229,43 @@ def evaluate_world_model(
     PSNR is averaged over windows per step, so an exact frame's 100 dB weighs in: copy-last is exact
     wherever nothing moved (a scripted Reach episode standing on its goal), and
     ``copy_last_frame["exact_share"]`` gives the share of such windows per step. ``reward_corr`` is
-    None (JSON null) when the true rewards are constant."""
+    None (JSON null) when the true rewards are constant.
+
+    Episodes too short for a whole window (an env that ends episodes early, e.g. on a fall) are
+    evaluated from their start up to their end (``make_windows(pad_short=True)``): every figure reads
+    only the frames that exist, ``windows_per_step`` says over how many windows each step is averaged
+    (None where no window reaches a step). For a model with a termination head, ``termination``
+    reports how many true ends (a terminated episode's final frame) it predicts (logit > 0, the mode
+    the planner imagines with) and how often it predicts an end where there is none."""
     for name, value in (("context", context), ("horizon", horizon), ("max_windows", max_windows)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     model.eval()
-    w = make_windows(episodes, context, horizon, max_windows, seed)
+    w = make_windows(episodes, context, horizon, max_windows, seed, pad_short=True)
     n = len(w["actions"])
     future = torch.from_numpy(w["future"])
+    valid = torch.from_numpy(w["valid"])
     pred = predict(model, w, w["actions"])
     partners = other_episode_partners(w["episode"], seed)
     shuffled = predict(model, w, w["actions"][partners])
     copy_last = torch.from_numpy(w["ctx_pixels"][:, -1:]).expand_as(future)
+    count = valid.sum(0)
 
-    def per_step(frames: torch.Tensor) -> dict[str, list[float]]:
-        return {"psnr": psnr(frames, future).mean(0).tolist(), "ssim": ssim(frames, future).mean(0).tolist()}
+    def step_mean(x: torch.Tensor) -> list[float | None]:
+        """[N, K] -> per-step mean over the windows that reach the step."""
+        mean = (x.float() * valid).sum(0) / count.clamp(min=1)
+        return [float(m) if c else None for m, c in zip(mean, count, strict=True)]
 
-    true_r = torch.from_numpy(w["reward"]).flatten()
-    pred_r = pred["reward"].flatten()
+    def per_step(frames: torch.Tensor) -> dict[str, list[float | None]]:
+        return {"psnr": step_mean(psnr(frames, future)), "ssim": step_mean(ssim(frames, future))}
+
+    true_r = torch.from_numpy(w["reward"])[valid]
+    pred_r = pred["reward"][valid]
     corr = reward_correlation(pred_r, true_r)
     corr_or_none = corr if math.isfinite(corr) else None  # (strict JSON has no NaN)
-    success_acc: float | None = float(
-        ((pred["success_logit"] > 0) == torch.from_numpy(w["success"])).float().mean()
-    )
-    success_rate: float | None = float(w["success"].mean())
+    true_s = torch.from_numpy(w["success"])[valid]
+    success_acc: float | None = float(((pred["success_logit"][valid] > 0) == true_s).float().mean())
+    success_rate: float | None = float(true_s.float().mean())
     if not any(reports_success(ep.meta) for ep in episodes):  # (flags all False: eval's null)
         success_acc = success_rate = None
     report: dict[str, Any] = {
@@ -213,10 +273,11 @@ def evaluate_world_model(
         "episodes": len(episodes),
         "context": context,
         "horizon": horizon,
+        "windows_per_step": count.tolist(),
         "model": per_step(pred["pixels"]),
         "copy_last_frame": {
             **per_step(copy_last),
-            "exact_share": (copy_last == future).flatten(-3).all(-1).float().mean(0).tolist(),
+            "exact_share": step_mean((copy_last == future).flatten(-3).all(-1)),
         },
         "shuffled_actions": per_step(shuffled["pixels"]),
         "shuffled_from_other_episodes": float((w["episode"][partners] != w["episode"]).mean()),
@@ -234,12 +295,21 @@ def evaluate_world_model(
         "reward_corr": corr_or_none,
         "success_acc": success_acc,
     }
+    if "terminal_logit" in pred:
+        report["termination"] = termination_report(
+            pred["terminal_logit"], torch.from_numpy(w["terminal"]), valid
+        )
+        report["summary"]["termination_recall"] = report["termination"]["recall"]
     if "state" in pred:
-        true_state = torch.from_numpy(w["future_state"][:, k])
         report["state_error"] = {
-            "filtered": state_errors(pred["state_post"], torch.from_numpy(w["ctx_state"]), state_layout),
-            f"imagined@{horizon}": state_errors(pred["state"][:, k], true_state, state_layout),
+            "filtered": state_errors(pred["state_post"], torch.from_numpy(w["ctx_state"]), state_layout)
         }
+        reach = valid[:, k]  # (the windows whose episode lasts the whole horizon)
+        if reach.any():
+            true_state = torch.from_numpy(w["future_state"][:, k])[reach]
+            report["state_error"][f"imagined@{horizon}"] = state_errors(
+                pred["state"][:, k][reach], true_state, state_layout
+            )
         report["summary"]["state_error_filtered"] = report["state_error"]["filtered"]
     if video_path is not None:
         from robobrain.video import write_video
