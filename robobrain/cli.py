@@ -878,6 +878,12 @@ def entry(argv: list[str] | None = None) -> None:
     prog = " ".join(["robobrain", *([command] if command else [])])
     try:
         main(argv)
+    except BrokenPipeError:  # (`robobrain train --help | head`: the reader left before the end)
+        try:  # (Python's recipe: no second error when the interpreter flushes stdout at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # (a stdout without a file descriptor: a caller's buffer)
+            pass
+        raise SystemExit(1) from None
     except Exception as e:
         users = isinstance(e, expected) or (isinstance(e, OSError) and e.errno in disk_errnos)
         if not users or os.environ.get("ROBOBRAIN_DEBUG"):

@@ -328,6 +328,19 @@ def test_a_diverged_training_or_a_missing_render_extra_ends_in_one_line(capsys, 
     assert done.stdout.split() == ["out", "atexit"]
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`robobrain train --help | head` ended in two BrokenPipeError tracebacks once head had read its
+    lines. Here stdout is a pipe whose reader has gone before the help is written."""
+    import subprocess
+    import sys
+
+    code = "\n".join(["import os, sys", "r, w = os.pipe()", "os.close(r)", "os.dup2(w, 1)",
+                      "import robobrain.cli as c", "sys.argv = ['robobrain', 'train', '--help']",
+                      "c.entry()"])  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (1, "")
+
+
 def test_an_output_folder_that_a_file_stands_in_the_way_of_is_a_clear_error(tmp_path):
     """train-wm, train, demo and eval-wm once ended in a raw FileExistsError traceback."""
     (tmp_path / "afile").write_text("x")
