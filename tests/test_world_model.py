@@ -896,6 +896,14 @@ def test_shuffled_actions_come_from_other_episodes_and_constant_rewards_correlat
     partners = other_episode_partners(w["episode"], seed=0)
     assert np.all(w["episode"][partners] != w["episode"]) and len(set(partners.tolist())) > 10
     np.testing.assert_array_equal(partners, other_episode_partners(w["episode"], seed=0))
+    full = np.full(len(partners), 4)  # (windows that all reach the horizon: the same draws as without)
+    np.testing.assert_array_equal(partners, other_episode_partners(w["episode"], 0, length=full))
+    # A window is fed the actions of one that reaches as far (a padded one's zeros fed real frames).
+    episode, length = np.array([0, 0, 1, 1, 2]), np.array([4, 2, 4, 1, 3])
+    for seed in range(5):
+        fed = other_episode_partners(episode, seed, length)
+        assert fed[0] == 2 and fed[2] == 0 and np.all(length[fed] >= length), fed
+        assert np.all(episode[fed] != episode)
     one = other_episode_partners(np.zeros(6, dtype=np.int64))  # one episode: half the list away
     np.testing.assert_array_equal(one, [3, 4, 5, 0, 1, 2])
     true = torch.tensor([0.0, 1.0, 2.0])
@@ -916,7 +924,7 @@ def test_state_errors_are_per_named_part():
     assert state_errors(pred, true, None) == {"state": pytest.approx(float(np.hypot(5.0, 2.0)))}
 
 
-def test_train_and_eval_cli(push_data, tmp_path):
+def test_train_and_eval_cli(push_data, tmp_path, caplog):
     import json
 
     from robobrain.cli import main
@@ -961,6 +969,13 @@ def test_train_and_eval_cli(push_data, tmp_path):
     with pytest.raises(ValueError, match=f"holds the report on {push_data}, another store .* pass --out"):
         main(["eval-wm", "--checkpoint", str(run), "--data", str(namesake), "--horizon", "4"])
     assert json.loads((measured / "report.json").read_text())["data"] == str(push_data)
+    with caplog.at_level("WARNING", logger="robobrain.training.wm_eval"):  # (padded: null past the end)
+        main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--horizon", "99", "--out",
+              str(tmp_path / "far")])  # fmt: skip
+    assert "no episode lasts the 99 steps of the horizon" in caplog.text
+    far = json.loads((tmp_path / "far" / "report.json").read_text())
+    assert far["summary"]["psnr@99"] is None and far["state_error"]["imagined@99"] is None
+    assert far["windows_per_step"][0] > 0 == far["windows_per_step"][-1]
     with pytest.raises(ValueError, match="no episode is long enough"):
         main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--context", "999",
               "--out", str(tmp_path / "long" / "eval")])  # fmt: skip

@@ -10,6 +10,7 @@ latent at all?).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 
 from robobrain.data import Episode, reports_success
 from robobrain.world_model import WorldModel
+
+log = logging.getLogger(__name__)
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -125,15 +128,22 @@ def _pad(x: np.ndarray, length: int, mode: str) -> np.ndarray:
     return np.pad(x, [(0, length - len(x))] + [(0, 0)] * (x.ndim - 1), mode=mode)
 
 
-def other_episode_partners(episode: np.ndarray, seed: int = 0) -> np.ndarray:
+def other_episode_partners(
+    episode: np.ndarray, seed: int = 0, length: np.ndarray | None = None
+) -> np.ndarray:
     """For each window, a random window of another episode, whose actions the shuffled-actions
     baseline feeds it: [N] indices. (Neighbouring windows mostly share an episode, so their actions are
-    the window's own, a few steps late.) With one episode only, the window half the list away."""
+    the window's own, a few steps late.) With one episode only, the window half the list away.
+    ``length`` [N] (each window's real future steps): the partner reaches at least as far where
+    another episode's window does, so that no real frame is imagined under a partner's padding."""
     rng = np.random.default_rng(seed)
     n = len(episode)
     partners = np.empty(n, dtype=np.int64)
     for i in range(n):
-        others = np.flatnonzero(episode != episode[i])
+        others = episode != episode[i]
+        if length is not None and (others & (length >= length[i])).any():
+            others &= length >= length[i]
+        others = np.flatnonzero(others)
         partners[i] = rng.choice(others) if len(others) else (i + n // 2) % n
     return partners
 
@@ -236,7 +246,9 @@ def evaluate_world_model(
     only the frames that exist, ``windows_per_step`` says over how many windows each step is averaged
     (None where no window reaches a step). For a model with a termination head, ``termination``
     reports how many true ends (a terminated episode's final frame) it predicts (logit > 0, the mode
-    the planner imagines with) and how often it predicts an end where there is none."""
+    the planner imagines with) and how often it predicts an end where there is none. A short
+    episode's end comes at any step of its window, a long one's only at the last step of its last
+    window (when that is drawn): with both, ``recall`` mixes ends foreseen from near and far."""
     for name, value in (("context", context), ("horizon", horizon), ("max_windows", max_windows)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -246,7 +258,7 @@ def evaluate_world_model(
     future = torch.from_numpy(w["future"])
     valid = torch.from_numpy(w["valid"])
     pred = predict(model, w, w["actions"])
-    partners = other_episode_partners(w["episode"], seed)
+    partners = other_episode_partners(w["episode"], seed, length=w["valid"].sum(1))
     shuffled = predict(model, w, w["actions"][partners])
     copy_last = torch.from_numpy(w["ctx_pixels"][:, -1:]).expand_as(future)
     count = valid.sum(0)
@@ -265,7 +277,7 @@ def evaluate_world_model(
     corr_or_none = corr if math.isfinite(corr) else None  # (strict JSON has no NaN)
     true_s = torch.from_numpy(w["success"])[valid]
     success_acc: float | None = float(((pred["success_logit"][valid] > 0) == true_s).float().mean())
-    success_rate: float | None = float(true_s.float().mean())
+    success_rate: float | None = float(w["success"][w["valid"]].mean())
     if not any(reports_success(ep.meta) for ep in episodes):  # (flags all False: eval's null)
         success_acc = success_rate = None
     report: dict[str, Any] = {
@@ -287,6 +299,12 @@ def evaluate_world_model(
         "success_rate_in_data": success_rate,
     }
     k = horizon - 1
+    if not count[k]:
+        log.warning(
+            "no episode lasts the %d steps of the horizon after its %d context frames (the longest, %d): "
+            "the figures at step %d are null; pass a shorter --horizon",
+            horizon, context, max(len(ep) for ep in episodes), horizon,
+        )  # fmt: skip
     report["summary"] = {
         f"psnr@{horizon}": report["model"]["psnr"][k],
         f"psnr@{horizon}_copy_last": report["copy_last_frame"]["psnr"][k],
@@ -305,16 +323,19 @@ def evaluate_world_model(
             "filtered": state_errors(pred["state_post"], torch.from_numpy(w["ctx_state"]), state_layout)
         }
         reach = valid[:, k]  # (the windows whose episode lasts the whole horizon)
-        if reach.any():
-            true_state = torch.from_numpy(w["future_state"][:, k])[reach]
-            report["state_error"][f"imagined@{horizon}"] = state_errors(
-                pred["state"][:, k][reach], true_state, state_layout
+        report["state_error"][f"imagined@{horizon}"] = (
+            state_errors(
+                pred["state"][:, k][reach], torch.from_numpy(w["future_state"][:, k])[reach], state_layout
             )
+            if reach.any()
+            else None
+        )
         report["summary"]["state_error_filtered"] = report["state_error"]["filtered"]
     if video_path is not None:
         from robobrain.video import write_video
 
-        real, fake = future[:8], pred["pixels"][:8]
+        shown = valid[:8, :, None, None, None]  # (past a short episode's end: black)
+        real, fake = future[:8] * shown, pred["pixels"][:8] * shown
         diff = (real.int() - fake.int()).abs().clamp(0, 255).to(torch.uint8)
         side = torch.cat([real, fake, diff], dim=-2)  # [n, K, S, 3S, 3]
         write_video(Path(video_path), side.flatten(0, 1).numpy(), fps=5)
