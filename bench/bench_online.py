@@ -212,6 +212,8 @@ def main() -> None:
         # The planner and the guide seeded as `robobrain eval --seed S` seeds them.
         mpc = MPCConfig(**{**mpc_cfg, "optim": optim, "exploration_std": 0.0, "seed": args.seed})
         guides = ["both"] if "ablation" in args.skip else ["none", "prior", "value", "both"]
+        if not (cfg["online"].get("prior_samples", 16) or cfg["online"].get("use_value", True)):
+            guides = ["none"]  # (a run with neither trained no SB3 model: MPC alone is all it has)
         space = envs.make_env(args.env, image_size=size).action_space
         for guide in guides:
             torch.manual_seed(args.seed)  # an SB3 guide's prior samples use torch's global generator

@@ -243,8 +243,8 @@ def evaluate_world_model(
 
     Episodes too short for a whole window (an env that ends episodes early, e.g. on a fall) are
     evaluated from their start up to their end (``make_windows(pad_short=True)``): every figure reads
-    only the frames that exist, ``windows_per_step`` says over how many windows each step is averaged
-    (None where no window reaches a step). For a model with a termination head, ``termination``
+    only the frames that exist (None at a step no window reaches), and ``windows_per_step`` says over
+    how many windows each step is averaged. For a model with a termination head, ``termination``
     reports how many true ends (a terminated episode's final frame) it predicts (logit > 0, the mode
     the planner imagines with) and how often it predicts an end where there is none. A short
     episode's end comes at any step of its window, a long one's only at the last step of its last
