@@ -70,6 +70,12 @@ class PixelObservation(
         )
 
     def observation(self, observation: Any) -> dict[str, np.ndarray]:
+        # Gymnasium's MuJoCo envs make their OpenGL context current only when they create it: once
+        # another env in the process had made or freed its own (an evaluation env, closed), their
+        # render() returned one stale frame for ever (the online loop stored frozen episodes).
+        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
+        if callable(getattr(viewer, "make_context_current", None)):
+            viewer.make_context_current()
         frame = self.env.render()
         if frame is None:
             raise RuntimeError("env.render() returned None; it must return an RGB array")

@@ -138,3 +138,18 @@ def test_a_non_square_render_is_said_once(caplog):
         env.step(env.action_space.sample())
     assert caplog.text.count("renders 48x32 frames: resized to 16x16, not cropped") == 1
     env.close()
+
+
+def test_frames_follow_the_env_after_another_mujoco_env_is_closed():
+    """Gymnasium's MuJoCo envs make their OpenGL context current only when they create it: after
+    another env in the process was closed (the online loop's evaluation envs), render() returned one
+    stale frame for ever, and the loop stored episodes whose frames never moved."""
+    env = envs.make_env("InvertedPendulum-v5", 32)
+    env.reset(seed=0)
+    other = envs.make_env("InvertedPendulum-v5", 32)
+    other.reset(seed=1)
+    other.close()
+    push = np.full(1, 3.0, np.float32)  # (the cart runs right: every frame differs from the first)
+    frames = [env.step(push)[0]["pixels"].astype(int) for _ in range(4)]
+    assert all(np.abs(f - frames[0]).mean() > 0.1 for f in frames[1:])
+    env.close()
