@@ -5,7 +5,10 @@
 Rows: each robobrain task (single env; vector env of 2, sync and async), the raw loop on the
 same scene (``mujoco.Renderer`` + ``mj_step(nstep=frame_skip)`` + the ``mj_kinematics`` and
 ``mj_camlight`` each env step makes before its frame, no Python env around it), and
-Gymnasium's ``Pusher-v5`` rendering at the same size. The ratio column is steps/s divided by the
+Gymnasium's ``Pusher-v5`` rendering at the same size, and Gymnasium's ``InvertedPendulum-v5`` and
+``Reacher-v5`` through ``make_env`` (``PixelObservation``) as it renders them (``render_side``)
+and at their own 480x480 default, area-resized to the image size either way. The ratio column is
+steps/s divided by the
 raw loop's, so it survives the machine's run-to-run noise better than the absolute numbers.
 A single env's reset is timed inside the step that ended its episode (not counted as a step); a
 vector env's autoreset step (Gymnasium's NEXT_STEP mode: a reset, no physics) counts as ``num_envs``
@@ -27,6 +30,7 @@ from machine import describe  # bench/machine.py (the script's folder is on sys.
 
 import robobrain.envs as envs
 from robobrain.envs.base import ASSETS, ManipulationEnv
+from robobrain.envs.factory import render_side
 
 
 def timed(step, seconds: float) -> float:
@@ -110,6 +114,43 @@ def bench_pusher(size: int, seconds: float) -> float:
         env.close()
 
 
+def bench_wrapped(env_id: str, size: int, seconds: float, **kwargs: int) -> float:
+    env = envs.make_env(env_id, image_size=size, **kwargs)
+    env.reset(seed=0)
+
+    def step() -> int:
+        _, _, term, trunc, _ = env.step(env.action_space.sample())
+        if term or trunc:
+            env.reset()
+        return 1
+
+    try:
+        return timed(step, seconds)
+    finally:
+        env.close()
+
+
+def frame_difference(env_id: str, size: int, steps: int = 50) -> float:
+    """Mean |difference| in grey levels (0-255) between ``make_env``'s frames and those it resizes
+    from 480x480 renders, over ``steps`` steps of the same random actions from the same reset."""
+    default, full = envs.make_env(env_id, image_size=size), envs.make_env(env_id, size, width=480, height=480)
+    rng = np.random.default_rng(0)
+    diffs = []
+    try:
+        (a, _), (b, _) = default.reset(seed=0), full.reset(seed=0)
+        for _ in range(steps):
+            diffs.append(np.abs(a["pixels"].astype(np.float32) - b["pixels"]).mean())
+            action = rng.uniform(default.action_space.low, default.action_space.high).astype(np.float32)
+            a, _, term, trunc, _ = default.step(action)
+            b, *_ = full.step(action)
+            if term or trunc:
+                (a, _), (b, _) = default.reset(seed=1), full.reset(seed=1)
+        return float(np.mean(diffs))
+    finally:
+        default.close()
+        full.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,6 +167,14 @@ def main() -> None:
         rows.append((f"{env_id} vector x2 sync", bench_vector(env_id, size, sec, "sync")))
         rows.append((f"{env_id} vector x2 async", bench_vector(env_id, size, sec, "async")))
     rows.append(("gymnasium Pusher-v5 (default visuals)", bench_pusher(size, sec)))
+    notes = []
+    for env_id in ("InvertedPendulum-v5", "Reacher-v5"):
+        rows.append((f"make_env {env_id} ({render_side(size)} px render)", bench_wrapped(env_id, size, sec)))
+        full = bench_wrapped(env_id, size, sec, width=480, height=480)
+        rows.append((f"make_env {env_id} (480 px render)", full))
+        diff = frame_difference(env_id, size)
+        notes.append(f"# {env_id}: {render_side(size)} px renders resized to {size} px differ from 480 px "
+                     f"ones by {diff:.2f} grey levels on average (50 steps, same actions)")  # fmt: skip
 
     print(f"# env throughput at {size} px, {describe('cpu')}")
     print(f"# MUJOCO_GL={os.environ.get('MUJOCO_GL')} LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS')}")
@@ -133,6 +182,7 @@ def main() -> None:
     print(f"|{'-' * 48}|{'-' * 10}|{'-' * 8}|")
     for name, rate in rows:
         print(f"| {name:<46} | {rate:>8.0f} | {rate / raw:>6.2f} |")
+    print("\n".join(notes))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gymnasium as gym  # the parent package robobrain has set the rendering defaults by now
 
-from robobrain.envs.factory import get_expert, get_state_layout, make_env, make_vector_env
+from robobrain.envs.factory import get_expert, get_state_layout, make_env, make_vector_env, render_side
 from robobrain.envs.wrappers import PixelObservation, resize_image
 
 EPISODE_STEPS = 50
@@ -46,5 +46,6 @@ __all__ = [
     "make_env",
     "make_vector_env",
     "register_envs",
+    "render_side",
     "resize_image",
 ]

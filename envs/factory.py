@@ -11,6 +11,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from robobrain.config import is_int
 from robobrain.envs.wrappers import PixelObservation
 
 Expert = Callable[[np.ndarray], np.ndarray]
@@ -58,12 +59,37 @@ def registered_id(env_id: str) -> str:
     return env_id
 
 
+def render_side(image_size: int) -> int:
+    """Side of the frames a Gymnasium MuJoCo env made without ``width``/``height`` renders for
+    ``image_size`` pixels: twice it and at least 128, at most the env's own 480x480 default. Area-
+    resized, they come within ~0.1-0.4 grey levels on average of frames resized from 480x480
+    (InvertedPendulum, Reacher; HalfCheetah's checkered floor ~2-3) at 2-6x the steps per second
+    (bench/RESULTS.md)."""
+    from gymnasium.envs.mujoco.mujoco_env import DEFAULT_SIZE
+
+    return min(DEFAULT_SIZE, max(128, 2 * image_size))
+
+
+def _render_size_kwargs(env_id: str, image_size: int, kwargs: dict[str, Any]) -> dict[str, int]:
+    """``width``/``height`` for a Gymnasium MuJoCo env made without them (none for other envs)."""
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+    given = {**gym.spec(env_id).kwargs, **kwargs}
+    cls = _env_class(env_id)
+    if not is_int(image_size) or image_size < 1:
+        return {}  # (PixelObservation refuses it)
+    if "width" in given or "height" in given or not (isinstance(cls, type) and issubclass(cls, MujocoEnv)):
+        return {}
+    return {"width": render_side(image_size), "height": render_side(image_size)}
+
+
 def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
     """One env with the robobrain observation dict ``{"pixels", "state"}``.
 
     robobrain tasks produce it themselves; any other registered env that can render
     ``rgb_array`` is wrapped in :class:`PixelObservation`. ``env_id`` may name the module that
-    registers it: ``"module:Env-v0"``.
+    registers it: ``"module:Env-v0"``. Gymnasium's MuJoCo envs made without ``width``/``height``
+    render at :func:`render_side` (not their 480x480 default).
     """
     env_id = registered_id(env_id)
     if env_id not in gym.registry:
@@ -75,6 +101,7 @@ def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:
     kwargs.pop("render_mode", None)
     if is_robobrain_task(env_id):
         return gym.make(env_id, image_size=image_size, render_mode="rgb_array", **kwargs)
+    kwargs = {**_render_size_kwargs(env_id, image_size, kwargs), **kwargs}
     try:
         env = gym.make(env_id, render_mode="rgb_array", **kwargs)
     except ImportError as e:  # e.g. Gymnasium's mujoco-py v2/v3 envs, registered but gone

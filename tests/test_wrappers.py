@@ -27,6 +27,38 @@ def test_wrapped_gymnasium_env(env_id):
     env.close()
 
 
+def test_gymnasium_mujoco_envs_render_near_the_image_size():
+    """Made without width/height, a Gymnasium MuJoCo env renders at 128x128 for 16 px, not 480x480:
+    the same frames to within a grey level on average; width/height given (here or in the env's
+    registration) are kept, and other envs get none."""
+    small = envs.make_env("InvertedPendulum-v5", image_size=16)
+    full = envs.make_env("InvertedPendulum-v5", image_size=16, width=480, height=480)
+    assert (small.unwrapped.width, small.unwrapped.height) == (128, 128)
+    assert full.unwrapped.width == 480
+    a, _ = small.reset(seed=1)
+    b, _ = full.reset(seed=1)
+    diffs = [np.abs(a["pixels"].astype(float) - b["pixels"]).mean()]
+    for _ in range(3):
+        action = np.full(small.action_space.shape, 0.5, np.float32)
+        a, *_ = small.step(action)
+        b, *_ = full.step(action)
+        diffs.append(np.abs(a["pixels"].astype(float) - b["pixels"]).mean())
+    assert max(diffs) < 1.0, diffs
+    small.close()
+    full.close()
+    gym.register("RegisteredSize-v0", entry_point="gymnasium.envs.mujoco.reacher_v5:ReacherEnv",
+                 kwargs={"width": 40, "height": 40}, max_episode_steps=5)  # fmt: skip
+    try:
+        env = envs.make_env("RegisteredSize-v0", image_size=16)
+        assert env.unwrapped.width == 40
+        env.close()
+    finally:
+        del gym.registry["RegisteredSize-v0"]
+    assert [envs.render_side(s) for s in (16, 64, 100, 300)] == [128, 128, 200, 480]
+    pendulum = envs.make_env("Pendulum-v1", image_size=16)  # (classic control: no width/height)
+    assert pendulum.reset(seed=0)[0]["pixels"].shape == (16, 16, 3)
+
+
 def test_wrapper_needs_rgb_rendering():
     with pytest.raises(ValueError, match="rgb_array"):
         PixelObservation(gym.make("Reacher-v5"), image_size=32)
