@@ -108,7 +108,9 @@ def test_mpc_warm_start_and_masked_reset():
     torch.testing.assert_close(mpc.plan[0], before[0])
     with pytest.raises(ValueError, match="horizon must be >= 1"):  # (when the flags are read)
         dataclasses.replace(SMALL, horizon=0)
-    for name, value in (("exploration_std", float("nan")), ("exploration_std", -0.1), ("discount", 0.0)):
+    bad = [("exploration_std", float("nan")), ("exploration_std", -0.1), ("exploration_plan_std", -1.0),
+           ("exploration_plan_std", float("inf")), ("discount", 0.0)]  # fmt: skip
+    for name, value in bad:
         with pytest.raises(ValueError, match=name):
             dataclasses.replace(SMALL, **{name: value})
 
@@ -122,6 +124,38 @@ def test_exploration_noise_is_bounded_and_seeded():
         acts.append(mpc.act(lambda a: -(a**2).sum((-2, -1))))
     torch.testing.assert_close(acts[0], acts[1])
     assert acts[0].abs().max() <= 1 and (acts[0].abs() > 0.5).any()
+
+
+def test_exploration_from_the_plan_std_follows_the_planners_uncertainty():
+    """exploration_plan_std: noise of the plan's own final std per env and action dimension (TD-MPC2),
+    drawn with exploration_std's as one Gaussian: where the optimizer converged (an env whose score
+    pins the first action) the executed action stays near the plan, where every candidate scores the
+    same it spreads as widely as the sampling distribution."""
+    optim = OptimizerConfig(num_samples=64, num_elites=8, iterations=3, init_std=0.5, min_std=0.01)
+    cfg = MPCConfig(horizon=3, optim=optim, exploration_plan_std=1.0, seed=0)
+
+    def score(a: torch.Tensor) -> torch.Tensor:  # env 0: a sharp optimum at 0; env 1: indifferent
+        return torch.stack([-100 * (a[0] ** 2).sum((-2, -1)), torch.zeros(a.shape[1])])
+
+    def deviations(cfg: MPCConfig, n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+        """Executed minus planned first actions [n, 2], and the plans' final stds [n, 2]."""
+        mpc, dev, stds = MPC(cfg, action_dim=1), [], []
+        for _ in range(n):
+            mpc.reset(2)
+            dev.append(mpc.act(score)[:, 0] - mpc.last.best[:, 0, 0])
+            stds.append(mpc.last.std[:, 0, 0])
+        return torch.stack(dev), torch.stack(stds)
+
+    dev, stds = deviations(cfg)
+    assert stds[:, 0].mean() < 0.1 and stds[:, 1].mean() > 0.3
+    ratio = dev[:, 0].std() / stds[:, 0].mean()  # (env 0's actions stay near 0: no clamping)
+    assert 0.8 < ratio < 1.2, ratio
+    assert dev[:, 1].abs().mean() > 3 * dev[:, 0].abs().mean()
+    assert torch.all(deviations(dataclasses.replace(cfg, exploration_plan_std=0.0), 5)[0] == 0)
+    both, both_stds = deviations(dataclasses.replace(cfg, exploration_std=0.2))
+    ratio = both[:, 0].std() / (0.2**2 + both_stds[:, 0] ** 2).sqrt().mean()
+    assert 0.8 < ratio < 1.2, ratio
+    torch.testing.assert_close(both, deviations(dataclasses.replace(cfg, exploration_std=0.2))[0])  # seeded
 
 
 def test_world_model_score_fn_matches_imagination():

@@ -531,8 +531,9 @@ def test_exploration_bonus_plans_for_disagreement_while_collecting_only(tmp_path
     from robobrain.training.online import OnlineConfig, OnlineLoop
 
     mpc = MPCConfig(
-        horizon=3, exploration_std=0.3, optim=OptimizerConfig(num_samples=8, num_elites=2, iterations=1)
-    )
+        horizon=3, exploration_std=0.3, exploration_plan_std=0.5,
+        optim=OptimizerConfig(num_samples=8, num_elites=2, iterations=1),
+    )  # fmt: skip
     cfg = OnlineConfig(
         preset="debug", env_steps=20, num_envs=2, episode_steps=10, seed_episodes=2, pretrain_steps=5,
         mpc=mpc, prior_samples=0, use_value=False, ensemble=2, explore_bonus=0.5, eval_every=1000,
@@ -545,6 +546,7 @@ def test_exploration_bonus_plans_for_disagreement_while_collecting_only(tmp_path
         assert loop.planner.cfg.disagreement_penalty == -0.5 and loop.planner.cfg.exploration_std == 0.3
         evaluating = loop._make_planner(explore=False)
         assert evaluating.cfg.disagreement_penalty == 0.0 and evaluating.cfg.exploration_std == 0.0
+        assert loop.planner.cfg.exploration_plan_std == 0.5 and evaluating.cfg.exploration_plan_std == 0.0
         assert (loop.planner.cfg.seed, evaluating.cfg.seed) == (3, 4)  # --seed reaches the planner
         assert loop.sb3 is None
     finally:

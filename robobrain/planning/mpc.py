@@ -29,6 +29,11 @@ class MPCConfig:
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     exploration_std: float = 0.0
     """Gaussian noise added to the executed action (data collection); 0 for evaluation."""
+    exploration_plan_std: float = 0.0
+    """Noise of this many times the planner's own final sampling std of the first action [B, A]
+    (TD-MPC2 explores with 1: wide where the planner is still unsure, down to ``optim.min_std`` where
+    it converged), drawn with the ``exploration_std`` noise as one Gaussian of their combined std
+    (``sqrt(exploration_std^2 + (exploration_plan_std * std)^2)``); 0 for evaluation."""
     exploration_beta: float = 0.0
     """Colour of that noise along each env's episode: 0 white (independent steps), 1 pink, 2 red
     (power spectrum ~ 1 / f^beta; :func:`robobrain.planning.noise.powerlaw_noise`). Each env draws a
@@ -47,8 +52,9 @@ class MPCConfig:
     def __post_init__(self) -> None:  # when the flags are read, not after a run's seed episodes
         if self.horizon < 1:
             raise ValueError(f"the planning horizon must be >= 1, got {self.horizon}")
-        if not self.exploration_std >= 0:  # (NaN too)
-            raise ValueError(f"exploration_std must be >= 0, got {self.exploration_std}")
+        for name in ("exploration_std", "exploration_plan_std"):
+            if not 0 <= getattr(self, name) < math.inf:  # (NaN too)
+                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
         if not 0 < self.discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
         if not 0 <= self.exploration_beta < math.inf:  # (NaN coloured noise became NaN actions)
@@ -152,8 +158,12 @@ class MPC:
         action = result.best[:, 0]
         # Warm start: shift the plan one step and repeat its last action at the tail.
         self.plan = torch.cat([result.best[:, 1:], result.best[:, -1:]], 1)
-        if self.cfg.exploration_std > 0:
-            action = action + self.cfg.exploration_std * self._exploration_noise(action.shape)
+        if self.cfg.exploration_std > 0 or self.cfg.exploration_plan_std > 0:
+            std: torch.Tensor | float = self.cfg.exploration_std
+            if self.cfg.exploration_plan_std > 0:
+                plan_std = self.cfg.exploration_plan_std * result.std[:, 0].to(action.dtype)
+                std = (self.cfg.exploration_std**2 + plan_std**2).sqrt()
+            action = action + std * self._exploration_noise(action.shape)
         return action.clamp(self.cfg.optim.low, self.cfg.optim.high)
 
     def _exploration_noise(self, shape: torch.Size) -> torch.Tensor:

@@ -527,7 +527,7 @@ class OnlineLoop:
         assert self.model is not None
         mpc = dataclasses.replace(self.cfg.mpc, seed=self.cfg.mpc.seed + self.cfg.seed)  # (--seed)
         if not explore:
-            mpc = dataclasses.replace(mpc, exploration_std=0.0, seed=mpc.seed + 1)
+            mpc = dataclasses.replace(mpc, exploration_std=0.0, exploration_plan_std=0.0, seed=mpc.seed + 1)
         elif self.cfg.explore_bonus:
             bonus = self.cfg.explore_bonus
             mpc = dataclasses.replace(mpc, disagreement_penalty=mpc.disagreement_penalty - bonus)
