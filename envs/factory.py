@@ -63,7 +63,7 @@ def render_side(image_size: int) -> int:
     """Side of the frames a Gymnasium MuJoCo env made without ``width``/``height`` renders for
     ``image_size`` pixels: twice it and at least 128, at most the env's own 480x480 default. Area-
     resized, they come within ~0.1-0.4 grey levels on average of frames resized from 480x480
-    (InvertedPendulum, Reacher; HalfCheetah's checkered floor ~2-3) at 2-6x the steps per second
+    (InvertedPendulum, Reacher; HalfCheetah's checkered floor ~2-3) at 3-8x the steps per second
     (bench/RESULTS.md)."""
     from gymnasium.envs.mujoco.mujoco_env import DEFAULT_SIZE
 
