@@ -30,6 +30,7 @@ import robobrain.envs as envs
 from robobrain.data.store import atomic_write_json
 from robobrain.evaluation import evaluate_policy
 from robobrain.planning import MPCConfig, OptimizerConfig
+from robobrain.planning.mpc import without_exploration
 from robobrain.policies import SB3Policy, load_policy
 
 
@@ -210,7 +211,7 @@ def main() -> None:
         mpc_cfg = cfg["online"]["mpc"]
         optim = OptimizerConfig(**mpc_cfg["optim"])
         # The planner and the guide seeded as `robobrain eval --seed S` seeds them.
-        mpc = MPCConfig(**{**mpc_cfg, "optim": optim, "exploration_std": 0.0, "seed": args.seed})
+        mpc = without_exploration(MPCConfig(**{**mpc_cfg, "optim": optim, "seed": args.seed}))
         guides = ["both"] if "ablation" in args.skip else ["none", "prior", "value", "both"]
         if not (cfg["online"].get("prior_samples", 16) or cfg["online"].get("use_value", True)):
             guides = ["none"]  # (a run with neither trained no SB3 model: MPC alone is all it has)

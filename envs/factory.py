@@ -62,25 +62,30 @@ def registered_id(env_id: str) -> str:
 def render_side(image_size: int) -> int:
     """Side of the frames a Gymnasium MuJoCo env made without ``width``/``height`` renders for
     ``image_size`` pixels: twice it and at least 128, at most the env's own 480x480 default. Area-
-    resized, they come within ~0.1-0.4 grey levels on average of frames resized from 480x480
-    (InvertedPendulum, Reacher; HalfCheetah's checkered floor ~2-3) at 3-8x the steps per second
-    (bench/RESULTS.md)."""
+    resized, they come within ~0.1-0.4 grey levels on average of frames resized from 480x480, at
+    3-8x the steps per second (InvertedPendulum, Reacher; HalfCheetah, with its fine checkered floor
+    and shadows: ~2-3 grey levels, ~1.5x; bench/RESULTS.md)."""
     from gymnasium.envs.mujoco.mujoco_env import DEFAULT_SIZE
 
     return min(DEFAULT_SIZE, max(128, 2 * image_size))
 
 
 def _render_size_kwargs(env_id: str, image_size: int, kwargs: dict[str, Any]) -> dict[str, int]:
-    """``width``/``height`` for a Gymnasium MuJoCo env made without them (none for other envs)."""
+    """``width``/``height`` for one of Gymnasium's own MuJoCo envs made without them; none for other
+    envs (a user's MujocoEnv subclass may take neither, or have a size of its own)."""
     from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
     given = {**gym.spec(env_id).kwargs, **kwargs}
-    cls = _env_class(env_id)
-    if not is_int(image_size) or image_size < 1:
-        return {}  # (PixelObservation refuses it)
-    if "width" in given or "height" in given or not (isinstance(cls, type) and issubclass(cls, MujocoEnv)):
-        return {}
-    return {"width": render_side(image_size), "height": render_side(image_size)}
+    if not is_int(image_size) or image_size < 1 or "width" in given or "height" in given:
+        return {}  # (PixelObservation refuses a bad image_size)
+    try:
+        cls = _env_class(env_id)
+    except ImportError:
+        return {}  # (gym.make says it, below)
+    ours = (
+        isinstance(cls, type) and issubclass(cls, MujocoEnv) and cls.__module__.startswith("gymnasium.envs.")
+    )
+    return {"width": render_side(image_size), "height": render_side(image_size)} if ours else {}
 
 
 def make_env(env_id: str, image_size: int = 64, **kwargs: Any) -> gym.Env:

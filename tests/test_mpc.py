@@ -134,8 +134,8 @@ def test_exploration_from_the_plan_std_follows_the_planners_uncertainty():
     optim = OptimizerConfig(num_samples=64, num_elites=8, iterations=3, init_std=0.5, min_std=0.01)
     cfg = MPCConfig(horizon=3, optim=optim, exploration_plan_std=1.0, seed=0)
 
-    def score(a: torch.Tensor) -> torch.Tensor:  # env 0: a sharp optimum at 0; env 1: indifferent
-        return torch.stack([-100 * (a[0] ** 2).sum((-2, -1)), torch.zeros(a.shape[1])])
+    def score(a: torch.Tensor) -> torch.Tensor:  # env 0: a sharp optimum of its first action at 0,
+        return torch.stack([-100 * (a[0, :, 0] ** 2).sum(-1), torch.zeros(a.shape[1])])  # env 1: none
 
     def deviations(cfg: MPCConfig, n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
         """Executed minus planned first actions [n, 2], and the plans' final stds [n, 2]."""
@@ -148,6 +148,11 @@ def test_exploration_from_the_plan_std_follows_the_planners_uncertainty():
 
     dev, stds = deviations(cfg)
     assert stds[:, 0].mean() < 0.1 and stds[:, 1].mean() > 0.3
+    mpc = MPC(cfg, action_dim=1)
+    mpc.reset(2)
+    mpc.act(score)
+    assert mpc.last.std[0, 1:].min() > 0.3  # (env 0's later steps are as unsure as env 1's: the
+    # noise must follow the first action's std)
     ratio = dev[:, 0].std() / stds[:, 0].mean()  # (env 0's actions stay near 0: no clamping)
     assert 0.8 < ratio < 1.2, ratio
     assert dev[:, 1].abs().mean() > 3 * dev[:, 0].abs().mean()

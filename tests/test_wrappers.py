@@ -6,6 +6,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 
 import robobrain.envs as envs
 from robobrain.envs import PixelObservation, resize_image
@@ -55,8 +56,30 @@ def test_gymnasium_mujoco_envs_render_near_the_image_size():
     finally:
         del gym.registry["RegisteredSize-v0"]
     assert [envs.render_side(s) for s in (16, 64, 100, 300)] == [128, 128, 200, 480]
-    pendulum = envs.make_env("Pendulum-v1", image_size=16)  # (classic control: no width/height)
-    assert pendulum.reset(seed=0)[0]["pixels"].shape == (16, 16, 3)
+
+
+class FixedSizeReacher(ReacherEnv):
+    """A user's MujocoEnv subclass that takes no width/height (it sizes its frames itself)."""
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(render_mode=render_mode, width=40, height=30)
+
+
+def test_a_users_mujoco_env_keeps_its_own_render_size():
+    """Only Gymnasium's own MuJoCo envs get the smaller render: a user's subclass may not take
+    width/height at all (gym.make's TypeError) or have chosen a size, and an entry point that cannot
+    be imported is still said in one line."""
+    gym.register("FixedSizeReacher-v0", entry_point=FixedSizeReacher, max_episode_steps=5)
+    gym.register("Unimportable-v0", entry_point="no_such_pkg.envs:Env", max_episode_steps=5)
+    try:
+        env = envs.make_env("FixedSizeReacher-v0", image_size=16)
+        assert (env.unwrapped.width, env.unwrapped.height) == (40, 30)
+        assert env.reset(seed=0)[0]["pixels"].shape == (16, 16, 3)
+        env.close()
+        with pytest.raises(ValueError, match="Unimportable-v0 cannot be made here"):
+            envs.make_env("Unimportable-v0", image_size=16)
+    finally:
+        del gym.registry["FixedSizeReacher-v0"], gym.registry["Unimportable-v0"]
 
 
 def test_wrapper_needs_rgb_rendering():

@@ -8,6 +8,7 @@ and adds exploration noise for data collection.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,11 @@ class MPCConfig:
         for name in ("success_bonus", "disagreement_penalty"):  # (NaN scored every plan -inf: zeros)
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+
+
+def without_exploration(cfg: MPCConfig) -> MPCConfig:
+    """``cfg`` with every exploration noise off (evaluation plans without them)."""
+    return dataclasses.replace(cfg, exploration_std=0.0, exploration_plan_std=0.0)
 
 
 def check_action_bounds(low: Any, high: Any, cfg: MPCConfig) -> None:

@@ -47,7 +47,7 @@ from robobrain.data.store import atomic_write_json
 from robobrain.envs.factory import registered_id
 from robobrain.evaluation import evaluate_policy
 from robobrain.planning import MPCConfig, OptimizerConfig
-from robobrain.planning.mpc import check_action_bounds, check_unit_bounds, uniform_bounds
+from robobrain.planning.mpc import check_action_bounds, check_unit_bounds, uniform_bounds, without_exploration
 from robobrain.rl import (
     ActorCriticGuide,
     ImaginationVecEnv,
@@ -527,7 +527,7 @@ class OnlineLoop:
         assert self.model is not None
         mpc = dataclasses.replace(self.cfg.mpc, seed=self.cfg.mpc.seed + self.cfg.seed)  # (--seed)
         if not explore:
-            mpc = dataclasses.replace(mpc, exploration_std=0.0, exploration_plan_std=0.0, seed=mpc.seed + 1)
+            mpc = dataclasses.replace(without_exploration(mpc), seed=mpc.seed + 1)
         elif self.cfg.explore_bonus:
             bonus = self.cfg.explore_bonus
             mpc = dataclasses.replace(mpc, disagreement_penalty=mpc.disagreement_penalty - bonus)
