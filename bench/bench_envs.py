@@ -42,13 +42,15 @@ def timed(step, seconds: float) -> float:
     return n / elapsed
 
 
-def bench_env(env_id: str, size: int, seconds: float) -> float:
-    env = gym.make(env_id, image_size=size)
+def bench_env(env_id: str, size: int, seconds: float, **kwargs: int) -> float:
+    """A single env of ``make_env`` (``kwargs``: e.g. a Gymnasium env's width/height)."""
+    env = envs.make_env(env_id, image_size=size, **kwargs)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
+    low, high = env.action_space.low, env.action_space.high
 
     def step() -> int:
-        _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        _, _, term, trunc, _ = env.step(rng.uniform(low, high).astype(np.float32))
         if term or trunc:
             env.reset()
         return 1
@@ -114,22 +116,6 @@ def bench_pusher(size: int, seconds: float) -> float:
         env.close()
 
 
-def bench_wrapped(env_id: str, size: int, seconds: float, **kwargs: int) -> float:
-    env = envs.make_env(env_id, image_size=size, **kwargs)
-    env.reset(seed=0)
-
-    def step() -> int:
-        _, _, term, trunc, _ = env.step(env.action_space.sample())
-        if term or trunc:
-            env.reset()
-        return 1
-
-    try:
-        return timed(step, seconds)
-    finally:
-        env.close()
-
-
 def frame_difference(env_id: str, size: int, steps: int = 50) -> float:
     """Mean |difference| in grey levels (0-255) between ``make_env``'s frames and those it resizes
     from 480x480 renders, over ``steps`` steps of the same random actions from the same reset."""
@@ -169,8 +155,8 @@ def main() -> None:
     rows.append(("gymnasium Pusher-v5 (default visuals)", bench_pusher(size, sec)))
     notes = []
     for env_id in ("InvertedPendulum-v5", "Reacher-v5"):
-        rows.append((f"make_env {env_id} ({render_side(size)} px render)", bench_wrapped(env_id, size, sec)))
-        full = bench_wrapped(env_id, size, sec, width=480, height=480)
+        rows.append((f"make_env {env_id} ({render_side(size)} px render)", bench_env(env_id, size, sec)))
+        full = bench_env(env_id, size, sec, width=480, height=480)
         rows.append((f"make_env {env_id} (480 px render)", full))
         diff = frame_difference(env_id, size)
         notes.append(f"# {env_id}: {render_side(size)} px renders resized to {size} px differ from 480 px "
