@@ -4,12 +4,11 @@
 
 Rows: each robobrain task (single env; vector env of 2, sync and async), the raw loop on the
 same scene (``mujoco.Renderer`` + ``mj_step(nstep=frame_skip)`` + the ``mj_kinematics`` and
-``mj_camlight`` each env step makes before its frame, no Python env around it), and
-Gymnasium's ``Pusher-v5`` rendering at the same size, and Gymnasium's ``InvertedPendulum-v5`` and
-``Reacher-v5`` through ``make_env`` (``PixelObservation``) as it renders them (``render_side``)
-and at their own 480x480 default, area-resized to the image size either way. The ratio column is
-steps/s divided by the
-raw loop's, so it survives the machine's run-to-run noise better than the absolute numbers.
+``mj_camlight`` each env step makes before its frame, no Python env around it), Gymnasium's
+``Pusher-v5`` rendering at the same size, and Gymnasium's ``InvertedPendulum-v5`` and ``Reacher-v5``
+through ``make_env`` (``PixelObservation``) as it renders them (``render_side``) and at their own
+480x480 default, area-resized to the image size either way. The ratio column is steps/s divided by
+the raw loop's, so it survives the machine's run-to-run noise better than the absolute numbers.
 A single env's reset is timed inside the step that ended its episode (not counted as a step); a
 vector env's autoreset step (Gymnasium's NEXT_STEP mode: a reset, no physics) counts as ``num_envs``
 steps, as SB3's step counter does.

@@ -31,7 +31,7 @@ def test_wrapped_gymnasium_env(env_id):
 def test_gymnasium_mujoco_envs_render_near_the_image_size():
     """Made without width/height, a Gymnasium MuJoCo env renders at 128x128 for 16 px, not 480x480:
     the same frames to within a grey level on average; width/height given (here or in the env's
-    registration) are kept, and other envs get none."""
+    registration) are kept."""
     small = envs.make_env("InvertedPendulum-v5", image_size=16)
     full = envs.make_env("InvertedPendulum-v5", image_size=16, width=480, height=480)
     assert (small.unwrapped.width, small.unwrapped.height) == (128, 128)
