@@ -40,6 +40,44 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def aim_free_camera(env: gym.Env) -> bool:
+    """Aim a Gymnasium MuJoCo env's free camera at the model's rest pose, once per viewer; True if
+    it did (the frame just rendered came from the old aim).
+
+    Gymnasium's off-screen viewer aims its free camera, once, at the median of the geoms where they
+    are at the env's first ``render()`` -- e.g. wherever Reacher's target was first drawn -- so the
+    same seed gave the same state but other pixels (Reacher: 10 % of a 64 px frame's, by up to 64
+    grey levels), depending on which episode an env had run first (an evaluation's episodes on
+    ``--num-envs``; collected data, per env). Aimed at ``qpos0`` instead, with the env's
+    ``default_camera_config`` applied again on top (as the viewer does), every env of an id sees
+    through the same camera. Envs rendering from a named camera, and anything that is not a
+    Gymnasium ``MujocoEnv``, are left alone.
+    """
+    renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+    viewer = getattr(renderer, "viewer", None)
+    cam = getattr(viewer, "cam", None)
+    if (
+        cam is None
+        or getattr(renderer, "camera_id", None) != -1
+        or getattr(viewer, "_robobrain_aimed", False)
+    ):
+        return False
+    viewer._robobrain_aimed = True
+    import mujoco
+
+    model = renderer.model
+    rest = mujoco.MjData(model)
+    mujoco.mj_forward(model, rest)
+    cam.lookat[:] = np.median(rest.geom_xpos, axis=0)
+    cam.distance = model.stat.extent
+    for key, value in (getattr(renderer, "default_cam_config", None) or {}).items():
+        if isinstance(value, np.ndarray):
+            getattr(cam, key)[:] = value
+        else:
+            setattr(cam, key, value)
+    return True
+
+
 class PixelObservation(
     gym.ObservationWrapper[dict[str, np.ndarray], Any, Any], gym.utils.RecordConstructorArgs
 ):
@@ -77,6 +115,8 @@ class PixelObservation(
         if callable(getattr(viewer, "make_context_current", None)):
             viewer.make_context_current()
         frame = self.env.render()
+        if aim_free_camera(self.env):  # (once per viewer: its first frame again, from that camera)
+            frame = self.env.render()
         if frame is None:
             raise RuntimeError("env.render() returned None; it must return an RGB array")
         frame = np.asarray(frame)

@@ -58,6 +58,23 @@ def test_gymnasium_mujoco_envs_render_near_the_image_size():
     assert [envs.render_side(s) for s in (16, 64, 100, 300)] == [128, 128, 200, 480]
 
 
+@pytest.mark.parametrize("env_id", ["Reacher-v5", "InvertedPendulum-v5"])
+def test_same_seed_same_pixels_whatever_the_env_ran_before(env_id):
+    """Gymnasium's viewer aims its free camera where the geoms are at the first render (Reacher: the
+    random target), so an env that had run another episode first saw the same state through another
+    camera; every env of an id now sees through the one camera aimed at the model's rest pose."""
+    used = envs.make_env(env_id, image_size=32)
+    used.reset(seed=1)
+    used.step(used.action_space.sample())
+    fresh = envs.make_env(env_id, image_size=32)
+    a, _ = used.reset(seed=2)
+    b, _ = fresh.reset(seed=2)
+    np.testing.assert_array_equal(a["state"], b["state"])
+    np.testing.assert_array_equal(a["pixels"], b["pixels"])
+    used.close()
+    fresh.close()
+
+
 class FixedSizeReacher(ReacherEnv):
     """A user's MujocoEnv subclass that takes no width/height (it sizes its frames itself)."""
 
