@@ -39,6 +39,17 @@ def test_outputs_stay_in_bounds(cls):
 
 
 @pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_refitted_means_stay_in_bounds_to_the_last_float(cls):
+    """The weighted mean of in-bounds elites, with momentum, rounded one float32 step past ``high``
+    (7 of these 48 plans before the refit clamped it); as candidate 0 it came back as the plan."""
+    for high, momentum, seed in itertools.product([-0.9, 0.1, 0.3, 0.7], [0.1, 0.3, 0.7], range(2)):
+        opt = make(cls, seed, num_samples=16, num_elites=4, iterations=3, init_std=3.0, momentum=momentum,
+                   high=high)  # fmt: skip
+        result = opt.plan(lambda a: a.sum((-1, -2)), torch.full((2, 3, 2), high))
+        assert result.best.max() <= high and result.mean.max() <= high, (high, momentum, seed)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
 def test_nan_and_inf_scores_never_win(cls):
     target = torch.full((2, 3, 1), 0.8)
 
@@ -151,7 +162,9 @@ def test_bad_arguments():
     # so matching the field's name alone would pass for any check)
     bad = [("momentum", (1.0, 1.5, -0.1), "0 <= momentum < 1"), ("init_std", (0.0, -0.5), "init_std > 0"),
            ("min_std", (-0.1, float("nan")), "min_std >= 0"), ("time_budget", (-1.0,), "time_budget >= 0"),
-           ("high", (-1.0, -2.0), "low < high")]  # fmt: skip
+           ("high", (-1.0, -2.0), "low < high"),
+           ("num_samples", (1, 0), "num_samples >= 2")]  # fmt: skip
+    # (one sample is the mean itself, candidate 0: the plan never left the warm start)
     for name, values, condition in bad:  # momentum 1 kept the initial mean, 1.5 moved away from the optimum
         for value in values:
             with pytest.raises(ValueError, match=f"needs {re.escape(condition)}"):

@@ -32,7 +32,8 @@ class OptimizerConfig:
     iterations: int = 6
     """Refits per call, at most."""
     time_budget: float | None = None
-    """Wall-clock seconds per call, at most (None: no limit)."""
+    """Wall-clock seconds per call (None: no limit): no iteration starts once they are spent, so a
+    call overruns them by at most the iteration that spent them."""
     init_std: float = 0.5
     """Sampling std at the first iteration."""
     min_std: float = 0.05
@@ -40,12 +41,14 @@ class OptimizerConfig:
     momentum: float = 0.1
     """Share of the previous mean/std kept at each refit."""
     temperature: float = 0.5
-    """MPPI: softmax temperature over elite scores (lower = greedier)."""
+    """MPPI: softmax temperature over elite scores (lower = greedier): weights ``exp(score /
+    temperature)``; TD-MPC2's code multiplies by its ``temperature`` instead, so its 0.5 is 2 here."""
     low: float = -1.0
     high: float = 1.0
 
     def __post_init__(self) -> None:  # when the flags are read, not at the first plan
         checks = [
+            (self.num_samples >= 2, "num_samples >= 2 (candidate 0 is the mean: alone it never moves)"),
             (0 < self.elites <= self.num_samples, "0 < num_elites <= num_samples"),
             (self.iterations >= 1, "iterations >= 1 (at least one always runs)"),
             (self.time_budget is None or self.time_budget >= 0, "time_budget >= 0 or None"),
@@ -200,7 +203,10 @@ class _SamplingOptimizer:
         new_mean = torch.where(has, new_mean, mean)
         new_std = torch.where(has, new_std, std)
         m = cfg.momentum
-        return m * mean + (1 - m) * new_mean, (m * std + (1 - m) * new_std).clamp(min=cfg.min_std)
+        # (Clamped again: the weighted average of in-bounds samples can round one float32 step out,
+        # and the mean is candidate 0 of the next iteration, so it could come back as the plan.)
+        new_mean = (m * mean + (1 - m) * new_mean).clamp(cfg.low, cfg.high)
+        return new_mean, (m * std + (1 - m) * new_std).clamp(min=cfg.min_std)
 
     def _weights(self, top: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Elite weights [B, k] (summing to 1 where any elite is valid) from sorted scores [B, k]."""
