@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -38,6 +38,13 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     wx = _area_weights(image.shape[1], size)
     out = np.einsum("ij,jkc,lk->ilc", wy, image.astype(np.float32), wx, optimize=True)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _with_success(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with ``success`` from ``is_success`` where only that is reported (a copy)."""
+    if "success" in info or "is_success" not in info:
+        return info
+    return {**info, "success": bool(info["is_success"])}
 
 
 def aim_free_camera(env: gym.Env) -> bool:
@@ -84,7 +91,9 @@ class PixelObservation(
     """Observation ``{"pixels": uint8[S, S, 3], "state": float32[n]}`` for any env.
 
     ``pixels`` is ``env.render()`` area-resized to ``image_size``; ``state`` is the env's own
-    observation, flattened. The env must have been made with ``render_mode="rgb_array"``.
+    observation, flattened. The env must have been made with ``render_mode="rgb_array"``. An env
+    that reports ``info["is_success"]`` (Gymnasium-Robotics, SB3's convention) and no
+    ``info["success"]`` gets ``info["success"]`` from it, as robobrain reads success.
     """
 
     def __init__(self, env: gym.Env, image_size: int = 64) -> None:
@@ -106,6 +115,14 @@ class PixelObservation(
                 "state": gym.spaces.Box(-np.inf, np.inf, (n_state,), np.float32),
             }
         )
+
+    def reset(self, **kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        obs, info = super().reset(**kwargs)
+        return obs, _with_success(info)
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, _with_success(info)
 
     def observation(self, observation: Any) -> dict[str, np.ndarray]:
         # Gymnasium's MuJoCo envs make their OpenGL context current only when they create it: once

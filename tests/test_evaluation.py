@@ -458,6 +458,40 @@ def test_an_episode_whose_physics_blew_up_is_marked_in_the_report():
     assert report["summary"]["sim_unstable_episodes"] == 1
 
 
+class ReportsIsSuccess(gym.Wrapper):
+    """Pendulum reporting success as Gymnasium-Robotics does: ``info["is_success"]``, a float (here
+    1.0 from the episode's third step on)."""
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        return obs, reward, terminated, truncated, {**info, "is_success": float(self.t >= 3)}
+
+
+def test_an_env_reporting_is_success_gets_a_success_rate():
+    """Gymnasium-Robotics' envs (and SB3) say ``info["is_success"]``: their evaluations had no
+    success rate (null) and their collected episodes no success flags."""
+    from robobrain.envs import make_env
+
+    gym.register("IsSuccessPendulum-v0", entry_point=lambda render_mode=None: ReportsIsSuccess(
+        gym.make("Pendulum-v1", render_mode=render_mode)), max_episode_steps=4)  # fmt: skip
+    try:
+        envs = [make_env("IsSuccessPendulum-v0", 8) for _ in range(2)]
+        _, info = envs[0].reset(seed=0)
+        assert "success" not in info  # (nothing reported: nothing made up)
+        steps = [envs[0].step(np.zeros(1, np.float32))[-1] for _ in range(3)]
+        assert [info["success"] for info in steps] == [False, False, True]
+        report = evaluate_policy(RandomPolicy(1, seed=0), envs, 3, progress=False)
+        assert [ep["success"] for ep in report["episodes"]] == [True] * 3
+        assert report["summary"]["success_rate"] == 1.0
+    finally:
+        del gym.registry["IsSuccessPendulum-v0"]
+
+
 def test_success_rate_counts_the_successful_episodes():
     """The expert's episodes all succeed, a motionless policy's none, and the interval is Wilson's of
     those counts (a report that always said 0 % passed: random policies succeed 0 % on Reach too)."""
