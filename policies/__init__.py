@@ -12,7 +12,7 @@ from robobrain.planning import MPCConfig
 from robobrain.policies.base import Observation, Policy, batch_size
 from robobrain.policies.mpc import BehaviourPriorPolicy, OracleMPCPolicy, WorldModelMPCPolicy
 from robobrain.policies.sb3 import SB3Policy
-from robobrain.policies.simple import RandomPolicy, ScriptedPolicy
+from robobrain.policies.simple import DiscreteRandomPolicy, RandomPolicy, ScriptedPolicy
 from robobrain.rl.behaviour_prior import BehaviourPriorGuide
 from robobrain.rl.guide import ActorCriticGuide
 
@@ -66,7 +66,7 @@ def checkpoint_spec(spec: str) -> tuple[str, str]:
 def load_policy(
     spec: str,
     env_id: str,
-    action_space: gym.spaces.Box,
+    action_space: gym.spaces.Box | gym.spaces.Discrete,
     seed: int | None = None,
     envs: Sequence[gym.Env] | None = None,
     mpc: MPCConfig | None = None,
@@ -83,7 +83,8 @@ def load_policy(
     spec: ``random`` | ``scripted`` | ``oracle`` (MPC planning in copies of ``envs``' simulators) |
     ``mpc:CHECKPOINT`` (MPC over a trained world model) | ``bc:CHECKPOINT`` (the behaviour prior of
     ``robobrain train-prior`` acting alone on the world model's filtered state, no planning) |
-    ``sb3:ZIP`` (a stable-baselines3 model).
+    ``sb3:ZIP`` (a stable-baselines3 model). All drive 1-D Box action spaces; ``random`` and
+    ``sb3:`` drive ``Discrete`` ones too (their actions are then int64 [N]).
     kwargs go to the scripted policy (``noise_std``, ``decoy_goal_prob``). ``guide`` (``mpc:`` of a
     ``robobrain train`` run only): how the run's SB3 actor-critic helps the planner --
     ``auto``/``both`` (prior samples and terminal value), ``prior``, ``value`` or ``none``; ``bc``: the
@@ -95,8 +96,22 @@ def load_policy(
     Triton and a C compiler). ``fused`` (``mpc:`` on CUDA, unguided): imagine in that graph with one
     Triton kernel per rollout instead (:class:`robobrain.world_model.FusedImagine`).
     """
+    if isinstance(action_space, gym.spaces.Discrete):
+        if spec == "random":
+            return DiscreteRandomPolicy(int(action_space.n), seed=seed, start=int(action_space.start))
+        if spec.startswith("sb3:"):
+            return _sb3_policy(spec[4:], action_space, device)
+        if spec not in ("scripted", "oracle") and not spec.startswith(("mpc:", "bc:")):
+            raise _unknown_spec(spec)
+        raise ValueError(
+            f"--policy {spec} drives 1-D Box action spaces, got {action_space} (random and sb3: drive "
+            "Discrete ones too)"
+        )
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
-        raise ValueError(f"robobrain policies drive 1-D Box action spaces, got {action_space}")
+        raise ValueError(
+            "robobrain policies drive 1-D Box action spaces (random and sb3: Discrete ones too), "
+            f"got {action_space}"
+        )
     action_dim = action_space.shape[0]
     mpc = mpc or MPCConfig(seed=seed or 0)
     if spec == "random":
@@ -140,23 +155,37 @@ def load_policy(
             check_unit_bounds(mpc, f"the planner's guide ({type(planner_guide).__name__})")
         return WorldModelMPCPolicy(model, mpc, device, guide=planner_guide, compile=compile, fused=fused)
     if spec.startswith("sb3:"):
-        policy = SB3Policy.load(spec[4:], device=device)
-        trained = policy.model.action_space
-        if trained.shape != action_space.shape:
-            raise ValueError(f"{spec[4:]}: SB3 actions {trained.shape} vs env {action_space.shape}")
-        low, high = action_space.low, action_space.high
-        if not (np.array_equal(trained.low, low) and np.array_equal(trained.high, high)):
-            raise ValueError(
-                f"{spec[4:]}: the SB3 model acts in [{trained.low.min()}, {trained.high.max()}], the env's "
-                f"actions are in [{low.min()}, {high.max()}]"
-            )
+        return _sb3_policy(spec[4:], action_space, device)
+    raise _unknown_spec(spec)
+
+
+def _unknown_spec(spec: str) -> ValueError:
+    return ValueError(f"unknown policy spec {spec!r}; expected one of {', '.join(POLICY_SPECS)}")
+
+
+def _sb3_policy(path: str, action_space: gym.spaces.Box | gym.spaces.Discrete, device: str) -> SB3Policy:
+    """An SB3 model whose action space is the env's (a Box's shape and bounds; a Discrete's n, start)."""
+    policy = SB3Policy.load(path, device=device)
+    trained = policy.model.action_space
+    if isinstance(action_space, gym.spaces.Discrete) or isinstance(trained, gym.spaces.Discrete):
+        if trained != action_space:
+            raise ValueError(f"{path}: the SB3 model acts in {trained}, the env in {action_space}")
         return policy
-    raise ValueError(f"unknown policy spec {spec!r}; expected one of {', '.join(POLICY_SPECS)}")
+    if trained.shape != action_space.shape:
+        raise ValueError(f"{path}: SB3 actions {trained.shape} vs env {action_space.shape}")
+    low, high = action_space.low, action_space.high
+    if not (np.array_equal(trained.low, low) and np.array_equal(trained.high, high)):
+        raise ValueError(
+            f"{path}: the SB3 model acts in [{trained.low.min()}, {trained.high.max()}], the env's "
+            f"actions are in [{low.min()}, {high.max()}]"
+        )
+    return policy
 
 
 __all__ = [
     "POLICY_SPECS",
     "BehaviourPriorPolicy",
+    "DiscreteRandomPolicy",
     "GuideMode",
     "Observation",
     "OracleMPCPolicy",

@@ -15,7 +15,8 @@ class Policy(Protocol):
     """Acts for N environments at once.
 
     ``reset(num_envs)`` starts new episodes in all envs, ``reset(num_envs, mask)`` only in those
-    where ``mask`` [N] is True; ``act(obs)`` returns actions [N, A] in the env's action bounds.
+    where ``mask`` [N] is True; ``act(obs)`` returns actions [N, A] in the env's action bounds
+    (for a ``Discrete`` space: int64 indices [N]).
     """
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None: ...

@@ -164,4 +164,6 @@ class SB3Policy:
                     f"SB3Policy: {'its observation' if key is None else f'obs[{key!r}]'} holds NaN or inf"
                 )
         actions, _ = self.model.predict(selected, deterministic=True)
+        if isinstance(self.model.action_space, gym.spaces.Discrete):
+            return np.asarray(actions, dtype=np.int64)  # [N] action indices
         return np.asarray(actions, dtype=np.float32)

@@ -33,6 +33,22 @@ class RandomPolicy:
         return self.rng.uniform(self.low, self.high, (n, self.action_dim)).astype(np.float32)
 
 
+class DiscreteRandomPolicy:
+    """Uniform actions of a ``Discrete(n, start)`` space, seeded: ``act`` returns int64 [N]."""
+
+    def __init__(self, n: int, seed: int | None = None, start: int = 0) -> None:
+        if n < 1:
+            raise ValueError(f"a Discrete space has n >= 1 actions, got {n}")
+        self.n, self.start = int(n), int(start)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
+        pass
+
+    def act(self, obs: Observation) -> np.ndarray:
+        return self.rng.integers(self.start, self.start + self.n, batch_size(obs), dtype=np.int64)
+
+
 class ScriptedPolicy:
     """A task's scripted expert reading ``obs["state"]``, with optional Gaussian action noise
     (for collecting diverse data). Actions are clipped to [-1, 1].

@@ -46,7 +46,16 @@ def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _check_actions(actions: Any, num_envs: int, space: gym.spaces.Box) -> np.ndarray:
+def _check_actions(actions: Any, num_envs: int, space: gym.spaces.Box | gym.spaces.Discrete) -> np.ndarray:
+    if isinstance(space, gym.spaces.Discrete):  # action indices [K]
+        a = np.asarray(actions)
+        if a.shape != (num_envs,) or a.dtype.kind not in "iu":
+            raise ValueError(
+                f"policy returned actions {a.dtype}{list(a.shape)}, expected int[{num_envs}] for {space}"
+            )
+        if not np.all((a >= space.start) & (a < space.start + space.n)):
+            raise ValueError(f"policy returned actions {a.tolist()} outside {space}")
+        return a
     a = np.asarray(actions, dtype=np.float32)
     if a.shape != (num_envs, *space.shape):
         raise ValueError(f"policy returned actions of shape {a.shape}, expected {(num_envs, *space.shape)}")
@@ -83,8 +92,8 @@ def evaluate_policy(
     out = None if out_dir is None else prepare_out_dir(out_dir)  # before the episodes, not after them
     k = len(envs)
     space = envs[0].action_space
-    if not isinstance(space, gym.spaces.Box):
-        raise ValueError(f"robobrain policies drive Box action spaces, got {space}")
+    if not isinstance(space, gym.spaces.Box | gym.spaces.Discrete):
+        raise ValueError(f"robobrain policies drive Box and Discrete action spaces, got {space}")
     next_episode = 0
     slot_episode = [-1] * k
     slot_return = [0.0] * k

@@ -150,8 +150,15 @@ def test_clear_errors_for_bad_specs(tmp_path, caplog):
     save_checkpoint(tmp_path / "wm4", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
     with pytest.raises(ValueError, match="4-D actions"):
         load_policy(f"mpc:{tmp_path / 'wm4'}", "robobrain/Push-v0", space)
-    with pytest.raises(ValueError, match="Box"):
-        load_policy("random", "CartPole-v1", gym.spaces.Discrete(2))
+    for bad in ("scripted", "oracle", f"mpc:{tmp_path / 'wm4'}"):  # (random and sb3: drive it)
+        with pytest.raises(ValueError, match=r"drives 1-D Box action spaces, got Discrete\(2\)"):
+            load_policy(bad, "CartPole-v1", gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match="unknown policy spec 'nope'"):
+        load_policy("nope", "CartPole-v1", gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match=r"1-D Box action spaces .* got MultiDiscrete"):
+        load_policy("random", "X-v0", gym.spaces.MultiDiscrete([2, 3]))
+    with pytest.raises(ValueError, match=r"train plans 1-D Box actions .* got Discrete"):
+        main(["train", "--env", "CartPole-v1", "--run-dir", str(tmp_path / "cp"), "--no-progress"])
     with pytest.raises(ValueError, match=">= 1"):
         main(["eval", "--policy", "random", "--episodes", "0", "--out", str(tmp_path), "--no-progress"])
     with pytest.raises(ValueError, match="--video-episodes must be >= 0"):
@@ -216,6 +223,40 @@ def test_sb3_policy_round_trip(tmp_path):
         policy.act(obs)
     with pytest.raises(ValueError, match=r"acts in \[-1.0, 1.0\], the env's actions are in \[-2.0, 2.0\]"):
         load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "robobrain/Reach-v0", gym.spaces.Box(-2, 2, (3,)))
+
+
+def test_random_and_sb3_policies_drive_a_discrete_env(tmp_path):
+    """CartPole: ``random`` and an SB3 model trained on it drive Discrete actions (they were refused
+    with every other policy); an SB3 model of another Discrete space is refused."""
+    from stable_baselines3 import PPO
+
+    from robobrain.envs import make_env
+
+    PPO("MlpPolicy", gym.make("CartPole-v1"), n_steps=16, batch_size=16, seed=0, device="cpu").save(
+        tmp_path / "ppo.zip"
+    )
+    for spec in ("random", f"sb3:{tmp_path / 'ppo.zip'}"):
+        envs = [make_env("CartPole-v1", 8, max_episode_steps=10) for _ in range(2)]
+        policy = load_policy(spec, "CartPole-v1", envs[0].action_space, seed=0)
+        report = evaluate_policy(policy, envs, 3, progress=False)
+        assert len(report["episodes"]) == 3 and all(1 <= ep["length"] <= 10 for ep in report["episodes"])
+        assert all(ep["return"] == ep["length"] for ep in report["episodes"])  # (CartPole: 1 per step)
+        actions = policy.act(
+            {"pixels": np.zeros((5, 8, 8, 3), np.uint8), "state": np.zeros((5, 4), np.float32)}
+        )
+        assert actions.shape == (5,) and actions.dtype == np.int64 and set(actions.tolist()) <= {0, 1}
+    envs = [make_env("CartPole-v1", 8) for _ in range(2)]
+    for wrong, said in (
+        (np.array([0.5, 1.0]), r"float64\[2\], expected int\[2\]"),
+        (np.array([0, 2]), "outside"),
+    ):
+        policy.act = lambda obs, wrong=wrong: (
+            wrong
+        )  # (a float or out-of-range index reached CartPole's assert)
+        with pytest.raises(ValueError, match=said):
+            evaluate_policy(policy, envs, 2, progress=False)
+    with pytest.raises(ValueError, match=r"acts in Discrete\(2\), the env in Discrete\(3\)"):
+        load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "X-v0", gym.spaces.Discrete(3))
 
 
 def test_sb3_zips_name_their_algorithm_without_unpickling(tmp_path):

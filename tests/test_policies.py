@@ -89,8 +89,8 @@ def test_load_policy_errors():
     space = gym.spaces.Box(-1, 1, (3,), np.float32)
     with pytest.raises(ValueError, match="unknown policy spec"):
         load_policy("banana", "robobrain/Push-v0", space)
-    with pytest.raises(ValueError, match="Box"):
-        load_policy("random", "robobrain/Push-v0", gym.spaces.Discrete(3))
+    with pytest.raises(ValueError, match="Box"):  # (a Discrete one: random and sb3: drive it)
+        load_policy("random", "robobrain/Push-v0", gym.spaces.Box(-1, 1, (2, 3), np.float32))
     with pytest.raises(ValueError, match="unknown env id"):
         load_policy("scripted", "NoSuchEnv-v0", space)
     with pytest.raises(ValueError, match=r"render_mode='human'.*rgb_array"):

@@ -319,6 +319,10 @@ class OnlineLoop:
         self.envs = factories.make_envs(cfg.num_envs)
         space = self.envs.single_action_space
         try:
+            if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):  # (an AttributeError)
+                raise ValueError(
+                    f"robobrain train plans 1-D Box actions (its world model learns them), got {space}"
+                )
             try:
                 check_action_bounds(space.low, space.high, cfg.mpc)
             except ValueError as e:
