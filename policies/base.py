@@ -43,3 +43,11 @@ def batch_size(obs: Observation) -> int:
     if not sizes or len(set(sizes.values())) > 1:
         raise ValueError(f"a batched observation's parts must share their first dim N, got {sizes}")
     return next(iter(sizes.values()))
+
+
+def policy_rng(seed: int | None) -> np.random.Generator:
+    """The generator of a policy seeded with ``seed``: not ``default_rng(seed)``, which is the very
+    stream Gymnasium gives an env reset with ``seed`` -- env 0 of a collection or an evaluation is --
+    so a random policy's first actions were functions of that env's initial state (InvertedPendulum:
+    300x its joint offsets) and the scripted policy's first decoy goal sat 1.2x the block's start."""
+    return np.random.default_rng(None if seed is None else [seed, 0x706F6C])

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from robobrain.policies.base import Observation, batch_size
+from robobrain.policies.base import Observation, batch_size, policy_rng
 
 
 class RandomPolicy:
@@ -23,7 +23,7 @@ class RandomPolicy:
             raise ValueError(f"random actions need finite bounds with low < high, got [{low}, {high}]")
         self.action_dim = action_dim
         self.low, self.high = low, high
-        self.rng = np.random.default_rng(seed)
+        self.rng = policy_rng(seed)
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass
@@ -40,7 +40,7 @@ class DiscreteRandomPolicy:
         if n < 1:
             raise ValueError(f"a Discrete space has n >= 1 actions, got {n}")
         self.n, self.start = int(n), int(start)
-        self.rng = np.random.default_rng(seed)
+        self.rng = policy_rng(seed)
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass
@@ -81,7 +81,7 @@ class ScriptedPolicy:
         self.decoy_goal_prob = decoy_goal_prob
         self.goal_slice = goal_slice
         self.decoy_range = decoy_range
-        self.rng = np.random.default_rng(seed)
+        self.rng = policy_rng(seed)
         self.decoy: np.ndarray | None = None
         """[N, 2] decoy goal x, y per env; NaN where the env's episode uses its true goal."""
 

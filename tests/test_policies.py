@@ -22,6 +22,27 @@ def test_random_policy_is_seeded_and_bounded():
             RandomPolicy(2, low=low, high=high)
 
 
+def test_a_policy_seeded_as_env_0_does_not_draw_its_numbers():
+    """``default_rng(seed)`` is the stream of an env reset with ``seed``, as env 0 of a collection is:
+    InvertedPendulum's first random actions were 300x its initial joint offsets, and Push's first
+    decoy goal 1.2x the block's start, in every collection."""
+    env = make_env("InvertedPendulum-v5", 16)
+    push = make_env("robobrain/Push-v0", 16)
+    for seed in (0, 5, 10_000):
+        obs, _ = env.reset(seed=seed)
+        action = RandomPolicy(1, seed=seed, low=-3.0, high=3.0).act(obs_batch(1, 4))[0, 0]
+        assert not np.isclose(action, 300 * obs["state"][0], rtol=1e-3)
+        obs, _ = push.reset(seed=seed)
+        scripted = load_policy(
+            "scripted", "robobrain/Push-v0", push.action_space, seed=seed, decoy_goal_prob=1.0
+        )
+        scripted.reset(1)
+        block = obs["state"][10:12]  # (Push's state layout: block x, y)
+        assert not np.allclose(scripted.decoy[0] / block, 1.2, rtol=1e-3)
+    env.close()
+    push.close()
+
+
 def test_scripted_policy_noise_stays_in_bounds():
     policy = ScriptedPolicy(lambda s: np.ones((len(s), 3)), noise_std=2.0, seed=0)
     act = policy.act(obs_batch(100))
