@@ -50,10 +50,18 @@ def test_invalid_episode_is_refused(tmp_path):
     bad_nan = Episode(ep.pixels, ep.state, ep.action * np.nan, ep.reward, ep.success)
     bad_len = Episode(ep.pixels[:-1], ep.state, ep.action, ep.reward, ep.success)
     bad_dtype = Episode(ep.pixels.astype(np.float32), ep.state, ep.action, ep.reward, ep.success)
-    for bad, what in [(bad_nan, "NaN"), (bad_len, "pixels"), (bad_dtype, "dtype")]:
+    # terminated None was stored pickled (unreadable: the episode was lost), "False" read back True
+    bad_end = [Episode(ep.pixels, ep.state, ep.action, ep.reward, ep.success, terminated=t)
+               for t in (None, "False", np.array([True, False]))]  # fmt: skip
+    cases = [(bad_nan, "NaN"), (bad_len, "pixels"), (bad_dtype, "dtype")] + [
+        (b, "terminated") for b in bad_end
+    ]
+    for bad, what in cases:
         with pytest.raises(ValueError, match=what):
             store.add(bad)
     assert len(store) == 0
+    store.add(Episode(ep.pixels, ep.state, ep.action, ep.reward, ep.success, terminated=np.bool_(True)))
+    assert [e.terminated for _, e in EpisodeStore(tmp_path).episodes()] == [True]
 
 
 def test_truncated_and_garbage_files_are_reported_and_skipped(tmp_path, caplog):
@@ -202,6 +210,13 @@ def test_an_array_header_that_declares_more_than_the_file_holds_is_skipped(tmp_p
     reopened = EpisodeStore(tmp_path)
     assert [n for n, _ in reopened.episodes()] == [good]
     assert "pixels.npy declares shape (40000000000, 8, 8, 3)" in reopened.skipped["episode_000001.npz"]
+    with open(tmp_path / "episode_000002.npz", "wb") as f:  # a bare .npy of the same kind: no zip to
+        header = {"descr": "<f4", "fortran_order": False, "shape": (10**14,)}  # read (BadZipFile)
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(bytes(64))
+    reopened = EpisodeStore(tmp_path)
+    assert [n for n, _ in reopened.episodes()] == [good]
+    assert "not an .npz archive" in reopened.skipped["episode_000002.npz"]
 
 
 def test_manifest_is_rebuilt_when_missing_or_corrupt(tmp_path):

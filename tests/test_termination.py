@@ -63,6 +63,10 @@ def test_windows_flag_the_last_action_of_a_terminated_episode_only():
             want[i, 9 - s] = True
     np.testing.assert_array_equal(flags, want)
     assert not sampler.gather(np.ones(8, int), starts).terminal.any()  # (a time limit is no end)
+    # One-observation windows: the one starting at the final observation holds no action of the
+    # episode (its action is padding), so no flag (it flagged the padded step).
+    single = SequenceSampler([ended], seq_len=1).gather(np.zeros(11, int), np.arange(11)).terminal[:, 0]
+    np.testing.assert_array_equal(single, np.arange(11) == 9)
 
 
 def test_the_data_decides_whether_the_model_learns_terminations():

@@ -138,6 +138,6 @@ def _terminal(episode: Episode, start: int, seq_len: int) -> np.ndarray:
     """bool[L]: whether the episode ended in a terminal state after each action of the window."""
     out = np.zeros(seq_len, dtype=bool)
     last = len(episode) - 1 - start  # (the index of the episode's last action in the window)
-    if episode.terminated and last < seq_len:
+    if episode.terminated and 0 <= last < seq_len:  # (< 0: the window holds no action of it)
         out[last] = True
     return out

@@ -102,6 +102,8 @@ class Episode:
                 raise ValueError(f"{name}: contains NaN or inf")
         if self.pixels.shape[-1] != 3:
             raise ValueError(f"pixels: expected [T+1, H, W, 3], got {self.pixels.shape}")
+        if not isinstance(self.terminated, bool | np.bool_):  # (None was stored pickled: unreadable)
+            raise ValueError(f"terminated: expected a bool, got {type(self.terminated).__name__}")
 
     @property
     def episode_return(self) -> float:
@@ -369,6 +371,8 @@ class EpisodeStore:
                 )
             episode.validate()
         except MemoryError as e:  # the machine's, unless the file declares more than it holds
+            if not zipfile.is_zipfile(path):  # (e.g. a bare .npy whose header states terabytes)
+                raise CorruptEpisodeError(f"{path}: not an .npz archive (truncated or overwritten)") from e
             with zipfile.ZipFile(path) as archive:
                 overstated = _overstated_array(archive)
             if overstated is not None:
