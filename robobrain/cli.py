@@ -618,12 +618,21 @@ def run_collect(args: Collect) -> list[str]:
         policy = load_policy(args.policy, args.env, vec.single_action_space, seed=seed, **kwargs)
         vec.reset(seed=seed)  # (an env that cannot render, e.g. without pygame, fails before the store)
         store = EpisodeStore(out)
+        if args.seed is None and (claimed := store.claim_seed(seed, 10_000)) != seed:
+            log.info("seed %d was claimed by a collection started beside this one: seed %d", seed, claimed)
+            seed = claimed
+            policy = load_policy(args.policy, args.env, vec.single_action_space, seed=seed, **kwargs)
         meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": seed,
                 "num_envs": args.num_envs, "decoy_goal_prob": args.decoy_goal_prob,
                 "episode_steps": args.episode_steps}  # fmt: skip
-        names = collect_episodes(
-            vec, policy, store, args.episodes, seed=seed, meta=meta, progress=args.progress
-        ).names
+        try:
+            names = collect_episodes(
+                vec, policy, store, args.episodes, seed=seed, meta=meta, progress=args.progress
+            ).names
+        except BaseException:
+            if args.seed is None and len(store) == 0:  # (so that a failed first collection leaves no folder)
+                store.release_seed(seed)
+            raise
     finally:
         vec.close()
     entries = [store.manifest[n] for n in names]

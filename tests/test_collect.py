@@ -382,6 +382,25 @@ def test_every_stored_episode_replays_exactly_in_its_env(tmp_path):
     env.close()
 
 
+def test_collections_started_at_once_take_different_seeds(tmp_path):
+    """Two collections into one store without --seed both read the same largest seed from its
+    manifest and stored identical episodes; a seed is now claimed in the store (``.seed-N``), so the
+    second moves on by 10,000. A collection that stores nothing gives its claim back (no folder is
+    left behind)."""
+    out = tmp_path / "data"
+    args = ["collect", "--env", "robobrain/Reach-v0", "--policy", "random", "--episodes", "1",
+            "--episode-steps", "3", "--image-size", "8", "--out", str(out), "--no-progress"]  # fmt: skip
+    out.mkdir()
+    (out / ".seed-0").touch()  # a collection started beside this one, nothing stored yet
+    main(args)
+    main(args)
+    assert [ep.meta["seed"] for ep in EpisodeStore(out).load_all()] == [10_000, 20_000]
+    with pytest.raises(ValueError, match=r"Discrete\(2\)"):  # (after the store and its claim were made)
+        main(["collect", "--env", "CartPole-v1", "--policy", "random", "--episodes", "1", "--image-size", "8",
+              "--out", str(tmp_path / "cp"), "--no-progress"])  # fmt: skip
+    assert not (tmp_path / "cp").exists()
+
+
 def test_collect_refuses_an_action_space_episodes_cannot_hold(tmp_path):
     """CartPole's Discrete(2): a policy's actions went in as float32 and gymnasium's own assertion
     came out of the env's step; now refused before the first reset."""

@@ -326,6 +326,23 @@ class EpisodeStore:
         self._write_manifest()
         return name
 
+    def claim_seed(self, start: int, step: int) -> int:
+        """The first of ``start``, ``start + step``, ... that no collection into this store has
+        claimed, claimed now by an empty file ``.seed-<n>`` made with ``O_EXCL`` (kept: two collections
+        started at once both read the same largest seed from the manifest, and stored identical
+        episodes)."""
+        seed = start
+        while True:
+            try:
+                os.close(os.open(self.root / f".seed-{seed}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return seed
+            except FileExistsError:
+                seed += step
+
+    def release_seed(self, seed: int) -> None:
+        """Give a claimed seed back (a collection that stored nothing)."""
+        (self.root / f".seed-{seed}").unlink(missing_ok=True)
+
     def truncate(self, keep: int) -> list[str]:
         """Delete every episode after the first ``keep`` (in the order they were added) and every
         temporary file, however fresh; returns the deleted names. Used on resume to drop episodes an
