@@ -414,7 +414,9 @@ def test_loss_halves_on_a_fixed_batch(push_data, variant):
     model = WorldModel(dataclasses.replace(DEBUG.world_model, **variant))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
-    for _ in range(80):
+    # (120 steps: at 80 the keypoint model's own/swapped error was 0.79-0.88 over four data seeds,
+    # too close to the 0.85 line; at 120, 0.47-0.58)
+    for _ in range(120):
         loss, _ = model.loss(batch)
         first = first if first is not None else loss.item()
         opt.zero_grad()
