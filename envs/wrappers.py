@@ -85,6 +85,21 @@ def aim_free_camera(env: gym.Env) -> bool:
     return True
 
 
+def free_render_contexts(env: gym.Env) -> None:
+    """Free a Gymnasium MuJoCo env's MuJoCo render contexts (its GL textures, buffers and lists) in
+    its own GL context. Left to the garbage collector after ``close()``, an ``MjrContext`` frees them
+    in whichever context is current then -- another env's, whose objects of the same ids it deletes:
+    that env rendered frames missing bodies from then on (InvertedPendulum: the cart and the pole)."""
+    renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+    viewers = dict(getattr(renderer, "_viewers", None) or {})
+    for viewer in viewers.values():
+        con = getattr(viewer, "con", None)
+        if con is None or not callable(getattr(viewer, "make_context_current", None)):
+            continue
+        viewer.make_context_current()
+        con.free()
+
+
 class PixelObservation(
     gym.ObservationWrapper[dict[str, np.ndarray], Any, Any], gym.utils.RecordConstructorArgs
 ):
@@ -107,6 +122,7 @@ class PixelObservation(
             )
         self.image_size = int(image_size)
         self._said_aspect = False
+        self._closed = False
         self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}  # its frames are the pixels
         n_state = gym.spaces.flatdim(env.observation_space)
         self.observation_space = gym.spaces.Dict(
@@ -123,6 +139,21 @@ class PixelObservation(
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = super().step(action)
         return obs, reward, terminated, truncated, _with_success(info)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            free_render_contexts(self.env)
+        super().close()
+
+    def __del__(self) -> None:  # (an env dropped without close(): its contexts are freed in its own)
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        try:
+            free_render_contexts(self.env)
+        except Exception:  # (e.g. at interpreter exit, with EGL gone)
+            pass
 
     def observation(self, observation: Any) -> dict[str, np.ndarray]:
         # Gymnasium's MuJoCo envs make their OpenGL context current only when they create it: once

@@ -75,6 +75,26 @@ def test_same_seed_same_pixels_whatever_the_env_ran_before(env_id):
     fresh.close()
 
 
+@pytest.mark.parametrize("closed", [True, False])
+def test_freeing_an_env_leaves_the_frames_of_another_intact(closed):
+    """An MjrContext left to the garbage collector freed its GL objects in whichever context was
+    current -- another env's, which rendered InvertedPendulum without its cart and pole from then on
+    (286 of 1,024 pixels off); closed or merely dropped, an env now frees them in its own."""
+    import gc
+
+    first = envs.make_env("InvertedPendulum-v5", image_size=32)
+    first.reset(seed=2)
+    if closed:
+        first.close()
+    other = envs.make_env("InvertedPendulum-v5", image_size=32)
+    before, _ = other.reset(seed=2)
+    del first
+    gc.collect()
+    after, _ = other.reset(seed=2)
+    np.testing.assert_array_equal(before["pixels"], after["pixels"])
+    other.close()
+
+
 class FixedSizeReacher(ReacherEnv):
     """A user's MujocoEnv subclass that takes no width/height (it sizes its frames itself)."""
 
