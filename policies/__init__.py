@@ -168,7 +168,8 @@ def _sb3_policy(path: str, action_space: gym.spaces.Box | gym.spaces.Discrete, d
     policy = SB3Policy.load(path, device=device)
     trained = policy.model.action_space
     if isinstance(action_space, gym.spaces.Discrete) or isinstance(trained, gym.spaces.Discrete):
-        if trained != action_space:
+        same = isinstance(trained, gym.spaces.Discrete) and isinstance(action_space, gym.spaces.Discrete)
+        if not (same and (trained.n, trained.start) == (action_space.n, action_space.start)):  # (any dtype)
             raise ValueError(f"{path}: the SB3 model acts in {trained}, the env in {action_space}")
         return policy
     if trained.shape != action_space.shape:

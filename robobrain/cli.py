@@ -256,6 +256,8 @@ def check_planner_flags(args: Eval) -> None:
     planner to the behaviour-prior settings, without a prior)."""
     if args.compile_mode != "default" and not args.compile:
         raise ValueError(f"--compile-mode {args.compile_mode}: only with --compile")
+    if args.samples is not None and args.samples < 2:  # (one is the warm start alone: it never moves)
+        raise ValueError(f"--samples must be >= 2, got {args.samples}")
     if args.policy.startswith("mpc:"):
         return
     usable = set(_PLANNER_FLAGS) - _LEARNED_MODEL_FLAGS if args.policy == "oracle" else set()
@@ -566,7 +568,7 @@ def collect_out(args: Collect) -> Path:
 def run_collect(args: Collect) -> list[str]:
     import robobrain.envs as envs
     from robobrain.data import EpisodeStore, reports_success
-    from robobrain.data.collect import collect_episodes
+    from robobrain.data.collect import check_storable_actions, collect_episodes
     from robobrain.policies import load_policy
 
     if args.episodes < 1:
@@ -615,11 +617,13 @@ def run_collect(args: Collect) -> list[str]:
             if args.policy == "scripted"
             else {}
         )
+        check_storable_actions(vec.single_action_space)  # (random and sb3: drive Discrete ones)
         policy = load_policy(args.policy, args.env, vec.single_action_space, seed=seed, **kwargs)
         vec.reset(seed=seed)  # (an env that cannot render, e.g. without pygame, fails before the store)
         store = EpisodeStore(out)
         if args.seed is None and (claimed := store.claim_seed(seed, 10_000)) != seed:
-            log.info("seed %d was claimed by a collection started beside this one: seed %d", seed, claimed)
+            log.info("seed %d is claimed (by a collection running beside this one, or one that stored "
+                     "nothing): seed %d", seed, claimed)  # fmt: skip
             seed = claimed
             policy = load_policy(args.policy, args.env, vec.single_action_space, seed=seed, **kwargs)
         meta = {"env_id": args.env, "policy": args.policy, "noise": args.noise, "seed": seed,
@@ -629,8 +633,9 @@ def run_collect(args: Collect) -> list[str]:
             names = collect_episodes(
                 vec, policy, store, args.episodes, seed=seed, meta=meta, progress=args.progress
             ).names
-        except BaseException:
-            if args.seed is None and len(store) == 0:  # (so that a failed first collection leaves no folder)
+        except BaseException:  # (a claim of nothing stored is given back: a failed first collection
+            stored = any(e["meta"].get("seed") == seed for e in store.manifest.values())  # leaves no folder)
+            if args.seed is None and not stored:
                 store.release_seed(seed)
             raise
     finally:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import robobrain.data.collect
 import robobrain.envs as envs
 from robobrain.cli import main
 from robobrain.data import EpisodeStore
@@ -382,7 +383,7 @@ def test_every_stored_episode_replays_exactly_in_its_env(tmp_path):
     env.close()
 
 
-def test_collections_started_at_once_take_different_seeds(tmp_path):
+def test_collections_started_at_once_take_different_seeds(tmp_path, monkeypatch):
     """Two collections into one store without --seed both read the same largest seed from its
     manifest and stored identical episodes; a seed is now claimed in the store (``.seed-N``), so the
     second moves on by 10,000. A collection that stores nothing gives its claim back (no folder is
@@ -395,7 +396,19 @@ def test_collections_started_at_once_take_different_seeds(tmp_path):
     main(args)
     main(args)
     assert [ep.meta["seed"] for ep in EpisodeStore(out).load_all()] == [10_000, 20_000]
-    with pytest.raises(ValueError, match=r"Discrete\(2\)"):  # (after the store and its claim were made)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the env broke")
+
+    with monkeypatch.context() as m:  # after the store and the claim: a claim of nothing is given back
+        m.setattr(robobrain.data.collect, "collect_episodes", fails)
+        for where in (out, tmp_path / "new"):
+            with pytest.raises(RuntimeError, match="the env broke"):
+                main([*args[:-3], "--out", str(where), "--no-progress"])
+    assert not (tmp_path / "new").exists()  # (no folder left behind either)
+    main(args)
+    assert [ep.meta["seed"] for ep in EpisodeStore(out).load_all()] == [10_000, 20_000, 30_000]
+    with pytest.raises(ValueError, match=r"Discrete\(2\)"):  # (before any store is made)
         main(["collect", "--env", "CartPole-v1", "--policy", "random", "--episodes", "1", "--image-size", "8",
               "--out", str(tmp_path / "cp"), "--no-progress"])  # fmt: skip
     assert not (tmp_path / "cp").exists()

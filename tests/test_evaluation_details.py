@@ -285,10 +285,12 @@ def test_online_seed_policies_are_a_noisy_expert_and_random_actions_in_the_envs_
 
 # --- the eval command --------------------------------------------------------------------------------
 def test_planner_settings_keep_at_least_one_elite():
-    from robobrain.cli import Eval, planner_settings
+    from robobrain.cli import Eval, check_planner_flags, planner_settings
 
     assert planner_settings(Eval(policy="mpc:runs/wm", samples=2))["elites"] == 1  # (a quarter of 2: 0)
-    assert planner_settings(Eval(policy="mpc:runs/wm", guide="bc", samples=1))["elites"] == 1  # (half of 1)
+    assert planner_settings(Eval(policy="mpc:runs/wm", guide="bc", samples=2))["elites"] == 1  # (half of 2)
+    with pytest.raises(ValueError, match="--samples must be >= 2, got 1"):  # (one is the warm start alone)
+        check_planner_flags(Eval(policy="mpc:runs/wm", samples=1))
 
 
 def test_compile_mode_is_accepted_with_compile():

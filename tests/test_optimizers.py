@@ -41,7 +41,7 @@ def test_outputs_stay_in_bounds(cls):
 @pytest.mark.parametrize("cls", OPTIMIZERS)
 def test_refitted_means_stay_in_bounds_to_the_last_float(cls):
     """The weighted mean of in-bounds elites, with momentum, rounded one float32 step past ``high``
-    (7 of these 48 plans before the refit clamped it); as candidate 0 it came back as the plan."""
+    (3 of these 48 plans before the refit clamped it); as candidate 0 it came back as the plan."""
     for high, momentum, seed in itertools.product([-0.9, 0.1, 0.3, 0.7], [0.1, 0.3, 0.7], range(2)):
         opt = make(cls, seed, num_samples=16, num_elites=4, iterations=3, init_std=3.0, momentum=momentum,
                    high=high)  # fmt: skip

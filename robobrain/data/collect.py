@@ -71,6 +71,12 @@ def _env_id(envs: gym.vector.VectorEnv) -> str | None:
     return getattr(spec, "id", None)
 
 
+def check_storable_actions(space: gym.Space) -> None:
+    """Episodes hold 1-D Box actions [T, A] (a world model learns from them); refuse other spaces."""
+    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):  # (it failed in the env's step)
+        raise ValueError(f"collect_episodes stores 1-D Box actions [T, A], got {space}")
+
+
 def collect_episodes(
     envs: gym.vector.VectorEnv,
     policy: Policy,
@@ -105,8 +111,7 @@ def collect_episodes(
     if mode != gym.vector.AutoresetMode.NEXT_STEP:
         raise ValueError(f"collect_episodes needs a NEXT_STEP auto-resetting vector env, got {mode}")
     space = envs.single_action_space
-    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):  # (it failed in the env's step)
-        raise ValueError(f"collect_episodes stores 1-D Box actions [T, A], got {space}")
+    check_storable_actions(space)
     n = envs.num_envs
     obs, _ = envs.reset(seed=seed)
     policy.reset(n)

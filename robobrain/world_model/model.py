@@ -82,8 +82,9 @@ class WorldModel(nn.Module):
     success heads. The device follows the module (``.to(device)``). It trains in float32; for
     imagination it also runs under bf16 autocast or as a whole-bf16 copy (``.to(torch.bfloat16)``,
     as :class:`~robobrain.world_model.graphs.Bf16Imagine` makes), and its inputs take the dtype of
-    its weights (:meth:`as_input`). A whole-bf16 copy imagines latents only: its ``observe`` and
-    decoding still feed float32 pixels to bf16 convolutions (a dtype error; nothing makes it do so)."""
+    its weights (:meth:`as_input`). A whole-bf16 copy imagines (and decodes) latents only: its
+    ``observe``, and decoding with a reference frame, feed float32 pixels to bf16 convolutions (a dtype
+    error; nothing makes it do so)."""
 
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
