@@ -256,7 +256,7 @@ def test_random_and_sb3_policies_drive_a_discrete_env(tmp_path):
         with pytest.raises(ValueError, match=said):
             evaluate_policy(policy, envs, 2, progress=False)
     assert isinstance(
-        load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "X-v0", gym.spaces.Discrete(2, np.int32)), SB3Policy
+        load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "X-v0", gym.spaces.Discrete(2, dtype=np.int32)), SB3Policy
     )
     with pytest.raises(ValueError, match=r"acts in Discrete\(2\), the env in Discrete\(3\)"):
         load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "X-v0", gym.spaces.Discrete(3))
