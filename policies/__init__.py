@@ -31,9 +31,13 @@ def load_guide(
     """A planner guide saved beside a world model: the SB3 actor-critic of a ``robobrain train`` run
     (``<ckpt>/sb3/model.zip``; modes ``auto``, ``both``, ``prior``, ``value``) or the behaviour prior
     of ``robobrain train-prior`` (``<ckpt>/behaviour_prior/``; mode ``bc``). None when there is none
-    (``auto``) or ``mode`` is ``none``. ``num_prior``: prior samples per env (default 16 for the
-    actor, 255 for the behaviour prior); ``prior_std`` and ``seed``: the behaviour prior's noise."""
-    from robobrain.checkpoint import resolve_checkpoint
+    (``auto``) or ``mode`` is ``none``. ``auto`` uses the actor-critic as the run's planner did:
+    prior samples if it drew any (``--prior-samples`` > 0), the critic's value if it planned with it
+    (``--use-value``; a run without it may have trained its critic with another ``--sb3.gamma`` than
+    the planner's discount, which the value would then be weighed with). ``num_prior``: prior
+    samples per env (default 16 for the actor, 255 for the behaviour prior); ``prior_std`` and
+    ``seed``: the behaviour prior's noise."""
+    from robobrain.checkpoint import read_config, resolve_checkpoint
 
     if mode not in get_args(GuideMode):
         raise ValueError(f"unknown guide mode {mode!r}; expected one of {', '.join(get_args(GuideMode))}")
@@ -47,6 +51,14 @@ def load_guide(
         if mode in ("both", "prior", "value"):
             raise ValueError(f"{checkpoint}: no SB3 actor-critic to guide the planner ({zip_path} missing)")
         return None
+    if mode == "auto":
+        run = read_config(checkpoint).get("online", {})
+        drew, valued = run.get("prior_samples", 1) > 0, bool(run.get("use_value", True))
+        mode = {(True, True): "both", (True, False): "prior", (False, True): "value"}.get(
+            (drew, valued), "none"
+        )
+        if mode == "none":
+            return None
     sb3 = SB3Policy.load(str(zip_path), device=device).model
     prior = 16 if num_prior is None else num_prior
     return ActorCriticGuide(sb3, num_prior=0 if mode == "value" else prior, use_value=mode != "prior")
@@ -87,7 +99,8 @@ def load_policy(
     ``sb3:`` drive ``Discrete`` ones too (their actions are then int64 [N]).
     kwargs go to the scripted policy (``noise_std``, ``decoy_goal_prob``). ``guide`` (``mpc:`` of a
     ``robobrain train`` run only): how the run's SB3 actor-critic helps the planner --
-    ``auto``/``both`` (prior samples and terminal value), ``prior``, ``value`` or ``none``; ``bc``: the
+    ``both`` (prior samples and terminal value), ``prior``, ``value``, ``auto`` (as the run's planner
+    used it, :func:`load_guide`) or ``none``; ``bc``: the
     behaviour prior fitted by ``robobrain train-prior`` (see :func:`load_guide` for ``num_prior`` and
     ``prior_std``; here ``num_prior`` for ``bc`` defaults to all of ``mpc``'s candidates but one, for
     an SB3 actor to 16 or all but one of fewer).

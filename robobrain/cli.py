@@ -194,9 +194,10 @@ class Eval:
     discount^H (default: a `robobrain train` run's own --mpc.discount, the one its critic was trained
     with; else 1)."""
     guide: Literal["auto", "both", "prior", "value", "bc", "none"] = "auto"
-    """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto = both when
-    the run has one); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`
-    (its defaults are the planner settings of the Push rows in bench/RESULTS.md)."""
+    """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto: as the run's
+    planner used it -- prior samples if it drew any, the value if it planned with it); bc: average
+    noisy rollouts of the behaviour prior of `robobrain train-prior` (its defaults are the planner
+    settings of the Push rows in bench/RESULTS.md)."""
     prior_samples: int | None = None
     """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, or
     all but one of fewer --samples; all the candidates but one from a behaviour prior)."""

@@ -103,6 +103,26 @@ def test_guide_prior_and_value(model, algo):
         ActorCriticGuide(types.SimpleNamespace(action_space=gym.spaces.Discrete(3), policy=sb3.policy))
 
 
+def test_auto_guides_the_planner_as_the_run_did(model, tmp_path, monkeypatch):
+    """A run trained with --no-use-value (prior samples only) may train its critic with another
+    --sb3.gamma than its planner's discount; `auto` added that critic's value to eval's plans all the
+    same. It now uses the actor-critic as the run's planner did."""
+    import robobrain.checkpoint
+    from robobrain.policies import load_guide
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (SB3's default log folder)
+    env = imagination_env(model, episodes(), SB3, seed=0)
+    make_sb3_model(SB3, env, seed=0, device="cpu").save(tmp_path / "sb3" / "model.zip")
+    monkeypatch.setattr(robobrain.checkpoint, "resolve_checkpoint", lambda path: tmp_path)
+    runs = {(4, False): (16, False), (0, True): (0, True), (4, True): (16, True), None: (16, True)}
+    for run, used in runs.items():  # (None: a train-wm checkpoint's config, no online part)
+        online = {} if run is None else {"online": {"prior_samples": run[0], "use_value": run[1]}}
+        monkeypatch.setattr(robobrain.checkpoint, "read_config", lambda path, c=online: c)
+        guide = load_guide("run", "auto")
+        assert (guide.num_prior, guide.use_value) == used, run
+        assert load_guide("run", "both").use_value  # (asked for, as before)
+
+
 def test_score_adds_the_discounted_terminal_value(model):
     state = model.observe(torch.zeros(2, 1, 32, 32, 3, dtype=torch.uint8), torch.zeros(2, 1, 3))
     cfg = MPCConfig(horizon=3, discount=0.9)
