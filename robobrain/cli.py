@@ -260,6 +260,8 @@ def check_planner_flags(args: Eval) -> None:
     if args.samples is not None and args.samples < 2:  # (one is the warm start alone: it never moves)
         raise ValueError(f"--samples must be >= 2, got {args.samples}")
     if args.policy.startswith("mpc:"):
+        if args.prior_std is not None and args.guide != "bc":  # (an SB3 actor's samples: their own noise)
+            raise ValueError(f"--prior-std: only --guide bc reads it, not --guide {args.guide}")
         return
     usable = set(_PLANNER_FLAGS) - _LEARNED_MODEL_FLAGS if args.policy == "oracle" else set()
     given = [name for name, default in _PLANNER_FLAGS.items()
@@ -410,6 +412,7 @@ def run_eval(args: Eval) -> dict:
             meta["guide"] = args.guide
             guide_used = getattr(policy, "guide", None)
             meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None),
+                                   prior_std=planner["prior_std"] if args.guide == "bc" else None,
                                    low=optim.low, high=optim.high, init_std=optim.init_std,
                                    min_std=optim.min_std, discount=mpc.discount,
                                    success_bonus=mpc.success_bonus,

@@ -291,6 +291,9 @@ def test_planner_settings_keep_at_least_one_elite():
     assert planner_settings(Eval(policy="mpc:runs/wm", guide="bc", samples=2))["elites"] == 1  # (half of 2)
     with pytest.raises(ValueError, match="--samples must be >= 2, got 1"):  # (one is the warm start alone)
         check_planner_flags(Eval(policy="mpc:runs/wm", samples=1))
+    with pytest.raises(ValueError, match="--prior-std: only --guide bc reads it, not --guide auto"):
+        check_planner_flags(Eval(policy="mpc:runs/wm", prior_std=0.3))  # (ignored, yet recorded)
+    check_planner_flags(Eval(policy="mpc:runs/wm", guide="bc", prior_std=0.3))
 
 
 def test_compile_mode_is_accepted_with_compile():
