@@ -112,6 +112,7 @@ def test_auto_guides_the_planner_as_the_run_did(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (SB3's default log folder)
     env = imagination_env(model, episodes(), SB3, seed=0)
+    (tmp_path / "sb3").mkdir()
     make_sb3_model(SB3, env, seed=0, device="cpu").save(tmp_path / "sb3" / "model.zip")
     monkeypatch.setattr(robobrain.checkpoint, "resolve_checkpoint", lambda path: tmp_path)
     runs = {(4, False): (16, False), (0, True): (0, True), (4, True): (16, True), None: (16, True)}
