@@ -290,7 +290,13 @@ def run_image_size(cfg: OnlineConfig, run_dir: Path | None = None) -> int:
     """The pixel size a run's envs render: ``--image-size``, else that of the world model in the
     run's latest checkpoint (a resumed run), else that of the ``--init-world-model``, else that of
     the ``--seed-data`` episodes, else the preset's."""
-    from robobrain.checkpoint import latest_checkpoint, read_config, resolve_checkpoint
+    from robobrain.checkpoint import (
+        CheckpointError,
+        latest_checkpoint,
+        read_config,
+        recovery_hint,
+        resolve_checkpoint,
+    )
     from robobrain.config import get_preset
     from robobrain.data import EpisodeStore
     from robobrain.training.wm_trainer import model_config_from_checkpoint
@@ -299,7 +305,10 @@ def run_image_size(cfg: OnlineConfig, run_dir: Path | None = None) -> int:
         return cfg.image_size
     latest = latest_checkpoint(run_dir) if run_dir is not None else None
     if latest is not None:  # (a resume does not need the --init-world-model any more)
-        return model_config_from_checkpoint(read_config(latest), latest).image_size
+        try:
+            return model_config_from_checkpoint(read_config(latest), latest).image_size
+        except CheckpointError as e:  # (as the resume itself says it)
+            raise CheckpointError(f"{e}{recovery_hint(latest)}") from e
     if cfg.init_world_model is not None:
         path = resolve_checkpoint(cfg.init_world_model)
         return model_config_from_checkpoint(read_config(path), path).image_size
@@ -712,6 +721,8 @@ def run_train_prior(args: TrainPrior) -> dict:
     train, val = [], []
     for root in args.data:
         t, v = split_episodes(EpisodeStore(root, create=False), holdout)
+        if not t:  # (an IndexError)
+            raise ValueError(f"--data {root}: no training episodes ({len(v)} held out by their numbers)")
         check_trained_env(ckpt.config, t[0].meta.get("env_id"), ckpt.path)  # before the prior is replaced
         train, val = train + t, val + v
     cfg = BehaviourPriorConfig(steps=args.steps, successful_only=not args.all_episodes, seed=args.seed)

@@ -4,6 +4,7 @@ samples around it in imagination, and it is saved beside (and only loads with) i
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,12 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
           str(tmp_path / "more"), "--steps", "20"])  # fmt: skip
     saved = json.loads(next((tmp_path / "wm").rglob("behaviour_prior/config.json")).read_text())
     assert saved["fit"]["train_episodes"] == 17 + 9 and saved["fit"]["val_episodes"] == 2 + 1
+    held = tmp_path / "held"  # a store of held-out numbers only (an IndexError)
+    held.mkdir()
+    for k in (9, 19):
+        shutil.copy(tmp_path / "data" / f"episode_{k:06d}.npz", held / f"episode_{k:06d}.npz")
+    with pytest.raises(ValueError, match=r"--data .*held: no training episodes \(2 held out"):
+        main(["train-prior", "--checkpoint", str(tmp_path / "wm"), "--data", str(held), "--steps", "2"])
     space = __import__("gymnasium").spaces.Box(-1, 1, (3,), np.float32)
     mpc = MPCConfig(
         horizon=3, optimizer="mppi", optim=OptimizerConfig(num_samples=8, num_elites=4, iterations=1)

@@ -436,7 +436,8 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplo
 def test_flags_out_of_range_are_refused_when_read():
     for name, value in (("env_steps", -5), ("eval_episodes", 0), ("eval_every", -1), ("train_ratio", -1.0),
                         ("pretrain_steps", -5), ("num_envs", 0), ("train_ratio", float("nan")),
-                        ("episode_steps", 0)):  # fmt: skip
+                        ("episode_steps", 0), ("train_ratio", float("inf")),  # (inf owed inf updates:
+                        ("explore_bonus", float("inf"))):  # fmt: skip  # an OverflowError, checkpointed)
         flag = "--" + name.replace("_", "-")
         with pytest.raises(ValueError, match=f"{name} must be >= .*\\({flag}\\)"):  # the flag named too
             OnlineConfig(**{name: value})

@@ -328,6 +328,22 @@ def test_resume_refuses_a_store_missing_an_episode(tmp_path):
         main(run_args(tmp_path, 40))
 
 
+def test_a_damaged_latest_checkpoint_says_how_to_go_on_from_another(tmp_path):
+    """A checkpoint missing the sb3/ of a run that had fine-tuned resumed with a fresh actor-critic
+    and replay buffer, silently; a corrupt config.json was said without the way back to an older
+    checkpoint (read first for the run's frame size, not by the resume that adds it)."""
+    main(run_args(tmp_path, 40))  # (checkpoints at 20, after pretraining, and 40, after a fine-tuning)
+    latest = latest_checkpoint(tmp_path)
+    shutil.rmtree(latest / "sb3")
+    with pytest.raises(
+        CheckpointError, match=r"sb3: missing, yet the run fine-tuned .* checkpoints: step_0000020"
+    ):
+        main(run_args(tmp_path, 60))
+    (latest / "config.json").write_text("{garbage")
+    with pytest.raises(CheckpointError, match=r"config\.json: .*other checkpoints: step_0000020"):
+        main(run_args(tmp_path, 60))
+
+
 def test_evaluation_numbers_do_not_depend_on_the_rng_history():
     """M27 (the fork kept, its seed dropped): the same weights scored differently after another
     history of torch draws (SB3 guide prior samples come from torch's global generator)."""

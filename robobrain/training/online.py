@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from robobrain.checkpoint import (
     load_latest,
     load_weights,
     read_config,
+    recovery_hint,
     restoring,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
@@ -194,8 +196,10 @@ class OnlineConfig:
                   "num_envs": (self.num_envs, 1), "seed": (self.seed, 0), "keypoints": (self.keypoints, 0),
                   "episode_steps": (1 if self.episode_steps is None else self.episode_steps, 1)}  # fmt: skip
         for name, (value, least) in counts.items():
-            if not value >= least:  # (NaN too)
-                raise ValueError(f"{name} must be >= {least}, got {value} ({flag(name)})")
+            if (
+                not least <= value < math.inf
+            ):  # (NaN too; inf train_ratio owed inf updates, after a checkpoint)
+                raise ValueError(f"{name} must be >= {least} and finite, got {value} ({flag(name)})")
         if self.image_size is not None:  # (refused when the world model was built, after the seed data)
             try:
                 num_conv_layers(self.image_size)
@@ -648,6 +652,10 @@ class OnlineLoop:
         if (latest / SB3_DIR).is_dir():
             env = self._imagination_env(self.cfg.seed)
             self.sb3 = load_sb3(self.cfg.sb3, latest / SB3_DIR, env, self.device)
+        elif self._uses_sb3() and self.state.iteration > 1:  # (fine-tuned since pretraining's iteration)
+            raise CheckpointError(  # (a fresh actor-critic and replay buffer would go on silently)
+                f"{latest / SB3_DIR}: missing, yet the run fine-tuned its SB3 model{recovery_hint(latest)}"
+            )
         self.planner = self._make_planner(explore=True)
         saved_device = torch.device(ckpt.config["online"].get("device", self.cfg.device))
         reseed = None
