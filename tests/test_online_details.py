@@ -344,6 +344,17 @@ def test_a_damaged_latest_checkpoint_says_how_to_go_on_from_another(tmp_path):
         main(run_args(tmp_path, 60))
 
 
+def test_extending_a_finished_run_keeps_its_old_final_evaluation(tmp_path):
+    """The final evaluation at the old budget, which train.csv's row there reports, was overwritten
+    by the new final one (`robobrain demo --env-steps 20000` after the demo): it moves to step_N."""
+    main(run_args(tmp_path, 40))
+    old = json.loads((tmp_path / "eval/final/eval_info.json").read_text())
+    main(run_args(tmp_path, 60))
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["final", "step_0000020", "step_0000040"]
+    assert json.loads((tmp_path / "eval/step_0000040/eval_info.json").read_text()) == old
+    assert json.loads((tmp_path / "eval/final/eval_info.json").read_text())["env_steps"] == 60
+
+
 def test_evaluation_numbers_do_not_depend_on_the_rng_history():
     """M27 (the fork kept, its seed dropped): the same weights scored differently after another
     history of torch draws (SB3 guide prior samples come from torch's global generator)."""

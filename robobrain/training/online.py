@@ -14,6 +14,7 @@ deleted and their iteration is re-run, so no episode is lost or stored twice.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from robobrain.checkpoint import (
     restoring,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
-from robobrain.config import get_preset, to_dict
+from robobrain.config import get_preset, is_int, to_dict
 from robobrain.data import Episode, EpisodeStore, SequenceSampler, reports_success
 from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
@@ -569,6 +570,19 @@ class OnlineLoop:
                 e.close()
         return report
 
+    def _keep_old_final_evaluation(self) -> None:
+        """A finished run given a larger ``env_steps``: its final evaluation, which the train.csv row
+        at its old budget reports, moves to ``eval/step_N`` (N: its env steps) instead of being
+        overwritten by the new final one."""
+        final = self.run_dir / "eval" / "final"
+        try:
+            steps = json.loads((final / "eval_info.json").read_text())["env_steps"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # (none, or not one of ours: left as it is)
+        target = final.parent / f"step_{steps:07d}" if is_int(steps) else None
+        if target is not None and not target.exists():
+            final.rename(target)
+
     def checkpoint(self) -> None:
         assert self.model is not None and self.trainer is not None
         self.state.last_checkpoint = self.state.env_steps
@@ -686,6 +700,8 @@ class OnlineLoop:
         self._load_offline()
         self._clock = time.perf_counter()
         resumed = self._resume()
+        if resumed and self.state.env_steps < cfg.env_steps:
+            self._keep_old_final_evaluation()
         init = None
         if not resumed and cfg.init_world_model is not None:
             # (checked before the seed episodes are collected, and before the logs are opened)
