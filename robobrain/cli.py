@@ -254,26 +254,28 @@ _LEARNED_MODEL_FLAGS = {"disagreement_penalty", "guide", "prior_samples", "prior
 def check_planner_flags(args: Eval) -> None:
     """Refuse planner flags given to a policy that would ignore them (``--guide bc`` with ``scripted``
     would otherwise be recorded as if it had been used; with ``oracle`` it would silently switch the
-    planner to the behaviour-prior settings, without a prior)."""
+    planner to the behaviour-prior settings, without a prior), or that the planner itself would
+    ignore (``--temperature`` with CEM, ``--prior-std`` with an SB3 guide)."""
     if args.compile_mode != "default" and not args.compile:
         raise ValueError(f"--compile-mode {args.compile_mode}: only with --compile")
+    if not args.policy.startswith("mpc:"):
+        usable = set(_PLANNER_FLAGS) - _LEARNED_MODEL_FLAGS if args.policy == "oracle" else set()
+        given = [name for name, default in _PLANNER_FLAGS.items()
+                 if name not in usable and getattr(args, name) != default]  # fmt: skip
+        if args.policy == "oracle" and args.guide == "none":
+            given.remove("guide")  # (the oracle plans unguided: asking for that is no mistake)
+        if given:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+            learned = args.policy == "oracle" or set(given) <= _LEARNED_MODEL_FLAGS
+            who = "a world-model planner (mpc:)" if learned else "a planner (oracle, mpc:)"
+            them = "it" if len(given) == 1 else "them"
+            raise ValueError(f"{flags}: only {who} reads {them}, not --policy {args.policy}")
     if args.samples is not None and args.samples < 2:  # (one is the warm start alone: it never moves)
         raise ValueError(f"--samples must be >= 2, got {args.samples}")
-    if args.policy.startswith("mpc:"):
-        if args.prior_std is not None and args.guide != "bc":  # (an SB3 actor's samples: their own noise)
-            raise ValueError(f"--prior-std: only --guide bc reads it, not --guide {args.guide}")
-        return
-    usable = set(_PLANNER_FLAGS) - _LEARNED_MODEL_FLAGS if args.policy == "oracle" else set()
-    given = [name for name, default in _PLANNER_FLAGS.items()
-             if name not in usable and getattr(args, name) != default]  # fmt: skip
-    if args.policy == "oracle" and args.guide == "none":
-        given.remove("guide")  # (the oracle plans unguided: asking for that is no mistake)
-    if given:
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
-        learned = args.policy == "oracle" or set(given) <= _LEARNED_MODEL_FLAGS
-        who = "a world-model planner (mpc:)" if learned else "a planner (oracle, mpc:)"
-        them = "it" if len(given) == 1 else "them"
-        raise ValueError(f"{flags}: only {who} reads {them}, not --policy {args.policy}")
+    if args.temperature is not None and planner_settings(args)["optimizer"] != "mppi":
+        raise ValueError("--temperature: only --optimizer mppi reads it (CEM weighs its elites equally)")
+    if args.prior_std is not None and args.guide != "bc":  # (an SB3 actor's samples: their own noise)
+        raise ValueError(f"--prior-std: only --guide bc reads it, not --guide {args.guide}")
 
 
 @dataclass(frozen=True)

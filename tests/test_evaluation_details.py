@@ -294,6 +294,10 @@ def test_planner_settings_keep_at_least_one_elite():
     with pytest.raises(ValueError, match="--prior-std: only --guide bc reads it, not --guide auto"):
         check_planner_flags(Eval(policy="mpc:runs/wm", prior_std=0.3))  # (ignored, yet recorded)
     check_planner_flags(Eval(policy="mpc:runs/wm", guide="bc", prior_std=0.3))
+    with pytest.raises(ValueError, match="--temperature: only --optimizer mppi reads it"):
+        check_planner_flags(Eval(policy="oracle", temperature=2.0))  # (CEM by default: ignored, yet recorded)
+    check_planner_flags(Eval(policy="oracle", optimizer="mppi", temperature=2.0))
+    check_planner_flags(Eval(policy="mpc:runs/wm", guide="bc", temperature=2.0))  # (bc plans with MPPI)
 
 
 def test_compile_mode_is_accepted_with_compile():
