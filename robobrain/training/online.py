@@ -197,10 +197,10 @@ class OnlineConfig:
                   "num_envs": (self.num_envs, 1), "seed": (self.seed, 0), "keypoints": (self.keypoints, 0),
                   "episode_steps": (1 if self.episode_steps is None else self.episode_steps, 1)}  # fmt: skip
         for name, (value, least) in counts.items():
-            if (
-                not least <= value < math.inf
-            ):  # (NaN too; inf train_ratio owed inf updates, after a checkpoint)
-                raise ValueError(f"{name} must be >= {least} and finite, got {value} ({flag(name)})")
+            # (NaN fails too; an infinite train_ratio owed inf updates: an OverflowError, checkpointed)
+            if not least <= value < math.inf:
+                need = f">= {least}" if not value >= least else "finite"
+                raise ValueError(f"{name} must be {need}, got {value} ({flag(name)})")
         if self.image_size is not None:  # (refused when the world model was built, after the seed data)
             try:
                 num_conv_layers(self.image_size)
