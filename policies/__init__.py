@@ -31,8 +31,9 @@ def load_guide(
     """A planner guide saved beside a world model: the SB3 actor-critic of a ``robobrain train`` run
     (``<ckpt>/sb3/model.zip``; modes ``auto``, ``both``, ``prior``, ``value``) or the behaviour prior
     of ``robobrain train-prior`` (``<ckpt>/behaviour_prior/``; mode ``bc``). None when there is none
-    (``auto``) or ``mode`` is ``none``. ``auto`` uses the actor-critic as the run's planner did:
-    prior samples if it drew any (``--prior-samples`` > 0), the critic's value if it planned with it
+    (``auto``) or ``mode`` is ``none``. ``auto`` uses the parts of the actor-critic the run's planner
+    used: prior samples if it drew any (``--prior-samples`` > 0; ``num_prior`` of them, not the run's
+    count), the critic's value if it planned with it
     (``--use-value``; a run without it may have trained its critic with another ``--sb3.gamma`` than
     the planner's discount, which the value would then be weighed with). ``num_prior``: prior
     samples per env (default 16 for the actor, 255 for the behaviour prior); ``prior_std`` and

@@ -194,8 +194,9 @@ class Eval:
     discount^H (default: a `robobrain train` run's own --mpc.discount, the one its critic was trained
     with; else 1)."""
     guide: Literal["auto", "both", "prior", "value", "bc", "none"] = "auto"
-    """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto: as the run's
-    planner used it -- prior samples if it drew any, the value if it planned with it); bc: average
+    """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto: the parts the
+    run's planner used -- prior samples if it drew any, as many as --prior-samples says, the value if
+    it planned with it); bc: average
     noisy rollouts of the behaviour prior of `robobrain train-prior` (its defaults are the planner
     settings of the Push rows in bench/RESULTS.md)."""
     prior_samples: int | None = None
@@ -415,6 +416,12 @@ def run_eval(args: Eval) -> dict:
             compile=args.compile_mode if args.compile else False,
             fused=args.fused,
         )
+        if args.prior_samples and not getattr(getattr(policy, "guide", None), "num_prior", 0):
+            raise ValueError(  # (auto guides as the run's planner did: a run that drew none, with none)
+                f"--prior-samples {args.prior_samples}: the planner's guide "
+                f"({describe_guide(getattr(policy, 'guide', None))}) draws no prior samples; ask for them "
+                "with --guide both or prior"
+            )
         # An SB3 guide's prior samples use torch's global generator, which SB3's load reseeds with
         # the training run's seed: seeded after it, or every --seed drew the same samples.
         torch.manual_seed(args.seed)
@@ -424,6 +431,8 @@ def run_eval(args: Eval) -> dict:
             guide_used = getattr(policy, "guide", None)
             meta["planner"] = dict(planner, prior_samples=getattr(guide_used, "num_prior", None),
                                    prior_std=planner["prior_std"] if args.guide == "bc" else None,
+                                   temperature=planner["temperature"] if planner["optimizer"] == "mppi"
+                                   else None,
                                    low=optim.low, high=optim.high, init_std=optim.init_std,
                                    min_std=optim.min_std, discount=mpc.discount,
                                    success_bonus=mpc.success_bonus,
@@ -723,10 +732,12 @@ def run_train_prior(args: TrainPrior) -> dict:
     train, val = [], []
     for root in args.data:
         t, v = split_episodes(EpisodeStore(root, create=False), holdout)
-        if not t:  # (an IndexError)
-            raise ValueError(f"--data {root}: no training episodes ({len(v)} held out by their numbers)")
-        check_trained_env(ckpt.config, t[0].meta.get("env_id"), ckpt.path)  # before the prior is replaced
+        check_trained_env(
+            ckpt.config, (t or v)[0].meta.get("env_id"), ckpt.path
+        )  # before the prior is replaced
         train, val = train + t, val + v
+    if not train:  # (an IndexError)
+        raise ValueError(f"--data: no training episodes ({len(val)} held out by their numbers)")
     cfg = BehaviourPriorConfig(steps=args.steps, successful_only=not args.all_episodes, seed=args.seed)
     prior, report = fit_behaviour_prior(model, train, val, cfg, args.device)
     path = save_behaviour_prior(prior, ckpt.path, cfg, report)

@@ -389,6 +389,29 @@ def test_eval_passes_prior_samples_only_when_told(tmp_path, monkeypatch):
         assert seen["num_prior"] == expected, extra
 
 
+def test_eval_refuses_prior_samples_its_guide_does_not_draw(tmp_path, monkeypatch):
+    """`--guide auto` of a run that drew no prior samples (value only) guides with the value alone:
+    an asked-for --prior-samples was dropped without a word (as with --guide value or none)."""
+    import robobrain.checkpoint
+    import robobrain.cli as cli
+    import robobrain.policies
+    from robobrain.rl import ActorCriticGuide
+
+    monkeypatch.setattr(robobrain.checkpoint, "read_config", lambda path: {"online": {"prior_samples": 0}})
+    monkeypatch.setattr(cli, "world_model_image_size", lambda path: 8)
+    value_only = ActorCriticGuide.__new__(ActorCriticGuide)
+    value_only.num_prior, value_only.use_value = 0, True
+    built = SimpleNamespace(guide=value_only)
+    monkeypatch.setattr(robobrain.policies, "load_policy", lambda *a, **kw: built)
+    base = dict(policy="mpc:runs/push", env="robobrain/Reach-v0", episodes=1, num_envs=1,
+                out=tmp_path / "e", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"--prior-samples 4: the planner's guide \(value\) draws no prior"):
+        cli.run_eval(cli.Eval(**base, prior_samples=4))
+    built.guide = None
+    with pytest.raises(ValueError, match=r"--prior-samples 4: the planner's guide \(none\) draws no prior"):
+        cli.run_eval(cli.Eval(**base, guide="none", prior_samples=4))
+
+
 # --- the collect command -----------------------------------------------------------------------------
 _COLLECT = ["collect", "--env", "robobrain/Reach-v0", "--image-size", "16", "--episodes", "1",
             "--num-envs", "1", "--episode-steps", "5", "--no-progress"]  # fmt: skip

@@ -353,6 +353,12 @@ def test_extending_a_finished_run_keeps_its_old_final_evaluation(tmp_path):
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["final", "step_0000020", "step_0000040"]
     assert json.loads((tmp_path / "eval/step_0000040/eval_info.json").read_text()) == old
     assert json.loads((tmp_path / "eval/final/eval_info.json").read_text())["env_steps"] == 60
+    # Killed while saving its last checkpoint: the final evaluation is newer than the latest checkpoint
+    # (step_0000060 gone, latest back at step_0000040); the redone iteration redoes it, nothing moves.
+    shutil.rmtree(latest_checkpoint(tmp_path))
+    (tmp_path / "checkpoints" / "latest").write_text(json.dumps({"checkpoint": "step_0000040"}))
+    main(run_args(tmp_path, 60))
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["final", "step_0000020", "step_0000040"]
 
 
 def test_evaluation_numbers_do_not_depend_on_the_rng_history():

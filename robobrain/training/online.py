@@ -579,9 +579,12 @@ class OnlineLoop:
             steps = json.loads((final / "eval_info.json").read_text())["env_steps"]
         except (OSError, ValueError, KeyError, TypeError):
             return  # (none, or not one of ours: left as it is)
-        target = final.parent / f"step_{steps:07d}" if is_int(steps) else None
-        if target is not None and not target.exists():
-            final.rename(target)
+        # Only the final evaluation of the checkpointed weights: one written after them (a run killed
+        # while saving its last checkpoint) belongs to the iteration that is redone, and is redone.
+        if is_int(steps) and steps == self.state.env_steps:
+            target = final.parent / f"step_{steps:07d}"
+            if not target.exists():
+                final.rename(target)
 
     def checkpoint(self) -> None:
         assert self.model is not None and self.trainer is not None
