@@ -161,7 +161,7 @@ def main() -> None:
         notes.append(f"# {env_id}: {render_side(size)} px renders resized to {size} px differ from 480 px "
                      f"ones by {diff:.2f} grey levels on average (50 steps, same actions)")  # fmt: skip
 
-    print(f"# env throughput at {size} px, {describe('cpu')}")
+    print(f"# env throughput at {size} px, {describe('cpu')}, MuJoCo {mujoco.__version__}")
     print(f"# MUJOCO_GL={os.environ.get('MUJOCO_GL')} LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS')}")
     print(f"| {'what':<46} | {'steps/s':>8} | {'vs raw':>6} |")
     print(f"|{'-' * 48}|{'-' * 10}|{'-' * 8}|")

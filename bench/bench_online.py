@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import time
@@ -56,10 +57,11 @@ def train_sac(
     device: str = "auto",
     checkpoint_every: int = 5000,
     episode_steps: int | None = None,
-) -> tuple[Path, float]:
-    """Trains (or finishes) one SAC peer; returns its zip and training wall clock (read back when a
-    finished peer of the same env, observation key, steps, image size, seed and episode length is
-    found in ``out``). ``episode_steps``: the env's time limit (None: its own).
+) -> tuple[Path, float, str]:
+    """Trains (or finishes) one SAC peer; returns its zip, training wall clock and where that clock
+    was measured (read back when a finished peer of the same env, observation key, steps, image size,
+    seed and episode length is found in ``out``: trained earlier, maybe on another machine, which
+    ``sac_TAG.wall_s`` records with the date). ``episode_steps``: the env's time limit (None: its own).
 
     Every ``checkpoint_every`` steps the model, its replay buffer and the wall clock so far go to
     ``out/sac_TAG.ckpt/`` (written beside it, then renamed), so a killed run re-started with the same
@@ -75,7 +77,10 @@ def train_sac(
     path = out / f"sac_{tag}.zip"
     if path.exists():
         print(f"sac_{tag}: trained before, reused", flush=True)
-        return path, float((out / f"sac_{tag}.wall_s").read_text())
+        saved = json.loads((out / f"sac_{tag}.wall_s").read_text())
+        if not isinstance(saved, dict):  # (a bare number: written before the machine was recorded)
+            return path, float(saved), "reused, trained earlier (machine not recorded)"
+        return path, float(saved["wall_s"]), f"reused, trained {saved['date']} on {saved['machine']}"
     ckpt, tmp, old = (out / f"sac_{tag}.{s}" for s in ("ckpt", "ckpt.tmp", "ckpt.old"))
     if not ckpt.exists() and old.exists():  # killed between the two renames below
         old.rename(ckpt)
@@ -116,11 +121,16 @@ def train_sac(
     model.learn(steps - model.num_timesteps, callback=Progress(), reset_num_timesteps=False)
     wall = done_wall + time.perf_counter() - t
     model.save(out / f"sac_{tag}.tmp.zip")
-    atomic_write_json(out / f"sac_{tag}.wall_s", wall)  # before the model: a model on disk has its time
+    machine = describe(model.device)
+    origin = f"trained in this run on {machine}" + (
+        " (resumed: earlier processes' time included)" if done_wall else ""
+    )
+    record = {"wall_s": wall, "machine": machine, "date": time.strftime("%Y-%m-%d")}
+    atomic_write_json(out / f"sac_{tag}.wall_s", record)  # before the model: a model on disk has its time
     os.replace(out / f"sac_{tag}.tmp.zip", path)
     shutil.rmtree(ckpt, ignore_errors=True)
     env.close()
-    return path, wall
+    return path, wall, origin
 
 
 def evaluate(
@@ -229,10 +239,11 @@ def main() -> None:
                 (f"robobrain MPC, guide={guide}", summary, run_wall_clock(args.run), time.perf_counter() - t)
             )
             progress(*rows[-1])
+    origins: list[str] = []
     for key in ("state", "pixels"):
         if key in args.skip:
             continue
-        path, wall = train_sac(
+        path, wall, origin = train_sac(
             args.env,
             key,
             args.env_steps,
@@ -247,6 +258,7 @@ def main() -> None:
         t = time.perf_counter()
         summary = evaluate(policy, args.env, args.episodes, sac_size, 2, args.seed, episode_steps)
         rows.append((f"SB3 SAC from {key}", summary, wall, time.perf_counter() - t))
+        origins.append(f"SAC from {key} ({sac_size} px frames rendered): {origin}")
         progress(*rows[-1])
 
     sac_device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
@@ -255,7 +267,7 @@ def main() -> None:
         f"\n{args.env}, {args.env_steps} env steps, {args.episodes} evaluation episodes{length} "
         f"(seeds {args.seed}+)"
     )
-    print(f"SAC peers trained on {describe(sac_device)}, in this run")
+    print("\n".join(origins) + ("\nevaluations on cpu" if origins else ""))
     if args.run is not None:  # (trained earlier, in another process: its wall clock is not this run's)
         run_device = str(cfg["online"].get("device", "cpu"))
         print(f"robobrain's run {args.run} trained earlier, on {run_device} (machine not recorded)")
