@@ -162,7 +162,7 @@ def main() -> None:
         rows += [(n_envs, name, p50, tail, peer) for name, p50, tail in measured]
     guided = "" if prior is None else f", + {args.prior_samples} behaviour-prior samples"
     print(f"# MPC decision latency, preset '{args.preset}' (latent {cfg.stoch}x{cfg.classes}), {device}, "
-          f"{args.optimizer} {args.samples} samples x "
+          f"{args.optimizer} {args.samples} samples ({args.elites} elites) x "
           f"{args.iterations} iterations, H={args.horizon}{guided}")  # fmt: skip
     print(f"# {describe(device)}")
     tail = "p95 ms" if args.repeats >= 20 else f"max ms (of {args.repeats})"
