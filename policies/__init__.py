@@ -33,11 +33,10 @@ def load_guide(
     of ``robobrain train-prior`` (``<ckpt>/behaviour_prior/``; mode ``bc``). None when there is none
     (``auto``) or ``mode`` is ``none``. ``auto`` uses the parts of the actor-critic the run's planner
     used: prior samples if it drew any (``--prior-samples`` > 0; ``num_prior`` of them, not the run's
-    count), the critic's value if it planned with it
-    (``--use-value``; a run without it may have trained its critic with another ``--sb3.gamma`` than
-    the planner's discount, which the value would then be weighed with). ``num_prior``: prior
-    samples per env (default 16 for the actor, 255 for the behaviour prior); ``prior_std`` and
-    ``seed``: the behaviour prior's noise."""
+    count), the critic's value if it planned with it (``--use-value``; a run without it may have
+    trained its critic with another ``--sb3.gamma`` than the planner's discount, which the value
+    would then be weighed with). ``num_prior``: prior samples per env (default 16 for the actor, 255
+    for the behaviour prior); ``prior_std`` and ``seed``: the behaviour prior's noise."""
     from robobrain.checkpoint import read_config, resolve_checkpoint
 
     if mode not in get_args(GuideMode):
@@ -100,8 +99,8 @@ def load_policy(
     ``sb3:`` drive ``Discrete`` ones too (their actions are then int64 [N]).
     kwargs go to the scripted policy (``noise_std``, ``decoy_goal_prob``). ``guide`` (``mpc:`` of a
     ``robobrain train`` run only): how the run's SB3 actor-critic helps the planner --
-    ``both`` (prior samples and terminal value), ``prior``, ``value``, ``auto`` (as the run's planner
-    used it, :func:`load_guide`) or ``none``; ``bc``: the
+    ``both`` (prior samples and terminal value), ``prior``, ``value``, ``auto`` (the parts the run's
+    planner used, :func:`load_guide`) or ``none``; ``bc``: the
     behaviour prior fitted by ``robobrain train-prior`` (see :func:`load_guide` for ``num_prior`` and
     ``prior_std``; here ``num_prior`` for ``bc`` defaults to all of ``mpc``'s candidates but one, for
     an SB3 actor to 16 or all but one of fewer).
@@ -182,8 +181,8 @@ def _sb3_policy(path: str, action_space: gym.spaces.Box | gym.spaces.Discrete, d
     policy = SB3Policy.load(path, device=device)
     trained = policy.model.action_space
     if isinstance(action_space, gym.spaces.Discrete) or isinstance(trained, gym.spaces.Discrete):
-        same = isinstance(trained, gym.spaces.Discrete) and isinstance(action_space, gym.spaces.Discrete)
-        if not (same and (trained.n, trained.start) == (action_space.n, action_space.start)):  # (any dtype)
+        both = isinstance(trained, gym.spaces.Discrete) and isinstance(action_space, gym.spaces.Discrete)
+        if not (both and (trained.n, trained.start) == (action_space.n, action_space.start)):  # (any dtype)
             raise ValueError(f"{path}: the SB3 model acts in {trained}, the env in {action_space}")
         return policy
     if trained.shape != action_space.shape:

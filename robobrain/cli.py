@@ -196,9 +196,8 @@ class Eval:
     guide: Literal["auto", "both", "prior", "value", "bc", "none"] = "auto"
     """mpc: of a `robobrain train` run: how its SB3 actor-critic helps the planner (auto: the parts the
     run's planner used -- prior samples if it drew any, as many as --prior-samples says, the value if
-    it planned with it); bc: average
-    noisy rollouts of the behaviour prior of `robobrain train-prior` (its defaults are the planner
-    settings of the Push rows in bench/RESULTS.md)."""
+    it planned with it); bc: average noisy rollouts of the behaviour prior of `robobrain train-prior`
+    (its defaults are the planner settings of the Push rows in bench/RESULTS.md)."""
     prior_samples: int | None = None
     """mpc: candidates per iteration drawn from the guide's prior (default: 16 from an SB3 actor, or
     all but one of fewer --samples; all the candidates but one from a behaviour prior)."""
@@ -657,8 +656,9 @@ def run_collect(args: Collect) -> list[str]:
             names = collect_episodes(
                 vec, policy, store, args.episodes, seed=seed, meta=meta, progress=args.progress
             ).names
-        except BaseException:  # (a claim of nothing stored is given back: a failed first collection
-            stored = any(e["meta"].get("seed") == seed for e in store.manifest.values())  # leaves no folder)
+        except BaseException:
+            # A claim of nothing stored is given back (so a failed first collection leaves no folder).
+            stored = any(e["meta"].get("seed") == seed for e in store.manifest.values())
             if args.seed is None and not stored:
                 store.release_seed(seed)
             raise
@@ -732,9 +732,8 @@ def run_train_prior(args: TrainPrior) -> dict:
     train, val = [], []
     for root in args.data:
         t, v = split_episodes(EpisodeStore(root, create=False), holdout)
-        check_trained_env(
-            ckpt.config, (t or v)[0].meta.get("env_id"), ckpt.path
-        )  # before the prior is replaced
+        # (checked before the prior is replaced; a store of held-out episodes only is checked too)
+        check_trained_env(ckpt.config, (t or v)[0].meta.get("env_id"), ckpt.path)
         train, val = train + t, val + v
     if not train:  # (an IndexError)
         raise ValueError(f"--data: no training episodes ({len(val)} held out by their numbers)")
