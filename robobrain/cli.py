@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from robobrain.config import is_int
+from robobrain.config import check_seed, is_int
 from robobrain.data.store import no_empty_dirs_on_failure
 from robobrain.training.online import OnlineConfig
 
@@ -856,8 +856,8 @@ def main(argv: list[str] | None = None) -> None:
         if type(args) is cls:  # not isinstance: Demo is a Train
             print(json.dumps({type(args).__name__: asdict(args)}, default=str))
             seed = getattr(args, "seed", None)
-            if seed is not None and seed < 0:  # (numpy's own error names no flag; train's is its config's)
-                raise ValueError(f"--seed must be >= 0, got {seed}")
+            if seed is not None:  # (numpy's and torch's own errors name no flag)
+                check_seed(seed, "--seed")
             if getattr(args, "device", None) is not None:
                 args = replace(args, device=resolve_device(args.device))
             # (a refused or failed command leaves no empty output folder behind)

@@ -204,6 +204,18 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+SEED_LIMIT = 2**32
+"""Seeds are in [0, SEED_LIMIT): SB3 seeds numpy's legacy generator (``np.random.seed``), which
+takes no more, and seeds derived from one (``seed + 1``, ``seed + episode``) stay within torch's
+64-bit generators."""
+
+
+def check_seed(seed: int, where: str = "seed") -> None:
+    """Refuse a seed outside [0, SEED_LIMIT) with an error that names ``where`` (e.g. ``--seed``)."""
+    if not 0 <= seed < SEED_LIMIT:  # (2**64 - 1 was an OverflowError deep in torch.manual_seed)
+        raise ValueError(f"{where} must be in [0, 2**32), got {seed}")
+
+
 def is_int(x: object) -> bool:
     """A Python or numpy integer, not a bool (``True`` is an int to Python: it made 1x1 frames)."""
     return isinstance(x, int | np.integer) and not isinstance(x, bool)

@@ -246,8 +246,9 @@ def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_pat
     for noise in ("nan", "inf", "-0.5"):  # nan > 0 is False: it collected noiseless data recorded as NaN
         with pytest.raises(ValueError, match=r"^--noise must be finite and >= 0"):  # (as the flag)
             main([*base, "--noise", noise, "--out", str(out)])
-    with pytest.raises(ValueError, match="--seed must be >= 0"):  # (numpy's error named no flag)
-        main([*base, "--seed", "-5", "--out", str(out)])
+    for seed in ("-5", str(2**64 - 1)):  # (numpy's error named no flag; 2**64 - 1 overflowed torch)
+        with pytest.raises(ValueError, match=r"--seed must be in \[0, 2\*\*32\), got"):
+            main([*base, "--seed", seed, "--out", str(out)])
     with pytest.raises(ValueError, match="--episode-steps must be an int >= 1, got 0"):
         main([*base, "--episode-steps", "0", "--out", str(out)])
     assert not out.exists()

@@ -403,8 +403,9 @@ def test_evaluate_policy_checks_its_arguments_before_any_episode(tmp_path):
     # The imagined frames are decoded for the recorded episode only (it was every step of every one).
     report = evaluate_policy(policy, envs, 3, out_dir=tmp_path / "ev", video_episodes=1, progress=False)
     assert policy.decoded == report["episodes"][0]["length"]
-    with pytest.raises(ValueError, match="--seed must be >= 0"):
-        main(["eval", "--policy", "random", "--seed", "-1", "--out", str(tmp_path / "neg")])
+    for seed in (-1, 2**64 - 1):  # (the oracle's planner seeded torch with seed + 1: an OverflowError)
+        with pytest.raises(ValueError, match=r"--seed must be in \[0, 2\*\*32\)"):
+            main(["eval", "--policy", "oracle", "--seed", str(seed), "--out", str(tmp_path / "neg")])
     # A vector env, or an env observing no pixel dict: what to pass instead (a TypeError, an IndexError).
     from robobrain.envs import make_vector_env
 

@@ -37,6 +37,9 @@ def test_negative_seed_settings_are_refused_with_seed_data_too():
         OnlineConfig(seed_episodes=-1, seed_data="offline")
     with pytest.raises(ValueError, match=r"scripted_fraction must be in \[0, 1\], got -0.5"):
         OnlineConfig(scripted_fraction=-0.5)
+    for seed in (-1, 2**32):  # (SB3's np.random.seed takes no more than 32 bits)
+        with pytest.raises(ValueError, match=r"seed \(--seed\) must be in \[0, 2\*\*32\)"):
+            OnlineConfig(seed=seed)
 
 
 def test_loop_state_int_counters_refuse_floats():

@@ -17,6 +17,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from robobrain.config import check_seed
 from robobrain.planning.noise import powerlaw_noise
 from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult, ScoreFn
 from robobrain.world_model import Rollout, State, WorldModel, step_score, still_running
@@ -51,6 +52,7 @@ class MPCConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:  # when the flags are read, not after a run's seed episodes
+        check_seed(self.seed)
         if self.horizon < 1:
             raise ValueError(f"the planning horizon must be >= 1, got {self.horizon}")
         for name in ("exploration_std", "exploration_plan_std"):

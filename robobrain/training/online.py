@@ -43,7 +43,7 @@ from robobrain.checkpoint import (
     restoring,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
-from robobrain.config import get_preset, is_int, to_dict
+from robobrain.config import check_seed, get_preset, is_int, to_dict
 from robobrain.data import Episode, EpisodeStore, SequenceSampler, reports_success
 from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
@@ -187,6 +187,7 @@ class OnlineConfig:
                 f"seed_episodes must be > 0 without seed_data, got {self.seed_episodes} "
                 f"({flag('seed_episodes')}, {flag('seed_data')})"
             )
+        check_seed(self.seed, f"seed ({flag('seed')})")
         if self.ensemble is not None and self.ensemble < 0:
             raise ValueError(f"ensemble must be >= 0, got {self.ensemble} ({flag('ensemble')})")
         counts = {"env_steps": (self.env_steps, 0), "eval_episodes": (self.eval_episodes, 1),
@@ -194,7 +195,7 @@ class OnlineConfig:
                   "pretrain_steps": (self.pretrain_steps, 0), "own_data_repeat": (self.own_data_repeat, 1),
                   "explore_bonus": (self.explore_bonus, 0),
                   "train_ratio": (self.train_ratio, 0), "prior_samples": (self.prior_samples, 0),
-                  "num_envs": (self.num_envs, 1), "seed": (self.seed, 0), "keypoints": (self.keypoints, 0),
+                  "num_envs": (self.num_envs, 1), "keypoints": (self.keypoints, 0),
                   "episode_steps": (1 if self.episode_steps is None else self.episode_steps, 1)}  # fmt: skip
         for name, (value, least) in counts.items():
             # (NaN fails too; an infinite train_ratio owed inf updates: an OverflowError, checkpointed)
