@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from machine import checked_device, describe  # bench/machine.py (the script's folder is on sys.path)
 
 from robobrain.checkpoint import load_checkpoint
 from robobrain.config import WMTrainConfig, from_dict
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    device = checked_device(parser, args.device)
 
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)
     if "online" in ckpt.config:  # (as eval-wm: its "held-out" episodes would be trained-on ones)
@@ -93,7 +95,7 @@ def main() -> None:
     tcfg = from_dict(WMTrainConfig, ckpt.config.get("train", {}))
     train_eps, held = split_episodes(EpisodeStore(args.data), tcfg.holdout_fraction)
     windows = make_windows(held, context=5, horizon=10, max_windows=256)
-    model = world_model_from_checkpoint(ckpt, args.device)  # (the checkpoint read above, once)
+    model = world_model_from_checkpoint(ckpt, device)  # (the checkpoint read above, once)
     if model.refiner is None:
         raise SystemExit(f"{args.checkpoint}: this world model has no reference refiner")
 
@@ -101,6 +103,7 @@ def main() -> None:
         f"# refiner ablation on {ckpt.path} ({len(held)} held-out episodes, {len(windows['actions'])} "
         f"windows, PSNR at step 10); {args.updates} refiner-only updates per row, torch seed {args.seed}"
     )
+    print(f"# machine: {describe(device)}")
     print("| refiner | updates | PSNR@10 | static-pixel MSE | moving-pixel MSE | minutes |")
     print("|---|---|---|---|---|---|")
     p, st, mv = held_out_errors(model, windows)

@@ -2,7 +2,7 @@
 pays 1 a step while the pole is up and ends the episode when it falls).
 
     python bench/termination_ablation.py --data DIR [--steps 2000] [--episodes 20] [--seq-len 4]
-        [--episode-steps 200] [--model-seeds 0 1]
+        [--episode-steps 200] [--model-seeds 0 1] [--device cpu]
 
 Two world models are trained on the same stored episodes with the same seed and steps -- one with the
 termination head (``use_termination``, what ``train-wm`` does on such data), one without -- and each
@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from machine import checked_device, describe  # bench/machine.py (the script's folder is on sys.path)
 
 from robobrain.cli import main as robobrain
 from robobrain.config import get_preset
@@ -33,10 +34,10 @@ from robobrain.data import EpisodeStore
 from robobrain.training.wm_trainer import train_world_model
 
 
-def evaluate(policy: str, env_id: str, episodes: int, steps: int, out: Path) -> dict:
-    """The eval report of ``policy`` on ``episodes`` episodes, seeds 1000+."""
+def evaluate(policy: str, env_id: str, episodes: int, steps: int, out: Path, device: str) -> dict:
+    """The eval report of ``policy`` on ``episodes`` episodes, seeds 1000+, planning on ``device``."""
     robobrain(["eval", "--policy", policy, "--env", env_id, "--episodes", str(episodes), "--num-envs", "4",
-               "--episode-steps", str(steps), "--seed", "1000", "--out", str(out),
+               "--episode-steps", str(steps), "--seed", "1000", "--out", str(out), "--device", device,
                "--no-progress"])  # fmt: skip
     return json.loads((out / "eval_info.json").read_text())
 
@@ -60,14 +61,17 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--episode-steps", type=int, default=200, help="time limit of the evaluation episodes")
     ap.add_argument("--model-seeds", type=int, nargs="+", default=[0], help="world-model training seeds")
+    ap.add_argument("--device", default="cpu", help="where the world models train and plan")
     args = ap.parse_args()
+    device = checked_device(ap, args.device)
 
     first = next(iter(EpisodeStore(args.data, create=False).episodes()))[1]
     env_id = first.meta["env_id"]
     preset = get_preset(args.preset)
 
     def run_eval(policy: str, name: str) -> dict:
-        return evaluate(policy, env_id, args.episodes, args.episode_steps, args.out / f"eval_{name}")
+        out = args.out / f"eval_{name}"
+        return evaluate(policy, env_id, args.episodes, args.episode_steps, out, str(device))
 
     rows = [("random", run_eval("random", "random"), float("nan"))]
     paired = []
@@ -83,7 +87,7 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # (an env without a state layout: no goal)
                 train_world_model(
-                    args.data, run, variant, args.steps, progress=False, preset_name=args.preset
+                    args.data, run, variant, args.steps, device, progress=False, preset_name=args.preset
                 )
             train_s = time.perf_counter() - t0
             got[label] = run_eval(f"mpc:{run}", run.name)
@@ -93,6 +97,7 @@ def main() -> None:
 
     print(f"\n{env_id}: {args.episodes} episodes (seeds 1000+), {args.steps} world-model steps, "
           f"windows of {args.seq_len}, preset {args.preset}, time limit {args.episode_steps}")  # fmt: skip
+    print(f"machine: {describe(device)}")
     print(f"{'policy':<38} {'return ± s.e.':>14} {'mean length':>12} {'p50 ms':>8} {'train s':>8}")
     for name, report, train_s in rows:
         s = report["summary"]
