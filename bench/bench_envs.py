@@ -32,6 +32,19 @@ from robobrain.envs.base import ASSETS, ManipulationEnv
 from robobrain.envs.factory import render_side
 
 
+def gl_renderer() -> str:
+    """The OpenGL renderer MuJoCo draws with (``llvmpipe`` on the CPU; a GPU's name where EGL found
+    one: a GPU machine's frames are rendered there, so its CPU alone does not describe the row)."""
+    from OpenGL import GL  # (PyOpenGL: a dependency of mujoco's own rendering)
+
+    ctx = mujoco.GLContext(16, 16)
+    try:
+        ctx.make_current()
+        return " ".join(GL.glGetString(e).decode() for e in (GL.GL_RENDERER, GL.GL_VENDOR))
+    finally:
+        ctx.free()
+
+
 def timed(step, seconds: float) -> float:
     """Calls/s of ``step()`` (returns the number of env steps it made) over ~``seconds``."""
     step()  # warm up (renderer creation, first frame)
@@ -162,7 +175,8 @@ def main() -> None:
                      f"ones by {diff:.2f} grey levels on average (50 steps, same actions)")  # fmt: skip
 
     print(f"# env throughput at {size} px, {describe('cpu')}, MuJoCo {mujoco.__version__}")
-    print(f"# MUJOCO_GL={os.environ.get('MUJOCO_GL')} LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS')}")
+    print(f"# MUJOCO_GL={os.environ.get('MUJOCO_GL')} ({gl_renderer()}) "
+          f"LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS')}")  # fmt: skip
     print(f"| {'what':<46} | {'steps/s':>8} | {'vs raw':>6} |")
     print(f"|{'-' * 48}|{'-' * 10}|{'-' * 8}|")
     for name, rate in rows:
