@@ -507,6 +507,34 @@ def test_a_json_write_that_dies_midway_leaves_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
+def test_ctrl_c_during_an_episode_write_waits_for_it_then_interrupts(tmp_path, monkeypatch):
+    """A SIGINT that landed in numpy's zip writer was re-raised as a ValueError ("Can't close the ZIP
+    file while there is an open writing handle"): `robobrain collect` reported an error, not an
+    interrupt. Now the episode is written whole, then the KeyboardInterrupt comes."""
+    import signal
+
+    from numpy.lib import format as npformat
+
+    write_array = npformat.write_array
+    sent = []
+
+    def interrupted_midway(fp, array, *args, **kwargs):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # (Python runs its handler before the next bytecode)
+        return write_array(fp, array, *args, **kwargs)
+
+    monkeypatch.setattr(npformat, "write_array", interrupted_midway)
+    store = EpisodeStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        store.add(make_episode(6, tag=2))
+    assert sent and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    (name,) = EpisodeStore(tmp_path).names()
+    np.testing.assert_array_equal(EpisodeStore(tmp_path).load(name).pixels, make_episode(6, tag=2).pixels)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
 def test_a_file_rewritten_at_the_same_size_is_read_again(tmp_path):
     """Bit rot in place keeps the size: the manifest's modification time finds it (a size-only check
     kept the damaged file in the manifest)."""

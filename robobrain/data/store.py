@@ -19,6 +19,8 @@ import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
 import uuid
 import zipfile
@@ -110,10 +112,38 @@ class Episode:
         return float(self.reward.sum())
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block has run, then raise its ``KeyboardInterrupt``: a file is
+    written whole or not at all, and the interrupt stays an interrupt (one that landed in numpy's zip
+    writer became a ValueError, "Can't close the ZIP file while there is an open writing handle",
+    reported as an error). Only the main thread with Python's own handler can hold it; anywhere
+    else the block runs as it is."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 def _atomic_write_bytes(path: Path, write: Any, exclusive: bool = False) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``.
-    ``exclusive``: give it the name only if no file has it (``FileExistsError`` otherwise), so two
-    writers cannot both claim one name."""
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over ``path``
+    (Ctrl-C waits for it: :func:`interrupts_deferred`). ``exclusive``: give it the name only if no
+    file has it (``FileExistsError`` otherwise), so two writers cannot both claim one name."""
+    with interrupts_deferred():
+        _write_and_rename(path, write, exclusive)
+
+
+def _write_and_rename(path: Path, write: Any, exclusive: bool) -> None:
     # One temporary per write (threads of one process too), named with the writer's pid.
     tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}")
     try:
