@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import signal
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -157,12 +159,31 @@ class CheckedSyncVectorEnv(gym.vector.SyncVectorEnv):
         return super().step(actions)
 
 
+def _worker_deaf_to_ctrl_c(*args: Any) -> None:
+    """Gymnasium's async worker, ignoring SIGINT: Ctrl-C reaches the whole process group, and each
+    worker printed the traceback of wherever it was (``mj_step``, a pipe read) as Gymnasium's
+    "Received the following error from Worker-N". The parent alone handles it and closes them."""
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _async_worker(*args)
+
+
 class CheckedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
-    """``AsyncVectorEnv`` that checks the whole action batch first (:func:`check_batch_actions`)."""
+    """``AsyncVectorEnv`` that checks the whole action batch first (:func:`check_batch_actions`);
+    its workers leave Ctrl-C to the parent process (:func:`_worker_deaf_to_ctrl_c`)."""
+
+    def __init__(self, env_fns: Any, **kwargs: Any) -> None:
+        super().__init__(env_fns, worker=kwargs.pop("worker", _worker_deaf_to_ctrl_c), **kwargs)
 
     def step_async(self, actions: Any) -> None:
         check_batch_actions(actions, self.single_action_space, self.num_envs)
         super().step_async(actions)
+
+    def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
+        with warnings.catch_warnings():  # (closing after Ctrl-C waits for the step it cut short)
+            warnings.filterwarnings("ignore", message=".*Calling `close` while waiting for a pending call")
+            super().close_extras(timeout, terminate)
 
 
 def _env_class(env_id: str) -> Any:

@@ -60,3 +60,20 @@ def test_vector_env_equals_single_envs(task_id):
             np.testing.assert_array_equal(vobs["state"][i], obs["state"])
             assert vrew[i] == pytest.approx(rew)
     vec.close()
+
+
+def test_async_workers_leave_ctrl_c_to_the_parent():
+    """Ctrl-C reaches every process of the group: each worker died printing its traceback (Gymnasium's
+    "Received the following error from Worker-N"); the parent alone handles it now."""
+    import os
+    import signal
+    import time
+
+    vec = envs.make_vector_env("robobrain/Reach-v0", 2, image_size=8, mode="async")
+    vec.reset(seed=0)
+    for process in vec.processes:
+        os.kill(process.pid, signal.SIGINT)
+    time.sleep(0.2)
+    obs, *_ = vec.step(np.zeros((2, 3)))  # (a worker that had died: "Received the following error")
+    assert all(p.is_alive() for p in vec.processes) and obs["state"].shape[0] == 2
+    vec.close()
