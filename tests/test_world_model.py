@@ -1003,7 +1003,7 @@ def test_train_and_eval_cli(push_data, tmp_path, caplog):
     prior_dir = str(load_checkpoint(run).path / "behaviour_prior")
     with pytest.raises(ValueError, match="a behaviour prior; pass the world-model checkpoint above it"):
         main(["eval", "--policy", f"bc:{prior_dir}", "--out", never])
-    with pytest.raises(ValueError, match=r"--seed must be in \[0, 2\*\*32\)"):  # (numpy's message named no flag)
+    with pytest.raises(ValueError, match=r"--seed must be in \[0, 2\*\*32\)"):  # (numpy's named no flag)
         main(["train-wm", "--data", str(push_data), "--run-dir", never, "--seed", "-1"])
     assert not (tmp_path / "never").exists() and not (load_checkpoint(run).path / "behaviour_prior").exists()
     # A mistyped or empty store: a clear error, and nothing created.
