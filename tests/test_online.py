@@ -581,6 +581,13 @@ def test_the_guide_waits_for_sb3s_first_gradient_step():
     policy = SimpleNamespace(actor=None, critic=None)  # (what ActorCriticGuide reads of a SAC)
     space = gym.spaces.Box(-1.0, 1.0, (3,))
     for steps, ready in ((cfg.sb3.learning_starts, False), (cfg.sb3.learning_starts + 1, True)):
+        sb3 = SimpleNamespace(num_timesteps=steps, policy=policy, action_space=space, replay_buffer=None)
+        loop = SimpleNamespace(cfg=cfg, sb3=sb3, _uses_sb3=lambda: True)
+        assert (OnlineLoop._guide(loop) is not None) == ready  # type: ignore[arg-type]
+    # PPO and A2C have no learning_starts: they train after each rollout (their guide waited for 500
+    # steps of a setting they ignore, a whole iteration or more).
+    policy = SimpleNamespace(predict_values=None)  # (what ActorCriticGuide reads of a PPO)
+    for steps, ready in ((0, False), (64, True)):
         sb3 = SimpleNamespace(num_timesteps=steps, policy=policy, action_space=space)
         loop = SimpleNamespace(cfg=cfg, sb3=sb3, _uses_sb3=lambda: True)
         assert (OnlineLoop._guide(loop) is not None) == ready  # type: ignore[arg-type]

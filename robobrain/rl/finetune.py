@@ -101,7 +101,8 @@ def _algo_class(name: str) -> type:
     return getattr(stable_baselines3, name.upper())  # (SB3Config checked the name)
 
 
-def _is_off_policy(model: Any) -> bool:
+def is_off_policy(model: Any) -> bool:
+    """SAC, TD3, DDPG (a replay buffer; learning_starts applies), not PPO or A2C."""
     return hasattr(model, "replay_buffer")
 
 
@@ -200,7 +201,7 @@ def save_sb3(model: Any, directory: str | os.PathLike[str]) -> None:
     d.mkdir(parents=True, exist_ok=True)
     model.save(d / "model.zip")
     (d / "action_space_rng.json").write_text(json.dumps(model.action_space.np_random.bit_generator.state))
-    if _is_off_policy(model):
+    if is_off_policy(model):
         buf = model.replay_buffer
         arrays = {name: getattr(buf, name) for name in BUFFER_FIELDS}
         np.savez(d / "replay_buffer.npz", pos=np.array(buf.pos), full=np.array(buf.full), **arrays)
@@ -226,7 +227,7 @@ def load_sb3(
             model.action_space.np_random.bit_generator.state = json.loads(rng_path.read_text())
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"{rng_path}: unreadable random state ({type(e).__name__}: {e})") from e
-    if _is_off_policy(model):
+    if is_off_policy(model):
         path = d / "replay_buffer.npz"
         buf = model.replay_buffer
         try:

@@ -57,6 +57,7 @@ from robobrain.rl import (
     SB3Config,
     finetune,
     imagination_env,
+    is_off_policy,
     load_sb3,
     make_sb3_model,
     save_sb3,
@@ -527,8 +528,11 @@ class OnlineLoop:
 
     def _guide(self) -> ActorCriticGuide | None:
         cfg = self.cfg
-        # (SB3's off-policy learn takes its first gradient step once num_timesteps > learning_starts)
-        ready = self.sb3 is not None and self.sb3.num_timesteps > cfg.sb3.learning_starts
+        # (SB3's off-policy learn takes its first gradient step once num_timesteps > learning_starts;
+        # PPO and A2C, which have none, train at the end of every rollout: after any fine-tuning)
+        ready = self.sb3 is not None and self.sb3.num_timesteps > (
+            cfg.sb3.learning_starts if is_off_policy(self.sb3) else 0
+        )
         if not ready or not self._uses_sb3():
             return None
         return ActorCriticGuide(self.sb3, num_prior=cfg.prior_samples, use_value=cfg.use_value)
