@@ -137,7 +137,7 @@ def evaluate_policy(
         latency = time.perf_counter() - t0
         latencies.append(latency)
         recording = any(slot_episode[i] in frames for i in np.flatnonzero(active))
-        imagined = policy.imagined_frames() if has_imagination and recording else None
+        imagined = policy.imagined_frames(steps=1) if has_imagination and recording else None
         check_due = hallucination_every > 0 and (len(latencies) - 1) % hallucination_every == 0
         if can_replay and check_due and active[0]:
             from robobrain.hallucination import hallucination_check

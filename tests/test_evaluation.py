@@ -386,7 +386,7 @@ class CountingPolicy(RandomPolicy):
 
     decoded = 0
 
-    def imagined_frames(self) -> np.ndarray:
+    def imagined_frames(self, steps: int | None = None) -> np.ndarray:
         self.decoded += 1
         return np.zeros((1, 1, 8, 8, 3), np.uint8)
 
@@ -595,7 +595,7 @@ def test_videos_pair_each_episode_with_its_own_imagination(tmp_path):
     shades = (60, 180)  # what env 0 and env 1 "imagine"
 
     class Imagining(RandomPolicy):
-        def imagined_frames(self):
+        def imagined_frames(self, steps=None):
             return np.stack([np.full((1, 8, 8, 3), s, np.uint8) for s in shades])
 
     envs = [gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=5) for _ in range(2)]

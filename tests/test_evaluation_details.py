@@ -61,7 +61,7 @@ def test_p95_latency_is_not_a_lower_percentile():
 
 def _imagining(shades, size):
     class Imagining(RandomPolicy):
-        def imagined_frames(self):
+        def imagined_frames(self, steps=None):
             return np.stack([np.full((1, size, size, 3), s, np.uint8) for s in shades])
 
     return Imagining(3, seed=0)

@@ -237,7 +237,9 @@ def test_world_model_mpc_policy(reference_frame):
     obs = {"pixels": np.zeros((3, 32, 32, 3), np.uint8), "state": np.zeros((3, 20), np.float32)}
     actions = policy.act(obs)
     assert actions.shape == (3, cfg.action_dim) and np.abs(actions).max() <= 1
-    assert policy.imagined_frames().shape == (3, SMALL.horizon, 32, 32, 3)
+    frames = policy.imagined_frames()
+    assert frames.shape == (3, SMALL.horizon, 32, 32, 3)
+    np.testing.assert_array_equal(policy.imagined_frames(steps=1), frames[:, :1])  # (what eval decodes)
     deter = policy.state.deter.clone()
     policy.reset(3, mask=np.array([False, True, False]))
     assert torch.all(policy.state.deter[1] == 0)
