@@ -496,6 +496,14 @@ def test_ppo_rollout_is_rounded_up_to_whole_env_steps():
     cfg = SB3Config(algo="PPO", steps_per_iteration=65, num_envs=8, batch_size=8, net_arch=(8,))
     ppo = make_sb3_model(cfg, toy_env(), seed=0, device="cpu")
     assert ppo.n_steps == 9
+    # Minibatches or rollouts of one transition: SB3's AssertionError at the first fine-tuning round
+    # (after a checkpoint whose config then refused the corrected flag); refused with the flags now.
+    for bad in ({"batch_size": 1}, {"steps_per_iteration": 1, "num_envs": 1, "buffer_size": 1}):
+        with pytest.raises(ValueError, match="PPO needs minibatches and rollouts of >= 2"):
+            SB3Config(**{"algo": "PPO", **bad})
+    assert SB3Config(algo="SAC", batch_size=1).batch_size == 1
+    two = SB3Config(algo="PPO", steps_per_iteration=1, num_envs=2, net_arch=(8,))  # (a rollout of 2: built)
+    assert make_sb3_model(two, toy_env(2), 0, "cpu").batch_size == 2
 
 
 def test_gamma_one_is_accepted():

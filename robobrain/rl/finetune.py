@@ -89,6 +89,14 @@ class SB3Config:
                 f"unknown stable-baselines3 algorithm {self.algo!r}: one with an actor and a critic, "
                 f"{', '.join(SB3_ALGORITHMS)}"
             )
+        if self.algo.upper() == "PPO":  # (SB3's PPO asserts both > 1 when make_sb3_model builds it)
+            rollout = -(-self.steps_per_iteration // self.num_envs) * self.num_envs
+            if min(self.batch_size, rollout) < 2:
+                raise ValueError(
+                    f"PPO needs minibatches and rollouts of >= 2 transitions, got batch_size "
+                    f"{self.batch_size} and a rollout of {rollout} (--sb3.batch-size, "
+                    "--sb3.steps-per-iteration, --sb3.num-envs)"
+                )
 
 
 def _flag(name: str) -> str:
