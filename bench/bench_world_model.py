@@ -1,4 +1,4 @@
-"""World-model speed: imagination throughput and training frames/s, against the matmul peak
+"""World-model speed: imagination throughput and training frames/s, each against the matmul peak
 measured in the same run.
 
     python bench/bench_world_model.py [--preset cpu] [--device cpu] [--batch 1024] [--horizon 12]
@@ -129,7 +129,11 @@ def main() -> None:
         opt.step()
 
     model.train()
+    with FlopCounterMode(display=False) as counter:  # (forward and backward; the optimizer's are few)
+        train_step()
+    train_flops = counter.get_total_flops()
     t_train = timed(train_step, device, args.seconds)
+    train_peak = peak_bf16 if device.type == "cuda" else peak
 
     params = sum(p.numel() for p in model.parameters())
     kind = "goal-conditioned, state head" if cfg.goal_dim else "pixels only"
@@ -137,7 +141,7 @@ def main() -> None:
         f"# world model '{args.preset}' (latent {cfg.stoch}x{cfg.classes}, reward bins {cfg.reward_bins}, "
         f"{kind}; {params / 1e6:.2f} M params) on {device}"
     )
-    print(f"# {describe(device)}, {torch.get_num_threads()} threads")
+    print(f"# {describe(device)}")
     n = 8192 if device.type == "cuda" else 2048
     step = f"train step B={tb}×L={tl} @ {cfg.image_size}px" + (" (bf16)" if device.type == "cuda" else "")
     print("| what | value |")
@@ -152,7 +156,12 @@ def main() -> None:
             f"| imagine B={b} H={h} {name}: per call; transitions/s; achieved | {t * 1e3:.2f} ms; "
             f"{b * h / t:,.0f}/s; {achieved / 1e9:.1f} GFLOP/s = {achieved / p:.1%} of the {name[:4]} peak |"
         )
-    print(f"| {step} | {t_train * 1e3:.0f} ms = {tb * tl / t_train:.0f} frames/s |")
+    print(f"| {step} FLOPs (counted, forward + backward) | {train_flops / 1e9:.2f} GFLOP |")
+    achieved = train_flops / t_train
+    print(
+        f"| {step} | {t_train * 1e3:.0f} ms = {tb * tl / t_train:.0f} frames/s; {achieved / 1e9:.1f} "
+        f"GFLOP/s = {achieved / train_peak:.1%} of the {'bf16' if device.type == 'cuda' else 'fp32'} peak |"
+    )
 
 
 if __name__ == "__main__":
