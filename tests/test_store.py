@@ -558,3 +558,24 @@ def test_the_seed_fixes_the_sampled_windows():
 
     np.testing.assert_array_equal(draw(3), draw(3))
     assert not np.array_equal(draw(3), draw(4))
+
+
+def test_a_dangling_symlink_is_reported_and_the_other_episodes_stay_readable(tmp_path, caplog):
+    """An unfetched git-annex/DVC file (a symlink to nothing) in a store copied without its
+    modification times: its FileNotFoundError escaped the layout check, so every healthy episode was
+    skipped as if it had vanished (0 readable of 4, nothing logged) and add() raised it."""
+    import shutil
+
+    src = EpisodeStore(tmp_path / "src")
+    for i in range(4):
+        src.add(make_episode(5, tag=i))
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "src", copy, copy_function=shutil.copyfile)  # (new mtimes)
+    (copy / "episode_000000.npz").unlink()
+    (copy / "episode_000000.npz").symlink_to("../.git/annex/objects/xx/SHA256E-s1--abc.npz")
+    store = EpisodeStore(copy, create=False)
+    assert sorted(store.manifest) == ["episode_000001.npz", "episode_000002.npz", "episode_000003.npz"]
+    assert "a symlink to nothing" in store.skipped["episode_000000.npz"]
+    assert "a symlink to nothing" in caplog.text
+    store.add(make_episode(5, tag=9))
+    assert len(EpisodeStore(copy).manifest) == 4

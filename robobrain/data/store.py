@@ -405,6 +405,11 @@ class EpisodeStore:
     def load(self, name: str) -> Episode:
         """Load and validate one episode; ``CorruptEpisodeError`` names the file if it is bad."""
         path = self.root / name
+        # An unfetched git-annex or DVC file: reported, not taken for one removed since it was listed.
+        if path.is_symlink() and not path.exists():
+            raise CorruptEpisodeError(
+                f"{path}: a symlink to nothing ({os.readlink(path)}); fetch or remove it"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 episode = Episode(
@@ -494,8 +499,8 @@ class EpisodeStore:
                 try:
                     self._layout = self._layout_of(self.load(name))
                     break
-                except CorruptEpisodeError:
-                    continue
+                except (CorruptEpisodeError, FileNotFoundError):  # (one removed since it was listed:
+                    continue  # escaping, it made _read skip every episode as if each had vanished)
         return self._layout
 
     def _next_index(self) -> int:
