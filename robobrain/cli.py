@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from robobrain.config import check_seed, is_int
+from robobrain.config import EVAL_SEEDS, SEED_LIMIT, check_seed, is_int
 from robobrain.data.store import no_empty_dirs_on_failure
 from robobrain.training.online import OnlineConfig
 
@@ -54,7 +54,8 @@ class Collect:
     the true one (play data: object motion that does not always head for the goal)."""
     seed: int | None = None
     """Seed of the envs (env i gets seed + i) and of the policy. Default: 0 into an empty store, else
-    10,000 past the largest seed stored, so re-running a command adds new episodes, not copies."""
+    10,000 past the largest seed stored, so re-running a command adds new episodes, not copies (past
+    the seeds evaluations start from, 1,000,000 to 1,099,999, too)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -149,10 +150,11 @@ class Eval:
     """Episodes; episode i is seeded with seed + i."""
     num_envs: int = 4
     """Envs run side by side; the policy acts for all of them in one batched call."""
-    seed: int = 1_000_000
+    seed: int = EVAL_SEEDS.start
     """Episode i starts from reset(seed=seed + i). The default is the one `robobrain train` evaluates
     with, away from the seeds that `collect` and `train` start their episodes from by default (0:
-    evaluation started where the demonstrations were collected)."""
+    evaluation started where the demonstrations were collected; collect's defaults skip 1,000,000 to
+    1,099,999)."""
     out: Path = Path("runs/eval")
     """Output directory (eval_info.json, videos/)."""
     image_size: int | None = None
@@ -617,6 +619,14 @@ def run_collect(args: Collect) -> list[str]:
     # (Episodes from before num_envs was recorded: 2, collect's default then.)
     used = {(s, m["meta"].get("num_envs", 2)) for m in old if isinstance(s := m["meta"].get("seed"), int)}
     seed = args.seed if args.seed is not None else max(s for s, _ in used) + 10_000 if used else 0
+    # (a default seed walked into evaluation's starts after 100 collections, and past 2**32: skipped,
+    # refused with what to pass)
+    avoid = range(EVAL_SEEDS.start - args.num_envs + 1, EVAL_SEEDS.stop)
+    if args.seed is None and seed in avoid:
+        seed = avoid.stop
+    if args.seed is None and seed >= SEED_LIMIT:
+        raise ValueError(f"--out {out}: its largest stored seed is {max(s for s, _ in used)}; no default "
+                         "--seed is left below 2**32: pass --seed")  # fmt: skip
     overlap = sorted((s, s + n) for s, n in used if s < seed + args.num_envs and seed < s + n)
     if args.seed is not None and overlap:
         log.warning(
@@ -644,7 +654,7 @@ def run_collect(args: Collect) -> list[str]:
         policy = load_policy(args.policy, args.env, vec.single_action_space, seed=seed, **kwargs)
         vec.reset(seed=seed)  # (an env that cannot render, e.g. without pygame, fails before the store)
         store = EpisodeStore(out)
-        if args.seed is None and (claimed := store.claim_seed(seed, 10_000)) != seed:
+        if args.seed is None and (claimed := store.claim_seed(seed, 10_000, avoid, SEED_LIMIT)) != seed:
             log.info("seed %d is claimed (by a collection running beside this one, or one that stored "
                      "nothing): seed %d", seed, claimed)  # fmt: skip
             seed = claimed

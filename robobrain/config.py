@@ -210,6 +210,12 @@ takes no more, and seeds derived from one (``seed + 1``, ``seed + episode``) sta
 64-bit generators."""
 
 
+EVAL_SEEDS = range(1_000_000, 1_100_000)
+"""Env seeds kept for evaluation: ``robobrain eval`` and ``robobrain train``'s own evaluations start
+episode i from ``reset(seed=EVAL_SEEDS.start + i)``; ``robobrain collect``'s default seeds skip them
+(the held-out starts were collected as training data)."""
+
+
 def check_seed(seed: int, where: str = "seed") -> None:
     """Refuse a seed outside [0, SEED_LIMIT) with an error that names ``where`` (e.g. ``--seed``)."""
     if not 0 <= seed < SEED_LIMIT:  # (2**64 - 1 was an OverflowError deep in torch.manual_seed)

@@ -415,6 +415,28 @@ def test_collections_started_at_once_take_different_seeds(tmp_path, monkeypatch)
     assert not (tmp_path / "cp").exists()
 
 
+def test_default_seeds_skip_evaluations_starts_and_stop_below_2_to_the_32(tmp_path):
+    """After 100 default collections into a store the seeds walked into 1,000,000 +, evaluation's
+    starts (its held-out episodes collected as training data); past 2**32 the planner's seed check
+    refused a seed the user never passed."""
+    out = tmp_path / "data"
+    args = ["collect", "--env", "robobrain/Reach-v0", "--policy", "random", "--episodes", "2", "--num-envs", "2",
+            "--episode-steps", "2", "--image-size", "8", "--out", str(out), "--no-progress"]  # fmt: skip
+    main([*args, "--seed", "990000"])
+    (out / ".seed-1100000").touch()  # (claimed by a collection beside this one: the walk goes on)
+    main(args)
+    assert sorted({ep.meta["seed"] for ep in EpisodeStore(out).load_all()}) == [990_000, 1_110_000]
+    main([*args, "--seed", str(2**32 - 5_000)])
+    with pytest.raises(ValueError, match=r"largest stored seed is 4294962296; no default --seed is left"):
+        main(args)
+    store = EpisodeStore(tmp_path / "claims")  # (the store method's walk)
+    assert store.claim_seed(990_000, 10_000, avoid=range(999_999, 1_100_000)) == 990_000
+    assert store.claim_seed(990_000, 10_000, avoid=range(999_999, 1_100_000)) == 1_100_000
+    assert store.claim_seed(2**32 - 7_296, 10_000, limit=2**32) == 2**32 - 7_296
+    with pytest.raises(ValueError, match="no unclaimed seed from 4294960000 below 4294967296"):
+        store.claim_seed(2**32 - 7_296, 10_000, limit=2**32)
+
+
 def test_collect_refuses_an_action_space_episodes_cannot_hold(tmp_path):
     """CartPole's Discrete(2): a policy's actions went in as float32 and gymnasium's own assertion
     came out of the env's step; now refused before the first reset."""

@@ -356,13 +356,18 @@ class EpisodeStore:
         self._write_manifest()
         return name
 
-    def claim_seed(self, start: int, step: int) -> int:
+    def claim_seed(self, start: int, step: int, avoid: range = range(0), limit: int | None = None) -> int:
         """The first of ``start``, ``start + step``, ... that no collection into this store has
         claimed, claimed now by an empty file ``.seed-<n>`` made with ``O_EXCL`` (kept: two collections
         started at once both read the same largest seed from the manifest, and stored identical
-        episodes)."""
+        episodes). A seed in ``avoid`` is passed over (the walk goes on from ``avoid.stop``); none
+        left below ``limit`` is a ``ValueError``."""
         seed = start
         while True:
+            if seed in avoid:
+                seed = avoid.stop
+            if limit is not None and seed >= limit:
+                raise ValueError(f"{self.root}: no unclaimed seed from {start} below {limit}")
             try:
                 os.close(os.open(self.root / f".seed-{seed}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 return seed

@@ -43,7 +43,7 @@ from robobrain.checkpoint import (
     restoring,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
-from robobrain.config import check_seed, get_preset, is_int, to_dict
+from robobrain.config import EVAL_SEEDS, check_seed, get_preset, is_int, to_dict
 from robobrain.data import Episode, EpisodeStore, SequenceSampler, reports_success
 from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
@@ -566,7 +566,7 @@ class OnlineLoop:
         try:
             out = self.run_dir / "eval" / ("final" if final else f"step_{self.state.env_steps:07d}")
             report = evaluate_policy(
-                self._make_planner(explore=False), envs, self.cfg.eval_episodes, seed=1_000_000,
+                self._make_planner(explore=False), envs, self.cfg.eval_episodes, seed=EVAL_SEEDS.start,
                 out_dir=out, video_episodes=1 if final else 0, progress=False,
                 meta={"env_id": self.cfg.env, "env_steps": self.state.env_steps},  # (as eval names it)
             )  # fmt: skip
