@@ -420,8 +420,9 @@ def test_default_seeds_skip_evaluations_starts_and_stop_below_2_to_the_32(tmp_pa
     starts (its held-out episodes collected as training data); past 2**32 the planner's seed check
     refused a seed the user never passed."""
     out = tmp_path / "data"
-    args = ["collect", "--env", "robobrain/Reach-v0", "--policy", "random", "--episodes", "2", "--num-envs", "2",
-            "--episode-steps", "2", "--image-size", "8", "--out", str(out), "--no-progress"]  # fmt: skip
+    args = ["collect", "--env", "robobrain/Reach-v0", "--policy", "random", "--episodes", "2",
+            "--num-envs", "2", "--episode-steps", "2", "--image-size", "8", "--out", str(out),
+            "--no-progress"]  # fmt: skip
     main([*args, "--seed", "990000"])
     (out / ".seed-1100000").touch()  # (claimed by a collection beside this one: the walk goes on)
     main(args)

@@ -110,7 +110,7 @@ def test_mpc_warm_start_and_masked_reset():
         dataclasses.replace(SMALL, horizon=0)
     bad = [("exploration_std", float("nan")), ("exploration_std", -0.1), ("exploration_plan_std", -1.0),
            ("exploration_plan_std", float("inf")), ("discount", 0.0), ("seed", -1),
-           ("seed", 2**32)]  # fmt: skip
+           ("seed", 2**63)]  # fmt: skip
     for name, value in bad:
         with pytest.raises(ValueError, match=name):
             dataclasses.replace(SMALL, **{name: value})

@@ -17,7 +17,6 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from robobrain.config import check_seed
 from robobrain.planning.noise import powerlaw_noise
 from robobrain.planning.optimizers import CEM, MPPI, OptimizerConfig, PlanResult, ScoreFn
 from robobrain.world_model import Rollout, State, WorldModel, step_score, still_running
@@ -52,7 +51,9 @@ class MPCConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:  # when the flags are read, not after a run's seed episodes
-        check_seed(self.seed)
+        if not 0 <= self.seed < 2**63:  # (torch's generators take up to 2**64 - 1: seed + 1 and the
+            # like fit; not the 32 bits of --seed, which a run adds to --mpc.seed and + 1 for evaluation)
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.horizon < 1:
             raise ValueError(f"the planning horizon must be >= 1, got {self.horizon}")
         for name in ("exploration_std", "exploration_plan_std"):
