@@ -216,6 +216,15 @@ episode i from ``reset(seed=EVAL_SEEDS.start + i)``; ``robobrain collect``'s def
 (the held-out starts were collected as training data)."""
 
 
+def past_eval_seeds(seed: int, num_envs: int) -> int:
+    """``seed`` for a collection of ``num_envs`` envs (env i reset with ``seed + i``) that keeps out of
+    :data:`EVAL_SEEDS`: every seed from ``EVAL_SEEDS.start - num_envs + 1`` up is moved past them by
+    the same shift, so distinct seeds stay distinct and their spacing is kept."""
+    if seed > EVAL_SEEDS.start - num_envs:
+        return seed + len(EVAL_SEEDS) + num_envs
+    return seed
+
+
 def check_seed(seed: int, where: str = "seed") -> None:
     """Refuse a seed outside [0, SEED_LIMIT) with an error that names ``where`` (e.g. ``--seed``)."""
     if not 0 <= seed < SEED_LIMIT:  # (2**64 - 1 was an OverflowError deep in torch.manual_seed)

@@ -2,7 +2,16 @@
 
 import pytest
 
-from robobrain.config import PRESETS, PresetConfig, WMTrainConfig, WorldModelConfig, from_dict, to_dict
+from robobrain.config import (
+    EVAL_SEEDS,
+    PRESETS,
+    PresetConfig,
+    WMTrainConfig,
+    WorldModelConfig,
+    from_dict,
+    past_eval_seeds,
+    to_dict,
+)
 
 
 def test_a_bool_is_no_json_float():
@@ -24,3 +33,14 @@ def test_a_preset_round_trips_through_nested_dicts(name):
     back = from_dict(PresetConfig, to_dict(preset))
     assert isinstance(back.world_model, WorldModelConfig) and isinstance(back.train, WMTrainConfig)
     assert back == preset
+
+
+@pytest.mark.parametrize("num_envs", [1, 2, 16])
+def test_collection_seeds_move_past_evaluations_and_stay_distinct(num_envs):
+    """The online loop's seeds (--seed + 10,007 x iteration) walked through 1,000,000 +, evaluation's
+    starts, at iterations 100-109: they move past them, keeping distinct seeds distinct."""
+    seeds = [past_eval_seeds(s, num_envs) for s in range(0, 1_300_000, 997)]
+    assert seeds == sorted(set(seeds))  # (one shift for all above the range: order and gaps kept)
+    for s in seeds:
+        assert s + num_envs <= EVAL_SEEDS.start or s >= EVAL_SEEDS.stop
+    assert past_eval_seeds(10_007 * 99, num_envs) == 10_007 * 99

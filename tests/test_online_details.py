@@ -362,6 +362,13 @@ def test_extending_a_finished_run_keeps_its_old_final_evaluation(tmp_path):
     (tmp_path / "checkpoints" / "latest").write_text(json.dumps({"checkpoint": "step_0000040"}))
     main(run_args(tmp_path, 60))
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["final", "step_0000020", "step_0000040"]
+    # A budget below what the run holds undoes nothing: refused (it re-ran the final evaluation and
+    # wrote the lower budget to config.json, which train.csv and the checkpoints contradicted).
+    config = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"holds 60 env steps \(its --env-steps was 60\); --env-steps 20 "
+                       r"undoes none of them: pass --env-steps 60 or more"):  # fmt: skip
+        main(run_args(tmp_path, 20))
+    assert (tmp_path / "config.json").read_text() == config
 
 
 def test_evaluation_numbers_do_not_depend_on_the_rng_history():

@@ -43,7 +43,7 @@ from robobrain.checkpoint import (
     restoring,
 )
 from robobrain.checkpoint import save_checkpoint as save_wm_checkpoint
-from robobrain.config import EVAL_SEEDS, check_seed, get_preset, is_int, to_dict
+from robobrain.config import EVAL_SEEDS, check_seed, get_preset, is_int, past_eval_seeds, to_dict
 from robobrain.data import Episode, EpisodeStore, SequenceSampler, reports_success
 from robobrain.data.collect import collect_episodes
 from robobrain.data.store import atomic_write_json
@@ -101,7 +101,8 @@ class OnlineConfig:
     preset: Literal["debug", "cpu", "gpu"] = "cpu"
     """World-model size and training preset."""
     env_steps: int = 20_000
-    """Budget of real env steps (seed data included). Raising it and re-running extends a run."""
+    """Budget of real env steps (seed data included). Raising it and re-running extends a run; one
+    below the steps a run already holds is refused."""
     num_envs: int = 2
     """Envs stepped together; the planner plans for all of them in one batched call."""
     image_size: int | None = None
@@ -418,6 +419,8 @@ class OnlineLoop:
         """``seed_offset`` keeps two collections of one iteration (scripted and random seed
         episodes) from starting at the same initial states."""
         seed = self.cfg.seed + 10_007 * self.state.iteration + seed_offset
+        # (iterations 100-109 of --seed 0 collected from evaluation's starts: moved past them)
+        seed = past_eval_seeds(seed, self.envs.num_envs)
         meta = {"env_id": self.cfg.env, "policy": kind, "iteration": self.state.iteration}
         result = collect_episodes(
             self.envs, policy, self.store, episodes, seed=seed, meta=meta, progress=False, whole_step=True
@@ -645,6 +648,12 @@ class OnlineLoop:
         with restoring(latest):
             self.state.load(ckpt.state["loop"])
             trainer_step = int(ckpt.state["trainer"]["step"])
+        budget, done = ckpt.config.get("online", {}).get("env_steps"), self.state.env_steps
+        if is_int(budget) and self.cfg.env_steps < min(budget, done):  # (before the store is truncated)
+            raise ValueError(  # (it ran the final evaluation again and wrote the lower budget to config.json)
+                f"{latest}: the run holds {done} env steps (its --env-steps was {budget}); --env-steps "
+                f"{self.cfg.env_steps} undoes none of them: pass --env-steps {min(budget, done)} or more"
+            )
         dropped = self.store.truncate(self.state.episodes)
         if dropped:
             log.info("dropped %d episodes written after the last checkpoint", len(dropped))
