@@ -13,19 +13,36 @@ import numpy as np
 from robobrain.config import SB3_ALGORITHMS
 from robobrain.policies.base import Observation, batch_size
 
-ALGORITHMS = SB3_ALGORITHMS
+ALGORITHMS = (*SB3_ALGORITHMS, "DQN")
+"""What ``sb3:`` loads: the actor-critics ``robobrain train`` fine-tunes, and DQN (Discrete actions)."""
+
+VECNORMALIZE_FILE = "vecnormalize.pkl"
+"""SB3's ``VecNormalize.save`` file, beside the zip or in a folder named as the zip (rl-zoo's layout)."""
 
 
-def _algorithm_of(path: str | os.PathLike[str]) -> str:
-    """The SB3 algorithm a zip was saved by, read from its ``data`` JSON (nothing is unpickled)."""
+def _zip_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The zip's ``data`` JSON (SB3 pickles parts of it: nothing is unpickled here)."""
     try:
         with zipfile.ZipFile(path) as z:
             data = json.loads(z.read("data"))
-        module = data["policy_class"]["__module__"]
+        if not isinstance(data, dict):
+            raise TypeError(f"its data is a JSON {type(data).__name__}")
+        return data
     except FileNotFoundError as e:
         raise ValueError(f"{path}: no such SB3 model zip") from e
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a stable-baselines3 model zip ({type(e).__name__}: {e})") from e
+
+
+def _algorithm_of(path: str | os.PathLike[str]) -> str:
+    """The SB3 algorithm a zip was saved by, read from its ``data`` JSON (nothing is unpickled)."""
+    data = _zip_data(path)
+    try:
+        module = data["policy_class"]["__module__"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a stable-baselines3 model zip ({type(e).__name__}: {e})") from e
+    if module.startswith("stable_baselines3.dqn."):
+        return "DQN"
     if module.startswith("stable_baselines3.sac."):
         return "SAC"
     if module.startswith("stable_baselines3.td3."):
@@ -33,7 +50,10 @@ def _algorithm_of(path: str | os.PathLike[str]) -> str:
         return "DDPG" if data.get("policy_delay") == 1 and data.get("target_noise_clip") == 0.0 else "TD3"
     if module == "stable_baselines3.common.policies":
         return "PPO" if "clip_range" in data else "A2C"
-    raise ValueError(f"{path}: unsupported SB3 policy module {module!r}; pass sb3:ALGO:PATH")
+    raise ValueError(
+        f"{path}: unsupported SB3 policy module {module!r}; pass sb3:ALGO:PATH, ALGO one of "
+        f"{', '.join(ALGORITHMS)}"
+    )
 
 
 def _parse_spec(spec: str) -> tuple[str | None, str]:
@@ -46,6 +66,10 @@ def _parse_spec(spec: str) -> tuple[str | None, str]:
     if not os.path.isfile(path) and os.path.isfile(path + ".zip"):
         path += ".zip"
     if not os.path.isfile(path):
+        if not named and rest and name.isalnum():  # (FOO:PATH said "no such FOO:PATH", not why)
+            raise ValueError(
+                f"sb3:{spec}: unknown SB3 algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}"
+            )
         raise ValueError(f"{path}: no such SB3 model zip (nor {path}.zip)")
     return (name.upper() if named else None), path
 
@@ -67,11 +91,22 @@ def frame_size(spec: str) -> int | None:
         ) from e
     if isinstance(space, gym.spaces.Dict):
         space = space.spaces.get("pixels")
+    layout = _frame_layout(space)
+    return None if layout is None else layout[0]
+
+
+def _frame_layout(space: Any) -> tuple[int, int, bool] | None:
+    """(side S, channels C, channel-first) of a uint8 image space of square frames, [C, S, S] (SB3's,
+    after VecTransposeImage) or [S, S, C]; None for any other space. Read from the two equal sides,
+    not from C in (1, 3, 4): frames stacked by VecFrameStack have 6, 12, ... channels."""
     shape = tuple(getattr(space, "shape", None) or ())
     if len(shape) != 3 or getattr(space, "dtype", None) != np.uint8:
         return None
-    side = _image_shapes(shape)[-1]
-    return side[0] if side[0] == side[1] else None
+    if shape[1] == shape[2] and shape[0] != shape[1]:
+        return shape[1], shape[0], True
+    if shape[0] == shape[1]:
+        return shape[0], shape[2], False
+    return None
 
 
 def _image_shapes(shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
@@ -82,14 +117,63 @@ def _image_shapes(shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     return (shape,)
 
 
+def _check_rgb_frames(space: gym.Space) -> None:
+    """Refuse a model whose frames are not one RGB frame, as the env gives them (its error named a
+    frame size: "sees 16 px frames, the env gives 16 px", or the channels as the size)."""
+    pixels = space.spaces.get("pixels") if isinstance(space, gym.spaces.Dict) else space
+    layout = _frame_layout(pixels)
+    if layout is None or layout[1] == 3:
+        return
+    channels = layout[1]
+    if channels % 3 == 0:
+        raise ValueError(
+            f"the SB3 model was trained on {channels // 3} stacked frames ({pixels.shape}: VecFrameStack); "
+            "sb3: feeds it one RGB frame a step: evaluate it with SB3's own frame stack"
+        )
+    raise ValueError(f"the SB3 model sees frames of {channels} channels ({pixels.shape}); the env's are RGB")
+
+
+def _vecnormalize_of(path: str) -> Any | None:
+    """The VecNormalize statistics a model was trained with (its zip records the raw observation
+    only then), from :data:`VECNORMALIZE_FILE` beside the zip or in a folder named as it; None for a
+    model trained without. Trained with them but none found: an error (raw observations fed to it
+    gave actions of another policy, silently)."""
+    if _zip_data(path).get("_last_original_obs") is None:
+        return None
+    stem = os.path.splitext(path)[0]
+    where = [os.path.join(os.path.dirname(path), VECNORMALIZE_FILE), os.path.join(stem, VECNORMALIZE_FILE)]
+    found = next((w for w in where if os.path.isfile(w)), None)
+    if found is None:
+        raise ValueError(
+            f"{path}: trained under VecNormalize, whose statistics SB3 keeps out of the zip; save them "
+            f"(VecNormalize.save) as {where[0]} or {where[1]}"
+        )
+    import pickle
+
+    try:
+        with open(found, "rb") as f:  # (SB3's own format: a pickle, as the zip's parts are)
+            stats = pickle.load(f)
+        if not callable(getattr(stats, "normalize_obs", None)):
+            raise TypeError(f"it holds a {type(stats).__name__}")
+        stats.training = False  # (its running means stay as they were trained)
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"
+        raise ValueError(f"{found}: cannot load it as SB3 VecNormalize statistics ({why})") from e
+    return stats
+
+
 class SB3Policy:
     """Acts with ``model.predict(deterministic=True)``. The model may have been trained on the whole
     observation dict, on ``obs["state"]`` or on ``obs["pixels"]``: the matching part is passed."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, normalize: Any | None = None) -> None:
+        """``normalize``: the SB3 ``VecNormalize`` the model was trained under (its statistics
+        normalise each observation before ``predict``)."""
         from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 
+        _check_rgb_frames(model.observation_space)
         self.model = model
+        self.normalize = normalize
         self.space = model.observation_space
         # SB3 trains image models channel-first (VecTransposeImage) and its predict transposes
         # channel-last frames back, so an env's [N, H, W, C] pixels are accepted as they are.
@@ -105,12 +189,13 @@ class SB3Policy:
 
         named, path = _parse_spec(spec)
         algo_name = named or _algorithm_of(path)
+        normalize = _vecnormalize_of(path)
         try:
             model = getattr(stable_baselines3, algo_name).load(path, device=device)
         except Exception as e:  # a damaged zip: BadZipFile, zlib.error, pickle errors, ...
             why = f"{type(e).__name__}: {e}"
             raise ValueError(f"{path}: cannot load it as an SB3 {algo_name} model ({why})") from e
-        return cls(model)
+        return cls(model, normalize)
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass
@@ -163,6 +248,8 @@ class SB3Policy:
                 raise ValueError(
                     f"SB3Policy: {'its observation' if key is None else f'obs[{key!r}]'} holds NaN or inf"
                 )
+        if self.normalize is not None:
+            selected = self.normalize.normalize_obs(selected)
         actions, _ = self.model.predict(selected, deterministic=True)
         if isinstance(self.model.action_space, gym.spaces.Discrete):
             return np.asarray(actions, dtype=np.int64)  # [N] action indices

@@ -262,6 +262,59 @@ def test_random_and_sb3_policies_drive_a_discrete_env(tmp_path):
         load_policy(f"sb3:{tmp_path / 'ppo.zip'}", "X-v0", gym.spaces.Discrete(3))
 
 
+def test_sb3_dqn_and_vecnormalize_models_load_and_frame_stacks_are_refused_clearly(tmp_path):
+    """DQN (the usual SB3 algorithm for Discrete actions) was refused, and sb3:DQN:PATH then read
+    "DQN:PATH" as the path; a model trained under VecNormalize was fed raw observations silently; a
+    frame-stacked one was told to pass the --image-size it had (or its channel count as the size)."""
+    from stable_baselines3 import DQN, PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecNormalize
+
+    from robobrain.policies.sb3 import frame_size
+
+    DQN("MlpPolicy", gym.make("CartPole-v1"), buffer_size=10, seed=0, device="cpu").save(tmp_path / "dqn.zip")
+    obs = {"pixels": np.zeros((2, 8, 8, 3), np.uint8), "state": np.zeros((2, 4), np.float32)}
+    for spec in (f"sb3:{tmp_path / 'dqn.zip'}", f"sb3:DQN:{tmp_path / 'dqn'}"):
+        policy = load_policy(spec, "CartPole-v1", gym.spaces.Discrete(2))
+        assert policy.act(obs).dtype == np.int64
+    with pytest.raises(ValueError, match=r"unknown SB3 algorithm 'FOO'; expected one of SAC, .*, DQN"):
+        load_policy(f"sb3:FOO:{tmp_path / 'dqn.zip'}", "CartPole-v1", gym.spaces.Discrete(2))
+
+    def state_env():
+        env = gym.make("robobrain/Reach-v0", image_size=8)
+        return gym.wrappers.TransformObservation(env, lambda o: o["state"], env.observation_space["state"])
+
+    normalized = VecNormalize(DummyVecEnv([state_env]))
+    model = PPO("MlpPolicy", normalized, n_steps=16, batch_size=16, seed=0, device="cpu").learn(32)
+    model.save(tmp_path / "norm.zip")
+    spec, space = f"sb3:{tmp_path / 'norm.zip'}", gym.spaces.Box(-1, 1, (3,))
+    with pytest.raises(ValueError, match="trained under VecNormalize, whose statistics"):
+        load_policy(spec, "robobrain/Reach-v0", space)
+    state = np.random.default_rng(0).uniform(-0.3, 0.3, (3, 10)).astype(np.float32)
+    obs = {"pixels": np.zeros((3, 8, 8, 3), np.uint8), "state": state}
+    for where in (tmp_path / "norm", tmp_path):  # (rl-zoo's folder named as the zip, or beside it)
+        where.mkdir(exist_ok=True)
+        normalized.save(where / "vecnormalize.pkl")
+        normalized.training = False
+        expected, _ = model.predict(normalized.normalize_obs(state), deterministic=True)
+        np.testing.assert_allclose(
+            load_policy(spec, "robobrain/Reach-v0", space).act(obs), expected, atol=1e-6
+        )
+        (where / "vecnormalize.pkl").unlink()
+    (tmp_path / "vecnormalize.pkl").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot load it as SB3 VecNormalize statistics"):
+        load_policy(spec, "robobrain/Reach-v0", space)
+
+    def pixel_env():
+        env = gym.make("robobrain/Reach-v0", image_size=36)  # (NatureCNN needs >= 36 px)
+        return gym.wrappers.TransformObservation(env, lambda o: o["pixels"], env.observation_space["pixels"])
+
+    stacked = VecFrameStack(DummyVecEnv([pixel_env]), 2)
+    PPO("CnnPolicy", stacked, n_steps=16, batch_size=16, device="cpu").save(tmp_path / "stack.zip")
+    assert frame_size(str(tmp_path / "stack.zip")) == 36
+    with pytest.raises(ValueError, match=r"trained on 2 stacked frames \(\(6, 36, 36\): VecFrameStack\)"):
+        load_policy(f"sb3:{tmp_path / 'stack.zip'}", "robobrain/Reach-v0", space)
+
+
 def test_sb3_zips_name_their_algorithm_without_unpickling(tmp_path):
     from stable_baselines3 import DDPG, TD3
 
