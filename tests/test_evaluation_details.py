@@ -204,32 +204,40 @@ def test_video_fps_is_the_one_asked_for(tmp_path):
         assert reader.get_meta_data()["fps"] == pytest.approx(10)
 
 
-def test_a_video_ffmpeg_wrote_nothing_for_is_an_error_and_replaces_nothing(tmp_path, monkeypatch):
-    """imageio-ffmpeg does not check how ffmpeg exited: an empty file is refused, the video already
-    there is kept, and no temporary file is left behind."""
+def test_a_video_ffmpeg_failed_midway_is_an_error_and_replaces_nothing(tmp_path, monkeypatch):
+    """imageio-ffmpeg does not check how ffmpeg exited: an empty file, or a partial one without its
+    index (ffmpeg out of disk midway, which replaced a good video silently), is refused, the video
+    already there is kept, and no temporary file is left behind."""
     import imageio.v2 as imageio
 
     from robobrain.video import write_video
 
-    class SilentWriter:  # (what a failed ffmpeg leaves: an empty file, no error)
-        def __init__(self, path, **kwargs):
-            open(path, "wb").close()
+    good = write_video(tmp_path / "good" / "v.mp4", np.zeros((20, 8, 8, 3), np.uint8)).read_bytes()
+    for left in (b"", good[: len(good) // 2]):
 
-        def __enter__(self):
-            return self
+        class FailedWriter:  # (what a failed ffmpeg leaves, with no error)
+            def __init__(self, path, **kwargs):
+                with open(path, "wb") as f:
+                    f.write(left)  # noqa: B023 (used in this iteration)
 
-        def __exit__(self, *exc):
-            return False
+            def __enter__(self):
+                return self
 
-        def append_data(self, frame):
-            pass
+            def __exit__(self, *exc):
+                return False
 
-    (tmp_path / "v.mp4").write_bytes(b"old video")
-    monkeypatch.setattr(imageio, "get_writer", SilentWriter)
-    with pytest.raises(OSError, match="ffmpeg wrote nothing"):
-        write_video(tmp_path / "v.mp4", np.zeros((2, 8, 8, 3), np.uint8))
-    assert (tmp_path / "v.mp4").read_bytes() == b"old video"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+            def append_data(self, frame):
+                pass
+
+        (tmp_path / "v.mp4").write_bytes(b"old video")
+        with monkeypatch.context() as m:
+            m.setattr(imageio, "get_writer", FailedWriter)
+            with pytest.raises(
+                OSError, match=r"ffmpeg wrote a broken video for .*v.mp4 \((0|none readable).* of 20 frames"
+            ):
+                write_video(tmp_path / "v.mp4", np.zeros((20, 8, 8, 3), np.uint8))
+        assert (tmp_path / "v.mp4").read_bytes() == b"old video"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "v.mp4"]
 
 
 # --- learning curve ----------------------------------------------------------------------------------
