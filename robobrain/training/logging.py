@@ -51,6 +51,7 @@ class MetricLogger:
             self._rewrite(self._fields + [k for k in row if k not in self._fields], self._rows())
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self._fields, extrasaction="ignore").writerow(row)
+            _sync(f)  # (on disk before the checkpoint that follows it: a power loss lost the row for good)
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, v, step)
@@ -65,6 +66,7 @@ class MetricLogger:
             writer = csv.DictWriter(f, fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+            _sync(f)
         os.replace(tmp, self.path)
         self._fields = fields
 
@@ -81,3 +83,8 @@ class MetricLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _sync(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
