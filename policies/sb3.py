@@ -133,21 +133,21 @@ def _check_rgb_frames(space: gym.Space) -> None:
     raise ValueError(f"the SB3 model sees frames of {channels} channels ({pixels.shape}); the env's are RGB")
 
 
-def _vecnormalize_of(path: str) -> Any | None:
-    """The VecNormalize statistics a model was trained with (its zip records the raw observation
-    only then), from :data:`VECNORMALIZE_FILE` beside the zip or in a folder named as it; None for a
-    model trained without. Trained with them but none found: an error (raw observations fed to it
-    gave actions of another policy, silently)."""
-    if _zip_data(path).get("_last_original_obs") is None:
-        return None
+def _vecnormalize_of(path: str, algo: str) -> Any | None:
+    """The VecNormalize statistics a model was trained with, from :data:`VECNORMALIZE_FILE` beside
+    the zip or in a folder named as it; None where there is none. A PPO or A2C zip records its raw
+    observation only under VecNormalize: one without the file is refused (raw observations fed to it
+    gave actions of another policy, silently). An off-policy zip records it always: not told apart."""
     stem = os.path.splitext(path)[0]
     where = [os.path.join(os.path.dirname(path), VECNORMALIZE_FILE), os.path.join(stem, VECNORMALIZE_FILE)]
     found = next((w for w in where if os.path.isfile(w)), None)
     if found is None:
-        raise ValueError(
-            f"{path}: trained under VecNormalize, whose statistics SB3 keeps out of the zip; save them "
-            f"(VecNormalize.save) as {where[0]} or {where[1]}"
-        )
+        if algo in ("PPO", "A2C") and _zip_data(path).get("_last_original_obs") is not None:
+            raise ValueError(
+                f"{path}: trained under VecNormalize, whose statistics SB3 keeps out of the zip; save "
+                f"them (VecNormalize.save) as {where[0]} or {where[1]}"
+            )
+        return None
     import pickle
 
     try:
@@ -189,13 +189,12 @@ class SB3Policy:
 
         named, path = _parse_spec(spec)
         algo_name = named or _algorithm_of(path)
-        normalize = _vecnormalize_of(path)
         try:
             model = getattr(stable_baselines3, algo_name).load(path, device=device)
         except Exception as e:  # a damaged zip: BadZipFile, zlib.error, pickle errors, ...
             why = f"{type(e).__name__}: {e}"
             raise ValueError(f"{path}: cannot load it as an SB3 {algo_name} model ({why})") from e
-        return cls(model, normalize)
+        return cls(model, _vecnormalize_of(path, algo_name))
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass

@@ -266,7 +266,7 @@ def test_sb3_dqn_and_vecnormalize_models_load_and_frame_stacks_are_refused_clear
     """DQN (the usual SB3 algorithm for Discrete actions) was refused, and sb3:DQN:PATH then read
     "DQN:PATH" as the path; a model trained under VecNormalize was fed raw observations silently; a
     frame-stacked one was told to pass the --image-size it had (or its channel count as the size)."""
-    from stable_baselines3 import DQN, PPO
+    from stable_baselines3 import DQN, PPO, SAC
     from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecNormalize
 
     from robobrain.policies.sb3 import frame_size
@@ -303,6 +303,14 @@ def test_sb3_dqn_and_vecnormalize_models_load_and_frame_stacks_are_refused_clear
     (tmp_path / "vecnormalize.pkl").write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot load it as SB3 VecNormalize statistics"):
         load_policy(spec, "robobrain/Reach-v0", space)
+    (tmp_path / "vecnormalize.pkl").unlink()
+    # An off-policy zip records the raw observation with or without VecNormalize: loaded as it is.
+    SAC("MlpPolicy", state_env(), buffer_size=64, learning_starts=4, seed=0, device="cpu").learn(8).save(
+        tmp_path / "sac" / "sac.zip"
+    )
+    assert isinstance(
+        load_policy(f"sb3:{tmp_path / 'sac' / 'sac.zip'}", "robobrain/Reach-v0", space), SB3Policy
+    )
 
     def pixel_env():
         env = gym.make("robobrain/Reach-v0", image_size=36)  # (NatureCNN needs >= 36 px)

@@ -71,12 +71,15 @@ def test_two_collections_of_one_iteration_start_from_different_seeds(monkeypatch
     monkeypatch.setattr(online, "collect_episodes", fake_collect)
     st = LoopState()
     st.iteration = 2
-    loop = SimpleNamespace(cfg=SimpleNamespace(seed=5, env="robobrain/Push-v0"), state=st, envs=None,
-                           store=SimpleNamespace(load=lambda n: n), _episodes=[])  # fmt: skip
+    loop = SimpleNamespace(cfg=SimpleNamespace(seed=5, env="robobrain/Push-v0", num_envs=2), state=st,
+                           envs=None, store=SimpleNamespace(load=lambda n: n), _episodes=[])  # fmt: skip
     OnlineLoop._collect(loop, None, 2, "scripted", seed_offset=7_919)
     OnlineLoop._collect(loop, None, 2, "random")
     assert seeds == [5 + 2 * 10_007 + 7_919, 5 + 2 * 10_007]
     assert st.env_steps == 40 and st.episodes == 0
+    st.iteration = 100  # (5 + 1,000,700: evaluation's starts, EVAL_SEEDS; moved past them)
+    OnlineLoop._collect(loop, None, 2, "random")
+    assert seeds[-1] == 5 + 100 * 10_007 + 100_000 + 2
 
 
 def test_world_model_updates_owed_are_paid_not_kept(tmp_path):

@@ -420,7 +420,7 @@ class OnlineLoop:
         episodes) from starting at the same initial states."""
         seed = self.cfg.seed + 10_007 * self.state.iteration + seed_offset
         # (iterations 100-109 of --seed 0 collected from evaluation's starts: moved past them)
-        seed = past_eval_seeds(seed, self.envs.num_envs)
+        seed = past_eval_seeds(seed, self.cfg.num_envs)
         meta = {"env_id": self.cfg.env, "policy": kind, "iteration": self.state.iteration}
         result = collect_episodes(
             self.envs, policy, self.store, episodes, seed=seed, meta=meta, progress=False, whole_step=True
