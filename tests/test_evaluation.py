@@ -305,6 +305,7 @@ def test_sb3_dqn_and_vecnormalize_models_load_and_frame_stacks_are_refused_clear
         load_policy(spec, "robobrain/Reach-v0", space)
     (tmp_path / "vecnormalize.pkl").unlink()
     # An off-policy zip records the raw observation with or without VecNormalize: loaded as it is.
+    (tmp_path / "sac").mkdir()
     SAC("MlpPolicy", state_env(), buffer_size=64, learning_starts=4, seed=0, device="cpu").learn(8).save(
         tmp_path / "sac" / "sac.zip"
     )
