@@ -16,8 +16,9 @@ from robobrain.policies.base import Observation, batch_size
 ALGORITHMS = (*SB3_ALGORITHMS, "DQN")
 """What ``sb3:`` loads: the actor-critics ``robobrain train`` fine-tunes, and DQN (Discrete actions)."""
 
-VECNORMALIZE_FILE = "vecnormalize.pkl"
-"""SB3's ``VecNormalize.save`` file, beside the zip or in a folder named as the zip (rl-zoo's layout)."""
+VECNORMALIZE_FILES = ("vecnormalize.pkl", "vec_normalize.pkl")
+"""Names of SB3's ``VecNormalize.save`` file (rl-zoo's, SB3's docs'), looked for in a folder named as
+the zip (rl-zoo's layout), then beside it."""
 
 
 def _zip_data(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def _parse_spec(spec: str) -> tuple[str | None, str]:
     if not os.path.isfile(path) and os.path.isfile(path + ".zip"):
         path += ".zip"
     if not os.path.isfile(path):
-        if not named and rest and name.isalnum():  # (FOO:PATH said "no such FOO:PATH", not why)
+        if not named and rest and len(name) > 1 and name.isalnum():  # (FOO:PATH: "no such FOO:PATH")
             raise ValueError(
                 f"sb3:{spec}: unknown SB3 algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}"
             )
@@ -133,19 +134,20 @@ def _check_rgb_frames(space: gym.Space) -> None:
     raise ValueError(f"the SB3 model sees frames of {channels} channels ({pixels.shape}); the env's are RGB")
 
 
-def _vecnormalize_of(path: str, algo: str) -> Any | None:
-    """The VecNormalize statistics a model was trained with, from :data:`VECNORMALIZE_FILE` beside
-    the zip or in a folder named as it; None where there is none. A PPO or A2C zip records its raw
+def _vecnormalize_of(path: str, algo: str, space: gym.Space) -> Any | None:
+    """The VecNormalize statistics a model was trained with (:data:`VECNORMALIZE_FILES`), checked
+    against its observation ``space``; None where there are none. A PPO or A2C zip records its raw
     observation only under VecNormalize: one without the file is refused (raw observations fed to it
     gave actions of another policy, silently). An off-policy zip records it always: not told apart."""
-    stem = os.path.splitext(path)[0]
-    where = [os.path.join(os.path.dirname(path), VECNORMALIZE_FILE), os.path.join(stem, VECNORMALIZE_FILE)]
+    stem, folder = os.path.splitext(path)[0], os.path.dirname(path)
+    where = [os.path.join(d, name) for d in (stem, folder) for name in VECNORMALIZE_FILES]
     found = next((w for w in where if os.path.isfile(w)), None)
     if found is None:
         if algo in ("PPO", "A2C") and _zip_data(path).get("_last_original_obs") is not None:
             raise ValueError(
                 f"{path}: trained under VecNormalize, whose statistics SB3 keeps out of the zip; save "
-                f"them (VecNormalize.save) as {where[0]} or {where[1]}"
+                f"them (VecNormalize.save) as {where[0]} (one that normalised rewards only: save "
+                "VecNormalize(venv, norm_obs=False) there)"
             )
         return None
     import pickle
@@ -156,10 +158,23 @@ def _vecnormalize_of(path: str, algo: str) -> Any | None:
         if not callable(getattr(stats, "normalize_obs", None)):
             raise TypeError(f"it holds a {type(stats).__name__}")
         stats.training = False  # (its running means stay as they were trained)
+        fits = _normalizes(stats, space)
     except Exception as e:
         why = f"{type(e).__name__}: {e}"
         raise ValueError(f"{found}: cannot load it as SB3 VecNormalize statistics ({why})") from e
+    if not fits:  # (another model's: a broadcasting error at the first act, or wrong actions)
+        raise ValueError(f"{found}: VecNormalize statistics of other observations than {path}'s {space}")
     return stats
+
+
+def _normalizes(stats: Any, space: gym.Space) -> bool:
+    """Whether VecNormalize ``stats`` normalise observations of ``space`` (shapes of its running means)."""
+    if not stats.norm_obs:
+        return True
+    if isinstance(space, gym.spaces.Dict):
+        keys = stats.norm_obs_keys or []
+        return all(k in space.spaces and stats.obs_rms[k].mean.shape == space[k].shape for k in keys)
+    return isinstance(stats.obs_rms.mean, np.ndarray) and stats.obs_rms.mean.shape == space.shape
 
 
 class SB3Policy:
@@ -194,7 +209,7 @@ class SB3Policy:
         except Exception as e:  # a damaged zip: BadZipFile, zlib.error, pickle errors, ...
             why = f"{type(e).__name__}: {e}"
             raise ValueError(f"{path}: cannot load it as an SB3 {algo_name} model ({why})") from e
-        return cls(model, _vecnormalize_of(path, algo_name))
+        return cls(model, _vecnormalize_of(path, algo_name, model.observation_space))
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
         pass

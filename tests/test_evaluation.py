@@ -287,22 +287,31 @@ def test_sb3_dqn_and_vecnormalize_models_load_and_frame_stacks_are_refused_clear
     model = PPO("MlpPolicy", normalized, n_steps=16, batch_size=16, seed=0, device="cpu").learn(32)
     model.save(tmp_path / "norm.zip")
     spec, space = f"sb3:{tmp_path / 'norm.zip'}", gym.spaces.Box(-1, 1, (3,))
-    with pytest.raises(ValueError, match="trained under VecNormalize, whose statistics"):
+    with pytest.raises(ValueError, match=r"trained under VecNormalize, whose .*rewards only: save VecNorm"):
         load_policy(spec, "robobrain/Reach-v0", space)
     state = np.random.default_rng(0).uniform(-0.3, 0.3, (3, 10)).astype(np.float32)
     obs = {"pixels": np.zeros((3, 8, 8, 3), np.uint8), "state": state}
-    for where in (tmp_path / "norm", tmp_path):  # (rl-zoo's folder named as the zip, or beside it)
-        where.mkdir(exist_ok=True)
-        normalized.save(where / "vecnormalize.pkl")
+    # (rl-zoo's folder named as the zip, or beside it; SB3's docs' name too)
+    for where in (tmp_path / "norm" / "vecnormalize.pkl", tmp_path / "vec_normalize.pkl"):
+        where.parent.mkdir(exist_ok=True)
+        normalized.save(where)
         normalized.training = False
         expected, _ = model.predict(normalized.normalize_obs(state), deterministic=True)
         np.testing.assert_allclose(
             load_policy(spec, "robobrain/Reach-v0", space).act(obs), expected, atol=1e-6
         )
-        (where / "vecnormalize.pkl").unlink()
+        where.unlink()
     (tmp_path / "vecnormalize.pkl").write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot load it as SB3 VecNormalize statistics"):
         load_policy(spec, "robobrain/Reach-v0", space)
+    # Another model's statistics (3-D observations): refused at load, not a broadcasting error later.
+    VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")])).save(tmp_path / "vecnormalize.pkl")
+    with pytest.raises(ValueError, match=r"statistics of other observations than .*norm.zip's Box"):
+        load_policy(spec, "robobrain/Reach-v0", space)
+    # Rewards alone normalised: statistics that leave observations as they are make it loadable.
+    VecNormalize(DummyVecEnv([state_env]), norm_obs=False).save(tmp_path / "vecnormalize.pkl")
+    expected, _ = model.predict(state, deterministic=True)
+    np.testing.assert_allclose(load_policy(spec, "robobrain/Reach-v0", space).act(obs), expected, atol=1e-6)
     (tmp_path / "vecnormalize.pkl").unlink()
     # An off-policy zip records the raw observation with or without VecNormalize: loaded as it is.
     (tmp_path / "sac").mkdir()
@@ -450,6 +459,7 @@ class CountingPolicy(RandomPolicy):
 
     def imagined_frames(self, steps: int | None = None) -> np.ndarray:
         self.decoded += 1
+        assert steps == 1  # (the video shows the first: decoding all H cost ~6x as much)
         return np.zeros((1, 1, 8, 8, 3), np.uint8)
 
 

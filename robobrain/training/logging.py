@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from robobrain.data.store import fsync_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +70,7 @@ class MetricLogger:
             writer.writerows(rows)
             _sync(f)
         os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)  # (the rename survives a power loss too)
         self._fields = fields
 
     def truncate_after(self, step: int) -> None:
