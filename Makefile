@@ -2,8 +2,11 @@
 # Both set everything up first and are fast the second time.
 #
 #   VENV=path        use another virtual environment (default .venv)
-#   TORCH_SPEC=spec  torch to install when the venv has none (default: the CPU build 2.13.0;
-#                    a GPU user keeps theirs: install it in the venv first, or pass TORCH_SPEC=torch)
+#   TORCH_SPEC=spec  torch to install when the venv has none (default: 2.13.0, the CPU build where pip
+#                    finds that wheel, as on the CI machines' local wheels; a GPU user keeps theirs:
+#                    install it in the venv first, or pass TORCH_SPEC=torch)
+#   TORCH_INDEX=url  the index torch comes from, e.g. https://download.pytorch.org/whl/cpu (public
+#                    PyPI's Linux x86_64 torch is the CUDA build, several GB)
 #   VENV_FLAGS=...   e.g. --system-site-packages to reuse a system-wide torch
 #   INTERPRETER_TRITON=spec  the Triton that tests/test_fused.py runs the fused rollout kernel with,
 #                    in its CPU interpreter (default triton==3.6.0; Linux x86_64 only)
@@ -11,6 +14,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV_FLAGS ?=
 INTERPRETER_TRITON ?= triton==3.6.0
 RENDER_PKGS := libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri
@@ -40,7 +44,7 @@ $(VENV)/.installed: pyproject.toml Makefile | $(PY)
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 		echo "setup: keeping installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
 	else \
-		echo "setup: installing $(TORCH_SPEC)"; $(PY) -m pip install -q "$(TORCH_SPEC)"; \
+		echo "setup: installing $(TORCH_SPEC)"; $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	@# In a folder of the venv that is not on its path: torch imports any triton it can find, and importing triton 3.9

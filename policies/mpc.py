@@ -134,14 +134,15 @@ class WorldModelMPCPolicy:
         )
         self.graphed_plan: GraphedPlan | None = None
         budget = self.cfg.optim.time_budget is not None  # (0.0 is a budget: one iteration)
-        if fused:
-            why = fused_unsupported(model.cfg, wants)
+        if fused:  # (where it runs first: on a CPU, "Triton is not installed" sent users to install it)
+            why = None
             if self.device.type != "cuda" or not (fast and whole_plan) or budget:
-                why = why or "it runs in the whole-plan CUDA graph (CUDA, fast, whole_plan, no time budget)"
-            if guide is not None:
-                why = why or "guided plans are not recorded whole"
-            if compile:
-                why = why or "it replaces the compiled twin (compile)"
+                why = "it runs in the whole-plan CUDA graph (CUDA, fast, whole_plan, no time budget)"
+            elif guide is not None:
+                why = "guided plans are not recorded whole"
+            elif compile:
+                why = "it replaces the compiled twin (compile)"
+            why = why or fused_unsupported(model.cfg, wants)
             if why is not None:
                 raise ValueError(f"fused imagination cannot be used here: {why}")
         whole = fast and whole_plan and self.device.type == "cuda" and not budget

@@ -162,8 +162,8 @@ def test_fused_planning_is_refused_where_it_cannot_run():
     """The planner's fused rollout lives in the whole-plan CUDA graph: on the CPU, with a guide, a
     time budget or --compile, asking for it is an error, not a silent fallback."""
     model = WorldModel(get_preset("debug", goal_dim=3).world_model)
-    with pytest.raises(ValueError, match="fused imagination cannot be used here"):
-        WorldModelMPCPolicy(model, MPCConfig(), "cpu", fused=True)
+    with pytest.raises(ValueError, match="cannot be used here: it runs in the whole-plan CUDA graph"):
+        WorldModelMPCPolicy(model, MPCConfig(), "cpu", fused=True)  # (it said "Triton is not installed")
     with pytest.raises(ValueError, match="fused imagination cannot be used here"):
         WorldModelMPCPolicy(model, MPCConfig(), "cpu", fused=True, compile=True)
     # --compile alike: on the CPU (or guided, or with a time budget) it compiled nothing, silently.

@@ -978,6 +978,13 @@ def test_train_and_eval_cli(push_data, tmp_path, caplog):
     far = json.loads((tmp_path / "far" / "report.json").read_text())
     assert far["summary"]["psnr@99"] is None and far["state_error"]["imagined@99"] is None
     assert far["windows_per_step"][0] > 0 == far["windows_per_step"][-1]
+    # The horizon it suggests is the longest that fits (it named the episode length, which did not).
+    import re
+
+    fits = int(re.search(r"pass --horizon (\d+) or less", caplog.text).group(1))
+    main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--horizon", str(fits), "--out",
+          str(tmp_path / "fits"), "--max-windows", "4"])  # fmt: skip
+    assert json.loads((tmp_path / "fits" / "report.json").read_text())["summary"][f"psnr@{fits}"] is not None
     with pytest.raises(ValueError, match="no episode is long enough"):
         main(["eval-wm", "--checkpoint", str(run), "--data", str(push_data), "--context", "999",
               "--out", str(tmp_path / "long" / "eval")])  # fmt: skip

@@ -300,10 +300,11 @@ def evaluate_world_model(
     }
     k = horizon - 1
     if not count[k]:
+        fits = max(len(ep) for ep in episodes) - context + 1  # (frames T + 1: context, then the horizon)
         log.warning(
-            "no episode lasts the %d steps of the horizon after its %d context frames (the longest, %d): "
-            "the figures at step %d are null; pass a shorter --horizon",
-            horizon, context, max(len(ep) for ep in episodes), horizon,
+            "no episode lasts the %d steps of the horizon after its %d context frames: the figures at "
+            "step %d are null; pass --horizon %d or less (the longest episode's, %d steps, less the context)",
+            horizon, context, horizon, fits, fits + context - 1,
         )  # fmt: skip
     report["summary"] = {
         f"psnr@{horizon}": report["model"]["psnr"][k],

@@ -489,7 +489,7 @@ def _train_world_model(
             while trainer.step < steps:
                 out_of_time = deadline is not None and time.monotonic() >= deadline
                 if out_of_time:
-                    log.info("time budget of %.1f min reached at step %d", max_minutes, trainer.step)
+                    log.info("time budget of %g min reached at step %d", max_minutes, trainer.step)
                     if window:  # (the steps since the last row: a resumed run logs only those after)
                         log_window()
                     save_checkpoint(
