@@ -1,7 +1,8 @@
 """robobrain's online loop against SB3 SAC at the same env-step budget, measured by the same evaluation
 code, plus the guide ablation (MPC alone / + actor prior / + critic value / both).
 
-    # 1. the robobrain run (resumable; its wall clock is in <run>/train.csv, column wall_s)
+    # 1. the robobrain run (resumable; its wall clock is in <run>/train.csv, column wall_s, and the
+    #    seconds of its evaluations in eval_s: the table's train wall clock leaves them out)
     robobrain train --env robobrain/Push-v0 --env-steps 20000 --run-dir runs/push_20k
     # 2. the peers and the table
     python bench/bench_online.py --run runs/push_20k --env-steps 20000 --episodes 20
@@ -57,11 +58,12 @@ def train_sac(
     device: str = "auto",
     checkpoint_every: int = 5000,
     episode_steps: int | None = None,
-) -> tuple[Path, float, str]:
-    """Trains (or finishes) one SAC peer; returns its zip, training wall clock and where that clock
-    was measured (read back when a finished peer of the same env, observation key, steps, image size,
-    seed and episode length is found in ``out``: trained earlier, maybe on another machine, which
-    ``sac_TAG.wall_s`` records with the date). ``episode_steps``: the env's time limit (None: its own).
+) -> tuple[Path, float, str, str | None]:
+    """Trains (or finishes) one SAC peer; returns its zip, training wall clock, where that clock was
+    measured and the kind of device it trained on (None where not recorded); all read back when a
+    finished peer of the same env, observation key, steps, image size, seed and episode length is
+    found in ``out`` (trained earlier, maybe on another machine, which ``sac_TAG.wall_s`` records with
+    the date and the device). ``episode_steps``: the env's time limit (None: its own).
 
     Every ``checkpoint_every`` steps the model, its replay buffer and the wall clock so far go to
     ``out/sac_TAG.ckpt/`` (written beside it, then renamed), so a killed run re-started with the same
@@ -79,8 +81,9 @@ def train_sac(
         print(f"sac_{tag}: trained before, reused", flush=True)
         saved = json.loads((out / f"sac_{tag}.wall_s").read_text())
         if not isinstance(saved, dict):  # (a bare number: written before the machine was recorded)
-            return path, float(saved), "reused, trained earlier (machine not recorded)"
-        return path, float(saved["wall_s"]), f"reused, trained {saved['date']} on {saved['machine']}"
+            return path, float(saved), "reused, trained earlier (machine not recorded)", None
+        origin = f"reused, trained {saved['date']} on {saved['machine']}"
+        return path, float(saved["wall_s"]), origin, saved.get("device")
     ckpt, tmp, old = (out / f"sac_{tag}.{s}" for s in ("ckpt", "ckpt.tmp", "ckpt.old"))
     if not ckpt.exists() and old.exists():  # killed between the two renames below
         old.rename(ckpt)
@@ -125,12 +128,17 @@ def train_sac(
     origin = f"trained in this run on {machine}" + (
         " (resumed: earlier processes' time included)" if done_wall else ""
     )
-    record = {"wall_s": wall, "machine": machine, "date": time.strftime("%Y-%m-%d")}
+    record = {
+        "wall_s": wall,
+        "machine": machine,
+        "device": model.device.type,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     atomic_write_json(out / f"sac_{tag}.wall_s", record)  # before the model: a model on disk has its time
     os.replace(out / f"sac_{tag}.tmp.zip", path)
     shutil.rmtree(ckpt, ignore_errors=True)
     env.close()
-    return path, wall, origin
+    return path, wall, origin, model.device.type
 
 
 def evaluate(
@@ -168,10 +176,16 @@ def _last_row(run: Path) -> dict[str, str]:
         return list(csv.DictReader(f))[-1]
 
 
-def run_wall_clock(run: Path) -> float:
-    """Seconds the run spent in the loop (``wall_s`` of its last row; its periodic evaluations and
-    checkpoints included, which the SAC peers' wall clock does not have)."""
-    return float(_last_row(run)["wall_s"])
+def run_wall_clock(run: Path) -> tuple[float, bool]:
+    """Seconds the run spent in the loop, less its evaluations (the SAC peers' clock has none), and
+    whether they could be taken out: ``wall_s`` of its last row less the sum of its ``eval_s`` column;
+    a run logged before that column existed keeps them in (False). Checkpoints stay in (seconds)."""
+    with open(run / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    wall = float(rows[-1]["wall_s"])
+    if "eval_s" not in rows[-1]:
+        return wall, False
+    return wall - sum(float(r["eval_s"]) for r in rows if r.get("eval_s")), True
 
 
 def main() -> None:
@@ -235,15 +249,16 @@ def main() -> None:
                                  num_prior=num_prior)  # fmt: skip
             t = time.perf_counter()
             summary = evaluate(policy, args.env, args.episodes, size, 2, args.seed, episode_steps)
-            rows.append(
-                (f"robobrain MPC, guide={guide}", summary, run_wall_clock(args.run), time.perf_counter() - t)
-            )
+            wall, without_evals = run_wall_clock(args.run)
+            mark = "" if without_evals else "*"  # (its periodic evaluations included: see the note)
+            rows.append((f"robobrain MPC, guide={guide}{mark}", summary, wall, time.perf_counter() - t))
             progress(*rows[-1])
     origins: list[str] = []
+    sac_devices: set[str | None] = set()
     for key in ("state", "pixels"):
         if key in args.skip:
             continue
-        path, wall, origin = train_sac(
+        path, wall, origin, sac_device = train_sac(
             args.env,
             key,
             args.env_steps,
@@ -259,20 +274,24 @@ def main() -> None:
         summary = evaluate(policy, args.env, args.episodes, sac_size, 2, args.seed, episode_steps)
         rows.append((f"SB3 SAC from {key}", summary, wall, time.perf_counter() - t))
         origins.append(f"SAC from {key} ({sac_size} px frames rendered): {origin}")
+        sac_devices.add(sac_device)
         progress(*rows[-1])
 
-    sac_device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     length = "" if episode_steps is None else f" of {episode_steps} steps (the run's --episode-steps)"
     print(
         f"\n{args.env}, {args.env_steps} env steps, {args.episodes} evaluation episodes{length} "
         f"(seeds {args.seed}+)"
     )
-    print("\n".join(origins) + ("\nevaluations on cpu" if origins else ""))
+    print("\n".join([*origins, f"evaluations here, on cpu: {describe('cpu')}"]))
     if args.run is not None:  # (trained earlier, in another process: its wall clock is not this run's)
-        run_device = str(cfg["online"].get("device", "cpu"))
+        run_device = str(cfg["online"].get("device", "cpu")).split(":")[0]
         print(f"robobrain's run {args.run} trained earlier, on {run_device} (machine not recorded)")
-        if run_device.split(":")[0] != sac_device.split(":")[0]:
-            print("WARNING: they trained on different kinds of device: compare wall clocks with care")
+        if sac_devices - {run_device}:  # (a peer's own device, as recorded with it; None: not recorded)
+            print("WARNING: the SAC peers may have trained on another kind of device (theirs: "
+                  f"{sorted(str(d) for d in sac_devices)}): compare wall clocks with care")  # fmt: skip
+        if any(name.endswith("*") for name, *_ in rows):
+            print("* train.csv without an eval_s column (an older run): its wall clock includes the "
+                  "periodic evaluations, which the SAC peers' does not")  # fmt: skip
     print("| agent | success (95 % Wilson) | mean return | train wall clock | eval wall clock |")
     print("|---|---|---|---|---|")
     for name, s, wall, ev in rows:

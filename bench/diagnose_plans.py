@@ -5,7 +5,9 @@ planners' chosen plans with both the world model and the true simulator.
 
 The learned planner (``mpc:R``, unguided, the ``robobrain train`` budget: CEM 256 x 32 x 4, H=12)
 acts for whole episodes. Every ``--every`` steps the oracle planner (the same controller planning in
-copies of the simulator) plans from the same state, and each of the two plans is scored twice: by
+copies of the simulator) plans from the same state -- from scratch, as its warm start, shifted once
+per plan, would hold a plan ``--every`` steps old (with ``--every 1`` it plans every step, warm as the
+learned one) -- and each of the two plans is scored twice: by
 the world model from the learned planner's filtered latent (imagined return, as the planner scores
 it) and by the simulator (true return of those actions from the true state, success bonus 1). Both
 planners plan and both scores discount as the learned one plans (0.99, train's), so that a plan
@@ -69,6 +71,8 @@ def main() -> None:
             batch = {k: v[None] for k, v in obs.items()}
             action = learned.act(batch)
             if t % args.every == 0:
+                if args.every > 1:  # (a cold start, not a plan made --every steps ago shifted once)
+                    oracle.reset(1)
                 oracle.act(batch)
                 mine = torch.from_numpy(learned.planned_actions())[0]
                 plans = torch.stack([mine, oracle.mpc.last.best.cpu()[0]])

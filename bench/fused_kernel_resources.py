@@ -23,6 +23,8 @@ import re
 import tempfile
 import time
 
+from machine import describe  # bench/machine.py (the script's folder is on sys.path)
+
 from robobrain.config import get_preset
 
 
@@ -61,7 +63,7 @@ def main() -> None:
     float32 = {"deter_ptr", "goal_ptr", "reward_ptr", "success_ptr", "deter_out_ptr", "stoch_out_ptr"}
     scalars = {"M": "i32", "zero": "i32", "eps": "fp32", "bin_low": "fp32", "bin_step": "fp32"}
     print(f"# fused rollout kernel, preset {args.preset}, H={args.horizon}, sm_{args.arch}, "
-          f"triton {triton.__version__}")  # fmt: skip
+          f"triton {triton.__version__}; compiled (compile s) on {describe('cpu')}")  # fmt: skip
     columns = "BM BK warps stages MMA registers spill_stores_B spill_loads_B stack_B shared_B".split()
     columns += ["async_copies", "compile_s"]
     print("| " + " | ".join(c.replace("_", " ") for c in columns) + " |")

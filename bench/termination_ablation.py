@@ -83,13 +83,14 @@ def main() -> None:
             variant = dataclasses.replace(
                 preset, train=train, world_model=dataclasses.replace(preset.world_model, use_termination=use)
             )
+            resumed = (run / "checkpoints").exists()  # (its time is not this call's: printed as -)
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # (an env without a state layout: no goal)
                 train_world_model(
                     args.data, run, variant, args.steps, device, progress=False, preset_name=args.preset
                 )
-            train_s = time.perf_counter() - t0
+            train_s = float("nan") if resumed else time.perf_counter() - t0
             got[label] = run_eval(f"mpc:{run}", run.name)
             name = f"mpc, {'termination head' if use else 'no termination head'}, seed {seed}"
             rows.append((name, got[label], train_s))
@@ -105,6 +106,8 @@ def main() -> None:
         print(
             f"{name:<38} {mean_se(returns(report)):>14} {s['mean_length']:>12.1f} {p50:>8.1f} {train_s:>8.0f}"
         )
+    print("(train s: nan for the random policy, and for a run directory that already held a checkpoint: "
+          "its training was not timed here)")  # fmt: skip
     print("\nhead minus no head, paired on the env seeds:")
     for seed, d in paired:
         print(

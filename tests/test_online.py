@@ -62,6 +62,11 @@ def test_demo_trains_learns_and_writes_its_outputs(tmp_path):
     assert [int(float(r[col["wm_episodes"]])) for r in rows] == [2, 4, 6, 8, 10, 12]  # all of it
     assert all(float(r[col["sb3_n_updates"]]) > 0 for r in rows[1:])  # SB3 fine-tunes every iteration
     assert rows[0][col["eval_success"]] != ""  # evaluated after the seed data and every 60 steps
+    # The evaluations' seconds, inside wall_s (bench_online takes them out: the SAC peers have none).
+    evals = [float(r[col["eval_s"]]) for r in rows if r[col["eval_s"]]]
+    assert len(evals) == sum(r[col["eval_success"]] != "" for r in rows) and 0 < sum(evals) < float(
+        rows[-1][col["wall_s"]]
+    )
     # The collected episodes' mean return: what the exploring agent gets while success is still 0.
     returns = [float(r[col["train_return"]]) for r in rows]
     assert all(np.isfinite(returns)) and all(r < 0 for r in returns), returns  # Push rewards are distances

@@ -791,7 +791,9 @@ class OnlineLoop:
         if st.last_eval < 0 or st.env_steps - st.last_eval >= cfg.eval_every or st.env_steps >= cfg.env_steps:
             # At the budget this is the final evaluation (eval/final, its video, final_eval.json):
             # the same weights are not evaluated twice.
+            t0 = time.perf_counter()
             report = self.evaluate(final=st.env_steps >= cfg.env_steps)
+            row["eval_s"] = time.perf_counter() - t0  # (in wall_s: what the loop spent not training)
             if st.env_steps >= cfg.env_steps:
                 self._final_report = report
             summary = report["summary"]
