@@ -145,8 +145,10 @@ class WorldModelMPCPolicy:
             why = why or fused_unsupported(model.cfg, wants)
             if why is not None:
                 raise ValueError(f"fused imagination cannot be used here: {why}")
-        whole = fast and whole_plan and self.device.type == "cuda" and not budget
-        if compile and not (whole and guide is None):  # (it was silently unused)
+        # (a guided plan is scored outside the graph: its bf16 twin, a copy of the whole model, was
+        # built and never used, afresh at each of the online loop's iterations)
+        whole = fast and whole_plan and self.device.type == "cuda" and not budget and guide is None
+        if compile and not whole:  # (it was silently unused)
             why = "CUDA, fast, whole_plan, unguided, no time budget"
             raise ValueError(
                 f"compile applies to the whole-plan CUDA graph only ({why}: robobrain eval --device cuda, "

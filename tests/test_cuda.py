@@ -14,6 +14,7 @@ from robobrain.config import get_preset, to_dict
 from robobrain.planning import CEM, GraphedPlan, MPCConfig, OptimizerConfig, world_model_score_fn
 from robobrain.planning.mpc import make_optimizer
 from robobrain.policies import WorldModelMPCPolicy
+from robobrain.rl import BehaviourPrior, BehaviourPriorGuide
 from robobrain.training.wm_trainer import load_world_model
 from robobrain.world_model import (
     Bf16Imagine,
@@ -234,6 +235,9 @@ def test_mpc_policy_plans_on_cuda(kw):
         assert action.shape == (4, GOAL_CFG.action_dim) and action.dtype == np.float32
         assert np.all(np.abs(action) <= 1.0)
     assert policy.imagined_frames().shape == (4, 5, size, size, 3)
+    if not kw:  # A guided plan is scored outside the graph: no bf16 twin is built for it.
+        guide = BehaviourPriorGuide(BehaviourPrior(GOAL_CFG.feat_dim, GOAL_CFG.action_dim), num_prior=8)
+        assert WorldModelMPCPolicy(model, cfg, CUDA, guide=guide).graphed_plan is None
 
 
 def test_bf16_autocast_training_halves_the_loss_on_a_fixed_batch():
