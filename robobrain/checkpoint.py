@@ -345,6 +345,8 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
         return p
     if not p.exists():
         raise CheckpointError(f"{p}: no checkpoint there (the path does not exist)")
+    if p.is_file() and (p.parent / MODEL_FILE).exists():  # (its weights file: "expected model.safetensors")
+        raise CheckpointError(f"{p}: a file of a checkpoint; pass its directory, {p.parent}")
     run = p.parent if p.name == "checkpoints" else p
     latest = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
     if latest is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -278,6 +279,15 @@ def check_planner_flags(args: Eval) -> None:
         raise ValueError("--temperature: only --optimizer mppi reads it (CEM weighs its elites equally)")
     if args.prior_std is not None and args.guide != "bc":  # (an SB3 actor's samples: their own noise)
         raise ValueError(f"--prior-std: only --guide bc reads it, not --guide {args.guide}")
+    # (the guides' own errors named no flag, and a value the user never set: "got -1, 0.2")
+    if args.prior_std is not None and not 0 <= args.prior_std < math.inf:
+        raise ValueError(f"--prior-std must be finite and >= 0, got {args.prior_std}")
+    least = 1 if args.guide in ("bc", "prior", "both") else 0  # (0 prior samples: no prior guides it)
+    if args.prior_samples is not None and args.prior_samples < least:
+        hint = "; --guide value or none plans without a prior" if args.guide in ("prior", "both") else ""
+        raise ValueError(
+            f"--prior-samples must be >= {least} with --guide {args.guide}, got {args.prior_samples}{hint}"
+        )
 
 
 @dataclass(frozen=True)

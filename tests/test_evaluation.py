@@ -148,6 +148,11 @@ def test_clear_errors_for_bad_specs(tmp_path, caplog):
         load_policy(f"mpc:{tmp_path / 'nothing'}", "robobrain/Push-v0", space)
     cfg = get_preset("debug", action_dim=4).world_model
     save_checkpoint(tmp_path / "wm4", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
+    weights = next((tmp_path / "wm4").rglob("model.safetensors"))  # (it said "expected model.safetensors")
+    with pytest.raises(
+        CheckpointError, match=f"a file of a checkpoint; pass its directory, {weights.parent}$"
+    ):
+        load_policy(f"mpc:{weights}", "robobrain/Push-v0", space)
     with pytest.raises(ValueError, match="4-D actions"):
         load_policy(f"mpc:{tmp_path / 'wm4'}", "robobrain/Push-v0", space)
     for bad in ("scripted", "oracle", f"mpc:{tmp_path / 'wm4'}"):  # (random and sb3: drive it)

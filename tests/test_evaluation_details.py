@@ -302,6 +302,16 @@ def test_planner_settings_keep_at_least_one_elite():
     with pytest.raises(ValueError, match="--prior-std: only --guide bc reads it, not --guide auto"):
         check_planner_flags(Eval(policy="mpc:runs/wm", prior_std=0.3))  # (ignored, yet recorded)
     check_planner_flags(Eval(policy="mpc:runs/wm", guide="bc", prior_std=0.3))
+    # (the guides' errors named no flag, and a noise_std never set; a prior guide of 0 samples ran unguided)
+    for flags, said in (
+        ({"guide": "bc", "prior_std": -1.0}, "--prior-std must be finite and >= 0"),
+        ({"guide": "bc", "prior_samples": 0}, "--prior-samples must be >= 1 with --guide bc"),
+        ({"guide": "prior", "prior_samples": 0}, "must be >= 1 with --guide prior, got 0; --guide value"),
+        ({"prior_samples": -1}, "--prior-samples must be >= 0 with --guide auto"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            check_planner_flags(Eval(policy="mpc:runs/wm", **flags))
+    check_planner_flags(Eval(policy="mpc:runs/wm", guide="value", prior_samples=0))
     with pytest.raises(ValueError, match="--temperature: only --optimizer mppi reads it"):
         check_planner_flags(Eval(policy="oracle", temperature=2.0))  # (CEM by default: ignored, yet recorded)
     check_planner_flags(Eval(policy="oracle", optimizer="mppi", temperature=2.0))

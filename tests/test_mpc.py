@@ -47,6 +47,7 @@ def test_mpc_config_refuses_what_would_plan_nan_or_nothing():
         ({"exploration_beta": float("inf")}, "exploration_beta"),
         ({"exploration_beta": -1.0}, "exploration_beta"),
         ({"exploration_beta": 1.0, "exploration_length": 1}, "exploration_length >= 2"),
+        ({"exploration_length": -5}, "exploration_length >= 2"),  # (unread at beta 0: accepted, silently)
         ({"success_bonus": float("nan")}, "success_bonus must be finite"),
         ({"disagreement_penalty": float("-inf")}, "disagreement_penalty must be finite"),
     ]:

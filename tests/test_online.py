@@ -438,7 +438,12 @@ def test_run_starts_from_offline_data_and_an_offline_world_model(tmp_path, caplo
         run_image_size(resumed, tmp_path / "fresh-run")
 
 
-def test_flags_out_of_range_are_refused_when_read():
+def test_flags_out_of_range_are_refused_when_read(tmp_path):
+    # (a disagreement penalty without an ensemble was refused when the planner was built: after the
+    # seed episodes and pretraining, which it left behind)
+    with pytest.raises(ValueError, match=r"mpc\.disagreement_penalty needs a world model with an ensemble"):
+        main([*run_args(tmp_path / "dp", 40), "--mpc.disagreement-penalty", "0.5"])
+    assert not (tmp_path / "dp").exists()
     # (an infinite train_ratio owed inf updates: an OverflowError after a checkpoint that kept it)
     for name, value in (("env_steps", -5), ("eval_episodes", 0), ("eval_every", -1), ("train_ratio", -1.0),
                         ("pretrain_steps", -5), ("num_envs", 0), ("train_ratio", float("nan")),

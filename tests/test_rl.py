@@ -454,8 +454,9 @@ def test_deterministic_actors_keep_exploring(model, algo):
     assert not np.allclose(a1, a2) and not np.allclose(a1, greedy)
     quiet = make_sb3_model(SB3Config(**{**SB3.__dict__, "algo": algo, "action_noise": 0.0}), env, 0, "cpu")
     assert quiet.action_noise is not None and np.all(quiet.action_noise() == 0)
-    with pytest.raises(ValueError, match="action_noise"):
-        SB3Config(action_noise=-1.0)
+    for noise in (-1.0, float("inf")):  # (inf: TD3's every action clipped to the bounds)
+        with pytest.raises(ValueError, match="action_noise must be finite and >= 0"):
+            SB3Config(action_noise=noise)
 
 
 def test_a_wrapped_replay_buffer_comes_back_whole(model, tmp_path):

@@ -94,7 +94,7 @@ def test_every_uint8_value_survives_the_float_round_trip():
 
 
 def test_image_sizes_below_16_are_refused():
-    for size in (4, 8):
+    for size in (4, 8, 0, -8):  # (0 and -8: "math domain error")
         with pytest.raises(ValueError, match="power of two >= 16"):
             num_conv_layers(size)
     assert num_conv_layers(16) == 2

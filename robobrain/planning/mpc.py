@@ -63,7 +63,7 @@ class MPCConfig:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
         if not 0 <= self.exploration_beta < math.inf:  # (NaN coloured noise became NaN actions)
             raise ValueError(f"exploration_beta must be finite and >= 0, got {self.exploration_beta}")
-        if self.exploration_beta > 0 and self.exploration_length < 2:
+        if self.exploration_length < 2:  # (read only with exploration_beta > 0: checked anyway)
             raise ValueError(f"coloured noise needs exploration_length >= 2, got {self.exploration_length}")
         for name in ("success_bonus", "disagreement_penalty"):  # (NaN scored every plan -inf: zeros)
             if not math.isfinite(getattr(self, name)):

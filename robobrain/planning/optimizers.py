@@ -9,6 +9,7 @@ whichever comes first (at least one iteration always runs).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,8 +53,12 @@ class OptimizerConfig:
             (0 < self.elites <= self.num_samples, "0 < num_elites <= num_samples"),
             (self.iterations >= 1, "iterations >= 1 (at least one always runs)"),
             (self.time_budget is None or self.time_budget >= 0, "time_budget >= 0 or None"),
-            (self.init_std > 0, "init_std > 0 (0 never moves the mean)"),
-            (self.min_std >= 0, "min_std >= 0"),
+            (
+                0 < self.init_std < math.inf,
+                "0 < init_std < inf (0 never moves the mean; inf clamps every sample)",
+            ),
+            (0 <= self.min_std < math.inf, "0 <= min_std < inf"),
+            (0 < self.temperature < math.inf, "0 < temperature < inf (read by MPPI)"),
             (0 <= self.momentum < 1, "0 <= momentum < 1 (1 keeps the initial mean, > 1 moves away)"),
             (self.low < self.high, "low < high"),
         ]

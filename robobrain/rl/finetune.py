@@ -76,7 +76,7 @@ class SB3Config:
             if not getattr(self, name) >= low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)} (--sb3.{_flag(name)})")
         for name, ok, need in (
-            ("action_noise", self.action_noise >= 0, ">= 0"),
+            ("action_noise", 0 <= self.action_noise < math.inf, "finite and >= 0"),
             ("learning_rate", 0 < self.learning_rate < math.inf, "> 0 and finite"),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
         ):

@@ -324,6 +324,11 @@ class OnlineLoop:
                 f"explore_bonus needs a world model with an ensemble: the {cfg.preset} preset has none, "
                 "set ensemble (e.g. 4)"
             )
+        if cfg.mpc.disagreement_penalty and not self.wm_cfg.ensemble and cfg.init_world_model is None:
+            raise ValueError(  # (refused when the planner was built: after the seed data and pretraining)
+                f"mpc.disagreement_penalty needs a world model with an ensemble: the {cfg.preset} preset "
+                "has none, set ensemble (e.g. 4)"
+            )
         self.envs = factories.make_envs(cfg.num_envs)
         space = self.envs.single_action_space
         try:

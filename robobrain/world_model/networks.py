@@ -23,8 +23,10 @@ def float_to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 def num_conv_layers(image_size: int) -> int:
     """Stride-2 layers from ``image_size`` down to 4x4."""
+    if image_size < 16:  # (before log2: 0 was a "math domain error")
+        raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
     n = int(math.log2(image_size)) - 2
-    if image_size < 16 or 2 ** (n + 2) != image_size:
+    if 2 ** (n + 2) != image_size:
         raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
     return n
 
