@@ -746,6 +746,10 @@ def run_train_prior(args: TrainPrior) -> dict:
         world_model_from_checkpoint,
     )
 
+    resolved = [Path(root).resolve() for root in args.data]
+    if len(set(resolved)) < len(resolved):  # (each of its episodes was cloned twice, counted twice)
+        twice = sorted({str(r) for r in resolved if resolved.count(r) > 1})
+        raise ValueError(f"--data names a store more than once: {', '.join(twice)}")
     ckpt = load_checkpoint(args.checkpoint, with_training_state=False)  # (read once: a run beside it
     model = world_model_from_checkpoint(ckpt, args.device)  # may move its `latest` between two reads)
     holdout = train_config_from_checkpoint(ckpt.config, ckpt.path).holdout_fraction

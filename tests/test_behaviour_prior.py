@@ -187,6 +187,9 @@ def test_train_prior_cli_and_guided_eval_policy(model, tmp_path):
           str(tmp_path / "more"), "--steps", "20"])  # fmt: skip
     saved = json.loads(next((tmp_path / "wm").rglob("behaviour_prior/config.json")).read_text())
     assert saved["fit"]["train_episodes"] == 17 + 9 and saved["fit"]["val_episodes"] == 2 + 1
+    with pytest.raises(ValueError, match="--data names a store more than once"):  # (cloned twice)
+        main(["train-prior", "--checkpoint", str(tmp_path / "wm"), "--data", str(tmp_path / "data"),
+              str(tmp_path / "data" / "."), "--steps", "2"])  # fmt: skip
     held = tmp_path / "held"  # a store of held-out numbers only (an IndexError)
     held.mkdir()
     for k in (9, 19):
