@@ -517,6 +517,12 @@ def run_train_wm(args: TrainWM) -> dict:
         overrides["use_termination"] = False
     preset = get_preset(args.preset, **overrides)
     preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, seed=args.seed))
+    most = preset.train.seq_len - 1  # (a window of L frames rolls L - 1 steps open loop: more was cut)
+    if args.open_loop_horizon is not None and args.open_loop_horizon > most:
+        raise ValueError(
+            f"--open-loop-horizon {args.open_loop_horizon}: the {args.preset} preset's windows of "
+            f"{preset.train.seq_len} frames roll at most {most} steps open loop"
+        )
     metrics = train_world_model(
         args.data, args.run_dir, preset, args.steps, args.device, args.progress, args.max_minutes, args.preset
     )

@@ -1012,6 +1012,9 @@ def test_train_and_eval_cli(push_data, tmp_path, caplog):
         main(["eval", "--policy", f"bc:{prior_dir}", "--out", never])
     with pytest.raises(ValueError, match=r"--seed must be in \[0, 2\*\*32\)"):  # (numpy's named no flag)
         main(["train-wm", "--data", str(push_data), "--run-dir", never, "--seed", "-1"])
+    with pytest.raises(ValueError, match="debug preset's windows of 8 frames roll at most 7 steps"):  # (cut)
+        main(["train-wm", "--data", str(push_data), "--run-dir", never, "--preset", "debug",
+              "--open-loop-horizon", "8"])  # fmt: skip
     assert not (tmp_path / "never").exists() and not (load_checkpoint(run).path / "behaviour_prior").exists()
     # A mistyped or empty store: a clear error, and nothing created.
     with pytest.raises(FileNotFoundError, match="no such episode store"):
