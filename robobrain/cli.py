@@ -20,7 +20,7 @@ import numpy as np
 import tyro
 
 from robobrain.config import EVAL_SEEDS, SEED_LIMIT, check_seed, is_int
-from robobrain.data.store import no_empty_dirs_on_failure
+from robobrain.data.store import MANIFEST, no_empty_dirs_on_failure
 from robobrain.training.online import OnlineConfig
 
 log = logging.getLogger(__name__)
@@ -877,6 +877,17 @@ def check_output_dir(path: Path | None, flag: str) -> None:
             return
 
 
+def check_output_kind(path: Path | None, flag: str, store: bool) -> None:
+    """Refuse an episode store as the output of a command that writes a run or a report, and a run
+    as the output of ``collect`` (``store``): each wrote its files into the other, silently."""
+    if path is None or not path.is_dir():
+        return
+    if store and (path / "checkpoints").is_dir():
+        raise ValueError(f"{flag} {path} is a run directory (it holds checkpoints/), not an episode store")
+    if not store and (path / MANIFEST).exists():
+        raise ValueError(f"{flag} {path} is an episode store (it holds {MANIFEST}): pass another {flag}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a command; errors propagate (tests and callers from Python see them as they are)."""
     args = _parse(sys.argv[1:] if argv is None else argv)
@@ -894,6 +905,7 @@ def main(argv: list[str] | None = None) -> None:
             out = collect_out(args) if isinstance(args, Collect) else getattr(args, "out", None)
             for flag, path in (("--out", out), ("--run-dir", getattr(args, "run_dir", None))):
                 check_output_dir(path, flag)
+                check_output_kind(path, flag, store=isinstance(args, Collect))
             with no_empty_dirs_on_failure(out, getattr(args, "run_dir", None)):
                 run(args)
             return

@@ -415,6 +415,29 @@ def test_collections_started_at_once_take_different_seeds(tmp_path, monkeypatch)
     assert not (tmp_path / "cp").exists()
 
 
+def test_stores_and_runs_are_not_written_into_each_other(tmp_path):
+    """collect into a run directory, train-wm/train with a store as --run-dir, eval/eval-wm into a
+    store: each wrote its files into the other, silently."""
+    store, run = tmp_path / "store", tmp_path / "run"
+    main(["collect", "--env", "robobrain/Reach-v0", "--policy", "random", "--episodes", "1",
+          "--num-envs", "1", "--episode-steps", "2", "--image-size", "16", "--out", str(store),
+          "--no-progress"])  # fmt: skip
+    (run / "checkpoints").mkdir(parents=True)
+    before = sorted(p.name for p in store.iterdir())
+    with pytest.raises(ValueError, match=r"--out .*run is a run directory \(it holds checkpoints/\)"):
+        main(
+            ["collect", "--env", "robobrain/Reach-v0", "--episodes", "1", "--out", str(run), "--no-progress"]
+        )
+    for command in (["train-wm", "--data", str(store), "--run-dir", str(store)],
+                    ["train", "--run-dir", str(store)],
+                    ["eval", "--policy", "random", "--out", str(store)]):  # fmt: skip
+        with pytest.raises(ValueError, match=r"store is an episode store \(it holds manifest.json\)"):
+            main([*command, "--no-progress"])
+    assert sorted(p.name for p in store.iterdir()) == before and sorted(p.name for p in run.iterdir()) == [
+        "checkpoints"
+    ]
+
+
 def test_default_seeds_skip_evaluations_starts_and_stop_below_2_to_the_32(tmp_path):
     """After 100 default collections into a store the seeds walked into 1,000,000 +, evaluation's
     starts (its held-out episodes collected as training data); past 2**32 the planner's seed check
