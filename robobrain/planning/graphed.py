@@ -37,8 +37,9 @@ class GraphedPlan:
     ``max_graphs`` kept) and replayed afterwards: ``state`` and ``init_mean`` are copied into the
     graph's buffers, the candidates' noise for all iterations is drawn from ``optimizer.generator``
     into another, and the returned tensors are the graph's own outputs -- overwritten by the next
-    call with that shape, so read (or clone) them first. ``before()`` runs inside the recorded call,
-    first (e.g. :meth:`robobrain.world_model.Bf16Imagine.sync`, so weight updates are seen). The
+    call (of any shape: the graphs share one memory pool), so read (or clone) them first.
+    ``before()`` runs inside the recorded call, first (e.g.
+    :meth:`robobrain.world_model.Bf16Imagine.sync`, so weight updates are seen). The
     optimizer's wall-clock budget cannot be recorded: with ``time_budget`` set, use its ``plan``.
     Elsewhere (CPU) the same steps run eagerly, with the same noise handling.
     """

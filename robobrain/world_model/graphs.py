@@ -98,7 +98,8 @@ class GraphedImagine:
     On CUDA: under bf16 autocast when ``amp``, and replayed from a CUDA graph recorded on the first
     call with each (B, H) shape when ``graphs`` (at most ``max_graphs`` shapes are kept, the least
     recently used dropped). The returned tensors live in the graph's static buffers: they are
-    overwritten by the next call with the same shape, so read (or clone) them before that. The graph
+    overwritten by the next call (of any shape: the graphs share one memory pool, so one replayed may
+    reuse another's output memory as scratch), so read (or clone) them before that. The graph
     reads the model's parameters where they are, so in-place weight updates (an optimizer step,
     ``load_state_dict``) are seen; moving the model to another device is not: make a new one.
 
