@@ -20,6 +20,11 @@ POLICY_SPECS = ("random", "scripted", "oracle", "mpc:CHECKPOINT", "bc:CHECKPOINT
 GuideMode = Literal["auto", "both", "prior", "value", "bc", "none"]
 
 
+def guide_mode(prior: bool, value: bool) -> str:
+    """The ``--guide`` name of an actor-critic guide that draws prior samples and/or adds the value."""
+    return {(True, True): "both", (True, False): "prior", (False, True): "value"}.get((prior, value), "none")
+
+
 def load_guide(
     checkpoint: str,
     mode: GuideMode = "auto",
@@ -53,10 +58,7 @@ def load_guide(
         return None
     if mode == "auto":
         run = read_config(checkpoint).get("online", {})
-        drew, valued = run.get("prior_samples", 1) > 0, bool(run.get("use_value", True))
-        mode = {(True, True): "both", (True, False): "prior", (False, True): "value"}.get(
-            (drew, valued), "none"
-        )
+        mode = guide_mode(run.get("prior_samples", 1) > 0, bool(run.get("use_value", True)))
         if mode == "none":
             return None
     sb3 = SB3Policy.load(str(zip_path), device=device).model
@@ -210,6 +212,7 @@ __all__ = [
     "WorldModelMPCPolicy",
     "batch_size",
     "checkpoint_spec",
+    "guide_mode",
     "load_guide",
     "load_policy",
 ]

@@ -96,17 +96,17 @@ def frame_size(spec: str) -> int | None:
     return None if layout is None else layout[0]
 
 
-def _frame_layout(space: Any) -> tuple[int, int, bool] | None:
-    """(side S, channels C, channel-first) of a uint8 image space of square frames, [C, S, S] (SB3's,
-    after VecTransposeImage) or [S, S, C]; None for any other space. Read from the two equal sides,
+def _frame_layout(space: Any) -> tuple[int, int] | None:
+    """(side S, channels C) of a uint8 image space of square frames, [C, S, S] (SB3's, after
+    VecTransposeImage) or [S, S, C]; None for any other space. Read from the two equal sides,
     not from C in (1, 3, 4): frames stacked by VecFrameStack have 6, 12, ... channels."""
     shape = tuple(getattr(space, "shape", None) or ())
     if len(shape) != 3 or getattr(space, "dtype", None) != np.uint8:
         return None
     if shape[1] == shape[2] and shape[0] != shape[1]:
-        return shape[1], shape[0], True
+        return shape[1], shape[0]
     if shape[0] == shape[1]:
-        return shape[0], shape[2], False
+        return shape[0], shape[2]
     return None
 
 

@@ -498,8 +498,9 @@ def describe_guide(guide: object) -> str:
         return "none"
     if isinstance(guide, BehaviourPriorGuide):
         return "bc"
-    prior, value = getattr(guide, "num_prior", 0) > 0, bool(guide.use_value)
-    return {(True, True): "both", (True, False): "prior", (False, True): "value"}.get((prior, value), "none")
+    from robobrain.policies import guide_mode
+
+    return guide_mode(getattr(guide, "num_prior", 0) > 0, bool(guide.use_value))
 
 
 def run_train_wm(args: TrainWM) -> dict:

@@ -319,16 +319,16 @@ class OnlineLoop:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, ensemble=cfg.ensemble)
         if not cfg.termination:
             self.wm_cfg = dataclasses.replace(self.wm_cfg, use_termination=False)
-        if cfg.explore_bonus and not self.wm_cfg.ensemble and cfg.init_world_model is None:
-            raise ValueError(
-                f"explore_bonus needs a world model with an ensemble: the {cfg.preset} preset has none, "
-                "set ensemble (e.g. 4)"
-            )
-        if cfg.mpc.disagreement_penalty and not self.wm_cfg.ensemble and cfg.init_world_model is None:
-            raise ValueError(  # (refused when the planner was built: after the seed data and pretraining)
-                f"mpc.disagreement_penalty needs a world model with an ensemble: the {cfg.preset} preset "
-                "has none, set ensemble (e.g. 4)"
-            )
+        # (the penalty was refused only when the planner was built: after the seed data and pretraining)
+        for name, value in (
+            ("explore_bonus", cfg.explore_bonus),
+            ("mpc.disagreement_penalty", cfg.mpc.disagreement_penalty),
+        ):
+            if value and not self.wm_cfg.ensemble and cfg.init_world_model is None:
+                raise ValueError(
+                    f"{name} needs a world model with an ensemble: the {cfg.preset} preset has none, "
+                    "set ensemble (e.g. 4)"
+                )
         self.envs = factories.make_envs(cfg.num_envs)
         space = self.envs.single_action_space
         try:

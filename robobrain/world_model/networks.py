@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 from torch import nn
@@ -23,12 +22,9 @@ def float_to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 def num_conv_layers(image_size: int) -> int:
     """Stride-2 layers from ``image_size`` down to 4x4."""
-    if image_size < 16:  # (before log2: 0 was a "math domain error")
+    if image_size < 16 or image_size & (image_size - 1):  # (0 was a "math domain error" in log2)
         raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
-    n = int(math.log2(image_size)) - 2
-    if 2 ** (n + 2) != image_size:
-        raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
-    return n
+    return image_size.bit_length() - 3
 
 
 class MLP(nn.Sequential):
