@@ -464,7 +464,7 @@ class CountingPolicy(RandomPolicy):
 
     def imagined_frames(self, steps: int | None = None) -> np.ndarray:
         self.decoded += 1
-        assert steps == 1  # (the video shows the first: decoding all H cost ~6x as much)
+        assert steps == 1  # (the video shows the first: decoding all H cost ~4x as much)
         return np.zeros((1, 1, 8, 8, 3), np.uint8)
 
 
