@@ -1,5 +1,6 @@
 """envs/ and policies/ install as robobrain.envs and robobrain.policies, editable and as a wheel."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -52,3 +53,18 @@ def test_version_is_the_installed_distributions():
     import robobrain
 
     assert robobrain.__version__ == importlib.metadata.version("robobrain")
+
+
+def test_python_dash_m_robobrain_is_the_command():
+    """`python -m robobrain` runs the same command line (help, and a user's error in one line, status 2)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = [sys.executable, "-m", "robobrain"]
+    done = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and "train" in done.stdout and "eval" in done.stdout
+    done = subprocess.run(
+        [*run, "eval", "--policy", "banana"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("robobrain eval: error: unknown policy spec 'banana'")
+    )
