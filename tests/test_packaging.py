@@ -27,6 +27,8 @@ def test_wheel_contains_envs_policies_and_assets(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in [
         "robobrain/cli.py",
+        "robobrain/__main__.py",
+        "robobrain/py.typed",
         "robobrain/data/store.py",
         "robobrain/world_model/model.py",
         "robobrain/planning/optimizers.py",
