@@ -186,6 +186,24 @@ def test_file_with_missing_or_poisoned_fields_is_skipped(tmp_path):
     assert "pickle" in reopened.skipped["episode_000003.npz"].lower()
 
 
+def test_a_hand_written_terminated_flag_that_is_not_a_bool_is_skipped(tmp_path):
+    """bool() read the string "False", NaN and 7 as True: the sampler then marked the last step terminal."""
+    store = EpisodeStore(tmp_path)
+    good = store.add(make_episode(4))
+    ep = make_episode(4)
+    flags = [np.array("False"), np.array(np.nan), np.array(7), np.array([False])]
+    for i, flag in enumerate(flags, start=1):
+        np.savez(
+            tmp_path / f"episode_{i:06d}.npz", pixels=ep.pixels, state=ep.state, action=ep.action,
+            reward=ep.reward, success=ep.success, terminated=flag, meta=np.array("{}"),
+        )  # fmt: skip
+    reopened = EpisodeStore(tmp_path)
+    assert [n for n, _ in reopened.episodes()] == [good]
+    assert sorted(reopened.skipped) == [f"episode_{i:06d}.npz" for i in range(1, 5)]
+    assert "terminated: expected a bool, got <U5 array of shape ()" in reopened.skipped["episode_000001.npz"]
+    assert "got bool array of shape (1,)" in reopened.skipped["episode_000004.npz"]
+
+
 def test_an_array_header_that_declares_more_than_the_file_holds_is_skipped(tmp_path):
     """A pixels header claiming 4e10 frames: numpy's allocation raised a MemoryError (the machine's
     error, re-raised on purpose), which stopped every command reading the store."""

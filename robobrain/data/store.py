@@ -105,7 +105,13 @@ class Episode:
         if self.pixels.shape[-1] != 3:
             raise ValueError(f"pixels: expected [T+1, H, W, 3], got {self.pixels.shape}")
         if not isinstance(self.terminated, bool | np.bool_):  # (None was stored pickled: unreadable)
-            raise ValueError(f"terminated: expected a bool, got {type(self.terminated).__name__}")
+            got = self.terminated
+            what = (
+                f"{got.dtype} array of shape {got.shape}"
+                if isinstance(got, np.ndarray)
+                else type(got).__name__
+            )
+            raise ValueError(f"terminated: expected a bool, got {what}")
 
     @property
     def episode_return(self) -> float:
@@ -423,7 +429,7 @@ class EpisodeStore:
                     action=z["action"],
                     reward=z["reward"],
                     success=z["success"],
-                    terminated=bool(z["terminated"]),
+                    terminated=_stored_flag(z["terminated"]),
                     meta=json.loads(str(z["meta"])),
                 )
             episode.validate()
@@ -607,6 +613,12 @@ class EpisodeStore:
             self.root / MANIFEST,
             {"version": 2, "episodes": self._manifest, "stats": stats, "corrupt": corrupt, "layout": layout},
         )
+
+
+def _stored_flag(arr: np.ndarray) -> bool | np.ndarray:
+    """A file's 0-d bool array as a bool; anything else as it is, for ``validate`` to refuse (``bool()``
+    made the string "False", NaN and 7 all True)."""
+    return bool(arr) if arr.dtype == np.bool_ and arr.shape == () else arr
 
 
 def _index(name: str) -> int:
