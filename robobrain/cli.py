@@ -885,6 +885,12 @@ def check_output_kind(path: Path | None, flag: str, store: bool) -> None:
         return
     if store and (path / "checkpoints").is_dir():
         raise ValueError(f"{flag} {path} is a run directory (it holds checkpoints/), not an episode store")
+    run_files = ("checkpoints", "train.csv", "config.json")
+    if store and path.name == "episodes" and any((path.parent / f).exists() for f in run_files):
+        raise ValueError(
+            f"{flag} {path} is the own store of the train run in {path.parent}, which keeps only its own "
+            f"episodes there: collect into another store and pass it to train as --seed-data"
+        )
     if not store and (path / MANIFEST).exists():
         raise ValueError(f"{flag} {path} is an episode store (it holds {MANIFEST}): pass another {flag}")
 

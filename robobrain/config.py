@@ -8,6 +8,7 @@ conv depth 32). Nothing writes into a config; derive a new one with ``dataclasse
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -216,12 +217,21 @@ episode i from ``reset(seed=EVAL_SEEDS.start + i)``; ``robobrain collect``'s def
 (the held-out starts were collected as training data)."""
 
 
-def past_eval_seeds(seed: int, num_envs: int) -> int:
+def past_eval_seeds(seed: int, num_envs: int, taken: Iterable[range] = ()) -> int:
     """``seed`` for a collection of ``num_envs`` envs (env i reset with ``seed + i``) that keeps out of
-    :data:`EVAL_SEEDS`: every seed from ``EVAL_SEEDS.start - num_envs + 1`` up is moved past them by
-    the same shift, so distinct seeds stay distinct and their spacing is kept."""
-    if seed > EVAL_SEEDS.start - num_envs:
-        return seed + len(EVAL_SEEDS) + num_envs
+    :data:`EVAL_SEEDS` and the ``taken`` ranges (e.g. the seeds of the offline episodes a run trains
+    on, whose starts it would repeat). For each range, lowest first (overlapping ones merged), every
+    seed from ``start - num_envs + 1`` up is moved past it by the same shift, so distinct seeds stay
+    distinct and their spacing is kept."""
+    merged: list[list[int]] = []
+    for r in sorted((r for r in (*taken, EVAL_SEEDS) if len(r)), key=lambda r: r.start):
+        if merged and r.start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], r.stop)
+        else:
+            merged.append([r.start, r.stop])
+    for start, stop in merged:
+        if seed > start - num_envs:
+            seed += stop - start + num_envs
     return seed
 
 

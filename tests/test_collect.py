@@ -428,14 +428,18 @@ def test_stores_and_runs_are_not_written_into_each_other(tmp_path):
         main(
             ["collect", "--env", "robobrain/Reach-v0", "--episodes", "1", "--out", str(run), "--no-progress"]
         )
+    (run / "episodes").mkdir()  # a train run's own store: the run deletes episodes it did not write
+    with pytest.raises(ValueError, match=r"--out .*run/episodes is the own store of the train run in"):
+        main(["collect", "--env", "robobrain/Reach-v0", "--episodes", "1", "--out", str(run / "episodes"),
+              "--no-progress"])  # fmt: skip
     for command in (["train-wm", "--data", str(store), "--run-dir", str(store)],
                     ["train", "--run-dir", str(store)],
                     ["eval", "--policy", "random", "--out", str(store)]):  # fmt: skip
         with pytest.raises(ValueError, match=r"store is an episode store \(it holds manifest.json\)"):
             main([*command, "--no-progress"])
-    assert sorted(p.name for p in store.iterdir()) == before and sorted(p.name for p in run.iterdir()) == [
-        "checkpoints"
-    ]
+    assert sorted(p.name for p in store.iterdir()) == before
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "episodes"]
+    assert not any((run / "episodes").iterdir())
 
 
 def test_default_seeds_skip_evaluations_starts_and_stop_below_2_to_the_32(tmp_path):

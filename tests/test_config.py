@@ -44,3 +44,18 @@ def test_collection_seeds_move_past_evaluations_and_stay_distinct(num_envs):
     for s in seeds:
         assert s + num_envs <= EVAL_SEEDS.start or s >= EVAL_SEEDS.stop
     assert past_eval_seeds(10_007 * 99, num_envs) == 10_007 * 99
+
+
+@pytest.mark.parametrize("num_envs", [1, 2, 16])
+def test_collection_seeds_move_past_taken_ranges_and_stay_distinct(num_envs):
+    """The offline episodes' seeds (collect's default 0 for 2 envs) are taken too: a train run of
+    --seed 0 collected its random seed episodes as copies of them. Overlapping and nested ranges."""
+    taken = [range(0, 2), range(10_000, 10_016), range(10_010, 10_012), range(20_014, 20_020),
+             range(999_999, 1_000_005), range(5_000, 5_000)]  # fmt: skip
+    seeds = [past_eval_seeds(s, num_envs, taken) for s in range(0, 1_300_000, 7)]
+    assert seeds == sorted(set(seeds))
+    for s in seeds:
+        for r in (*taken[:-1], EVAL_SEEDS):  # (the empty range takes none)
+            assert s + num_envs <= r.start or s >= r.stop, (s, r)
+    assert past_eval_seeds(3, num_envs, [range(4, 6)]) == 3 + (0 if num_envs == 1 else 2 + num_envs)
+    assert past_eval_seeds(500, num_envs, taken) == 500 + 2 + num_envs  # (past the first range only)

@@ -331,6 +331,41 @@ def test_resume_refuses_a_store_missing_an_episode(tmp_path):
         main(run_args(tmp_path, 40))
 
 
+def test_the_run_deletes_no_episode_it_did_not_write(tmp_path):
+    """Episodes collected into RUN/episodes (robobrain collect's, their meta naming no iteration) were
+    deleted without a word by a fresh start, and by a resume as written after its last checkpoint; the
+    run's own store as --seed-data was read, then emptied."""
+    store = EpisodeStore(tmp_path / "episodes")
+    theirs = store.add(make_episode(4))
+    with pytest.raises(ValueError, match=r"holds 1 episodes this run did not write \(episode_000000.npz "):
+        main(run_args(tmp_path, 20))
+    assert EpisodeStore(tmp_path / "episodes").names() == [theirs]
+    with pytest.raises(ValueError, match=r"--seed-data .* is this run's own store"):
+        main([*run_args(tmp_path, 20), "--seed-data", str(tmp_path / "episodes")])
+    assert EpisodeStore(tmp_path / "episodes").names() == [theirs]
+    store.truncate(0)
+    main(run_args(tmp_path, 20))
+    store = EpisodeStore(tmp_path / "episodes")
+    own = store.load(store.names()[0])
+    theirs = store.add(dataclasses.replace(own, meta={"env_id": own.meta["env_id"], "policy": "random"}))
+    with pytest.raises(ValueError, match="which resuming the run would delete"):
+        main(run_args(tmp_path, 40))
+    assert EpisodeStore(tmp_path / "episodes").names()[-1] == theirs
+
+
+def test_the_runs_episodes_start_where_none_of_its_offline_ones_did(tmp_path):
+    """collect's default seed (0) is train's --seed 0 seed-episode seed: the run's random seed
+    episodes were copies of the offline ones, trained on twice. The run's episodes record their seeds."""
+    offline, run = tmp_path / "offline", tmp_path / "run"
+    main(["collect", "--env", "robobrain/Push-v0", "--policy", "random", "--episodes", "2", "--image-size",
+          "32", "--episode-steps", "10", "--out", str(offline), "--no-progress"])  # fmt: skip
+    main([*run_args(run, 20), "--seed-data", str(offline)])
+    firsts = [ep.pixels[0].tobytes() for ep in EpisodeStore(offline).load_all()]
+    ours = EpisodeStore(run / "episodes").load_all()
+    assert len(ours) == 2 and not {ep.pixels[0].tobytes() for ep in ours} & set(firsts)
+    assert {(ep.meta["seed"], ep.meta["num_envs"]) for ep in ours} == {(0 + 2 + 2, 2)}
+
+
 def test_a_damaged_latest_checkpoint_says_how_to_go_on_from_another(tmp_path):
     """A checkpoint missing the sb3/ of a run that had fine-tuned resumed with a fresh actor-critic
     and replay buffer, silently; a corrupt config.json was said without the way back to an older

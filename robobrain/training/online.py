@@ -425,8 +425,11 @@ class OnlineLoop:
         episodes) from starting at the same initial states."""
         seed = self.cfg.seed + 10_007 * self.state.iteration + seed_offset
         # (iterations 100-109 of --seed 0 collected from evaluation's starts: moved past them)
-        seed = past_eval_seeds(seed, self.cfg.num_envs)
-        meta = {"env_id": self.cfg.env, "policy": kind, "iteration": self.state.iteration}
+        # (and past the offline episodes' seeds: collect's default 0 made the random seed episodes of
+        # --seed 0 copies of the offline ones)
+        seed = past_eval_seeds(seed, self.cfg.num_envs, self._offline_seeds)
+        meta = {"env_id": self.cfg.env, "policy": kind, "iteration": self.state.iteration, "seed": seed,
+                "num_envs": self.cfg.num_envs}  # fmt: skip
         result = collect_episodes(
             self.envs, policy, self.store, episodes, seed=seed, meta=meta, progress=False, whole_step=True
         )
@@ -445,15 +448,35 @@ class OnlineLoop:
         """What the world model trains on: the offline episodes, then the run's own (repeated)."""
         return self._offline + self._episodes * self.cfg.own_data_repeat
 
+    def _refuse_foreign_episodes(self, keep: int) -> None:
+        """Raise ``ValueError``, deleting nothing, when the run's store holds, after its first ``keep``
+        episodes (those the loop drops on a fresh start or a resume), one the loop did not write: its
+        episodes' meta names their iteration, ``robobrain collect``'s do not (collected into
+        RUN/episodes, they were deleted without a word)."""
+        readable = self.store.manifest  # (an unreadable file is dropped as before: it holds nothing)
+        foreign = [
+            n for n in self.store.names()[keep:] if n in readable and "iteration" not in readable[n]["meta"]
+        ]
+        if foreign:
+            raise ValueError(
+                f"{self.store.root} holds {len(foreign)} episodes this run did not write ({foreign[0]} "
+                f"first; their meta names no iteration, as robobrain collect's), which "
+                f"{'resuming' if keep else 'starting'} the run would delete: move them to a store of "
+                f"their own (--seed-data takes it) or pass another --run-dir"
+            )
+
     def _load_offline(self) -> None:
         """The ``seed_data`` episodes (none without it); they must come from the run's env."""
         self._offline = []
         self._offline_names: list[str] = []
+        self._offline_seeds: list[range] = []
         if self.cfg.seed_data is None:
             return
         where = f"--seed-data {self.cfg.seed_data}"
         if not Path(self.cfg.seed_data).is_dir():
             raise ValueError(f"{where}: no such directory")
+        if Path(self.cfg.seed_data).resolve() == self.store.root.resolve():
+            raise ValueError(f"{where} is this run's own store, where it keeps the episodes it collects")
         store = EpisodeStore(self.cfg.seed_data)
         self._offline = store.load_all()
         self._offline_names = sorted(store.manifest)
@@ -466,6 +489,10 @@ class OnlineLoop:
         rendered = self.envs.single_observation_space["pixels"].shape[0]
         if sizes != [rendered]:
             raise ValueError(f"{where}: episodes of {sizes} px, the run's envs render {rendered} px")
+        # Env i of a collection is first reset with seed + i (collect's meta; 2 envs before it said)
+        metas = [ep.meta for ep in self._offline]
+        seeds = {(m["seed"], m.get("num_envs", 2)) for m in metas if is_int(m.get("seed"))}
+        self._offline_seeds = [range(s, s + n) for s, n in seeds if is_int(n) and n > 0]
         log.info("%d offline episodes from %s", len(self._offline), self.cfg.seed_data)
 
     def _recent_episodes(self, n: int) -> list[Episode]:
@@ -659,6 +686,7 @@ class OnlineLoop:
                 f"{latest}: the run holds {done} env steps (its --env-steps was {budget}); --env-steps "
                 f"{self.cfg.env_steps} undoes none of them: pass --env-steps {min(budget, done)} or more"
             )
+        self._refuse_foreign_episodes(self.state.episodes)
         dropped = self.store.truncate(self.state.episodes)
         if dropped:
             log.info("dropped %d episodes written after the last checkpoint", len(dropped))
@@ -722,6 +750,8 @@ class OnlineLoop:
         self._load_offline()
         self._clock = time.perf_counter()
         resumed = self._resume()
+        if not resumed:  # (before anything is written: the store is emptied below)
+            self._refuse_foreign_episodes(0)
         if resumed and self.state.env_steps < cfg.env_steps:
             self._keep_old_final_evaluation()
         init = None
