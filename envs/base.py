@@ -204,7 +204,10 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return self._renderer.render()
 
     def _check_action(self, action: np.ndarray) -> np.ndarray:
-        a = np.asarray(action, dtype=np.float64)
+        raw = np.asarray(action)
+        if raw.dtype.kind not in "fiu":  # (a cast read "1" as 1.0, True as 1.0, 1+5j as 1.0)
+            raise ValueError(f"action must be numbers, got an array of dtype {raw.dtype}")
+        a = raw.astype(np.float64)
         if a.shape != (self.action_dim,):
             raise ValueError(f"action must have shape ({self.action_dim},), got {a.shape}")
         if not np.all(np.isfinite(a)):

@@ -126,8 +126,8 @@ def make_vector_env(
     """``num_envs`` copies of :func:`make_env`, auto-resetting on the step after an episode ends
     (Gymnasium's ``NEXT_STEP`` mode: that step's action is ignored and it returns the reset
     observation)."""
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if not is_int(num_envs) or num_envs < 1:  # (True made one env; 2.0 failed deep in a range())
+        raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
     fns = [partial(make_env, env_id, image_size, **kwargs) for _ in range(num_envs)]
     autoreset = gym.vector.AutoresetMode.NEXT_STEP
     if mode == "sync":
@@ -144,6 +144,8 @@ def check_batch_actions(actions: Any, space: gym.Space, num_envs: int) -> None:
     if not isinstance(space, gym.spaces.Box):
         return
     a = np.asarray(actions)
+    if a.dtype.kind not in "fiu":  # (strings failed in isfinite; complex lost its imaginary part)
+        raise ValueError(f"actions must be numbers, got an array of dtype {a.dtype}")
     if a.shape != (num_envs, *space.shape):
         raise ValueError(f"actions must have shape {(num_envs, *space.shape)}, got {a.shape}")
     if not np.all(np.isfinite(a)):

@@ -146,6 +146,17 @@ def test_non_finite_action_raises_and_leaves_state(small_env, bad):
     assert raw.data.time == before[2]
 
 
+@pytest.mark.parametrize("bad", [["1", "-0.5", "1e9"], [True, False, True], np.array([1 + 5j, 0, 0])])
+def test_an_action_that_is_not_numbers_is_refused(small_env, bad):
+    """Strings, bools and complex numbers were cast to floats and stepped (1+5j as 1.0)."""
+    small_env.reset(seed=0)
+    qpos = small_env.unwrapped.data.qpos.copy()
+    with pytest.raises(ValueError, match="action must be numbers, got an array of dtype"):
+        small_env.step(bad)
+    np.testing.assert_array_equal(small_env.unwrapped.data.qpos, qpos)
+    small_env.step(np.ones(small_env.action_space.shape, dtype=np.int64))  # (ints are numbers)
+
+
 def test_out_of_range_actions_are_clipped(task_id):
     a, b = gym.make(task_id, image_size=32), gym.make(task_id, image_size=32)
     a.reset(seed=3)

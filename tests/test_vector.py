@@ -36,11 +36,20 @@ def test_bad_action_batch_is_refused_before_any_env_steps(mode):
                 vec.step(np.array([[1.0, 1.0, 1.0], [np.nan, 0.0, 0.0]]))
             with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
                 vec.step(np.zeros((2, 4)))
+            for bad in (np.full((2, 3), "1"), np.full((2, 3), 1 + 5j)):
+                with pytest.raises(ValueError, match="actions must be numbers, got an array of dtype"):
+                    vec.step(bad)
         obs, *_ = vec.step(np.full((2, 3), 0.5))
         vec.close()
         return obs["state"]
 
     np.testing.assert_array_equal(after_one_step(True), after_one_step(False))
+
+
+@pytest.mark.parametrize("num_envs", [True, 2.0, "2", 0])
+def test_num_envs_that_is_not_a_positive_int_is_refused(num_envs):
+    with pytest.raises(ValueError, match="num_envs must be an int >= 1"):
+        envs.make_vector_env("robobrain/Reach-v0", num_envs, image_size=8)
 
 
 def test_vector_env_equals_single_envs(task_id):
