@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from robobrain.data.store import atomic_write_json
+from robobrain.data.store import atomic_write_json, remove_dead_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,8 @@ def evaluate_policy(
                 for name in drift[0]["state_error"]
             }
     if out is not None:
+        for folder in (out, out / "videos"):  # (what a killed evaluation left half-written)
+            remove_dead_temporaries(folder)
         atomic_write_json(out / "eval_info.json", report)
         for old in (out / "videos").glob("episode_*.mp4"):  # an earlier evaluation's, not this report's
             old.unlink()

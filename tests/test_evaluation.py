@@ -853,3 +853,25 @@ def test_hallucination_checks_start_at_the_first_decision():
     report = evaluate_policy(policy, [env], 1, progress=False, hallucination_every=3)
     assert policy.checked == [1, 4, 7]
     assert report["hallucination"]["checks"] == 3
+
+
+def test_an_evaluation_removes_what_a_killed_one_left_half_written(tmp_path):
+    """A killed write_video left its .tmp-PID-*.mp4 in videos/ for good. Those of a dead writer that
+    nothing touched for ten minutes go; a fresh one, or a live process's, stays."""
+    import os
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    dead = 2**22 + 12345  # (above Linux's pid_max default: no process has it)
+    old = videos / f".tmp-{dead}-episode_000_seed0.mp4"
+    fresh = tmp_path / f".tmp-{dead}-x-eval_info.json"
+    alive = videos / ".tmp-1-episode_001_seed1.mp4"  # (pid 1: init)
+    for path in (old, fresh, alive):
+        path.write_bytes(b"half")
+    hour_ago = time.time() - 3600
+    for path in (old, alive):
+        os.utime(path, (hour_ago, hour_ago))
+    envs = [gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=3)]
+    evaluate_policy(RandomPolicy(3, seed=0), envs, 1, out_dir=tmp_path, video_episodes=1, progress=False)
+    assert not old.exists() and fresh.exists() and alive.exists()
+    assert [p.name for p in videos.iterdir() if not p.name.startswith(".")] == ["episode_000_seed0.mp4"]

@@ -237,6 +237,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def remove_dead_temporaries(folder: Path) -> None:
+    """Remove the half-written files (``.tmp-PID-...``) in ``folder`` of writers that were killed (see
+    :func:`abandoned_temporary`); a folder that is missing or read-only is left as it is."""
+    try:
+        temporaries = [p for p in folder.glob(".tmp-*") if not p.is_dir()]
+    except OSError:
+        return
+    for tmp in temporaries:
+        match = TEMPORARY_NAME.match(tmp.name)
+        if match and abandoned_temporary(tmp, match.group(1)):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # a read-only folder
+                pass
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     _atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
@@ -519,14 +535,7 @@ class EpisodeStore:
         return _index(names[-1]) + 1 if names else 0
 
     def _remove_dead_temporaries(self) -> None:
-        """Remove the half-written files of writers that were killed (see :func:`abandoned_temporary`)."""
-        for tmp in self.root.glob(".tmp-*"):
-            match = TEMPORARY_NAME.match(tmp.name)
-            if match and abandoned_temporary(tmp, match.group(1)):
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError:  # a read-only store
-                    pass
+        remove_dead_temporaries(self.root)
 
     @staticmethod
     def _summary(episode: Episode) -> dict[str, Any]:
