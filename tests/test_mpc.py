@@ -117,6 +117,22 @@ def test_mpc_warm_start_and_masked_reset():
             dataclasses.replace(SMALL, **{name: value})
 
 
+def test_a_fresh_or_reset_plan_starts_in_the_middle_of_the_action_range():
+    """It started at 0, the lower bound of a [0, 2] range: half the first samples piled up there, and
+    the first action of every episode was the [-1, 1] search's, shifted, no more."""
+    shifted = dataclasses.replace(SMALL, optim=dataclasses.replace(SMALL.optim, low=0.0, high=2.0))
+    target = torch.tensor([1.3, 0.4])
+    mpc, centred = MPC(shifted, action_dim=2), MPC(SMALL, action_dim=2)
+    for m in (mpc, centred):
+        m.reset(2)
+    assert torch.all(mpc.plan == 1.0) and torch.all(centred.plan == 0.0)
+    action = mpc.act(lambda a: -((a - target) ** 2).sum((-2, -1)))
+    same = centred.act(lambda a: -((a + 1 - target) ** 2).sum((-2, -1)))  # the same problem, moved
+    torch.testing.assert_close(action, same + 1)
+    mpc.reset(2, np.array([True, False]))
+    assert torch.all(mpc.plan[0] == 1.0) and not torch.all(mpc.plan[1] == 1.0)
+
+
 def test_exploration_noise_is_bounded_and_seeded():
     cfg = dataclasses.replace(SMALL, exploration_std=5.0)
     acts = []
@@ -399,6 +415,9 @@ def test_coloured_noise_is_unit_variance_correlated_and_seeded():
 
     assert abs(lag1(white)) < 0.1 and lag1(pink) > 0.4
     torch.testing.assert_close(powerlaw_noise(1.0, 256, 50, 3, torch.Generator().manual_seed(0)), pink)
+    # Any finite beta: freqs ** (-beta / 2) overflowed float32 from beta ~45 (NaN noise, NaN actions).
+    for beta in (50.0, 200.0):
+        assert torch.isfinite(powerlaw_noise(beta, 4, 50, 2, torch.Generator().manual_seed(0))).all()
 
 
 def test_mpc_coloured_exploration_follows_each_envs_sequence_until_its_reset():

@@ -161,12 +161,16 @@ def test_bad_arguments():
     # (name, values, the condition the message states: the message also shows every field's value,
     # so matching the field's name alone would pass for any check)
     inf = float("inf")  # (an infinite std clamped every sample to the bounds: a corner search)
+    # (1e39 and 1e-46 are inf and 0 in the search's float32: a RuntimeError at the first plan, an
+    # all-zero MPPI plan)
     bad = [("momentum", (1.0, 1.5, -0.1), "0 <= momentum < 1"),
-           ("init_std", (0.0, -0.5, inf), "0 < init_std < inf"),
-           ("min_std", (-0.1, float("nan"), inf), "0 <= min_std < inf"),
+           ("init_std", (0.0, -0.5, inf, 1e39), "0 < init_std < float32's max"),
+           ("min_std", (-0.1, float("nan"), inf, 1e39), "0 <= min_std < float32's max"),
            ("time_budget", (-1.0,), "time_budget >= 0"),
-           ("temperature", (0.0, -1.0, float("nan"), inf), "0 < temperature < inf"),  # (CEM's too: train)
-           ("high", (-1.0, -2.0), "low < high"),
+           ("temperature", (0.0, -1.0, float("nan"), inf, 1e39, 1e-46),
+            "0 < temperature < inf in float32"),  # (CEM's too: train)
+           ("high", (-1.0, -2.0, inf), "finite low < high"),
+           ("low", (-inf, 1.0), "finite low < high"),
            ("num_samples", (1, 0), "num_samples >= 2")]  # fmt: skip
     # (one sample is the mean itself, candidate 0: the plan never left the warm start)
     for name, values, condition in bad:  # momentum 1 kept the initial mean, 1.5 moved away from the optimum
@@ -293,6 +297,26 @@ def test_prior_samples_outside_the_bounds_are_clamped(cls):
     for t in (result.best, result.mean):
         assert t.min() >= -1 and t.max() <= 1
     assert torch.isfinite(result.score).all() and result.score.max() <= 6.0 + 1e-5
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_float64_scores_beyond_float32s_range_still_win(cls):
+    """Cast to float32, scores of ~1e300 became inf and were dropped as invalid: the worst won."""
+    target = torch.full((1, 2, 1), 0.5)
+
+    def score(a):  # 1e300 within 0.2 of the target (a ball: its elites' mean stays in it), else -distance²
+        s = quadratic(target)(a).double()
+        return torch.where(s > -0.04, torch.full_like(s, 1e300), s)
+
+    best = make(cls).optimize(score, torch.zeros(1, 2, 1))
+    assert score(best.unsqueeze(1)).item() == 1e300
+
+
+def test_mppi_with_the_smallest_float32_temperature_plans_its_best_elite():
+    """1e-45 (float32's smallest step) still divides: the best elite takes all the weight."""
+    target = torch.full((1, 2, 1), 0.6)
+    best = make(MPPI, temperature=1e-45).optimize(quadratic(target), torch.zeros(1, 2, 1))
+    torch.testing.assert_close(best, target, atol=0.1, rtol=0)
 
 
 def test_mppi_plans_the_final_weighted_mean_not_the_best_sample():

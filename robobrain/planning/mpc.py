@@ -146,10 +146,13 @@ class MPC:
                 got = f"{mask.dtype} {list(mask.shape)}"
                 raise ValueError(f"mask must be a bool [{num_envs}] array, got {got}")
         if self.plan is None or mask is None or self.plan.shape[0] != num_envs:
-            self.plan = torch.zeros(num_envs, self.cfg.horizon, self.action_dim, device=self.device)
+            # (the middle of the action range: 0 was its lower bound in [0, 2], where half the
+            # first samples then piled up)
+            centre = (self.cfg.optim.low + self.cfg.optim.high) / 2
+            self.plan = torch.full((num_envs, self.cfg.horizon, self.action_dim), centre, device=self.device)
             self._noise = self._noise_t = None  # drawn at the first noisy action
         else:
-            self.plan[mask] = 0.0
+            self.plan[mask] = (self.cfg.optim.low + self.cfg.optim.high) / 2
             if self._noise_t is not None:
                 self._noise_t[mask] = self.cfg.exploration_length  # redraw at next use
 

@@ -27,7 +27,9 @@ def powerlaw_noise(
         raise ValueError(f"length must be >= 2, got {length}")
     freqs = torch.fft.rfftfreq(length, device=device)
     freqs[0] = freqs[1]  # the lowest frequency the sequence resolves; the mean is removed below
-    scale = freqs ** (-beta / 2.0)
+    # Relative to the lowest one (the normalisation below takes any common factor out): <= 1, so a
+    # large beta underflows the highest frequencies to 0 instead of overflowing the lowest to inf.
+    scale = (freqs / freqs[0]) ** (-beta / 2.0)
     shape = (batch, dim, freqs.numel())
     real = torch.randn(shape, generator=generator, device=device) * scale
     imag = torch.randn(shape, generator=generator, device=device) * scale

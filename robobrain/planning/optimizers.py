@@ -17,6 +17,14 @@ from typing import NamedTuple
 
 import torch
 
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _f32(x: float) -> float:
+    """``x`` as the search's float32 holds it (1e-46 is 0 there, 1e39 inf)."""
+    return torch.tensor(x, dtype=torch.float32).item()
+
+
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -53,14 +61,16 @@ class OptimizerConfig:
             (0 < self.elites <= self.num_samples, "0 < num_elites <= num_samples"),
             (self.iterations >= 1, "iterations >= 1 (at least one always runs)"),
             (self.time_budget is None or self.time_budget >= 0, "time_budget >= 0 or None"),
+            # (the search runs in float32: a value it rounds to 0 or inf is refused here, not met as
+            # NaN weights or an overflow at the first plan)
             (
-                0 < self.init_std < math.inf,
-                "0 < init_std < inf (0 never moves the mean; inf clamps every sample)",
+                0 < self.init_std < _F32_MAX,
+                "0 < init_std < float32's max (0 never moves the mean; inf clamps every sample)",
             ),
-            (0 <= self.min_std < math.inf, "0 <= min_std < inf"),
-            (0 < self.temperature < math.inf, "0 < temperature < inf (read by MPPI)"),
+            (0 <= self.min_std < _F32_MAX, "0 <= min_std < float32's max"),
+            (0 < _f32(self.temperature) < math.inf, "0 < temperature < inf in float32 (read by MPPI)"),
             (0 <= self.momentum < 1, "0 <= momentum < 1 (1 keeps the initial mean, > 1 moves away)"),
-            (self.low < self.high, "low < high"),
+            (-_F32_MAX < self.low < self.high < _F32_MAX, "finite low < high"),
         ]
         for ok, need in checks:
             if not ok:  # (NaN fails every one of them)
@@ -87,8 +97,11 @@ class PlanResult(NamedTuple):
 def _clean(scores: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     if scores.shape != shape:
         raise ValueError(f"score_fn must return [B, N] = {list(shape)}, got {list(scores.shape)}")
+    finite = torch.isfinite(scores)
+    if scores.dtype == torch.float64:  # (beyond float32's range: its largest, not inf, which never wins)
+        scores = scores.clamp(-_F32_MAX, _F32_MAX)
     scores = scores.float()
-    return torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
+    return torch.where(finite, scores, torch.full_like(scores, -torch.inf))
 
 
 def check_finite_mean(init_mean: torch.Tensor) -> None:
