@@ -305,10 +305,17 @@ def test_holdout_split_is_fixed_by_episode_number(tmp_path):
     assert held_tags() == [4, 9]
     (tmp_path / "episode_000002.npz").write_bytes(b"corrupt")  # unreadable now: nothing shifts
     assert held_tags() == [4, 9]
-    for i in (4, 7, 8, 9):  # no number at the period's end: the last file is held out, never another
+    # The period's last files gone: none held out (eval-wm then asks for --split all); holding out the
+    # last file instead made episode 6, trained on, the "held-out" one.
+    for i in (4, 7, 8, 9):
         (tmp_path / f"episode_{i:06d}.npz").unlink()
-    assert held_tags() == [6]
-    (tmp_path / "episode_000006.npz").write_bytes(b"corrupt")
+    assert held_tags() == []
+    for i in (3, 5, 6):  # fewer episodes than the period: the last file is held out, never another
+        (tmp_path / f"episode_{i:06d}.npz").unlink()
+    assert held_tags() == []  # (the last file, 2, is unreadable)
+    (tmp_path / "episode_000002.npz").unlink()
+    assert held_tags() == [1]
+    (tmp_path / "episode_000001.npz").write_bytes(b"corrupt")
     assert held_tags() == []
 
 

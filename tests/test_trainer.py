@@ -1,5 +1,6 @@
 """WorldModelTrainer's lr per update, non-finite bookkeeping, gradient clipping."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -56,11 +57,24 @@ def test_restore_carries_the_consecutive_non_finite_count():
     assert trainer.train_step() is None
     state = trainer.training_state()
     other = _trainer(max_nonfinite=2)
-    other.restore(trainer.step, state, None)
+    other.restore(trainer.step, state, trainer.optimizer.state_dict())
     assert other.training_state()["nonfinite_run"] == 1 and other.nonfinite_total == 1
     _poison(other.model)
     with pytest.raises(NonFiniteLossError):  # the second in a row across the resume
         other.train_step()
+
+
+def test_restore_refuses_optimizer_moments_no_run_writes():
+    """A NaN second moment made the first step's weights NaN, and the run saved them as its latest."""
+    trainer = _trainer()
+    trainer.train_step()
+    state = trainer.training_state()
+    for name, value in (("exp_avg_sq", float("nan")), ("exp_avg", float("inf")), ("exp_avg_sq", -1.0)):
+        saved = copy.deepcopy(trainer.optimizer.state_dict())  # (its inner dicts are the optimizer's)
+        next(iter(saved["state"].values()))[name].view(-1)[0] = value
+        with pytest.raises(ValueError, match=f"optimizer {name} holds NaN, inf or"):
+            _trainer().restore(trainer.step, state, saved)
+    _trainer().restore(trainer.step, state, trainer.optimizer.state_dict())
 
 
 def test_a_finite_loss_with_non_finite_gradients_is_skipped():

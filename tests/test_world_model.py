@@ -582,6 +582,15 @@ def test_resume_with_another_config_is_refused(push_data, tmp_path, caplog):
     state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "sampler_rng"}))
     with pytest.raises(CheckpointError, match=r"state\.json: no sampler_rng"):
         train_world_model(push_data, tmp_path, DEBUG, steps=4, progress=False)
+    # Without its optimizer entry it resumed with fresh AdamW moments (another model); at step -3, as given.
+    for edit, why in (({"optimizer"}, "names no optimizer state"), ({"step": -3}, "step -3 < 0")):
+        edited = (
+            {k: v for k, v in state.items() if k not in edit} if isinstance(edit, set) else {**state, **edit}
+        )
+        state_file.write_text(json.dumps(edited))
+        with pytest.raises(CheckpointError, match=f"training state does not fit .*{why}"):
+            train_world_model(push_data, tmp_path, DEBUG, steps=4, progress=False)
+    state_file.write_text(json.dumps(state))
 
 
 def test_a_run_of_an_older_robobrain_resumes_with_its_own_settings(push_data, tmp_path, caplog):
@@ -600,6 +609,14 @@ def test_a_run_of_an_older_robobrain_resumes_with_its_own_settings(push_data, tm
     with pytest.raises(CheckpointError, match="another train config"):  # a flag's field: refused
         seeded = dataclasses.replace(DEBUG, train=dataclasses.replace(DEBUG.train, seed=7))
         train_world_model(push_data, tmp_path, seeded, steps=4, progress=False, preset_name="debug")
+    # --no-termination on resume was taken for the preset's drift: warned about, and ignored
+    no_head = dataclasses.replace(
+        DEBUG, world_model=dataclasses.replace(DEBUG.world_model, use_termination=False)
+    )
+    with pytest.raises(
+        CheckpointError, match=r"another world_model config .*use_termination.*--no-termination"
+    ):
+        train_world_model(push_data, tmp_path, no_head, steps=4, progress=False, preset_name="debug")
 
 
 def test_corrupt_checkpoints_give_clear_errors(tmp_path):
@@ -624,10 +641,20 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
         load_world_model(tmp_path / "other")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_world_model(tmp_path / "missing")
-    for bad in ({"deter": "32"}, {"image_size": 48}):  # named by path (a traceback; a bare message)
+    # named by path (a traceback; a bare message; torch's RuntimeError for a negative size)
+    for bad in ({"deter": "32"}, {"image_size": 48}, {"hidden": -3}):
         save_checkpoint(tmp_path / "bad", 1, model, {"world_model": {**to_dict(DEBUG.world_model), **bad}})
         with pytest.raises(CheckpointError, match=r"step_0000001/config\.json: (not )?a world-model"):
             load_world_model(tmp_path / "bad")
+    # A standard deviation the model divides by, at 0: reported as the env state's NaN goal.
+    with_state = dataclasses.replace(DEBUG.world_model, state_dim=4)
+    zero_std = WorldModel(with_state)
+    zero_std.state_std[1] = 0.0
+    save_checkpoint(tmp_path / "std", 1, zero_std, {"world_model": to_dict(with_state)})
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: state_std below 1e-3, which no run writes"
+    ):
+        load_world_model(tmp_path / "std")
     # Valid JSON of the wrong structure names its file too.
     adam = torch.optim.AdamW(model.parameters())
     ckpt = save_checkpoint(tmp_path / "opt", 1, model, config, adam, {"a": 1})

@@ -62,9 +62,11 @@ def split_episodes(store: EpisodeStore, holdout_fraction: float) -> tuple[list[E
         return episodes, []
     period = max(2, round(1 / holdout_fraction))
     held = {i for i, (name, _) in enumerate(items) if _episode_number(name, i) % period == period - 1}
-    if not held:  # fewer episodes than the period: the store's last file (none while it is unreadable)
-        last = store.names()[-1]
-        held = {i for i, (name, _) in enumerate(items) if name == last}
+    names = store.names()  # (readable or not)
+    if max(_episode_number(n, i) for i, n in enumerate(names)) < period - 1:
+        # fewer episodes than the period: the store's last file (none while it is unreadable). Not when
+        # the period's last is unreadable: the last file was then a training episode, held out later.
+        held = {i for i, (name, _) in enumerate(items) if name == names[-1]}
     return [ep for i, ep in enumerate(episodes) if i not in held], [episodes[i] for i in sorted(held)]
 
 
@@ -208,7 +210,7 @@ def world_model_from_checkpoint(ckpt: Checkpoint, device: torch.device | str = "
     cfg = model_config_from_checkpoint(ckpt.config, ckpt.path)
     try:
         model = WorldModel(cfg)
-    except (TypeError, ValueError) as e:  # e.g. a size written as a string
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. a size written as a string, or negative
         where = ckpt.path / CONFIG_FILE
         raise CheckpointError(f"{where}: a world-model config that cannot be built ({e})") from e
     load_weights(model, ckpt)
@@ -305,6 +307,12 @@ class WorldModelTrainer:
         return state
 
     def restore(self, step: int, state: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:
+        """Go on from a checkpoint's ``step``, training state and optimizer state; ``ValueError`` for
+        what no run writes (the caller makes it a ``CheckpointError``: :func:`restoring`)."""
+        if step < 0:
+            raise ValueError(f"step {step} < 0")
+        if optimizer_state is None:  # (state.json without its "optimizer" went on with fresh AdamW moments)
+            raise ValueError("state.json names no optimizer state")
         self.step = step
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self._nonfinite_run = int(state.get("nonfinite_run", 0))
@@ -320,20 +328,27 @@ class WorldModelTrainer:
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         if "cuda_rng" in state and torch.cuda.is_available():
             set_cuda_rng_states(state["cuda_rng"])
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
-            for param, saved in self.optimizer.state.items():  # (torch checks none: the first step failed)
-                for name, value in saved.items():
-                    if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
-                        raise ValueError(
-                            f"optimizer {name} of shape {list(value.shape)} for a parameter of shape "
-                            f"{list(param.shape)}"
-                        )
+        self.optimizer.load_state_dict(optimizer_state)
+        for param, saved in self.optimizer.state.items():  # (torch checks none: the first step failed)
+            for name, value in saved.items():
+                if not torch.is_tensor(value):
+                    continue
+                if value.dim() and value.shape != param.shape:
+                    raise ValueError(
+                        f"optimizer {name} of shape {list(value.shape)} for a parameter of shape "
+                        f"{list(param.shape)}"
+                    )
+                # (a NaN moment made the first step's weights NaN, saved as the next checkpoint)
+                if not torch.isfinite(value).all() or (name == "exp_avg_sq" and (value < 0).any()):
+                    raise ValueError(f"optimizer {name} holds NaN, inf or (a second moment) negative values")
 
 
 #: The config fields `robobrain train-wm` sets by flags: a resume with others is refused. The rest come
 #: from the preset, whose values may change between robobrain versions: a run goes on with its own.
-_FLAG_FIELDS = {"world_model": {"open_loop_horizon", "use_proprio", "keypoints"}, "train": {"seed"}}
+_FLAG_FIELDS = {
+    "world_model": {"open_loop_horizon", "use_proprio", "keypoints", "use_termination"},
+    "train": {"seed"},
+}
 
 
 def train_world_model(
@@ -426,7 +441,8 @@ def _train_world_model(
                 raise CheckpointError(
                     f"{latest / 'config.json'}: the run was started with another {key} config "
                     f"(checkpoint vs now: {diff}); to resume it, pass the flags it was started "
-                    f"with (--preset, --open-loop-horizon, --proprio, --keypoints, --seed set these; "
+                    f"with (--preset, --open-loop-horizon, --proprio, --keypoints, --no-termination, "
+                    f"--seed set these; "
                     f"its config.json); for another config, use a new --run-dir"
                 )
             if diff:  # the preset's values in this robobrain, or fields added since the run started
