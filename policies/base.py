@@ -45,6 +45,17 @@ def batch_size(obs: Observation) -> int:
     return next(iter(sizes.values()))
 
 
+def reset_mask(mask: np.ndarray | None, num_envs: int) -> np.ndarray | None:
+    """``reset``'s ``mask`` [num_envs] as a bool array (0/1 read as False/True: as indices, [0, 0, 1]
+    reset envs 0 and 1); another shape is a ``ValueError``."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.shape != (num_envs,):
+        raise ValueError(f"mask must be a bool [{num_envs}] array, got shape {list(m.shape)}")
+    return m.astype(bool)
+
+
 def policy_rng(seed: int | None) -> np.random.Generator:
     """The generator of a policy seeded with ``seed``: not ``default_rng(seed)``, which is the very
     stream Gymnasium gives an env reset with ``seed`` -- env 0 of a collection or an evaluation is --

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from robobrain.policies.base import Observation, batch_size, policy_rng
+from robobrain.policies.base import Observation, batch_size, policy_rng, reset_mask
 
 
 class RandomPolicy:
@@ -86,6 +86,7 @@ class ScriptedPolicy:
         """[N, 2] decoy goal x, y per env; NaN where the env's episode uses its true goal."""
 
     def reset(self, num_envs: int, mask: np.ndarray | None = None) -> None:
+        mask = reset_mask(mask, num_envs)
         if self.decoy_goal_prob == 0:
             return
         fresh = self._draw_decoys(num_envs)

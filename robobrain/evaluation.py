@@ -79,7 +79,8 @@ def evaluate_policy(
 
     For a world-model MPC policy on robobrain tasks, every ``hallucination_every`` decisions the plan
     chosen for env 0 is replayed in the true simulator and the drift of its imagined frames (PSNR) and
-    rewards is reported under ``hallucination`` (0 turns this off).
+    rewards is reported under ``hallucination`` (0 turns this off). The first ``video_episodes`` are
+    written as mp4 under ``out_dir/videos`` (none, and none recorded, without ``out_dir``).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -122,7 +123,8 @@ def evaluate_policy(
         obs_slots[i] = obs
         slot_episode[i], slot_return[i], slot_len[i], slot_latency[i] = ep, 0.0, 0, []
         active[i] = True
-        if ep < video_episodes:  # (from the reset frame; no imagined one beside it yet)
+        # (from the reset frame; no imagined one beside it yet. Without out_dir, none: nowhere to write)
+        if out is not None and ep < video_episodes:
             first = obs["pixels"]
             frames[ep] = [np.concatenate([first, np.zeros_like(first)], axis=1) if has_imagination else first]
 

@@ -67,6 +67,18 @@ def _imagining(shades, size):
     return Imagining(3, seed=0)
 
 
+def test_without_an_out_dir_nothing_is_recorded_or_decoded():
+    """video_episodes (2 by default) still decoded an imagined frame per step, and wrote nothing."""
+    policy = _imagining((60,), 8)
+    calls = []
+    frames = policy.imagined_frames
+    policy.imagined_frames = lambda steps=None: calls.append(steps) or frames(steps)
+    evaluate_policy(
+        policy, [gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=3)], 1, progress=False
+    )
+    assert calls == []
+
+
 def test_a_recorded_episode_keeps_its_imagination_while_env_0_plays_an_unrecorded_one(tmp_path):
     """Env 0 finishes episode 0 at once and plays episode 2 (not recorded) while env 1 still records
     episode 1: its frames still need the imagined half (asking only env 0 lost it and the video's

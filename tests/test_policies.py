@@ -74,6 +74,12 @@ def test_scripted_policy_decoy_goals_per_episode():
     after = policy.act(obs)
     np.testing.assert_array_equal(after[200:], first[200:])
     assert not np.array_equal(after[:200], first[:200])
+    # A 0/1 mask is a mask, not row indices ([0, 0, ..., 1] redrew envs 0 and 1); a wrong size is refused.
+    again = policy.act(obs)
+    policy.reset(400, mask=mask[::-1].astype(int))
+    np.testing.assert_array_equal(policy.act(obs)[:200], again[:200])
+    with pytest.raises(ValueError, match=r"mask must be a bool \[400\] array, got shape \[3\]"):
+        policy.reset(400, mask=np.ones(3, bool))
     plain = ScriptedPolicy(seen_goal, seed=0)
     np.testing.assert_array_equal(plain.act(obs)[:, :2], 0.5)
     with pytest.raises(ValueError, match="goal_slice"):
