@@ -436,7 +436,8 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
         )
     # Standardisation stds (state_std, goal_std, ...): every run floored them (at 1e-3, later 0.05); a
     # 0 there divided the env state into inf, reported as the env's NaN goal.
-    tiny = [k for k, v in ckpt.model_state.items() if k.endswith("_std") and (v < 1e-3).any()]
+    stds = ("state_std", "goal_std", "proprio_std")
+    tiny = [k for k, v in ckpt.model_state.items() if k.endswith(stds) and (v < 1e-3).any()]
     if tiny:
         raise CheckpointError(
             f"{ckpt.path / MODEL_FILE}: {', '.join(tiny)} below 1e-3, which no run writes (a standard "

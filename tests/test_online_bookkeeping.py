@@ -72,7 +72,8 @@ def test_two_collections_of_one_iteration_start_from_different_seeds(monkeypatch
     st = LoopState()
     st.iteration = 2
     loop = SimpleNamespace(cfg=SimpleNamespace(seed=5, env="robobrain/Push-v0", num_envs=2), state=st,
-                           envs=None, store=SimpleNamespace(load=lambda n: n), _episodes=[])  # fmt: skip
+                           envs=None, store=SimpleNamespace(load=lambda n: n), _episodes=[],
+                           _offline_seeds=[])  # fmt: skip
     OnlineLoop._collect(loop, None, 2, "scripted", seed_offset=7_919)
     OnlineLoop._collect(loop, None, 2, "random")
     assert seeds == [5 + 2 * 10_007 + 7_919, 5 + 2 * 10_007]

@@ -235,6 +235,7 @@ def test_offline_episodes_of_another_task_are_refused(tmp_path):
     loop = SimpleNamespace(
         cfg=SimpleNamespace(seed_data=str(tmp_path / "offline"), env="robobrain/Push-v0"),
         envs=SimpleNamespace(single_observation_space={"pixels": SimpleNamespace(shape=(32, 32, 3))}),
+        store=EpisodeStore(tmp_path / "run" / "episodes"),
     )
     with pytest.raises(ValueError, match=r"episodes of \['robobrain/Reach-v0'\], not of robobrain/Push-v0"):
         OnlineLoop._load_offline(loop)
