@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -15,6 +16,8 @@ from robobrain.policies.sb3 import SB3Policy
 from robobrain.policies.simple import DiscreteRandomPolicy, RandomPolicy, ScriptedPolicy
 from robobrain.rl.behaviour_prior import BehaviourPriorGuide
 from robobrain.rl.guide import ActorCriticGuide
+
+log = logging.getLogger(__name__)
 
 POLICY_SPECS = ("random", "scripted", "oracle", "mpc:CHECKPOINT", "bc:CHECKPOINT", "sb3:ZIP")
 GuideMode = Literal["auto", "both", "prior", "value", "bc", "none"]
@@ -37,11 +40,13 @@ def load_guide(
     (``<ckpt>/sb3/model.zip``; modes ``auto``, ``both``, ``prior``, ``value``) or the behaviour prior
     of ``robobrain train-prior`` (``<ckpt>/behaviour_prior/``; mode ``bc``). None when there is none
     (``auto``) or ``mode`` is ``none``. ``auto`` uses the parts of the actor-critic the run's planner
-    used: prior samples if it drew any (``--prior-samples`` > 0; ``num_prior`` of them, not the run's
-    count), the critic's value if it planned with it (``--use-value``; a run without it may have
-    trained its critic with another ``--sb3.gamma`` than the planner's discount, which the value
-    would then be weighed with). ``num_prior``: prior samples per env (default 16 for the actor, 255
-    for the behaviour prior); ``prior_std`` and ``seed``: the behaviour prior's noise."""
+    used (none while the actor-critic has not trained: a round shorter than ``learning_starts`` saves
+    the random initial nets, which the run never planned with): prior samples if it drew any
+    (``--prior-samples`` > 0; ``num_prior`` of them, not the run's count), the critic's value if it
+    planned with it (``--use-value``; a run without it may have trained its critic with another
+    ``--sb3.gamma`` than the planner's discount, which the value would then be weighed with).
+    ``num_prior``: prior samples per env (default 16 for the actor, 255 for the behaviour prior);
+    ``prior_std`` and ``seed``: the behaviour prior's noise."""
     from robobrain.checkpoint import read_config, resolve_checkpoint
 
     if mode not in get_args(GuideMode):
@@ -56,12 +61,18 @@ def load_guide(
         if mode in ("both", "prior", "value"):
             raise ValueError(f"{checkpoint}: no SB3 actor-critic to guide the planner ({zip_path} missing)")
         return None
-    if mode == "auto":
+    auto = mode == "auto"
+    if auto:
         run = read_config(checkpoint).get("online", {})
         mode = guide_mode(run.get("prior_samples", 1) > 0, bool(run.get("use_value", True)))
         if mode == "none":
             return None
     sb3 = SB3Policy.load(str(zip_path), device=device).model
+    if sb3._n_updates == 0:  # (a round shorter than learning_starts saves the untrained nets)
+        if auto:  # ("the parts the run's planner used": the run's planner had none)
+            log.info("%s: its SB3 actor-critic has not trained yet: no guide", zip_path)
+            return None
+        log.warning("%s: its SB3 actor-critic has not trained yet (the random initial nets)", zip_path)
     prior = 16 if num_prior is None else num_prior
     return ActorCriticGuide(sb3, num_prior=0 if mode == "value" else prior, use_value=mode != "prior")
 

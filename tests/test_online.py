@@ -1,6 +1,7 @@
 """The online loop (`robobrain train`): runs end to end, learns, survives a kill, never stores a
 transition across an episode boundary, refuses non-finite data."""
 
+import dataclasses
 import json
 import os
 import random
@@ -562,6 +563,10 @@ def test_exploration_bonus_plans_for_disagreement_while_collecting_only(tmp_path
         assert loop.planner.cfg.exploration_plan_std == 0.5 and evaluating.cfg.exploration_plan_std == 0.0
         assert (loop.planner.cfg.seed, evaluating.cfg.seed) == (3, 4)  # --seed reaches the planner
         assert loop.sb3 is None
+        # The critic learns what the evaluating planner scores: its disagreement penalty, not the bonus.
+        assert loop._imagination_env(0).dynamics.disagreement_penalty == 0.0
+        loop.cfg = dataclasses.replace(cfg, mpc=dataclasses.replace(mpc, disagreement_penalty=0.2))
+        assert loop._imagination_env(0).dynamics.disagreement_penalty == 0.2
     finally:
         loop.envs.close()
     assert not (latest_checkpoint(tmp_path) / "sb3").exists()
@@ -581,26 +586,24 @@ def test_rng_state_round_trips_every_global_stream_through_json():
 
 
 def test_the_guide_waits_for_sb3s_first_gradient_step():
-    """SB3 trains once num_timesteps > learning_starts: at exactly learning_starts its actor and
-    critic are the random initial ones, and guided the planner for a whole iteration."""
+    """Before SB3's first update its actor and critic are the random initial ones: an off-policy model
+    at exactly learning_starts guided the planner for a whole iteration; PPO and A2C waited for 500
+    steps of a setting they ignore. Readiness is SB3's own update count."""
     from types import SimpleNamespace
 
     from robobrain.training.online import OnlineLoop
 
     cfg = OnlineConfig()
-    policy = SimpleNamespace(actor=None, critic=None)  # (what ActorCriticGuide reads of a SAC)
     space = gym.spaces.Box(-1.0, 1.0, (3,))
-    for steps, ready in ((cfg.sb3.learning_starts, False), (cfg.sb3.learning_starts + 1, True)):
-        sb3 = SimpleNamespace(num_timesteps=steps, policy=policy, action_space=space, replay_buffer=None)
+    sac_policy = SimpleNamespace(actor=None, critic=None)  # (what ActorCriticGuide reads of a SAC)
+    ppo_policy = SimpleNamespace(predict_values=None)  # (and of a PPO)
+    for policy, updates, ready in ((sac_policy, 0, False), (sac_policy, 4, True), (ppo_policy, 0, False),
+                                   (ppo_policy, 1, True)):  # fmt: skip
+        sb3 = SimpleNamespace(_n_updates=updates, policy=policy, action_space=space, replay_buffer=None)
         loop = SimpleNamespace(cfg=cfg, sb3=sb3, _uses_sb3=lambda: True)
         assert (OnlineLoop._guide(loop) is not None) == ready  # type: ignore[arg-type]
-    # PPO and A2C have no learning_starts: they train after each rollout (their guide waited for 500
-    # steps of a setting they ignore, a whole iteration or more).
-    policy = SimpleNamespace(predict_values=None)  # (what ActorCriticGuide reads of a PPO)
-    for steps, ready in ((0, False), (64, True)):
-        sb3 = SimpleNamespace(num_timesteps=steps, policy=policy, action_space=space)
-        loop = SimpleNamespace(cfg=cfg, sb3=sb3, _uses_sb3=lambda: True)
-        assert (OnlineLoop._guide(loop) is not None) == ready  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"gradient_steps must be >= 1, got 0 \(--sb3.gradient-steps\)"):
+        SB3Config(gradient_steps=0)  # (SB3 never trained: the run planned with the random nets throughout)
 
 
 def test_the_learning_curve_draws_what_train_csv_holds(tmp_path, monkeypatch):

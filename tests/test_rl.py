@@ -103,7 +103,7 @@ def test_guide_prior_and_value(model, algo):
         ActorCriticGuide(types.SimpleNamespace(action_space=gym.spaces.Discrete(3), policy=sb3.policy))
 
 
-def test_auto_guides_the_planner_as_the_run_did(model, tmp_path, monkeypatch):
+def test_auto_guides_the_planner_as_the_run_did(model, tmp_path, monkeypatch, caplog):
     """A run trained with --no-use-value (prior samples only) may train its critic with another
     --sb3.gamma than its planner's discount; `auto` added that critic's value to eval's plans all the
     same. It now uses the actor-critic as the run's planner did."""
@@ -113,7 +113,9 @@ def test_auto_guides_the_planner_as_the_run_did(model, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (SB3's default log folder)
     env = imagination_env(model, episodes(), SB3, seed=0)
     (tmp_path / "sb3").mkdir()
-    make_sb3_model(SB3, env, seed=0, device="cpu").save(tmp_path / "sb3" / "model.zip")
+    sb3 = make_sb3_model(SB3, env, seed=0, device="cpu")
+    sb3._n_updates = 1  # (as after its first gradient step)
+    sb3.save(tmp_path / "sb3" / "model.zip")
     monkeypatch.setattr(robobrain.checkpoint, "resolve_checkpoint", lambda path: tmp_path)
     runs = {(4, False): (16, False), (0, True): (0, True), (4, True): (16, True), None: (16, True)}
     for run, used in runs.items():  # (None: a train-wm checkpoint's config, no online part)
@@ -122,6 +124,14 @@ def test_auto_guides_the_planner_as_the_run_did(model, tmp_path, monkeypatch):
         guide = load_guide("run", "auto")
         assert (guide.num_prior, guide.use_value) == used, run
         assert load_guide("run", "both").use_value  # (asked for, as before)
+    # Saved before its first gradient step (a round shorter than learning_starts), the run's planner had
+    # no guide: `auto` gave eval the random initial actor's samples and critic's value.
+    sb3._n_updates = 0
+    sb3.save(tmp_path / "sb3" / "model.zip")
+    assert load_guide("run", "auto") is None
+    with caplog.at_level("WARNING", logger="robobrain.policies"):
+        assert load_guide("run", "both").use_value  # (asked for: given, with a warning)
+    assert "its SB3 actor-critic has not trained yet" in caplog.text
 
 
 def test_score_adds_the_discounted_terminal_value(model):
@@ -437,6 +447,33 @@ def test_imagined_reward_is_the_planners_step_score(model):
         p = torch.sigmoid(model.success_head(nxt.feat).squeeze(-1)).numpy()
     np.testing.assert_allclose(r_bonus - r_plain, 2.0 * p, rtol=1e-5, atol=1e-6)
     assert (r_bonus > r_plain).all()
+
+
+def test_imagined_reward_takes_the_planners_disagreement_penalty_too():
+    """The planner subtracts --mpc.disagreement-penalty x the ensemble's disagreement from each imagined
+    step; the critic, whose value continues that sum past the horizon, learned the sum without it."""
+    torch.manual_seed(0)
+    ensemble = WorldModel(get_preset("debug", action_dim=3, ensemble=3).world_model).eval()
+    plain = imagination_env(ensemble, episodes(), SB3, seed=0)
+    penalised = imagination_env(ensemble, episodes(), SB3, seed=0, disagreement_penalty=0.5)
+    plain.reset()
+    penalised.reset()
+    state = plain.state
+    action = np.full((SB3.num_envs, 3), 0.5, np.float32)
+    plain.dynamics.sample = penalised.dynamics.sample = False
+    _, r_plain, _, _ = plain.step(action)
+    _, r_penalised, _, _ = penalised.step(action)
+    with torch.no_grad():
+        out = ensemble.imagine(state, torch.as_tensor(action)[:, None])
+    cfg = MPCConfig(horizon=1, disagreement_penalty=0.5, discount=1.0)
+    np.testing.assert_allclose(
+        r_plain - r_penalised, 0.5 * out.disagreement[:, 0].numpy(), rtol=1e-5, atol=1e-6
+    )
+    planner = world_model_score_fn(ensemble, state, cfg)(torch.as_tensor(action)[:, None, None])[:, 0]
+    np.testing.assert_allclose(r_penalised, planner.numpy(), rtol=1e-5, atol=1e-6)
+    single = WorldModel(get_preset("debug", action_dim=3, ensemble=0).world_model)
+    with pytest.raises(ValueError, match="disagreement_penalty needs a world model trained with an ensemble"):
+        imagination_env(single, episodes(), SB3, seed=0, disagreement_penalty=0.5)
 
 
 @pytest.mark.parametrize("algo", ["TD3", "DDPG"])

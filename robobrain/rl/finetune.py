@@ -71,7 +71,7 @@ class SB3Config:
         # A bad value found at the first fine-tuning round would come after a checkpoint, whose config
         # then refuses the corrected flag: the run could neither go on nor be fixed.
         least = {"steps_per_iteration": 1, "num_envs": 1, "horizon": 1, "start_states": 1, "batch_size": 1,
-                 "buffer_size": self.num_envs, "learning_starts": 0, "gradient_steps": 0}  # fmt: skip
+                 "buffer_size": self.num_envs, "learning_starts": 0, "gradient_steps": 1}  # fmt: skip
         for name, low in least.items():
             if not getattr(self, name) >= low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)} (--sb3.{_flag(name)})")
@@ -120,12 +120,14 @@ def imagination_env(
     cfg: SB3Config,
     seed: int,
     success_bonus: float = 1.0,
+    disagreement_penalty: float = 0.0,
 ) -> ImaginationVecEnv:
     """Imagination envs starting from latents of the newest ``episodes`` (most recent first); the
-    planner's ``success_bonus`` joins the imagined reward (:class:`WorldModelDynamics`)."""
+    planner's ``success_bonus`` and ``disagreement_penalty`` join the imagined reward
+    (:class:`WorldModelDynamics`)."""
     start = encode_start_states(world_model, list(reversed(episodes)), max_states=cfg.start_states)
     return ImaginationVecEnv(
-        WorldModelDynamics(world_model, sample=True, success_bonus=success_bonus),
+        WorldModelDynamics(world_model, True, success_bonus, disagreement_penalty),
         start,
         cfg.num_envs,
         cfg.horizon,

@@ -42,14 +42,25 @@ class WorldModelDynamics:
     reward head's plus ``success_bonus`` times the predicted success probability: what the MPC
     planner sums per imagined step (``MPCConfig.success_bonus``, whose default 1 is this one's too:
     it was 0, so a critic trained as the README shows valued another sum than the default planner's),
-    so that a critic trained here values the same score past the planner's horizon. ``sample=True``
+    so that a critic trained here values the same score past the planner's horizon; with
+    ``disagreement_penalty`` (``MPCConfig.disagreement_penalty``: a model with an ensemble), minus that
+    times the ensemble's disagreement about the step, as the planner scores it too. ``sample=True``
     draws the latents from torch's global generator (SB3's ``seed`` seeds it; seed it yourself to
     repeat rollouts outside SB3)."""
 
-    def __init__(self, model: WorldModel, sample: bool = True, success_bonus: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: WorldModel,
+        sample: bool = True,
+        success_bonus: float = 1.0,
+        disagreement_penalty: float = 0.0,
+    ) -> None:
+        if disagreement_penalty and not model.cfg.ensemble:
+            raise ValueError("disagreement_penalty needs a world model trained with an ensemble")
         self.model = model.eval()
         self.sample = sample
         self.success_bonus = success_bonus
+        self.disagreement_penalty = disagreement_penalty
         self.feat_dim = model.cfg.feat_dim
         self.action_dim = model.cfg.action_dim
 
@@ -64,6 +75,8 @@ class WorldModelDynamics:
         feat = state.feat
         success_logit = self.model.success_head(feat).squeeze(-1)
         reward = step_score(self.model.reward_head(feat).squeeze(-1), success_logit, self.success_bonus)
+        if self.disagreement_penalty:
+            reward = reward - self.disagreement_penalty * self.model.rssm.ensemble_disagreement(state.deter)
         head = self.model.termination_head
         return state, reward, success_logit, None if head is None else head(feat).squeeze(-1)
 

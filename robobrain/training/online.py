@@ -57,7 +57,6 @@ from robobrain.rl import (
     SB3Config,
     finetune,
     imagination_env,
-    is_off_policy,
     load_sb3,
     make_sb3_model,
     save_sb3,
@@ -545,11 +544,12 @@ class OnlineLoop:
         return self.cfg.prior_samples > 0 or self.cfg.use_value
 
     def _imagination_env(self, seed: int) -> ImaginationVecEnv:
-        """The SB3 model's env: imagination from the newest episodes, rewarded as the planner scores."""
+        """The SB3 model's env: imagination from the newest episodes, rewarded as the planner scores
+        (its evaluation: the exploring one's ``explore_bonus`` is collection's alone)."""
         assert self.model is not None
-        return imagination_env(
-            self.model, self._recent_episodes(64), self.cfg.sb3, seed, self.cfg.mpc.success_bonus
-        )
+        mpc = self.cfg.mpc
+        return imagination_env(self.model, self._recent_episodes(64), self.cfg.sb3, seed, mpc.success_bonus,
+                               mpc.disagreement_penalty)  # fmt: skip
 
     def _finetune(self) -> dict[str, float]:
         assert self.model is not None
@@ -563,11 +563,9 @@ class OnlineLoop:
 
     def _guide(self) -> ActorCriticGuide | None:
         cfg = self.cfg
-        # (SB3's off-policy learn takes its first gradient step once num_timesteps > learning_starts;
-        # PPO and A2C, which have none, train at the end of every rollout: after any fine-tuning)
-        ready = self.sb3 is not None and self.sb3.num_timesteps > (
-            cfg.sb3.learning_starts if is_off_policy(self.sb3) else 0
-        )
+        # Once SB3 has taken a gradient step (an off-policy model once num_timesteps > learning_starts,
+        # PPO and A2C at the end of each rollout): before, its actor and critic are the random initial ones
+        ready = self.sb3 is not None and self.sb3._n_updates > 0
         if not ready or not self._uses_sb3():
             return None
         return ActorCriticGuide(self.sb3, num_prior=cfg.prior_samples, use_value=cfg.use_value)
