@@ -275,7 +275,12 @@ def check_planner_flags(args: Eval) -> None:
             raise ValueError(f"{flags}: only {who} reads {them}, not --policy {args.policy}")
     if args.samples is not None and args.samples < 2:  # (one is the warm start alone: it never moves)
         raise ValueError(f"--samples must be >= 2, got {args.samples}")
-    if args.temperature is not None and planner_settings(args)["optimizer"] != "mppi":
+    planner = planner_settings(args)
+    if not 1 <= planner["elites"] <= planner["samples"]:
+        raise ValueError(  # (the config's error named num_elites and num_samples, which eval has not)
+            f"--elites must be in [1, --samples {planner['samples']}], got {planner['elites']}"
+        )
+    if args.temperature is not None and planner["optimizer"] != "mppi":
         raise ValueError("--temperature: only --optimizer mppi reads it (CEM weighs its elites equally)")
     if args.prior_std is not None and args.guide != "bc":  # (an SB3 actor's samples: their own noise)
         raise ValueError(f"--prior-std: only --guide bc reads it, not --guide {args.guide}")
@@ -509,6 +514,14 @@ def run_train_wm(args: TrainWM) -> dict:
     from robobrain.config import get_preset
     from robobrain.training.wm_trainer import train_world_model
 
+    # (refused by the flags' names, before the data is read: the library's errors name its fields)
+    minutes = args.max_minutes
+    checks = (("--steps", args.steps, args.steps >= 1, ">= 1"),
+              ("--keypoints", args.keypoints, args.keypoints >= 0, ">= 0"),
+              ("--max-minutes", minutes, minutes is None or minutes > 0, "> 0"))  # fmt: skip
+    for flag, value, ok, need in checks:
+        if not ok:
+            raise ValueError(f"{flag} must be {need}, got {value}")
     overrides: dict = {} if args.open_loop_horizon is None else {"open_loop_horizon": args.open_loop_horizon}
     if args.proprio:
         overrides["use_proprio"] = True
@@ -570,6 +583,7 @@ def run_eval_wm(args: EvalWM) -> dict:
     else:
         episodes, _ = split_episodes(store, 0.0)  # (raises on a store with no readable episode)
     check_trained_env(ckpt.config, episodes[0].meta.get("env_id"), ckpt.path)
+    check_frame_size(episodes, args.data, model.cfg.image_size, ckpt.path)
     out = args.out or eval_wm_out(ckpt.path, args.data, args.split)
     data = str(Path(args.data).resolve())
     if args.out is None and (out / "report.json").is_file():  # (the default names the store's folder)
@@ -707,8 +721,10 @@ class Demo(Train):
     Re-running resumes / finishes the run."""
 
     env_steps: int = 1500
-    """3,000 took 13 min on the first sessions' 2-core machine and 22 min on the ~2x slower one of the
-    twelfth session (bench/RESULTS.md); 1,500 keeps the demo inside 15 minutes there."""
+    """Budget of real env steps (seed data included). Raising it and re-running extends the run, e.g.
+    `robobrain demo --env-steps 20000`; one below the steps it already holds is refused."""
+    # (3,000 took 13 min on the first sessions' 2-core machine and 22 min on the ~2x slower one of the
+    # twelfth session, bench/RESULTS.md; 1,500 keeps the demo inside 15 minutes there)
     seed_episodes: int = 10
     pretrain_steps: int = 300
     eval_every: int = 1000
@@ -743,6 +759,16 @@ def run_planner_setting(args: Eval, run: dict[str, Any], name: str, default: flo
     return float(run.get("mpc", {}).get(name, default))
 
 
+def check_frame_size(episodes: list, store: Path | str, image_size: int, checkpoint: Path) -> None:
+    """Refuse a store whose frames are not the world model's size (it failed deep inside, naming
+    neither the store nor the sizes)."""
+    sizes = sorted({ep.pixels.shape[1] for ep in episodes})
+    if sizes != [image_size]:
+        raise ValueError(
+            f"{store}: episodes of {sizes} px, the world model of {checkpoint} sees {image_size} px"
+        )
+
+
 def run_train_prior(args: TrainPrior) -> dict:
     from robobrain.checkpoint import check_trained_env, load_checkpoint
     from robobrain.data import EpisodeStore
@@ -753,6 +779,8 @@ def run_train_prior(args: TrainPrior) -> dict:
         world_model_from_checkpoint,
     )
 
+    if not args.data:  # (it said "no training episodes (0 held out by their numbers)")
+        raise ValueError("--data: name at least one episode store")
     resolved = [Path(root).resolve() for root in args.data]
     if len(set(resolved)) < len(resolved):  # (each of its episodes was cloned twice, counted twice)
         twice = sorted({str(r) for r in resolved if resolved.count(r) > 1})
@@ -765,6 +793,7 @@ def run_train_prior(args: TrainPrior) -> dict:
         t, v = split_episodes(EpisodeStore(root, create=False), holdout)
         # (checked before the prior is replaced; a store of held-out episodes only is checked too)
         check_trained_env(ckpt.config, (t or v)[0].meta.get("env_id"), ckpt.path)
+        check_frame_size(t + v, root, model.cfg.image_size, ckpt.path)
         train, val = train + t, val + v
     if not train:  # (an IndexError)
         raise ValueError(f"--data: no training episodes ({len(val)} held out by their numbers)")

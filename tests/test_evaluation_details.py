@@ -328,6 +328,9 @@ def test_planner_settings_keep_at_least_one_elite():
         check_planner_flags(Eval(policy="oracle", temperature=2.0))  # (CEM by default: ignored, yet recorded)
     check_planner_flags(Eval(policy="oracle", optimizer="mppi", temperature=2.0))
     check_planner_flags(Eval(policy="mpc:runs/wm", guide="bc", temperature=2.0))  # (bc plans with MPPI)
+    # (the optimizer config's error named num_elites and num_samples, which eval has not)
+    with pytest.raises(ValueError, match=r"--elites must be in \[1, --samples 16\], got 100"):
+        check_planner_flags(Eval(policy="oracle", samples=16, elites=100))
 
 
 def test_compile_mode_is_accepted_with_compile():

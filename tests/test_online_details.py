@@ -42,6 +42,19 @@ def test_negative_seed_settings_are_refused_with_seed_data_too():
             OnlineConfig(seed=seed)
 
 
+def test_settings_nothing_reads_are_refused():
+    """--mpc.optim.temperature with CEM, --own-data-repeat without --seed-data: accepted, recorded (so a
+    resume had to repeat them), and read by nothing."""
+    cem = OnlineConfig().mpc
+    hot = dataclasses.replace(cem, optim=dataclasses.replace(cem.optim, temperature=7.0))
+    with pytest.raises(ValueError, match=r"--mpc.optim.temperature 7.0: only --mpc.optimizer mppi reads it"):
+        OnlineConfig(mpc=hot)
+    OnlineConfig(mpc=dataclasses.replace(hot, optimizer="mppi"))
+    with pytest.raises(ValueError, match=r"without --seed-data it changes nothing \(--own-data-repeat\)"):
+        OnlineConfig(own_data_repeat=3)
+    OnlineConfig(own_data_repeat=3, seed_data="offline")
+
+
 def test_loop_state_int_counters_refuse_floats():
     """M03: "episodes": 4.0 loaded, then store.truncate(4.0) failed in a slicing traceback."""
     for key in ("iteration", "env_steps", "episodes", "last_eval", "last_checkpoint"):

@@ -215,10 +215,12 @@ def test_a_divergence_logs_no_losses_for_its_skipped_steps_and_names_what_was_ke
         rows = list(csv.DictReader(f))
     assert [int(float(r["step"])) for r in rows] == [2, 4, 6]  # (step 6: one trained, one skipped)
     assert math.isfinite(float(rows[2]["loss"])) and rows[2]["nonfinite_total"] == "1"
-    with pytest.raises(ValueError, match="max_minutes must be >= 0, got nan"):
+    with pytest.raises(ValueError, match="max_minutes must be > 0, got nan"):
         train_world_model(tmp_path / "data", tmp_path / "other", DEBUG, steps=5, max_minutes=float("nan"))
-    with pytest.raises(ValueError, match="max_minutes must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="max_minutes must be > 0, got -1"):
         train_world_model(tmp_path / "data", tmp_path / "other", DEBUG, steps=5, max_minutes=-1)
+    with pytest.raises(ValueError, match="max_minutes must be > 0, got 0"):  # (it saved the untrained model)
+        train_world_model(tmp_path / "data", tmp_path / "other", DEBUG, steps=5, max_minutes=0)
     assert not (tmp_path / "other").exists()
 
 

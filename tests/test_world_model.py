@@ -1033,6 +1033,28 @@ def test_train_and_eval_cli(push_data, tmp_path, caplog):
     ):
         with pytest.raises(ValueError, match="trained on robobrain/Push-v0 episodes, not on robobrain/Reach"):
             main(args)
+    # The same env at another frame size failed deep inside, naming neither store nor sizes.
+    push16 = tmp_path / "push16"
+    vec = make_vector_env("robobrain/Push-v0", 2, image_size=16, max_episode_steps=10)
+    random = load_policy("random", "robobrain/Push-v0", vec.single_action_space)
+    collect_episodes(vec, random, EpisodeStore(push16), 2, seed=0, meta={"env_id": "robobrain/Push-v0"},
+                     progress=False)  # fmt: skip
+    vec.close()
+    for args in (
+        ["eval-wm", "--checkpoint", ckpt, "--data", str(push16), "--split", "all", "--out", never],
+        ["train-prior", "--checkpoint", ckpt, "--data", str(push_data), str(push16), "--all-episodes"],
+    ):
+        with pytest.raises(
+            ValueError, match=r"push16: episodes of \[16\] px, the world model of .* sees 32 px"
+        ):
+            main(args)
+    with pytest.raises(ValueError, match="--data: name at least one episode store"):
+        main(["train-prior", "--checkpoint", ckpt, "--data"])
+    for flags, said in ((["--steps", "0"], "--steps must be >= 1, got 0"),
+                        (["--keypoints", "-3"], "--keypoints must be >= 0, got -3"),
+                        (["--max-minutes", "0"], "--max-minutes must be > 0, got 0.0")):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            main(["train-wm", "--data", str(push_data), "--run-dir", never, *flags])
     # The folder train-prior prints is not a world model: one line (a KeyError traceback before).
     prior_dir = str(load_checkpoint(run).path / "behaviour_prior")
     with pytest.raises(ValueError, match="a behaviour prior; pass the world-model checkpoint above it"):
@@ -1097,8 +1119,9 @@ def test_eval_wm_report_is_strict_json_and_counts_exact_copy_last_windows():
 
 
 def test_time_budget_checkpoints_and_resumes(push_data, tmp_path):
-    train_world_model(push_data, tmp_path, DEBUG, steps=50, progress=False, max_minutes=0.0)
-    assert load_checkpoint(tmp_path).state["step"] == 0  # stopped at once, but resumable
+    # A budget spent before the first step still trains one: at step 0 it saved the untrained model
+    train_world_model(push_data, tmp_path, DEBUG, steps=50, progress=False, max_minutes=1e-12)
+    assert load_checkpoint(tmp_path).state["step"] == 1  # stopped at once, but resumable
     train_world_model(push_data, tmp_path, DEBUG, steps=3, progress=False)
     assert load_checkpoint(tmp_path).state["step"] == 3
 
@@ -1107,11 +1130,13 @@ def test_a_time_budget_stop_logs_the_steps_since_the_last_row(push_data, tmp_pat
     """They were dropped: the resumed run's first row averaged only the steps after the stop."""
     import robobrain.training.wm_trainer as wm_trainer
 
-    clock = iter(range(0, 10_000, 25))  # seconds: the 1-minute budget runs out at the third check
+    clock = iter(
+        range(0, 10_000, 25)
+    )  # seconds: the 1-minute budget runs out at the third check (after step 3)
     monkeypatch.setattr(wm_trainer.time, "monotonic", lambda: next(clock))
     train_world_model(push_data, tmp_path, DEBUG, steps=50, progress=False, max_minutes=1.0)
     rows = list(csv.DictReader((tmp_path / "train_wm.csv").open()))
-    assert load_checkpoint(tmp_path).state["step"] == 2 and [r["step"] for r in rows] == ["2"]
+    assert load_checkpoint(tmp_path).state["step"] == 3 and [r["step"] for r in rows] == ["3"]
 
 
 def goal_model(seed=0):

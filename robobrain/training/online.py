@@ -222,6 +222,17 @@ class OnlineConfig:
         if not 0 <= self.scripted_fraction <= 1:
             raise ValueError(f"scripted_fraction must be in [0, 1], got {self.scripted_fraction} "
                              f"({flag('scripted_fraction')})")  # fmt: skip
+        # Settings nothing would read (recorded all the same, so a resume had to repeat them), as eval's
+        if self.mpc.optimizer != "mppi" and self.mpc.optim.temperature != OptimizerConfig.temperature:
+            raise ValueError(
+                f"--mpc.optim.temperature {self.mpc.optim.temperature}: only --mpc.optimizer mppi reads it "
+                "(CEM weighs its elites equally)"
+            )
+        if self.own_data_repeat != 1 and self.seed_data is None:
+            raise ValueError(
+                f"own_data_repeat {self.own_data_repeat} weighs the run's own episodes against "
+                f"--seed-data's: without --seed-data it changes nothing ({flag('own_data_repeat')})"
+            )
 
 
 class LoopState:

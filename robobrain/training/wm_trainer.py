@@ -370,8 +370,8 @@ def train_world_model(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if max_minutes is not None and not max_minutes >= 0:  # (NaN never ran out; < 0 saved an untrained model)
-        raise ValueError(f"max_minutes must be >= 0, got {max_minutes}")
+    if max_minutes is not None and not max_minutes > 0:  # (NaN never ran out; <= 0 saved an untrained model)
+        raise ValueError(f"max_minutes must be > 0, got {max_minutes}")
     with exclusive_run(run_dir, "train-wm") as held:
         return _train_world_model(data_dir, held, preset, steps, device, progress, max_minutes, preset_name)
 
@@ -489,6 +489,8 @@ def _train_world_model(
                     run_dir, trainer.step, steps)  # fmt: skip
     window: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+    # A budget stops a run after one step at least (at step 0 it saved the untrained model as latest).
+    first_step = trainer.step
 
     def log_window() -> None:
         nonlocal metrics, window
@@ -503,7 +505,9 @@ def _train_world_model(
     try:
         with tqdm(total=steps, initial=trainer.step, desc="train-wm", disable=not progress) as bar:
             while trainer.step < steps:
-                out_of_time = deadline is not None and time.monotonic() >= deadline
+                out_of_time = (
+                    deadline is not None and trainer.step > first_step and time.monotonic() >= deadline
+                )
                 if out_of_time:
                     log.info("time budget of %g min reached at step %d", max_minutes, trainer.step)
                     if window:  # (the steps since the last row: a resumed run logs only those after)
