@@ -953,6 +953,15 @@ def test_state_errors_are_per_named_part():
     assert state_errors(pred, true, None) == {"state": pytest.approx(float(np.hypot(5.0, 2.0)))}
 
 
+def random_store(root: Path, env_id: str, image_size: int) -> Path:
+    """Two random 10-step episodes of ``env_id`` at ``image_size`` px in a new store at ``root``."""
+    vec = make_vector_env(env_id, 2, image_size=image_size, max_episode_steps=10)
+    random = load_policy("random", env_id, vec.single_action_space)
+    collect_episodes(vec, random, EpisodeStore(root), 2, seed=0, meta={"env_id": env_id}, progress=False)
+    vec.close()
+    return root
+
+
 def test_train_and_eval_cli(push_data, tmp_path, caplog):
     import json
 
@@ -1019,12 +1028,7 @@ def test_train_and_eval_cli(push_data, tmp_path, caplog):
 
     # The checkpoint names the env of its data; using it on another env's data or env is refused.
     assert load_checkpoint(run).config["env_id"] == "robobrain/Push-v0"
-    reach = tmp_path / "reach"
-    vec = make_vector_env("robobrain/Reach-v0", 2, image_size=32, max_episode_steps=10)
-    random = load_policy("random", "robobrain/Reach-v0", vec.single_action_space)
-    collect_episodes(vec, random, EpisodeStore(reach), 2, seed=0, meta={"env_id": "robobrain/Reach-v0"},
-                     progress=False)  # fmt: skip
-    vec.close()
+    reach = random_store(tmp_path / "reach", "robobrain/Reach-v0", 32)
     never, ckpt = str(tmp_path / "never"), str(run)
     for args in (
         ["eval-wm", "--checkpoint", ckpt, "--data", str(reach), "--split", "all", "--out", never],
@@ -1034,12 +1038,7 @@ def test_train_and_eval_cli(push_data, tmp_path, caplog):
         with pytest.raises(ValueError, match="trained on robobrain/Push-v0 episodes, not on robobrain/Reach"):
             main(args)
     # The same env at another frame size failed deep inside, naming neither store nor sizes.
-    push16 = tmp_path / "push16"
-    vec = make_vector_env("robobrain/Push-v0", 2, image_size=16, max_episode_steps=10)
-    random = load_policy("random", "robobrain/Push-v0", vec.single_action_space)
-    collect_episodes(vec, random, EpisodeStore(push16), 2, seed=0, meta={"env_id": "robobrain/Push-v0"},
-                     progress=False)  # fmt: skip
-    vec.close()
+    push16 = random_store(tmp_path / "push16", "robobrain/Push-v0", 16)
     for args in (
         ["eval-wm", "--checkpoint", ckpt, "--data", str(push16), "--split", "all", "--out", never],
         ["train-prior", "--checkpoint", ckpt, "--data", str(push_data), str(push16), "--all-episodes"],
