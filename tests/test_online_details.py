@@ -2,6 +2,7 @@
 resume.py) that a mutation audit found unpinned: each test fails on a small code change that the rest
 of the suite let through (named in its docstring: M.. in online.py, R.. in resume.py)."""
 
+import csv
 import dataclasses
 import json
 import shutil
@@ -418,6 +419,31 @@ def test_extending_a_finished_run_keeps_its_old_final_evaluation(tmp_path):
                        r"undoes none of them: pass --env-steps 60 or more"):  # fmt: skip
         main(run_args(tmp_path, 20))
     assert (tmp_path / "config.json").read_text() == config
+
+
+def test_a_budget_lowered_to_the_steps_a_run_holds_logs_its_final_evaluation(tmp_path):
+    """A run killed past its last evaluation and re-run with --env-steps at the steps it held wrote
+    eval/final and final_eval.json, but its last train.csv row, and the learning curve, had none."""
+    main(run_args(tmp_path, 80))  # rows at 20 (evaluated), 40, 60, 80 (final); checkpoints 60 and 80
+    shutil.rmtree(latest_checkpoint(tmp_path))  # killed before the checkpoint at 80
+    (tmp_path / "checkpoints" / "latest").write_text(json.dumps({"checkpoint": "step_0000060"}))
+    main(run_args(tmp_path, 60))
+    rows = list(csv.DictReader((tmp_path / "train.csv").open()))
+    assert [r["env_steps"] for r in rows] == ["20", "40", "60"]
+    final = json.loads((tmp_path / "final_eval.json").read_text())
+    assert (
+        float(rows[-1]["eval_return"]) == pytest.approx(final["mean_return"]) and rows[1]["eval_return"] == ""
+    )
+    main(run_args(tmp_path, 60))  # (a re-run of the finished run: the same row)
+    assert list(csv.DictReader((tmp_path / "train.csv").open())) == rows
+    # Between its own budget and the steps it holds (whole iterations took a 50-step run to 60): refused
+    # (it wrote 55 to config.json, which the checkpoint and train.csv contradicted).
+    main(run_args(tmp_path / "b", 50))
+    with pytest.raises(
+        ValueError, match=r"holds 60 env steps .*pass --env-steps 50, the run's own, or 60 or more"
+    ):
+        main(run_args(tmp_path / "b", 55))
+    main(run_args(tmp_path / "b", 50))
 
 
 def test_evaluation_numbers_do_not_depend_on_the_rng_history():

@@ -58,6 +58,21 @@ class MetricLogger:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, v, step)
 
+    def amend(self, step: int, metrics: dict[str, float]) -> None:
+        """Add ``metrics`` to the last row logged at ``step`` (a new row if there is none), e.g. an
+        evaluation that came after the row was written."""
+        rows = self._rows() if self._fields is not None else []
+        at = [i for i, r in enumerate(rows) if float(r[self.step_key]) == step]
+        if not at:
+            self.log(step, metrics)
+            return
+        rows[at[-1]].update({k: str(v) for k, v in metrics.items()})
+        assert self._fields is not None
+        self._rewrite(self._fields + [k for k in metrics if k not in self._fields], rows)
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, v, step)
+
     def _rows(self) -> list[dict[str, str]]:
         with open(self.path, newline="") as f:
             return list(csv.DictReader(f))

@@ -690,10 +690,14 @@ class OnlineLoop:
             self.state.load(ckpt.state["loop"])
             trainer_step = int(ckpt.state["trainer"]["step"])
         budget, done = ckpt.config.get("online", {}).get("env_steps"), self.state.env_steps
-        if is_int(budget) and self.cfg.env_steps < min(budget, done):  # (before the store is truncated)
-            raise ValueError(  # (it ran the final evaluation again and wrote the lower budget to config.json)
+        # (Its own budget re-runs a finished run, which whole iterations may have taken past it.)
+        if is_int(budget) and self.cfg.env_steps < done and self.cfg.env_steps != budget:
+            # (before the store is truncated; it ran the final evaluation again and wrote the lower
+            # budget to config.json)
+            own = f"{budget}, the run's own, or " if budget < done else ""
+            raise ValueError(
                 f"{latest}: the run holds {done} env steps (its --env-steps was {budget}); --env-steps "
-                f"{self.cfg.env_steps} undoes none of them: pass --env-steps {min(budget, done)} or more"
+                f"{self.cfg.env_steps} undoes none of them: pass --env-steps {own}{done} or more"
             )
         self._refuse_foreign_episodes(self.state.episodes)
         dropped = self.store.truncate(self.state.episodes)
@@ -817,8 +821,19 @@ class OnlineLoop:
         finally:
             bar.close()
             logger.close()
-        # (A run resumed at its budget has not evaluated in this call: it re-runs the final evaluation.)
-        report = self._final_report if self._final_report is not None else self.evaluate(final=True)
+        report = self._final_report
+        if report is None:  # (a run resumed at its budget has not evaluated in this call: it re-runs it)
+            report = self.evaluate(final=True)
+            if self.state.last_eval != self.state.env_steps:
+                # Its budget lowered to the steps it held: its last row had no evaluation, the curve no
+                # final point. (Evaluated again, as a re-run of a finished run, it reports the same.)
+                logger = MetricLogger(self.run_dir, "train", step_key="env_steps")
+                try:
+                    logger.amend(self.state.env_steps, eval_columns(report))
+                finally:
+                    logger.close()
+                for cb in self.callbacks:
+                    cb.on_iteration(self.state, eval_columns(report), self.run_dir)
         atomic_write_json(self.run_dir / "final_eval.json", report["summary"])
         return report
 
@@ -840,10 +855,7 @@ class OnlineLoop:
             row["eval_s"] = time.perf_counter() - t0  # (in wall_s: what the loop spent not training)
             if st.env_steps >= cfg.env_steps:
                 self._final_report = report
-            summary = report["summary"]
-            success = summary["success_rate"]  # (None for an env without info["success"])
-            row["eval_success"] = float("nan") if success is None else success
-            row["eval_return"] = summary["mean_return"]
+            row.update(eval_columns(report))
             st.last_eval = st.env_steps
         # wall_s before the checkpoint, so a resumed run keeps this iteration's time (writing the
         # checkpoint counts toward the next row's).
@@ -858,6 +870,13 @@ class OnlineLoop:
             self.checkpoint()
         for cb in self.callbacks:
             cb.on_iteration(st, row, self.run_dir)
+
+
+def eval_columns(report: dict[str, Any]) -> dict[str, float]:
+    """train.csv's columns of an evaluation report (success NaN for an env without info["success"])."""
+    success = report["summary"]["success_rate"]
+    return {"eval_success": float("nan") if success is None else success,
+            "eval_return": report["summary"]["mean_return"]}  # fmt: skip
 
 
 def train_online(
