@@ -114,9 +114,11 @@ def test_no_loss_term_reads_the_padding_past_a_short_episodes_end(decoded_frames
     """Windows of 8 on episodes of 3 steps: what fills the padding changes no loss term."""
     eps = [dataclasses.replace(make_episode(3, tag=i, size=32), terminated=bool(i % 2)) for i in range(4)]
     eps = [dataclasses.replace(ep, state=np.zeros((4, 10), np.float32) + ep.state[:, 1:]) for ep in eps]
+    # (free nats 0: an untrained model's KL is below them, so every frame, padding too, cost exactly
+    # free_nats and an unmasked KL term went unseen)
     cfg = dataclasses.replace(DEBUG.world_model, action_dim=3, state_dim=10, termination=True,
-                              open_loop_horizon=3, reference_frame=True, ensemble=2,
-                              decoded_frames=decoded_frames)  # fmt: skip
+                              open_loop_horizon=3, reference_frame=True, ensemble=2, free_nats=0.0,
+                              ensemble_free_nats=0.0, decoded_frames=decoded_frames)  # fmt: skip
     model = WorldModel(cfg)
     batch = batch_to_torch(SequenceSampler(eps, 8).gather(np.arange(4), np.zeros(4, int)), "cpu")
     assert batch["valid"][:, :4].all() and not batch["valid"][:, 4:].any()

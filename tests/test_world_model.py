@@ -1238,6 +1238,20 @@ def test_open_loop_loss_aligns_targets_and_trains_the_imagined_rewards(push_data
     assert model.loss(last)[1]["ol_reward"] == pytest.approx(base["ol_reward"])
     torch.manual_seed(1)
     assert model.loss(earlier)[1]["ol_reward"] > base["ol_reward"] + 1.0
+    # ... and it reaches the total, weighted (a total without it still passed the training check below,
+    # whose gain came from the open-loop KL and success terms).
+    one_step = WorldModel(dataclasses.replace(cfg, open_loop_horizon=0))
+    one_step.load_state_dict(model.state_dict())
+
+    def total_and_ol(m, b):
+        torch.manual_seed(1)
+        total, metrics = m.loss(b)
+        return total.item(), metrics.get("ol_reward", 0.0)
+
+    (t0, r0), (t1, r1) = total_and_ol(model, batch), total_and_ol(model, earlier)
+    (s0, _), (s1, _) = total_and_ol(one_step, batch), total_and_ol(one_step, earlier)
+    expected = cfg.open_loop_weight * cfg.reward_weight * (r1 - r0)
+    assert (t1 - t0) - (s1 - s0) == pytest.approx(expected, rel=1e-3)
 
     # Trained on the same batches, the open-loop loss makes rewards imagined 7 steps ahead better on
     # average. At this tiny size the gain is small against the spread over seeds: with the scripted
