@@ -136,6 +136,9 @@ def test_no_transition_crosses_a_reset(tmp_path):
         assert jumps <= ACTION_STEP * 1.5, f"gripper teleported by {jumps:.3f} m inside an episode"
         starts.add(ep.state[0].tobytes())
     assert len(starts) == 7
+    # Reach never terminates: every episode ended at its time limit, none is stored as terminated (each
+    # would have marked its last action terminal and grown the world model a termination head).
+    assert all(len(ep) == 50 and not ep.terminated for _, ep in store.episodes())
     # Each episode names its env and reset: its start can be found again.
     env = gym.make("robobrain/Reach-v0", image_size=8)
     for _, ep in store.episodes():

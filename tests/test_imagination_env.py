@@ -54,6 +54,8 @@ def test_vec_env_contract_and_auto_reset():
     env.seed(123)
     np.testing.assert_array_equal(env.reset(), first)
     assert not np.array_equal(env.reset(), first)  # unseeded resets go on drawing
+    env.seed(124)  # (another seed draws other states: the value is used, not only the call)
+    assert not np.array_equal(env.reset(), first)
     # One batched model, not N env objects: an attribute or a method is all envs' or refused.
     assert env.get_attr("horizon", indices=[1]) == [5]
     env.set_attr("horizon", 7)
@@ -90,6 +92,10 @@ def test_world_model_start_states_and_step():
     episodes = [make_episode(6, tag=i, size=32) for i in range(2)]
     starts = encode_start_states(model, episodes)
     assert starts.deter.shape == (12, cfg.deter)
+    # The bank is capped (the online loop's --sb3.start-states; episodes pile up), from the newest first
+    capped = encode_start_states(model, episodes * 3, max_states=8)
+    assert capped.deter.shape == (8, cfg.deter)
+    torch.testing.assert_close(capped.deter, starts.deter[:8])
     # Rewarded by default as the default planner scores a step (the bonus was 0 here, 1 there).
     assert WorldModelDynamics(model).success_bonus == MPCConfig().success_bonus
     env = ImaginationVecEnv(WorldModelDynamics(model), starts, num_envs=3, horizon=4)
@@ -162,6 +168,12 @@ def test_a_finished_env_restarts_alone():
     np.testing.assert_allclose(obs[:, 0], [0.48, 0.38], atol=1e-6)
     assert infos[0]["success"] and not infos[1]["success"]
     assert infos[0]["TimeLimit.truncated"] is False
+    # ... and only its clock restarts: env 1's episode still ends at its horizon (resetting every clock
+    # whenever one env finished gave SB3 episodes longer than the horizon).
+    env = ImaginationVecEnv(PointLatent(), bank(0.48), num_envs=2, horizon=3, success_terminates=True)
+    env.reset()
+    dones = [env.step(np.array([[0.0], [-1.0]], np.float32))[2].tolist() for _ in range(3)]
+    assert dones == [[True, False], [True, False], [True, True]]
 
 
 def test_termination_at_the_horizon_is_not_a_time_limit():

@@ -53,9 +53,16 @@ def test_invalid_episode_is_refused(tmp_path):
     # terminated None was stored pickled (unreadable: the episode was lost), "False" read back True
     bad_end = [Episode(ep.pixels, ep.state, ep.action, ep.reward, ep.success, terminated=t)
                for t in (None, "False", np.array([True, False]))]  # fmt: skip
-    cases = [(bad_nan, "NaN"), (bad_len, "pixels"), (bad_dtype, "dtype")] + [
-        (b, "terminated") for b in bad_end
-    ]
+    # One value is enough (only all-NaN arrays were tried: "all NaN" passed for "any")
+    one_inf, one_nan = ep.reward.copy(), ep.state.copy()
+    one_inf[2], one_nan[1, 0] = np.inf, np.nan
+    bad_one = [Episode(ep.pixels, ep.state, ep.action, one_inf, ep.success),
+               Episode(ep.pixels, one_nan, ep.action, ep.reward, ep.success)]  # fmt: skip
+    cases = (
+        [(bad_nan, "NaN"), (bad_len, "pixels"), (bad_dtype, "dtype")]
+        + [(b, "terminated") for b in bad_end]
+        + [(bad_one[0], "reward: contains NaN or inf"), (bad_one[1], "state: contains NaN or inf")]
+    )
     for bad, what in cases:
         with pytest.raises(ValueError, match=what):
             store.add(bad)
@@ -270,7 +277,9 @@ def test_sampler_windows_never_cross_episodes():
         n = min(4, len(ep) - t0)  # the per-step arrays end one earlier than the observations
         np.testing.assert_array_equal(batch.action[b, :n], ep.action[t0 : t0 + n])
         np.testing.assert_array_equal(batch.reward[b, :n], ep.reward[t0 : t0 + n])
+        np.testing.assert_array_equal(batch.success[b, :n], ep.success[t0 : t0 + n])  # (its last step's)
         assert np.all(batch.action[b, n:] == 0) and np.all(batch.reward[b, n:] == 0)
+        assert not batch.success[b, n:].any()
         if t0 + 3 >= len(ep):
             last_seen.add(int(tags[b, 0]))
     assert last_seen == {0, 1, 2, 3}  # the final observation (and the last transition) is trained on
