@@ -243,6 +243,43 @@ def test_policy_resets_when_the_reset_observation_arrives(tmp_path):
     assert starts <= set(policy.first)
 
 
+class FixedLength(gym.Wrapper):
+    """Episodes of ``length`` steps (truncated), whatever the env's time limit."""
+
+    def __init__(self, env: gym.Env, length: int) -> None:
+        super().__init__(env)
+        self.length, self.left = length, 0
+
+    def reset(self, **kwargs):
+        self.left = self.length
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, _, info = self.env.step(action)
+        self.left -= 1
+        return obs, reward, terminated, self.left <= 0, info
+
+
+def test_only_the_envs_that_restart_reset_their_slot_of_the_policy(tmp_path):
+    """Envs whose episodes end on different steps (2 and 3 steps long): each restart resets that env's
+    slot only (a full reset, which ending both on one step could not tell apart, passed)."""
+
+    class Masks(RandomPolicy):
+        def __init__(self) -> None:
+            super().__init__(3, seed=0)
+            self.masks: list = []
+
+        def reset(self, num_envs, mask=None):
+            self.masks.append(None if mask is None else np.asarray(mask).tolist())
+
+    fns = [lambda n=n: FixedLength(gym.make("robobrain/Reach-v0", image_size=8), n) for n in (2, 3)]
+    vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    policy = Masks()
+    collect_episodes(vec, policy, EpisodeStore(tmp_path), 4, seed=0, progress=False)
+    vec.close()
+    assert policy.masks == [None, [True, False], [False, True], [True, False]]
+
+
 def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_path, caplog):
     out = tmp_path / "data"
     base = ["collect", "--env", "robobrain/Reach-v0", "--image-size", "16", "--no-progress"]
