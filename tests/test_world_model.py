@@ -389,6 +389,14 @@ def test_decoded_frames_decodes_a_random_subset_of_later_frames(monkeypatch):
     for row, dec in zip(feat, decoded[0].detach().unflatten(0, (4, 3)), strict=True):
         match = [int(((row - d).abs().max(-1).values < 1e-6).nonzero()[0]) for d in dec]
         assert len(set(match)) == 3 and 0 not in match  # distinct frames, never the first one
+    # A short episode's real frames come first: with frames 1-3 real and 4-7 padding, those 3 (the draw
+    # spent decoder rows on masked padding without its preference).
+    filtered.clear()
+    decoded.clear()
+    model.loss({**batch, "valid": (torch.arange(8) <= 3).expand(4, -1)})
+    feat = filtered[0][0].feat.detach()
+    for row, dec in zip(feat, decoded[0].detach().unflatten(0, (4, 3)), strict=True):
+        assert sorted(int(((row - d).abs().max(-1).values < 1e-6).nonzero()[0]) for d in dec) == [1, 2, 3]
     # Asking for at least L-1 frames decodes the whole window.
     decoded.clear()
     model.cfg = dataclasses.replace(cfg, decoded_frames=7)
