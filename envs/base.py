@@ -13,7 +13,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from robobrain.config import is_int
+from robobrain.config import is_int, numeric_array
 from robobrain.envs.physics import FINGER_OPEN, STATE_BASE, Scene
 
 ASSETS = Path(__file__).parent / "assets"
@@ -204,10 +204,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return self._renderer.render()
 
     def _check_action(self, action: np.ndarray) -> np.ndarray:
-        raw = np.asarray(action)
-        if raw.dtype.kind not in "fiu":  # (a cast read "1" as 1.0, True as 1.0, 1+5j as 1.0)
-            raise ValueError(f"action must be numbers, got an array of dtype {raw.dtype}")
-        a = raw.astype(np.float64)
+        a = numeric_array(action, "action")
         if a.shape != (self.action_dim,):
             raise ValueError(f"action must have shape ({self.action_dim},), got {a.shape}")
         if not np.all(np.isfinite(a)):

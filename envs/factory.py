@@ -13,7 +13,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
-from robobrain.config import is_int
+from robobrain.config import is_int, numeric_array
 from robobrain.envs.wrappers import PixelObservation
 
 Expert = Callable[[np.ndarray], np.ndarray]
@@ -143,9 +143,7 @@ def check_batch_actions(actions: Any, space: gym.Space, num_envs: int) -> None:
     an async worker that raised is shut down)."""
     if not isinstance(space, gym.spaces.Box):
         return
-    a = np.asarray(actions)
-    if a.dtype.kind not in "fiu":  # (strings failed in isfinite; complex lost its imaginary part)
-        raise ValueError(f"actions must be numbers, got an array of dtype {a.dtype}")
+    a = numeric_array(actions, "actions")  # (strings failed in isfinite; complex lost its imaginary part)
     if a.shape != (num_envs, *space.shape):
         raise ValueError(f"actions must have shape {(num_envs, *space.shape)}, got {a.shape}")
     if not np.all(np.isfinite(a)):

@@ -20,7 +20,7 @@ import numpy as np
 import tyro
 
 from robobrain.config import EVAL_SEEDS, SEED_LIMIT, check_seed, is_int
-from robobrain.data.store import MANIFEST, no_empty_dirs_on_failure
+from robobrain.data.store import MANIFEST, EpisodeStore, no_empty_dirs_on_failure
 from robobrain.training.online import OnlineConfig
 
 log = logging.getLogger(__name__)
@@ -722,7 +722,8 @@ class Demo(Train):
 
     env_steps: int = 1500
     """Budget of real env steps (seed data included). Raising it and re-running extends the run, e.g.
-    `robobrain demo --env-steps 20000`; one below the steps it already holds is refused."""
+    `robobrain demo --env-steps 20000`; one below the steps it already holds is refused, but for its
+    own (whole iterations may end past it)."""
     # (3,000 took 13 min on the first sessions' 2-core machine and 22 min on the ~2x slower one of the
     # twelfth session, bench/RESULTS.md; 1,500 keeps the demo inside 15 minutes there)
     seed_episodes: int = 10
@@ -907,6 +908,20 @@ def check_output_dir(path: Path | None, flag: str) -> None:
             return
 
 
+def _train_runs_store(path: Path) -> bool:
+    """Whether ``path`` (named episodes) is a train run's own store: its folder holds the run's
+    checkpoints, or its episodes name the loop's iteration (a run killed before its first checkpoint).
+    A project folder with a config.json of its own is none."""
+    if (path.parent / "checkpoints").is_dir():
+        return True
+    try:
+        return any(
+            "iteration" in entry["meta"] for entry in EpisodeStore(path, create=False).manifest.values()
+        )
+    except (OSError, ValueError):
+        return False
+
+
 def check_output_kind(path: Path | None, flag: str, store: bool) -> None:
     """Refuse an episode store as the output of a command that writes a run or a report, and a run
     as the output of ``collect`` (``store``): each wrote its files into the other, silently."""
@@ -914,8 +929,7 @@ def check_output_kind(path: Path | None, flag: str, store: bool) -> None:
         return
     if store and (path / "checkpoints").is_dir():
         raise ValueError(f"{flag} {path} is a run directory (it holds checkpoints/), not an episode store")
-    run_files = ("checkpoints", "train.csv", "config.json")
-    if store and path.name == "episodes" and any((path.parent / f).exists() for f in run_files):
+    if store and path.name == "episodes" and _train_runs_store(path):
         raise ValueError(
             f"{flag} {path} is the own store of the train run in {path.parent}, which keeps only its own "
             f"episodes there: collect into another store and pass it to train as --seed-data"

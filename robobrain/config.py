@@ -8,6 +8,7 @@ conv depth 32). Nothing writes into a config; derive a new one with ``dataclasse
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -239,6 +240,19 @@ def check_seed(seed: int, where: str = "seed") -> None:
     """Refuse a seed outside [0, SEED_LIMIT) with an error that names ``where`` (e.g. ``--seed``)."""
     if not 0 <= seed < SEED_LIMIT:  # (2**64 - 1 was an OverflowError deep in torch.manual_seed)
         raise ValueError(f"{where} must be in [0, 2**32), got {seed}")
+
+
+def numeric_array(x: Any, what: str) -> np.ndarray:
+    """``x`` as a float64 array; ``ValueError`` naming ``what`` unless its entries are real numbers (a
+    cast read the string "1", True and 1+5j as 1.0). An object array of numbers is taken too."""
+    a = np.asarray(x)
+    real = a.dtype.kind in "fiu" or (
+        a.dtype.kind == "O"
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) for v in a.flat)
+    )
+    if not real:
+        raise ValueError(f"{what} must be numbers, got an array of dtype {a.dtype}")
+    return a.astype(np.float64)
 
 
 def is_int(x: object) -> bool:

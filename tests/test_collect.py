@@ -472,6 +472,14 @@ def test_stores_and_runs_are_not_written_into_each_other(tmp_path):
     with pytest.raises(ValueError, match=r"--out .*run/episodes is the own store of the train run in"):
         main(["collect", "--env", "robobrain/Reach-v0", "--episodes", "1", "--out", str(run / "episodes"),
               "--no-progress"])  # fmt: skip
+    project = tmp_path / "project"  # a folder of episodes beside a config.json of the user's own: no run
+    (project / "config.json").parent.mkdir()
+    (project / "config.json").write_text("{}")
+    for _ in range(2):
+        main(["collect", "--env", "robobrain/Reach-v0", "--episodes", "1", "--num-envs", "1",
+              "--episode-steps", "2", "--image-size", "16", "--out", str(project / "episodes"),
+              "--no-progress"])  # fmt: skip
+    assert len(EpisodeStore(project / "episodes")) == 2
     for command in (["train-wm", "--data", str(store), "--run-dir", str(store)],
                     ["train", "--run-dir", str(store)],
                     ["eval", "--policy", "random", "--out", str(store)]):  # fmt: skip

@@ -43,17 +43,32 @@ def test_negative_seed_settings_are_refused_with_seed_data_too():
             OnlineConfig(seed=seed)
 
 
-def test_settings_nothing_reads_are_refused():
-    """--mpc.optim.temperature with CEM, --own-data-repeat without --seed-data: accepted, recorded (so a
-    resume had to repeat them), and read by nothing."""
+def test_settings_nothing_reads_are_refused_when_a_run_starts(tmp_path):
+    """--mpc.optim.temperature with CEM, --own-data-repeat without --seed-data, no SB3 gradient step
+    (the run planned with random nets throughout): accepted, recorded (so a resume had to repeat them),
+    and read by nothing. Refused when a run starts, not on resume: a run an older robobrain started
+    with one could neither go on (refused) nor change it (another config)."""
+    from robobrain.training.online import check_read_settings
+
     cem = OnlineConfig().mpc
     hot = dataclasses.replace(cem, optim=dataclasses.replace(cem.optim, temperature=7.0))
-    with pytest.raises(ValueError, match=r"--mpc.optim.temperature 7.0: only --mpc.optimizer mppi reads it"):
-        OnlineConfig(mpc=hot)
-    OnlineConfig(mpc=dataclasses.replace(hot, optimizer="mppi"))
-    with pytest.raises(ValueError, match=r"without --seed-data it changes nothing \(--own-data-repeat\)"):
-        OnlineConfig(own_data_repeat=3)
-    OnlineConfig(own_data_repeat=3, seed_data="offline")
+    ppo = dataclasses.replace(OnlineConfig().sb3, algo="PPO", gradient_steps=0)
+    sac = dataclasses.replace(ppo, algo="SAC")
+    for cfg, said in ((OnlineConfig(mpc=hot), r"temperature 7.0: only --mpc.optimizer mppi reads it"),
+                      (OnlineConfig(own_data_repeat=3), "without --seed-data it changes nothing"),
+                      (OnlineConfig(sb3=sac), "SAC would never train")):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            check_read_settings(cfg)
+    for cfg in (OnlineConfig(mpc=dataclasses.replace(hot, optimizer="mppi")), OnlineConfig(sb3=ppo),
+                OnlineConfig(own_data_repeat=3, seed_data="offline")):  # fmt: skip
+        check_read_settings(cfg)  # (MPPI reads a temperature; PPO takes no gradient_steps)
+    with pytest.raises(ValueError, match="without --seed-data it changes nothing"):
+        main([*run_args(tmp_path, 20), "--own-data-repeat", "2"])
+    main(run_args(tmp_path, 20))  # a run started (as an older robobrain let it) with --own-data-repeat 2:
+    config = latest_checkpoint(tmp_path) / "config.json"
+    config.write_text(config.read_text().replace('"own_data_repeat": 1', '"own_data_repeat": 2'))
+    main([*run_args(tmp_path, 40), "--own-data-repeat", "2"])  # it goes on
+    assert load_checkpoint(tmp_path).state["loop"]["env_steps"] == 40
 
 
 def test_loop_state_int_counters_refuse_floats():

@@ -209,6 +209,16 @@ def test_a_hand_written_terminated_flag_that_is_not_a_bool_is_skipped(tmp_path):
     assert sorted(reopened.skipped) == [f"episode_{i:06d}.npz" for i in range(1, 5)]
     assert "terminated: expected a bool, got <U5 array of shape ()" in reopened.skipped["episode_000001.npz"]
     assert "got bool array of shape (1,)" in reopened.skipped["episode_000004.npz"]
+    for i, flag in enumerate([np.array(1), np.array(0), np.float32(1.0)], start=5):  # (as 0 and 1: read)
+        np.savez(
+            tmp_path / f"episode_{i:06d}.npz", pixels=ep.pixels, state=ep.state, action=ep.action,
+            reward=ep.reward, success=ep.success, terminated=flag, meta=np.array("{}"),
+        )  # fmt: skip
+    assert [(n, e.terminated) for n, e in EpisodeStore(tmp_path).episodes()][1:] == [
+        ("episode_000005.npz", True),
+        ("episode_000006.npz", False),
+        ("episode_000007.npz", True),
+    ]
 
 
 def test_an_array_header_that_declares_more_than_the_file_holds_is_skipped(tmp_path):

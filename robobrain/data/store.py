@@ -625,9 +625,11 @@ class EpisodeStore:
 
 
 def _stored_flag(arr: np.ndarray) -> bool | np.ndarray:
-    """A file's 0-d bool array as a bool; anything else as it is, for ``validate`` to refuse (``bool()``
-    made the string "False", NaN and 7 all True)."""
-    return bool(arr) if arr.dtype == np.bool_ and arr.shape == () else arr
+    """A file's 0-d bool array, or 0-d number 0 or 1, as a bool; anything else as it is, for
+    ``validate`` to refuse (``bool()`` made the string "False", NaN and 7 all True)."""
+    if arr.shape == () and (arr.dtype == np.bool_ or (arr.dtype.kind in "iuf" and arr in (0, 1))):
+        return bool(arr)
+    return arr
 
 
 def _index(name: str) -> int:

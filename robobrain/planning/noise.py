@@ -27,9 +27,10 @@ def powerlaw_noise(
         raise ValueError(f"length must be >= 2, got {length}")
     freqs = torch.fft.rfftfreq(length, device=device)
     freqs[0] = freqs[1]  # the lowest frequency the sequence resolves; the mean is removed below
-    # Relative to the lowest one (the normalisation below takes any common factor out): <= 1, so a
-    # large beta underflows the highest frequencies to 0 instead of overflowing the lowest to inf.
-    scale = (freqs / freqs[0]) ** (-beta / 2.0)
+    # freqs ** (-beta / 2) over its largest (the normalisation below takes any common factor out): <= 1,
+    # so a large |beta| underflows some frequencies to 0 instead of overflowing others to inf.
+    exponent = (-beta / 2.0) * freqs.log()
+    scale = (exponent - exponent.max()).exp()
     shape = (batch, dim, freqs.numel())
     real = torch.randn(shape, generator=generator, device=device) * scale
     imag = torch.randn(shape, generator=generator, device=device) * scale

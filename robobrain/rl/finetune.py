@@ -71,7 +71,7 @@ class SB3Config:
         # A bad value found at the first fine-tuning round would come after a checkpoint, whose config
         # then refuses the corrected flag: the run could neither go on nor be fixed.
         least = {"steps_per_iteration": 1, "num_envs": 1, "horizon": 1, "start_states": 1, "batch_size": 1,
-                 "buffer_size": self.num_envs, "learning_starts": 0, "gradient_steps": 1}  # fmt: skip
+                 "buffer_size": self.num_envs, "learning_starts": 0, "gradient_steps": 0}  # fmt: skip
         for name, low in least.items():
             if not getattr(self, name) >= low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)} (--sb3.{_flag(name)})")

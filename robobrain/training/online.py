@@ -101,7 +101,7 @@ class OnlineConfig:
     """World-model size and training preset."""
     env_steps: int = 20_000
     """Budget of real env steps (seed data included). Raising it and re-running extends a run; one
-    below the steps a run already holds is refused."""
+    below the steps a run already holds is refused, but for its own (whole iterations may end past it)."""
     num_envs: int = 2
     """Envs stepped together; the planner plans for all of them in one batched call."""
     image_size: int | None = None
@@ -222,17 +222,25 @@ class OnlineConfig:
         if not 0 <= self.scripted_fraction <= 1:
             raise ValueError(f"scripted_fraction must be in [0, 1], got {self.scripted_fraction} "
                              f"({flag('scripted_fraction')})")  # fmt: skip
-        # Settings nothing would read (recorded all the same, so a resume had to repeat them), as eval's
-        if self.mpc.optimizer != "mppi" and self.mpc.optim.temperature != OptimizerConfig.temperature:
-            raise ValueError(
-                f"--mpc.optim.temperature {self.mpc.optim.temperature}: only --mpc.optimizer mppi reads it "
-                "(CEM weighs its elites equally)"
-            )
-        if self.own_data_repeat != 1 and self.seed_data is None:
-            raise ValueError(
-                f"own_data_repeat {self.own_data_repeat} weighs the run's own episodes against "
-                f"--seed-data's: without --seed-data it changes nothing ({flag('own_data_repeat')})"
-            )
+
+
+def check_read_settings(cfg: OnlineConfig) -> None:
+    """Refuse, when a run starts, settings nothing would read (recorded all the same, so a resume has
+    to repeat them), as eval does: a temperature for CEM, --own-data-repeat without --seed-data, no
+    gradient step for an off-policy SB3 algorithm (it never trained: the planner was guided by random
+    nets). Not on resume: a run an older robobrain started with them could neither go on nor change."""
+    if cfg.mpc.optimizer != "mppi" and cfg.mpc.optim.temperature != OptimizerConfig.temperature:
+        raise ValueError(
+            f"--mpc.optim.temperature {cfg.mpc.optim.temperature}: only --mpc.optimizer mppi reads it "
+            "(CEM weighs its elites equally)"
+        )
+    if cfg.own_data_repeat != 1 and cfg.seed_data is None:
+        raise ValueError(
+            f"--own-data-repeat {cfg.own_data_repeat} weighs the run's own episodes against --seed-data's: "
+            "without --seed-data it changes nothing"
+        )
+    if cfg.sb3.gradient_steps == 0 and cfg.sb3.algo.upper() in ("SAC", "TD3", "DDPG"):
+        raise ValueError(f"--sb3.gradient-steps 0: {cfg.sb3.algo} would never train")
 
 
 class LoopState:
@@ -501,8 +509,9 @@ class OnlineLoop:
             raise ValueError(f"{where}: episodes of {sizes} px, the run's envs render {rendered} px")
         # Env i of a collection is first reset with seed + i (collect's meta; 2 envs before it said)
         metas = [ep.meta for ep in self._offline]
-        seeds = {(m["seed"], m.get("num_envs", 2)) for m in metas if is_int(m.get("seed"))}
-        self._offline_seeds = [range(s, s + n) for s, n in seeds if is_int(n) and n > 0]
+        pairs = [(m.get("seed"), m.get("num_envs", 2)) for m in metas]  # (hand-written meta: any JSON)
+        seeds = {(int(s), int(n)) for s, n in pairs if is_int(s) and is_int(n) and n > 0}
+        self._offline_seeds = [range(s, s + n) for s, n in sorted(seeds)]
         log.info("%d offline episodes from %s", len(self._offline), self.cfg.seed_data)
 
     def _recent_episodes(self, n: int) -> list[Episode]:
@@ -764,6 +773,7 @@ class OnlineLoop:
         self._clock = time.perf_counter()
         resumed = self._resume()
         if not resumed:  # (before anything is written: the store is emptied below)
+            check_read_settings(cfg)
             self._refuse_foreign_episodes(0)
         if resumed and self.state.env_steps < cfg.env_steps:
             self._keep_old_final_evaluation()
