@@ -21,7 +21,8 @@
 #    fused Triton rollout (autotuned, with its chosen block, and each candidate block pinned);
 # 5. (only when named) the SB3 SAC-from-pixels peer of the online bar on Push, 20k steps on cuda
 #    (bench_online.py; ~9.5 min on an H200 with two other seeds beside it, extrapolated from 19,000
-#    steps in 535 s; alone not timed). It checkpoints every
+#    steps in 535 s; alone not timed: by that estimate its 560 s step is cut before its evaluation,
+#    so plan on two calls). It checkpoints every
 #    5,000 steps in /tmp/sac_pixels (the replay buffer is ~0.5 GB), so the same command resumes it
 #    on a machine that is still warm; its log holds the table.
 # Logs go to OUT_DIR (default $OUT, else /tmp/gpu_check), with summary.txt (each step's rc and
