@@ -145,14 +145,14 @@ class MPC:
             if mask.dtype != torch.bool or mask.shape != (num_envs,):
                 got = f"{mask.dtype} {list(mask.shape)}"
                 raise ValueError(f"mask must be a bool [{num_envs}] array, got {got}")
+        # A forgotten plan is the middle of the action range (0 was the lower bound of [0, 2], where half
+        # the first samples then piled up).
+        centre = (self.cfg.optim.low + self.cfg.optim.high) / 2
         if self.plan is None or mask is None or self.plan.shape[0] != num_envs:
-            # (the middle of the action range: 0 was its lower bound in [0, 2], where half the
-            # first samples then piled up)
-            centre = (self.cfg.optim.low + self.cfg.optim.high) / 2
             self.plan = torch.full((num_envs, self.cfg.horizon, self.action_dim), centre, device=self.device)
             self._noise = self._noise_t = None  # drawn at the first noisy action
         else:
-            self.plan[mask] = (self.cfg.optim.low + self.cfg.optim.high) / 2
+            self.plan[mask] = centre
             if self._noise_t is not None:
                 self._noise_t[mask] = self.cfg.exploration_length  # redraw at next use
 

@@ -836,14 +836,15 @@ class OnlineLoop:
             report = self.evaluate(final=True)
             if self.state.last_eval != self.state.env_steps:
                 # Its budget lowered to the steps it held: its last row had no evaluation, the curve no
-                # final point. (Evaluated again, as a re-run of a finished run, it reports the same.)
+                # final point. (Not checkpointed: a later re-run amends the row again, with the same.)
+                columns = eval_columns(report)
                 logger = MetricLogger(self.run_dir, "train", step_key="env_steps")
                 try:
-                    logger.amend(self.state.env_steps, eval_columns(report))
+                    logger.amend(self.state.env_steps, columns)
                 finally:
                     logger.close()
                 for cb in self.callbacks:
-                    cb.on_iteration(self.state, eval_columns(report), self.run_dir)
+                    cb.on_iteration(self.state, columns, self.run_dir)
         atomic_write_json(self.run_dir / "final_eval.json", report["summary"])
         return report
 

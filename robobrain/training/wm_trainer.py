@@ -442,8 +442,7 @@ def _train_world_model(
                     f"{latest / 'config.json'}: the run was started with another {key} config "
                     f"(checkpoint vs now: {diff}); to resume it, pass the flags it was started "
                     f"with (--preset, --open-loop-horizon, --proprio, --keypoints, --no-termination, "
-                    f"--seed set these; "
-                    f"its config.json); for another config, use a new --run-dir"
+                    f"--seed set these; its config.json); for another config, use a new --run-dir"
                 )
             if diff:  # the preset's values in this robobrain, or fields added since the run started
                 log.warning(
