@@ -8,7 +8,9 @@ same scene (``mujoco.Renderer`` + ``mj_step(nstep=frame_skip)`` + the ``mj_kinem
 ``Pusher-v5`` rendering at the same size, and Gymnasium's ``InvertedPendulum-v5`` and ``Reacher-v5``
 through ``make_env`` (``PixelObservation``) as it renders them (``render_side``) and at their own
 480x480 default, area-resized to the image size either way. The ratio column is steps/s divided by
-the raw loop's, so it survives the machine's run-to-run noise better than the absolute numbers.
+the raw loop's, timed again right before each row (the machine's speed drifts over a run), so it
+survives the machine's run-to-run noise better than the absolute numbers; the raw row shows the
+median of those timings and their range.
 A single env's reset is timed inside the step that ended its episode (not counted as a step); a
 vector env's autoreset step (Gymnasium's NEXT_STEP mode: a reset, no physics) counts as ``num_envs``
 steps, as SB3's step counter does.
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
+from functools import partial
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -158,18 +162,28 @@ def main() -> None:
     args = parser.parse_args()
     size, sec = args.image_size, args.seconds
 
-    raw = bench_raw(size, sec)
-    rows = [("raw mujoco.Renderer + mj_step (push scene)", raw)]
+    benches: list[tuple[str, Callable[[], float]]] = []
     for env_id in envs.TASKS:
-        rows.append((f"{env_id} single env", bench_env(env_id, size, sec)))
-        rows.append((f"{env_id} vector x2 sync", bench_vector(env_id, size, sec, "sync")))
-        rows.append((f"{env_id} vector x2 async", bench_vector(env_id, size, sec, "async")))
-    rows.append(("gymnasium Pusher-v5 (default visuals)", bench_pusher(size, sec)))
+        benches.append((f"{env_id} single env", partial(bench_env, env_id, size, sec)))
+        benches.append((f"{env_id} vector x2 sync", partial(bench_vector, env_id, size, sec, "sync")))
+        benches.append((f"{env_id} vector x2 async", partial(bench_vector, env_id, size, sec, "async")))
+    benches.append(("gymnasium Pusher-v5 (default visuals)", partial(bench_pusher, size, sec)))
+    for env_id in ("InvertedPendulum-v5", "Reacher-v5"):
+        benches.append(
+            (f"make_env {env_id} ({render_side(size)} px render)", partial(bench_env, env_id, size, sec))
+        )
+        full = partial(bench_env, env_id, size, sec, width=480, height=480)
+        benches.append((f"make_env {env_id} (480 px render)", full))
+    rows, raws = [], []  # (name, steps/s, steps/s / the raw loop's timed just before)
+    for name, bench in benches:
+        raws.append(bench_raw(size, sec))
+        rate = bench()
+        rows.append((name, rate, rate / raws[-1]))
+    raw = float(np.median(raws))
+    raw_name = f"raw mujoco.Renderer + mj_step (push scene; {min(raws):.0f}-{max(raws):.0f})"
+    rows.insert(0, (raw_name, raw, 1.0))
     notes = []
     for env_id in ("InvertedPendulum-v5", "Reacher-v5"):
-        rows.append((f"make_env {env_id} ({render_side(size)} px render)", bench_env(env_id, size, sec)))
-        full = bench_env(env_id, size, sec, width=480, height=480)
-        rows.append((f"make_env {env_id} (480 px render)", full))
         diff = frame_difference(env_id, size)
         notes.append(f"# {env_id}: {render_side(size)} px renders resized to {size} px differ from 480 px "
                      f"ones by {diff:.2f} grey levels on average (50 steps, same actions)")  # fmt: skip
@@ -177,10 +191,10 @@ def main() -> None:
     print(f"# env throughput at {size} px, {describe('cpu')}, MuJoCo {mujoco.__version__}")
     print(f"# MUJOCO_GL={os.environ.get('MUJOCO_GL')} ({gl_renderer()}) "
           f"LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS')}")  # fmt: skip
-    print(f"| {'what':<46} | {'steps/s':>8} | {'vs raw':>6} |")
-    print(f"|{'-' * 48}|{'-' * 10}|{'-' * 8}|")
-    for name, rate in rows:
-        print(f"| {name:<46} | {rate:>8.0f} | {rate / raw:>6.2f} |")
+    print(f"| {'what':<58} | {'steps/s':>8} | {'vs raw':>6} |")
+    print(f"|{'-' * 60}|{'-' * 10}|{'-' * 8}|")
+    for name, rate, ratio in rows:
+        print(f"| {name:<58} | {rate:>8.0f} | {ratio:>6.2f} |")
     print("\n".join(notes))
 
 
