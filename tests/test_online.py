@@ -529,6 +529,36 @@ def test_non_finite_env_output_stops_with_a_clear_error(tmp_path):
     assert len(EpisodeStore(tmp_path)) == 0
 
 
+class NaNResetEnv(CountdownEnv):
+    """A CountdownEnv whose ``bad_reset``-th reset (0: the first) returns a NaN state."""
+
+    def __init__(self, k: int, bad_reset: int) -> None:
+        super().__init__(k)
+        self.resets, self.bad_reset = 0, bad_reset
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        obs = super()._obs()
+        if self.t == 0 and self.resets - 1 == self.bad_reset:
+            obs["state"][:] = np.nan
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        return super().reset(seed=seed, options=options)
+
+
+@pytest.mark.parametrize("bad_reset, stored", [(0, 0), (1, 1)])
+def test_a_non_finite_reset_observation_is_named_as_one(tmp_path, bad_reset, stored):
+    """The NaN is the next episode's first state: the error says so and names no step of the episode
+    before it, which was stored whole (it blamed that episode, and said nothing of it was stored)."""
+    vec = gym.vector.SyncVectorEnv(
+        [lambda: NaNResetEnv(3, bad_reset)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP
+    )
+    with pytest.raises(FloatingPointError, match=r"env 0 returned a non-finite state on reset"):
+        collect_episodes(vec, RandomPolicy(1, seed=0), EpisodeStore(tmp_path), 3, progress=False)
+    assert [len(ep) for ep in EpisodeStore(tmp_path).load_all()] == [3] * stored
+
+
 def test_every_preset_trains_on_the_tasks_episodes():
     from robobrain.config import PRESETS
     from robobrain.envs import EPISODE_STEPS

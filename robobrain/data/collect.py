@@ -98,7 +98,7 @@ def collect_episodes(
     makes them): the step after an episode ends returns the reset observation and is not a
     transition, so it starts a new episode instead of being appended to the old one.
     Non-finite rewards or state observations stop collection with a ``FloatingPointError`` naming
-    the env and step (nothing of that episode is stored).
+    the env and step (nothing of that episode is stored), or the reset that returned them.
 
     ``meta`` without ``env_id`` gets the envs' registered id (the trainer reads the goal layout from
     it; without it, a world model of a robobrain task trained without its goal input).
@@ -114,6 +114,8 @@ def collect_episodes(
     check_storable_actions(space)
     n = envs.num_envs
     obs, _ = envs.reset(seed=seed)
+    for i in range(n):
+        _check_reset_state(obs["state"], i, "nothing was stored")
     policy.reset(n)
     builders = [EpisodeBuilder(obs["pixels"][i], obs["state"][i]) for i in range(n)]
     resetting = np.zeros(n, dtype=bool)
@@ -131,15 +133,16 @@ def collect_episodes(
             action = np.clip(action, *bounds).astype(np.float32)  # what the env ran (it clips)
             done = terminated | truncated
             for i in range(n):
+                if resetting[i]:  # (the episode before it ended, stored or left out, last step)
+                    _check_reset_state(obs["state"], i, "the episodes before it were kept as they were")
+                    builders[i] = EpisodeBuilder(obs["pixels"][i], obs["state"][i])
+                    resets[i] += 1
+                    continue
                 if not (np.isfinite(reward[i]) and np.all(np.isfinite(obs["state"][i]))):
                     raise FloatingPointError(
                         f"env {i} returned a non-finite reward or state at step {len(builders[i].action)} "
                         f"of its episode (reward {reward[i]}); nothing of that episode was stored"
                     )
-                if resetting[i]:
-                    builders[i] = EpisodeBuilder(obs["pixels"][i], obs["state"][i])
-                    resets[i] += 1
-                    continue
                 env_steps += 1
                 builders[i].add(
                     action[i],
@@ -159,3 +162,12 @@ def collect_episodes(
                 policy.reset(n, mask=resetting)
             resetting = done
     return CollectResult(names, env_steps)
+
+
+def _check_reset_state(state: np.ndarray, i: int, stored: str) -> None:
+    """Refuse env ``i``'s reset observation (``state`` [N, D]: the start of its next episode) when
+    its state is not finite; ``stored`` says what became of the episodes before it."""
+    if not np.all(np.isfinite(state[i])):
+        raise FloatingPointError(
+            f"env {i} returned a non-finite state on reset (the first observation of an episode); {stored}"
+        )
