@@ -227,11 +227,30 @@ def step_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _step_of(name: str) -> int:
+    """The step of checkpoint directory ``name`` (``step_N``)."""
+    match = STEP_NAME.fullmatch(name)
+    if match is None:
+        raise ValueError(f"{name!r} is not a checkpoint's name (step_N)")
+    return int(match.group(1))
+
+
 def _prune(root: Path, keep: int, protect: str) -> None:
-    """Remove all but the ``keep`` newest checkpoints, and the temporaries of writers that were killed
-    (see :func:`~robobrain.data.store.abandoned_temporary`): a checkpoint's directory, whose name
-    ends with the pid, and the ``latest`` pointer's file, named as the store's temporaries."""
-    olds = step_checkpoints(root)
+    """Remove the checkpoints of steps after ``protect`` (the one just saved), then all but the
+    ``keep`` newest, and the temporaries of writers that were killed (see
+    :func:`~robobrain.data.store.abandoned_temporary`): a checkpoint's directory, whose name ends with
+    the pid, and the ``latest`` pointer's file, named as the store's temporaries.
+
+    A checkpoint after the one saved is from an attempt the run went back on (``latest`` pointed at
+    an older one, as the recovery hints say to do): kept, it outlived its successors' predecessors
+    (pruning kept the highest steps) and the hints offered it to go on from again; an online run's
+    store no longer holds its episodes."""
+    olds = []
+    for p in step_checkpoints(root):
+        if _step_of(p.name) > _step_of(protect):
+            _remove_directory(p)
+        else:
+            olds.append(p)
     for p in olds[:-keep] if keep > 0 else []:
         if p.name != protect:
             _remove_directory(p)

@@ -724,6 +724,24 @@ def test_checkpoints_past_ten_million_steps_are_pruned_by_step_not_name(tmp_path
         load_latest(tmp_path)
 
 
+def test_a_save_after_going_back_to_an_older_checkpoint_removes_the_abandoned_newer_ones(tmp_path):
+    """The recovery hints say to point ``latest`` at an older checkpoint; the one gone back on stayed,
+    outlived the saves after it (pruning kept the highest steps: saving 1200 and 1400 removed 1000 and
+    1200, the good ones) and the hints offered it again."""
+    model, config = WorldModel(DEBUG.world_model), {"world_model": to_dict(DEBUG.world_model)}
+    root = tmp_path / "checkpoints"
+    for step in (1000, 1500):
+        save_checkpoint(tmp_path, step, model, config)
+    (root / "latest").write_text('{"checkpoint": "step_0001000"}')  # going back, as the hints say
+    save_checkpoint(tmp_path, 1200, model, config)
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0001000", "step_0001200"]
+    save_checkpoint(tmp_path, 1400, model, config)
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0001200", "step_0001400"]
+    (root / "step_0001400" / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(CheckpointError, match=r"other checkpoints: step_0001200\. "):
+        load_latest(tmp_path)
+
+
 def test_a_save_that_dies_midway_leaves_latest_on_the_previous_checkpoint(tmp_path):
     """The pointer moves only once the new checkpoint is complete (moved first, it passed every other
     checkpoint test)."""
