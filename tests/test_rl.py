@@ -544,6 +544,38 @@ def test_ppo_rollout_is_rounded_up_to_whole_env_steps():
     assert make_sb3_model(two, toy_env(2), 0, "cpu").batch_size == 2
 
 
+class ZeroRewardLatent(PointLatent):
+    """Every imagined step scores 0 and success never fires: the true value is 0 in every state."""
+
+    action_dim = 4
+
+    def step(self, state, action):
+        return state, torch.zeros(len(action)), torch.full((len(action),), -20.0)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_the_sac_guides_value_is_the_return_of_rewards_alone(soft):
+    """The planner adds the critic's value to sums of imagined rewards; SB3's soft Q also pays the
+    policy's future entropy (here about 2 where every reward is 0), so the default critic learns
+    rewards only. ``soft_value`` keeps SB3's target: the check that this test sees the difference."""
+    env = ImaginationVecEnv(ZeroRewardLatent(), point_starts(), num_envs=8, horizon=5, seed=0)
+    cfg = SB3Config(
+        num_envs=8, horizon=5, gamma=0.9, batch_size=64, buffer_size=2000, learning_starts=64,
+        net_arch=(32,), gradient_steps=1, learning_rate=3e-3, soft_value=soft,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    sb3 = make_sb3_model(cfg, env, seed=0, device="cpu")
+    assert isinstance(sb3, SAC) and (type(sb3) is SAC) == soft
+    finetune(sb3, env, 2000)
+    value = ActorCriticGuide(sb3, num_prior=0).value(torch.linspace(-1, 1, 5)[:, None])
+    if soft:
+        assert value.min() > 0.5, value
+    else:
+        assert value.abs().max() < 0.25, value
+    with pytest.raises(ValueError, match="only SAC learns a soft Q"):
+        SB3Config(algo="TD3", soft_value=True)
+
+
 def test_gamma_one_is_accepted():
     assert SB3Config(gamma=1.0).gamma == 1.0
     with pytest.raises(ValueError, match="gamma"):

@@ -27,6 +27,7 @@ from robobrain.rl.imagination_env import (
     WorldModelDynamics,
     encode_start_states,
 )
+from robobrain.rl.sac import RewardValueSAC
 
 __all__ = [
     "ActorCriticGuide",
@@ -37,6 +38,7 @@ __all__ = [
     "LatentModel",
     "NonFiniteSB3Error",
     "PlannerGuide",
+    "RewardValueSAC",
     "SB3Config",
     "WorldModelDynamics",
     "WorldModelFeatures",

@@ -24,6 +24,7 @@ from robobrain.checkpoint import CheckpointError
 from robobrain.config import SB3_ALGORITHMS
 from robobrain.data import Episode
 from robobrain.rl.imagination_env import ImaginationVecEnv, WorldModelDynamics, encode_start_states
+from robobrain.rl.sac import RewardValueSAC
 from robobrain.world_model import WorldModel
 
 BUFFER_FIELDS = ("observations", "actions", "rewards", "dones", "timeouts", "next_observations")
@@ -63,6 +64,10 @@ class SB3Config:
     gradient_steps: int = 4
     """Off-policy algorithms: gradient steps per step of the imagination VecEnv (num_envs transitions)."""
     net_arch: tuple[int, ...] = (256, 256)
+    soft_value: bool = False
+    """SAC: its critic learns SB3's soft Q, whose target pays the policy's future entropy as reward.
+    Off: rewards only (:class:`robobrain.rl.sac.RewardValueSAC`, as TD-MPC2 and DreamerV3 keep
+    entropy out of the critic), the value the planner adds to its sums of imagined rewards."""
     action_noise: float = 0.1
     """TD3 and DDPG: std of the Gaussian noise on their deterministic actor's actions while they
     collect (SAC and PPO sample their own)."""
@@ -89,6 +94,8 @@ class SB3Config:
                 f"unknown stable-baselines3 algorithm {self.algo!r}: one with an actor and a critic, "
                 f"{', '.join(SB3_ALGORITHMS)}"
             )
+        if self.soft_value and self.algo.upper() != "SAC":
+            raise ValueError(f"--sb3.soft-value: only SAC learns a soft Q, not {self.algo}")
         if self.algo.upper() == "PPO":  # (SB3's PPO asserts both > 1 when make_sb3_model builds it)
             rollout = -(-self.steps_per_iteration // self.num_envs) * self.num_envs
             if min(self.batch_size, rollout) < 2:
@@ -103,10 +110,12 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _algo_class(name: str) -> type:
+def _algo_class(cfg: SB3Config) -> type:
     import stable_baselines3
 
-    return getattr(stable_baselines3, name.upper())  # (SB3Config checked the name)
+    if cfg.algo.upper() == "SAC" and not cfg.soft_value:
+        return RewardValueSAC
+    return getattr(stable_baselines3, cfg.algo.upper())  # (SB3Config checked the name)
 
 
 def is_off_policy(model: Any) -> bool:
@@ -138,7 +147,7 @@ def imagination_env(
 
 def make_sb3_model(cfg: SB3Config, env: ImaginationVecEnv, seed: int, device: str | torch.device) -> Any:
     """A fresh SB3 model of ``cfg.algo`` on ``env`` (an MLP over the latent features)."""
-    cls = _algo_class(cfg.algo)
+    cls = _algo_class(cfg)
     kwargs: dict[str, Any] = {
         "learning_rate": cfg.learning_rate,
         "gamma": cfg.gamma,
@@ -225,7 +234,7 @@ def load_sb3(
     if not (d / "model.zip").is_file():  # (SB3 then looked for model.zip.zip, and said so)
         raise CheckpointError(f"{d / 'model.zip'}: missing")
     try:
-        model = _algo_class(cfg.algo).load(d / "model.zip", env=env, device=device)
+        model = _algo_class(cfg).load(d / "model.zip", env=env, device=device)
     except Exception as e:  # SB3's zip reader: BadZipFile, zlib.error, pickle errors, ...
         raise CheckpointError(
             f"{d / 'model.zip'}: cannot load the {cfg.algo} model ({type(e).__name__}: {e})"
