@@ -318,7 +318,7 @@ def run_image_size(cfg: OnlineConfig, run_dir: Path | None = None) -> int:
     )
     from robobrain.config import get_preset
     from robobrain.data import EpisodeStore
-    from robobrain.training.wm_trainer import model_config_from_checkpoint
+    from robobrain.training.wm_trainer import check_frame_side, model_config_from_checkpoint
 
     if cfg.image_size is not None:
         return cfg.image_size
@@ -333,6 +333,8 @@ def run_image_size(cfg: OnlineConfig, run_dir: Path | None = None) -> int:
         return model_config_from_checkpoint(read_config(path), path).image_size
     if cfg.seed_data is not None and Path(cfg.seed_data).is_dir():
         for _, episode in EpisodeStore(cfg.seed_data, create=False).episodes():
+            # (refused here, before the run collects its seed episodes, as --image-size is)
+            check_frame_side(int(episode.pixels.shape[1]), f"--seed-data {cfg.seed_data}: its frames")
             return int(episode.pixels.shape[1])
     return get_preset(cfg.preset).world_model.image_size
 

@@ -309,6 +309,15 @@ def test_collect_refuses_bad_flags_up_front_and_warns_of_repeated_starts(tmp_pat
         "no world model can train on these episodes (image_size must be a power of two >= 16, got 20)"
         in caplog.text
     )
+    # ... and what would train on it is refused naming where the 20 px came from, a run before it
+    # collected its seed episodes (it stored them, then failed at "image_size ... got 20")
+    d20, run = tmp_path / "d20", tmp_path / "run20"
+    with pytest.raises(ValueError, match=rf"--data {d20}: its frames are 20 px: a world model needs"):
+        main(["train-wm", "--data", str(d20), "--run-dir", str(run), "--preset", "debug", "--steps", "1"])
+    with pytest.raises(ValueError, match=rf"--seed-data {d20}: its frames are 20 px"):
+        main(["train", "--env", "robobrain/Reach-v0", "--preset", "debug", "--seed-data", str(d20),
+              "--run-dir", str(run), "--no-progress"])  # fmt: skip
+    assert not run.exists()
     eps = EpisodeStore(out).load_all()
     assert eps[0].meta["num_envs"] == 2
     before = EpisodeStore(out).names()

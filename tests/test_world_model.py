@@ -1097,6 +1097,11 @@ def test_train_and_eval_cli(push_data, tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no readable episodes"):
         main(["eval-wm", "--checkpoint", str(run), "--data", str(tmp_path / "empty"), "--split", "all"])
+    (tmp_path / "empty" / "episodes").mkdir()  # a train run's directory given for its store
+    with pytest.raises(
+        ValueError, match=r"no readable episodes \(a train run's episodes are in .*episodes\)"
+    ):
+        main(["eval-wm", "--checkpoint", str(run), "--data", str(tmp_path / "empty"), "--split", "all"])
     # A run's checkpoint given as "." from inside it reports with the run (not inside the checkpoint,
     # which pruning deletes).
     ckpt_dir = load_checkpoint(run).path

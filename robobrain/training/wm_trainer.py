@@ -34,6 +34,7 @@ from robobrain.data import Episode, EpisodeStore, SequenceBatch, SequenceSampler
 from robobrain.data.store import atomic_write_json
 from robobrain.training.logging import MetricLogger
 from robobrain.world_model import WorldModel
+from robobrain.world_model.networks import num_conv_layers
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ def split_episodes(store: EpisodeStore, holdout_fraction: float) -> tuple[list[E
     recomputes it later)."""
     items = list(store.episodes())
     if not items:
-        raise ValueError(f"{store.root}: no readable episodes")
+        inner = store.root / "episodes"  # (a `robobrain train` run's directory, given for its store)
+        hint = f" (a train run's episodes are in {inner})" if inner.is_dir() else ""
+        raise ValueError(f"{store.root}: no readable episodes{hint}")
     episodes = [ep for _, ep in items]
     if holdout_fraction <= 0 or len(episodes) < 2:
         return episodes, []
@@ -87,11 +90,14 @@ def batch_to_torch(batch: SequenceBatch, device: torch.device | str) -> dict[str
     }
 
 
-def sized_config(cfg: WorldModelConfig, episodes: Sequence[Episode]) -> WorldModelConfig:
+def sized_config(
+    cfg: WorldModelConfig, episodes: Sequence[Episode], source: str = "the data"
+) -> WorldModelConfig:
     """``cfg`` with action_dim, image_size, state_dim (when state decoding is on) and the goal's place
     in the state vector (when ``use_goal`` and the data's env names a ``goal`` in its state layout)
     taken from the data (the first of ``episodes``, all of one env), and a termination head (when
-    ``use_termination``) if any of them ended in a terminal state."""
+    ``use_termination``) if any of them ended in a terminal state. ``source``: where the episodes
+    are from, for errors."""
     from robobrain.envs import get_state_layout
 
     if not episodes:
@@ -113,6 +119,7 @@ def sized_config(cfg: WorldModelConfig, episodes: Sequence[Episode]) -> WorldMod
             f"{episode.meta.get('env_id')}: the goal sits at state[{goal.start}:{goal.stop}], but the "
             f"data's state vectors have {episode.state.shape[-1]} entries"
         )
+    check_frame_side(int(episode.pixels.shape[1]), f"{source}: its frames")
     proprio = proprio_slice(layout) if cfg.use_proprio else None
     if cfg.use_proprio and proprio is None:
         warnings.warn(
@@ -134,6 +141,18 @@ def sized_config(cfg: WorldModelConfig, episodes: Sequence[Episode]) -> WorldMod
         log.info("world model sized to the data: %s", sized)
         cfg = dataclasses.replace(cfg, **sized)
     return cfg
+
+
+def check_frame_side(side: int, what: str) -> None:
+    """Refuse frames of ``side`` px that no world model takes (a power of two >= 16), naming ``what``
+    they are: the model's build said only "image_size ... got 48", after a run had collected."""
+    try:
+        num_conv_layers(side)
+    except ValueError:
+        raise ValueError(
+            f"{what} are {side} px: a world model needs a power of two >= 16 (collect them with "
+            "--image-size 64, say)"
+        ) from None
 
 
 def data_mismatch(cfg: WorldModelConfig, episode: Episode) -> dict[str, tuple[int, int]]:
@@ -389,7 +408,7 @@ def _train_world_model(
     cfg, tcfg = preset.world_model, preset.train
     store = EpisodeStore(data_dir, create=False)
     train_eps, _ = split_episodes(store, tcfg.holdout_fraction)
-    cfg = sized_config(cfg, train_eps)
+    cfg = sized_config(cfg, train_eps, f"--data {data_dir}")
     config = {"world_model": to_dict(cfg), "train": to_dict(tcfg), "data": str(Path(data_dir).resolve()),
               "env_id": train_eps[0].meta.get("env_id")}  # fmt: skip
     if preset_name is not None:
