@@ -414,6 +414,7 @@ class EpisodeStore:
             (self.root / name).unlink()
             self._manifest.pop(name, None)
             self._stats.pop(name, None)
+            self.skipped.pop(name, None)  # (an episode added later under its name is another one)
         if drop:
             if not self._manifest:
                 self._layout = None  # (an emptied store takes the layout of its next episode)
