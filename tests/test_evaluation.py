@@ -711,6 +711,7 @@ def test_latency_times_the_policy_alone_and_its_percentiles_are_those():
     summary, mean = report["summary"], report["episodes"][0]["latency_ms"]
     assert summary["latency_ms_p95"] >= 60 and summary["latency_ms_p50"] < 50, summary
     assert 15 <= mean < 60, mean  # 10 of 40 decisions at 60 ms; with the env's 100 ms it was > 100
+    assert summary["latency_ms_p50"] < 0.5 * mean, summary  # the median, not the mean
 
 
 # --- from a second mutation audit (session 30) ------------------------------------------------------

@@ -505,3 +505,37 @@ def test_eval_of_a_train_run_plays_episodes_of_the_runs_length(tmp_path, monkeyp
         with pytest.raises(_Built):
             cli.run_eval(cli.Eval(**base, **extra))
         assert seen["envs"][0].spec.max_episode_steps == expected, extra
+
+
+# --- from a mutation audit (session 39) -------------------------------------------------------------
+def test_a_success_rate_needs_every_episode_to_report_success():
+    """An env that says info["success"] at only some episode ends has no success rate (the others
+    counted as failures)."""
+
+    class SaysSuccessOnOddSeeds(gym.Wrapper):
+        def reset(self, *, seed=None, options=None):
+            self.says = seed is not None and seed % 2 == 1
+            return self.env.reset(seed=seed, options=options)
+
+        def step(self, action):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            info = dict(info)
+            if not self.says:
+                info.pop("success", None)
+            return obs, reward, terminated, truncated, info
+
+    env = SaysSuccessOnOddSeeds(gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=3))
+    report = evaluate_policy(RandomPolicy(3, seed=0), [env], 4, progress=False)
+    assert [ep["success"] is None for ep in report["episodes"]] == [True, False, True, False]
+    assert report["summary"]["success_rate"] is None and report["summary"]["success_ci95"] is None
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_actions_are_refused_before_the_env_steps(bad):
+    class Diverged(RandomPolicy):
+        def act(self, obs):
+            return np.full((1, 3), bad, np.float32)
+
+    env = gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=3)
+    with pytest.raises(ValueError, match="policy returned NaN or inf actions"):
+        evaluate_policy(Diverged(3, seed=0), [env], 1, progress=False)

@@ -179,6 +179,15 @@ def test_exploration_from_the_plan_std_follows_the_planners_uncertainty():
     ratio = both[:, 0].std() / (0.2**2 + both_stds[:, 0] ** 2).sqrt().mean()
     assert 0.8 < ratio < 1.2, ratio
     torch.testing.assert_close(both, deviations(dataclasses.replace(cfg, exploration_std=0.2))[0])  # seeded
+    # Exactly the documented std, sqrt(exploration_std^2 + (k * plan std)^2) (the ratio above cannot
+    # tell it from exploration_std + k * plan std), on the noise generator's first draw.
+    wide = dataclasses.replace(cfg, exploration_std=0.2, exploration_plan_std=0.5)
+    mpc = MPC(wide, action_dim=1)
+    mpc.reset(2)
+    action = mpc.act(score)
+    std = (0.2**2 + (0.5 * mpc.last.std[:, 0]) ** 2).sqrt()
+    eps = torch.randn((2, 1), generator=torch.Generator().manual_seed(wide.seed + 1))
+    torch.testing.assert_close(action, (mpc.last.best[:, 0] + std * eps).clamp(-1, 1))
 
 
 def test_world_model_score_fn_matches_imagination():
@@ -432,6 +441,9 @@ def test_mpc_coloured_exploration_follows_each_envs_sequence_until_its_reset():
     torch.testing.assert_close(second[[0, 2]], mpc._noise[[0, 2], 1])  # envs 0, 2 go on with theirs
     assert torch.equal(second[1], mpc._noise[1, 0])  # env 1 restarted with a fresh sequence
     assert not torch.equal(first[1], second[1])
+    mpc.reset(3)  # all envs: each draws a new sequence (none goes on mid-way through its old one)
+    third = mpc._exploration_noise(torch.Size([3, 2]))
+    torch.testing.assert_close(third, mpc._noise[:, 0], rtol=0, atol=0)
 
 
 def test_the_filter_sees_the_executed_actions_and_a_masked_reset_touches_its_envs_only():
@@ -490,3 +502,6 @@ def test_the_bounds_error_says_the_envs_own_bounds():
     with pytest.raises(ValueError, match=r"1\.0\] but the env's actions are in \[-2\.0, 2\.0\];"):
         check_action_bounds([-2.0], [2.0], MPCConfig())
     check_action_bounds([-1.0, -1.0], [1.0, 1.0], MPCConfig())  # the planner's own range: fine
+    for low, high in (([-1.0], [2.0]), ([-0.5], [1.0])):  # one bound off: the planner would miss a part
+        with pytest.raises(ValueError, match="RescaleAction"):
+            check_action_bounds(low, high, MPCConfig())

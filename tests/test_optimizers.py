@@ -326,3 +326,28 @@ def test_mppi_plans_the_final_weighted_mean_not_the_best_sample():
         lambda a: -((a - target.unsqueeze(1)) ** 2).sum((-2, -1)), torch.zeros(2, 3, 2)
     )
     torch.testing.assert_close(result.best, result.mean.clamp(-1, 1), rtol=0, atol=0)
+
+
+# --- from a mutation audit (session 39) --------------------------------------------------------------
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_plans_init_std_sets_the_first_samples_spread(cls):
+    """``plan(init_std=)`` (a scalar or [B, H, A]) replaces ``cfg.init_std`` for the first samples."""
+    spread = {}
+    for std in (0.01, None, torch.full((2, 3, 1), 0.01)):
+        seen: list[torch.Tensor] = []
+
+        def score(a: torch.Tensor, seen: list[torch.Tensor] = seen) -> torch.Tensor:
+            seen.append(a.clone())
+            return torch.zeros(a.shape[:2])
+
+        make(cls, iterations=1).plan(score, torch.zeros(2, 3, 1), init_std=std)
+        spread[None if std is None else "tensor" if torch.is_tensor(std) else std] = seen[0].std().item()
+    assert spread[0.01] < 0.02 and spread["tensor"] < 0.02 and spread[None] > 0.3, spread
+
+
+def test_a_tie_keeps_the_best_plan_found_first():
+    """Every candidate scoring the same (a flat or saturated score), CEM keeps the warm-start mean, the
+    first candidate of the first iteration, not a later random one."""
+    init = torch.rand(2, 4, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    best = make(CEM, iterations=3).optimize(lambda a: torch.zeros(a.shape[:2]), init)
+    assert torch.equal(best, init)
