@@ -311,6 +311,20 @@ def test_resume_compares_elites_left_out_as_the_number_they_stand_for(tmp_path):
         check_config(online(None), online(16), tmp_path)
 
 
+def test_a_sac_run_from_before_soft_value_resumes_only_with_its_soft_critic(tmp_path):
+    """A SAC run checkpointed before ``sb3.soft_value`` existed trained SB3's soft Q: taken for a new
+    option, it went on with the reward-only critic under a warning that said it had had none."""
+
+    def online(algo, **sb3):
+        return {"online": {"sb3": {"algo": algo, **sb3}}}
+
+    with pytest.raises(CheckpointError, match=r"'sb3.soft_value': \(True, False\)"):
+        check_config(online("SAC"), online("SAC", soft_value=False), tmp_path)
+    check_config(online("SAC"), online("SAC", soft_value=True), tmp_path)
+    check_config(online("TD3"), online("TD3", soft_value=False), tmp_path)  # (no soft Q to keep)
+    check_config(online("SAC", soft_value=False), online("SAC", soft_value=False), tmp_path)
+
+
 def test_resume_trains_with_the_runs_own_settings_and_size(tmp_path, caplog):
     """The training settings come from the checkpoint (a preset changed since would have changed a
     resumed run silently); --image-size may be left out on resume, another one is refused."""

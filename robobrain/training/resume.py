@@ -108,9 +108,10 @@ def check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> Non
 
     An option the checkpoint lacks was added to robobrain after the run started: it is resumed with
     the value given now (the default unless passed), with a warning, since the run's first part
-    went without it. An option the checkpoint has but robobrain no longer knows is ignored, with a
-    warning. Any option both know must be equal; ``image_size`` left out on either side means the
-    run's own (the size its world model sees, which the envs must render).
+    went without it -- except ``sb3.soft_value``, which a SAC run of before it had on (SB3's soft Q):
+    resuming one needs ``--sb3.soft-value``. An option the checkpoint has but robobrain no longer
+    knows is ignored, with a warning. Any option both know must be equal; ``image_size`` left out on
+    either side means the run's own (the size its world model sees, which the envs must render).
     """
     now = json.loads(json.dumps(now))  # as it was stored (tuples become lists)
     a, b = (
@@ -120,6 +121,8 @@ def check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> Non
     for flat in (a, b):  # num_elites None is an eighth of num_samples (runs before it was stored 32)
         for k in [k for k, v in flat.items() if k.endswith("num_elites") and v is None]:
             flat[k] = OptimizerConfig(num_samples=flat[k.replace("num_elites", "num_samples")]).elites
+    if "sb3.soft_value" not in a and str(a.get("sb3.algo", "")).upper() == "SAC":
+        a["sb3.soft_value"] = True  # (a SAC run from before the option trained SB3's soft Q)
     if a.get("image_size") is None or b.get("image_size") is None:  # (left out: the run's own size;
         a.pop("image_size", None)  # _resume checks what the envs render against the world model)
         b.pop("image_size", None)
