@@ -198,6 +198,8 @@ def _sb3_policy(path: str, action_space: gym.spaces.Box | gym.spaces.Discrete, d
         if not (both and (trained.n, trained.start) == (action_space.n, action_space.start)):  # (any dtype)
             raise ValueError(f"{path}: the SB3 model acts in {trained}, the env in {action_space}")
         return policy
+    if not isinstance(trained, gym.spaces.Box):  # (MultiDiscrete, MultiBinary: no bounds to compare)
+        raise ValueError(f"{path}: the SB3 model acts in {trained}, the env in {action_space}")
     if trained.shape != action_space.shape:
         raise ValueError(f"{path}: SB3 actions {trained.shape} vs env {action_space.shape}")
     low, high = action_space.low, action_space.high

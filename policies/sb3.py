@@ -142,14 +142,22 @@ def _vecnormalize_of(path: str, algo: str, space: gym.Space) -> Any | None:
     stem, folder = os.path.splitext(path)[0], os.path.dirname(path)
     where = [os.path.join(d, name) for d in (stem, folder) for name in VECNORMALIZE_FILES]
     found = next((w for w in where if os.path.isfile(w)), None)
+    data = _zip_data(path) if algo in ("PPO", "A2C") else {}
     if found is None:
-        if algo in ("PPO", "A2C") and _zip_data(path).get("_last_original_obs") is not None:
+        if data.get("_last_original_obs") is not None:
             raise ValueError(
                 f"{path}: trained under VecNormalize, whose statistics SB3 keeps out of the zip; save "
                 f"them (VecNormalize.save) as {where[0]} (one that normalised rewards only: save "
                 "VecNormalize(venv, norm_obs=False) there)"
             )
         return None
+    if data.get("_last_original_obs", 0) is None and data.get("num_timesteps"):
+        # (SB3's log folder holds several runs' zips beside one run's statistics: another model's
+        # normalisation made it act otherwise than its predict, silently)
+        raise ValueError(
+            f"{found}: VecNormalize statistics beside {path}, which was not trained under VecNormalize "
+            "(its zip records no raw observation); keep each run's statistics in its own folder"
+        )
     import pickle
 
     try:
@@ -171,10 +179,13 @@ def _normalizes(stats: Any, space: gym.Space) -> bool:
     """Whether VecNormalize ``stats`` normalise observations of ``space`` (shapes of its running means)."""
     if not stats.norm_obs:
         return True
-    if isinstance(space, gym.spaces.Dict):
+    if isinstance(space, gym.spaces.Dict):  # (a Box's statistics passed with no keys to check)
+        if not isinstance(stats.obs_rms, dict):
+            return False
         keys = stats.norm_obs_keys or []
         return all(k in space.spaces and stats.obs_rms[k].mean.shape == space[k].shape for k in keys)
-    return isinstance(stats.obs_rms.mean, np.ndarray) and stats.obs_rms.mean.shape == space.shape
+    mean = getattr(stats.obs_rms, "mean", None)  # (a dict's: "AttributeError ... has no attribute")
+    return isinstance(mean, np.ndarray) and mean.shape == space.shape
 
 
 class SB3Policy:

@@ -539,3 +539,47 @@ def test_nan_or_inf_actions_are_refused_before_the_env_steps(bad):
     env = gym.make("robobrain/Reach-v0", image_size=8, max_episode_steps=3)
     with pytest.raises(ValueError, match="policy returned NaN or inf actions"):
         evaluate_policy(Diverged(3, seed=0), [env], 1, progress=False)
+
+
+def test_sb3_zips_refuse_statistics_and_action_spaces_that_are_not_theirs(tmp_path):
+    """A plain PPO beside another run's VecNormalize statistics (SB3's log folder) acted on them; a
+    Box observation's statistics passed for a Dict model (a TypeError at the first act); a
+    MultiDiscrete model on a Box env was an AttributeError."""
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from robobrain.policies import load_policy
+
+    class Tiny(gym.Env):
+        def __init__(self, action_space, dict_obs=False):
+            box = gym.spaces.Box(-1, 1, (4,), np.float32)
+            self.observation_space = gym.spaces.Dict({"state": box}) if dict_obs else box
+            self.action_space = action_space
+
+        def _obs(self):
+            return self.observation_space.sample()
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return self._obs(), {}
+
+        def step(self, action):
+            return self._obs(), 0.0, False, False, {}
+
+    box = gym.spaces.Box(-1, 1, (3,), np.float32)
+    VecNormalize(DummyVecEnv([lambda: Tiny(box)])).save(tmp_path / "vec_normalize.pkl")  # another run's
+    PPO("MlpPolicy", Tiny(box), n_steps=16, batch_size=16, device="cpu").learn(16).save(tmp_path / "plain")
+    with pytest.raises(
+        ValueError, match=r"vec_normalize.pkl: VecNormalize statistics beside .*plain.zip, wh"
+    ):
+        load_policy(f"sb3:{tmp_path / 'plain.zip'}", "X-v0", box)
+    SAC("MultiInputPolicy", Tiny(box, dict_obs=True), buffer_size=10, device="cpu").save(tmp_path / "dict")
+    with pytest.raises(ValueError, match=r"statistics of other observations than .*dict.zip's Dict"):
+        load_policy(f"sb3:{tmp_path / 'dict.zip'}", "X-v0", box)
+    (tmp_path / "vec_normalize.pkl").unlink()
+    multi = gym.spaces.MultiDiscrete([3, 3, 3])
+    PPO("MlpPolicy", Tiny(multi), n_steps=16, batch_size=16, device="cpu").save(tmp_path / "multi")
+    with pytest.raises(
+        ValueError, match=r"multi.zip: the SB3 model acts in MultiDiscrete\(\[3 3 3\]\), the env in Box"
+    ):
+        load_policy(f"sb3:{tmp_path / 'multi.zip'}", "X-v0", box)
