@@ -4,6 +4,7 @@ with a pickle-free replay buffer, and the small pieces the online loop relies on
 import dataclasses
 import tempfile
 import types
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +24,7 @@ from robobrain.rl import (
     BehaviourPriorGuide,
     ImaginationVecEnv,
     NonFiniteSB3Error,
+    RewardValueSAC,
     SB3Config,
     WorldModelFeatures,
     encode_start_states,
@@ -574,6 +576,32 @@ def test_the_sac_guides_value_is_the_return_of_rewards_alone(soft):
         assert value.abs().max() < 0.25, value
     with pytest.raises(ValueError, match="only SAC learns a soft Q"):
         SB3Config(algo="TD3", soft_value=True)
+
+
+@pytest.mark.parametrize("gamma, ent_coef", [(0.0, "auto"), (0.9, 0.0)])
+def test_reward_value_sac_is_sb3s_sac_where_the_entropy_bonus_is_nothing(gamma, ent_coef):
+    """Where SB3's soft target gets no entropy term -- gamma 0 (the target is the reward; the actor's
+    loss and the temperature's tuning still read the entropy) or a temperature of 0 (the target's
+    whole bootstrap, with terminations) -- RewardValueSAC trains the same weights as SB3's SAC."""
+
+    def trained(cls: type) -> Any:
+        env = ImaginationVecEnv(PointLatent(), point_starts(64), 4, 6, success_terminates=True, seed=0)
+        torch.manual_seed(0)
+        model = cls("MlpPolicy", env, gamma=gamma, ent_coef=ent_coef, learning_starts=16, batch_size=16,
+                    gradient_steps=2, target_update_interval=2, policy_kwargs={"net_arch": [16]},
+                    buffer_size=500, seed=0, device="cpu", verbose=0)  # fmt: skip
+        model.learn(240)
+        assert env.success_terminates and model.replay_buffer.dones.any()  # (terminal targets too)
+        return model
+
+    ours, theirs = trained(RewardValueSAC), trained(SAC)
+    assert ours._n_updates == theirs._n_updates > 100
+    for (name, p), q in zip(
+        ours.policy.state_dict().items(), theirs.policy.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    if ent_coef == "auto":
+        assert torch.equal(ours.log_ent_coef, theirs.log_ent_coef) and ours.log_ent_coef.item() != 0.0
 
 
 def test_gamma_one_is_accepted():
