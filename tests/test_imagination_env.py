@@ -158,6 +158,22 @@ def test_every_episode_lasts_horizon_steps_and_restarts_from_the_bank():
     np.testing.assert_allclose(firsts[0], [-0.9, -0.9], atol=1e-6)
 
 
+def test_envs_finishing_together_restart_from_draws_of_their_own_and_reset_restarts_the_clock():
+    """All envs end together at the horizon: each takes its own fresh draw (one draw for all cut the
+    variety of start states by num_envs); a reset mid-episode gives a whole horizon again."""
+    env = ImaginationVecEnv(PointLatent(), point_starts(64), num_envs=8, horizon=1, seed=0)
+    env.reset()
+    obs, _, done, _ = env.step(np.zeros((8, 1), np.float32))
+    assert done.all() and len(np.unique(obs[:, 0])) > 4, obs[:, 0]
+    env = ImaginationVecEnv(PointLatent(), point_starts(64), num_envs=2, horizon=3, seed=0)
+    env.reset()
+    env.step(np.zeros((2, 1), np.float32))
+    env.step(np.zeros((2, 1), np.float32))
+    env.reset()
+    dones = [env.step(np.zeros((2, 1), np.float32))[2].any() for _ in range(3)]
+    assert dones == [False, False, True]
+
+
 def test_a_finished_env_restarts_alone():
     """Only the envs that are done get a fresh start; the others go on from where they were."""
     env = ImaginationVecEnv(PointLatent(), bank(0.48), num_envs=2, horizon=50, success_terminates=True)

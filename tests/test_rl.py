@@ -204,7 +204,9 @@ def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path, monke
     assert sb3.num_timesteps == 64 and sb3.replay_buffer.pos > 0
     save_sb3(sb3, tmp_path / "sb3")
     again = load_sb3(SB3, tmp_path / "sb3", env, "cpu")
-    assert isinstance(again, SAC) and again.num_timesteps == 64
+    assert type(again) is type(sb3) is RewardValueSAC and again.num_timesteps == 64  # (not SB3's soft Q)
+    assert sb3.replay_buffer.timeouts.any()  # horizon cut-offs: bootstrapped, after a resume too
+    np.testing.assert_array_equal(again.replay_buffer.timeouts, sb3.replay_buffer.timeouts)
     assert again.replay_buffer.pos == sb3.replay_buffer.pos
     # SB3's load reseeds the action space (its warm-up actions): the saved stream goes on instead.
     np.testing.assert_array_equal(again.action_space.sample(), sb3.action_space.sample())
@@ -247,6 +249,44 @@ def test_finetune_save_load_keeps_model_and_replay_buffer(model, tmp_path, monke
         assert ppo.num_timesteps == 64 * round_
     with pytest.raises(ValueError, match="unknown stable-baselines3 algorithm"):
         make_sb3_model(SB3Config(algo="NOPE"), env, 0, "cpu")
+
+
+def test_finetune_trains_in_the_env_it_is_given_and_checks_the_weights_after(model, monkeypatch):
+    """The loop builds a new imagination env from the newest episodes each round: SB3 must step it,
+    not the first round's; weights that became NaN during a round are caught after it."""
+    first, second = (imagination_env(model, episodes(), SB3, seed=s) for s in (0, 1))
+    assert first.dynamics.sample  # (stochastic imagination, as the world model was trained)
+    sb3 = make_sb3_model(SB3, first, seed=0, device="cpu")
+    finetune(sb3, first, 16)
+    finetune(sb3, second, 16)
+    assert sb3.get_env() is second and sb3.num_timesteps == 32
+    learn = sb3.learn
+
+    def learn_then_diverge(*args, **kwargs):
+        out = learn(*args, **kwargs)
+        with torch.no_grad():
+            next(sb3.policy.critic.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(sb3, "learn", learn_then_diverge)
+    with pytest.raises(NonFiniteSB3Error, match=r"parameter critic.*non-finite after fine-tuning"):
+        finetune(sb3, second, 16)
+
+
+@pytest.mark.parametrize("algo", ["SAC", "TD3"])
+def test_make_sb3_model_takes_every_setting(algo):
+    cfg = SB3Config(algo=algo, num_envs=2, gradient_steps=3, learning_starts=7, batch_size=5, gamma=0.8,
+                    net_arch=(7,), buffer_size=64, learning_rate=1e-3, action_noise=0.3)  # fmt: skip
+    sb3 = make_sb3_model(cfg, toy_env(2), seed=0, device="cpu")
+    got = (sb3.gradient_steps, sb3.learning_starts, sb3.batch_size, sb3.gamma, sb3.replay_buffer.buffer_size)
+    assert got == (3, 7, 5, 0.8, 32)  # (SB3 keeps buffer_size // num_envs rows of num_envs transitions)
+    assert sb3.learning_rate == 1e-3 and sb3.train_freq.frequency == 1
+    widths = [m.out_features for m in sb3.policy.actor.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths[0] == 7, widths
+    if algo == "TD3":
+        np.testing.assert_allclose(sb3.action_noise._sigma, [0.3])
+    else:
+        assert sb3.action_noise is None
 
 
 def test_finetune_reports_non_finite_weights(model):
@@ -339,6 +379,7 @@ def test_sb3_trains_on_pixels_through_the_world_model_features(model):
     assert sac.num_timesteps == 24
     for k, v in model.state_dict().items():
         assert torch.equal(v, frozen[k]), k  # the world model stays frozen under SB3's updates
+    assert all(p.grad is None for p in model.parameters())  # (no backward pass through it at all)
     # Unfrozen: each extractor trains its own copy (one shared module failed SAC's first update).
     kwargs["features_extractor_kwargs"] = {"world_model": model, "freeze": False}
     sac = SAC("CnnPolicy", env, buffer_size=64, batch_size=8, learning_starts=8, policy_kwargs=kwargs, seed=0)
