@@ -318,10 +318,22 @@ def test_a_sac_run_from_before_soft_value_resumes_only_with_its_soft_critic(tmp_
     def online(algo, **sb3):
         return {"online": {"sb3": {"algo": algo, **sb3}}}
 
-    with pytest.raises(CheckpointError, match=r"'sb3.soft_value': \(True, False\)"):
+    with pytest.raises(CheckpointError, match=r"'sb3.soft_value': \(True, False\).*\(--sb3.soft-value: it"):
         check_config(online("SAC"), online("SAC", soft_value=False), tmp_path)
     check_config(online("SAC"), online("SAC", soft_value=True), tmp_path)
     check_config(online("TD3"), online("TD3", soft_value=False), tmp_path)  # (no soft Q to keep)
+    unguided = {"prior_samples": 0, "use_value": False}  # (no SB3 model at all: nothing to keep)
+    check_config(
+        {"online": {**online("SAC")["online"], **unguided}},
+        {"online": {**online("SAC", soft_value=False)["online"], **unguided}},
+        tmp_path,
+    )
+    with pytest.raises(CheckpointError, match=r"'sb3.soft_value': \(True, False\)"):  # (prior only)
+        check_config(
+            {"online": {**online("SAC")["online"], "use_value": False}},
+            {"online": {**online("SAC", soft_value=False)["online"], "use_value": False}},
+            tmp_path,
+        )
     check_config(online("SAC", soft_value=False), online("SAC", soft_value=False), tmp_path)
 
 

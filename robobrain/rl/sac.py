@@ -36,7 +36,8 @@ class RewardValueSAC(SAC):
         logs: dict[str, list[float]] = defaultdict(list)
         for step in range(gradient_steps):
             batch = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            discounts = batch.discounts if batch.discounts is not None else self.gamma
+            discounts = getattr(batch, "discounts", None)  # (n-step returns: SB3 >= 2.7 only)
+            discounts = self.gamma if discounts is None else discounts
             if self.use_sde:  # (a fresh exploration matrix: log_std may have changed)
                 self.actor.reset_noise()
             actions_pi, log_prob = self.actor.action_log_prob(batch.observations)

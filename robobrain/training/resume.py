@@ -121,17 +121,21 @@ def check_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> Non
     for flat in (a, b):  # num_elites None is an eighth of num_samples (runs before it was stored 32)
         for k in [k for k, v in flat.items() if k.endswith("num_elites") and v is None]:
             flat[k] = OptimizerConfig(num_samples=flat[k.replace("num_elites", "num_samples")]).elites
-    if "sb3.soft_value" not in a and str(a.get("sb3.algo", "")).upper() == "SAC":
+    used_sb3 = a.get("prior_samples", 16) > 0 or a.get("use_value", True)  # (OnlineConfig's defaults)
+    if "sb3.soft_value" not in a and str(a.get("sb3.algo", "")).upper() == "SAC" and used_sb3:
         a["sb3.soft_value"] = True  # (a SAC run from before the option trained SB3's soft Q)
     if a.get("image_size") is None or b.get("image_size") is None:  # (left out: the run's own size;
         a.pop("image_size", None)  # _resume checks what the envs render against the world model)
         b.pop("image_size", None)
     diff = {k: (a[k], v) for k, v in b.items() if k in a and a[k] != v}
     if diff:
+        soft = " (--sb3.soft-value: it predates the option and trained SB3's soft Q)" if (
+            "sb3.soft_value" in diff and "sb3.soft_value" not in flatten(saved.get("online", {}))
+        ) else ""  # fmt: skip
         raise CheckpointError(
             f"{where}: the run was started with another config (checkpoint vs now: {diff}); to resume "
-            "it, pass the flags it was started with (its config.json); for another config, use a new "
-            "--run-dir"
+            f"it, pass the flags it was started with (its config.json{soft}); for another config, use a "
+            "new --run-dir"
         )
     added = {k: v for k, v in b.items() if k not in a}
     if added:
