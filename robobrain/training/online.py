@@ -74,6 +74,7 @@ from robobrain.training.resume import (
 from robobrain.training.wm_trainer import (
     NonFiniteLossError,
     WorldModelTrainer,
+    check_frame_side,
     model_config_from_checkpoint,
     sized_config,
     state_stats,
@@ -507,6 +508,7 @@ class OnlineLoop:
         rendered = self.envs.single_observation_space["pixels"].shape[0]
         if sizes != [rendered]:
             raise ValueError(f"{where}: episodes of {sizes} px, the run's envs render {rendered} px")
+        check_frame_side(rendered, f"{where}: its frames")  # (before the seed episodes are collected)
         # Env i of a collection is first reset with seed + i (collect's meta; 2 envs before it said)
         metas = [ep.meta for ep in self._offline]
         pairs = [(m.get("seed"), m.get("num_envs", 2)) for m in metas]  # (hand-written meta: any JSON)
