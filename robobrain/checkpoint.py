@@ -300,7 +300,8 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
         name = json.loads(pointer.read_text())["checkpoint"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{pointer}: unreadable ({e})") from e
-    if not isinstance(name, str) or not name or Path(name).name != name:
+    # (".." is its own name: the run directory was taken for its checkpoint)
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
         raise CheckpointError(f"{pointer}: names no checkpoint directory ({name!r})")
     path = root / name
     if not restore_set_aside(path):

@@ -530,3 +530,43 @@ def test_collect_refuses_an_action_space_episodes_cannot_hold(tmp_path):
         collect_episodes(vec, RandomPolicy(1, seed=0), EpisodeStore(tmp_path / "s"), 1, progress=False)
     vec.close()
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+class FlagsAtStep(gym.Env):
+    """Four-step episodes: success at step 2 only; the second episode ends unstable (as a robobrain
+    task reports a simulation that blew up: truncated, ``info["sim_unstable"]``)."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict({
+            "pixels": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+            "state": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32),
+        })  # fmt: skip
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.episode = -1
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"pixels": np.full((8, 8, 3), self.t, np.uint8), "state": np.array([self.t], np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.episode = 0, self.episode + 1
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        unstable = self.episode == 1 and self.t == 4
+        info = {"success": self.t == 2, "sim_unstable": unstable}
+        return self._obs(), float(self.t), False, self.t >= 4, info
+
+
+def test_flags_are_stored_with_their_step_and_an_unstable_end_is_recorded(tmp_path):
+    """A success flag one step late passed every other test (success held to the end of their
+    episodes); an episode whose simulation blew up must say so in its meta."""
+    vec = gym.vector.SyncVectorEnv([FlagsAtStep], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    store = EpisodeStore(tmp_path)
+    collect_episodes(vec, RandomPolicy(1, seed=0), store, 3, seed=0, progress=False)
+    episodes = store.load_all()
+    for ep in episodes:
+        assert ep.success.tolist() == [False, True, False, False]
+        assert ep.reward.tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert [ep.meta["sim_unstable"] for ep in episodes] == [False, True, False]

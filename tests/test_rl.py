@@ -2,6 +2,7 @@
 with a pickle-free replay buffer, and the small pieces the online loop relies on."""
 
 import dataclasses
+import os
 import tempfile
 import types
 from typing import Any
@@ -344,7 +345,8 @@ def test_store_truncate_drops_later_episodes_and_temp_files(tmp_path):
     store = EpisodeStore(tmp_path)
     names = [store.add(make_episode(3, tag=i)) for i in range(4)]
     (tmp_path / ".tmp-123-episode_000004.npz").write_bytes(b"half")
-    assert store.truncate(2) == names[2:]
+    (tmp_path / f".tmp-{os.getpid()}-0123456789ab-episode_000005.npz").write_bytes(b"fresh")  # (however
+    assert store.truncate(2) == names[2:]  # fresh: the run owns its store, so no other writer's is there)
     assert store.names() == names[:2] and not list(tmp_path.glob(".tmp-*"))
     assert sorted(EpisodeStore(tmp_path).manifest) == names[:2]
 

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,9 @@ def test_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
     manifest = json.loads((tmp_path / "manifest.json").read_text())["episodes"]
     assert manifest[name]["length"] == 10 and manifest[name]["success"] is True
+    # The summary is the episode's end: a success it left again is no success.
+    left = store.add(Episode(ep.pixels, ep.state, ep.action, ep.reward, np.arange(10) == 2))
+    assert json.loads((tmp_path / "manifest.json").read_text())["episodes"][left]["success"] is False
 
 
 def test_invalid_episode_is_refused(tmp_path):
@@ -58,8 +62,12 @@ def test_invalid_episode_is_refused(tmp_path):
     one_inf[2], one_nan[1, 0] = np.inf, np.nan
     bad_one = [Episode(ep.pixels, ep.state, ep.action, one_inf, ep.success),
                Episode(ep.pixels, one_nan, ep.action, ep.reward, ep.success)]  # fmt: skip
+    bad_success = Episode(ep.pixels, ep.state, ep.action, ep.reward, np.append(ep.success, False))
+    bad_rgba = Episode(np.concatenate([ep.pixels, ep.pixels[..., :1]], -1), ep.state, ep.action, ep.reward,
+                       ep.success)  # fmt: skip
     cases = (
         [(bad_nan, "NaN"), (bad_len, "pixels"), (bad_dtype, "dtype")]
+        + [(bad_success, "success: expected 1 dims with leading size 5"), (bad_rgba, r"pixels: expected \[T")]
         + [(b, "terminated") for b in bad_end]
         + [(bad_one[0], "reward: contains NaN or inf"), (bad_one[1], "state: contains NaN or inf")]
     )
@@ -552,6 +560,52 @@ def test_a_json_write_that_dies_midway_leaves_the_old_file(tmp_path):
         _atomic_write_bytes(path, dies)
     assert json.loads(path.read_text()) == {"episodes": {"a": 1}}
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+    with pytest.raises(TypeError):  # atomic_write_json itself: an object JSON cannot take, midway
+        atomic_write_json(path, {"episodes": {"a": 2, "b": object()}})
+    assert json.loads(path.read_text()) == {"episodes": {"a": 1}}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the synced files' names from /proc")
+def test_writes_are_fsynced_before_they_are_renamed_into_place(tmp_path, monkeypatch):
+    """Episodes, the manifest and every file of a checkpoint reach the disk before their rename, and
+    the folder's entry after it (a power loss left a renamed but empty file)."""
+    from robobrain.checkpoint import save_checkpoint
+    from robobrain.config import get_preset, to_dict
+    from robobrain.world_model import WorldModel
+
+    events: list[tuple[str, str]] = []
+    fsync, replace, link = os.fsync, os.replace, os.link
+
+    def spy_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def spy_replace(src, dst):
+        events.append(("rename", str(src)))
+        return replace(src, dst)
+
+    def spy_link(src, dst):  # (an episode takes its name by a hard link: exclusive)
+        events.append(("rename", str(src)))
+        return link(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    monkeypatch.setattr(os, "link", spy_link)
+    store = EpisodeStore(tmp_path / "store")
+    name = store.add(make_episode(3))
+    for i, (event, path) in enumerate(events):  # each temporary synced just before its rename, and
+        if event == "rename":  # the folder just after it
+            assert events[i - 1] == ("fsync", path) and events[i + 1] == ("fsync", str(tmp_path / "store"))
+    assert any(e == "rename" and Path(p).name.endswith(name) for e, p in events)  # (the episode's)
+    events.clear()
+    cfg = get_preset("debug").world_model
+    save_checkpoint(tmp_path / "run", 1, WorldModel(cfg), {"world_model": to_dict(cfg)})
+    (tmp,) = [Path(p) for e, p in events if e == "rename" and Path(p).name.startswith(".tmp-step_")]
+    renamed = events.index(("rename", str(tmp)))
+    for part in ("model.safetensors", "config.json", "training_state/state.json", "training_state"):
+        assert events.index(("fsync", str(tmp / part))) < renamed, part
+    assert ("fsync", str(tmp_path / "run" / "checkpoints")) in events[renamed:]
 
 
 def test_ctrl_c_during_an_episode_write_waits_for_it_then_interrupts(tmp_path, monkeypatch):

@@ -518,9 +518,10 @@ def test_a_resume_from_training_state_that_does_not_fit_names_the_checkpoint(pus
     assert load_checkpoint(tmp_path / "run").state["step"] == 4
     machines = torch.cuda.OutOfMemoryError("CUDA out of memory"), RuntimeError("CUDA error: illegal address")
     for error in machines:
-        with pytest.raises(RuntimeError, match="CUDA"):  # the machine's error: no advice to drop checkpoints
+        with pytest.raises(RuntimeError, match="CUDA") as raised:  # the machine's: no advice to roll back
             with ck.restoring(ckpt):
                 raise error
+        assert raised.value is error  # (a CheckpointError is a RuntimeError naming CUDA too)
 
 
 def test_lr_schedule_decays_over_the_last_share_of_the_run():
@@ -674,9 +675,12 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
     state_file.write_text("[1, 2]")
     with pytest.raises(CheckpointError, match=r"state\.json: expected a JSON object"):
         load_checkpoint(ckpt)
-    (tmp_path / "opt" / "checkpoints" / "latest").write_text('{"checkpoint": 5}')
-    with pytest.raises(CheckpointError, match="names no checkpoint directory"):
-        latest_checkpoint(tmp_path / "opt")
+    # Not a name in checkpoints/: a number, the run directory itself, another run's checkpoint.
+    other = str(ckpt)  # (an absolute path that exists)
+    for bad in (5, "..", "../x", other, ""):
+        (tmp_path / "opt" / "checkpoints" / "latest").write_text(json.dumps({"checkpoint": bad}))
+        with pytest.raises(CheckpointError, match="names no checkpoint directory"):
+            latest_checkpoint(tmp_path / "opt")
 
 
 def test_a_corrupt_or_missing_latest_checkpoint_says_how_to_go_on_from_an_older_one(tmp_path):
