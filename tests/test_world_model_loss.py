@@ -150,16 +150,17 @@ def test_the_open_loop_reward_loss_averages_only_the_steps_inside_the_window():
     actions, and only frames inside the window (s+j <= L-1) count."""
     from robobrain.world_model.rssm import State, categorical_kl
 
-    cfg = dataclasses.replace(DEBUG.world_model, open_loop_horizon=3, reward_bins=0)
+    cfg = dataclasses.replace(DEBUG.world_model, open_loop_horizon=3, reward_bins=0, state_dim=2)
     torch.manual_seed(0)
     model = WorldModel(cfg)
     batch = fake_batch(cfg, b=2, t=4)
+    batch["state"] = torch.randn(2, 4, 2, generator=torch.Generator().manual_seed(5))
     torch.manual_seed(1)
     _, metrics = model.loss(batch)
     torch.manual_seed(1)
     with torch.no_grad():
         posts, post_lp, _ = model._filter_batch(batch, sample=True)
-        losses, kls = [], []
+        losses, kls, states = [], [], []
         seq = 4
         for s in range(seq - 1):
             state = State(*(None if x is None else x[:, s] for x in posts))
@@ -169,5 +170,98 @@ def test_the_open_loop_reward_loss_averages_only_the_steps_inside_the_window():
                 state, prior = model.rssm.img_step(state, batch["action"][:, s + j - 1].float(), sample=False)
                 losses.append(model.reward_head.loss(state.feat, batch["reward"][:, s + j - 1]))
                 kls.append(categorical_kl(post_lp[:, s + j], prior))
+                target = (batch["state"][:, s + j] - model.state_mean) / model.state_std  # (frame s+j's)
+                states.append((model.state_head(state.feat) - target).square().mean(-1))
     assert metrics["ol_reward"] == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
+    assert metrics["ol_state"] == pytest.approx(torch.stack(states).mean().item(), rel=1e-5)
     assert metrics["ol_kl"] == pytest.approx(torch.stack(kls).mean().item(), rel=1e-5)
+
+
+# --- from a mutation audit (session 39) --------------------------------------------------------------
+def test_the_one_step_heads_read_the_state_after_each_action():
+    """Recomputed by hand: reward[t], success[t] and terminal[t] are predicted from frame t+1's state
+    (a head trained on frame t's passed the last-step test: that step is never a target either way)."""
+    import torch.nn.functional as F
+
+    cfg = dataclasses.replace(DEBUG.world_model, reward_bins=0, termination=True, open_loop_horizon=0)
+    torch.manual_seed(0)
+    model = WorldModel(cfg)
+    batch = fake_batch(cfg, b=2, t=5)
+    batch["success"] = batch["success"].float()
+    batch["terminal"] = (torch.rand(2, 5, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    _, metrics = _loss(model, batch)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        feat = model._filter_batch(batch, sample=True)[0].feat[:, 1:]
+        want = {
+            "reward": model.reward_head.loss(feat, batch["reward"][:, :-1]).mean(),
+            "success": F.binary_cross_entropy_with_logits(
+                model.success_head(feat).squeeze(-1), batch["success"][:, :-1]
+            ),
+            "terminal": F.binary_cross_entropy_with_logits(
+                model.termination_head(feat).squeeze(-1), batch["terminal"][:, :-1]
+            ),
+        }
+    for key, value in want.items():
+        assert metrics[key] == pytest.approx(value.item(), rel=1e-5), key
+
+
+def test_dynamics_and_representation_kls_are_clamped_per_step():
+    """Free nats bound each step's KL (DreamerV3), not the batch mean: at the per-step KL's median,
+    half the steps cost free_nats and half their own KL."""
+    from robobrain.world_model.rssm import categorical_kl
+
+    for kl_dyn, kl_rep in ((1.0, 0.0), (0.0, 1.0)):
+        zero = dict.fromkeys(("recon_weight", "reward_weight", "success_weight", "state_weight"), 0.0)
+        base = dataclasses.replace(
+            DEBUG.world_model, **zero, open_loop_horizon=0, kl_dyn=kl_dyn, kl_rep=kl_rep
+        )
+        torch.manual_seed(0)
+        model = WorldModel(base)
+        batch = fake_batch(base, b=2, t=5)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            _, post_lp, prior_lp = model._filter_batch(batch, sample=True)
+            kl = categorical_kl(post_lp, prior_lp)  # [B, L]
+        free = kl.median().item()
+        model.cfg = dataclasses.replace(base, free_nats=free)
+        loss, _ = _loss(model, batch)
+        assert loss.item() == pytest.approx(kl.clamp(min=free).mean().item(), rel=1e-5), (kl_dyn, kl_rep)
+
+
+def test_sampled_imagination_samples_and_observe_ignores_the_first_action():
+    cfg = DEBUG.world_model
+    torch.manual_seed(0)
+    model = WorldModel(cfg).eval()
+    batch = fake_batch(cfg, b=2, t=4)
+    with torch.no_grad():
+        state = model.observe(batch["pixels"], batch["action"])
+        other_first = batch["action"].clone()
+        other_first[:, 0] = -batch["action"][:, 0]  # (the action before the window: ignored)
+        again = model.observe(batch["pixels"], other_first)
+        torch.testing.assert_close(again.deter, state.deter, rtol=0, atol=0)
+        actions = torch.zeros(2, 8, cfg.action_dim)
+        mode = model.imagine(state, actions).feat
+        torch.manual_seed(1)
+        one = model.imagine(state, actions, sample=True)
+        torch.manual_seed(2)
+        two = model.imagine(state, actions, sample=True).feat
+    assert not torch.equal(one.feat, two) and not torch.equal(one.feat, mode)
+    stoch = one.feat[..., cfg.deter :].unflatten(-1, (cfg.stoch, cfg.classes))
+    assert ((stoch == 0) | (stoch == 1)).all() and (stoch.sum(-1) == 1).all()  # one-hot draws
+
+
+def test_decoded_states_undo_the_standardisation_and_the_success_bonus_is_a_probability():
+    from robobrain.world_model.model import step_score
+
+    cfg = dataclasses.replace(DEBUG.world_model, state_dim=3)
+    model = WorldModel(cfg)
+    model.set_state_stats(torch.arange(3.0) + 10, torch.full((3,), 2.0))
+    with torch.no_grad():
+        last = [m for m in model.state_head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.5, -1.0, 0.0]))
+        got = model.decode_state(torch.zeros(2, cfg.feat_dim))
+    torch.testing.assert_close(got, torch.tensor([[11.0, 9.0, 12.0]] * 2))
+    score = step_score(torch.zeros(3), torch.tensor([-50.0, 0.0, 50.0]), 2.0)
+    torch.testing.assert_close(score, torch.tensor([0.0, 1.0, 2.0]))
