@@ -245,9 +245,9 @@ def _prune(root: Path, keep: int, protect: str) -> None:
     an older one, as the recovery hints say to do): kept, it outlived its successors' predecessors
     (pruning kept the highest steps) and the hints offered it to go on from again; an online run's
     store no longer holds its episodes."""
-    olds = []
+    olds, saved = [], _step_of(protect)
     for p in step_checkpoints(root):
-        if _step_of(p.name) > _step_of(protect):
+        if _step_of(p.name) > saved:
             _remove_directory(p)
         else:
             olds.append(p)

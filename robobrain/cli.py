@@ -318,7 +318,7 @@ def run_image_size(cfg: OnlineConfig, run_dir: Path | None = None) -> int:
     )
     from robobrain.config import get_preset
     from robobrain.data import EpisodeStore
-    from robobrain.training.wm_trainer import check_frame_side, model_config_from_checkpoint
+    from robobrain.training.wm_trainer import model_config_from_checkpoint
 
     if cfg.image_size is not None:
         return cfg.image_size
@@ -332,11 +332,7 @@ def run_image_size(cfg: OnlineConfig, run_dir: Path | None = None) -> int:
         path = resolve_checkpoint(cfg.init_world_model)
         return model_config_from_checkpoint(read_config(path), path).image_size
     if cfg.seed_data is not None and Path(cfg.seed_data).is_dir():
-        own = run_dir is not None and Path(cfg.seed_data).resolve() == (run_dir / "episodes").resolve()
         for _, episode in EpisodeStore(cfg.seed_data, create=False).episodes():
-            if not own:  # (refused here, before the run collects its seed episodes, as --image-size
-                # is; the run's own store is refused as such)
-                check_frame_side(int(episode.pixels.shape[1]), f"--seed-data {cfg.seed_data}: its frames")
             return int(episode.pixels.shape[1])
     return get_preset(cfg.preset).world_model.image_size
 
